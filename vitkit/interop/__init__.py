@@ -1,0 +1,1 @@
+"""Conversion from reference implementations' models and checkpoints."""

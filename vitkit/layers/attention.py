@@ -1,0 +1,188 @@
+"""Multi-head attention over ``F.scaled_dot_product_attention``.
+
+One module serves self- and cross-attention. Its input projection is one (3D, D) weight ``qkv`` in
+[q; k; v] order (the layout of timm's ``attn.qkv`` and of ``nn.MultiheadAttention.in_proj_weight``), so
+reference checkpoints map onto it directly. Projections are fused as far as the inputs allow: one GEMM
+when query, key and value are the same tensor (ViT self-attention), one for q and k when they are (DETR's
+``q = k = x + pos``), else one per input.
+
+Masks follow the toolkit convention, True = masked out:
+- ``key_padding_mask`` (B, Tk);
+- ``attn_mask`` bool, broadcastable to (B, heads, Tq, Tk);
+- ``attn_bias`` float, added to the scores (the hook for relative-position biases such as BoxRPB);
+- ``is_causal``: query i sees keys <= i (offset by the cached length when decoding with a cache).
+
+:class:`KVCache` holds a layer's keys and values for incremental decoding. A ``static`` cache (for
+cross-attention) is filled once per image and reused; a growing cache (causal self-attention) appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitkit.layers.pos_embed import apply_rope
+
+
+@dataclass
+class KVCache:
+    """Keys/values of one attention layer, each (B, heads, T, head_dim).
+
+    Attributes:
+        k, v: cached keys and values (None until the first call).
+        static: True for cross-attention (computed once, reused); False for self-attention (appended).
+    """
+
+    k: Tensor | None = None
+    v: Tensor | None = None
+    static: bool = False
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def reorder(self, index: Tensor) -> None:
+        """Select batch rows (beam search): index (B',) into dim 0."""
+        if self.k is not None:
+            self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with fused projections, masks, RoPE and a KV cache.
+
+    Args:
+        dim: model width D (queries, keys and values all have width D).
+        num_heads: heads; D must divide evenly.
+        qkv_bias: bias on the input projection.
+        attn_drop: dropout on attention weights (training only).
+        proj_drop: dropout after the output projection.
+        qk_norm: LayerNorm on q and k per head (timm's ``qk_norm``).
+        norm_eps: eps of the qk norms.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, qk_norm: bool = False, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+
+    def _project(self, query: Tensor, key: Tensor | None, value: Tensor | None) -> tuple[Tensor, ...]:
+        """Project inputs with as few GEMMs as their identity allows. key=None skips k/v (static cache)."""
+        w, b = self.qkv.weight, self.qkv.bias
+        D = self.dim
+        if key is None:
+            return (F.linear(query, w[:D], None if b is None else b[:D]),)
+        if query is key and key is value:
+            return self.qkv(query).chunk(3, dim=-1)  # one GEMM, (B, T, D) x3
+        if query is key:
+            q, k = F.linear(query, w[: 2 * D], None if b is None else b[: 2 * D]).chunk(2, dim=-1)
+            v = F.linear(value, w[2 * D:], None if b is None else b[2 * D:])
+            return q, k, v
+        q = F.linear(query, w[:D], None if b is None else b[:D])
+        if key is value:
+            k, v = F.linear(key, w[D:], None if b is None else b[D:]).chunk(2, dim=-1)
+        else:
+            k = F.linear(key, w[D: 2 * D], None if b is None else b[D: 2 * D])
+            v = F.linear(value, w[2 * D:], None if b is None else b[2 * D:])
+        return q, k, v
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        rope_k: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """Attend.
+
+        Args:
+            query: (B, Tq, D).
+            key: (B, Tk, D); defaults to ``query`` (self-attention).
+            value: (B, Tk, D); defaults to ``key``.
+            key_padding_mask: (B, Tk) bool, True = padding. With a growing cache it covers all keys so far.
+            attn_mask: bool, broadcastable to (B, H, Tq, Tk), True = masked out.
+            attn_bias: float, broadcastable to (B, H, Tq, Tk), added to the scores.
+            is_causal: mask keys after each query (aligned to the end when a cache holds earlier keys).
+            rope: (sin, cos) each (B|1, N, head_dim) rotating the last N query tokens (and keys, unless
+                ``rope_k`` is given).
+            rope_k: (sin, cos) for the new keys when they differ from the queries'.
+            cache: a :class:`KVCache` to read and update.
+
+        Returns:
+            (B, Tq, D).
+        """
+        key = query if key is None else key
+        value = key if value is None else value
+        static_hit = cache is not None and cache.static and cache.k is not None
+        proj = self._project(query, None if static_hit else key, None if static_hit else value)
+        q = self.q_norm(self._heads(proj[0]))  # (B, H, Tq, hd)
+        if rope is not None:
+            q = apply_rope(q, rope)
+        if static_hit:
+            k, v = cache.k, cache.v
+        else:
+            k, v = self.k_norm(self._heads(proj[1])), self._heads(proj[2])  # (B, H, Tk_new, hd)
+            if rope is not None or rope_k is not None:
+                k = apply_rope(k, rope_k if rope_k is not None else rope)
+            past = 0 if cache is None else cache.length
+            if cache is not None:
+                if past:
+                    k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, H, Tk, hd)
+                cache.k, cache.v = k, v
+        past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
+        mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
+        causal_fast = is_causal and mask is None and past == 0 and q.shape[2] > 1
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal_fast
+        )  # (B, H, Tq, hd)
+        out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)  # (B, Tq, D)
+        return self.proj_drop(self.proj(out))
+
+    @staticmethod
+    def _build_mask(q: Tensor, k: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None,
+                    attn_bias: Tensor | None, is_causal: bool, past: int) -> Tensor | None:
+        """Combine masks into one SDPA mask (bool: True = attend, or float additive), or None."""
+        Tq, Tk = q.shape[2], k.shape[2]
+        blocked = None  # bool, True = masked out, broadcastable to (B, H, Tq, Tk)
+        if key_padding_mask is not None:
+            blocked = key_padding_mask[:, None, None, :].bool()  # (B, 1, 1, Tk)
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                raise TypeError("attn_mask must be bool (True = masked out); pass additive masks as attn_bias")
+            blocked = attn_mask if blocked is None else blocked | attn_mask
+        needs_causal = is_causal and (blocked is not None or attn_bias is not None or past > 0) and Tq > 1
+        if needs_causal:
+            i = torch.arange(Tq, device=q.device)[:, None] + past
+            j = torch.arange(Tk, device=q.device)[None, :]
+            causal = j > i  # (Tq, Tk)
+            blocked = causal if blocked is None else blocked | causal
+        if blocked is not None:
+            # A query row with every key masked would give NaN; let it see all keys (its output is padding).
+            blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
+        if attn_bias is None:
+            return None if blocked is None else ~blocked
+        bias = attn_bias.to(q.dtype)
+        if blocked is not None:
+            bias = bias.masked_fill(blocked, float("-inf"))
+        return bias

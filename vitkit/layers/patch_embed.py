@@ -1,0 +1,147 @@
+"""Patch sources: turn an image batch into a grid of tokens plus a token-level padding mask.
+
+Two sources share one interface, ``forward(images, mask=None) -> (tokens (B,h,w,D), mask (B,h,w))``:
+
+- :class:`PatchEmbed`: the ViT conv patchify. Images of any size are zero-padded on the right/bottom to a
+  multiple of the patch size; a token is padding only when every pixel under it is padding.
+- :class:`BackbonePatchEmbed`: the last stage of a timm CNN (``features_only``), e.g. a ResNet-50 as in
+  DETR, optionally followed by a 1x1 projection (DETR's ``input_proj``). The pixel mask is resized to the
+  feature grid with nearest interpolation, as DETR does.
+
+Masks are ``True`` where there is padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _pixel_mask(images: Tensor, mask: Tensor | None) -> Tensor:
+    """Return a (B, H, W) bool padding mask, all False when ``mask`` is None."""
+    B, _, H, W = images.shape
+    if mask is None:
+        return torch.zeros(B, H, W, dtype=torch.bool, device=images.device)
+    if mask.shape != (B, H, W):
+        raise ValueError(f"mask must have shape {(B, H, W)} (B, H, W) to match images, got {tuple(mask.shape)}")
+    return mask.bool()
+
+
+class PatchEmbed(nn.Module):
+    """Conv patchify: (B, C, H, W) -> tokens (B, h, w, D) with h = ceil(H / p), w = ceil(W / p).
+
+    Args:
+        patch_size: side of a square patch in pixels.
+        in_chans: image channels.
+        embed_dim: token width D.
+        bias: whether the projection has a bias.
+        norm_layer: optional norm applied to the tokens (e.g. ``nn.LayerNorm``).
+    """
+
+    def __init__(
+        self,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        bias: bool = True,
+        norm_layer: type[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        self.stride = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Patchify.
+
+        Args:
+            images: (B, C, H, W), any H and W. Padded pixels should be zero.
+            mask: optional (B, H, W) pixel padding mask, True = padding.
+
+        Returns:
+            tokens: (B, h, w, D).
+            mask: (B, h, w) token padding mask, True where a patch holds no real pixel.
+        """
+        mask = _pixel_mask(images, mask)
+        p = self.patch_size
+        H, W = images.shape[-2:]
+        pad_h, pad_w = (-H) % p, (-W) % p
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))  # zeros, (B, C, H', W')
+            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=True)  # (B, H', W')
+        x = self.proj(images)  # (B, D, h, w)
+        x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
+        valid = F.max_pool2d((~mask).unsqueeze(1).float(), kernel_size=p, stride=p)  # (B, 1, h, w)
+        return x, valid.squeeze(1) == 0
+
+
+class BackbonePatchEmbed(nn.Module):
+    """A timm CNN's last feature stage used as a patch source (the classic DETR backbone).
+
+    Args:
+        model_name: any timm model that supports ``features_only`` (e.g. ``resnet50``).
+        embed_dim: output width D; a 1x1 conv projects the stage's channels to it. ``None`` keeps them.
+        pretrained: load timm's pretrained weights (needs the network or a local cache).
+        frozen_bn: replace BatchNorm with FrozenBatchNorm2d (DETR's recipe).
+        freeze_at: freeze parameters up to feature level ``freeze_at`` (detectron2 convention: for a ResNet
+            1 = the stem, 2 = stem + layer1, which is DETR's recipe).
+        channels_last: run the CNN in channels_last memory format (faster on CPU and GPU).
+        **timm_kwargs: extra keyword arguments for ``timm.create_model``.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "resnet50",
+        embed_dim: int | None = 256,
+        pretrained: bool = False,
+        frozen_bn: bool = True,
+        freeze_at: int = 0,
+        channels_last: bool = False,
+        **timm_kwargs,
+    ) -> None:
+        super().__init__()
+        import timm
+        from timm.layers import freeze_batch_norm_2d
+
+        self.body = timm.create_model(
+            model_name, pretrained=pretrained, features_only=True, out_indices=(-1,), **timm_kwargs
+        )
+        if frozen_bn:
+            self.body = freeze_batch_norm_2d(self.body)
+        info = self.body.feature_info
+        self.stride = info.reduction()[-1]
+        num_channels = info.channels()[-1]
+        self.num_channels = num_channels
+        self.embed_dim = embed_dim if embed_dim is not None else num_channels
+        self.input_proj = nn.Conv2d(num_channels, embed_dim, 1) if embed_dim is not None else nn.Identity()
+        self.channels_last = channels_last
+        if freeze_at > 0:
+            # detectron2's convention over timm's feature_info: freeze every child module up to and
+            # including the one producing feature level ``freeze_at`` (resnet: 1 = stem, 2 = stem+layer1).
+            names = [n for n, _ in self.body.named_children()]
+            last = info.info[min(freeze_at, len(info.info)) - 1]["module"].replace(".", "_")
+            for name in names[: names.index(last) + 1]:
+                for prm in getattr(self.body, name).parameters():
+                    prm.requires_grad_(False)
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Run the CNN.
+
+        Args:
+            images: (B, 3, H, W) normalised images.
+            mask: optional (B, H, W) pixel padding mask, True = padding.
+
+        Returns:
+            tokens: (B, h, w, D) with h ~ H / stride.
+            mask: (B, h, w), nearest-resized pixel mask.
+        """
+        mask = _pixel_mask(images, mask)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feat = self.body(images)[-1]  # (B, C, h, w)
+        x = self.input_proj(feat)  # (B, D, h, w)
+        tok_mask = F.interpolate(mask[:, None].float(), size=x.shape[-2:]).squeeze(1).bool()  # (B, h, w)
+        return x.permute(0, 2, 3, 1), tok_mask  # (B, h, w, D)
