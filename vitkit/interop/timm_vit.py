@@ -15,6 +15,10 @@ _HEAD_KEYS = ("head.", "fc_norm.", "attn_pool.", "head_drop.")
 def _act_name(act: nn.Module) -> str:
     if isinstance(act, nn.GELU):
         return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    # timm's own activation modules (act_layer="gelu" / "gelu_tanh" strings build these)
+    timm_names = {"GELU": "gelu", "GELUTanh": "gelu_tanh"}
+    if type(act).__module__.startswith("timm.") and type(act).__name__ in timm_names:
+        return timm_names[type(act).__name__]
     for name, cls in (("relu", nn.ReLU), ("silu", nn.SiLU)):
         if isinstance(act, cls):
             return name
@@ -49,6 +53,7 @@ def encoder_from_timm(cls: type, model: nn.Module):
     _require(isinstance(blk.norm1, nn.LayerNorm), "a non-LayerNorm norm layer")
     enc = cls(
         patch_size=pe.patch_size[0],
+        patch_bias=pe.proj.bias is not None,
         in_chans=pe.proj.in_channels,
         img_size=tuple(pe.img_size),
         embed_dim=model.embed_dim,

@@ -55,7 +55,7 @@ class SinePositionEncoding2D(nn.Module):
             dtype: dtype of the result.
 
         Returns:
-            (B, h, w, D) encodings; padded cells hold the encoding of coordinate 0.
+            (B, h, w, D) encodings; values on padded cells are not meaningful (they are masked out).
         """
         not_mask = (~mask).float()
         y = not_mask.cumsum(1)  # (B, h, w)
@@ -160,8 +160,9 @@ class RoPE2D(nn.Module):
         normalize_coords: True -> patch centres in [-1, 1] over each image's unpadded extent (DINOv3);
             False -> raw patch indices (EVA-style), so angles grow with the grid.
         shift: train-time max uniform shift of the coordinates (DINOv3 augmentation), or None.
-        jitter: train-time max log-scale jitter per axis, or None.
-        rescale: train-time max log-scale rescale shared by both axes, or None.
+        jitter: train-time max scale factor (>= 1) per axis: coordinates are scaled by a log-uniform
+            factor in [1/jitter, jitter], independently for y and x; None = off.
+        rescale: train-time max scale factor (>= 1) shared by both axes, log-uniform in [1/rescale, rescale].
     """
 
     def __init__(self, head_dim: int, base: float = 100.0, normalize_coords: bool = True,
@@ -169,6 +170,9 @@ class RoPE2D(nn.Module):
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"RoPE2D needs head_dim divisible by 4, got {head_dim}")
+        for name, v in (("jitter", jitter), ("rescale", rescale)):
+            if v is not None and v < 1:
+                raise ValueError(f"RoPE2D {name} is a max scale factor and must be >= 1, got {v}")
         self.head_dim, self.base, self.normalize_coords = head_dim, base, normalize_coords
         self.shift, self.jitter, self.rescale = shift, jitter, rescale
         q = head_dim // 4

@@ -35,8 +35,8 @@ class EncoderOutput:
     Attributes:
         tokens: (B, P + h*w, D), P prefix tokens first.
         mask: (B, P + h*w) bool key padding mask, True = padding (prefix tokens never are).
-        pos: (B, P + h*w, D) positional encoding for cross-attention keys (zeros on prefix rows), or None
-            when the encoder's positions were added at the input or are rotary.
+        pos: (B, P + h*w, D) the per-block positions of a ``pos_mode="qk"`` encoder (prefix rows: the learned
+            prefix positions, else zeros), or None when positions were added at the input or are rotary.
         grid: (h, w) patch grid.
         num_prefix: P.
     """
@@ -55,6 +55,7 @@ class ViTEncoder(nn.Module):
         patch_embed: a patch source module (``PatchEmbed``, ``BackbonePatchEmbed``, ...); None builds a conv
             ``PatchEmbed`` from ``patch_size``/``in_chans``/``embed_dim``.
         patch_size: conv patch side.
+        patch_bias: bias on the conv patchify (CLIP-style pre-norm towers have none).
         in_chans: image channels.
         img_size: reference image size; sets the learned table's grid (img_size // patch_size).
         embed_dim: width D.
@@ -85,6 +86,7 @@ class ViTEncoder(nn.Module):
         patch_embed: nn.Module | None = None,
         *,
         patch_size: int = 16,
+        patch_bias: bool = True,
         in_chans: int = 3,
         img_size: int | tuple[int, int] = 224,
         embed_dim: int = 768,
@@ -117,7 +119,7 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"pos_embed must be learned|sine|rope|none, got {pos_embed!r}")
         if pos_mode not in ("input", "qk"):
             raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
-        self.patch_embed = patch_embed or PatchEmbed(patch_size, in_chans, embed_dim)
+        self.patch_embed = patch_embed or PatchEmbed(patch_size, in_chans, embed_dim, bias=patch_bias)
         D = self.patch_embed.embed_dim
         if embed_dim != D:
             raise ValueError(f"patch source width {D} != embed_dim {embed_dim}")
