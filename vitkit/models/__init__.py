@@ -1,6 +1,7 @@
-"""Task-agnostic models: the ViT encoder and the shared transformer decoder."""
+"""Models: the task-agnostic ViT encoder and transformer decoder, and the task models built on them."""
 
 from vitkit.models.decoder import TransformerDecoder
+from vitkit.models.detr import DETR
 from vitkit.models.encoder import EncoderOutput, ViTEncoder
 
-__all__ = ["EncoderOutput", "TransformerDecoder", "ViTEncoder"]
+__all__ = ["DETR", "EncoderOutput", "TransformerDecoder", "ViTEncoder"]

@@ -1,0 +1,124 @@
+"""DETR model: recipes, convergence switches, padding invariance and a tiny overfit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import box_convert, box_iou
+
+from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
+from vitkit.layers import BackbonePatchEmbed
+from vitkit.models import DETR, TransformerDecoder, ViTEncoder
+
+
+def vit_detr(num_classes: int = 4, dim: int = 64, **kw) -> DETR:
+    enc = ViTEncoder(patch_size=16, embed_dim=dim, depth=2, num_heads=4, pos_embed="rope", class_token=False)
+    dec = TransformerDecoder(dim=dim, depth=2, num_heads=4)
+    return DETR(enc, dec, num_classes=num_classes, num_queries=10, **kw)
+
+
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True}, {"box_refine": True},
+                                {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20}])
+def test_outputs_follow_the_switches(kw):
+    m = vit_detr(**kw)
+    x = torch.randn(2, 3, 64, 80)
+    out = m(x)
+    C = 4 if kw.get("sigmoid_head") else 5
+    assert out["pred_logits"].shape == (2, 10, C)
+    assert out["pred_boxes"].shape == (2, 10, 4)
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    assert len(out["aux_outputs"]) == 1
+    assert ("one2many" in out) == bool(kw.get("num_queries_one2many"))
+    if "one2many" in out:
+        assert out["one2many"]["pred_boxes"].shape == (2, 20, 4)
+        m.eval()
+        assert "one2many" not in m(x)  # extra queries are training-only
+
+
+def test_one2many_queries_do_not_change_one2one_predictions():
+    m = vit_detr(num_queries_one2many=20).train()
+    m.encoder.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        with_o2m = m(x)["pred_boxes"]
+        m.num_queries_one2many = 0  # same weights, no extra queries
+        without = m(x)["pred_boxes"]
+    torch.testing.assert_close(with_o2m, without, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}])
+def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
+    m = vit_detr(**kw).eval()
+    img = torch.randn(3, 70, 90)
+    big = torch.zeros(2, 3, 128, 160)
+    mask = torch.ones(2, 128, 160, dtype=torch.bool)
+    big[0, :, :70, :90], mask[0, :70, :90] = img, False
+    big[1], mask[1] = torch.randn(3, 128, 160), False
+    with torch.no_grad():
+        alone = m(img[None])
+        batched = m(big, mask)
+    torch.testing.assert_close(batched["pred_logits"][0], alone["pred_logits"][0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(batched["pred_boxes"][0], alone["pred_boxes"][0], atol=1e-4, rtol=0)
+
+
+def test_classic_detr_r50_architecture():
+    enc = ViTEncoder(BackbonePatchEmbed("resnet50", embed_dim=256, freeze_at=2), embed_dim=256, depth=6, num_heads=8,
+                     mlp_dim=2048, act="relu", norm_eps=1e-5, pos_embed="sine", pos_mode="qk", class_token=False,
+                     norm_first=False, final_norm=False)
+    dec = TransformerDecoder(dim=256, depth=6, num_heads=8, mlp_dim=2048, act="relu", norm_first=False)
+    m = DETR(enc, dec, num_classes=91)
+    n = sum(p.numel() for p in m.parameters())
+    assert 41.0e6 < n < 41.7e6  # the paper's DETR-R50: 41M parameters
+    assert m.class_embed.out_features == 92 and m.query_embed.weight.shape == (100, 256)
+    assert [k for k in m.state_dict() if k.startswith("bbox_embed.")] == [
+        f"bbox_embed.layers.{i}.{p}" for i in range(3) for p in ("weight", "bias")]
+    frozen = {n.split(".")[3] for n, p in m.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "layer1"}  # stem + layer1 frozen (BatchNorm is frozen as buffers)
+    out = m.eval()(torch.randn(1, 3, 96, 128))
+    assert out["pred_logits"].shape == (1, 100, 92) and len(out["aux_outputs"]) == 5
+
+
+def _toy_batch(n: int = 4, size: int = 64, seed: int = 0):
+    """Images with one or two bright squares on a dark background, labels = colour channel."""
+    g = torch.Generator().manual_seed(seed)
+    images, targets = torch.zeros(n, 3, size, size), []
+    for i in range(n):
+        boxes, labels = [], []
+        for _ in range(1 + i % 2):
+            w, h = (torch.randint(14, 28, (2,), generator=g)).tolist()
+            x0 = int(torch.randint(0, size - w, (1,), generator=g))
+            y0 = int(torch.randint(0, size - h, (1,), generator=g))
+            c = int(torch.randint(0, 3, (1,), generator=g))
+            images[i, c, y0:y0 + h, x0:x0 + w] = 2.0
+            boxes.append([(x0 + w / 2) / size, (y0 + h / 2) / size, w / size, h / size])
+            labels.append(c)
+        targets.append({"boxes": torch.tensor(boxes), "labels": torch.tensor(labels), "image_id": i,
+                        "orig_size": torch.tensor([size, size]), "size": torch.tensor([size, size])})
+    return images, targets
+
+
+@pytest.mark.parametrize("sigmoid", [False, True])
+def test_tiny_detr_overfits_a_few_images(sigmoid):
+    torch.manual_seed(0)
+    images, targets = _toy_batch()
+    m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid)
+    loss_type = "varifocal" if sigmoid else "ce"
+    crit = SetCriterion(3, HungarianMatcher(use_focal=sigmoid), loss_type=loss_type, eos_coef=0.1)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    first = None
+    for _ in range(150):
+        loss = crit(m(images), targets)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.3 * first
+    m.eval()
+    with torch.no_grad():
+        dets = PostProcess(use_focal=sigmoid)(m(images), torch.tensor([[64, 64]] * 4))
+    for d, t in zip(dets, targets, strict=True):
+        gt = box_convert(t["boxes"] * 64, "cxcywh", "xyxy")
+        order = d["scores"].argsort(descending=True)[: len(gt)]
+        iou, best = box_iou(gt, d["boxes"][order]).max(dim=1)
+        assert (iou > 0.5).all(), iou  # every GT box found among the top-scoring detections...
+        assert torch.equal(d["labels"][order][best], t["labels"])  # ...with its class

@@ -1,0 +1,107 @@
+"""COCO detection evaluation from the command line.
+
+    python tools/eval.py --annotations GT.json --results RES.json [--backend faster|pycocotools] [--json-out FILE]
+
+prints COCOeval's standard 12-line summary on stdout and, with --json-out, writes the 12 stats as a JSON
+object keyed by vitkit.eval.STAT_KEYS. The numbers come from COCOeval on GT.json as given.
+
+    python tools/eval.py CONFIG --ckpt CKPT        (evaluate a checkpoint on the config's val split;
+                                                    extra --key.sub value overrides as in train.py)
+
+Bad input (a missing file, a malformed results file) gives a one-line error on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vitkit.eval.coco_eval import BACKENDS, evaluate_coco, load_gt
+
+PROG = "eval.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of both modes (results file now, checkpoint later)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="COCO bbox evaluation (COCOeval on the original annotation file).",
+        epilog="modes: --annotations GT --results RES (a results file) | CONFIG --ckpt CKPT (a checkpoint)",
+    )
+    parser.add_argument("config", nargs="?", help="run recipe YAML, to evaluate a checkpoint ")
+    parser.add_argument("--ckpt", help="checkpoint to evaluate with CONFIG ")
+    parser.add_argument("--annotations", help="COCO instances JSON (ground truth), e.g. instances_val2017.json")
+    parser.add_argument("--results", help="COCO results JSON: a list of {image_id, category_id, bbox, score}")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="faster",
+        help="faster-coco-eval (C++, default) or pycocotools (the reference); same stats to ~1e-16",
+    )
+    parser.add_argument("--json-out", help="write the 12 stats to this JSON file")
+    parser.add_argument("--results-out", help="with CONFIG --ckpt: write the detections as a COCO results JSON")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def evaluate_results_file(args: argparse.Namespace) -> int:
+    """Mode 1: evaluate a results JSON against an annotation JSON; print the summary, write --json-out."""
+    if args.annotations is None or args.results is None:
+        return _fail("give both --annotations GT.json and --results RES.json (or CONFIG --ckpt CKPT)")
+    try:
+        gt = load_gt(args.annotations, args.backend)
+        res = evaluate_coco(gt, args.results, backend=args.backend)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    print(res.summary)
+    return _write_json(res.stats, args.json_out)
+
+
+def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Mode 2: evaluate CONFIG + --ckpt on the config's validation split; print the summary, write --json-out."""
+    if args.config is None or args.ckpt is None:
+        return _fail("evaluating a checkpoint needs both CONFIG and --ckpt CKPT")
+    for path in (args.config, args.ckpt):
+        if not Path(path).is_file():
+            return _fail(f"file not found: {path}")
+    from vitkit.train.cli import validate_checkpoint
+
+    overrides = [*overrides, "--model.eval_backend", args.backend]
+    res, results, is_rank_zero = validate_checkpoint(args.config, args.ckpt, overrides)
+    if not is_rank_zero:
+        return 0
+    print(res.summary)
+    if args.results_out and _write_json(results, args.results_out):
+        return 2
+    return _write_json(res.stats, args.json_out)
+
+
+def _write_json(stats: dict, json_out: str | None) -> int:
+    if json_out:
+        out = Path(json_out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(stats, indent=2) + "\n")
+        except OSError as e:
+            return _fail(f"cannot write {out}: {e.strerror or e}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]) and run the chosen mode. Returns the exit status."""
+    args, overrides = build_parser().parse_known_args(argv)
+    if args.config is not None or args.ckpt is not None:
+        return evaluate_checkpoint(args, overrides)
+    if overrides:
+        return _fail(f"unrecognized arguments: {' '.join(overrides)}")
+    return evaluate_results_file(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

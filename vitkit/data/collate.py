@@ -1,0 +1,57 @@
+"""Batching images of different sizes: zero-pad bottom/right and return a padding mask (True = padding)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def pad_images(images: Sequence[Tensor], pad_to_multiple: int = 1) -> tuple[Tensor, Tensor]:
+    """Zero-pad (C, H_i, W_i) images at the bottom/right into one batch.
+
+    Args:
+        images: B tensors (C, H_i, W_i) sharing C, dtype and device.
+        pad_to_multiple: round the batch's Hmax and Wmax up to a multiple of this (e.g. the patch size).
+
+    Returns:
+        images (B, C, Hmax, Wmax), zeros where padded; mask (B, Hmax, Wmax) bool, True = padding.
+    """
+    if not images:
+        raise ValueError("cannot batch an empty list of images")
+    if pad_to_multiple < 1:
+        raise ValueError(f"pad_to_multiple must be >= 1, got {pad_to_multiple}")
+    first = images[0]
+    if any(img.dim() != 3 or img.shape[0] != first.shape[0] or img.dtype != first.dtype for img in images):
+        raise ValueError("images must all be (C, H, W) with the same C and dtype: "
+                         f"{[(tuple(img.shape), img.dtype) for img in images]}")
+    m = pad_to_multiple
+    h_max = -(-max(img.shape[1] for img in images) // m) * m
+    w_max = -(-max(img.shape[2] for img in images) // m) * m
+    batch = first.new_zeros((len(images), first.shape[0], h_max, w_max)).as_subclass(Tensor)  # (B, C, Hmax, Wmax)
+    mask = torch.ones((len(images), h_max, w_max), dtype=torch.bool, device=first.device)  # (B, Hmax, Wmax)
+    for i, img in enumerate(images):
+        h, w = img.shape[1:]
+        batch[i, :, :h, :w].copy_(img)
+        mask[i, :h, :w] = False
+    return batch, mask
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]],
+                      pad_to_multiple: int = 1) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+    """Collate ``(image, target)`` samples for detection.
+
+    Use ``functools.partial(collate_detection, pad_to_multiple=32)`` for a DataLoader that pads to a multiple.
+
+    Args:
+        batch: B samples, each ``image`` (C, H_i, W_i) and a target dict (kept as is).
+        pad_to_multiple: round the padded height and width up to a multiple of this.
+
+    Returns:
+        images (B, C, Hmax, Wmax) zero-padded bottom/right; mask (B, Hmax, Wmax) bool, True = padding;
+        targets, the list of B target dicts.
+    """
+    images, mask = pad_images([sample[0] for sample in batch], pad_to_multiple=pad_to_multiple)
+    return images, mask, [sample[1] for sample in batch]

@@ -1,0 +1,445 @@
+"""Synthetic COCO-2017-layout dataset: coloured shapes on textured backgrounds.
+
+:func:`make_shapes` writes, deterministically from a seed::
+
+    root/train2017/000000000001.jpg ...
+    root/val2017/...
+    root/annotations/instances_{train,val}2017.json   (detection, COCO format)
+    root/annotations/captions_{train,val}2017.json    (5 templated captions per image)
+
+Content, chosen to exercise every path a real COCO-layout dataset takes:
+
+- 4 classes with non-contiguous ids (square 1, circle 3, triangle 7, star 9), 6 colours, textured backgrounds
+  in 5 named tones, image sides varying around ``image_size`` (non-square).
+- 1..4 objects per image with log-uniform areas from 14**2 px to (0.6 * short side)**2 (at 192 px about 35%
+  small, 55% medium, 10% large in COCO's area buckets), partial overlaps (an object keeps >= 65% of its pixels).
+- Annotations are *modal*, like COCO's: ``bbox`` is the tight box of the visible pixels (xywh, float), ``area``
+  the visible pixel count (segment area, not box area), ``segmentation`` the visible mask as compressed RLE.
+- About 5% of the images have no objects; about 5% of the others have an ``iscrowd=1`` region (a cluster of
+  tiny shapes of one class annotated as a single crowd).
+
+Which images are empty or hold a crowd is drawn per split from ``(seed, split)``; everything else in an image
+from its own stream ``(seed, split, index)``. Files are written atomically (temporary name, then rename), so ranks that
+generate the same set concurrently cannot leave a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+CATEGORIES: tuple[dict[str, Any], ...] = (
+    {"id": 1, "name": "square", "supercategory": "shape"},
+    {"id": 3, "name": "circle", "supercategory": "shape"},
+    {"id": 7, "name": "triangle", "supercategory": "shape"},
+    {"id": 9, "name": "star", "supercategory": "shape"},
+)
+COLORS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("red", (220, 40, 40)),
+    ("green", (40, 170, 60)),
+    ("blue", (40, 80, 220)),
+    ("yellow", (235, 205, 40)),
+    ("purple", (150, 60, 190)),
+    ("orange", (245, 135, 30)),
+)
+BACKGROUNDS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("gray", (128, 128, 128)),
+    ("light gray", (185, 185, 185)),
+    ("dark gray", (70, 70, 70)),
+    ("beige", (205, 190, 155)),
+    ("brown", (115, 90, 65)),
+)
+_SPLITS = ("train", "val")
+_MIN_OBJECT_SIDE = 14  # px: the smallest object has the area of a 14 x 14 square
+_MAX_OBJECT_SIDE = 0.6  # of the image's short side: the largest has the area of a square this wide
+_MAX_OCCLUSION = 0.35  # an object keeps at least 65% of its pixels visible
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+# --------------------------------------------------------------------------------------------- drawing
+
+
+# Per kind: half-extent / size (a circle of any rotation around the shape) and area / size**2.
+_EXTENT = {"square": 0.5, "circle": 0.5, "triangle": 0.6, "star": 0.55}
+_AREA = {
+    "square": 1.0,
+    "circle": math.pi / 4,
+    "triangle": 0.75 * math.sqrt(3) * 0.6**2,  # equilateral, circumradius 0.6 * size
+    "star": 5 * 0.45 * 0.55**2 * math.sin(math.pi / 5),  # 10 triangles (R, 0.45 R, 36 deg), R = 0.55 * size
+}
+
+
+def _outer_radius(kind: str, size: float) -> float:
+    """Half-extent (px) that contains a shape of extent ``size`` at any rotation."""
+    return _EXTENT[kind] * size
+
+
+def _shape_mask(kind: str, cx: float, cy: float, size: float, angle: float, height: int, width: int) -> np.ndarray:
+    """Rasterise one shape into an (H, W) bool mask."""
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    r = _outer_radius(kind, size)
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+    elif kind == "square":  # axis-aligned, so that it reads as a square, not a diamond
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=1)
+    else:
+        n = 3 if kind == "triangle" else 10
+        radii = [r] * 3 if kind == "triangle" else [r if k % 2 == 0 else 0.45 * r for k in range(10)]
+        angles = [angle + 2 * math.pi * k / n for k in range(n)]
+        points = [(cx + rk * math.sin(a), cy - rk * math.cos(a)) for rk, a in zip(radii, angles, strict=True)]
+        draw.polygon(points, fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _background(rng: np.random.Generator, height: int, width: int, base: tuple[int, int, int]) -> np.ndarray:
+    """A textured (H, W, 3) float32 background: base tone + smooth blotches + optional stripes (noise comes later)."""
+    gh, gw = (int(v) for v in rng.integers(3, 9, size=2))
+    coarse = rng.normal(0.0, 18.0, size=(gh, gw)).astype(np.float32)
+    shade = np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.BILINEAR))  # (H, W)
+    if rng.random() < 0.4:
+        theta, period, amp = rng.uniform(0, math.pi), rng.uniform(6, 20), rng.uniform(6, 14)
+        ys = np.arange(height, dtype=np.float32)[:, None] * math.sin(theta)  # (H, 1)
+        xs = np.arange(width, dtype=np.float32)[None, :] * math.cos(theta)  # (1, W)
+        shade = shade + amp * np.sin((2 * math.pi / period) * (xs + ys))  # (H, W)
+    return np.asarray(base, dtype=np.float32) + shade[..., None]  # (H, W, 3)
+
+
+@functools.cache
+def _noise_table(sigma: float) -> np.ndarray:
+    return np.asarray([NormalDist(0.0, sigma).inv_cdf((k + 0.5) / 256) for k in range(256)], dtype=np.float32)
+
+
+def _gaussian_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Gaussian noise quantised to 256 levels: random bytes through an inverse-CDF table (4x faster)."""
+    return _noise_table(sigma)[np.frombuffer(rng.bytes(math.prod(shape)), dtype=np.uint8).reshape(shape)]
+
+
+class _Layer:
+    """One drawn thing (an object or a crowd region) with its full and still-visible masks."""
+
+    def __init__(self, kind: str, color: str, mask: np.ndarray, crowd: bool = False) -> None:
+        self.kind, self.color, self.mask, self.crowd = kind, color, mask, crowd
+        self.visible = mask.copy()
+        self.full_area = int(mask.sum())
+
+
+def _fits_on_top(candidate: np.ndarray, color: str, layers: list[_Layer]) -> bool:
+    """Whether a new top layer leaves every earlier layer mostly visible and touches none of its colour."""
+    for layer in layers:
+        hidden = int(np.count_nonzero(layer.visible & candidate))
+        if not hidden:
+            continue
+        if layer.color == color:  # same-colour overlaps would merge into one blob
+            return False
+        if int(layer.visible.sum()) - hidden < (1.0 - _MAX_OCCLUSION) * layer.full_area:
+            return False
+    return True
+
+
+def _place(rng: np.random.Generator, layers: list[_Layer], height: int, width: int, kind: str, color: str,
+           size: float, crowd: bool = False, tries: int = 30) -> bool:
+    """Try to add one object of the given kind/colour/size; returns whether it was placed."""
+    ext = _outer_radius(kind, size)
+    for _ in range(tries):
+        cx, cy = rng.uniform(ext, width - 1 - ext), rng.uniform(ext, height - 1 - ext)
+        mask = _shape_mask(kind, cx, cy, size, rng.uniform(0, 2 * math.pi), height, width)
+        if mask.sum() and _fits_on_top(mask, color, layers):
+            for layer in layers:
+                layer.visible &= ~mask
+            layers.append(_Layer(kind, color, mask, crowd))
+            return True
+    return False
+
+
+def _crowd_layer(rng: np.random.Generator, height: int, width: int) -> _Layer:
+    """A cluster of 8..14 tiny shapes of one class and colour, annotated as one crowd region."""
+    kind = CATEGORIES[int(rng.integers(len(CATEGORIES)))]["name"]
+    color = COLORS[int(rng.integers(len(COLORS)))][0]
+    side = int(rng.integers(24, 45))
+    x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+    union = np.zeros((height, width), dtype=bool)
+    for _ in range(int(rng.integers(8, 15))):
+        size = rng.uniform(5, 8)
+        ext = _outer_radius(kind, size)
+        cx, cy = x0 + rng.uniform(ext, side - ext), y0 + rng.uniform(ext, side - ext)
+        union |= _shape_mask(kind, cx, cy, size, rng.uniform(0, 2 * math.pi), height, width)
+    return _Layer(kind, color, union, crowd=True)
+
+
+def _render_image(rng: np.random.Generator, height: int, width: int, num_objects: int,
+                  with_crowd: bool) -> tuple[np.ndarray, list[_Layer], str]:
+    """Draw one image. Returns the (H, W, 3) uint8 pixels, the layers bottom to top, and the background name."""
+    bg_name, bg_rgb = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    img = _background(rng, height, width, bg_rgb)
+    layers: list[_Layer] = [_crowd_layer(rng, height, width)] if with_crowd else []
+    short = min(height, width)
+    for _ in range(num_objects):
+        kind = CATEGORIES[int(rng.integers(len(CATEGORIES)))]["name"]
+        color = COLORS[int(rng.integers(len(COLORS)))][0]
+        # log-uniform area: ~35% small (< 32**2 px), ~55% medium, ~10% large (> 96**2 px) at 192 px
+        area = math.exp(rng.uniform(2 * math.log(_MIN_OBJECT_SIDE), 2 * math.log(_MAX_OBJECT_SIDE * short)))
+        size = min(math.sqrt(area / _AREA[kind]), 0.45 * short / _EXTENT[kind])
+        _place(rng, layers, height, width, kind, color, size)
+    palette = dict(COLORS)
+    for layer in layers:  # bottom to top: later layers paint over earlier ones
+        img[layer.mask] = np.asarray(palette[layer.color], dtype=np.float32) + rng.uniform(-15, 15, size=3)
+    img += _gaussian_noise(rng, (height, width, 3), sigma=8.0)
+    np.clip(img, 0, 255, out=img)
+    pixels = (img + 0.5).astype(np.uint8)  # round half up
+    return pixels, layers, bg_name
+
+
+# --------------------------------------------------------------------------------------------- captions
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _count(n: int, words: str) -> str:
+    """'a red square' / 'two red squares' (plural by appending 's')."""
+    if n == 1:
+        return f"{_article(words)} {words}"
+    return f"{_NUMBERS[n] if n < len(_NUMBERS) else n} {words}s"
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _position(box: list[float], height: int, width: int) -> str:
+    """Where the box centre lies on a 3x3 grid: 'at the top left', 'on the right', 'in the center', ..."""
+    cx, cy = (box[0] + box[2] / 2) / width, (box[1] + box[3] / 2) / height
+    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
+    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
+    if row and col:
+        return f"at the {row} {col}"
+    if row:
+        return f"at the {row}"
+    return f"on the {col}" if col else "in the center"
+
+
+def _size_word(area: float, height: int, width: int) -> str:
+    frac = area / (height * width)
+    return "small " if frac < 0.02 else "large " if frac > 0.12 else ""
+
+
+def _captions(rng: np.random.Generator, objects: list[dict[str, Any]], crowd: dict[str, Any] | None, bg: str,
+              height: int, width: int) -> list[str]:
+    """Five varied templated captions. ``objects``: dicts with kind, color, bbox, area (largest first)."""
+    if not objects:
+        pool = [
+            f"an empty textured {bg} background",
+            f"a plain {bg} background with no shapes",
+            f"nothing but a noisy {bg} texture",
+            f"no shapes on {_article(bg)} {bg} background",
+            "an empty image with a textured background",
+            f"a blank {bg} surface",
+        ]
+        return [pool[int(i)] for i in rng.choice(len(pool), 5, replace=False)]
+
+    n = len(objects)
+    by_color: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
+    for o in objects:
+        by_color[f"{o['color']} {o['kind']}"] = by_color.get(f"{o['color']} {o['kind']}", 0) + 1
+        by_kind[o["kind"]] = by_kind.get(o["kind"], 0) + 1
+    kinds = sorted(by_kind.items(), key=lambda kv: -kv[1])  # stable: ties keep largest-first order
+    crowd_tail = f" and a cluster of tiny {crowd['color']} {crowd['kind']}s" if crowd else ""
+    big = objects[0]
+    described = [_count(1, f"{_size_word(o['area'], height, width)}{o['color']} {o['kind']}") for o in objects]
+    colors = sorted({o["color"] for o in objects})
+    big_size = _size_word(big["area"], height, width).strip() or "medium"
+    big_color_kind = f"{big['color']} {big['kind']}"
+
+    pool = [
+        f"{_join([_count(c, w) for w, c in by_color.items()])}{crowd_tail} on {_article(bg)} {bg} background",
+        _join([_count(c, w) for w, c in kinds]),
+        f"{_count(1, f'{big_size} {big_color_kind}')} {_position(big['bbox'], height, width)}"
+        + (f" and {_NUMBERS[n - 1]} other shape{'s' if n > 2 else ''}" if n > 1 else ""),
+        f"a single {big['color']} {big['kind']} on a textured {bg} background" if n == 1
+        else f"{_NUMBERS[n]} shapes on a textured {bg} background",
+        _join([f"{_count(1, o['color'] + ' ' + o['kind'])} {_position(o['bbox'], height, width)}"
+               for o in objects[:3]]),
+        f"{('an image of', 'a picture of', 'a drawing of')[int(rng.integers(3))]} {_join(described)}{crowd_tail}",
+        f"{_join(colors)} shapes against {_article(bg)} {bg} backdrop" if len(colors) > 1
+        else f"{_NUMBERS[n]} {big['color']} shapes against {_article(bg)} {bg} backdrop" if n > 1
+        else f"just one {big['color']} {big['kind']} against {_article(bg)} {bg} backdrop",
+    ]
+    return [pool[int(i)] for i in rng.choice(len(pool), 5, replace=False)]
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def _annotation(layer: _Layer, ann_id: int, image_id: int, cat_ids: dict[str, int]) -> dict[str, Any]:
+    rows, cols = np.flatnonzero(layer.visible.any(axis=1)), np.flatnonzero(layer.visible.any(axis=0))
+    x0, x1, y0, y1 = int(cols[0]), int(cols[-1]) + 1, int(rows[0]), int(rows[-1]) + 1  # pixel edges
+    rle = mask_utils.encode(np.asfortranarray(layer.visible.astype(np.uint8)))
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": cat_ids[layer.kind],
+        "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+        "area": float(np.count_nonzero(layer.visible)),
+        "iscrowd": int(layer.crowd),
+        "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+    }
+
+
+def _paths(root: Path) -> dict[str, Path]:
+    ann = root / "annotations"
+    return {
+        "root": root,
+        "train_images": root / "train2017",
+        "val_images": root / "val2017",
+        "instances_train": ann / "instances_train2017.json",
+        "instances_val": ann / "instances_val2017.json",
+        "captions_train": ann / "captions_train2017.json",
+        "captions_val": ann / "captions_val2017.json",
+    }
+
+
+def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 100, image_size: int = 192,
+                size_jitter: int | None = None, seed: int = 0, min_objects: int = 1, max_objects: int = 4,
+                empty_fraction: float = 0.05, crowd_fraction: float = 0.05, jpeg_quality: int = 95) -> dict[str, Path]:
+    """Write the synthetic shapes dataset in COCO 2017 layout under ``root``.
+
+    Args:
+        root: output folder (created; existing files of the same names are overwritten).
+        num_train: images in train2017.
+        num_val: images in val2017.
+        image_size: nominal side in px; each image's height and width are drawn independently from
+            ``image_size +- size_jitter``.
+        size_jitter: px of variation per side; default ``image_size // 6`` (160..224 for 192).
+        seed: everything (pixels, annotations, captions) is a function of the seed and the arguments.
+        min_objects: fewest objects in a non-empty image (fewer if they cannot be placed without
+            hiding more than 35% of another object).
+        max_objects: most objects in an image.
+        empty_fraction: fraction of each split (rounded up) with no objects at all.
+        crowd_fraction: fraction of the non-empty images (rounded up) that also hold an ``iscrowd=1`` region.
+        jpeg_quality: JPEG quality (4:4:4 chroma, so small shapes keep their colour).
+
+    Returns:
+        Paths: ``root``, ``train_images``, ``val_images``, ``instances_train``, ``instances_val``,
+        ``captions_train``, ``captions_val``.
+    """
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    jitter = image_size // 6 if size_jitter is None else size_jitter
+    if image_size - jitter < 64 or jitter < 0:
+        raise ValueError(f"image sides must stay >= 64 px, got image_size={image_size}, size_jitter={jitter}")
+    if not (0.0 <= empty_fraction <= 1.0 and 0.0 <= crowd_fraction <= 1.0):
+        raise ValueError("empty_fraction and crowd_fraction must lie in [0, 1]")
+
+    paths = _paths(Path(root))
+    paths["annotations"] = paths["instances_train"].parent
+    for key in ("train_images", "val_images", "annotations"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+    del paths["annotations"]
+    cat_ids = {c["name"]: c["id"] for c in CATEGORIES}
+    params = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "size_jitter": jitter,
+              "seed": seed, "min_objects": min_objects, "max_objects": max_objects,
+              "empty_fraction": empty_fraction, "crowd_fraction": crowd_fraction, "jpeg_quality": jpeg_quality}
+    info = {"description": "vitkit synthetic shapes (COCO 2017 layout)", "version": "1.0", "generator": params}
+
+    outputs: dict[str, dict[str, Any]] = {}
+    next_image_id, next_ann_id, next_cap_id = 1, 1, 1
+    for split_idx, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val), strict=True)):
+        split_rng = np.random.default_rng([seed, split_idx, 0])
+        empty = set(split_rng.choice(count, math.ceil(empty_fraction * count), replace=False).tolist())
+        non_empty = [i for i in range(count) if i not in empty]
+        n_crowd = math.ceil(crowd_fraction * len(non_empty))
+        crowd = set(split_rng.choice(non_empty, n_crowd, replace=False).tolist()) if n_crowd else set()
+
+        images, annotations, captions = [], [], []
+        for i in range(count):
+            rng = np.random.default_rng([seed, split_idx, 1, i])
+            height, width = (int(v) for v in rng.integers(image_size - jitter, image_size + jitter + 1, size=2))
+            num_objects = 0 if i in empty else int(rng.integers(min_objects, max_objects + 1))
+            pixels, layers, bg = _render_image(rng, height, width, num_objects, with_crowd=i in crowd)
+
+            image_id = next_image_id
+            next_image_id += 1
+            file_name = f"{image_id:012d}.jpg"
+            _atomic_write_bytes(paths[f"{split}_images"] / file_name, _encode_jpeg(pixels, jpeg_quality))
+            images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+
+            objects, crowd_desc = [], None
+            for layer in layers:
+                ann = _annotation(layer, next_ann_id, image_id, cat_ids)
+                next_ann_id += 1
+                annotations.append(ann)
+                if layer.crowd:
+                    crowd_desc = {"kind": layer.kind, "color": layer.color}
+                else:
+                    objects.append({"kind": layer.kind, "color": layer.color, "bbox": ann["bbox"],
+                                    "area": ann["area"]})
+            objects.sort(key=lambda o: -o["area"])
+            for caption in _captions(rng, objects, crowd_desc, bg, height, width):
+                captions.append({"id": next_cap_id, "image_id": image_id, "caption": caption})
+                next_cap_id += 1
+
+        common = {"info": info, "licenses": [], "images": images}
+        outputs[f"captions_{split}"] = {**common, "annotations": captions}
+        outputs[f"instances_{split}"] = {**common, "annotations": annotations, "categories": list(CATEGORIES)}
+
+    # instances_train2017.json goes last: its presence means the whole set is complete (see ensure_shapes).
+    for key in ("captions_val", "instances_val", "captions_train", "instances_train"):
+        _atomic_write_bytes(paths[key], json.dumps(outputs[key]).encode("utf-8"))
+    return paths
+
+
+def ensure_shapes(root: str | os.PathLike, **kwargs: Any) -> dict[str, Path]:
+    """Generate the shapes dataset under ``root`` unless it is already there.
+
+    The set counts as present when ``root/annotations/instances_train2017.json`` exists (it is written last).
+    If that file records different generator arguments than ``kwargs``, a warning says so; nothing is
+    regenerated (delete the folder to regenerate).
+
+    Args:
+        root: dataset folder.
+        **kwargs: arguments of :func:`make_shapes`.
+
+    Returns:
+        The same paths as :func:`make_shapes`.
+    """
+    paths = _paths(Path(root))
+    if not paths["instances_train"].is_file():
+        return make_shapes(root, **kwargs)
+    try:
+        with open(paths["instances_train"], encoding="utf-8") as f:
+            recorded = json.load(f).get("info", {}).get("generator")
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict):
+        differing = {k: (recorded[k], v) for k, v in kwargs.items()
+                     if v is not None and k in recorded and recorded[k] != v}
+        if differing:
+            warnings.warn(f"{root} holds a shapes set generated with other arguments (recorded, requested): "
+                          f"{differing}; using it as is. Delete the folder to regenerate.", stacklevel=2)
+    return paths

@@ -1,0 +1,201 @@
+"""Detection augmentation presets on ``torchvision.transforms.v2``.
+
+Every transform here takes and returns ``(image, target)`` where ``image`` is a ``tv_tensors.Image`` (C, H, W)
+and ``target`` a dict holding ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY pixels) and ``labels`` (n,); other
+keys pass through untouched. :func:`to_model_target` then turns the target into the model contract.
+
+Differences from DETR's reference transforms:
+
+- Resizing uses :class:`RandomShortestSideResize`, built on ``v2.functional.resize(size=[s], max_size=m)``,
+  rather than ``v2.RandomShortestSize``: the latter computes ``int(side * s / short)`` in floating point and
+  lands one pixel short of ``s`` for about 5% of input sizes (e.g. short side 1399 resized to 208 gives 207).
+- :class:`RandomSizeCrop` clamps the requested range to the image, so images smaller than ``min_size`` are
+  cropped to their own size instead of failing.
+- Boxes that a crop leaves thinner than ``min_box_size`` px are dropped with their labels by
+  ``v2.SanitizeBoundingBoxes`` (DETR drops only zero-area boxes; the default ``min_box_size=1`` is close).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import PIL.Image
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DETR_SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800
+
+
+def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
+    """(H, W) of the first image-like input (or the canvas of the first boxes when there is no image)."""
+    canvas = None
+    for inpt in flat_inputs:
+        if isinstance(inpt, tv_tensors.BoundingBoxes):
+            canvas = canvas or tuple(inpt.canvas_size)
+        elif isinstance(inpt, (tv_tensors.KeyPoints, tv_tensors.Mask)):
+            continue
+        elif isinstance(inpt, (Tensor, PIL.Image.Image)):  # images, videos, a pure tensor taken as the image
+            h, w = F.get_size(inpt)
+            return int(h), int(w)
+    if canvas is None:
+        raise TypeError("no image or bounding boxes found in the transform's input")
+    return canvas
+
+
+class RandomShortestSideResize(v2.Transform):
+    """Resize so that the short side equals a size drawn from ``sizes``, capping the long side at ``max_size``.
+
+    The short side comes out exactly at the drawn size unless the cap binds, in which case the long side is
+    exactly ``max_size`` (``v2.functional.resize`` semantics). Boxes are scaled with the image.
+
+    Args:
+        sizes: candidate short sides in px, drawn uniformly.
+        max_size: cap on the long side in px (must exceed every size), or None.
+        antialias: antialias when downsampling tensors.
+    """
+
+    def __init__(self, sizes: int | Sequence[int], max_size: int | None = None, antialias: bool = True) -> None:
+        super().__init__()
+        self.sizes = [sizes] if isinstance(sizes, int) else [int(s) for s in sizes]
+        if not self.sizes:
+            raise ValueError("RandomShortestSideResize needs at least one size")
+        if max_size is not None and max_size <= max(self.sizes):
+            raise ValueError(f"max_size ({max_size}) must exceed every size ({max(self.sizes)})")
+        self.max_size = max_size
+        self.antialias = antialias
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"size": self.sizes[int(torch.randint(len(self.sizes), ()))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.resize(inpt, size=[params["size"]], max_size=self.max_size, antialias=self.antialias)
+
+
+class RandomSizeCrop(v2.Transform):
+    """Crop a random window whose height and width are drawn independently from [min_size, max_size].
+
+    DETR's ``RandomSizeCrop``: h ~ U[min_size, min(H, max_size)], w ~ U[min_size, min(W, max_size)], then a
+    uniform position. Sides shorter than ``min_size`` are kept whole. Boxes are shifted and clamped to the
+    window; follow with ``v2.SanitizeBoundingBoxes`` to drop the boxes that fell outside.
+
+    Args:
+        min_size: smallest crop side in px.
+        max_size: largest crop side in px.
+    """
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        super().__init__()
+        if not 0 < min_size <= max_size:
+            raise ValueError(f"need 0 < min_size <= max_size, got {min_size}, {max_size}")
+        self.min_size, self.max_size = int(min_size), int(max_size)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = _spatial_size(flat_inputs)
+        out = {}
+        for name, side, offset in (("height", height, "top"), ("width", width, "left")):
+            hi = min(side, self.max_size)
+            lo = min(self.min_size, hi)
+            crop = int(torch.randint(lo, hi + 1, ()))
+            out[name] = crop
+            out[offset] = int(torch.randint(side - crop + 1, ()))
+        return out
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.crop(inpt, top=params["top"], left=params["left"], height=params["height"], width=params["width"])
+
+
+def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+
+
+def detr_train_transforms(scales: Sequence[int] = DETR_SCALES, max_size: int | None = 1333,
+                          crop: tuple[int, int] = (384, 600), resize_before_crop: Sequence[int] = (400, 500, 600),
+                          hflip_p: float = 0.5, crop_p: float = 0.5, min_box_size: float = 1.0,
+                          mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """DETR's training augmentation.
+
+    Horizontal flip; then either a multi-scale resize, or (with probability ``crop_p``) a resize to one of
+    ``resize_before_crop``, a random crop with sides in ``crop`` and the multi-scale resize; then boxes
+    thinner than ``min_box_size`` are dropped with their labels; then float conversion and normalisation.
+
+    For ~192 px images (the shapes set) scale everything down, e.g. ``scales=range(160, 225, 16)``,
+    ``max_size=320``, ``crop=(128, 192)``, ``resize_before_crop=(160, 192, 224)``.
+
+    Args:
+        scales: short sides (px) of the multi-scale resize.
+        max_size: cap on the long side (px) of the multi-scale resize.
+        crop: (min, max) side of the random crop in px.
+        resize_before_crop: short sides (px) the crop branch first resizes to (no long-side cap).
+        hflip_p: probability of the horizontal flip.
+        crop_p: probability of the crop branch.
+        min_box_size: boxes narrower or shorter than this (px, after all geometry) are dropped.
+        mean: per-channel mean for normalisation (of images scaled to [0, 1]).
+        std: per-channel std for normalisation.
+
+    Returns:
+        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)``.
+    """
+    multiscale = RandomShortestSideResize(scales, max_size=max_size)
+    crop_branch = v2.Compose([
+        RandomShortestSideResize(resize_before_crop),
+        RandomSizeCrop(*crop),
+        RandomShortestSideResize(scales, max_size=max_size),
+    ])
+    return v2.Compose([
+        v2.RandomHorizontalFlip(p=hflip_p),
+        v2.RandomChoice([multiscale, crop_branch], p=[1.0 - crop_p, crop_p]),
+        v2.SanitizeBoundingBoxes(min_size=min_box_size),
+        *_normalize(mean, std),
+    ])
+
+
+def detr_val_transforms(size: int = 800, max_size: int | None = 1333, mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """DETR's evaluation transform: short side to ``size`` (long side capped at ``max_size``), normalise.
+
+    Args:
+        size: short side in px.
+        max_size: cap on the long side in px, or None.
+        mean: per-channel mean for normalisation.
+        std: per-channel std for normalisation.
+
+    Returns:
+        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)``.
+    """
+    return v2.Compose([RandomShortestSideResize(size, max_size=max_size), *_normalize(mean, std)])
+
+
+def to_model_target(image: Any, target: dict[str, Any]) -> dict[str, Any]:
+    """Convert a transformed target to the model contract.
+
+    Args:
+        image: the transformed image ((C, H, W) tensor or PIL image); its size normalises the boxes.
+        target: ``boxes`` (n, 4) ``BoundingBoxes`` in pixels (any format), ``labels`` (n,), ``image_id``,
+            ``orig_size``; other keys are kept.
+
+    Returns:
+        The target with ``boxes`` (n, 4) float32 cxcywh normalised by the image size (plain tensor),
+        ``labels`` (n,) int64, ``image_id`` int, ``orig_size`` (2,) int64 [h, w] of the original image and
+        ``size`` (2,) int64 [h, w] of the transformed, unpadded image.
+    """
+    height, width = (int(v) for v in F.get_size(image))
+    boxes = target["boxes"]
+    fmt = boxes.format.name.lower() if isinstance(boxes, tv_tensors.BoundingBoxes) else "xyxy"
+    boxes = boxes.as_subclass(Tensor).to(torch.float32).reshape(-1, 4)
+    if fmt != "cxcywh":
+        boxes = box_convert(boxes, in_fmt=fmt, out_fmt="cxcywh")
+    boxes = boxes / torch.tensor([width, height, width, height], dtype=torch.float32)
+    out = dict(target)
+    out["boxes"] = boxes
+    out["labels"] = torch.as_tensor(target["labels"]).as_subclass(Tensor).to(torch.int64).reshape(-1)
+    out["image_id"] = int(target["image_id"])
+    out["orig_size"] = torch.as_tensor(target["orig_size"], dtype=torch.int64)
+    out["size"] = torch.tensor([height, width], dtype=torch.int64)
+    return out

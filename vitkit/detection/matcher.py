@@ -1,0 +1,102 @@
+"""Hungarian matching between predicted queries and ground-truth boxes (DETR's matcher).
+
+Differences from the reference: the cost is always computed in float32 with autocast off (bf16 costs tie-break
+wrongly or overflow), non-finite costs are replaced by a large finite value instead of crashing SciPy, the whole
+batch goes to the host in one transfer, and ``repeat=k`` matches every target up to k times (one-to-many /
+hybrid matching) by tiling the cost columns rather than recomputing them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou
+
+from vitkit.detection.box_ops import cxcywh_to_xyxy
+
+# Replaces NaN/inf costs; far above any real cost (class <= ~10, L1 <= 4 x 5, GIoU <= 2 x 2).
+_BIG_COST = 1e8
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one (or one-to-k) assignment minimising class + L1 + GIoU cost.
+
+    Args:
+        cost_class: weight of the class cost (-p for softmax heads, focal cost for sigmoid heads).
+        cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
+        cost_giou: weight of -GIoU.
+        use_focal: sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
+        focal_alpha: focal cost alpha.
+        focal_gamma: focal cost gamma.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        use_focal: bool = False,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        self.use_focal, self.focal_alpha, self.focal_gamma = use_focal, focal_alpha, focal_gamma
+
+    def _class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """(N, C[+1]) logits, (T,) labels -> (N, T) class cost."""
+        if not self.use_focal:
+            return -logits.softmax(-1)[:, labels]
+        p = logits.sigmoid()
+        # -log(p) = softplus(-x), -log(1-p) = softplus(x): stable for large |x|.
+        pos = self.focal_alpha * (1 - p) ** self.focal_gamma * F.softplus(-logits)
+        neg = (1 - self.focal_alpha) * p**self.focal_gamma * F.softplus(logits)
+        return (pos - neg)[:, labels]
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict], repeat: int = 1) -> list[tuple[Tensor, Tensor]]:
+        """Match each image's queries to its targets.
+
+        Args:
+            outputs: ``pred_logits`` (B, Q, C+1) softmax / (B, Q, C) sigmoid, ``pred_boxes`` (B, Q, 4) cxcywh.
+            targets: B dicts with ``labels`` (n,) int64 and ``boxes`` (n, 4) normalised cxcywh.
+            repeat: match every target up to this many times (one-to-many); 1 is DETR's one-to-one matching.
+
+        Returns:
+            B pairs ``(src_idx, tgt_idx)``, int64 on CPU, each of length min(Q, repeat * n), sorted by
+            ``src_idx``. ``tgt_idx`` indexes the image's original (unrepeated) targets.
+        """
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        bs, nq = logits.shape[:2]
+        sizes = [len(t["boxes"]) for t in targets]
+        empty = torch.empty(0, dtype=torch.int64)
+        if sum(sizes) == 0:
+            return [(empty, empty) for _ in sizes]
+
+        with torch.autocast(logits.device.type, enabled=False):
+            out_logits = logits.flatten(0, 1).float()  # (B*Q, C[+1])
+            out_boxes = boxes.flatten(0, 1).float()  # (B*Q, 4)
+            tgt_labels = torch.cat([t["labels"] for t in targets]).to(logits.device)  # (T,)
+            tgt_boxes = torch.cat([t["boxes"] for t in targets]).to(out_boxes)  # (T, 4)
+            cost = (
+                self.cost_class * self._class_cost(out_logits, tgt_labels)
+                + self.cost_bbox * torch.cdist(out_boxes, tgt_boxes, p=1)
+                - self.cost_giou * generalized_box_iou(cxcywh_to_xyxy(out_boxes), cxcywh_to_xyxy(tgt_boxes))
+            )  # (B*Q, T)
+            cost = torch.nan_to_num(cost, nan=_BIG_COST, posinf=_BIG_COST, neginf=-_BIG_COST)
+        cost = cost.view(bs, nq, -1).cpu().numpy()  # the one host transfer
+
+        indices, start = [], 0
+        for i, n in enumerate(sizes):
+            c = cost[i, :, start : start + n]  # (Q, n)
+            start += n
+            if n == 0:
+                indices.append((empty, empty))
+                continue
+            # Tiled columns are [t0..tn-1, t0..tn-1, ...]: column j is target j % n.
+            src, tgt = linear_sum_assignment(np.tile(c, (1, repeat)) if repeat > 1 else c)
+            indices.append((torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(tgt % n, dtype=torch.int64)))
+        return indices

@@ -1,0 +1,58 @@
+"""Turn raw detection outputs into per-image scored boxes in pixels of the original image."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+
+class PostProcess(nn.Module):
+    """Scores, labels and absolute xyxy boxes from ``pred_logits``/``pred_boxes``.
+
+    Softmax heads (DETR): softmax over C+1 classes, drop the no-object column, best class per query, then the
+    ``num_select`` best queries. Sigmoid heads (Deformable DETR): top ``num_select`` over all Q*C
+    (query, class) scores, so a query may appear with several classes. Results are sorted by score, descending.
+
+    Args:
+        use_focal: sigmoid head with C logits instead of softmax with C+1 (last = no-object).
+        num_select: detections kept per image (at most Q for softmax, Q*C for sigmoid).
+    """
+
+    def __init__(self, use_focal: bool = False, num_select: int = 100) -> None:
+        super().__init__()
+        self.use_focal, self.num_select = use_focal, num_select
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """Post-process a batch.
+
+        Args:
+            outputs: ``pred_logits`` (B, Q, C+1) softmax / (B, Q, C) sigmoid; ``pred_boxes`` (B, Q, 4) normalised
+                cxcywh.
+            target_sizes: (B, 2) [h, w] of the original images, in pixels.
+
+        Returns:
+            B dicts: ``scores`` (K,) float32, ``labels`` (K,) int64 in [0, C), ``boxes`` (K, 4) xyxy pixels
+            clamped to the image, with K = min(num_select, Q) (softmax) or min(num_select, Q*C) (sigmoid).
+        """
+        with torch.autocast(outputs["pred_logits"].device.type, enabled=False):
+            logits = outputs["pred_logits"].float()  # (B, Q, C[+1])
+            boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy")  # (B, Q, 4)
+            if self.use_focal:
+                num_classes = logits.shape[-1]
+                flat = logits.sigmoid().flatten(1)  # (B, Q*C)
+                scores, top = flat.topk(min(self.num_select, flat.shape[1]), dim=1)  # (B, K)
+                labels, query = top % num_classes, top // num_classes
+            else:
+                scores, labels = logits.softmax(-1)[..., :-1].max(-1)  # (B, Q)
+                scores, query = scores.topk(min(self.num_select, scores.shape[1]), dim=1)  # (B, K)
+                labels = labels.gather(1, query)
+            boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))  # (B, K, 4)
+            h, w = target_sizes.to(boxes).unbind(-1)  # (B,)
+            scale = torch.stack([w, h, w, h], dim=-1)[:, None]  # (B, 1, 4)
+            boxes = (boxes * scale).clamp(min=torch.zeros_like(scale), max=scale)
+        return [
+            {"scores": s, "labels": lab.to(torch.int64).contiguous(), "boxes": b}
+            for s, lab, b in zip(scores, labels, boxes, strict=True)
+        ]

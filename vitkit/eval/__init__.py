@@ -1,0 +1,29 @@
+"""Evaluation: COCO detection mAP through COCOeval (faster-coco-eval or pycocotools), DDP gathering."""
+
+from vitkit.eval.coco_eval import (
+    BACKENDS,
+    STAT_KEYS,
+    CocoEvalResult,
+    evaluate_coco,
+    format_summary,
+    gather_image_ids,
+    gather_results,
+    load_gt,
+    load_results,
+    merge_rank_results,
+    validate_results,
+)
+
+__all__ = [
+    "BACKENDS",
+    "STAT_KEYS",
+    "CocoEvalResult",
+    "evaluate_coco",
+    "format_summary",
+    "gather_image_ids",
+    "gather_results",
+    "load_gt",
+    "load_results",
+    "merge_rank_results",
+    "validate_results",
+]

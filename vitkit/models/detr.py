@@ -1,0 +1,204 @@
+"""DETR: patch source -> ViTEncoder -> TransformerDecoder with object queries -> class and box heads.
+
+Differences from facebookresearch/detr: batch-first tensors; the backbone is the encoder's patch source
+(``BackbonePatchEmbed`` for the classic R50 recipe, conv ``PatchEmbed`` for ViT-DETR); one block class
+serves pre- and post-norm. The convergence options are switches, all off for vanilla DETR:
+
+- ``sigmoid_head``: C sigmoid logits (focal / varifocal losses) and no "no-object" slot;
+- ``box_refine``: learned anchor boxes as queries (DAB-DETR): each layer's query position is an MLP of the
+  sine embedding of the current boxes, and each layer refines them (Deformable DETR's iterative refinement,
+  boxes detached between layers);
+- ``num_queries_one2many``: extra queries trained with one-to-many matching (H-DETR's hybrid matching),
+  kept from attending to the one-to-one queries and dropped at inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vitkit.layers import SinePositionEncoding2D
+from vitkit.models.decoder import TransformerDecoder
+from vitkit.models.encoder import ViTEncoder
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them; ``layers.{i}`` names match DETR's ``bbox_embed``."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else torch.relu(layer(x))
+        return x
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def box_sine_embed(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """(B, Q, 4) cxcywh in [0, 1] -> (B, Q, dim) sine embedding, dim/4 channels per coordinate.
+
+    Uses the same scale (2*pi) and frequencies as :class:`SinePositionEncoding2D`, in (y, x, w, h) order so the
+    centre part lines up with the memory's (pos_y, pos_x) encoding.
+    """
+    n = dim // 4
+    i = torch.arange(n, dtype=torch.float32, device=boxes.device)
+    dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / n)  # (n,)
+    coords = boxes.float()[..., [1, 0, 2, 3]] * 2 * math.pi  # (B, Q, 4)
+    pos = coords[..., None] / dim_t  # (B, Q, 4, n)
+    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)  # (B, Q, 4, n)
+    return pos.flatten(-2)  # (B, Q, 4n)
+
+
+class DETR(nn.Module):
+    """DETR-style set-prediction detector.
+
+    Args:
+        encoder: a :class:`ViTEncoder` (its patch source may be a CNN).
+        decoder: a :class:`TransformerDecoder` with ``return_intermediate=True``.
+        num_classes: number of object classes C (contiguous labels 0..C-1).
+        num_queries: one-to-one object queries Q.
+        sigmoid_head: C sigmoid logits (focal-style) instead of C+1 softmax logits with a no-object class.
+        box_refine: anchor-box queries with per-layer iterative refinement.
+        num_queries_one2many: extra one-to-many queries used in training only (0 = off).
+        aux_loss: return the earlier layers' predictions as ``aux_outputs``.
+        memory_pos: positions for the cross-attention keys: "auto" uses the encoder's per-layer positions when
+            it has them (DETR) and a 2D sine encoding of the grid otherwise; "sine"; or "none".
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        decoder: TransformerDecoder,
+        num_classes: int,
+        num_queries: int = 100,
+        sigmoid_head: bool = False,
+        box_refine: bool = False,
+        num_queries_one2many: int = 0,
+        aux_loss: bool = True,
+        memory_pos: str = "auto",
+    ) -> None:
+        super().__init__()
+        if memory_pos not in ("auto", "sine", "none"):
+            raise ValueError(f"memory_pos must be auto|sine|none, got {memory_pos!r}")
+        if not decoder.return_intermediate:
+            raise ValueError("DETR needs a TransformerDecoder with return_intermediate=True")
+        D = decoder.dim
+        self.encoder, self.decoder = encoder, decoder
+        self.num_classes, self.num_queries = num_classes, num_queries
+        self.num_queries_one2many = num_queries_one2many
+        self.sigmoid_head, self.box_refine, self.aux_loss = sigmoid_head, box_refine, aux_loss
+        self.memory_pos = memory_pos
+        self.input_proj = nn.Linear(encoder.embed_dim, D) if encoder.embed_dim != D else nn.Identity()
+        self.pos_sine = SinePositionEncoding2D(D)
+        total_q = num_queries + num_queries_one2many
+        self.query_embed = nn.Embedding(total_q, D)
+        self.class_embed = nn.Linear(D, num_classes if sigmoid_head else num_classes + 1)
+        self.bbox_embed = MLP(D, D, 4, 3)
+        if box_refine:
+            self.refpoint_embed = nn.Embedding(total_q, 4)
+            self.ref_point_head = MLP(D, D, D, 2)
+            # Deformable DETR: one box head per layer when refining.
+            self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(decoder.depth))
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        if self.sigmoid_head:
+            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        if self.box_refine:
+            for head in self.bbox_embed:
+                nn.init.zeros_(head.layers[-1].weight)
+                nn.init.zeros_(head.layers[-1].bias)
+            with torch.no_grad():
+                # Anchors: centres spread uniformly over the image, sizes ~0.1 (stored in logit space).
+                self.refpoint_embed.weight[:, :2].uniform_(0, 1)
+                self.refpoint_embed.weight[:, 2:].fill_(0.1)
+                self.refpoint_embed.weight.copy_(inverse_sigmoid(self.refpoint_embed.weight))
+
+    def _memory_pos(self, enc, mask: Tensor) -> Tensor | None:
+        if self.memory_pos == "none":
+            return None
+        if self.memory_pos == "auto" and enc.pos is not None and enc.pos.shape[-1] == self.decoder.dim:
+            return enc.pos
+        B = mask.shape[0]
+        h, w = enc.grid
+        grid_mask = mask[:, enc.num_prefix:].reshape(B, h, w)  # (B, h, w)
+        pos = self.pos_sine(grid_mask, dtype=enc.tokens.dtype).reshape(B, h * w, -1)  # (B, h*w, D)
+        if enc.num_prefix:
+            pos = torch.cat((pos.new_zeros(B, enc.num_prefix, pos.shape[-1]), pos), dim=1)  # (B, P+h*w, D)
+        return pos
+
+    def _self_attn_mask(self, total_q: int, device: torch.device) -> Tensor | None:
+        """(Qt, Qt) bool, True = masked: one-to-one and one-to-many groups don't see each other."""
+        if total_q == self.num_queries:
+            return None
+        group = torch.arange(total_q, device=device) >= self.num_queries
+        return group[:, None] != group[None, :]
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
+        """Detect.
+
+        Args:
+            images: (B, 3, H, W) normalised images, zero-padded.
+            mask: optional (B, H, W) bool pixel padding mask, True = padding.
+
+        Returns:
+            dict with
+            - ``pred_logits``: (B, Q, C+1) softmax logits (last = no object), or (B, Q, C) for sigmoid heads;
+            - ``pred_boxes``: (B, Q, 4) normalised cxcywh in [0, 1], relative to the unpadded image;
+            - ``aux_outputs``: list of L-1 dicts with the same keys for the earlier decoder layers;
+            - ``one2many`` (training with one-to-many queries): the same structure for the extra queries.
+        """
+        enc = self.encoder(images, mask)
+        memory = self.input_proj(enc.tokens)  # (B, N, D)
+        mem_mask = enc.mask if enc.mask.any() else None  # (B, N)
+        mem_pos = self._memory_pos(enc, enc.mask)
+        B = memory.shape[0]
+        total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
+        query = self.query_embed.weight[:total_q].unsqueeze(0).expand(B, -1, -1).to(memory.dtype)  # (B, Qt, D)
+        attn_mask = self._self_attn_mask(total_q, memory.device)
+        if self.box_refine:
+            logits, boxes = self._decode_refine(query, memory, mem_pos, mem_mask, attn_mask, total_q)
+        else:
+            hs = self.decoder(torch.zeros_like(query), memory, query_pos=query, memory_pos=mem_pos,
+                              memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask)  # (L, B, Qt, D)
+            logits, boxes = self.class_embed(hs), self.bbox_embed(hs).sigmoid()  # (L, B, Qt, C'), (L, B, Qt, 4)
+        out = self._pack(logits[:, :, : self.num_queries], boxes[:, :, : self.num_queries])
+        if total_q > self.num_queries:
+            out["one2many"] = self._pack(logits[:, :, self.num_queries:], boxes[:, :, self.num_queries:])
+        return out
+
+    def _decode_refine(self, query: Tensor, memory: Tensor, mem_pos: Tensor | None, mem_mask: Tensor | None,
+                       attn_mask: Tensor | None, total_q: int) -> tuple[Tensor, Tensor]:
+        """Layer-by-layer decoding with anchor-box queries -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
+        B = memory.shape[0]
+        ref = self.refpoint_embed.weight[:total_q].sigmoid().unsqueeze(0).expand(B, -1, -1)  # (B, Qt, 4)
+        x = query  # learned content embedding as the initial target
+        logits, boxes = [], []
+        for layer, head in zip(self.decoder.layers, self.bbox_embed, strict=True):
+            query_pos = self.ref_point_head(box_sine_embed(ref, self.decoder.dim).to(memory.dtype))  # (B, Qt, D)
+            x = layer(x, memory, query_pos=query_pos, memory_pos=mem_pos, memory_key_padding_mask=mem_mask,
+                      self_attn_mask=attn_mask)
+            h = self.decoder.norm(x)
+            new = (inverse_sigmoid(ref) + head(h).float()).sigmoid()  # (B, Qt, 4)
+            logits.append(self.class_embed(h))
+            boxes.append(new)
+            ref = new.detach()
+        return torch.stack(logits), torch.stack(boxes)
+
+    def _pack(self, logits: Tensor, boxes: Tensor) -> dict:
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
+                                  for a, b in zip(logits[:-1], boxes[:-1], strict=True)]
+        return out

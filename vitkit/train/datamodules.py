@@ -1,0 +1,116 @@
+"""Lightning DataModule for COCO-layout detection data (COCO 2017 itself, or the generated shapes set)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+COCO_LAYOUT = """expected layout under {root}:
+  {root}/train2017/                          training images
+  {root}/val2017/                            validation images
+  {root}/annotations/instances_train2017.json
+  {root}/annotations/instances_val2017.json
+COCO 2017 comes from https://cocodataset.org (2017 Train/Val images + annotations); any dataset in this
+layout works. For the generated demo data run: python tools/make_shapes.py {root}"""
+
+
+class CocoDataModule(L.LightningDataModule):
+    """COCO-layout detection data with DETR's augmentation.
+
+    Args:
+        root: dataset root in COCO 2017 layout.
+        generate_shapes: generate the synthetic shapes dataset into ``root`` when it has no annotations.
+        shapes_train, shapes_val, shapes_size, shapes_seed: generator settings (with ``generate_shapes``).
+        batch_size: images per device and step.
+        val_batch_size: validation batch size (default: ``batch_size``).
+        num_workers: loader worker processes.
+        train_scales: shortest-side sizes for multi-scale training.
+        train_max_size: longest-side cap for training.
+        crop_resize: shortest sides tried before the random crop (DETR: 400, 500, 600).
+        crop_size: (min, max) side of the random crop (DETR: 384..600).
+        val_size: validation shortest side.
+        val_max_size: validation longest-side cap.
+        pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/coco",
+        generate_shapes: bool = False,
+        shapes_train: int = 600,
+        shapes_val: int = 100,
+        shapes_size: int = 192,
+        shapes_seed: int = 0,
+        batch_size: int = 2,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        train_scales: list[int] | None = None,
+        train_max_size: int = 1333,
+        crop_resize: list[int] | None = None,
+        crop_size: tuple[int, int] = (384, 600),
+        val_size: int = 800,
+        val_max_size: int = 1333,
+        pad_to_multiple: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.root = Path(root)
+        if generate_shapes:
+            from vitkit.data.shapes import ensure_shapes
+
+            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
+                          seed=shapes_seed)
+        for split in ("train", "val"):
+            ann = self.annotation_file(split)
+            if not ann.is_file():
+                raise FileNotFoundError(f"data.root: missing {ann}\n" + COCO_LAYOUT.format(root=self.root))
+        with open(self.val_annotation_file) as f:
+            cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+        self.label_to_cat_id = [int(c["id"]) for c in cats]
+        self.class_names = [str(c["name"]) for c in cats]
+        self.num_classes = len(cats)
+        self.train_scales = train_scales or list(range(480, 801, 32))
+        self.crop_resize = crop_resize or [400, 500, 600]
+        self.train_set = self.val_set = None
+
+    def annotation_file(self, split: str) -> Path:
+        return self.root / "annotations" / f"instances_{split}2017.json"
+
+    @property
+    def val_annotation_file(self) -> str:
+        return str(self.annotation_file("val"))
+
+    def setup(self, stage: str | None = None) -> None:
+        from vitkit.data.coco import CocoDetection
+        from vitkit.data.transforms import detr_train_transforms, detr_val_transforms
+
+        hp = self.hparams
+        if stage in (None, "fit") and self.train_set is None:
+            tf = detr_train_transforms(scales=self.train_scales, max_size=hp.train_max_size,
+                                       resize_before_crop=self.crop_resize, crop=tuple(hp.crop_size))
+            self.train_set = CocoDetection(self.root, "train", transforms=tf)
+        if self.val_set is None:
+            self.val_set = CocoDetection(self.root, "val",
+                                         transforms=detr_val_transforms(size=hp.val_size, max_size=hp.val_max_size))
+
+    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        from functools import partial
+
+        from vitkit.data.collate import collate_detection
+
+        hp = self.hparams
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers, drop_last=False,
+            collate_fn=partial(collate_detection, pad_to_multiple=hp.pad_to_multiple),
+            pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, shuffle=False)

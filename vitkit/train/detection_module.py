@@ -1,0 +1,191 @@
+"""DetectionModule: Lightning training/validation of an injected :class:`vitkit.models.DETR`.
+
+The module owns the optimisation recipe (AdamW with a backbone lr multiplier and weight-decay groups,
+warmup + cosine or step schedule) and the set-prediction criterion; data formats stay in the datamodule
+and COCO scoring in :mod:`vitkit.eval.coco_eval`. Gradient clipping and EMA are Trainer features
+(``trainer.gradient_clip_val``, ``lightning.pytorch.callbacks.EMAWeightAveraging``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
+from vitkit.models.detr import DETR
+
+
+class DetectionModule(L.LightningModule):
+    """Train and validate a DETR-style detector.
+
+    Args:
+        detector: the model (its class head must have ``num_classes`` outputs, plus one for softmax heads).
+        num_classes: number of classes, linked from the datamodule (checked against the detector).
+        loss_type: "ce" (softmax + no-object, vanilla DETR), "focal" or "varifocal" (sigmoid heads).
+        cost_class, cost_bbox, cost_giou: Hungarian matching costs.
+        loss_ce, loss_bbox, loss_giou: loss weights.
+        eos_coef: weight of the no-object class (CE only).
+        one2many_k: how many times each target is repeated for the one-to-many queries.
+        lr: base learning rate (transformer and heads).
+        backbone_lr_mult: lr multiplier for the patch source (the CNN backbone or conv patchify).
+        weight_decay: AdamW weight decay; norms, biases, embeddings and tokens get none.
+        warmup_steps: linear warmup steps.
+        schedule: "cosine" (to ``min_lr_ratio``) or "step" (x0.1 at ``lr_drop`` of the schedule, DETR's recipe).
+        lr_drop: fraction of the total steps at which the step schedule drops.
+        min_lr_ratio: final lr / base lr for the cosine schedule.
+        num_select: detections kept per image by the post-processor.
+        eval_backend: COCOeval implementation for validation: "faster" (faster-coco-eval) or "pycocotools".
+        focal_alpha: alpha of the focal / varifocal loss and matching cost (RT-DETR uses 0.75 with varifocal).
+        class_names: category names, filled from the datamodule and kept in checkpoints.
+        label_to_cat_id: contiguous label -> dataset category id, filled from the datamodule.
+    """
+
+    def __init__(
+        self,
+        detector: DETR,
+        num_classes: int | None = None,
+        loss_type: str = "ce",
+        cost_class: float = 1.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        loss_ce: float = 1.0,
+        loss_bbox: float = 5.0,
+        loss_giou: float = 2.0,
+        eos_coef: float = 0.1,
+        one2many_k: int = 6,
+        lr: float = 1e-4,
+        backbone_lr_mult: float = 0.1,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        schedule: str = "step",
+        lr_drop: float = 2 / 3,
+        min_lr_ratio: float = 0.01,
+        num_select: int = 100,
+        eval_backend: str = "faster",
+        focal_alpha: float = 0.25,
+        class_names: list[str] | None = None,
+        label_to_cat_id: list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["detector"])
+        if num_classes is not None and num_classes != detector.num_classes:
+            raise ValueError(
+                f"model.num_classes: the data has {num_classes} classes but the detector was built for "
+                f"{detector.num_classes}; drop the detector's num_classes from the config (it is linked from data)"
+            )
+        if (loss_type != "ce") != detector.sigmoid_head:
+            raise ValueError(
+                f"model.loss_type={loss_type!r} needs detector.sigmoid_head={loss_type != 'ce'} "
+                f"(softmax heads train with 'ce', sigmoid heads with 'focal' or 'varifocal')"
+            )
+        if schedule not in ("cosine", "step"):
+            raise ValueError(f"model.schedule must be 'cosine' or 'step', got {schedule!r}")
+        self.detector = detector
+        use_focal = loss_type != "ce"
+        matcher = HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou,
+                                   use_focal=use_focal, focal_alpha=focal_alpha)
+        weights = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        self.criterion = SetCriterion(detector.num_classes, matcher, weight_dict=weights, eos_coef=eos_coef,
+                                      loss_type=loss_type, one2many_k=one2many_k,
+                                      focal_alpha=focal_alpha)
+        self.postprocess = PostProcess(use_focal=use_focal, num_select=num_select)
+        self._val_results: list[dict] = []
+        self._val_image_ids: list[int] = []
+        self.last_eval = None  # CocoEvalResult of the latest validation epoch
+        self.last_results: list[dict] = []  # its gathered COCO results
+
+    detector_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the detector
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.detector_config is not None:
+            checkpoint["vitkit_detector_config"] = self.detector_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.detector_config = checkpoint.get("vitkit_detector_config", self.detector_config)
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
+        return self.detector(images, mask)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        images, mask, targets = batch
+        outputs = self.detector(images, mask)
+        losses = self.criterion(outputs, targets)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            ids = [int(t["image_id"]) for t in targets]
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}, image ids {ids}")
+        B = images.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
+        for k in ("loss_ce", "loss_bbox", "loss_giou"):
+            if k in losses:
+                self.log(f"train/{k}", losses[k], batch_size=B)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, mask, targets = batch
+        outputs = self.detector(images, mask)
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(images.device)  # (B, 2) [h, w]
+        dets = self.postprocess(outputs, sizes)
+        cat_ids = self.hparams.label_to_cat_id
+        for t, d in zip(targets, dets, strict=True):
+            image_id = int(t["image_id"])
+            self._val_image_ids.append(image_id)
+            boxes = d["boxes"].float().cpu()  # (K, 4) xyxy pixels
+            xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1)  # (K, 4)
+            for box, score, label in zip(xywh.tolist(), d["scores"].float().tolist(), d["labels"].tolist(),
+                                         strict=True):
+                cat = cat_ids[label] if cat_ids else label
+                self._val_results.append({"image_id": image_id, "category_id": int(cat),
+                                          "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_results, self._val_image_ids = [], []
+
+    def on_validation_epoch_end(self) -> None:
+        from vitkit.eval.coco_eval import evaluate_coco, gather_image_ids, gather_results
+
+        dm = self.trainer.datamodule
+        if self.trainer.sanity_checking or dm is None or not hasattr(dm, "val_annotation_file"):
+            return
+        # Collective calls: every rank gathers, so every rank computes (and logs) the same stats.
+        results = gather_results(self._val_results, self._val_image_ids)
+        image_ids = gather_image_ids(self._val_image_ids)
+        res = evaluate_coco(dm.val_annotation_file, results, image_ids=image_ids, backend=self.hparams.eval_backend)
+        self.last_eval, self.last_results = res, results
+        if self.trainer.is_global_zero and self.trainer.state.fn == "fit":
+            self.print(res.summary)
+        for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+            self.log(f"val/{k}", float(res.stats[k]), prog_bar=k in ("AP", "AP50"))
+        self._val_results, self._val_image_ids = [], []
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.detector.named_parameters():
+            if not p.requires_grad:
+                continue
+            is_backbone = name.startswith("encoder.patch_embed.")
+            no_decay = p.ndim <= 1 or name.endswith(("cls_token", "reg_token", "pos_embed")) or "embed.weight" in name
+            groups.setdefault((is_backbone, no_decay), []).append(p)
+        param_groups = [
+            {"params": ps, "lr": hp.lr * (hp.backbone_lr_mult if bb else 1.0),
+             "weight_decay": 0.0 if nd else hp.weight_decay}
+            for (bb, nd), ps in groups.items()
+        ]
+        opt = torch.optim.AdamW(param_groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warm = hp.warmup_steps
+
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            if hp.schedule == "step":
+                return 0.1 if step >= hp.lr_drop * total else 1.0
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
