@@ -132,3 +132,11 @@ def test_backbone_channels_last_same_output(backbone):
     cl.load_state_dict(backbone.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(cl.eval()(x)[0], backbone.eval()(x)[0], atol=1e-4, rtol=1e-4)
+
+
+def test_backbone_out_index_picks_an_earlier_stage():
+    m = BackbonePatchEmbed("resnet18", embed_dim=32, out_index=-2, frozen_bn=False).eval()
+    assert m.stride == 16 and m.num_channels == 256
+    assert not hasattr(m.body, "layer4")  # later stages are not built
+    tokens, mask = m(torch.randn(1, 3, 96, 128))
+    assert tokens.shape == (1, 6, 8, 32) and mask.shape == (1, 6, 8)

@@ -89,6 +89,8 @@ class BackbonePatchEmbed(nn.Module):
         freeze_at: freeze parameters up to feature level ``freeze_at`` (detectron2 convention: for a ResNet
             1 = the stem, 2 = stem + layer1, which is DETR's recipe).
         channels_last: run the CNN in channels_last memory format (faster on CPU and GPU).
+        out_index: which feature level becomes the tokens (timm ``out_indices``): -1 = the last stage (stride 32
+            on a ResNet), -2 = the one before (stride 16), ... Stages after it are not built.
         **timm_kwargs: extra keyword arguments for ``timm.create_model``.
     """
 
@@ -100,6 +102,7 @@ class BackbonePatchEmbed(nn.Module):
         frozen_bn: bool = True,
         freeze_at: int = 0,
         channels_last: bool = False,
+        out_index: int = -1,
         **timm_kwargs,
     ) -> None:
         super().__init__()
@@ -107,7 +110,7 @@ class BackbonePatchEmbed(nn.Module):
         from timm.layers import freeze_batch_norm_2d
 
         self.body = timm.create_model(
-            model_name, pretrained=pretrained, features_only=True, out_indices=(-1,), **timm_kwargs
+            model_name, pretrained=pretrained, features_only=True, out_indices=(out_index,), **timm_kwargs
         )
         if frozen_bn:
             self.body = freeze_batch_norm_2d(self.body)
