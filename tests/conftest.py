@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -28,3 +28,13 @@ def perturb() -> Callable[..., nn.Module]:
     """In-place Gaussian noise on every parameter, so zero/one inits (biases, norms, class tokens)
     become non-trivial and weight-copy mistakes show up. ``perturb(module, std=0.02) -> module``."""
     return _perturb
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run a module's tests on one torch thread (data transforms run in one-thread DataLoader workers; on a small
+    shared CPU, tiny elementwise ops with several OpenMP threads are ~100x slower). Restores the setting after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

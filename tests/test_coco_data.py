@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,7 @@ from vitkit.data import CocoDetection, collate_detection, detr_train_transforms,
 SMALL_TRAIN = {"scales": (160, 176, 192), "max_size": 320, "crop": (96, 160), "resize_before_crop": (128, 160)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Per-sample transforms run in DataLoader workers, which use one thread; on a small shared CPU, tiny
-    elementwise ops with several OpenMP threads are ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

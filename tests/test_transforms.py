@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -19,15 +17,7 @@ from vitkit.data import (
     to_model_target,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Per-sample transforms run in DataLoader workers, which use one thread; on a small shared CPU, tiny
-    elementwise ops with several OpenMP threads are ~100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _sample(h: int, w: int, boxes: list[list[float]], labels: list[int] | None = None,
