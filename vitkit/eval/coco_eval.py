@@ -123,6 +123,17 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     """A print function that prints nothing (faster-coco-eval's ``print_function`` hook)."""
 
 
+def _read_json(path: str, what: str) -> Any:
+    """Parse a JSON file; a missing file or bad JSON raises an error naming ``what`` and the path."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} is not valid JSON: {path} ({e})") from e
+
+
 def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     """Load a COCO instances annotation file into the backend's ``COCO`` object, silently.
 
@@ -141,13 +152,7 @@ def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     """
     coco_cls, _ = _backend_classes(backend)
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with open(path) as f:
-            dataset = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"annotation file is not valid JSON: {path} ({e})") from e
+    dataset = _read_json(path, "annotation file")
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "categories")):
         raise ValueError(f"annotation file is not a COCO instances file (needs 'images' and 'categories'): {path}")
     coco = coco_cls(print_function=_silent) if backend == "faster" else coco_cls()
@@ -256,13 +261,7 @@ def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
         ValueError: not JSON, not a list, or a bad entry (named by index and key).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"results file not found: {path}")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"results file is not valid JSON: {path} ({e})") from e
+    data = _read_json(path, "results file")
     if not isinstance(data, list):
         raise ValueError(f"results file must hold a JSON list of detections, got {type(data).__name__}: {path}")
     try:
