@@ -161,6 +161,19 @@ def test_one2many_branch_adds_keys() -> None:
     assert off["loss"] == pytest.approx(plain["loss"].item(), rel=1e-6)
 
 
+def test_encoder_proposals_add_enc_keys() -> None:
+    out = _random_outputs(2, 4, "focal", aux=1)
+    out["enc_outputs"] = _random_outputs(2, 4, "focal", seed=2)
+    targets = _targets([2, 1])
+    losses = _criterion("focal")(out, targets)
+    enc = {f"{k}_enc" for k in COMPONENTS}
+    assert enc <= set(losses)
+    plain = _criterion("focal")({k: v for k, v in out.items() if k != "enc_outputs"}, targets)
+    assert losses["loss"] == pytest.approx(plain["loss"].item() + sum(losses[k].item() for k in enc), rel=1e-6)
+    alone = _criterion("focal")(out["enc_outputs"], targets)  # the proposals scored like a final layer
+    assert losses["loss_bbox_enc"] == pytest.approx(alone["loss_bbox"].item(), rel=1e-6)
+
+
 def _ddp_worker(rank: int, tmp: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=2)
     try:

@@ -17,8 +17,12 @@ def vit_detr(num_classes: int = 4, dim: int = 64, **kw) -> DETR:
     return DETR(enc, dec, num_classes=num_classes, num_queries=10, **kw)
 
 
+TWO_STAGE = {"sigmoid_head": True, "box_refine": True, "two_stage": True}
+
+
 @pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True}, {"box_refine": True},
-                                {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20}])
+                                {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20},
+                                {**TWO_STAGE, "num_queries_one2many": 20}])
 def test_outputs_follow_the_switches(kw):
     m = vit_detr(**kw)
     x = torch.randn(2, 3, 64, 80)
@@ -29,6 +33,10 @@ def test_outputs_follow_the_switches(kw):
     assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
     assert len(out["aux_outputs"]) == 1
     assert ("one2many" in out) == bool(kw.get("num_queries_one2many"))
+    assert ("enc_outputs" in out) == bool(kw.get("two_stage"))
+    if "enc_outputs" in out:
+        assert out["enc_outputs"]["pred_logits"].shape == (2, 10, 4)
+        assert out["enc_outputs"]["pred_boxes"].shape == (2, 10, 4)
     if "one2many" in out:
         assert out["one2many"]["pred_boxes"].shape == (2, 20, 4)
         m.eval()
@@ -46,7 +54,7 @@ def test_one2many_queries_do_not_change_one2one_predictions():
     torch.testing.assert_close(with_o2m, without, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}])
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE])
 def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
     m = vit_detr(**kw).eval()
     img = torch.randn(3, 70, 90)
@@ -59,6 +67,56 @@ def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
         batched = m(big, mask)
     torch.testing.assert_close(batched["pred_logits"][0], alone["pred_logits"][0], atol=1e-4, rtol=0)
     torch.testing.assert_close(batched["pred_boxes"][0], alone["pred_boxes"][0], atol=1e-4, rtol=0)
+
+
+def test_two_stage_needs_refinement_and_sigmoid_head():
+    with pytest.raises(ValueError, match="two_stage needs box_refine"):
+        vit_detr(two_stage=True, sigmoid_head=True)
+    with pytest.raises(ValueError, match="two_stage needs box_refine"):
+        vit_detr(two_stage=True, box_refine=True)
+
+
+def test_two_stage_proposals_start_at_grid_anchors_of_the_unpadded_image():
+    m = vit_detr(**TWO_STAGE, anchor_size=0.2).eval()
+    # 40 x 72 real pixels in a 64 x 96 padded batch, patch 16 -> 3 x 5 real tokens of a 4 x 6 grid.
+    x = torch.zeros(1, 3, 64, 96)
+    mask = torch.ones(1, 64, 96, dtype=torch.bool)
+    x[0, :, :40, :72], mask[0, :40, :72] = torch.randn(3, 40, 72), False
+    with torch.no_grad():
+        boxes = m(x, mask)["enc_outputs"]["pred_boxes"][0]  # (10, 4): zero-initialised box head = the anchors
+    col, row = boxes[:, 0] * 5 - 0.5, boxes[:, 1] * 3 - 0.5  # token index on the real 3 x 5 grid
+    torch.testing.assert_close(col, col.round(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(row, row.round(), atol=1e-4, rtol=0)
+    assert col.round().max() <= 4 and row.round().max() <= 2  # no proposal from a padding token
+    assert len({(int(c), int(r)) for c, r in zip(col.round(), row.round(), strict=True)}) == 10  # 10 distinct
+    torch.testing.assert_close(boxes[:, 2:], torch.full((10, 2), 0.2), atol=1e-5, rtol=0)
+
+
+def test_two_stage_proposals_are_trained_through_the_encoder():
+    m = vit_detr(**TWO_STAGE).train()
+    out = m(torch.randn(2, 3, 64, 64))
+    enc_loss = out["enc_outputs"]["pred_logits"].sum() + out["enc_outputs"]["pred_boxes"].sum()
+    enc_loss.backward()
+    assert m.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert m.enc_bbox_head.layers[-1].weight.grad.abs().sum() > 0
+    assert m.class_embed.weight.grad is None  # the decoder's inputs are detached from the proposals
+
+
+def test_denoising_queries_do_not_change_matching_predictions():
+    m = vit_detr(sigmoid_head=True, box_refine=True, num_denoising=12, num_queries_one2many=20).train()
+    _, targets = _toy_batch(2)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        with_dn = m(x, None, targets)
+        without = m(x)
+    assert "dn_outputs" in with_dn and "dn_outputs" not in without
+    meta = with_dn["dn_outputs"]["dn_meta"]
+    assert (meta.pad, meta.num_groups) == (2, 6)  # up to 2 targets per image, 12 // 2 groups
+    assert with_dn["dn_outputs"]["pred_boxes"].shape == (2, 24, 4) and len(with_dn["dn_outputs"]["aux_outputs"]) == 1
+    torch.testing.assert_close(with_dn["pred_boxes"], without["pred_boxes"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(with_dn["one2many"]["pred_logits"], without["one2many"]["pred_logits"], atol=1e-5,
+                               rtol=0)
+    assert "dn_outputs" not in m.eval()(x, None, targets)  # inference never denoises
 
 
 def test_classic_detr_r50_architecture():
@@ -97,17 +155,18 @@ def _toy_batch(n: int = 4, size: int = 64, seed: int = 0):
     return images, targets
 
 
-@pytest.mark.parametrize("sigmoid", [False, True])
-def test_tiny_detr_overfits_a_few_images(sigmoid):
+@pytest.mark.parametrize("sigmoid,two_stage", [(False, False), (True, False), (True, True)])
+def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     torch.manual_seed(0)
     images, targets = _toy_batch()
-    m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid)
+    m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid, two_stage=two_stage,
+                 num_denoising=20 if two_stage else 0)
     loss_type = "varifocal" if sigmoid else "ce"
     crit = SetCriterion(3, HungarianMatcher(use_focal=sigmoid), loss_type=loss_type, eos_coef=0.1)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     first = None
     for _ in range(150):
-        loss = crit(m(images), targets)["loss"]
+        loss = crit(m(images, None, targets), targets)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -60,6 +60,31 @@ def test_patch_embed_partially_padded_patch_is_real():
     assert torch.equal(tok_mask[0], torch.tensor([[False, True], [True, False]]))
 
 
+def test_conv_stem_shapes_and_padding_invariance():
+    torch.manual_seed(0)
+    pe = PatchEmbed(patch_size=8, embed_dim=16, stem_channels=[8, 12]).eval()  # 2 stride-2 convs, 2x2 proj
+    assert pe.proj.kernel_size == (2, 2) and len(pe.stem) == 2
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so padding would leak if not re-zeroed
+        for layer in pe.stem:
+            layer[1].running_mean.uniform_(-1, 1)
+            layer[1].bias.uniform_(0.5, 1)
+    img = torch.randn(1, 3, 37, 50)
+    big = torch.zeros(1, 3, 64, 72)
+    mask = torch.ones(1, 64, 72, dtype=torch.bool)
+    big[0, :, :37, :50], mask[0, :37, :50] = img[0], False
+    with torch.no_grad():
+        alone, alone_mask = pe(img)
+        batched, batched_mask = pe(big, mask)
+    assert alone.shape == (1, 5, 7, 16) and batched.shape == (1, 8, 9, 16)
+    assert not alone_mask.any() and batched_mask[0, :5, :7].logical_not().all() and batched_mask[0, 5:].all()
+    torch.testing.assert_close(batched[:, :5, :7], alone, atol=1e-5, rtol=0)
+
+
+def test_conv_stem_deeper_than_the_patch_is_an_error():
+    with pytest.raises(ValueError, match="stem_channels"):
+        PatchEmbed(patch_size=4, embed_dim=8, stem_channels=[8, 8, 8])
+
+
 @pytest.mark.parametrize("shape", [(2, 17, 16), (2, 16, 17), (1, 16, 16), (2, 1, 16, 16)])
 def test_patch_embed_mask_shape_validation(shape):
     pe = PatchEmbed(patch_size=8, embed_dim=8)

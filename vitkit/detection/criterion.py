@@ -151,12 +151,15 @@ class SetCriterion(nn.Module):
         Args:
             outputs: ``pred_logits`` (B, Q, C+1) for "ce" or (B, Q, C) for focal/varifocal; ``pred_boxes``
                 (B, Q, 4) normalised cxcywh; optional ``aux_outputs`` (list of dicts with the same keys, earlier
-                decoder layers) and ``one2many`` (a dict with the same structure, hybrid-matching queries).
+                decoder layers), ``enc_outputs`` (two-stage encoder proposals, matched one-to-one like a layer),
+                ``one2many`` (a dict with the same structure, hybrid-matching queries) and ``dn_outputs``
+                (denoising queries with their ``dn_meta``: positives are assigned, not matched).
             targets: B dicts with ``labels`` (n,) int64 in [0, C) and ``boxes`` (n, 4) normalised cxcywh.
 
         Returns:
             Weighted () tensors: ``loss_ce``/``loss_bbox``/``loss_giou`` (final layer), ``{key}_{i}`` (aux layer
-            i), ``{key}_o2m`` and ``{key}_o2m_{i}`` (one-to-many branch), ``loss`` (their sum); and the
+            i), ``{key}_enc`` (encoder proposals), ``{key}_o2m`` and ``{key}_o2m_{i}`` (one-to-many branch),
+            ``{key}_dn`` and ``{key}_dn_{i}`` (denoising), ``loss`` (their sum); and the
             unweighted, detached final-layer diagnostics in ``diagnostic_keys``: ``diag_class_error`` (top-1
             error in % over matched queries) and ``diag_cardinality_error`` (mean |#predicted objects - #targets|
             per image; CE: argmax is not no-object, sigmoid: max score > 0.5).
@@ -170,6 +173,8 @@ class SetCriterion(nn.Module):
         with torch.autocast(device.type, enabled=False):
             for tag, branch, k, factor in branches:
                 layers = [(tag, branch)] + [(f"{tag}_{i}", a) for i, a in enumerate(branch.get("aux_outputs", []))]
+                if "enc_outputs" in branch:
+                    layers.append((f"{tag}_enc", branch["enc_outputs"]))
                 for suffix, out in layers:
                     indices = self.matcher(out, targets, repeat=k)
                     losses = self._layer_losses(out, targets, indices, nb * k, diag=suffix == "")
@@ -178,5 +183,14 @@ class SetCriterion(nn.Module):
                             result[key] = value
                         else:
                             result[key + suffix] = value * self.weight_dict[key] * factor
+            if "dn_outputs" in outputs:
+                dn = outputs["dn_outputs"]
+                meta = dn["dn_meta"]
+                indices = meta.positive_indices([len(t["labels"]) for t in targets])
+                layers = [("_dn", dn)] + [(f"_dn_{i}", a) for i, a in enumerate(dn.get("aux_outputs", []))]
+                for suffix, out in layers:
+                    losses = self._layer_losses(out, targets, indices, nb * meta.num_groups, diag=False)
+                    for key, value in losses.items():
+                        result[key + suffix] = value * self.weight_dict[key]
         result["loss"] = sum(v for key, v in result.items() if key not in self.diagnostic_keys)
         return result

@@ -37,6 +37,10 @@ class PatchEmbed(nn.Module):
         embed_dim: token width D.
         bias: whether the projection has a bias.
         norm_layer: optional norm applied to the tokens (e.g. ``nn.LayerNorm``).
+        stem_channels: optional convolutional stem ("early convolutions", Xiao et al. 2021): one 3x3 stride-2
+            conv + BatchNorm + ReLU per entry, then ``proj`` covers the remaining stride (a 1x1 conv when the
+            stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
+            over padding are re-zeroed after every stem layer, so padding never leaks into real tokens.
     """
 
     def __init__(
@@ -46,12 +50,23 @@ class PatchEmbed(nn.Module):
         embed_dim: int = 768,
         bias: bool = True,
         norm_layer: type[nn.Module] | None = None,
+        stem_channels: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.stride = patch_size
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        stem_channels = list(stem_channels or [])
+        if patch_size % (2 ** len(stem_channels)):
+            raise ValueError(f"stem_channels: {len(stem_channels)} stride-2 layers do not divide patch_size "
+                             f"{patch_size}; use at most log2(patch_size) entries")
+        self.stem = nn.ModuleList()
+        for c in stem_channels:
+            self.stem.append(nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
+                                           nn.ReLU(inplace=True)))
+            in_chans = c
+        k = patch_size // 2 ** len(stem_channels)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=k, stride=k, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -72,9 +87,15 @@ class PatchEmbed(nn.Module):
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))  # zeros, (B, C, H', W')
             mask = F.pad(mask, (0, pad_w, 0, pad_h), value=True)  # (B, H', W')
-        x = self.proj(images)  # (B, D, h, w)
+        x = images
+        valid = (~mask).unsqueeze(1).to(images.dtype)  # (B, 1, H', W')
+        for layer in self.stem:
+            valid = F.max_pool2d(valid, kernel_size=2, stride=2)  # (B, 1, H'/2^i, W'/2^i): any real pixel
+            x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
+        x = self.proj(x)  # (B, D, h, w)
         x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
-        valid = F.max_pool2d((~mask).unsqueeze(1).float(), kernel_size=p, stride=p)  # (B, 1, h, w)
+        k = p // 2 ** len(self.stem)
+        valid = F.max_pool2d(valid.float(), kernel_size=k, stride=k)  # (B, 1, h, w)
         return x, valid.squeeze(1) == 0
 
 

@@ -9,7 +9,13 @@ serves pre- and post-norm. The convergence options are switches, all off for van
   sine embedding of the current boxes, and each layer refines them (Deformable DETR's iterative refinement,
   boxes detached between layers);
 - ``num_queries_one2many``: extra queries trained with one-to-many matching (H-DETR's hybrid matching),
-  kept from attending to the one-to-one queries and dropped at inference.
+  kept from attending to the one-to-one queries and dropped at inference;
+- ``two_stage`` (needs ``box_refine`` and ``sigmoid_head``): query selection from the encoder (Deformable
+  DETR two-stage / RT-DETR): every patch token scores the classes and regresses a box around its grid anchor;
+  the top-scoring tokens' boxes become the decoder's initial anchors and their (detached) features its
+  content queries. These encoder proposals get their own one-to-one loss (``enc_outputs``);
+- ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
+  (DINO / RT-DETR, :mod:`vitkit.models.denoising`), with known assignments (``dn_outputs``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import Tensor, nn
 
 from vitkit.layers import SinePositionEncoding2D
 from vitkit.models.decoder import TransformerDecoder
+from vitkit.models.denoising import make_denoising_queries, query_attention_mask
 from vitkit.models.encoder import ViTEncoder
 
 
@@ -74,6 +81,11 @@ class DETR(nn.Module):
         aux_loss: return the earlier layers' predictions as ``aux_outputs``.
         memory_pos: positions for the cross-attention keys: "auto" uses the encoder's per-layer positions when
             it has them (DETR) and a 2D sine encoding of the grid otherwise; "sine"; or "none".
+        two_stage: initial queries selected from encoder proposals (see the module docstring).
+        anchor_size: width and height of the two-stage grid anchors, as a fraction of the image.
+        num_denoising: denoising query budget per batch in training (0 = off).
+        dn_label_noise: label flip rate x 2 for denoising queries.
+        dn_box_noise: box jitter scale for denoising queries.
     """
 
     def __init__(
@@ -87,10 +99,20 @@ class DETR(nn.Module):
         num_queries_one2many: int = 0,
         aux_loss: bool = True,
         memory_pos: str = "auto",
+        two_stage: bool = False,
+        anchor_size: float = 0.1,
+        num_denoising: int = 0,
+        dn_label_noise: float = 0.5,
+        dn_box_noise: float = 1.0,
     ) -> None:
         super().__init__()
         if memory_pos not in ("auto", "sine", "none"):
             raise ValueError(f"memory_pos must be auto|sine|none, got {memory_pos!r}")
+        if two_stage and not (box_refine and sigmoid_head):
+            raise ValueError("two_stage needs box_refine=True and sigmoid_head=True (proposals are scored per class "
+                             "with sigmoid logits and refined by the decoder)")
+        if num_denoising and not box_refine:
+            raise ValueError("num_denoising needs box_refine=True (denoising queries are noised anchor boxes)")
         if not decoder.return_intermediate:
             raise ValueError("DETR needs a TransformerDecoder with return_intermediate=True")
         D = decoder.dim
@@ -99,26 +121,40 @@ class DETR(nn.Module):
         self.num_queries_one2many = num_queries_one2many
         self.sigmoid_head, self.box_refine, self.aux_loss = sigmoid_head, box_refine, aux_loss
         self.memory_pos = memory_pos
+        self.two_stage, self.anchor_size = two_stage, anchor_size
+        self.num_denoising, self.dn_label_noise, self.dn_box_noise = num_denoising, dn_label_noise, dn_box_noise
         self.input_proj = nn.Linear(encoder.embed_dim, D) if encoder.embed_dim != D else nn.Identity()
         self.pos_sine = SinePositionEncoding2D(D)
         total_q = num_queries + num_queries_one2many
-        self.query_embed = nn.Embedding(total_q, D)
+        self.query_embed = None if two_stage else nn.Embedding(total_q, D)
         self.class_embed = nn.Linear(D, num_classes if sigmoid_head else num_classes + 1)
         self.bbox_embed = MLP(D, D, 4, 3)
+        if two_stage:
+            self.enc_output = nn.Sequential(nn.Linear(D, D), nn.LayerNorm(D))
+            self.enc_score_head = nn.Linear(D, num_classes)
+            self.enc_bbox_head = MLP(D, D, 4, 3)
+        if num_denoising:
+            self.dn_label_embed = nn.Embedding(num_classes + 1, D)  # last row: padding entries
         if box_refine:
-            self.refpoint_embed = nn.Embedding(total_q, 4)
+            self.refpoint_embed = None if two_stage else nn.Embedding(total_q, 4)
             self.ref_point_head = MLP(D, D, D, 2)
             # Deformable DETR: one box head per layer when refining.
             self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(decoder.depth))
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
+        prior = -math.log((1 - 0.01) / 0.01)
         if self.sigmoid_head:
-            nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+            nn.init.constant_(self.class_embed.bias, prior)
+        if self.two_stage:
+            nn.init.constant_(self.enc_score_head.bias, prior)
+            nn.init.zeros_(self.enc_bbox_head.layers[-1].weight)
+            nn.init.zeros_(self.enc_bbox_head.layers[-1].bias)
         if self.box_refine:
             for head in self.bbox_embed:
                 nn.init.zeros_(head.layers[-1].weight)
                 nn.init.zeros_(head.layers[-1].bias)
+        if getattr(self, "refpoint_embed", None) is not None:
             with torch.no_grad():
                 # Anchors: centres spread uniformly over the image, sizes ~0.1 (stored in logit space).
                 self.refpoint_embed.weight[:, :2].uniform_(0, 1)
@@ -138,26 +174,24 @@ class DETR(nn.Module):
             pos = torch.cat((pos.new_zeros(B, enc.num_prefix, pos.shape[-1]), pos), dim=1)  # (B, P+h*w, D)
         return pos
 
-    def _self_attn_mask(self, total_q: int, device: torch.device) -> Tensor | None:
-        """(Qt, Qt) bool, True = masked: one-to-one and one-to-many groups don't see each other."""
-        if total_q == self.num_queries:
-            return None
-        group = torch.arange(total_q, device=device) >= self.num_queries
-        return group[:, None] != group[None, :]
-
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
+    def forward(self, images: Tensor, mask: Tensor | None = None, targets: list[dict] | None = None) -> dict:
         """Detect.
 
         Args:
             images: (B, 3, H, W) normalised images, zero-padded.
             mask: optional (B, H, W) bool pixel padding mask, True = padding.
+            targets: training targets (``labels``, normalised cxcywh ``boxes``), used only to build denoising
+                queries in training; predictions of the matching queries do not depend on them.
 
         Returns:
             dict with
             - ``pred_logits``: (B, Q, C+1) softmax logits (last = no object), or (B, Q, C) for sigmoid heads;
             - ``pred_boxes``: (B, Q, 4) normalised cxcywh in [0, 1], relative to the unpadded image;
             - ``aux_outputs``: list of L-1 dicts with the same keys for the earlier decoder layers;
-            - ``one2many`` (training with one-to-many queries): the same structure for the extra queries.
+            - ``one2many`` (training with one-to-many queries): the same structure for the extra queries;
+            - ``enc_outputs`` (two-stage): the selected encoder proposals' ``pred_logits``/``pred_boxes``;
+            - ``dn_outputs`` (training with denoising): the denoising queries' outputs (with ``aux_outputs``) and
+              ``dn_meta``, a :class:`DenoisingMeta`.
         """
         enc = self.encoder(images, mask)
         memory = self.input_proj(enc.tokens)  # (B, N, D)
@@ -165,25 +199,76 @@ class DETR(nn.Module):
         mem_pos = self._memory_pos(enc, enc.mask)
         B = memory.shape[0]
         total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
-        query = self.query_embed.weight[:total_q].unsqueeze(0).expand(B, -1, -1).to(memory.dtype)  # (B, Qt, D)
-        attn_mask = self._self_attn_mask(total_q, memory.device)
+        enc_out = None
+        if self.two_stage:
+            query, ref, enc_out = self._select_queries(enc, memory, total_q)
+        else:
+            query = self.query_embed.weight[:total_q].unsqueeze(0).expand(B, -1, -1).to(memory.dtype)  # (B, Qt, D)
+            ref = self.refpoint_embed.weight[:total_q].sigmoid().unsqueeze(0).expand(B, -1, -1) \
+                if self.box_refine else None  # (B, Qt, 4)
+        dn = None
+        if self.training and self.num_denoising and targets is not None:
+            dn = make_denoising_queries(targets, self.dn_label_embed, self.num_classes, self.num_denoising,
+                                        self.dn_label_noise, self.dn_box_noise)
+        n_dn = dn[2].num_queries if dn is not None else 0
+        attn_mask = query_attention_mask(n_dn, dn[2].num_groups if dn else 1, self.num_queries,
+                                         total_q - self.num_queries, memory.device)
+        if dn is not None:
+            query = torch.cat((dn[0].to(query.dtype), query), dim=1)  # (B, Ndn + Qt, D)
+            ref = torch.cat((dn[1].to(ref.dtype), ref), dim=1)  # (B, Ndn + Qt, 4)
         if self.box_refine:
-            logits, boxes = self._decode_refine(query, memory, mem_pos, mem_mask, attn_mask, total_q)
+            logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask)
         else:
             hs = self.decoder(torch.zeros_like(query), memory, query_pos=query, memory_pos=mem_pos,
                               memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask)  # (L, B, Qt, D)
             logits, boxes = self.class_embed(hs), self.bbox_embed(hs).sigmoid()  # (L, B, Qt, C'), (L, B, Qt, 4)
+        dn_logits, dn_boxes = logits[:, :, :n_dn], boxes[:, :, :n_dn]  # (L, B, Ndn, .)
+        logits, boxes = logits[:, :, n_dn:], boxes[:, :, n_dn:]  # (L, B, Qt, .)
         out = self._pack(logits[:, :, : self.num_queries], boxes[:, :, : self.num_queries])
+        if enc_out is not None:
+            out["enc_outputs"] = enc_out
         if total_q > self.num_queries:
             out["one2many"] = self._pack(logits[:, :, self.num_queries:], boxes[:, :, self.num_queries:])
+        if dn is not None:
+            out["dn_outputs"] = {**self._pack(dn_logits, dn_boxes), "dn_meta": dn[2]}
         return out
 
-    def _decode_refine(self, query: Tensor, memory: Tensor, mem_pos: Tensor | None, mem_mask: Tensor | None,
-                       attn_mask: Tensor | None, total_q: int) -> tuple[Tensor, Tensor]:
-        """Layer-by-layer decoding with anchor-box queries -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
+    def _select_queries(self, enc, memory: Tensor, total_q: int) -> tuple[Tensor, Tensor, dict]:
+        """Two-stage query selection from the patch tokens.
+
+        Returns content queries (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], both detached, and the one-to-one
+        part of the selected proposals as an output dict (``pred_logits`` (B, Q, C), ``pred_boxes`` (B, Q, 4)).
+        """
+        P, (h, w) = enc.num_prefix, enc.grid
         B = memory.shape[0]
-        ref = self.refpoint_embed.weight[:total_q].sigmoid().unsqueeze(0).expand(B, -1, -1)  # (B, Qt, 4)
-        x = query  # learned content embedding as the initial target
+        tokens, pad = memory[:, P:], enc.mask[:, P:]  # (B, h*w, D), (B, h*w)
+        grid_pad = pad.reshape(B, h, w)
+        valid_h = (~grid_pad[:, :, 0]).sum(1).clamp(min=1).float()  # (B,) real token rows
+        valid_w = (~grid_pad[:, 0, :]).sum(1).clamp(min=1).float()  # (B,) real token columns
+        ys, xs = torch.meshgrid(torch.arange(h, device=memory.device), torch.arange(w, device=memory.device),
+                                indexing="ij")
+        cx = (xs.reshape(1, -1) + 0.5) / valid_w[:, None]  # (B, h*w), relative to the unpadded image
+        cy = (ys.reshape(1, -1) + 0.5) / valid_h[:, None]  # (B, h*w)
+        size = torch.full_like(cx, self.anchor_size)
+        anchors = inverse_sigmoid(torch.stack((cx, cy, size, size), dim=-1))  # (B, h*w, 4) logit space
+        feats = self.enc_output(tokens.masked_fill(pad[..., None], 0))  # (B, h*w, D)
+        logits = self.enc_score_head(feats)  # (B, h*w, C)
+        boxes = (self.enc_bbox_head(feats).float() + anchors).sigmoid()  # (B, h*w, 4)
+        score = logits.detach().amax(-1).float().masked_fill(pad, float("-inf"))  # (B, h*w)
+        k = min(total_q, score.shape[1])
+        idx = score.topk(k, dim=1).indices  # (B, k)
+        if k < total_q:  # fewer tokens than queries: repeat the best ones (tiny images only)
+            idx = idx[:, torch.arange(total_q, device=idx.device) % k]
+        sel_logits = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Qt, C)
+        sel_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4))  # (B, Qt, 4)
+        query = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1])).detach()  # (B, Qt, D)
+        enc_out = {"pred_logits": sel_logits[:, : self.num_queries], "pred_boxes": sel_boxes[:, : self.num_queries]}
+        return query, sel_boxes.detach(), enc_out
+
+    def _decode_refine(self, query: Tensor, ref: Tensor, memory: Tensor, mem_pos: Tensor | None,
+                       mem_mask: Tensor | None, attn_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
+        x = query  # content queries: learned, or the selected encoder features
         logits, boxes = [], []
         for layer, head in zip(self.decoder.layers, self.bbox_embed, strict=True):
             query_pos = self.ref_point_head(box_sine_embed(ref, self.decoder.dim).to(memory.dtype))  # (B, Qt, D)

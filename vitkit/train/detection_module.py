@@ -111,7 +111,7 @@ class DetectionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, mask, targets = batch
-        outputs = self.detector(images, mask)
+        outputs = self.detector(images, mask, targets)
         losses = self.criterion(outputs, targets)
         loss = losses["loss"]
         if not torch.isfinite(loss):
