@@ -172,6 +172,13 @@ def test_encoder_proposals_add_enc_keys() -> None:
     assert losses["loss"] == pytest.approx(plain["loss"].item() + sum(losses[k].item() for k in enc), rel=1e-6)
     alone = _criterion("focal")(out["enc_outputs"], targets)  # the proposals scored like a final layer
     assert losses["loss_bbox_enc"] == pytest.approx(alone["loss_bbox"].item(), rel=1e-6)
+    # One-to-many matching of the proposals: each target taken by 2 proposals, normalised by 2x the targets.
+    o2m = _criterion("focal", enc_one2many_k=2)(out, targets)
+    crit = _criterion("focal")
+    idx = crit.matcher(out["enc_outputs"], targets, repeat=2)
+    assert [len(s) for s, _ in idx] == [4, 2]
+    manual = crit._layer_losses(out["enc_outputs"], targets, idx, torch.tensor(3.0 * 2), diag=False)["loss_bbox"]
+    assert o2m["loss_bbox_enc"] == pytest.approx(manual.item() * 5.0, rel=1e-6)
 
 
 def _ddp_worker(rank: int, tmp: str) -> None:

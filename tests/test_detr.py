@@ -18,11 +18,12 @@ def vit_detr(num_classes: int = 4, dim: int = 64, **kw) -> DETR:
 
 
 TWO_STAGE = {"sigmoid_head": True, "box_refine": True, "two_stage": True}
+FULL = {**TWO_STAGE, "box_rpb": True}
 
 
 @pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True}, {"box_refine": True},
                                 {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20},
-                                {**TWO_STAGE, "num_queries_one2many": 20}])
+                                {**TWO_STAGE, "num_queries_one2many": 20}, FULL])
 def test_outputs_follow_the_switches(kw):
     m = vit_detr(**kw)
     x = torch.randn(2, 3, 64, 80)
@@ -34,9 +35,9 @@ def test_outputs_follow_the_switches(kw):
     assert len(out["aux_outputs"]) == 1
     assert ("one2many" in out) == bool(kw.get("num_queries_one2many"))
     assert ("enc_outputs" in out) == bool(kw.get("two_stage"))
-    if "enc_outputs" in out:
-        assert out["enc_outputs"]["pred_logits"].shape == (2, 10, 4)
-        assert out["enc_outputs"]["pred_boxes"].shape == (2, 10, 4)
+    if "enc_outputs" in out:  # one proposal per patch token: 4 x 5 tokens
+        assert out["enc_outputs"]["pred_logits"].shape == (2, 20, 4)
+        assert out["enc_outputs"]["pred_boxes"].shape == (2, 20, 4)
     if "one2many" in out:
         assert out["one2many"]["pred_boxes"].shape == (2, 20, 4)
         m.eval()
@@ -54,7 +55,7 @@ def test_one2many_queries_do_not_change_one2one_predictions():
     torch.testing.assert_close(with_o2m, without, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE])
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE, FULL])
 def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
     m = vit_detr(**kw).eval()
     img = torch.randn(3, 70, 90)
@@ -83,13 +84,15 @@ def test_two_stage_proposals_start_at_grid_anchors_of_the_unpadded_image():
     mask = torch.ones(1, 64, 96, dtype=torch.bool)
     x[0, :, :40, :72], mask[0, :40, :72] = torch.randn(3, 40, 72), False
     with torch.no_grad():
-        boxes = m(x, mask)["enc_outputs"]["pred_boxes"][0]  # (10, 4): zero-initialised box head = the anchors
-    col, row = boxes[:, 0] * 5 - 0.5, boxes[:, 1] * 3 - 0.5  # token index on the real 3 x 5 grid
-    torch.testing.assert_close(col, col.round(), atol=1e-4, rtol=0)
-    torch.testing.assert_close(row, row.round(), atol=1e-4, rtol=0)
-    assert col.round().max() <= 4 and row.round().max() <= 2  # no proposal from a padding token
-    assert len({(int(c), int(r)) for c, r in zip(col.round(), row.round(), strict=True)}) == 10  # 10 distinct
-    torch.testing.assert_close(boxes[:, 2:], torch.full((10, 2), 0.2), atol=1e-5, rtol=0)
+        enc = m(x, mask)["enc_outputs"]  # every token's proposal; zero-initialised box head = the anchors
+    boxes = enc["pred_boxes"][0].view(4, 6, 4)
+    real = boxes[:3, :5]
+    torch.testing.assert_close(real[..., 0], ((torch.arange(5) + 0.5) / 5).expand(3, 5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(real[..., 1], ((torch.arange(3) + 0.5) / 3)[:, None].expand(3, 5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(real[..., 2:], torch.full((3, 5, 2), 0.2), atol=1e-5, rtol=0)
+    logits = enc["pred_logits"][0].view(4, 6, 4)
+    assert (logits[3] == -1e4).all() and (logits[:, 5] == -1e4).all()  # padding tokens never win the top-k
+    assert (logits[:3, :5] > -100).all()
 
 
 def test_two_stage_proposals_are_trained_through_the_encoder():
@@ -160,16 +163,17 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     torch.manual_seed(0)
     images, targets = _toy_batch()
     m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid, two_stage=two_stage,
-                 num_denoising=20 if two_stage else 0)
+                 box_rpb=two_stage, num_denoising=20 if two_stage else 0)
     loss_type = "varifocal" if sigmoid else "ce"
     crit = SetCriterion(3, HungarianMatcher(use_focal=sigmoid), loss_type=loss_type, eos_coef=0.1)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     first = None
     for _ in range(150):
-        loss = crit(m(images, None, targets), targets)["loss"]
+        losses = crit(m(images, None, targets), targets)
         opt.zero_grad()
-        loss.backward()
+        losses["loss"].backward()
         opt.step()
+        loss = losses["loss_bbox"] + losses["loss_giou"] + losses["loss_ce"]  # the final layer's matching losses
         first = first if first is not None else loss.item()
     assert loss.item() < 0.3 * first
     m.eval()

@@ -66,6 +66,9 @@ class SetCriterion(nn.Module):
         focal_gamma: gamma of the focal / varifocal loss.
         one2many_k: times each target is repeated when matching the ``one2many`` branch.
         one2many_weight: extra factor on every one-to-many loss.
+        enc_one2many_k: times each target is repeated when matching the two-stage encoder proposals
+            (``enc_outputs``); 1 is one-to-one. Every token is a proposal, so repeating gives the encoder
+            several positives per object, as dense detectors have.
     """
 
     diagnostic_keys = frozenset({"diag_class_error", "diag_cardinality_error"})
@@ -81,6 +84,7 @@ class SetCriterion(nn.Module):
         focal_gamma: float = 2.0,
         one2many_k: int = 6,
         one2many_weight: float = 1.0,
+        enc_one2many_k: int = 1,
     ) -> None:
         super().__init__()
         if loss_type not in LOSS_TYPES:
@@ -91,7 +95,7 @@ class SetCriterion(nn.Module):
         self.num_classes, self.matcher, self.loss_type = num_classes, matcher, loss_type
         self.weight_dict = {**DEFAULT_WEIGHTS, **(weight_dict or {})}
         self.eos_coef, self.focal_alpha, self.focal_gamma = eos_coef, focal_alpha, focal_gamma
-        self.one2many_k, self.one2many_weight = one2many_k, one2many_weight
+        self.one2many_k, self.one2many_weight, self.enc_one2many_k = one2many_k, one2many_weight, enc_one2many_k
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -171,11 +175,12 @@ class SetCriterion(nn.Module):
             branches.append(("_o2m", outputs["one2many"], self.one2many_k, self.one2many_weight))
         result: dict[str, Tensor] = {}
         with torch.autocast(device.type, enabled=False):
-            for tag, branch, k, factor in branches:
-                layers = [(tag, branch)] + [(f"{tag}_{i}", a) for i, a in enumerate(branch.get("aux_outputs", []))]
+            for tag, branch, rep, factor in branches:
+                aux = branch.get("aux_outputs", [])
+                layers = [(tag, branch, rep)] + [(f"{tag}_{i}", a, rep) for i, a in enumerate(aux)]
                 if "enc_outputs" in branch:
-                    layers.append((f"{tag}_enc", branch["enc_outputs"]))
-                for suffix, out in layers:
+                    layers.append((f"{tag}_enc", branch["enc_outputs"], self.enc_one2many_k))
+                for suffix, out, k in layers:
                     indices = self.matcher(out, targets, repeat=k)
                     losses = self._layer_losses(out, targets, indices, nb * k, diag=suffix == "")
                     for key, value in losses.items():

@@ -53,7 +53,7 @@ class TransformerDecoder(nn.Module):
         super().__init__()
         if pos_mode not in ("input", "qk"):
             raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
-        self.dim, self.depth, self.pos_mode = dim, depth, pos_mode
+        self.dim, self.depth, self.pos_mode, self.num_heads = dim, depth, pos_mode, num_heads
         self.return_intermediate = return_intermediate
         dpr = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
         self.layers = nn.ModuleList(

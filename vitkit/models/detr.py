@@ -14,6 +14,8 @@ serves pre- and post-norm. The convergence options are switches, all off for van
   DETR two-stage / RT-DETR): every patch token scores the classes and regresses a box around its grid anchor;
   the top-scoring tokens' boxes become the decoder's initial anchors and their (detached) features its
   content queries. These encoder proposals get their own one-to-one loss (``enc_outputs``);
+- ``box_rpb`` (needs ``box_refine``): a box relative position bias on every cross-attention layer (Plain
+  DETR's BoxRPB, :mod:`vitkit.models.box_rpb`), computed from the layer's reference boxes;
 - ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
   (DINO / RT-DETR, :mod:`vitkit.models.denoising`), with known assignments (``dn_outputs``).
 """
@@ -28,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from vitkit.layers import SinePositionEncoding2D
+from vitkit.models.box_rpb import BoxRPB, token_centres
 from vitkit.models.decoder import TransformerDecoder
 from vitkit.models.denoising import make_denoising_queries, query_attention_mask
 from vitkit.models.encoder import ViTEncoder
@@ -83,6 +86,7 @@ class DETR(nn.Module):
             it has them (DETR) and a 2D sine encoding of the grid otherwise; "sine"; or "none".
         two_stage: initial queries selected from encoder proposals (see the module docstring).
         anchor_size: width and height of the two-stage grid anchors, as a fraction of the image.
+        box_rpb: box relative position bias in cross-attention.
         num_denoising: denoising query budget per batch in training (0 = off).
         dn_label_noise: label flip rate x 2 for denoising queries.
         dn_box_noise: box jitter scale for denoising queries.
@@ -101,6 +105,7 @@ class DETR(nn.Module):
         memory_pos: str = "auto",
         two_stage: bool = False,
         anchor_size: float = 0.1,
+        box_rpb: bool = False,
         num_denoising: int = 0,
         dn_label_noise: float = 0.5,
         dn_box_noise: float = 1.0,
@@ -111,6 +116,8 @@ class DETR(nn.Module):
         if two_stage and not (box_refine and sigmoid_head):
             raise ValueError("two_stage needs box_refine=True and sigmoid_head=True (proposals are scored per class "
                              "with sigmoid logits and refined by the decoder)")
+        if box_rpb and not box_refine:
+            raise ValueError("box_rpb needs box_refine=True (the bias is computed from each layer's reference boxes)")
         if num_denoising and not box_refine:
             raise ValueError("num_denoising needs box_refine=True (denoising queries are noised anchor boxes)")
         if not decoder.return_intermediate:
@@ -133,6 +140,7 @@ class DETR(nn.Module):
             self.enc_output = nn.Sequential(nn.Linear(D, D), nn.LayerNorm(D))
             self.enc_score_head = nn.Linear(D, num_classes)
             self.enc_bbox_head = MLP(D, D, 4, 3)
+        self.box_rpb = nn.ModuleList(BoxRPB(decoder.num_heads, D) for _ in range(decoder.depth)) if box_rpb else None
         if num_denoising:
             self.dn_label_embed = nn.Embedding(num_classes + 1, D)  # last row: padding entries
         if box_refine:
@@ -189,7 +197,8 @@ class DETR(nn.Module):
             - ``pred_boxes``: (B, Q, 4) normalised cxcywh in [0, 1], relative to the unpadded image;
             - ``aux_outputs``: list of L-1 dicts with the same keys for the earlier decoder layers;
             - ``one2many`` (training with one-to-many queries): the same structure for the extra queries;
-            - ``enc_outputs`` (two-stage): the selected encoder proposals' ``pred_logits``/``pred_boxes``;
+            - ``enc_outputs`` (two-stage): every patch token's proposal, ``pred_logits`` (B, N, C) (padding tokens
+              at -1e4) and ``pred_boxes`` (B, N, 4);
             - ``dn_outputs`` (training with denoising): the denoising queries' outputs (with ``aux_outputs``) and
               ``dn_meta``, a :class:`DenoisingMeta`.
         """
@@ -217,7 +226,7 @@ class DETR(nn.Module):
             query = torch.cat((dn[0].to(query.dtype), query), dim=1)  # (B, Ndn + Qt, D)
             ref = torch.cat((dn[1].to(ref.dtype), ref), dim=1)  # (B, Ndn + Qt, 4)
         if self.box_refine:
-            logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask)
+            logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask, enc)
         else:
             hs = self.decoder(torch.zeros_like(query), memory, query_pos=query, memory_pos=mem_pos,
                               memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask)  # (L, B, Qt, D)
@@ -236,19 +245,14 @@ class DETR(nn.Module):
     def _select_queries(self, enc, memory: Tensor, total_q: int) -> tuple[Tensor, Tensor, dict]:
         """Two-stage query selection from the patch tokens.
 
-        Returns content queries (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], both detached, and the one-to-one
-        part of the selected proposals as an output dict (``pred_logits`` (B, Q, C), ``pred_boxes`` (B, Q, 4)).
+        Returns content queries (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], both detached, and every token's
+        proposal as an output dict (``pred_logits`` (B, N, C) with padding tokens at -1e4, ``pred_boxes`` (B, N, 4)):
+        the loss supervises all proposals (Deformable DETR's two-stage), not only the selected ones.
         """
         P, (h, w) = enc.num_prefix, enc.grid
-        B = memory.shape[0]
         tokens, pad = memory[:, P:], enc.mask[:, P:]  # (B, h*w, D), (B, h*w)
-        grid_pad = pad.reshape(B, h, w)
-        valid_h = (~grid_pad[:, :, 0]).sum(1).clamp(min=1).float()  # (B,) real token rows
-        valid_w = (~grid_pad[:, 0, :]).sum(1).clamp(min=1).float()  # (B,) real token columns
-        ys, xs = torch.meshgrid(torch.arange(h, device=memory.device), torch.arange(w, device=memory.device),
-                                indexing="ij")
-        cx = (xs.reshape(1, -1) + 0.5) / valid_w[:, None]  # (B, h*w), relative to the unpadded image
-        cy = (ys.reshape(1, -1) + 0.5) / valid_h[:, None]  # (B, h*w)
+        cx, cy = token_centres(pad, enc.grid)  # (B, w), (B, h): relative to the unpadded image
+        cx, cy = cx[:, None, :].expand(-1, h, -1).flatten(1), cy[:, :, None].expand(-1, -1, w).flatten(1)  # (B, h*w)
         size = torch.full_like(cx, self.anchor_size)
         anchors = inverse_sigmoid(torch.stack((cx, cy, size, size), dim=-1))  # (B, h*w, 4) logit space
         feats = self.enc_output(tokens.masked_fill(pad[..., None], 0))  # (B, h*w, D)
@@ -259,21 +263,27 @@ class DETR(nn.Module):
         idx = score.topk(k, dim=1).indices  # (B, k)
         if k < total_q:  # fewer tokens than queries: repeat the best ones (tiny images only)
             idx = idx[:, torch.arange(total_q, device=idx.device) % k]
-        sel_logits = logits.gather(1, idx[..., None].expand(-1, -1, logits.shape[-1]))  # (B, Qt, C)
         sel_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4))  # (B, Qt, 4)
         query = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1])).detach()  # (B, Qt, D)
-        enc_out = {"pred_logits": sel_logits[:, : self.num_queries], "pred_boxes": sel_boxes[:, : self.num_queries]}
+        enc_out = {"pred_logits": logits.float().masked_fill(pad[..., None], -1e4), "pred_boxes": boxes}
         return query, sel_boxes.detach(), enc_out
 
     def _decode_refine(self, query: Tensor, ref: Tensor, memory: Tensor, mem_pos: Tensor | None,
-                       mem_mask: Tensor | None, attn_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+                       mem_mask: Tensor | None, attn_mask: Tensor | None, enc) -> tuple[Tensor, Tensor]:
         """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
         x = query  # content queries: learned, or the selected encoder features
+        if self.box_rpb is not None:
+            cx, cy = token_centres(enc.mask[:, enc.num_prefix:], enc.grid)  # (B, w), (B, h)
         logits, boxes = [], []
-        for layer, head in zip(self.decoder.layers, self.bbox_embed, strict=True):
+        for i, (layer, head) in enumerate(zip(self.decoder.layers, self.bbox_embed, strict=True)):
             query_pos = self.ref_point_head(box_sine_embed(ref, self.decoder.dim).to(memory.dtype))  # (B, Qt, D)
+            bias = None
+            if self.box_rpb is not None:
+                bias = self.box_rpb[i](ref, cx, cy)  # (B, H, Qt, h*w)
+                if enc.num_prefix:  # prefix tokens get no positional bias
+                    bias = torch.cat((bias.new_zeros(*bias.shape[:3], enc.num_prefix), bias), dim=-1)
             x = layer(x, memory, query_pos=query_pos, memory_pos=mem_pos, memory_key_padding_mask=mem_mask,
-                      self_attn_mask=attn_mask)
+                      self_attn_mask=attn_mask, cross_attn_bias=bias)
             h = self.decoder.norm(x)
             new = (inverse_sigmoid(ref) + head(h).float()).sigmoid()  # (B, Qt, 4)
             logits.append(self.class_embed(h))

@@ -29,6 +29,7 @@ class DetectionModule(L.LightningModule):
         loss_ce, loss_bbox, loss_giou: loss weights.
         eos_coef: weight of the no-object class (CE only).
         one2many_k: how many times each target is repeated for the one-to-many queries.
+        enc_one2many_k: how many times each target is repeated when matching two-stage encoder proposals.
         lr: base learning rate (transformer and heads).
         backbone_lr_mult: lr multiplier for the patch source (the CNN backbone or conv patchify).
         weight_decay: AdamW weight decay; norms, biases, embeddings and tokens get none.
@@ -56,6 +57,7 @@ class DetectionModule(L.LightningModule):
         loss_giou: float = 2.0,
         eos_coef: float = 0.1,
         one2many_k: int = 6,
+        enc_one2many_k: int = 1,
         lr: float = 1e-4,
         backbone_lr_mult: float = 0.1,
         weight_decay: float = 1e-4,
@@ -90,6 +92,7 @@ class DetectionModule(L.LightningModule):
         weights = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         self.criterion = SetCriterion(detector.num_classes, matcher, weight_dict=weights, eos_coef=eos_coef,
                                       loss_type=loss_type, one2many_k=one2many_k,
+                                      enc_one2many_k=enc_one2many_k,
                                       focal_alpha=focal_alpha)
         self.postprocess = PostProcess(use_focal=use_focal, num_select=num_select)
         self._val_results: list[dict] = []
