@@ -34,6 +34,7 @@ class CocoDataModule(L.LightningDataModule):
         crop_size: (min, max) side of the random crop (DETR: 384..600).
         val_size: validation shortest side.
         val_max_size: validation longest-side cap.
+        crop_p: probability of DETR's resize-crop-resize branch in training (0 = never crop).
         pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
     """
 
@@ -52,6 +53,7 @@ class CocoDataModule(L.LightningDataModule):
         train_max_size: int = 1333,
         crop_resize: list[int] | None = None,
         crop_size: tuple[int, int] = (384, 600),
+        crop_p: float = 0.5,
         val_size: int = 800,
         val_max_size: int = 1333,
         pad_to_multiple: int = 1,
@@ -91,7 +93,7 @@ class CocoDataModule(L.LightningDataModule):
         hp = self.hparams
         if stage in (None, "fit") and self.train_set is None:
             tf = detr_train_transforms(scales=self.train_scales, max_size=hp.train_max_size,
-                                       resize_before_crop=self.crop_resize, crop=tuple(hp.crop_size))
+                                       resize_before_crop=self.crop_resize, crop=tuple(hp.crop_size), crop_p=hp.crop_p)
             self.train_set = CocoDetection(self.root, "train", transforms=tf)
         if self.val_set is None:
             self.val_set = CocoDetection(self.root, "val",
