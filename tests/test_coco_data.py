@@ -174,3 +174,18 @@ def test_collate_real_batch(root: Path) -> None:
         assert int((~mask[i]).sum()) == h * w
         torch.testing.assert_close(images[i, :, :h, :w], image.as_subclass(torch.Tensor))
         assert targets[i] is target
+
+
+def test_datamodule_crop_p_zero_never_crops(root: Path) -> None:
+    from vitkit.train.datamodules import CocoDataModule
+
+    dm = CocoDataModule(root=str(root), train_scales=[160], train_max_size=400, crop_resize=[128],
+                        crop_size=(64, 96), crop_p=0.0, num_workers=0)
+    dm.setup("fit")
+    torch.manual_seed(0)
+    data = _json(root, "train")
+    for i in range(len(dm.train_set)):
+        _, target = dm.train_set[i]
+        info = next(im for im in data["images"] if im["id"] == int(target["image_id"]))
+        n_json = sum(1 for a in data["annotations"] if a["image_id"] == info["id"] and not a.get("iscrowd", 0))
+        assert len(target["labels"]) == n_json  # no crop (to 64..96 px of 128), so every object is kept
