@@ -13,7 +13,7 @@ serves pre- and post-norm. The convergence options are switches, all off for van
 - ``two_stage`` (needs ``box_refine`` and ``sigmoid_head``): query selection from the encoder (Deformable
   DETR two-stage / RT-DETR): every patch token scores the classes and regresses a box around its grid anchor;
   the top-scoring tokens' boxes become the decoder's initial anchors and their (detached) features its
-  content queries. These encoder proposals get their own one-to-one loss (``enc_outputs``);
+  content queries. Every token's proposal is supervised (``enc_outputs``; see ``SetCriterion.enc_one2many_k``);
 - ``box_rpb`` (needs ``box_refine``): a box relative position bias on every cross-attention layer (Plain
   DETR's BoxRPB, :mod:`vitkit.models.box_rpb`), computed from the layer's reference boxes;
 - ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
