@@ -9,6 +9,7 @@ that :func:`vitkit.load` rebuilds the model without the YAML.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -61,6 +62,17 @@ class VitkitCLI(LightningCLI):
         self.model.detector_config = detector
 
 
+@contextmanager
+def _own_argv():
+    """Hide the tool's own command line from LightningCLI, which warns when it sees both ``args`` and argv."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: list[str] | tuple = ()):
     """Evaluate ``ckpt`` on the validation split of ``config``'s data.
 
@@ -68,8 +80,10 @@ def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: list[st
         (the ``CocoEvalResult``, the gathered COCO results, whether this process is global rank 0). Under DDP
         every rank gets the same gathered result; only rank 0 should report it.
     """
-    cli = VitkitCLI(DetectionModule, CocoDataModule, run=False, run_name=Path(config).stem, save_config_callback=None,
-                    args=["--config", str(config), "--trainer.logger", "false", *overrides])
+    with _own_argv():
+        cli = VitkitCLI(DetectionModule, CocoDataModule, run=False, run_name=Path(config).stem,
+                        save_config_callback=None,
+                        args=["--config", str(config), "--trainer.logger", "false", *overrides])
     cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False)
     return cli.model.last_eval, cli.model.last_results, cli.trainer.is_global_zero
 
@@ -79,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
-            VitkitCLI(DetectionModule, CocoDataModule, args=["fit", "--help"])
+            with _own_argv():
+                VitkitCLI(DetectionModule, CocoDataModule, args=["fit", "--help"])
         print("usage: python tools/train.py CONFIG.yaml [--key.sub value ...] [--ckpt_path PATH|last]",
               file=sys.stderr)
         raise SystemExit(2)
@@ -87,5 +102,6 @@ def main(argv: list[str] | None = None) -> None:
     if not config.is_file():
         print(f"error: config file not found: {config}", file=sys.stderr)
         raise SystemExit(2)
-    VitkitCLI(DetectionModule, CocoDataModule, run_name=config.stem, save_config_kwargs={"overwrite": True},
-              args=["fit", "--config", str(config), *argv[1:]])
+    with _own_argv():
+        VitkitCLI(DetectionModule, CocoDataModule, run_name=config.stem, save_config_kwargs={"overwrite": True},
+                  args=["fit", "--config", str(config), *argv[1:]])
