@@ -209,8 +209,11 @@ class DETR(nn.Module):
         B = memory.shape[0]
         total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
         enc_out = None
+        centres = None  # token centres (B, w), (B, h) relative to the unpadded image, for anchors and BoxRPB
+        if self.two_stage or self.box_rpb is not None:
+            centres = token_centres(enc.mask[:, enc.num_prefix:], enc.grid)
         if self.two_stage:
-            query, ref, enc_out = self._select_queries(enc, memory, total_q)
+            query, ref, enc_out = self._select_queries(enc, memory, total_q, centres)
         else:
             query = self.query_embed.weight[:total_q].unsqueeze(0).expand(B, -1, -1).to(memory.dtype)  # (B, Qt, D)
             ref = self.refpoint_embed.weight[:total_q].sigmoid().unsqueeze(0).expand(B, -1, -1) \
@@ -226,7 +229,8 @@ class DETR(nn.Module):
             query = torch.cat((dn[0].to(query.dtype), query), dim=1)  # (B, Ndn + Qt, D)
             ref = torch.cat((dn[1].to(ref.dtype), ref), dim=1)  # (B, Ndn + Qt, 4)
         if self.box_refine:
-            logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask, enc)
+            logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask, enc.num_prefix,
+                                                centres)
         else:
             hs = self.decoder(torch.zeros_like(query), memory, query_pos=query, memory_pos=mem_pos,
                               memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask)  # (L, B, Qt, D)
@@ -242,7 +246,8 @@ class DETR(nn.Module):
             out["dn_outputs"] = {**self._pack(dn_logits, dn_boxes), "dn_meta": dn[2]}
         return out
 
-    def _select_queries(self, enc, memory: Tensor, total_q: int) -> tuple[Tensor, Tensor, dict]:
+    def _select_queries(self, enc, memory: Tensor, total_q: int,
+                        centres: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, dict]:
         """Two-stage query selection from the patch tokens.
 
         Returns content queries (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], both detached, and every token's
@@ -251,7 +256,7 @@ class DETR(nn.Module):
         """
         P, (h, w) = enc.num_prefix, enc.grid
         tokens, pad = memory[:, P:], enc.mask[:, P:]  # (B, h*w, D), (B, h*w)
-        cx, cy = token_centres(pad, enc.grid)  # (B, w), (B, h): relative to the unpadded image
+        cx, cy = centres  # (B, w), (B, h)
         cx, cy = cx[:, None, :].expand(-1, h, -1).flatten(1), cy[:, :, None].expand(-1, -1, w).flatten(1)  # (B, h*w)
         size = torch.full_like(cx, self.anchor_size)
         anchors = inverse_sigmoid(torch.stack((cx, cy, size, size), dim=-1))  # (B, h*w, 4) logit space
@@ -269,19 +274,18 @@ class DETR(nn.Module):
         return query, sel_boxes.detach(), enc_out
 
     def _decode_refine(self, query: Tensor, ref: Tensor, memory: Tensor, mem_pos: Tensor | None,
-                       mem_mask: Tensor | None, attn_mask: Tensor | None, enc) -> tuple[Tensor, Tensor]:
+                       mem_mask: Tensor | None, attn_mask: Tensor | None, num_prefix: int,
+                       centres: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
         x = query  # content queries: learned, or the selected encoder features
-        if self.box_rpb is not None:
-            cx, cy = token_centres(enc.mask[:, enc.num_prefix:], enc.grid)  # (B, w), (B, h)
         logits, boxes = [], []
         for i, (layer, head) in enumerate(zip(self.decoder.layers, self.bbox_embed, strict=True)):
             query_pos = self.ref_point_head(box_sine_embed(ref, self.decoder.dim).to(memory.dtype))  # (B, Qt, D)
             bias = None
             if self.box_rpb is not None:
-                bias = self.box_rpb[i](ref, cx, cy)  # (B, H, Qt, h*w)
-                if enc.num_prefix:  # prefix tokens get no positional bias
-                    bias = torch.cat((bias.new_zeros(*bias.shape[:3], enc.num_prefix), bias), dim=-1)
+                bias = self.box_rpb[i](ref, *centres)  # (B, H, Qt, h*w)
+                if num_prefix:  # prefix tokens get no positional bias
+                    bias = torch.cat((bias.new_zeros(*bias.shape[:3], num_prefix), bias), dim=-1)
             x = layer(x, memory, query_pos=query_pos, memory_pos=mem_pos, memory_key_padding_mask=mem_mask,
                       self_attn_mask=attn_mask, cross_attn_bias=bias)
             h = self.decoder.norm(x)
