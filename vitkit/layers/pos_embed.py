@@ -9,6 +9,7 @@
 - :class:`RoPE2D`: axial rotary embedding for q/k inside attention (DINOv3/EVA style). No weights;
   coordinates are patch centres normalised to [-1, 1] over the unpadded extent (or raw patch indices),
   periods ``base ** (2i / (head_dim/2))``, and optional train-time shift / jitter / rescale.
+- :class:`RoPE1D`: rotary embedding of 1D token positions (text tokens of a causal decoder).
 
 All grids are (B, h, w, D); masks are (B, h, w) with True = padding.
 """
@@ -215,4 +216,38 @@ class RoPE2D(nn.Module):
         c = self.coords(mask)  # (B, N, 2)
         angles = 2 * math.pi * c[..., None] / self.periods  # (B, N, 2, hd/4)
         angles = angles.flatten(2).repeat(1, 1, 2)  # (B, N, hd)
+        return angles.sin(), angles.cos()
+
+
+class RoPE1D(nn.Module):
+    """Rotary embedding of 1D token positions (no weights), in the layout :func:`apply_rope` expects.
+
+    Channel pair (i, i + head_dim/2) turns by ``position / base ** (2i / head_dim)`` (the rotate-half
+    convention of GPT-NeoX / LLaMA). Used for text-token positions in a causal decoder.
+
+    Args:
+        head_dim: per-head channels (even).
+        base: frequency base.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"RoPE1D needs an even head_dim, got {head_dim}")
+        self.head_dim, self.base = head_dim, base
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Build (sin, cos) for token positions.
+
+        Args:
+            positions: (N,) or (B, N) integer positions.
+
+        Returns:
+            sin, cos: each (1 or B, N, head_dim), fp32, for :func:`apply_rope`.
+        """
+        pos = positions.float() if positions.dim() == 2 else positions.float().unsqueeze(0)  # (B|1, N)
+        angles = pos[..., None] * self.inv_freq  # (B|1, N, hd/2)
+        angles = angles.repeat(1, 1, 2)  # (B|1, N, hd)
         return angles.sin(), angles.cos()
