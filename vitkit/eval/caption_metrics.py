@@ -1,0 +1,418 @@
+"""Caption metrics through pycocoevalcap, the COCO caption evaluation code: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
+
+How this differs from pycocoevalcap's ``COCOEvalCap``:
+
+- **Tokenisation**: pycocoevalcap's ``PTBTokenizer`` (Stanford PTB tokenizer, lower-cased, punctuation tokens
+  dropped) when Java is available. It needs Java, so without Java :func:`python_ptb_tokenize`, a pure-Python
+  approximation, takes its place (same lower-casing, same list of dropped punctuation tokens, the PTB splits of
+  typical captions: clitics ``'s n't 're``, brackets ``-lrb-``, ``$ 5``, ``50 %``, abbreviations kept whole).
+  References and candidates go through the tokenizer in one Java call instead of two (lines are tokenised
+  independently, so the output is the same).
+- **METEOR** needs Java too: without it METEOR is left out of the returned dict and one warning per process says
+  so. If the METEOR process fails, METEOR is left out with a warning naming the cause; the other metrics stay.
+- **SPICE is never run**: pycocoevalcap's SPICE downloads Stanford CoreNLP at first use, and vitkit evaluates
+  offline. One log message per process says so.
+- **CIDEr** is pycocoevalcap's ``Cider``, which is CIDEr-D: n-gram counts of the candidate are clipped by the
+  reference's (``min(vec_hyp, vec_ref)``) and each reference's similarity is multiplied by the Gaussian length
+  penalty ``exp(-(len_hyp - len_ref)**2 / (2 * 6**2))``; n = 1..4, averaged and scaled by 10. Its IDF comes from
+  the evaluated images' references, so CIDEr depends on the whole set (it is 0 for a single image).
+- The numbers are pycocoevalcap's own scorers' (``Bleu(4)``, ``Meteor()``, ``Rouge()``, ``Cider()``), called on
+  the same tokenised input; nothing is re-implemented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+
+_JAVA_HINT = ("METEOR and the reference PTB tokenizer need a Java runtime: install a JRE 8 or newer "
+              "(e.g. `apt-get install default-jre-headless`, or `conda install openjdk`) so that `java` is on PATH")
+_NOTIFIED: set[str] = set()  # one-per-process messages already given (only de-duplicates messages)
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _NOTIFIED:
+        _NOTIFIED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def java_available() -> bool:
+    """Whether a ``java`` executable is on PATH (needed by METEOR and the PTB tokenizer)."""
+    return shutil.which("java") is not None
+
+
+# --------------------------------------------------------------------------------------------- tokenisation
+
+_DROPPED = frozenset(PUNCTUATIONS)  # the tokens PTBTokenizer's output loses, as pycocoevalcap lists them
+_UNICODE = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": " -- ",
+                          "\u2014": " -- ", "\u2026": " ... ", "\u00a0": " "})
+# PTB writes brackets as -LRB- etc.; lower-cased they no longer match pycocoevalcap's list, so they stay.
+_BRACKETS = {"(": " -lrb- ", ")": " -rrb- ", "[": " -lsb- ", "]": " -rsb- ", "{": " -lcb- ", "}": " -rcb- "}
+_WHOLE = frozenset({*(b.strip() for b in _BRACKETS.values()), "'s", "'m", "'d", "'re", "'ve", "'ll", "n't", "'n'"})
+_FUSED = {"cannot": ["can", "not"], "gonna": ["gon", "na"], "gotta": ["got", "ta"], "wanna": ["wan", "na"],
+          "lemme": ["lem", "me"], "gimme": ["gim", "me"]}
+_CLITIC = re.compile(r"^(.+?)(n't|'s|'m|'d|'re|'ve|'ll)$")
+_ACRONYM = re.compile(r"^(?:[a-z]\.)*[a-z]$")  # "u.s", "a.m", "b": the final period stays attached
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "sgt", "rev", "etc", "vs", "inc",
+                            "ltd", "co", "corp", "ave", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+                            "sept", "oct", "nov", "dec"})
+_SEPARATOR = re.compile(r"(?<!\d)[,;:]|[,;:](?!\d)")  # , ; : split words, except inside numbers (1,000 3:30)
+_END_RUN = re.compile(r"[.?!]+$")
+
+
+def _split_word(word: str) -> list[str]:
+    """PTB tokens of one lower-cased, whitespace-free chunk (dropped punctuation may still be among them)."""
+    if word in _WHOLE:
+        return [word]
+    tail: list[str] = []
+    while word and word not in _WHOLE:
+        end = _END_RUN.search(word)
+        if word[-1] == "'":  # closing quote or plural possessive: PTB's ' token, dropped
+            word = word[:-1]
+        elif word[-1] == "-":  # trailing - or --: dropped
+            word = word.rstrip("-")
+        elif word[-1] in "%/" and len(word) > 1:
+            tail.insert(0, word[-1])
+            word = word[:-1]
+        elif end is not None:
+            core = word[: end.start()]
+            if end.group() == "." and (_ACRONYM.match(core) or core in _ABBREVIATIONS):
+                break  # "u.s.", "a.m.", "mr.", "etc." keep their period
+            tail.insert(0, end.group())  # "." "?" "!" "..." are dropped later; runs like "!!!" or "?!" stay
+            word = core
+        else:
+            break
+    head: list[str] = []
+    while word and word not in _WHOLE and word[0] in "$#'":
+        if word[0] != "'":
+            head.append(word[0])
+            word = word[1:]
+        elif word[1:] in ("tis", "twas"):
+            head.append("'t")
+            word = word[2:]
+        else:  # an opening quote: PTB's ` token, dropped
+            word = word[1:]
+    if word in _FUSED:
+        middle = _FUSED[word]
+    elif word not in _WHOLE and (clitic := _CLITIC.match(word)) is not None:
+        middle = [clitic.group(1), clitic.group(2)]  # "dog's" -> dog 's, "can't" -> ca n't
+    else:
+        middle = [word] if word else []
+    return head + middle + tail
+
+
+def python_ptb_tokenize(caption: str) -> str:
+    """Tokenise one caption the way pycocoevalcap's ``PTBTokenizer`` does, without Java.
+
+    Lower-cases; splits off punctuation, clitics (``dog's`` -> ``dog 's``, ``don't`` -> ``do n't``), currency
+    and percent signs; writes brackets as ``-lrb- -rrb- -lsb- -rsb- -lcb- -rcb-``; keeps numbers (``1,000``,
+    ``3.5``, ``3:30``), hyphenated words, acronyms (``u.s.``) and common abbreviations (``mr.``) whole; then drops
+    the tokens pycocoevalcap drops (``PUNCTUATIONS``). It matches the Stanford tokenizer on typical captions;
+    rare constructions (context-dependent abbreviations, ``5'6"``) may differ.
+
+    Args:
+        caption: raw caption text.
+
+    Returns:
+        The tokens joined by single spaces ("" when nothing is left).
+    """
+    text = caption.translate(_UNICODE).replace('"', " ").replace("`", " ")
+    for bracket, name in _BRACKETS.items():
+        text = text.replace(bracket, name)
+    text = _SEPARATOR.sub(" ", text).lower()
+    tokens = [token for word in text.split() for token in _split_word(word)]
+    return " ".join(token for token in tokens if token not in _DROPPED)
+
+
+def _java_ptb_tokenize(captions: list[str]) -> list[str]:
+    """pycocoevalcap's PTBTokenizer over ``captions`` (non-empty, one line each), checking the output lines up."""
+    out = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
+    if sorted(out) != list(range(len(captions))) or any(len(v) != 1 for v in out.values()):
+        raise RuntimeError(f"the PTB tokenizer returned {len(out)} lines for {len(captions)} captions")
+    return [out[i][0] for i in range(len(captions))]
+
+
+def tokenize_captions(captions: Sequence[str], java: bool | None = None) -> list[str]:
+    """Tokenise captions for the metrics: PTBTokenizer with Java, else :func:`python_ptb_tokenize`.
+
+    Args:
+        captions: raw caption strings (empty strings allowed).
+        java: use Java; None = whether ``java`` is on PATH. If the Java tokenizer fails (for example when
+            pycocoevalcap's package folder, where it writes a temporary file, is read-only), a warning names
+            the cause and the Python tokenizer is used.
+
+    Returns:
+        One space-joined token string per caption, in order.
+    """
+    use_java = java_available() if java is None else java
+    # every whitespace run (newlines included) becomes one space, so one caption stays one line for Java
+    cleaned = [" ".join(c.split()) for c in captions]
+    todo = [i for i, c in enumerate(cleaned) if c]
+    if use_java and todo:
+        try:
+            done = _java_ptb_tokenize([cleaned[i] for i in todo])
+        except (OSError, RuntimeError, ValueError) as exc:
+            warnings.warn(f"pycocoevalcap's PTB tokenizer failed ({type(exc).__name__}: {exc}); "
+                          "captions were tokenised with vitkit's Python approximation instead", stacklevel=2)
+        else:
+            result = [""] * len(cleaned)
+            for i, tokens in zip(todo, done, strict=True):
+                result[i] = tokens
+            return result
+    return [python_ptb_tokenize(c) for c in cleaned]
+
+
+# --------------------------------------------------------------------------------------------- scoring
+
+
+def _type_hint(image_id: Any, known: Mapping[Any, Any]) -> str:
+    """A hint when ``image_id`` is missing from ``known`` only because it is a str where ids are ints or back."""
+    if isinstance(image_id, int):
+        other: Any = str(image_id)
+    elif isinstance(image_id, str) and image_id.isdigit():
+        other = int(image_id)
+    else:
+        return ""
+    return f" ({other!r} is there: image ids must match in type too)" if other in known else ""
+
+
+def _validate(gts: Mapping[Any, Sequence[str]], res: Mapping[Any, str]) -> None:
+    if not isinstance(gts, Mapping) or not isinstance(res, Mapping):
+        raise TypeError("gts and res must be dicts: gts {image_id: [reference, ...]}, res {image_id: caption}")
+    if not res:
+        raise ValueError("res is empty: there is no caption to evaluate")
+    for image_id, refs in gts.items():
+        if isinstance(refs, str) or not isinstance(refs, Sequence):
+            raise TypeError(f"gts[{image_id!r}] must be a list of reference captions, got {type(refs).__name__}")
+        if not refs:
+            raise ValueError(f"gts[{image_id!r}] has no reference captions; every image needs at least one")
+        if not all(isinstance(r, str) for r in refs):
+            raise TypeError(f"gts[{image_id!r}] must hold only strings, got {[type(r).__name__ for r in refs]}")
+    for image_id, caption in res.items():
+        if image_id not in gts:
+            raise ValueError(f"res has image id {image_id!r}, which is not in gts{_type_hint(image_id, gts)}")
+        if not isinstance(caption, str):
+            raise TypeError(f"res[{image_id!r}] must be one caption string, got {type(caption).__name__}")
+
+
+class CaptionScorer:
+    """Reusable caption scorer: keeps one METEOR Java process (about 10 s to start) across calls.
+
+    Use it as a context manager, or call :meth:`close`, to stop the Java process. :func:`caption_metrics` makes
+    one for a single evaluation.
+
+    Args:
+        java: use Java for METEOR and the PTB tokenizer; None = whether ``java`` is on PATH. Without Java,
+            METEOR is left out (one warning per process) and tokenisation uses :func:`python_ptb_tokenize`.
+    """
+
+    def __init__(self, java: bool | None = None) -> None:
+        self.java = java_available() if java is None else bool(java)
+        self._meteor: Meteor | None = None
+        if not self.java:
+            reason = "Java was not found on PATH" if java is None else "Java was disabled (java=False)"
+            _warn_once("no-java", f"METEOR skipped: {reason}. {_JAVA_HINT}. Captions are tokenised with vitkit's "
+                                  "Python approximation of the PTB tokenizer meanwhile.")
+        else:
+            try:  # starts loading now, so tokenisation and the other metrics overlap with the JVM start-up
+                self._meteor = Meteor()
+            except OSError as exc:
+                warnings.warn(f"METEOR skipped: could not start Java ({exc}). {_JAVA_HINT}.", stacklevel=2)
+        if "spice" not in _NOTIFIED:
+            _NOTIFIED.add("spice")
+            logger.info("SPICE is not computed: pycocoevalcap's SPICE downloads Stanford CoreNLP at first use, "
+                        "and vitkit evaluates offline.")
+
+    def __call__(self, gts: Mapping[int | str, Sequence[str]], res: Mapping[int | str, str]) -> dict[str, float]:
+        """Score candidate captions against references; see :func:`caption_metrics`."""
+        _validate(gts, res)
+        ids = list(res)  # evaluated images: those with a candidate
+        counts = [len(gts[i]) for i in ids]
+        tokens = tokenize_captions([r for i in ids for r in gts[i]] + [res[i] for i in ids], java=self.java)
+        tok_gts: dict[Any, list[str]] = {}
+        start = 0
+        for image_id, n in zip(ids, counts, strict=True):
+            tok_gts[image_id] = tokens[start:start + n]
+            start += n
+        tok_res = {image_id: [tokens[start + k]] for k, image_id in enumerate(ids)}
+        if not any(ref for refs in tok_gts.values() for ref in refs):
+            raise ValueError("every reference caption is empty after tokenisation: nothing to compare against")
+
+        bleu, _ = Bleu(4).compute_score(tok_gts, tok_res, verbose=0)
+        rouge, _ = Rouge().compute_score(tok_gts, tok_res)
+        cider, _ = Cider().compute_score(tok_gts, tok_res)
+        meteor = self._meteor_score(tok_gts, tok_res)
+        scores = {f"Bleu_{n + 1}": float(b) for n, b in enumerate(bleu)}
+        if meteor is not None:
+            scores["METEOR"] = meteor
+        scores["ROUGE_L"] = float(rouge)
+        scores["CIDEr"] = float(cider)
+        return scores
+
+    def _meteor_score(self, gts: dict[Any, list[str]], res: dict[Any, list[str]]) -> float | None:
+        meteor = self._meteor
+        if meteor is None:
+            return None
+        try:
+            score, _ = meteor.compute_score(gts, res)
+            return float(score)
+        except (OSError, ValueError) as exc:  # the JVM died or printed something other than a score
+            if meteor.lock.locked():  # pycocoevalcap does not release it on errors; its __del__ would hang
+                meteor.lock.release()
+            self.close()
+            stderr = ""
+            with contextlib.suppress(OSError, ValueError):
+                stderr = meteor.meteor_p.stderr.read().decode(errors="replace").strip()[-600:]
+            warnings.warn(f"METEOR skipped: the METEOR Java process failed ({type(exc).__name__}: {exc}); "
+                          f"its stderr ends: {stderr!r}. It runs `java -jar -Xmx2G meteor-1.5.jar`: check "
+                          "`java -version` (8 or newer) and that 2 GB of heap can be reserved.", stacklevel=3)
+            return None
+
+    def close(self) -> None:
+        """Stop the METEOR Java process (later calls leave METEOR out)."""
+        meteor, self._meteor = self._meteor, None
+        if meteor is None:
+            return
+        with meteor.lock:
+            with contextlib.suppress(OSError):
+                meteor.meteor_p.stdin.close()
+            meteor.meteor_p.kill()
+            meteor.meteor_p.wait()
+
+    def __enter__(self) -> CaptionScorer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def caption_metrics(gts: Mapping[int | str, Sequence[str]], res: Mapping[int | str, str],
+                    java: bool | None = None) -> dict[str, float]:
+    """COCO caption metrics of candidate captions against reference captions.
+
+    The evaluated images are the keys of ``res`` (as in COCO caption evaluation, where the results file's image
+    ids are evaluated); ``gts`` may hold more images. CIDEr is CIDEr-D (clipped n-gram counts, Gaussian length
+    penalty with sigma 6, x10) with IDF from the evaluated images' references. Empty captions are allowed.
+
+    Args:
+        gts: image id -> reference captions (raw text, at least one per image).
+        res: image id -> one candidate caption (raw text); every id must be in ``gts``.
+        java: use Java for METEOR and PTB tokenisation; None = whether ``java`` is on PATH. Without Java, METEOR
+            is left out (one warning per process) and captions are tokenised by :func:`python_ptb_tokenize`.
+
+    Returns:
+        ``Bleu_1`` .. ``Bleu_4``, ``METEOR`` (only with Java), ``ROUGE_L``, ``CIDEr`` as floats (BLEU, METEOR
+        and ROUGE-L in [0, 1]; CIDEr in [0, 10]). SPICE is never computed.
+
+    Raises:
+        ValueError: ``res`` is empty, names an image id missing from ``gts``, or an image has no references.
+        TypeError: a caption is not a string, or references are not a list.
+    """
+    _validate(gts, res)
+    with CaptionScorer(java) as scorer:
+        return scorer(gts, res)
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def _load_references(path: Path) -> dict[Any, list[str]]:
+    data = _read_json(path, "caption annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise ValueError(f"{path} has no 'annotations' list; expected the COCO captions layout "
+                         "(captions_val2017.json): {'images': [...], 'annotations': [{'image_id', 'caption'}, ...]}")
+    gts: dict[Any, list[str]] = {}
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            keys = sorted(ann) if isinstance(ann, dict) else type(ann).__name__
+            raise ValueError(f"{path}: annotation {k} needs 'image_id' and 'caption', has {keys} "
+                             "(is this an instances_*.json rather than a captions_*.json file?)")
+        if not isinstance(ann["caption"], str):
+            raise ValueError(f"{path}: annotation {k} (image {ann['image_id']!r}) has a non-string caption")
+        gts.setdefault(ann["image_id"], []).append(ann["caption"])
+    return gts
+
+
+def _load_candidates(path: Path) -> dict[Any, str]:
+    data = _read_json(path, "caption results file")
+    if not isinstance(data, list):
+        raise ValueError(f"{path} must be a JSON list of {{'image_id': int, 'caption': str}} objects "
+                         f"(the COCO caption results format), got a {type(data).__name__}")
+    if not data:
+        raise ValueError(f"{path} holds no results: there is no caption to evaluate")
+    res: dict[Any, str] = {}
+    for k, item in enumerate(data):
+        if not isinstance(item, dict) or "image_id" not in item or "caption" not in item:
+            keys = sorted(item) if isinstance(item, dict) else type(item).__name__
+            raise ValueError(f"{path}: result {k} needs 'image_id' and 'caption', has {keys}")
+        image_id, caption = item["image_id"], item["caption"]
+        if not isinstance(caption, str):
+            raise ValueError(f"{path}: result {k} (image {image_id!r}) has a non-string caption: {caption!r}")
+        if image_id in res:
+            raise ValueError(f"{path}: image id {image_id!r} has more than one result (result {k} repeats it); "
+                             "give one caption per image")
+        res[image_id] = caption
+    return res
+
+
+def evaluate_caption_files(gt_json: str | os.PathLike, results_json: str | os.PathLike,
+                           java: bool | None = None) -> dict[str, float]:
+    """Evaluate a COCO caption results file against a COCO captions annotation file.
+
+    As in pycocoevalcap's example of COCO caption evaluation (``params['image_id'] = cocoRes.getImgIds()``), the
+    evaluated images are those in the results file, so a subset of the annotated images can be evaluated; when the
+    results cover every annotated image this is the full-set evaluation.
+
+    Args:
+        gt_json: COCO captions file (the ``captions_val2017.json`` layout): ``annotations`` with ``image_id`` and
+            ``caption`` (``images`` is not needed).
+        results_json: COCO caption results: a JSON list of ``{"image_id": ..., "caption": str}``, one per image.
+        java: see :func:`caption_metrics`.
+
+    Returns:
+        The dict of :func:`caption_metrics`.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: a file is not JSON or lacks the expected keys, an image id repeats in the results, or a
+            results image id has no reference captions in ``gt_json``; the message names the file.
+    """
+    gt_path, res_path = Path(gt_json), Path(results_json)
+    gts = _load_references(gt_path)
+    res = _load_candidates(res_path)
+    missing = [image_id for image_id in res if image_id not in gts]
+    if missing:
+        raise ValueError(f"{res_path}: {len(missing)} image id(s) have no reference captions in {gt_path}, "
+                         f"e.g. {missing[:5]}{_type_hint(missing[0], gts)}; results must be for images of the "
+                         "annotation file")
+    return caption_metrics({image_id: gts[image_id] for image_id in res}, res, java=java)
