@@ -11,19 +11,21 @@ from vitkit.layers import BackbonePatchEmbed
 from vitkit.models import DETR, TransformerDecoder, ViTEncoder
 
 
-def vit_detr(num_classes: int = 4, dim: int = 64, **kw) -> DETR:
-    enc = ViTEncoder(patch_size=16, embed_dim=dim, depth=2, num_heads=4, pos_embed="rope", class_token=False)
+def vit_detr(num_classes: int = 4, dim: int = 64, stem: list[int] | None = None, **kw) -> DETR:
+    enc = ViTEncoder(patch_size=16, embed_dim=dim, depth=2, num_heads=4, pos_embed="rope", class_token=False,
+                     stem_channels=stem)
     dec = TransformerDecoder(dim=dim, depth=2, num_heads=4)
     return DETR(enc, dec, num_classes=num_classes, num_queries=10, **kw)
 
 
 TWO_STAGE = {"sigmoid_head": True, "box_refine": True, "two_stage": True}
 FULL = {**TWO_STAGE, "box_rpb": True}
+MULTISCALE = {**FULL, "multiscale": True, "stem": [8, 16, 32, 32]}  # the stride-8 stem map feeds the finer grid
 
 
 @pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True}, {"box_refine": True},
                                 {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20},
-                                {**TWO_STAGE, "num_queries_one2many": 20}, FULL])
+                                {**TWO_STAGE, "num_queries_one2many": 20}, FULL, MULTISCALE])
 def test_outputs_follow_the_switches(kw):
     m = vit_detr(**kw)
     x = torch.randn(2, 3, 64, 80)
@@ -35,9 +37,10 @@ def test_outputs_follow_the_switches(kw):
     assert len(out["aux_outputs"]) == 1
     assert ("one2many" in out) == bool(kw.get("num_queries_one2many"))
     assert ("enc_outputs" in out) == bool(kw.get("two_stage"))
-    if "enc_outputs" in out:  # one proposal per patch token: 4 x 5 tokens
-        assert out["enc_outputs"]["pred_logits"].shape == (2, 20, 4)
-        assert out["enc_outputs"]["pred_boxes"].shape == (2, 20, 4)
+    if "enc_outputs" in out:  # one proposal per grid token: 4 x 5 tokens (+ 8 x 10 on the finer grid)
+        n = 20 + 80 * bool(kw.get("multiscale"))
+        assert out["enc_outputs"]["pred_logits"].shape == (2, n, 4)
+        assert out["enc_outputs"]["pred_boxes"].shape == (2, n, 4)
     if "one2many" in out:
         assert out["one2many"]["pred_boxes"].shape == (2, 20, 4)
         m.eval()
@@ -55,7 +58,8 @@ def test_one2many_queries_do_not_change_one2one_predictions():
     torch.testing.assert_close(with_o2m, without, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE, FULL])
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE, FULL, MULTISCALE,
+                                {**FULL, "multiscale": True}])
 def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
     m = vit_detr(**kw).eval()
     img = torch.randn(3, 70, 90)
@@ -93,6 +97,25 @@ def test_two_stage_proposals_start_at_grid_anchors_of_the_unpadded_image():
     logits = enc["pred_logits"][0].view(4, 6, 4)
     assert (logits[3] == -1e4).all() and (logits[:, 5] == -1e4).all()  # padding tokens never win the top-k
     assert (logits[:3, :5] > -100).all()
+
+
+def test_multiscale_adds_a_finer_grid_of_half_size_anchors_over_the_stem_map():
+    m = vit_detr(**MULTISCALE, anchor_size=0.2).eval()
+    assert m.finer.lateral is not None  # the stem's stride-8 map (32 channels) feeds the finer grid
+    # 40 x 72 real pixels in a 64 x 96 batch: 3 x 5 real tokens of 4 x 6 at stride 16, 5 x 9 of 8 x 12 at stride 8.
+    x = torch.zeros(1, 3, 64, 96)
+    mask = torch.ones(1, 64, 96, dtype=torch.bool)
+    x[0, :, :40, :72], mask[0, :40, :72] = torch.randn(3, 40, 72), False
+    with torch.no_grad():
+        enc = m(x, mask)["enc_outputs"]
+    fine = enc["pred_boxes"][0, 24:].view(8, 12, 4)
+    torch.testing.assert_close(fine[:5, :9, 0], ((torch.arange(9) + 0.5) / 9).expand(5, 9), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fine[:5, :9, 1], ((torch.arange(5) + 0.5) / 5)[:, None].expand(5, 9), atol=1e-4,
+                               rtol=0)
+    torch.testing.assert_close(fine[:5, :9, 2:], torch.full((5, 9, 2), 0.1), atol=1e-5, rtol=0)
+    logits = enc["pred_logits"][0, 24:].view(8, 12, 4)
+    assert (logits[5:] == -1e4).all() and (logits[:, 9:] == -1e4).all()
+    assert (logits[:5, :9] > -100).all()
 
 
 def test_two_stage_proposals_are_trained_through_the_encoder():

@@ -41,6 +41,8 @@ class PatchEmbed(nn.Module):
             conv + BatchNorm + ReLU per entry, then ``proj`` covers the remaining stride (a 1x1 conv when the
             stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
             over padding are re-zeroed after every stem layer, so padding never leaks into real tokens.
+        stem_depth: conv-BN-ReLU layers per stem stage: the first has stride 2, the others are 3x3 stride-1
+            layers at the same width (deeper local features at little cost on the small early maps).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class PatchEmbed(nn.Module):
         bias: bool = True,
         norm_layer: type[nn.Module] | None = None,
         stem_channels: list[int] | None = None,
+        stem_depth: int = 1,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -61,13 +64,23 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"stem_channels: {len(stem_channels)} stride-2 layers do not divide patch_size "
                              f"{patch_size}; use at most log2(patch_size) entries")
         self.stem = nn.ModuleList()
+        if stem_depth < 1:
+            raise ValueError(f"stem_depth must be >= 1, got {stem_depth}")
         for c in stem_channels:
-            self.stem.append(nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
-                                           nn.ReLU(inplace=True)))
+            stage = [nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
+                                   nn.ReLU(inplace=True))]
+            stage += [nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+                      for _ in range(stem_depth - 1)]
+            self.stem.append(nn.ModuleList(stage))
             in_chans = c
         k = patch_size // 2 ** len(stem_channels)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=k, stride=k, bias=bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
+
+    @property
+    def stem_strides(self) -> dict[int, int]:
+        """{stride: channels} of the stem's feature maps (empty without a stem)."""
+        return {2 ** (i + 1): stage[0][0].out_channels for i, stage in enumerate(self.stem)}
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Patchify.
@@ -80,6 +93,13 @@ class PatchEmbed(nn.Module):
             tokens: (B, h, w, D).
             mask: (B, h, w) token padding mask, True where a patch holds no real pixel.
         """
+        tokens, tok_mask, _ = self.forward_with_stem(images, mask)
+        return tokens, tok_mask
+
+    def forward_with_stem(self, images: Tensor, mask: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor, dict[int, tuple[Tensor, Tensor]]]:
+        """:meth:`forward` plus the stem's maps: {stride: (features (B, c, H/s, W/s) zero over padding,
+        padding mask (B, H/s, W/s))}, for feature pyramids."""
         mask = _pixel_mask(images, mask)
         p = self.patch_size
         H, W = images.shape[-2:]
@@ -89,14 +109,17 @@ class PatchEmbed(nn.Module):
             mask = F.pad(mask, (0, pad_w, 0, pad_h), value=True)  # (B, H', W')
         x = images
         valid = (~mask).unsqueeze(1).to(images.dtype)  # (B, 1, H', W')
-        for layer in self.stem:
+        maps = {}
+        for i, stage in enumerate(self.stem):
             valid = F.max_pool2d(valid, kernel_size=2, stride=2)  # (B, 1, H'/2^i, W'/2^i): any real pixel
-            x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
+            for layer in stage:
+                x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
+            maps[2 ** (i + 1)] = (x, valid.squeeze(1) == 0)
         x = self.proj(x)  # (B, D, h, w)
         x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
         k = p // 2 ** len(self.stem)
         valid = F.max_pool2d(valid.float(), kernel_size=k, stride=k)  # (B, 1, h, w)
-        return x, valid.squeeze(1) == 0
+        return x, valid.squeeze(1) == 0, maps
 
 
 class BackbonePatchEmbed(nn.Module):

@@ -17,7 +17,9 @@ serves pre- and post-norm. The convergence options are switches, all off for van
 - ``box_rpb`` (needs ``box_refine``): a box relative position bias on every cross-attention layer (Plain
   DETR's BoxRPB, :mod:`vitkit.models.box_rpb`), computed from the layer's reference boxes;
 - ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
-  (DINO / RT-DETR, :mod:`vitkit.models.denoising`), with known assignments (``dn_outputs``).
+  (DINO / RT-DETR, :mod:`vitkit.models.denoising`), with known assignments (``dn_outputs``);
+- ``multiscale``: a second memory grid at half the encoder's stride (:mod:`vitkit.models.pyramid`), with a
+  learned level embedding; two-stage proposals, anchors (half the size) and BoxRPB cover both grids.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from vitkit.models.box_rpb import BoxRPB, token_centres
 from vitkit.models.decoder import TransformerDecoder
 from vitkit.models.denoising import make_denoising_queries, query_attention_mask
 from vitkit.models.encoder import ViTEncoder
+from vitkit.models.pyramid import FinerLevel
 
 
 class MLP(nn.Module):
@@ -90,6 +93,7 @@ class DETR(nn.Module):
         num_denoising: denoising query budget per batch in training (0 = off).
         dn_label_noise: label flip rate x 2 for denoising queries.
         dn_box_noise: box jitter scale for denoising queries.
+        multiscale: add a memory grid at half the encoder's stride (fed by the conv stem when it has one).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class DETR(nn.Module):
         num_denoising: int = 0,
         dn_label_noise: float = 0.5,
         dn_box_noise: float = 1.0,
+        multiscale: bool = False,
     ) -> None:
         super().__init__()
         if memory_pos not in ("auto", "sine", "none"):
@@ -131,6 +136,12 @@ class DETR(nn.Module):
         self.two_stage, self.anchor_size = two_stage, anchor_size
         self.num_denoising, self.dn_label_noise, self.dn_box_noise = num_denoising, dn_label_noise, dn_box_noise
         self.input_proj = nn.Linear(encoder.embed_dim, D) if encoder.embed_dim != D else nn.Identity()
+        self.finer = None
+        if multiscale:
+            pe = encoder.patch_embed
+            lateral = getattr(pe, "stem_strides", {}).get(getattr(pe, "stride", 0) // 2)
+            self.finer = FinerLevel(D, lateral)
+            self.level_embed = nn.Parameter(torch.zeros(2, D))
         self.pos_sine = SinePositionEncoding2D(D)
         total_q = num_queries + num_queries_one2many
         self.query_embed = None if two_stage else nn.Embedding(total_q, D)
@@ -202,18 +213,26 @@ class DETR(nn.Module):
             - ``dn_outputs`` (training with denoising): the denoising queries' outputs (with ``aux_outputs``) and
               ``dn_meta``, a :class:`DenoisingMeta`.
         """
-        enc = self.encoder(images, mask)
-        memory = self.input_proj(enc.tokens)  # (B, N, D)
-        mem_mask = enc.mask if enc.mask.any() else None  # (B, N)
+        enc = self.encoder(images, mask, return_stem=self.finer is not None and self.finer.lateral is not None)
+        memory = self.input_proj(enc.tokens)  # (B, P+N, D)
+        mem_pad = enc.mask  # (B, P+N)
         mem_pos = self._memory_pos(enc, enc.mask)
+        levels = [(enc.grid, self.anchor_size)]  # per memory grid after the prefix: (h, w), anchor size
+        if self.finer is not None:
+            memory, mem_pad, mem_pos = self._add_finer_level(enc, memory, mem_pad, mem_pos, levels)
+        mem_mask = mem_pad if mem_pad.any() else None  # (B, P+N)
         B = memory.shape[0]
         total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
         enc_out = None
-        centres = None  # token centres (B, w), (B, h) relative to the unpadded image, for anchors and BoxRPB
+        centres = None  # per level: token centres (B, w), (B, h) relative to the unpadded image
         if self.two_stage or self.box_rpb is not None:
-            centres = token_centres(enc.mask[:, enc.num_prefix:], enc.grid)
+            centres, start = [], enc.num_prefix
+            for (h, w), _ in levels:
+                centres.append(token_centres(mem_pad[:, start:start + h * w], (h, w)))
+                start += h * w
         if self.two_stage:
-            query, ref, enc_out = self._select_queries(enc, memory, total_q, centres)
+            query, ref, enc_out = self._select_queries(memory[:, enc.num_prefix:], mem_pad[:, enc.num_prefix:],
+                                                       levels, centres, total_q)
         else:
             query = self.query_embed.weight[:total_q].unsqueeze(0).expand(B, -1, -1).to(memory.dtype)  # (B, Qt, D)
             ref = self.refpoint_embed.weight[:total_q].sigmoid().unsqueeze(0).expand(B, -1, -1) \
@@ -246,24 +265,43 @@ class DETR(nn.Module):
             out["dn_outputs"] = {**self._pack(dn_logits, dn_boxes), "dn_meta": dn[2]}
         return out
 
-    def _select_queries(self, enc, memory: Tensor, total_q: int,
-                        centres: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, dict]:
-        """Two-stage query selection from the patch tokens.
+    def _add_finer_level(self, enc, memory: Tensor, mem_pad: Tensor, mem_pos: Tensor | None,
+                         levels: list) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Append the half-stride grid to the memory (after the encoder's grid); extend ``levels`` in place."""
+        P, (h, w) = enc.num_prefix, enc.grid
+        B, _, D = memory.shape
+        grid = memory[:, P:].reshape(B, h, w, D)  # (B, h, w, D)
+        stride = getattr(self.encoder.patch_embed, "stride", 0)
+        fine, fine_pad = self.finer(grid, mem_pad[:, P:].reshape(B, h, w), enc.stem.get(stride // 2))
+        h2, w2 = fine.shape[1:3]
+        levels.append(((h2, w2), self.anchor_size / 2))
+        memory = torch.cat((memory, fine.reshape(B, h2 * w2, D).to(memory.dtype)), dim=1)  # (B, P+N+N2, D)
+        new_pad = torch.cat((mem_pad, fine_pad.reshape(B, h2 * w2)), dim=1)  # (B, P+N+N2)
+        if mem_pos is None:
+            return memory, new_pad, None
+        fine_pos = self.pos_sine(fine_pad, dtype=mem_pos.dtype).reshape(B, h2 * w2, D) + self.level_embed[1]
+        mem_pos = torch.cat((mem_pos[:, :P], mem_pos[:, P:] + self.level_embed[0].to(mem_pos.dtype),
+                             fine_pos.to(mem_pos.dtype)), dim=1)  # (B, P+N+N2, D)
+        return memory, new_pad, mem_pos
+
+    def _select_queries(self, tokens: Tensor, pad: Tensor, levels: list, centres: list,
+                        total_q: int) -> tuple[Tensor, Tensor, dict]:
+        """Two-stage query selection from the grid tokens (B, N, D) with padding mask (B, N), all levels.
 
         Returns content queries (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], both detached, and every token's
         proposal as an output dict (``pred_logits`` (B, N, C) with padding tokens at -1e4, ``pred_boxes`` (B, N, 4)):
         the loss supervises all proposals (Deformable DETR's two-stage), not only the selected ones.
         """
-        P, (h, w) = enc.num_prefix, enc.grid
-        tokens, pad = memory[:, P:], enc.mask[:, P:]  # (B, h*w, D), (B, h*w)
-        cx, cy = centres  # (B, w), (B, h)
-        cx, cy = cx[:, None, :].expand(-1, h, -1).flatten(1), cy[:, :, None].expand(-1, -1, w).flatten(1)  # (B, h*w)
-        size = torch.full_like(cx, self.anchor_size)
-        anchors = inverse_sigmoid(torch.stack((cx, cy, size, size), dim=-1))  # (B, h*w, 4) logit space
-        feats = self.enc_output(tokens.masked_fill(pad[..., None], 0))  # (B, h*w, D)
-        logits = self.enc_score_head(feats)  # (B, h*w, C)
-        boxes = (self.enc_bbox_head(feats).float() + anchors).sigmoid()  # (B, h*w, 4)
-        score = logits.detach().amax(-1).float().masked_fill(pad, float("-inf"))  # (B, h*w)
+        anchors = []
+        for ((h, w), size), (cx, cy) in zip(levels, centres, strict=True):  # cx (B, w), cy (B, h)
+            cx, cy = cx[:, None, :].expand(-1, h, -1).flatten(1), cy[:, :, None].expand(-1, -1, w).flatten(1)
+            wh = torch.full_like(cx, size)  # (B, h*w)
+            anchors.append(torch.stack((cx, cy, wh, wh), dim=-1))  # (B, h*w, 4)
+        anchors = inverse_sigmoid(torch.cat(anchors, dim=1))  # (B, N, 4) logit space
+        feats = self.enc_output(tokens.masked_fill(pad[..., None], 0))  # (B, N, D)
+        logits = self.enc_score_head(feats)  # (B, N, C)
+        boxes = (self.enc_bbox_head(feats).float() + anchors).sigmoid()  # (B, N, 4)
+        score = logits.detach().amax(-1).float().masked_fill(pad, float("-inf"))  # (B, N)
         k = min(total_q, score.shape[1])
         idx = score.topk(k, dim=1).indices  # (B, k)
         if k < total_q:  # fewer tokens than queries: repeat the best ones (tiny images only)
@@ -275,7 +313,7 @@ class DETR(nn.Module):
 
     def _decode_refine(self, query: Tensor, ref: Tensor, memory: Tensor, mem_pos: Tensor | None,
                        mem_mask: Tensor | None, attn_mask: Tensor | None, num_prefix: int,
-                       centres: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+                       centres: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor]:
         """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
         x = query  # content queries: learned, or the selected encoder features
         logits, boxes = [], []
@@ -283,7 +321,7 @@ class DETR(nn.Module):
             query_pos = self.ref_point_head(box_sine_embed(ref, self.decoder.dim).to(memory.dtype))  # (B, Qt, D)
             bias = None
             if self.box_rpb is not None:
-                bias = self.box_rpb[i](ref, *centres)  # (B, H, Qt, h*w)
+                bias = torch.cat([self.box_rpb[i](ref, cx, cy) for cx, cy in centres], dim=-1)  # (B, H, Qt, N)
                 if num_prefix:  # prefix tokens get no positional bias
                     bias = torch.cat((bias.new_zeros(*bias.shape[:3], num_prefix), bias), dim=-1)
             x = layer(x, memory, query_pos=query_pos, memory_pos=mem_pos, memory_key_padding_mask=mem_mask,

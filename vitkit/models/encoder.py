@@ -13,7 +13,7 @@ how much padding the batch adds (conv patch source).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,8 @@ class EncoderOutput:
             prefix positions, else zeros), or None when positions were added at the input or are rotary.
         grid: (h, w) patch grid.
         num_prefix: P.
+        stem: with ``forward(..., return_stem=True)`` and a conv-stem patch source, its maps
+            {stride: (features (B, c, H/s, W/s) zero over padding, padding mask (B, H/s, W/s))}; else empty.
     """
 
     tokens: Tensor
@@ -46,6 +48,7 @@ class EncoderOutput:
     pos: Tensor | None
     grid: tuple[int, int]
     num_prefix: int
+    stem: dict = field(default_factory=dict)
 
 
 class ViTEncoder(nn.Module):
@@ -57,6 +60,7 @@ class ViTEncoder(nn.Module):
         patch_size: conv patch side.
         patch_bias: bias on the conv patchify (CLIP-style pre-norm towers have none).
         stem_channels: optional conv stem for the built ``PatchEmbed`` (3x3 stride-2 conv-BN-ReLU layers).
+        stem_depth: conv layers per stem stage (see ``PatchEmbed``).
         in_chans: image channels.
         img_size: reference image size; sets the learned table's grid (img_size // patch_size).
         embed_dim: width D.
@@ -89,6 +93,7 @@ class ViTEncoder(nn.Module):
         patch_size: int = 16,
         patch_bias: bool = True,
         stem_channels: list[int] | None = None,
+        stem_depth: int = 1,
         in_chans: int = 3,
         img_size: int | tuple[int, int] = 224,
         embed_dim: int = 768,
@@ -122,7 +127,7 @@ class ViTEncoder(nn.Module):
         if pos_mode not in ("input", "qk"):
             raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
         self.patch_embed = patch_embed or PatchEmbed(patch_size, in_chans, embed_dim, bias=patch_bias,
-                                                         stem_channels=stem_channels)
+                                                         stem_channels=stem_channels, stem_depth=stem_depth)
         D = self.patch_embed.embed_dim
         if embed_dim != D:
             raise ValueError(f"patch source width {D} != embed_dim {embed_dim}")
@@ -164,17 +169,22 @@ class ViTEncoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> EncoderOutput:
+    def forward(self, images: Tensor, mask: Tensor | None = None, return_stem: bool = False) -> EncoderOutput:
         """Encode an image batch.
 
         Args:
             images: (B, C, H, W) normalised images, zero where padded.
             mask: optional (B, H, W) pixel padding mask, True = padding.
+            return_stem: also return the conv stem's feature maps (``EncoderOutput.stem``), when there is one.
 
         Returns:
             :class:`EncoderOutput` with tokens (B, P + h*w, D).
         """
-        grid, grid_mask = self.patch_embed(images, mask)  # (B, h, w, D), (B, h, w)
+        stem = {}
+        if return_stem and hasattr(self.patch_embed, "forward_with_stem"):
+            grid, grid_mask, stem = self.patch_embed.forward_with_stem(images, mask)  # (B, h, w, D), (B, h, w)
+        else:
+            grid, grid_mask = self.patch_embed(images, mask)  # (B, h, w, D), (B, h, w)
         B, h, w, D = grid.shape
         x = grid.reshape(B, h * w, D)  # (B, h*w, D)
         key_mask = grid_mask.reshape(B, h * w)  # (B, h*w)
@@ -206,7 +216,7 @@ class ViTEncoder(nn.Module):
             else:
                 x = blk(x, block_pos, kpm, rope)
         x = self.norm(x)
-        return EncoderOutput(x, key_mask, block_pos, (h, w), self.num_prefix)
+        return EncoderOutput(x, key_mask, block_pos, (h, w), self.num_prefix, stem)
 
     def _prefix_tokens(self, B: int, dtype: torch.dtype) -> Tensor | None:
         parts = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
