@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,74 @@ def test_cli_needs_both_inputs(tmp_path):
     gt_path, _, _ = _write_inputs(tmp_path)
     proc = _run("--annotations", str(gt_path))
     assert proc.returncode == 2 and "--results" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ caption mode
+CAPTION_NAMES = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"]
+
+
+def _write_caption_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """COCO captions GT (two references for image 1) and results repeating one reference per image."""
+    refs = {1: ["A dog runs on the grass.", "a dog running in a field"], 2: ["Two cats sleep on a red couch."],
+            3: ["A man riding a wave on top of a surfboard."]}
+    gt = {"images": [{"id": i} for i in refs],
+          "annotations": [{"id": k, "image_id": i, "caption": c}
+                          for k, (i, c) in enumerate((i, c) for i, cs in refs.items() for c in cs)]}
+    res = [{"image_id": i, "caption": cs[0]} for i, cs in refs.items()]
+    gt_path, res_path = tmp_path / "captions_val.json", tmp_path / "caption_res.json"
+    gt_path.write_text(json.dumps(gt))
+    res_path.write_text(json.dumps(res))
+    return gt_path, res_path
+
+
+def test_cli_caption_metrics(tmp_path):
+    gt_path, res_path = _write_caption_inputs(tmp_path)
+    out = tmp_path / "m" / "caption_metrics.json"
+    proc = _run("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--no-java",
+                "--json-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.rstrip("\n").split("\n")
+    assert [line.split()[0] for line in lines] == CAPTION_NAMES
+    assert lines[3] == "BLEU-4   1.0000" and lines[4] == "METEOR   skipped (--no-java)"
+    metrics = json.loads(out.read_text())
+    assert list(metrics) == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"]
+    assert metrics["Bleu_4"] == pytest.approx(1.0, abs=1e-6) and metrics["ROUGE_L"] == pytest.approx(1.0)
+    assert metrics["CIDEr"] > 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs a Java runtime")
+def test_cli_caption_metrics_with_java_meteor(tmp_path):
+    gt_path, res_path = _write_caption_inputs(tmp_path)
+    out = tmp_path / "caption_metrics.json"
+    proc = _run("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--json-out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.rstrip("\n").split("\n")
+    assert [line.split()[0] for line in lines] == CAPTION_NAMES and lines[4] == "METEOR   1.0000"
+    metrics = json.loads(out.read_text())
+    assert metrics["METEOR"] == pytest.approx(1.0) and metrics["Bleu_4"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_cli_caption_errors(tmp_path):
+    gt_path, res_path = _write_caption_inputs(tmp_path)
+    missing = tmp_path / "nope.json"
+    bad_json, not_list, unknown_id = tmp_path / "bad.json", tmp_path / "dict.json", tmp_path / "unknown.json"
+    bad_json.write_text("[{")
+    not_list.write_text(json.dumps({"image_id": 1, "caption": "a dog"}))
+    unknown_id.write_text(json.dumps([{"image_id": 99, "caption": "a dog"}]))
+    cases = [
+        (("--captions-gt", str(missing), "--captions-results", str(res_path)), "not found"),
+        (("--captions-gt", str(gt_path), "--captions-results", str(missing)), "not found"),
+        (("--captions-gt", str(gt_path), "--captions-results", str(bad_json)), "not valid JSON"),
+        (("--captions-gt", str(gt_path), "--captions-results", str(not_list)), "JSON list"),
+        (("--captions-gt", str(gt_path), "--captions-results", str(unknown_id)), "no reference captions"),
+        (("--captions-gt", str(res_path), "--captions-results", str(res_path)), "no 'annotations' list"),
+        (("--captions-gt", str(gt_path)), "--captions-results"),
+        (("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--annotations", str(gt_path)),
+         "one mode at a time"),
+    ]
+    for args, message in cases:
+        proc = _run(*args, "--no-java")
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert message in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and proc.stdout == ""

@@ -8,6 +8,12 @@ object keyed by vitkit.eval.STAT_KEYS. The numbers come from COCOeval on GT.json
     python tools/eval.py CONFIG --ckpt CKPT        (evaluate a checkpoint on the config's val split;
                                                     extra --key.sub value overrides as in train.py)
 
+    python tools/eval.py --captions-gt captions_val2017.json --captions-results RES.json [--json-out FILE]
+
+scores COCO caption results (a JSON list of {image_id, caption}) with pycocoevalcap: prints BLEU-1..4, METEOR,
+ROUGE-L and CIDEr-D, one per line; --json-out writes them keyed Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr. METEOR
+needs Java (without it, or with --no-java, it is skipped with a note and captions are tokenised in Python).
+
 Bad input (a missing file, a malformed results file) gives a one-line error on stderr and exit status 2.
 """
 
@@ -27,8 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of both modes (results file now, checkpoint later)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="COCO bbox evaluation (COCOeval on the original annotation file).",
-        epilog="modes: --annotations GT --results RES (a results file) | CONFIG --ckpt CKPT (a checkpoint)",
+        description="COCO bbox evaluation (COCOeval on the original annotation file) and COCO caption "
+                    "metrics (pycocoevalcap).",
+        epilog="modes: --annotations GT --results RES (a results file) | CONFIG --ckpt CKPT (a checkpoint) | "
+               "--captions-gt GT --captions-results RES (caption metrics)",
     )
     parser.add_argument("config", nargs="?", help="run recipe YAML, to evaluate a checkpoint ")
     parser.add_argument("--ckpt", help="checkpoint to evaluate with CONFIG ")
@@ -40,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="faster",
         help="faster-coco-eval (C++, default) or pycocotools (the reference); same stats to ~1e-16",
     )
-    parser.add_argument("--json-out", help="write the 12 stats to this JSON file")
+    parser.add_argument("--captions-gt", help="COCO captions JSON (references), e.g. captions_val2017.json")
+    parser.add_argument("--captions-results", help="caption results JSON: a list of {image_id, caption}")
+    parser.add_argument("--no-java", action="store_true",
+                        help="caption mode: do not start Java (METEOR skipped, PTB tokenisation approximated)")
+    parser.add_argument("--json-out", help="write the stats (12 COCO stats, or the caption metrics) to this JSON file")
     parser.add_argument("--results-out", help="with CONFIG --ckpt: write the detections as a COCO results JSON")
     return parser
 
@@ -61,6 +73,36 @@ def evaluate_results_file(args: argparse.Namespace) -> int:
         return _fail(str(e))
     print(res.summary)
     return _write_json(res.stats, args.json_out)
+
+
+CAPTION_METRIC_NAMES = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4",
+                        "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr-D"}
+
+
+def evaluate_captions(args: argparse.Namespace) -> int:
+    """Caption mode: score --captions-results against --captions-gt; print the metrics, write --json-out."""
+    if args.captions_gt is None or args.captions_results is None:
+        return _fail("caption evaluation needs both --captions-gt captions_val2017.json and --captions-results "
+                     "RES.json")
+    import warnings
+
+    from vitkit.eval.caption_metrics import evaluate_caption_files
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore")  # e.g. pycocoevalcap's unclosed-file ResourceWarnings
+        warnings.simplefilter("always", UserWarning)  # vitkit's notes (METEOR skipped, tokenizer fallback)
+        try:
+            metrics = evaluate_caption_files(args.captions_gt, args.captions_results,
+                                             java=False if args.no_java else None)
+        except (FileNotFoundError, ValueError, TypeError) as e:
+            return _fail(str(e))
+    for w in caught:  # e.g. METEOR skipped for want of Java: one line each, no source location
+        if not (args.no_java and "METEOR skipped" in str(w.message)):
+            print(f"{PROG}: warning: {w.message}", file=sys.stderr)
+    skipped = "skipped (--no-java)" if args.no_java else "skipped (see the warning on stderr)"
+    for key, name in CAPTION_METRIC_NAMES.items():
+        print(f"{name:<8} {f'{metrics[key]:.4f}' if key in metrics else skipped}")
+    return _write_json(metrics, args.json_out)
 
 
 def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -96,6 +138,14 @@ def _write_json(stats: dict, json_out: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]) and run the chosen mode. Returns the exit status."""
     args, overrides = build_parser().parse_known_args(argv)
+    if args.captions_gt is not None or args.captions_results is not None:
+        others = [flag for flag, value in (("CONFIG", args.config), ("--ckpt", args.ckpt),
+                                           ("--annotations", args.annotations), ("--results", args.results))
+                  if value is not None]
+        if others or overrides:
+            return _fail(f"caption evaluation (--captions-gt/--captions-results) does not take "
+                         f"{', '.join(others + overrides)}; run one mode at a time")
+        return evaluate_captions(args)
     if args.config is not None or args.ckpt is not None:
         return evaluate_checkpoint(args, overrides)
     if overrides:

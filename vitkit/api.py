@@ -19,18 +19,22 @@ def instantiate(config: dict, base: type) -> nn.Module:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Load a checkpoint written by ``tools/train.py`` and return a ready :class:`vitkit.inference.Detector`.
+    """Load a checkpoint written by ``tools/train.py`` and return the ready model it holds.
+
+    - a detection checkpoint (``vitkit_detector_config``): a :class:`vitkit.inference.Detector`;
+    - a captioning checkpoint (``vitkit_captioner_config``): a :class:`vitkit.captioning.pipeline.CaptionPipeline`.
 
     The checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused.
 
     Args:
         path: a Lightning ``.ckpt`` from ``runs/<config>/checkpoints/``.
         map_location: device to load the weights onto.
-    """
-    from vitkit.detection import PostProcess
-    from vitkit.inference import Detector
-    from vitkit.models.detr import DETR
 
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a safe weights-only checkpoint, or not one of vitkit's (the message says
+            what was expected), or its config, weights and tokenizer do not fit together.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -40,9 +44,20 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
         raise ValueError(f"{path}: cannot be loaded safely as weights ({type(err).__name__}: {err}). vitkit only "
                          "loads checkpoints with torch.load(weights_only=True); a file needing arbitrary "
                          "pickled objects is refused.") from err
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; expected a Lightning .ckpt "
+                         "written by tools/train.py")
+    if ckpt.get("vitkit_captioner_config") is not None:
+        return _load_captioner(path, ckpt, map_location)
     config = ckpt.get("vitkit_detector_config")
     if config is None:
-        raise ValueError(f"{path}: no 'vitkit_detector_config' in the checkpoint; was it written by tools/train.py?")
+        raise ValueError(f"{path}: neither 'vitkit_detector_config' (detection) nor 'vitkit_captioner_config' "
+                         "(captioning) is in the checkpoint; expected a Lightning .ckpt written by tools/train.py "
+                         f"(top-level keys found: {sorted(map(str, ckpt))[:12]})")
+    from vitkit.detection import PostProcess
+    from vitkit.inference import Detector
+    from vitkit.models.detr import DETR
+
     model = instantiate(config, DETR)
     state = {k[len("detector."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("detector.")}
     model.load_state_dict(state)
@@ -52,3 +67,61 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
     det = Detector(model, post, class_names=hp.get("class_names"), label_to_cat_id=hp.get("label_to_cat_id"),
                    size=data_hp.get("val_size", 800), max_size=data_hp.get("val_max_size", 1333))
     return det.to(map_location).eval()
+
+
+_CAPTION_MODULE_GENERATION = {"val_length_penalty": "length_penalty", "val_max_length": "max_length"}
+
+
+def _load_captioner(path: Path, ckpt: dict, map_location: str | torch.device):
+    """The :class:`~vitkit.captioning.pipeline.CaptionPipeline` of a captioning checkpoint (see :func:`load`).
+
+    Preprocessing comes from ``datamodule_hyper_parameters``: short side ``val_size`` (default 224), long side cap
+    ``val_max_size`` or ``max_size`` (default 2 x ``val_size``). Decoding defaults from ``hyper_parameters``, when
+    present: ``val_length_penalty`` and ``val_max_length`` (CaptionModule's validation settings), overridden by keys
+    named like ``Captioner.generate``'s options, overridden by a ``generation`` dict of them.
+    """
+    from vitkit.captioning.pipeline import GENERATION_KEYS, CaptionPipeline
+    from vitkit.captioning.tokenizer import CaptionTokenizer
+    from vitkit.models.captioner import Captioner
+
+    try:
+        model = instantiate(ckpt["vitkit_captioner_config"], Captioner)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot build the captioner from 'vitkit_captioner_config' "
+                         f"({type(err).__name__}: {err})") from err
+    state_dict = ckpt.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: no 'state_dict' with the captioner's weights")
+    state = {k[len("captioner."):]: v for k, v in state_dict.items() if k.startswith("captioner.")}
+    if not state:
+        raise ValueError(f"{path}: 'state_dict' has no 'captioner.*' weights")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit the captioner built from the checkpoint's config: "
+                         f"{err}") from err
+    tok_json = ckpt.get("vitkit_tokenizer")
+    if not isinstance(tok_json, str):
+        raise ValueError(f"{path}: no 'vitkit_tokenizer' (the tokenizer JSON) in the captioning checkpoint")
+    try:
+        tokenizer = CaptionTokenizer.from_str(tok_json)
+    except Exception as err:
+        raise ValueError(f"{path}: the stored tokenizer cannot be read ({type(err).__name__}: {err})") from err
+    data_hp = ckpt.get("datamodule_hyper_parameters") or {}
+    size = int(data_hp.get("val_size") or 224)
+    max_size = data_hp.get("val_max_size") or data_hp.get("max_size") or 2 * size
+    hp = ckpt.get("hyper_parameters") or {}
+    nested = hp.get("generation")
+    # CaptionModule's validation decoding settings, except val_beams: validation decodes greedily for speed,
+    # inference keeps beam search unless told otherwise
+    gen = {target: hp[source] for source, target in _CAPTION_MODULE_GENERATION.items() if hp.get(source) is not None}
+    gen.update({k: v for k, v in hp.items() if v is not None})
+    if isinstance(nested, dict):
+        gen.update(nested)
+    generation = {k: v for k, v in gen.items() if k in GENERATION_KEYS and isinstance(v, GENERATION_KEYS[k])
+                  and not isinstance(v, bool)}
+    try:
+        pipe = CaptionPipeline(model, tokenizer, size=size, max_size=int(max_size), generation=generation)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    return pipe.to(map_location).eval()
