@@ -41,8 +41,6 @@ class PatchEmbed(nn.Module):
             conv + BatchNorm + ReLU per entry, then ``proj`` covers the remaining stride (a 1x1 conv when the
             stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
             over padding are re-zeroed after every stem layer, so padding never leaks into real tokens.
-        stem_depth: conv-BN-ReLU layers per stem stage: the first has stride 2, the others are 3x3 stride-1
-            layers at the same width (deeper local features at little cost on the small early maps).
     """
 
     def __init__(
@@ -53,7 +51,6 @@ class PatchEmbed(nn.Module):
         bias: bool = True,
         norm_layer: type[nn.Module] | None = None,
         stem_channels: list[int] | None = None,
-        stem_depth: int = 1,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -64,14 +61,9 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"stem_channels: {len(stem_channels)} stride-2 layers do not divide patch_size "
                              f"{patch_size}; use at most log2(patch_size) entries")
         self.stem = nn.ModuleList()
-        if stem_depth < 1:
-            raise ValueError(f"stem_depth must be >= 1, got {stem_depth}")
         for c in stem_channels:
-            stage = [nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
-                                   nn.ReLU(inplace=True))]
-            stage += [nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
-                      for _ in range(stem_depth - 1)]
-            self.stem.append(nn.ModuleList(stage))
+            self.stem.append(nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
+                                           nn.ReLU(inplace=True)))
             in_chans = c
         k = patch_size // 2 ** len(stem_channels)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=k, stride=k, bias=bias)
@@ -80,7 +72,7 @@ class PatchEmbed(nn.Module):
     @property
     def stem_strides(self) -> dict[int, int]:
         """{stride: channels} of the stem's feature maps (empty without a stem)."""
-        return {2 ** (i + 1): stage[0][0].out_channels for i, stage in enumerate(self.stem)}
+        return {2 ** (i + 1): layer[0].out_channels for i, layer in enumerate(self.stem)}
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Patchify.
@@ -110,10 +102,9 @@ class PatchEmbed(nn.Module):
         x = images
         valid = (~mask).unsqueeze(1).to(images.dtype)  # (B, 1, H', W')
         maps = {}
-        for i, stage in enumerate(self.stem):
+        for i, layer in enumerate(self.stem):
             valid = F.max_pool2d(valid, kernel_size=2, stride=2)  # (B, 1, H'/2^i, W'/2^i): any real pixel
-            for layer in stage:
-                x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
+            x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
             maps[2 ** (i + 1)] = (x, valid.squeeze(1) == 0)
         x = self.proj(x)  # (B, D, h, w)
         x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
