@@ -1,8 +1,10 @@
 """The training CLI: ``python tools/train.py CONFIG [--key.sub value ...] [--ckpt_path PATH|last]``.
 
-A LightningCLI over :class:`DetectionModule` and :class:`CocoDataModule`. The class count, names and
-category ids are linked from the data into the model; the run folder is ``runs/<config name>/``
-(CSV logs, ``config.yaml``, ``checkpoints/``), and each checkpoint carries the resolved detector config so
+A LightningCLI over :class:`DetectionModule` and :class:`CocoDataModule`, or, for a config whose ``model`` has a
+``captioner`` entry, over :class:`CaptionModule` and :class:`CaptionDataModule`. Detection links the class count,
+names and category ids from the data into the model; captioning links the tokenizer's vocabulary size, special ids
+and ``max_length``. The run folder is ``runs/<config name>/`` (CSV logs, ``config.yaml``, ``checkpoints/``; for
+captioning also ``tokenizer.json``), and each checkpoint carries the resolved model config (and the tokenizer) so
 that :func:`vitkit.load` rebuilds the model without the YAML.
 """
 
@@ -15,6 +17,8 @@ from pathlib import Path
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from vitkit.train.caption_datamodule import CaptionDataModule
+from vitkit.train.caption_module import CaptionModule
 from vitkit.train.datamodules import CocoDataModule
 from vitkit.train.detection_module import DetectionModule
 
@@ -35,9 +39,16 @@ def _to_plain(obj):
 class VitkitCLI(LightningCLI):
     """LightningCLI with vitkit's links and run-folder defaults."""
 
-    def __init__(self, *args, run_name: str = "run", **kwargs) -> None:
+    def __init__(self, *args, run_name: str = "run", launch_argv: list[str] | None = None, **kwargs) -> None:
         self.run_name = run_name
+        self.launch_argv = launch_argv
         super().__init__(*args, **kwargs)
+
+    def _restore_launch_argv(self) -> None:
+        """Give the user's command line back before fitting: Lightning's DDP launcher (several devices without
+        torchrun/SLURM) starts the other ranks by re-running ``sys.argv``, which :func:`_own_argv` emptied."""
+        if self.launch_argv is not None:
+            sys.argv = list(self.launch_argv)
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -57,9 +68,78 @@ class VitkitCLI(LightningCLI):
         parser.link_arguments("data.label_to_cat_id", "model.label_to_cat_id", apply_on="instantiate")
 
     def before_fit(self) -> None:
+        self._restore_launch_argv()
         detector = _to_plain(self.config[self.subcommand]["model"]["detector"])
         detector.setdefault("init_args", {})["num_classes"] = self.datamodule.num_classes
         self.model.detector_config = detector
+
+
+class LatestLastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is refreshed at every save point.
+
+    Since Lightning 2.6, ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is saved at the same
+    step, so with a monitored metric it lags behind after the best epoch and ``--ckpt_path last`` resumes from the
+    best epoch rather than the latest. This subclass also writes it when the metric did not improve (older
+    Lightning already did, and then this adds nothing).
+    """
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_stale(trainer)
+
+    def _save_last_if_stale(self, trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):  # skipped: saved at this step
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+CAPTION_LINKS = ("vocab_size", "pad_id", "bos_id", "eos_id")  # datamodule attributes -> captioner arguments
+
+
+class CaptionCLI(VitkitCLI):
+    """LightningCLI for captioning: tokenizer links, ``val/CIDEr`` checkpoints, the resolved captioner config."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(LatestLastCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.dirpath": f"runs/{self.run_name}/checkpoints",
+            "checkpoint.filename": "epoch{epoch:03d}-cider{val/CIDEr:.3f}",
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.monitor": "val/CIDEr",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": "runs", "name": self.run_name}},
+        })
+        for name in CAPTION_LINKS:
+            parser.link_arguments(f"data.{name}", f"model.captioner.init_args.{name}", apply_on="instantiate")
+        parser.link_arguments("data.max_length", "model.captioner.init_args.max_length")
+
+    def before_fit(self) -> None:
+        self._restore_launch_argv()
+        captioner = _to_plain(self.config[self.subcommand]["model"]["captioner"])
+        init_args = captioner.setdefault("init_args", {})
+        for name in CAPTION_LINKS:
+            init_args[name] = getattr(self.datamodule, name)
+        init_args["max_length"] = self.datamodule.hparams.max_length
+        self.model.captioner_config = captioner
+
+
+def is_caption_config(config: str | Path) -> bool:
+    """Whether a YAML recipe trains captioning: its ``model`` section has a ``captioner`` entry."""
+    import yaml
+
+    try:
+        with open(config) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return False  # let LightningCLI report the problem
+    return isinstance(data, dict) and isinstance(data.get("model"), dict) and "captioner" in data["model"]
 
 
 @contextmanager
@@ -90,6 +170,7 @@ def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: list[st
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the first argument is the YAML config, then dotted overrides."""
+    launch_argv = list(sys.argv) if argv is None else [sys.argv[0], *argv]
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
@@ -102,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     if not config.is_file():
         print(f"error: config file not found: {config}", file=sys.stderr)
         raise SystemExit(2)
+    if is_caption_config(config):
+        cli_class, model_class, data_class = CaptionCLI, CaptionModule, CaptionDataModule
+    else:
+        cli_class, model_class, data_class = VitkitCLI, DetectionModule, CocoDataModule
     with _own_argv():
-        VitkitCLI(DetectionModule, CocoDataModule, run_name=config.stem, save_config_kwargs={"overwrite": True},
-                  args=["fit", "--config", str(config), *argv[1:]])
+        cli_class(model_class, data_class, run_name=config.stem, save_config_kwargs={"overwrite": True},
+                  launch_argv=launch_argv, args=["fit", "--config", str(config), *argv[1:]])
