@@ -16,7 +16,6 @@ rebuilds a captioning model.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.models.captioner import Captioner
+from vitkit.train.optim import adamw_param_groups, warmup_schedule
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -224,28 +224,7 @@ class CaptionModule(L.LightningModule):
     # ----------------------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         hp = self.hparams
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.captioner.named_parameters():  # tied weights appear once
-            if not p.requires_grad:
-                continue
-            is_encoder = name.startswith("encoder.")
-            no_decay = (p.ndim <= 1 or name.endswith(("cls_token", "reg_token", "pos_embed"))
-                        or "embed.weight" in name)
-            groups.setdefault((is_encoder, no_decay), []).append(p)
-        param_groups = [
-            {"params": ps, "lr": hp.lr * (hp.encoder_lr_mult if enc else 1.0),
-             "weight_decay": 0.0 if nd else hp.weight_decay}
-            for (enc, nd), ps in groups.items()
-        ]
-        opt = torch.optim.AdamW(param_groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = hp.warmup_steps
-
-        def factor(step: int) -> float:
-            if warm and step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        groups = adamw_param_groups(self.captioner, hp.lr, hp.weight_decay, "encoder.", hp.encoder_lr_mult)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

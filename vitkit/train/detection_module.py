@@ -8,14 +8,13 @@ and COCO scoring in :mod:`vitkit.eval.coco_eval`. Gradient clipping and EMA are 
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import Tensor
 
 from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
 from vitkit.models.detr import DETR
+from vitkit.train.optim import adamw_param_groups, warmup_schedule
 
 
 class DetectionModule(L.LightningModule):
@@ -166,29 +165,8 @@ class DetectionModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        groups: dict[tuple[bool, bool], list] = {}
-        for name, p in self.detector.named_parameters():
-            if not p.requires_grad:
-                continue
-            is_backbone = name.startswith("encoder.patch_embed.")
-            no_decay = p.ndim <= 1 or name.endswith(("cls_token", "reg_token", "pos_embed")) or "embed.weight" in name
-            groups.setdefault((is_backbone, no_decay), []).append(p)
-        param_groups = [
-            {"params": ps, "lr": hp.lr * (hp.backbone_lr_mult if bb else 1.0),
-             "weight_decay": 0.0 if nd else hp.weight_decay}
-            for (bb, nd), ps in groups.items()
-        ]
-        opt = torch.optim.AdamW(param_groups, lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warm = hp.warmup_steps
-
-        def factor(step: int) -> float:
-            if warm and step < warm:
-                return (step + 1) / warm
-            if hp.schedule == "step":
-                return 0.1 if step >= hp.lr_drop * total else 1.0
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        groups = adamw_param_groups(self.detector, hp.lr, hp.weight_decay, "encoder.patch_embed.", hp.backbone_lr_mult)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio,
+                                schedule=hp.schedule, lr_drop=hp.lr_drop)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
