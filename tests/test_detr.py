@@ -21,11 +21,14 @@ def vit_detr(num_classes: int = 4, dim: int = 64, stem: list[int] | None = None,
 TWO_STAGE = {"sigmoid_head": True, "box_refine": True, "two_stage": True}
 FULL = {**TWO_STAGE, "box_rpb": True}
 MULTISCALE = {**FULL, "multiscale": True, "stem": [8, 16, 32, 32]}  # the stride-8 stem map feeds the finer grid
+# Stride 8/16/32 grids read by deformable cross-attention (RT-DETR's decoder layout).
+DEFORMABLE = {**TWO_STAGE, "multiscale": True, "coarse_level": True, "cross_attn": "deformable",
+              "stem": [8, 16, 32, 32]}
 
 
 @pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True}, {"box_refine": True},
                                 {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20},
-                                {**TWO_STAGE, "num_queries_one2many": 20}, FULL, MULTISCALE])
+                                {**TWO_STAGE, "num_queries_one2many": 20}, FULL, MULTISCALE, DEFORMABLE])
 def test_outputs_follow_the_switches(kw):
     m = vit_detr(**kw)
     x = torch.randn(2, 3, 64, 80)
@@ -37,8 +40,8 @@ def test_outputs_follow_the_switches(kw):
     assert len(out["aux_outputs"]) == 1
     assert ("one2many" in out) == bool(kw.get("num_queries_one2many"))
     assert ("enc_outputs" in out) == bool(kw.get("two_stage"))
-    if "enc_outputs" in out:  # one proposal per grid token: 4 x 5 tokens (+ 8 x 10 on the finer grid)
-        n = 20 + 80 * bool(kw.get("multiscale"))
+    if "enc_outputs" in out:  # one proposal per grid token: 4 x 5 tokens (+ 8 x 10 finer, + 2 x 3 coarser)
+        n = 20 + 80 * bool(kw.get("multiscale")) + 6 * bool(kw.get("coarse_level"))
         assert out["enc_outputs"]["pred_logits"].shape == (2, n, 4)
         assert out["enc_outputs"]["pred_boxes"].shape == (2, n, 4)
     if "one2many" in out:
@@ -59,7 +62,8 @@ def test_one2many_queries_do_not_change_one2one_predictions():
 
 
 @pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE, FULL, MULTISCALE,
-                                {**FULL, "multiscale": True}])
+                                {**FULL, "multiscale": True}, DEFORMABLE,
+                                {"sigmoid_head": True, "box_refine": True, "cross_attn": "deformable"}])
 def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
     m = vit_detr(**kw).eval()
     img = torch.randn(3, 70, 90)
@@ -72,6 +76,28 @@ def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
         batched = m(big, mask)
     torch.testing.assert_close(batched["pred_logits"][0], alone["pred_logits"][0], atol=1e-4, rtol=0)
     torch.testing.assert_close(batched["pred_boxes"][0], alone["pred_boxes"][0], atol=1e-4, rtol=0)
+
+
+def test_deformable_cross_attention_replaces_global_attention_in_every_layer():
+    m = vit_detr(**DEFORMABLE)
+    assert all(type(layer.cross_attn).__name__ == "MSDeformableAttention" for layer in m.decoder.layers)
+    assert m.decoder.layers[0].cross_attn.num_levels == 3
+    assert "decoder.layers.0.cross_attn.sampling_offsets.weight" in m.state_dict()  # Deformable DETR's names
+    with pytest.raises(ValueError, match="needs box_refine"):
+        vit_detr(cross_attn="deformable")
+    with pytest.raises(ValueError, match="box_rpb"):
+        vit_detr(**FULL, cross_attn="deformable")
+    with pytest.raises(ValueError, match=r"global\|deformable"):
+        vit_detr(**TWO_STAGE, cross_attn="local")
+
+
+def test_deformable_decoder_reads_the_stride_8_grid():
+    torch.manual_seed(0)
+    m = vit_detr(**DEFORMABLE).train()
+    out = m(torch.randn(2, 3, 64, 80))
+    (out["pred_logits"].sum() + out["pred_boxes"].sum()).backward()
+    assert m.finer.lateral.weight.grad.abs().sum() > 0  # the stem's stride-8 map reaches the decoder's output
+    assert m.coarser.down.weight.grad.abs().sum() > 0
 
 
 def test_two_stage_needs_refinement_and_sigmoid_head():

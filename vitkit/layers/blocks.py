@@ -135,6 +135,7 @@ class DecoderBlock(_BlockBase):
         cross_attn_bias: Tensor | None = None,
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
+        cross_attn_kwargs: dict | None = None,
     ) -> Tensor:
         """Decode one layer.
 
@@ -150,13 +151,16 @@ class DecoderBlock(_BlockBase):
             rope: (sin, cos) for self-attention q/k (1D token positions for captioning).
             cross_attn_bias: additive bias on cross-attention scores, broadcastable to (B, H, Q, N).
             cache, cross_cache: KV caches for incremental decoding (self: growing, cross: static).
+            cross_attn_kwargs: extra keyword arguments for a replaced ``cross_attn`` module (e.g. the reference
+                boxes of :class:`vitkit.models.deformable.MSDeformableAttention`).
 
         Returns:
             (B, Q, D).
         """
         sa = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=self_attn_mask, is_causal=is_causal,
                   rope=rope, cache=cache)
-        ca = dict(key_padding_mask=memory_key_padding_mask, attn_bias=cross_attn_bias, cache=cross_cache)
+        ca = dict(key_padding_mask=memory_key_padding_mask, attn_bias=cross_attn_bias, cache=cross_cache,
+                  **(cross_attn_kwargs or {}))
         if self.norm_first:
             h = self.norm1(tgt)
             qk = _with_pos(h, query_pos)

@@ -19,7 +19,12 @@ serves pre- and post-norm. The convergence options are switches, all off for van
 - ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
   (DINO / RT-DETR, :mod:`vitkit.models.denoising`), with known assignments (``dn_outputs``);
 - ``multiscale``: a second memory grid at half the encoder's stride (:mod:`vitkit.models.pyramid`), with a
-  learned level embedding; two-stage proposals, anchors (half the size) and BoxRPB cover both grids.
+  learned level embedding; two-stage proposals, anchors (half the size) and BoxRPB cover both grids;
+- ``coarse_level``: one more grid at twice the encoder's stride (anchors twice the size);
+- ``cross_attn="deformable"`` (needs ``box_refine``): multi-scale deformable cross-attention
+  (:mod:`vitkit.models.deformable`) in place of global attention: each query samples a few points per head
+  and level around its reference box. With ``multiscale`` and ``coarse_level`` this is the stride-8/16/32
+  decoder of Deformable DETR and RT-DETR at a fraction of global attention's cost.
 """
 
 from __future__ import annotations
@@ -34,9 +39,10 @@ from torch import Tensor, nn
 from vitkit.layers import SinePositionEncoding2D
 from vitkit.models.box_rpb import BoxRPB, token_centres
 from vitkit.models.decoder import TransformerDecoder
+from vitkit.models.deformable import MSDeformableAttention, valid_ratios
 from vitkit.models.denoising import make_denoising_queries, query_attention_mask
 from vitkit.models.encoder import ViTEncoder
-from vitkit.models.pyramid import FinerLevel
+from vitkit.models.pyramid import CoarserLevel, FinerLevel
 
 
 class MLP(nn.Module):
@@ -94,6 +100,10 @@ class DETR(nn.Module):
         dn_label_noise: label flip rate x 2 for denoising queries.
         dn_box_noise: box jitter scale for denoising queries.
         multiscale: add a memory grid at half the encoder's stride (fed by the conv stem when it has one).
+        coarse_level: add a memory grid at twice the encoder's stride.
+        cross_attn: "global" (attention over every memory token) or "deformable" (a few sampled points per
+            head and level around each query's box; needs ``box_refine``).
+        num_points: deformable sampling points per head and level.
     """
 
     def __init__(
@@ -114,6 +124,9 @@ class DETR(nn.Module):
         dn_label_noise: float = 0.5,
         dn_box_noise: float = 1.0,
         multiscale: bool = False,
+        coarse_level: bool = False,
+        cross_attn: str = "global",
+        num_points: int = 4,
     ) -> None:
         super().__init__()
         if memory_pos not in ("auto", "sine", "none"):
@@ -125,6 +138,14 @@ class DETR(nn.Module):
             raise ValueError("box_rpb needs box_refine=True (the bias is computed from each layer's reference boxes)")
         if num_denoising and not box_refine:
             raise ValueError("num_denoising needs box_refine=True (denoising queries are noised anchor boxes)")
+        if cross_attn not in ("global", "deformable"):
+            raise ValueError(f"cross_attn must be global|deformable, got {cross_attn!r}")
+        if cross_attn == "deformable" and not box_refine:
+            raise ValueError("cross_attn='deformable' needs box_refine=True (points are sampled around each "
+                             "query's reference box)")
+        if cross_attn == "deformable" and box_rpb:
+            raise ValueError("box_rpb is a bias on global attention scores; it does not apply to "
+                             "cross_attn='deformable' (set box_rpb: false)")
         if not decoder.return_intermediate:
             raise ValueError("DETR needs a TransformerDecoder with return_intermediate=True")
         D = decoder.dim
@@ -141,7 +162,14 @@ class DETR(nn.Module):
             pe = encoder.patch_embed
             lateral = getattr(pe, "stem_strides", {}).get(getattr(pe, "stride", 0) // 2)
             self.finer = FinerLevel(D, lateral)
-            self.level_embed = nn.Parameter(torch.zeros(2, D))
+        self.coarser = CoarserLevel(D) if coarse_level else None
+        if multiscale or coarse_level:
+            self.level_embed = nn.Parameter(torch.zeros(1 + multiscale + coarse_level, D))
+        self.deformable = cross_attn == "deformable"
+        if self.deformable:
+            for layer in decoder.layers:  # same place and name as the global module (Deformable DETR's keys)
+                layer.cross_attn = MSDeformableAttention(D, decoder.num_heads, 1 + multiscale + coarse_level,
+                                                         num_points)
         self.pos_sine = SinePositionEncoding2D(D)
         total_q = num_queries + num_queries_one2many
         self.query_embed = None if two_stage else nn.Embedding(total_q, D)
@@ -218,8 +246,8 @@ class DETR(nn.Module):
         mem_pad = enc.mask  # (B, P+N)
         mem_pos = self._memory_pos(enc, enc.mask)
         levels = [(enc.grid, self.anchor_size)]  # per memory grid after the prefix: (h, w), anchor size
-        if self.finer is not None:
-            memory, mem_pad, mem_pos = self._add_finer_level(enc, memory, mem_pad, mem_pos, levels)
+        if self.finer is not None or self.coarser is not None:
+            memory, mem_pad, mem_pos = self._add_levels(enc, memory, mem_pad, mem_pos, levels)
         mem_mask = mem_pad if mem_pad.any() else None  # (B, P+N)
         B = memory.shape[0]
         total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
@@ -248,8 +276,15 @@ class DETR(nn.Module):
             query = torch.cat((dn[0].to(query.dtype), query), dim=1)  # (B, Ndn + Qt, D)
             ref = torch.cat((dn[1].to(ref.dtype), ref), dim=1)  # (B, Ndn + Qt, 4)
         if self.box_refine:
-            logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask, enc.num_prefix,
-                                                centres)
+            if self.deformable:  # sampling context: the grids after the prefix tokens
+                P = enc.num_prefix
+                shapes = [hw for hw, _ in levels]
+                ctx = {"shapes": shapes, "ratios": valid_ratios(mem_pad[:, P:], shapes)}
+                logits, boxes = self._decode_refine(query, ref, memory[:, P:], None, mem_pad[:, P:], attn_mask, 0,
+                                                    None, ctx)
+            else:
+                logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask,
+                                                    enc.num_prefix, centres)
         else:
             hs = self.decoder(torch.zeros_like(query), memory, query_pos=query, memory_pos=mem_pos,
                               memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask)  # (L, B, Qt, D)
@@ -265,24 +300,33 @@ class DETR(nn.Module):
             out["dn_outputs"] = {**self._pack(dn_logits, dn_boxes), "dn_meta": dn[2]}
         return out
 
-    def _add_finer_level(self, enc, memory: Tensor, mem_pad: Tensor, mem_pos: Tensor | None,
-                         levels: list) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Append the half-stride grid to the memory (after the encoder's grid); extend ``levels`` in place."""
+    def _add_levels(self, enc, memory: Tensor, mem_pad: Tensor, mem_pos: Tensor | None,
+                    levels: list) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Append the finer (half-stride) and coarser (double-stride) grids to the memory, after the encoder's
+        grid, each with its sine positions plus a level embedding; extend ``levels`` in place."""
         P, (h, w) = enc.num_prefix, enc.grid
         B, _, D = memory.shape
-        grid = memory[:, P:].reshape(B, h, w, D)  # (B, h, w, D)
-        stride = getattr(self.encoder.patch_embed, "stride", 0)
-        fine, fine_pad = self.finer(grid, mem_pad[:, P:].reshape(B, h, w), enc.stem.get(stride // 2))
-        h2, w2 = fine.shape[1:3]
-        levels.append(((h2, w2), self.anchor_size / 2))
-        memory = torch.cat((memory, fine.reshape(B, h2 * w2, D).to(memory.dtype)), dim=1)  # (B, P+N+N2, D)
-        new_pad = torch.cat((mem_pad, fine_pad.reshape(B, h2 * w2)), dim=1)  # (B, P+N+N2)
-        if mem_pos is None:
-            return memory, new_pad, None
-        fine_pos = self.pos_sine(fine_pad, dtype=mem_pos.dtype).reshape(B, h2 * w2, D) + self.level_embed[1]
-        mem_pos = torch.cat((mem_pos[:, :P], mem_pos[:, P:] + self.level_embed[0].to(mem_pos.dtype),
-                             fine_pos.to(mem_pos.dtype)), dim=1)  # (B, P+N+N2, D)
-        return memory, new_pad, mem_pos
+        grid, grid_pad = memory[:, P:].reshape(B, h, w, D), mem_pad[:, P:].reshape(B, h, w)  # (B, h, w, D)
+        extra = []  # (tokens (B, h', w', D), padding (B, h', w'), anchor size)
+        if self.finer is not None:
+            stride = getattr(self.encoder.patch_embed, "stride", 0)
+            fine, fine_pad = self.finer(grid, grid_pad, enc.stem.get(stride // 2))
+            extra.append((fine, fine_pad, self.anchor_size / 2))
+        if self.coarser is not None:
+            extra.append((*self.coarser(grid, grid_pad), self.anchor_size * 2))
+        mems, pads, poss = [memory], [mem_pad], []
+        if mem_pos is not None:
+            poss = [mem_pos[:, :P], mem_pos[:, P:] + self.level_embed[0].to(mem_pos.dtype)]
+        for lvl, (tok, pad, size) in enumerate(extra, start=1):
+            h2, w2 = tok.shape[1:3]
+            levels.append(((h2, w2), size))
+            mems.append(tok.reshape(B, h2 * w2, D).to(memory.dtype))
+            pads.append(pad.reshape(B, h2 * w2))
+            if mem_pos is not None:
+                pos = self.pos_sine(pad, dtype=mem_pos.dtype).reshape(B, h2 * w2, D) + self.level_embed[lvl]
+                poss.append(pos.to(mem_pos.dtype))
+        memory, mem_pad = torch.cat(mems, dim=1), torch.cat(pads, dim=1)  # (B, P+N_all, D), (B, P+N_all)
+        return memory, mem_pad, (torch.cat(poss, dim=1) if mem_pos is not None else None)
 
     def _select_queries(self, tokens: Tensor, pad: Tensor, levels: list, centres: list,
                         total_q: int) -> tuple[Tensor, Tensor, dict]:
@@ -313,8 +357,13 @@ class DETR(nn.Module):
 
     def _decode_refine(self, query: Tensor, ref: Tensor, memory: Tensor, mem_pos: Tensor | None,
                        mem_mask: Tensor | None, attn_mask: Tensor | None, num_prefix: int,
-                       centres: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor]:
-        """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
+                       centres: list[tuple[Tensor, Tensor]] | None,
+                       deform_ctx: dict | None = None) -> tuple[Tensor, Tensor]:
+        """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4).
+
+        ``deform_ctx`` (deformable cross-attention): level ``shapes`` and valid ``ratios``; each layer samples
+        around its current reference boxes.
+        """
         x = query  # content queries: learned, or the selected encoder features
         logits, boxes = [], []
         for i, (layer, head) in enumerate(zip(self.decoder.layers, self.bbox_embed, strict=True)):
@@ -324,8 +373,9 @@ class DETR(nn.Module):
                 bias = torch.cat([self.box_rpb[i](ref, cx, cy) for cx, cy in centres], dim=-1)  # (B, H, Qt, N)
                 if num_prefix:  # prefix tokens get no positional bias
                     bias = torch.cat((bias.new_zeros(*bias.shape[:3], num_prefix), bias), dim=-1)
+            kw = None if deform_ctx is None else {**deform_ctx, "reference": ref}
             x = layer(x, memory, query_pos=query_pos, memory_pos=mem_pos, memory_key_padding_mask=mem_mask,
-                      self_attn_mask=attn_mask, cross_attn_bias=bias)
+                      self_attn_mask=attn_mask, cross_attn_bias=bias, cross_attn_kwargs=kw)
             h = self.decoder.norm(x)
             new = (inverse_sigmoid(ref) + head(h).float()).sigmoid()  # (B, Qt, 4)
             logits.append(self.class_embed(h))
