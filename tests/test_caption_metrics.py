@@ -8,6 +8,7 @@ METEOR starts a Java process that takes about 10 s to load its tables, so the te
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -137,6 +138,23 @@ def test_identical_captions_score_top_marks() -> None:
     assert scores["Bleu_4"] == pytest.approx(1.0, abs=1e-6)
     assert scores["ROUGE_L"] == pytest.approx(1.0)
     assert scores["CIDEr"] == pytest.approx(10.0)  # cosine 1 at every n, no length penalty, x10
+
+
+def test_bleu_equals_the_hand_computed_value() -> None:
+    # One reference "the cat sat on the mat", candidate "the cat sat on a mat" (6 words each, brevity penalty 1).
+    # Clipped n-gram precisions: 1-grams 5/6 (the, cat, sat, on, mat), 2-grams 3/5 (the cat, cat sat, sat on),
+    # 3-grams 2/4 (the cat sat, cat sat on), 4-grams 1/3 (the cat sat on). BLEU-n is their geometric mean.
+    p = [5 / 6, 3 / 5, 2 / 4, 1 / 3]
+    expected = [math.prod(p[:n]) ** (1 / n) for n in range(1, 5)]  # 0.8333, 0.7071, 0.6300, 0.5373
+    got = caption_metrics({1: ["The cat sat on the mat."]}, {1: "the cat sat on a mat"}, java=False)
+    for n in range(4):
+        assert got[f"Bleu_{n + 1}"] == pytest.approx(expected[n], abs=1e-6), n + 1
+    # A 3-word candidate against the 6-word reference: every 1..3-gram matches, brevity penalty exp(1 - 6/3).
+    got = caption_metrics({1: ["the cat sat on the mat"]}, {1: "the cat sat"}, java=False)
+    for n in range(3):
+        assert got[f"Bleu_{n + 1}"] == pytest.approx(math.exp(-1), abs=1e-6), n + 1
+    # No 4-gram at all: pycocoevalcap's precision is (0 + 1e-15) / (0 + 1e-9), so BLEU-4 is small but not 0.
+    assert got["Bleu_4"] == pytest.approx(math.exp(-1) * 1e-6 ** 0.25, rel=1e-6)
 
 
 def test_better_caption_beats_worse_on_every_metric(java_scorer: CaptionScorer) -> None:

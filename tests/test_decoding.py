@@ -340,6 +340,39 @@ def test_min_length(method):
         assert EOS in row
 
 
+def _eos_biased(model: Captioner, eos_weight: float) -> Captioner:
+    """Final states ~ 3u: EOS scores ~3 * eos_weight, every other token ~0 (their rows are orthogonal to u)."""
+    with torch.no_grad():
+        u = torch.nn.functional.normalize(torch.randn(32), dim=0)
+        model.decoder.norm.weight.mul_(0.1)
+        model.decoder.norm.bias.copy_(3 * u)
+        W = model.lm_head.weight
+        W.sub_((W @ u)[:, None] * u)
+        W[EOS] = eos_weight * u
+    return model
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_eos_at_step_1_gives_an_empty_caption(method):
+    model = _eos_biased(random_captioner(), 5.0)
+    ids, scores = model.generate(torch.randn(3, 3, 16, 24), method=method, num_beams=3,
+                                 generator=torch.Generator().manual_seed(0))
+    assert ids.tolist() == [[BOS, EOS]] * 3  # BOS, EOS and nothing after: the batch is trimmed to 2 columns
+    assert torch.isfinite(scores).all() and (scores <= 0).all()
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("max_length", [2, 5])
+def test_max_length_stops_a_caption_that_never_ends(method, max_length):
+    model = _eos_biased(random_captioner(), -5.0)  # EOS is never likely
+    ids, scores = model.generate(torch.randn(3, 3, 16, 24), method=method, num_beams=3, max_length=max_length,
+                                 generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (3, max_length)  # BOS + max_length - 1 tokens, cut without EOS
+    assert (ids[:, 0] == BOS).all()
+    assert not (ids[:, 1:] == EOS).any() and not (ids[:, 1:] == PAD).any()
+    assert torch.isfinite(scores).all()
+
+
 # ---------------------------------------------------------------------------------------------------- sampling
 def test_sampling_top_k_one_is_greedy_and_seeded():
     model = random_captioner()
