@@ -46,6 +46,7 @@ def test_train_writes_run_folder_and_checkpoints(trained):
     assert ckpt["hyper_parameters"]["class_names"] == ["square", "circle", "triangle", "star"]
     assert ckpt["hyper_parameters"]["label_to_cat_id"] == [1, 3, 7, 9]
     assert ckpt["vitkit_detector_config"]["init_args"]["num_classes"] == 4
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8  # the latest epoch, whether or not AP improved
 
 
 def test_eval_checkpoint_and_load_predict(trained):

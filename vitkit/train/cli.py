@@ -36,44 +36,6 @@ def _to_plain(obj):
     return str(obj)
 
 
-class VitkitCLI(LightningCLI):
-    """LightningCLI with vitkit's links and run-folder defaults."""
-
-    def __init__(self, *args, run_name: str = "run", launch_argv: list[str] | None = None, **kwargs) -> None:
-        self.run_name = run_name
-        self.launch_argv = launch_argv
-        super().__init__(*args, **kwargs)
-
-    def _restore_launch_argv(self) -> None:
-        """Give the user's command line back before fitting: Lightning's DDP launcher (several devices without
-        torchrun/SLURM) starts the other ranks by re-running ``sys.argv``, which :func:`_own_argv` emptied."""
-        if self.launch_argv is not None:
-            sys.argv = list(self.launch_argv)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.dirpath": f"runs/{self.run_name}/checkpoints",
-            "checkpoint.filename": "epoch{epoch:03d}-ap{val/AP:.3f}",
-            "checkpoint.auto_insert_metric_name": False,
-            "checkpoint.monitor": "val/AP",
-            "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
-            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": "runs", "name": self.run_name}},
-        })
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.detector.init_args.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
-        parser.link_arguments("data.label_to_cat_id", "model.label_to_cat_id", apply_on="instantiate")
-
-    def before_fit(self) -> None:
-        self._restore_launch_argv()
-        detector = _to_plain(self.config[self.subcommand]["model"]["detector"])
-        detector.setdefault("init_args", {})["num_classes"] = self.datamodule.num_classes
-        self.model.detector_config = detector
-
-
 class LatestLastCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose ``last.ckpt`` is refreshed at every save point.
 
@@ -98,24 +60,61 @@ class LatestLastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class VitkitCLI(LightningCLI):
+    """LightningCLI with vitkit's links and run-folder defaults."""
+
+    def __init__(self, *args, run_name: str = "run", launch_argv: list[str] | None = None, **kwargs) -> None:
+        self.run_name = run_name
+        self.launch_argv = launch_argv
+        super().__init__(*args, **kwargs)
+
+    def _restore_launch_argv(self) -> None:
+        """Give the user's command line back before fitting: Lightning's DDP launcher (several devices without
+        torchrun/SLURM) starts the other ranks by re-running ``sys.argv``, which :func:`_own_argv` emptied."""
+        if self.launch_argv is not None:
+            sys.argv = list(self.launch_argv)
+
+    monitor, ckpt_filename = "val/AP", "epoch{epoch:03d}-ap{val/AP:.3f}"  # best checkpoints by this metric
+
+    def _add_run_defaults(self, parser) -> None:
+        """The ``checkpoint`` group (last.ckpt refreshed every epoch, best by :attr:`monitor`) and a CSV logger,
+        all under ``runs/<config name>/``."""
+        parser.add_lightning_class_args(LatestLastCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.dirpath": f"runs/{self.run_name}/checkpoints",
+            "checkpoint.filename": self.ckpt_filename,
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.monitor": self.monitor,
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": "runs", "name": self.run_name}},
+        })
+
+    def add_arguments_to_parser(self, parser) -> None:
+        self._add_run_defaults(parser)
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.detector.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+        parser.link_arguments("data.label_to_cat_id", "model.label_to_cat_id", apply_on="instantiate")
+
+    def before_fit(self) -> None:
+        self._restore_launch_argv()
+        detector = _to_plain(self.config[self.subcommand]["model"]["detector"])
+        detector.setdefault("init_args", {})["num_classes"] = self.datamodule.num_classes
+        self.model.detector_config = detector
+
+
 CAPTION_LINKS = ("vocab_size", "pad_id", "bos_id", "eos_id")  # datamodule attributes -> captioner arguments
 
 
 class CaptionCLI(VitkitCLI):
     """LightningCLI for captioning: tokenizer links, ``val/CIDEr`` checkpoints, the resolved captioner config."""
 
+    monitor, ckpt_filename = "val/CIDEr", "epoch{epoch:03d}-cider{val/CIDEr:.3f}"
+
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_lightning_class_args(LatestLastCheckpoint, "checkpoint")
-        parser.set_defaults({
-            "checkpoint.dirpath": f"runs/{self.run_name}/checkpoints",
-            "checkpoint.filename": "epoch{epoch:03d}-cider{val/CIDEr:.3f}",
-            "checkpoint.auto_insert_metric_name": False,
-            "checkpoint.monitor": "val/CIDEr",
-            "checkpoint.mode": "max",
-            "checkpoint.save_last": True,
-            "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                               "init_args": {"save_dir": "runs", "name": self.run_name}},
-        })
+        self._add_run_defaults(parser)
         for name in CAPTION_LINKS:
             parser.link_arguments(f"data.{name}", f"model.captioner.init_args.{name}", apply_on="instantiate")
         parser.link_arguments("data.max_length", "model.captioner.init_args.max_length")
