@@ -119,7 +119,10 @@ class BackbonePatchEmbed(nn.Module):
     Args:
         model_name: any timm model that supports ``features_only`` (e.g. ``resnet50``).
         embed_dim: output width D; a 1x1 conv projects the stage's channels to it. ``None`` keeps them.
-        pretrained: load timm's pretrained weights (needs the network or a local cache).
+        pretrained: load timm's pretrained weights (needs the network or a local cache; a failed download says how
+            to continue offline).
+        pretrained_file: a local ``.safetensors`` / ``.pth`` of the timm model's weights (offline; wins over
+            ``pretrained``).
         frozen_bn: replace BatchNorm with FrozenBatchNorm2d (DETR's recipe).
         freeze_at: freeze parameters up to feature level ``freeze_at`` (detectron2 convention: for a ResNet
             1 = the stem, 2 = stem + layer1, which is DETR's recipe).
@@ -134,6 +137,7 @@ class BackbonePatchEmbed(nn.Module):
         model_name: str = "resnet50",
         embed_dim: int | None = 256,
         pretrained: bool = False,
+        pretrained_file: str | None = None,
         frozen_bn: bool = True,
         freeze_at: int = 0,
         channels_last: bool = False,
@@ -141,12 +145,12 @@ class BackbonePatchEmbed(nn.Module):
         **timm_kwargs,
     ) -> None:
         super().__init__()
-        import timm
         from timm.layers import freeze_batch_norm_2d
 
-        self.body = timm.create_model(
-            model_name, pretrained=pretrained, features_only=True, out_indices=(out_index,), **timm_kwargs
-        )
+        from vitkit.interop.timm_weights import create_timm_model
+
+        self.body = create_timm_model(model_name, pretrained, pretrained_file, features_only=True,
+                                      out_indices=(out_index,), **timm_kwargs)
         if frozen_bn:
             self.body = freeze_batch_norm_2d(self.body)
         info = self.body.feature_info

@@ -3,6 +3,6 @@
 from vitkit.models.captioner import Captioner, DecodeState
 from vitkit.models.decoder import TransformerDecoder
 from vitkit.models.detr import DETR
-from vitkit.models.encoder import EncoderOutput, ViTEncoder
+from vitkit.models.encoder import EncoderOutput, TimmViTEncoder, ViTEncoder
 
-__all__ = ["DETR", "Captioner", "DecodeState", "EncoderOutput", "TransformerDecoder", "ViTEncoder"]
+__all__ = ["DETR", "Captioner", "DecodeState", "EncoderOutput", "TimmViTEncoder", "TransformerDecoder", "ViTEncoder"]

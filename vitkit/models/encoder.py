@@ -230,3 +230,28 @@ class ViTEncoder(nn.Module):
         from vitkit.interop.timm_vit import encoder_from_timm
 
         return encoder_from_timm(cls, model)
+
+
+class TimmViTEncoder(ViTEncoder):
+    """A :class:`ViTEncoder` with the architecture (and optionally the pretrained weights) of a timm ViT.
+
+    For configs: ``class_path: vitkit.models.TimmViTEncoder`` with ``init_args: {model_name: vit_small_patch16_224,
+    pretrained_file: PATH}`` starts a detector or captioner from timm weights. The result is an ordinary
+    ViTEncoder (same forward, same state-dict keys), so checkpoints trained from it load into either class.
+
+    Args:
+        model_name: a timm ``VisionTransformer`` name, e.g. ``vit_small_patch16_224``.
+        pretrained: timm's default weights (download or cache; a failed download says how to continue offline).
+        pretrained_file: a local ``.safetensors`` / ``.pth`` of that model's timm weights (offline).
+        timm_kwargs: more ``timm.create_model`` arguments (e.g. ``drop_path_rate``, ``img_size``).
+    """
+
+    def __init__(self, model_name: str = "vit_small_patch16_224", pretrained: bool = False,
+                 pretrained_file: str | None = None, **timm_kwargs) -> None:
+        from vitkit.interop.timm_vit import encoder_from_timm
+        from vitkit.interop.timm_weights import create_timm_model
+
+        vit = create_timm_model(model_name, pretrained, pretrained_file, num_classes=0, **timm_kwargs)
+        built = encoder_from_timm(ViTEncoder, vit)
+        nn.Module.__init__(self)
+        self.__dict__.update(built.__dict__)  # take over the converted modules, buffers and settings
