@@ -45,6 +45,7 @@ class Detector(nn.Module):
         from torchvision.transforms.v2 import functional as F
 
         from vitkit.data.collate import collate_detection
+        from vitkit.data.transforms import resized_size
 
         items, sizes = [], []
         for im in images:
@@ -54,7 +55,8 @@ class Detector(nn.Module):
             if t.ndim != 3 or t.shape[0] != 3:
                 raise ValueError(f"expected an RGB image (3, H, W), got shape {tuple(t.shape)}")
             sizes.append(t.shape[-2:])
-            t = F.resize(t, [self.size], max_size=self.max_size, antialias=True)
+            h, w = resized_size(int(t.shape[-2]), int(t.shape[-1]), self.size, self.max_size)  # >= 1 px each
+            t = F.resize(t, [h, w], antialias=True)
             t = F.to_dtype(t, torch.float32, scale=True)
             items.append((F.normalize(t, IMAGENET_MEAN, IMAGENET_STD), {}))
         batch, mask, _ = collate_detection(items)

@@ -26,7 +26,7 @@ from torchvision.transforms.v2 import functional as F
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.data.collate import pad_images
 from vitkit.data.folder import load_rgb
-from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resized_size
 
 METHODS = ("greedy", "beam", "sample")
 # Captioner.generate options a checkpoint's hyper_parameters may set as defaults (with their types).
@@ -35,20 +35,6 @@ GENERATION_KEYS = {"method": str, "num_beams": int, "max_length": int, "min_leng
                    "no_repeat_ngram_size": int, "temperature": _NUMBER, "top_k": int, "top_p": _NUMBER}
 DEFAULT_GENERATION: dict[str, Any] = {"method": "beam", "num_beams": 3, "max_length": None, "min_length": 0,
                                       "length_penalty": 1.0, "no_repeat_ngram_size": 0}
-
-
-def resized_size(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """Output (h, w) of a short-side resize to ``size`` with the long side capped at ``max_size``.
-
-    ``torchvision.transforms.v2.functional.resize(size=[size], max_size=max_size)`` arithmetic, except that
-    neither side rounds down below 1 px (a 1 x 10000 image gives 1 x max_size instead of an error).
-    """
-    short, long = (height, width) if height <= width else (width, height)
-    new_short, new_long = size, int(size * long / short)
-    if max_size is not None and new_long > max_size:
-        new_short, new_long = int(max_size * new_short / new_long), max_size
-    new_short = max(new_short, 1)
-    return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
 class CaptionTransform:

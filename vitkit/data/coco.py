@@ -1,31 +1,43 @@
 """COCO-layout detection dataset.
 
-Reads ``root/annotations/instances_{split}2017.json`` (through pycocotools) and ``root/{split}2017/``. Any
-dataset in that layout works: category ids need not be contiguous (they are sorted and mapped to labels
-0..C-1, and ``num_classes`` is C, read from the file), images without annotations are kept with empty
-targets, and ``iscrowd=1`` regions are left out of the targets (COCOeval, run on the original file, treats
-them as ignore regions).
+Reads ``root/annotations/instances_{split}2017.json`` and ``root/{split}2017/``. Any dataset in that layout works:
+category ids need not be contiguous (they are sorted and mapped to labels 0..C-1, and ``num_classes`` is C, read
+from the file), images without annotations are kept with empty targets, and ``iscrowd=1`` regions are left out of
+the targets (COCOeval, run on the original file, treats them as ignore regions).
 
-Each sample is decoded once (PIL, EXIF orientation applied, RGB), wrapped as ``tv_tensors.Image`` with a target
-of ``tv_tensors.BoundingBoxes`` (XYXY pixels) + labels, passed through ``transforms`` and finally converted to
+The annotation file is checked once, at construction, by :func:`vitkit.data.annotations.check_instances`: what
+cannot be trained on is an error naming the file, the entry and the field (not JSON, missing keys or fields, unknown
+category or image ids, duplicate ids); degenerate boxes are dropped and boxes past their image clipped, each kind
+with one counted :class:`~vitkit.data.annotations.AnnotationWarning`. The rules, and what they mean for COCOeval
+(which always reads the original file), are in that module's docstring.
+
+Image files: a file missing on disk is found at construction; an unreadable one (corrupt, truncated, not an image)
+when its item is read. ``bad_images="fail"`` raises :class:`vitkit.data.folder.ImageReadError` naming the file;
+``"skip"`` leaves a missing image out (one counted warning) and returns ``None`` for an unreadable one, recorded in
+``bad_image_log`` (see :mod:`vitkit.data.bad_images` for how training and validation loaders handle it).
+
+Each sample is decoded once by :func:`vitkit.data.folder.load_rgb` (EXIF orientation applied unless the file's
+(w, h) says the annotations use the stored one, any mode to 8-bit RGB), wrapped as ``tv_tensors.Image`` with a
+target of ``tv_tensors.BoundingBoxes`` (XYXY pixels) + labels, passed through ``transforms`` and finally converted to
 the model contract by :func:`vitkit.data.transforms.to_model_target`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image, ImageOps
-from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from vitkit.data.annotations import AnnotationWarning, check_instances, find_missing_images, format_ids
+from vitkit.data.bad_images import BadImageLog, check_policy
+from vitkit.data.folder import ImageReadError, load_rgb
 from vitkit.data.transforms import to_model_target
 
 _LAYOUT_HINT = (
@@ -45,20 +57,28 @@ class CocoDetection(Dataset):
             :mod:`vitkit.data.transforms`); ``target["boxes"]`` is ``BoundingBoxes`` in XYXY pixels.
         ann_file: annotation file overriding ``root/annotations/instances_{split}2017.json``.
         img_folder: image folder overriding ``root/{split}2017``.
+        bad_images: "fail" (raise :class:`~vitkit.data.folder.ImageReadError` for a missing file at construction
+            and for an unreadable one when read) or "skip" (leave missing files out with one counted warning;
+            an unreadable item returns ``None`` and is recorded in ``bad_image_log``).
 
     Raises:
         FileNotFoundError: the annotation file or the image folder is missing (message gives the expected layout).
+        ValueError: the annotation file is malformed (see :func:`vitkit.data.annotations.check_instances`), or no
+            image is left.
+        ImageReadError: with ``bad_images="fail"``, an image file is missing (naming the file, image id and field).
 
     Each item is ``(image, target)``: ``image`` (3, H, W) ``tv_tensors.Image`` (uint8 without transforms, else
     what the transforms make) and ``target`` with ``boxes`` (n, 4) float32 normalised cxcywh, ``labels`` (n,)
     int64 in 0..C-1, ``image_id`` int, ``orig_size`` (2,) int64 [h, w] as decoded, ``size`` (2,) int64 [h, w]
-    after the transforms.
+    after the transforms. With ``bad_images="skip"``, ``None`` for an unreadable image.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Any = None,
-                 ann_file: str | os.PathLike | None = None, img_folder: str | os.PathLike | None = None) -> None:
+                 ann_file: str | os.PathLike | None = None, img_folder: str | os.PathLike | None = None,
+                 bad_images: str = "fail") -> None:
         root = Path(root)
         self.split = split
+        self.bad_images = check_policy(bad_images)
         self.ann_file = Path(ann_file) if ann_file is not None else root / "annotations" / f"instances_{split}2017.json"
         self.img_folder = Path(img_folder) if img_folder is not None else root / f"{split}2017"
         if not self.ann_file.is_file():
@@ -66,13 +86,39 @@ class CocoDetection(Dataset):
         if not self.img_folder.is_dir():
             raise FileNotFoundError(f"COCO image folder not found: {self.img_folder}. {_LAYOUT_HINT}")
         self.transforms = transforms
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-            self.coco = COCO(str(self.ann_file))
-        self.ids: list[int] = sorted(self.coco.imgs)
-        self._cat_ids: list[int] = sorted(self.coco.getCatIds())
-        if not self._cat_ids:
-            raise ValueError(f"{self.ann_file} defines no categories")
+        inst = check_instances(self.ann_file, hint=_LAYOUT_HINT, warn=False)
+        for note in inst.warnings:
+            warnings.warn(note, AnnotationWarning, stacklevel=2)
+        self._images = inst.images  # image id -> (file_name, width, height)
+        self._cat_ids: list[int] = [c for c, _ in inst.categories]
+        self._class_names: list[str] = [n for _, n in inst.categories]
         self._cat_id_to_label = {cat_id: label for label, cat_id in enumerate(self._cat_ids)}
+        self._boxes = inst.boxes  # (M, 4) float32 xyxy px, clipped to the annotated image size
+        self._labels = np.searchsorted(np.asarray(self._cat_ids), inst.box_cat_ids).astype(np.int64)  # (M,)
+        self._spans = inst.spans
+        self.ids: list[int] = self._present_images(sorted(self._images))
+        self.bad_image_log = BadImageLog(len(self.ids), str(self.ann_file))
+        self._size_warned: set[int] = set()
+
+    def _present_images(self, ids: list[int]) -> list[int]:
+        """``ids`` without the images whose file is missing (skip: one counted warning; fail: ImageReadError)."""
+        missing_names = find_missing_images(self.img_folder, {self._images[i][0] for i in ids})
+        if not missing_names:
+            return ids
+        missing = [i for i in ids if self._images[i][0] in missing_names]
+        first = missing[0]
+        if self.bad_images == "fail":
+            raise ImageReadError(self.img_folder / self._images[first][0],
+                                 f"file not found ({self.ann_file}: image id {first}, field 'file_name'; "
+                                 f"{len(missing)} of {len(ids)} image files are missing, ids {missing[:10]})")
+        kept = [i for i in ids if self._images[i][0] not in missing_names]
+        warnings.warn(f"{self.ann_file}: left out {len(missing)} of {len(ids)} images whose file is missing from "
+                      f"{self.img_folder} (ids {format_ids(missing)}"
+                      f"; e.g. field 'file_name' {self._images[first][0]!r}); they are neither trained nor evaluated "
+                      "on (validation evaluates the predicted images only)", AnnotationWarning, stacklevel=3)
+        if not kept:
+            raise ValueError(f"{self.ann_file}: none of its {len(ids)} image files is in {self.img_folder}")
+        return kept
 
     # ------------------------------------------------------------------ category mapping
 
@@ -99,47 +145,58 @@ class CocoDetection(Dataset):
     @property
     def class_names(self) -> list[str]:
         """Category names in label order."""
-        return [self.coco.cats[c]["name"] for c in self._cat_ids]
+        return list(self._class_names)
 
     # ------------------------------------------------------------------ samples
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _load_image(self, info: dict[str, Any]) -> Image.Image:
-        """Decode once; apply the EXIF orientation unless the file's (h, w) says annotations use the raw one."""
-        path = self.img_folder / info["file_name"]
-        with Image.open(path) as raw:
-            raw.load()
-            expected = (info.get("width"), info.get("height"))
-            img = ImageOps.exif_transpose(raw)
-            if img.size != expected and raw.size == expected:
-                img = raw  # annotated in stored pixel order, as some COCO files are
-            return img.convert("RGB")
+    def image_path(self, index: int) -> Path:
+        """The image file of item ``index``."""
+        return self.img_folder / self._images[self.ids[index]][0]
 
     def _raw_target(self, image_id: int, height: int, width: int) -> dict[str, Any]:
-        anns = self.coco.imgToAnns.get(image_id, [])
-        boxes, labels = [], []
-        for ann in anns:
-            if ann.get("iscrowd", 0):
-                continue
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            boxes.append([x, y, x + w, y + h])
-            labels.append(self._cat_id_to_label[ann["category_id"]])
-        xyxy = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)  # (n, 4)
-        xyxy[:, 0::2].clamp_(0, width)
-        xyxy[:, 1::2].clamp_(0, height)
-        keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])  # drop degenerate boxes, as DETR does
+        start, end = self._spans.get(image_id, (0, 0))
+        xyxy = torch.from_numpy(self._boxes[start:end].copy())  # (n, 4) px, checked and clipped at construction
+        labels = torch.from_numpy(self._labels[start:end].copy())  # (n,)
+        _, ann_w, ann_h = self._images[image_id]
+        if (width, height) != (ann_w, ann_h):  # the decoded image disagrees with the annotation file: clip to it
+            xyxy[:, 0::2].clamp_(0, width)
+            xyxy[:, 1::2].clamp_(0, height)
+            keep = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+            xyxy, labels = xyxy[keep], labels[keep]
         return {
-            "boxes": tv_tensors.BoundingBoxes(xyxy[keep], format="XYXY", canvas_size=(height, width)),
-            "labels": torch.tensor(labels, dtype=torch.int64)[keep],
+            "boxes": tv_tensors.BoundingBoxes(xyxy, format="XYXY", canvas_size=(height, width)),
+            "labels": labels,
             "image_id": image_id,
             "orig_size": torch.tensor([height, width], dtype=torch.int64),
         }
 
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+    def _warn_size(self, image_id: int, path: Path, width: int, height: int) -> None:
+        if image_id in self._size_warned:
+            return
+        self._size_warned.add(image_id)
+        _, ann_w, ann_h = self._images[image_id]
+        warnings.warn(f"{path} decodes to width {width}, height {height} but {self.ann_file.name} gives image id "
+                      f"{image_id} fields 'width' {ann_w}, 'height' {ann_h}; its boxes are used as given, clipped to "
+                      "the decoded image, and its predictions are in decoded pixels", AnnotationWarning, stacklevel=3)
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]] | None:
         image_id = self.ids[index]
-        pil = self._load_image(self.coco.imgs[image_id])
+        file_name, ann_w, ann_h = self._images[image_id]
+        if self.bad_images == "skip" and self.bad_image_log.is_bad(index):
+            return None  # known unreadable: not decoded again
+        path = self.img_folder / file_name
+        try:
+            pil = load_rgb(path, size_hint=(ann_w, ann_h))
+        except ImageReadError as err:
+            if self.bad_images == "fail":
+                raise
+            self.bad_image_log.record(index, err)
+            return None
+        if pil.size != (ann_w, ann_h):
+            self._warn_size(image_id, path, pil.width, pil.height)
         image = tv_tensors.Image(F.pil_to_tensor(pil))  # (3, H, W) uint8
         target = self._raw_target(image_id, pil.height, pil.width)
         if self.transforms is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -55,3 +55,28 @@ def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]],
     """
     images, mask = pad_images([sample[0] for sample in batch], pad_to_multiple=pad_to_multiple)
     return images, mask, [sample[1] for sample in batch]
+
+
+class DropNone:
+    """Wrap a collate function so that ``None`` samples (unreadable images skipped by a dataset) are left out.
+
+    A picklable object (DataLoader workers run it). Used for validation, where a replacement image would
+    duplicate predictions; see :mod:`vitkit.data.bad_images`.
+
+    Args:
+        collate_fn: the collate function for the remaining samples.
+
+    Returns (when called on a list of samples):
+        ``collate_fn`` of the non-None samples, or None when every sample is None
+        (:class:`~vitkit.data.bad_images.SkippingDataLoader` leaves such batches out).
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, batch: Sequence[Any]) -> Any:
+        kept = [sample for sample in batch if sample is not None]
+        return self.collate_fn(kept) if kept else None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.collate_fn!r})"

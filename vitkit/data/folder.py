@@ -4,22 +4,31 @@
 applied, 16-bit and float data scaled rather than clipped, transparency composited over white) or raises
 :class:`ImageReadError` naming the file. :class:`ImageFolder` turns that error into a record, so one unreadable
 file costs one output line, and :func:`collate_folder` batches the readable ones with a padding mask.
+
+The folder tools (``tools/caption.py``, ``tools/detect.py``) share the rest of their file handling from here:
+:func:`folder_batches` (a DataLoader yielding ``(files, good, errors)`` per batch in listing order),
+:func:`run_isolated` (a batch that fails is retried image by image, so one image costs only its own record),
+:func:`resolve_device` and :func:`progress_bar`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.collate import pad_images
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -101,11 +110,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, P, 1, CMYK, YCbCr, RGBX, ...
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike, size_hint: tuple[int, int] | None = None) -> Image.Image:
     """Open an image file as an upright 8-bit RGB image.
 
     - Multi-frame files (GIF, TIFF, WebP animations): the first frame.
     - EXIF orientation is applied (a photo taken in portrait loads in portrait); a broken EXIF block is ignored.
+      With ``size_hint``, the stored orientation is kept when it has that (width, height) and the rotated one does
+      not (some COCO files annotate images in stored pixel order).
     - Modes: L, P, 1, CMYK, YCbCr convert as Pillow does; transparency (LA, RGBA, P with a transparent colour)
       is composited over white; 16-bit data (``I;16*``) is scaled by 255/65535 (65535 -> 255, 32768 -> 128)
       instead of being clipped at 255; ``I`` (32-bit) is taken as 8-bit data if it lies in [0, 255], as 16-bit
@@ -115,6 +126,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
 
     Args:
         path: the image file.
+        size_hint: (width, height) the caller's annotations use, or None.
 
     Returns:
         A PIL image in mode RGB, independent of the file (which is closed).
@@ -131,6 +143,8 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
                 img = ImageOps.exif_transpose(im)
             except Exception:  # a malformed EXIF block: keep the stored orientation
                 img = im.copy()
+            if size_hint is not None and img.size != tuple(size_hint) and im.size == tuple(size_hint):
+                img = im.copy()  # annotated in stored pixel order
             return _to_rgb(img)
     except MemoryError:
         raise
@@ -145,6 +159,8 @@ class ImageFolder(Dataset):
         folder: folder to read (see :func:`list_images`).
         transform: callable from an RGB PIL image to a (3, H, W) tensor; default: uint8 tensor of the pixels.
         recursive: include subfolders.
+        size_hints: {file (relative POSIX path): (width, height)} passed to :func:`load_rgb` as ``size_hint``
+            (an annotation file's sizes, so an image is decoded in the orientation its boxes refer to).
 
     Each item is a dict: ``file`` (path relative to ``folder``, POSIX), ``image`` ((3, H, W) tensor from
     ``transform``, or None), ``size`` ((h, w) of the upright decoded image before ``transform``, or None) and
@@ -152,10 +168,11 @@ class ImageFolder(Dataset):
     """
 
     def __init__(self, folder: str | os.PathLike, transform: Callable[[Image.Image], Tensor] | None = None,
-                 recursive: bool = True) -> None:
+                 recursive: bool = True, size_hints: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.root = Path(folder)
         self.files = list_images(self.root, recursive=recursive)
         self.transform = transform
+        self.size_hints = dict(size_hints or {})
 
     def __len__(self) -> int:
         return len(self.files)
@@ -164,7 +181,7 @@ class ImageFolder(Dataset):
         rel = self.files[index]
         record: dict[str, Any] = {"file": rel.as_posix(), "image": None, "size": None, "error": None}
         try:
-            img = load_rgb(self.root / rel)
+            img = load_rgb(self.root / rel, size_hint=self.size_hints.get(record["file"]))
         except ImageReadError as exc:
             record["error"] = exc.reason
             return record
@@ -202,3 +219,91 @@ def collate_folder(batch: Sequence[dict[str, Any]],
     images, mask = pad_images([r["image"] for r in good], pad_to_multiple=pad_to_multiple)
     return {"images": images, "mask": mask, "files": [r["file"] for r in good],
             "sizes": [r["size"] for r in good]}, errors
+
+
+# ------------------------------------------------------------------------------------------------ folder tools
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must be available).
+
+    Raises:
+        ValueError: an unknown name, or CUDA asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here (torch {torch.__version__}); "
+                         "use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def progress_bar(label: str, enabled: bool) -> Progress:
+    """A rich progress bar on stderr (``label``, bar, done/total, elapsed, remaining); a no-op when disabled."""
+    from rich import progress as rp
+    from rich.console import Console
+
+    return rp.Progress(rp.TextColumn(label), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
+                       rp.TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+
+
+def _collate_with_files(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any] | None, list[dict[str, Any]]]:
+    """:func:`collate_folder` plus the batch's files in order (module level: picklable for workers)."""
+    good, errors = collate_folder(batch)
+    return [r["file"] for r in batch], good, errors
+
+
+def folder_batches(dataset: ImageFolder, indices: Sequence[int] | None = None, batch_size: int = 8,
+                   num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over ``dataset`` (or the items ``indices``) in listing order.
+
+    Each batch is ``(files, good, errors)``: the batch's files in order, :func:`collate_folder`'s batch of the
+    readable images (None when none is) and the error records.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"number of workers must be >= 0, got {num_workers}")
+    data = dataset if indices is None else Subset(dataset, list(indices))
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=_collate_with_files, pin_memory=pin_memory)
+
+
+def unpadded(images: Tensor, mask: Tensor, i: int) -> tuple[Tensor, Tensor]:
+    """Image i of a padded batch cropped to its own size: (1, C, h, w) and its (1, h, w) mask."""
+    valid = ~mask[i]  # (H, W)
+    h, w = int(valid.any(dim=1).sum()), int(valid.any(dim=0).sum())
+    return images[i: i + 1, :, :h, :w], mask[i: i + 1, :h, :w]
+
+
+def run_isolated(fn: Callable[[Tensor, Tensor, list[str]], list[Any]], good: dict[str, Any],
+                 what: str) -> dict[str, Any]:
+    """Run ``fn(images, mask, files)`` on a batch from :func:`collate_folder`; if it raises (e.g. out of memory),
+    run it on each image alone, so one image the model cannot handle costs only its own result.
+
+    Args:
+        fn: maps a batch (B, 3, H, W), its mask (B, H, W) and its B files to B results.
+        good: the ``good`` batch of :func:`collate_folder` (``images``, ``mask``, ``files``).
+        what: the step's name for error messages (e.g. "detection").
+
+    Returns:
+        {file: result}, or {file: ``"<what> failed: <error>"`` (a str)} for an image that failed alone; check
+        with :func:`isinstance` against the result type.
+    """
+    images, mask, files = good["images"], good["mask"], good["files"]
+    try:
+        return dict(zip(files, fn(images, mask, files), strict=True))
+    except Exception as err:  # the model failed on the batch: isolate the culprit
+        if isinstance(err, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        if len(files) == 1:
+            return {files[0]: f"{what} failed: {type(err).__name__}: {err}"}
+    out: dict[str, Any] = {}
+    for i, file in enumerate(files):
+        image, image_mask = unpadded(images, mask, i)
+        out.update(run_isolated(fn, {"images": image, "mask": image_mask, "files": [file]}, what))
+    return out

@@ -6,9 +6,11 @@ keys pass through untouched. :func:`to_model_target` then turns the target into 
 
 Differences from DETR's reference transforms:
 
-- Resizing uses :class:`RandomShortestSideResize`, built on ``v2.functional.resize(size=[s], max_size=m)``,
-  rather than ``v2.RandomShortestSize``: the latter computes ``int(side * s / short)`` in floating point and
-  lands one pixel short of ``s`` for about 5% of input sizes (e.g. short side 1399 resized to 208 gives 207).
+- Resizing uses :class:`RandomShortestSideResize`, with ``v2.functional.resize(size=[s], max_size=m)``'s arithmetic
+  (:func:`resized_size`), rather than ``v2.RandomShortestSize``: the latter computes ``int(side * s / short)`` in
+  floating point and lands one pixel short of ``s`` for about 5% of input sizes (e.g. short side 1399 resized to
+  208 gives 207). Unlike torchvision, a side never rounds down to 0 px: a 1 x 5000 image becomes 1 x ``max_size``
+  instead of stopping the epoch with an error.
 - :class:`RandomSizeCrop` clamps the requested range to the image, so images smaller than ``min_size`` are
   cropped to their own size instead of failing.
 - Boxes that a crop leaves thinner than ``min_box_size`` px are dropped with their labels by
@@ -49,11 +51,26 @@ def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
     return canvas
 
 
+def resized_size(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
+    """Output (h, w) of a short-side resize to ``size`` with the long side capped at ``max_size``.
+
+    ``torchvision.transforms.v2.functional.resize(size=[size], max_size=max_size)`` arithmetic, except that
+    neither side rounds down below 1 px (a 1 x 10000 image gives 1 x max_size instead of an error).
+    """
+    short, long = (height, width) if height <= width else (width, height)
+    new_short, new_long = size, int(size * long / short)
+    if max_size is not None and new_long > max_size:
+        new_short, new_long = int(max_size * new_short / new_long), max_size
+    new_short = max(new_short, 1)
+    return (new_short, new_long) if height <= width else (new_long, new_short)
+
+
 class RandomShortestSideResize(v2.Transform):
     """Resize so that the short side equals a size drawn from ``sizes``, capping the long side at ``max_size``.
 
     The short side comes out exactly at the drawn size unless the cap binds, in which case the long side is
-    exactly ``max_size`` (``v2.functional.resize`` semantics). Boxes are scaled with the image.
+    exactly ``max_size`` (``v2.functional.resize`` semantics, see :func:`resized_size`; no side below 1 px).
+    Boxes are scaled with the image.
 
     Args:
         sizes: candidate short sides in px, drawn uniformly.
@@ -72,10 +89,11 @@ class RandomShortestSideResize(v2.Transform):
         self.antialias = antialias
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        return {"size": self.sizes[int(torch.randint(len(self.sizes), ()))]}
+        size = self.sizes[int(torch.randint(len(self.sizes), ()))]
+        return {"size": list(resized_size(*_spatial_size(flat_inputs), size, self.max_size))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return F.resize(inpt, size=[params["size"]], max_size=self.max_size, antialias=self.antialias)
+        return F.resize(inpt, size=params["size"], antialias=self.antialias)
 
 
 class RandomSizeCrop(v2.Transform):

@@ -5,6 +5,10 @@ captions the first time it is asked for, so the CLI can link ``vocab_size`` and 
 right after instantiation. Training batches hold one random reference per image (drawn anew every epoch by
 :class:`~vitkit.data.coco_captions.CocoCaptions`) tokenised in the collate function; validation batches hold the
 images, all their references and their image ids.
+
+Unreadable images follow ``bad_images`` as in :class:`vitkit.train.datamodules.CocoDataModule`: with "skip", a
+training item is replaced by the next readable one, a validation item is left out (the caption metrics then cover
+the other images), and each file is reported once, by path, on the main process (:mod:`vitkit.data.bad_images`).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ class CaptionDataModule(L.LightningDataModule):
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
         max_length: longest token sequence, BOS and EOS included; linked into the captioner.
+        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
+            naming it, and counted) or "fail" (stop at the first one).
     """
 
     def __init__(
@@ -134,9 +140,13 @@ class CaptionDataModule(L.LightningDataModule):
         vocab_size: int = 1000,
         tokenizer_model: str = "wordlevel",
         max_length: int = 32,
+        bad_images: str = "skip",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        from vitkit.data.bad_images import check_policy
+
+        check_policy(bad_images, "data.bad_images")
         if tokenizer_model not in ("wordlevel", "bpe", "wordpiece"):
             raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
         if max_length < 2:
@@ -178,7 +188,8 @@ class CaptionDataModule(L.LightningDataModule):
         from vitkit.data.coco_captions import CocoCaptions
 
         if split not in self._datasets:
-            self._datasets[split] = CocoCaptions(self.root, split, train=split == "train")
+            self._datasets[split] = CocoCaptions(self.root, split, train=split == "train",
+                                                 bad_images=self.hparams.bad_images)
         return self._datasets[split]
 
     @property
@@ -258,24 +269,33 @@ class CaptionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._share_rank0_tokenizer()
         if stage in (None, "fit") and self.train_set is None:
+            from vitkit.data.bad_images import SubstituteBad
+
             train = self._dataset("train")
             train.transforms = self._transforms(train=True)
-            self.train_set = _MirrorWithCaption(train, self.hparams.hflip_p)
+            # an unreadable image is replaced by the next readable one (batches keep their size, DDP ranks their steps)
+            self.train_set = _MirrorWithCaption(SubstituteBad(train) if self.hparams.bad_images == "skip" else train,
+                                                self.hparams.hflip_p)
         if self.val_set is None:
             self.val_set = self._dataset("val")
             self.val_set.transforms = self._transforms(train=False)
 
     def train_dataloader(self) -> DataLoader:
+        from vitkit.data.bad_images import SkippingDataLoader
+
         hp = self.hparams
-        return DataLoader(self.train_set, batch_size=hp.batch_size, shuffle=True, num_workers=hp.num_workers,
-                          collate_fn=CaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple),
-                          pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
+        return SkippingDataLoader(self.train_set, batch_size=hp.batch_size, shuffle=True, num_workers=hp.num_workers,
+                                  collate_fn=CaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple),
+                                  pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         from functools import partial
 
+        from vitkit.data.bad_images import SkippingDataLoader
+        from vitkit.data.collate import DropNone
+
         hp = self.hparams
-        return DataLoader(self.val_set, batch_size=hp.val_batch_size or hp.batch_size, shuffle=False,
-                          num_workers=hp.num_workers,
-                          collate_fn=partial(collate_caption_eval, pad_to_multiple=hp.pad_to_multiple),
-                          pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
+        collate = DropNone(partial(collate_caption_eval, pad_to_multiple=hp.pad_to_multiple))
+        return SkippingDataLoader(self.val_set, batch_size=hp.val_batch_size or hp.batch_size, shuffle=False,
+                                  num_workers=hp.num_workers, collate_fn=collate,
+                                  pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)

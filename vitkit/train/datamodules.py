@@ -1,8 +1,15 @@
-"""Lightning DataModule for COCO-layout detection data (COCO 2017 itself, or the generated shapes set)."""
+"""Lightning DataModule for COCO-layout detection data (COCO 2017 itself, or the generated shapes set).
+
+Malformed annotation files stop the run at construction (the validation file) or at ``setup`` (the training file),
+before the first step, with an error naming the file, the entry and the field; sanitised entries get one counted
+warning per kind (:mod:`vitkit.data.annotations`). Unreadable images follow ``bad_images``
+(:mod:`vitkit.data.bad_images`): with "skip", a training item is replaced by the next readable one and a validation
+item is left out (COCO AP then covers the predicted images only), each file is warned about once on the main
+process, and a pass that met new ones ends with a counted summary.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
@@ -36,6 +43,9 @@ class CocoDataModule(L.LightningDataModule):
         val_max_size: validation longest-side cap.
         crop_p: probability of DETR's resize-crop-resize branch in training (0 = never crop).
         pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
+        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
+            naming it, and counted) or "fail" (stop at the first one: missing files at setup, unreadable ones when
+            read).
     """
 
     def __init__(
@@ -57,9 +67,13 @@ class CocoDataModule(L.LightningDataModule):
         val_size: int = 800,
         val_max_size: int = 1333,
         pad_to_multiple: int = 1,
+        bad_images: str = "skip",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        from vitkit.data.bad_images import check_policy
+
+        check_policy(bad_images, "data.bad_images")
         self.root = Path(root)
         if generate_shapes:
             from vitkit.data.shapes import ensure_shapes
@@ -70,10 +84,11 @@ class CocoDataModule(L.LightningDataModule):
             ann = self.annotation_file(split)
             if not ann.is_file():
                 raise FileNotFoundError(f"data.root: missing {ann}\n" + COCO_LAYOUT.format(root=self.root))
-        with open(self.val_annotation_file) as f:
-            cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
-        self.label_to_cat_id = [int(c["id"]) for c in cats]
-        self.class_names = [str(c["name"]) for c in cats]
+        from vitkit.data.annotations import read_categories
+
+        cats = read_categories(self.val_annotation_file, hint=COCO_LAYOUT.format(root=self.root))
+        self.label_to_cat_id = [c for c, _ in cats]
+        self.class_names = [name for _, name in cats]
         self.num_classes = len(cats)
         self.train_scales = train_scales or list(range(480, 801, 32))
         self.crop_resize = crop_resize or [400, 500, 600]
@@ -94,25 +109,37 @@ class CocoDataModule(L.LightningDataModule):
         if stage in (None, "fit") and self.train_set is None:
             tf = detr_train_transforms(scales=self.train_scales, max_size=hp.train_max_size,
                                        resize_before_crop=self.crop_resize, crop=tuple(hp.crop_size), crop_p=hp.crop_p)
-            self.train_set = CocoDetection(self.root, "train", transforms=tf)
+            self.train_set = CocoDetection(self.root, "train", transforms=tf, bad_images=hp.bad_images)
+            if self.train_set.cat_ids != self.label_to_cat_id:
+                raise ValueError(
+                    f"data.root: {self.annotation_file('train')} and {self.val_annotation_file} define different "
+                    f"categories (ids {self.train_set.cat_ids} vs {self.label_to_cat_id}); a label would not mean the "
+                    "same class in training and validation. Use annotation files that share one 'categories' list."
+                )
         if self.val_set is None:
-            self.val_set = CocoDetection(self.root, "val",
+            self.val_set = CocoDetection(self.root, "val", bad_images=hp.bad_images,
                                          transforms=detr_val_transforms(size=hp.val_size, max_size=hp.val_max_size))
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         from functools import partial
 
-        from vitkit.data.collate import collate_detection
+        from vitkit.data.bad_images import SkippingDataLoader
+        from vitkit.data.collate import DropNone, collate_detection
 
         hp = self.hparams
-        return DataLoader(
+        return SkippingDataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers, drop_last=False,
-            collate_fn=partial(collate_detection, pad_to_multiple=hp.pad_to_multiple),
+            collate_fn=DropNone(partial(collate_detection, pad_to_multiple=hp.pad_to_multiple)),
             pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        from vitkit.data.bad_images import SubstituteBad
+
+        # an unreadable training image is replaced by the next readable one: batches keep their size and every DDP
+        # rank its number of steps
+        train = SubstituteBad(self.train_set) if self.hparams.bad_images == "skip" else self.train_set
+        return self._loader(train, self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, shuffle=False)

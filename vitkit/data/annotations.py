@@ -1,0 +1,445 @@
+"""Reading and checking COCO annotation files (instances and captions): errors, sanitising, counted warnings.
+
+A malformed file either stops the run at construction with a ``ValueError`` that names the file, the entry (the
+annotation or image id, and its index when the id itself is missing) and the field, or is sanitised, with ONE
+:class:`AnnotationWarning` per kind that gives the count and the first ids. Nothing is dropped or changed silently.
+
+Instances files (:func:`check_instances`):
+
+====================================================  ===============================================================
+case                                                  rule
+====================================================  ===============================================================
+not JSON, not an object, no ``images`` /               error: the file is unusable
+``annotations`` / ``categories`` list
+an entry without a required field, or with the        error (images: ``id``, ``file_name``, ``width``, ``height``;
+wrong type (``bbox`` not 4 finite numbers, a          annotations: ``id``, ``image_id``, ``category_id``, ``bbox``;
+non-positive ``width``)                               categories: ``id``, ``name``)
+duplicate image, category or annotation ids           error: COCOeval indexes ground truth by annotation id, so with
+                                                      two annotations of one id it would evaluate one twice and the
+                                                      other never (a wrong AP); which one is meant cannot be guessed
+unknown ``category_id`` / ``image_id``                error: the class count comes from ``categories``; a box of an
+                                                      unknown class cannot get a label, and dropping it would train a
+                                                      model that never sees those objects (COCOeval ignores them)
+``bbox`` with zero or negative width or height        dropped from the targets (non-crowd), one counted warning
+``bbox`` partly outside its image                     clipped to the image, one counted warning (with the largest
+                                                      overflow in px, so a rounding overflow reads as one)
+``bbox`` entirely outside its image                   dropped, one counted warning
+no ``area``                                           one counted warning (training does not use it; pycocotools'
+                                                      COCOeval raises KeyError on it, faster-coco-eval computes it)
+====================================================  ===============================================================
+
+Captions files (:func:`check_captions`): the same file-level errors (``images`` and ``annotations`` needed); images
+need ``id`` and ``file_name``, annotations ``id``, ``image_id`` and ``caption`` (a string); duplicate ids and captions
+of images the file does not list are errors; blank captions are dropped with one counted warning (they would teach
+the model to stop at once); images left without a caption are left out with one warning.
+
+Image files missing on disk (:func:`find_missing_images`, used by the datasets) are found at construction, with one
+folder listing per directory: with ``bad_images="skip"`` the images are left out with one counted warning, with
+``"fail"`` the first one raises :class:`vitkit.data.folder.ImageReadError` naming the file, the image id and the field.
+
+Sanitising and evaluation: COCOeval always runs on the original file (DESIGN.md, "numbers at the user boundary are
+honest"), so it sees the boxes as the file gives them. A dropped degenerate box stays a ground-truth box that no
+detection can match (IoU 0), a miss that caps recall; a clipped box is compared with detections as given (unclipped),
+which costs little when the overflow is a pixel and is visible in the warning when it is not. The warnings say so.
+Images left out (missing or unreadable files) are never predicted, and validation evaluates exactly the predicted
+image ids (``evaluate_coco(image_ids=...)``), so their ground truth is left out of AP instead of counted as missed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_MAX_IDS = 10  # ids quoted in one warning or error
+
+
+class AnnotationWarning(UserWarning):
+    """An annotation file was sanitised: entries were dropped, clipped or left out (one warning per kind, counted)."""
+
+
+def format_ids(values: Sequence[Any]) -> str:
+    """'5, 9, 12' (the first few, then '...')."""
+    shown = ", ".join(str(v) for v in values[:_MAX_IDS])
+    return shown + (", ..." if len(values) > _MAX_IDS else "")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_coco_json(path: str | os.PathLike, kind: str, keys: Sequence[str], hint: str = "") -> dict[str, Any]:
+    """Parse a COCO annotation file and check its top-level lists.
+
+    Args:
+        path: the JSON file.
+        kind: "instances" or "caption", for the messages.
+        keys: top-level keys that must hold lists.
+        hint: text appended to a missing-key error (e.g. the expected layout).
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        ValueError: the file is not JSON (the message gives the position), not an object, or lacks one of ``keys``.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"COCO {kind} file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"COCO {kind} file {path} holds a JSON {type(data).__name__}, not an object with "
+                         f"{', '.join(repr(k) for k in keys)} lists. {hint}".rstrip())
+    for key in keys:
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"COCO {kind} file {path} has no '{key}' list. {hint}".rstrip())
+    return data
+
+
+class _Problems:
+    """Entries with a problem, grouped by kind: raise one error, or warn once per kind."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.first: dict[str, str] = {}  # kind -> message of the first entry
+        self.ids: dict[str, list[Any]] = {}  # kind -> ids of every entry
+
+    def add(self, kind: str, ident: Any, message: str = "") -> None:
+        self.first.setdefault(kind, message)
+        self.ids.setdefault(kind, []).append(ident)
+
+    def raise_first(self) -> None:
+        """Raise a ValueError for the first kind found (its first message, and how many entries share it)."""
+        if not self.first:
+            return
+        kind, message = next(iter(self.first.items()))
+        ids = self.ids[kind]
+        more = f" ({len(ids)} entries have this problem: {format_ids(ids)})" if len(ids) > 1 else ""
+        others = [k for k in self.first if k != kind]
+        also = f"; the file has other problems too: {', '.join(others)}" if others else ""
+        raise ValueError(f"{self.path}: {message}{more}{also}")
+
+
+def _entry(name: str, index: int, entry: Any) -> str:
+    """'annotation id 17 (annotations[4])', or 'annotations[4]' when the entry has no usable id."""
+    ident = entry.get("id") if isinstance(entry, dict) else None
+    what = {"annotations": "annotation", "images": "image", "categories": "category"}[name]
+    return f"{what} id {ident} ({name}[{index}])" if _is_int(ident) else f"{name}[{index}]"
+
+
+def _is_bbox(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
+
+
+_CHECKS = {"int": _is_int, "str": lambda v: isinstance(v, str) and v != "", "size": lambda v: _is_number(v) and v > 0,
+           "bbox": _is_bbox}
+_EXPECTED = {"int": "an integer", "str": "a non-empty string", "size": "a positive number of pixels",
+             "bbox": "4 finite numbers [x, y, width, height]"}
+
+
+def _check_fields(problems: _Problems, name: str, index: int, entry: Any, fields: dict[str, str]) -> bool:
+    """Record a problem for the first missing or ill-typed field of ``entry``; True when the entry is usable."""
+    if not isinstance(entry, dict):
+        problems.add(f"{name} entries that are not objects", index, f"{_entry(name, index, entry)} is a JSON "
+                     f"{type(entry).__name__}, not an object")
+        return False
+    for key, kind in fields.items():
+        if key not in entry:
+            problems.add(f"{name} without '{key}'", entry.get("id", index),
+                         f"{_entry(name, index, entry)} has no field '{key}'")
+            return False
+        value = entry[key]
+        if not _CHECKS[kind](value):
+            problems.add(f"{name} with a bad '{key}'", entry.get("id", index),
+                         f"{_entry(name, index, entry)}: field '{key}' must be {_EXPECTED[kind]}, got {value!r}")
+            return False
+    return True
+
+
+def _plain_annotation(a: Any) -> bool:
+    """Fast check of an annotation made of plain JSON types (int ids, a list of 4 finite numbers)."""
+    if type(a) is not dict:
+        return False
+    try:
+        ids, box = (a["id"], a["image_id"], a["category_id"]), a["bbox"]
+    except KeyError:
+        return False
+    return (all(type(v) is int for v in ids) and type(box) is list and len(box) == 4
+            and all(type(v) is float or type(v) is int for v in box) and math.isfinite(sum(box)))
+
+
+def _check_unique(problems: _Problems, name: str, entries: Sequence[dict[str, Any]],
+                  reason: str = "") -> dict[int, int]:
+    """id -> index of ``entries`` (usable ones), recording each repeated id as a problem."""
+    seen: dict[int, int] = {}
+    for index, entry in enumerate(entries):
+        first = seen.setdefault(entry["id"], index)
+        if first != index:
+            what = _entry(name, index, entry).split(" (")[0]
+            problems.add(f"duplicate {name} ids", entry["id"],
+                         f"{what} appears twice ({name}[{first}] and {name}[{index}]), field 'id'{reason}")
+    return seen
+
+
+def _check_categories(path: Path, entries: list[Any]) -> list[tuple[int, str]]:
+    """(id, name) per category, sorted by id; a ValueError for a missing field, a duplicate id or no category."""
+    errors = _Problems(path)
+    cats = [c for k, c in enumerate(entries) if _check_fields(errors, "categories", k, c, {"id": "int", "name": "str"})]
+    errors.raise_first()
+    _check_unique(errors, "categories", cats)
+    errors.raise_first()
+    if not cats:
+        raise ValueError(f"{path} defines no categories (its 'categories' list is empty)")
+    return sorted((int(c["id"]), str(c["name"])) for c in cats)
+
+
+def read_categories(path: str | os.PathLike, hint: str = "") -> list[tuple[int, str]]:
+    """(id, name) per category of a COCO instances file, sorted by id, checked as :func:`check_instances` does.
+
+    Raises:
+        ValueError: the file is not JSON, lacks a top-level list, or its categories are malformed or empty.
+    """
+    path = Path(path)
+    data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
+    return _check_categories(path, data["categories"])
+
+
+@dataclass
+class Instances:
+    """A checked, sanitised COCO instances file.
+
+    Attributes:
+        categories: (id, name) per category, sorted by id.
+        images: image id -> (file_name, width, height) as the file gives them.
+        boxes: (M, 4) float32 xyxy pixels of the kept non-crowd annotations, clipped to their image, grouped by
+            image (file order within an image).
+        box_cat_ids: (M,) int64 category id of each kept box.
+        spans: image id -> (start, end) rows of ``boxes`` (absent = no kept box).
+        warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_instances`).
+    """
+
+    categories: list[tuple[int, str]]
+    images: dict[int, tuple[str, int, int]]
+    boxes: np.ndarray
+    box_cat_ids: np.ndarray
+    spans: dict[int, tuple[int, int]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Instances:
+    """Read a COCO instances file, raise on what cannot be trained on, sanitise the rest (see the module docstring).
+
+    Args:
+        path: ``instances_*.json``.
+        hint: appended to file-level errors (the expected layout).
+        warn: issue the sanitising warnings (always also returned in ``Instances.warnings``).
+
+    Returns:
+        The checked :class:`Instances`.
+
+    Raises:
+        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
+    """
+    path = Path(path)
+    data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
+    errors = _Problems(path)
+
+    categories = _check_categories(path, data["categories"])
+
+    image_fields = {"id": "int", "file_name": "str", "width": "size", "height": "size"}
+    imgs = [im for k, im in enumerate(data["images"]) if _check_fields(errors, "images", k, im, image_fields)]
+    errors.raise_first()
+    _check_unique(errors, "images", imgs)
+    errors.raise_first()
+    images = {int(im["id"]): (im["file_name"], int(im["width"]), int(im["height"])) for im in imgs}
+
+    ann_fields = {"id": "int", "image_id": "int", "category_id": "int", "bbox": "bbox"}
+    anns = data["annotations"]
+    for k, a in enumerate(anns):
+        if not _plain_annotation(a):
+            _check_fields(errors, "annotations", k, a, ann_fields)
+    errors.raise_first()
+    n = len(anns)
+    ann_ids = np.fromiter((a["id"] for a in anns), np.int64, n)  # (N,)
+    if len(np.unique(ann_ids)) != n:
+        _check_unique(errors, "annotations", anns, reason="; COCOeval indexes ground truth by annotation id and "
+                      "would evaluate one of them twice and the other never")
+    image_of = np.fromiter((a["image_id"] for a in anns), np.int64, n)  # (N,)
+    cat_of = np.fromiter((a["category_id"] for a in anns), np.int64, n)  # (N,)
+    image_ids = np.asarray(sorted(images), dtype=np.int64)  # (I,)
+    known_cats = [c for c, _ in categories]
+    for k in np.flatnonzero(~np.isin(image_of, image_ids)).tolist():
+        errors.add("annotations of unknown images", anns[k]["id"], f"{_entry('annotations', k, anns[k])}: field "
+                   f"'image_id' is {anns[k]['image_id']}, which is not an image id of 'images'")
+    for k in np.flatnonzero(~np.isin(cat_of, known_cats)).tolist():
+        errors.add("annotations of unknown categories", anns[k]["id"], f"{_entry('annotations', k, anns[k])}: field "
+                   f"'category_id' is {anns[k]['category_id']}, which is not a category id of 'categories' "
+                   f"({format_ids(known_cats)})")
+    errors.raise_first()
+
+    # Sanitise the non-crowd boxes, vectorised (COCO train2017 has 860k annotations).
+    xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)  # (N, 4) px
+    crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)  # (N,)
+    pos = np.searchsorted(image_ids, image_of)  # (N,) row of each annotation's image
+    width = np.asarray([images[i][1] for i in image_ids.tolist()], dtype=np.float64)[pos]  # (N,)
+    height = np.asarray([images[i][2] for i in image_ids.tolist()], dtype=np.float64)[pos]  # (N,)
+    x, y, w, h = xywh.T  # (N,) each
+    x0, y0 = np.maximum(x, 0.0), np.maximum(y, 0.0)
+    x1, y1 = np.minimum(x + w, width), np.minimum(y + h, height)
+    degenerate = ~crowd & ((w <= 0) | (h <= 0))
+    outside = ~crowd & ~degenerate & ((x1 <= x0) | (y1 <= y0))
+    kept = ~crowd & ~degenerate & ~outside
+    overflow = np.maximum.reduce([x0 - x, y0 - y, x + w - x1, y + h - y1])  # (N,) px outside the image
+    clipped = kept & (overflow > 0)
+    max_overflow = float(overflow[clipped].max()) if clipped.any() else 0.0
+    sanitised = {"degenerate": ann_ids[degenerate].tolist(), "outside": ann_ids[outside].tolist(),
+                 "clipped": ann_ids[clipped].tolist(), "no_area": [a["id"] for a in anns if "area" not in a]}
+
+    rows = np.flatnonzero(kept)
+    rows = rows[np.lexsort((rows, image_of[rows]))]  # by image id, then file order
+    boxes = np.stack([x0, y0, x1, y1], axis=1)[rows].astype(np.float32)  # (M, 4) xyxy px
+    box_cat_ids = cat_of[rows]  # (M,)
+    kept_images, starts, counts = np.unique(image_of[rows], return_index=True, return_counts=True)
+    spans = {i: (s, s + c) for i, s, c in zip(kept_images.tolist(), starts.tolist(), counts.tolist(), strict=True)}
+
+    messages = {
+        "degenerate": "dropped {n} annotations with zero or negative width/height (ids {ids}); they are not trained "
+                      "on, and COCOeval on this file still counts each as a ground-truth box no detection can match",
+        "outside": "dropped {n} annotations lying entirely outside their image (ids {ids}); COCOeval on this file "
+                   "still counts each as a ground-truth box no detection can match",
+        "clipped": "clipped {n} boxes that extend past their image to the image (ids {ids}; at most "
+                   f"{max_overflow:.2f} px outside); COCOeval on this file compares detections with the unclipped "
+                   "boxes",
+        "no_area": "{n} annotations have no 'area' (ids {ids}); training does not need it, but COCOeval's "
+                   "small/medium/large ranges do (the pycocotools backend raises KeyError, faster-coco-eval computes "
+                   "it from the box)",
+    }
+    notes = [f"{path}: " + messages[kind].format(n=len(ids), ids=format_ids(ids))
+             for kind, ids in sanitised.items() if ids]
+    if warn:
+        for note in notes:
+            warnings.warn(note, AnnotationWarning, stacklevel=2)
+    return Instances(categories, images, boxes, box_cat_ids, spans, notes)
+
+
+@dataclass
+class Captions:
+    """A checked COCO captions file.
+
+    Attributes:
+        files: image id -> file name, for every image of the file.
+        captions: image id -> its non-blank captions in file order (empty list for an image without one).
+        warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_captions`).
+    """
+
+    files: dict[int, str]
+    captions: dict[int, list[str]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Captions:
+    """Read a COCO captions file, raise on what cannot be used, drop blank captions (see the module docstring).
+
+    Args:
+        path: ``captions_*.json``.
+        hint: appended to file-level errors (the expected layout).
+        warn: issue the sanitising warnings (always also returned in ``Captions.warnings``).
+
+    Returns:
+        The checked :class:`Captions`.
+
+    Raises:
+        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
+    """
+    path = Path(path)
+    data = read_coco_json(path, "caption", ("images", "annotations"), hint)
+    errors = _Problems(path)
+    imgs = [im for k, im in enumerate(data["images"])
+            if _check_fields(errors, "images", k, im, {"id": "int", "file_name": "str"})]
+    errors.raise_first()
+    _check_unique(errors, "images", imgs)
+    errors.raise_first()
+    files = {int(im["id"]): im["file_name"] for im in imgs}
+
+    captions: dict[int, list[str]] = {image_id: [] for image_id in files}
+    blank: list[int] = []
+    anns = data["annotations"]
+    for k, ann in enumerate(anns):
+        where = _entry("annotations", k, ann)
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            missing = "caption" if isinstance(ann, dict) and "image_id" in ann else "image_id"
+            errors.add("annotations without 'image_id' or 'caption'", k,
+                       f"annotations[{k}] needs 'image_id' and 'caption' ({where} has no field '{missing}'; is this "
+                       "an instances_*.json rather than a captions_*.json file?)")
+            continue
+        if not _is_int(ann.get("id")):
+            errors.add("annotations without an integer 'id'", k,
+                       f"{where}: field 'id' must be an integer, got {ann.get('id', '<missing>')!r}")
+            continue
+        if ann["image_id"] not in captions:
+            errors.add("captions of unknown images", ann["id"], f"{where}: field 'image_id' is image id "
+                       f"{ann['image_id']!r}, which is not in 'images'")
+            continue
+        if not isinstance(ann["caption"], str):
+            errors.add("non-string captions", ann["id"],
+                       f"{where}: field 'caption' is a non-string caption: {ann['caption']!r}")
+            continue
+        if not ann["caption"].strip():
+            blank.append(ann["id"])
+            continue
+        captions[ann["image_id"]].append(ann["caption"])
+    errors.raise_first()
+    _check_unique(errors, "annotations", anns)
+    errors.raise_first()
+
+    notes = []
+    if blank:
+        notes.append(f"{path}: dropped {len(blank)} blank captions (ids {format_ids(blank)}); they would teach the "
+                     "model to stop at once")
+    if warn:
+        for note in notes:
+            warnings.warn(note, AnnotationWarning, stacklevel=2)
+    return Captions(files, captions, notes)
+
+
+def find_missing_images(folder: str | os.PathLike, file_names: Iterable[str]) -> set[str]:
+    """The file names (relative to ``folder``) that are not files on disk.
+
+    One directory listing per distinct parent folder (fast for 100k files, also over network file systems); a name
+    the listing does not show is confirmed with ``os.path.isfile`` (case-insensitive file systems).
+
+    Args:
+        folder: the image folder.
+        file_names: names as the annotation file gives them (may hold subfolders).
+
+    Returns:
+        The names without a file.
+    """
+    folder = Path(folder)
+    listings: dict[Path, set[str]] = {}
+    missing = set()
+    for name in file_names:
+        rel = Path(name)
+        parent = folder / rel.parent
+        if parent not in listings:
+            try:
+                with os.scandir(parent) as it:
+                    listings[parent] = {e.name for e in it if e.is_file()}
+            except OSError:
+                listings[parent] = set()
+        if rel.name not in listings[parent] and not (folder / rel).is_file():
+            missing.add(name)
+    return missing
