@@ -142,6 +142,7 @@ def test_validation_metrics_on_reference_captions(trained, one_thread):
 def test_unknown_config_key_is_an_error(tmp_path):
     proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--model.no_such_key", "1"], cwd=tmp_path)
     assert proc.returncode != 0 and "no_such_key" in proc.stderr
+    assert "Traceback" not in proc.stderr and "Fix:" in proc.stderr  # one paragraph (issue 7)
 
 
 def test_missing_captions_file_names_it(tmp_path):

@@ -75,14 +75,18 @@ def test_eval_checkpoint_and_load_predict(trained):
 
 
 def test_unknown_config_key_is_an_error(tmp_path):
-    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--model.no_such_key", "1"], cwd=tmp_path)
-    assert proc.returncode != 0 and "no_such_key" in proc.stderr
+    """One paragraph naming the key, a spelling suggestion and the fix; no usage wall, no traceback (issue 7)."""
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--model.lrr", "1"], cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown config key 'model.lrr'" in proc.stderr
+    assert "did you mean 'model.lr'" in proc.stderr and "Fix:" in proc.stderr
+    assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
 
 
 def test_missing_data_folder_explains_the_layout(tmp_path):
     proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(tmp_path / "nope"),
                  "--data.generate_shapes", "false"], cwd=tmp_path)
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # issue 7: a paragraph, not a traceback
+    assert "error: data.root: missing" in proc.stderr
     assert "instances_train2017.json" in proc.stderr and "cocodataset.org" in proc.stderr
 
 

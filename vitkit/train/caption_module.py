@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.models.captioner import Captioner
+from vitkit.train.guards import ConfigError, check_finite_loss, check_nonfinite_mode, zero_loss_like
 from vitkit.train.optim import adamw_param_groups, warmup_schedule
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
@@ -52,6 +53,10 @@ class CaptionModule(L.LightningModule):
         num_samples: sample captions printed after each validation.
         java: use Java for METEOR and the PTB tokenizer; None = when ``java`` is on PATH (see
             :func:`vitkit.eval.caption_metrics.caption_metrics`).
+        nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step (and the
+            batch's image ids when the training batch carries them as a 4th element); "skip" drops the step (no
+            weight or optimizer-state update; the step counter and the lr schedule advance). Under DDP all ranks
+            skip together.
     """
 
     def __init__(
@@ -67,9 +72,11 @@ class CaptionModule(L.LightningModule):
         val_max_length: int | None = None,
         num_samples: int = 3,
         java: bool | None = None,
+        nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["captioner"])
+        check_nonfinite_mode(nonfinite)
         if val_beams < 1:
             raise ValueError(f"model.val_beams must be >= 1 (1 = greedy), got {val_beams}")
         self.captioner = captioner
@@ -78,6 +85,8 @@ class CaptionModule(L.LightningModule):
         self._scorer = None  # CaptionScorer kept across validation epochs (rank 0)
         self.last_metrics: dict[str, float] = {}
         self.last_captions: dict[int, str] = {}  # image id -> generated caption of the latest validation
+        self._skip_update = False  # set by a skipped (non-finite) step, cleared before the optimizer step
+        self._skipped_steps = 0
 
     captioner_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the captioner
 
@@ -94,9 +103,9 @@ class CaptionModule(L.LightningModule):
         theirs = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
         ours = (c.vocab_size, c.pad_id, c.bos_id, c.eos_id)
         if theirs != ours:
-            raise ValueError(f"{what} (vocab_size, pad, bos, eos ids) = {theirs} does not match the captioner's "
-                             f"{ours}; leave model.captioner.init_args.vocab_size and the special ids out of the "
-                             "config (they are linked from data)")
+            raise ConfigError(f"{what} (vocab_size, pad, bos, eos ids) = {theirs} does not match the captioner's "
+                              f"{ours}; leave model.captioner.init_args.vocab_size and the special ids out of the "
+                              "config (they are linked from data)")
 
     def _run_folder(self) -> Path | None:
         """The logger's run folder (``trainer.log_dir`` is a collective call under DDP: every rank must ask)."""
@@ -141,14 +150,27 @@ class CaptionModule(L.LightningModule):
         """(B, 3, H, W) images, (B, T) ids, (B, H, W) padding mask -> (B, T, V) teacher-forced logits."""
         return self.captioner(images, tokens, mask)
 
-    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
-        images, mask, tokens = batch
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
+        """``(images, mask, tokens)`` or ``(images, mask, tokens, image_ids)`` -> the () loss."""
+        images, mask, tokens = batch[:3]
+        image_ids = batch[3] if len(batch) > 3 else None
         logits = self.captioner(images, tokens, mask)  # (B, T, V)
         loss = self.captioner.loss(logits, tokens)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}")
+        if check_finite_loss(loss, mode=self.hparams.nonfinite, step=self.global_step, epoch=self.current_epoch,
+                             batch_idx=batch_idx,
+                             image_ids=None if image_ids is None else lambda: [int(i) for i in image_ids]):
+            self._skip_update = True
+            self._skipped_steps += 1
+            self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False, batch_size=1)
+            return zero_loss_like(self, loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._skip_update:  # a skipped step: drop its (zero) gradients, so AdamW leaves weights and moments alone
+            self._skip_update = False
+            for p in self.parameters():
+                p.grad = None
 
     # ---------------------------------------------------------------------------------------- validation
     def generate(self, images: Tensor, mask: Tensor | None = None) -> list[str]:

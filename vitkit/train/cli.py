@@ -6,21 +6,35 @@ names and category ids from the data into the model; captioning links the tokeni
 and ``max_length``. The run folder is ``runs/<config name>/`` (CSV logs, ``config.yaml``, ``checkpoints/``; for
 captioning also ``tokenizer.json``), and each checkpoint carries the resolved model config (and the tokenizer) so
 that :func:`vitkit.load` rebuilds the model without the YAML.
+
+Reliability (issue 7): checkpoints are written atomically and read with ``weights_only=True`` only
+(:mod:`vitkit.train.checkpoint_io`); ``last.ckpt`` is also refreshed every ``checkpoint.last_every_n_train_steps``
+steps, and :class:`~vitkit.train.resume.ExactResume` makes ``--ckpt_path last`` continue the same run exactly, also
+from mid-epoch. Config mistakes (an unknown key, a wrong type, a missing data folder, a checkpoint that does not fit
+the data) end in one paragraph naming the key and the fix on stderr, exit status 2, no traceback.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from vitkit.checkpoint import CheckpointError, safe_load_checkpoint
 from vitkit.train.caption_datamodule import CaptionDataModule
 from vitkit.train.caption_module import CaptionModule
+from vitkit.train.checkpoint_io import install_safe_checkpoint_io
 from vitkit.train.datamodules import CocoDataModule
 from vitkit.train.detection_module import DetectionModule
+from vitkit.train.guards import ConfigError, NonFiniteLossError
+from vitkit.train.resume import ExactResume
 
 
 def _to_plain(obj):
@@ -45,6 +59,26 @@ class LatestLastCheckpoint(ModelCheckpoint):
     Lightning already did, and then this adds nothing).
     """
 
+    def __init__(self, *args, last_every_n_train_steps: int = 0, **kwargs) -> None:
+        """Args: ``ModelCheckpoint``'s, and ``last_every_n_train_steps``: also refresh ``last.ckpt`` every this many
+        optimizer steps (0 = only at the epoch / validation ends), so a run killed mid-epoch resumes from at most
+        that many steps back."""
+        super().__init__(*args, **kwargs)
+        if last_every_n_train_steps < 0:
+            raise ConfigError(f"checkpoint.last_every_n_train_steps must be >= 0 (0 = off), got "
+                              f"{last_every_n_train_steps}")
+        self.last_every_n_train_steps = last_every_n_train_steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        n = self.last_every_n_train_steps
+        if (n and self.save_last and trainer.global_step % n == 0 and not trainer.fit_loop._should_accumulate()
+                and not self._should_skip_saving_checkpoint(trainer)):
+            # Not counted as this step's save, so a validation at the same step still saves its top-k checkpoint.
+            saved_step = self._last_global_step_saved
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._last_global_step_saved = saved_step
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
@@ -60,13 +94,144 @@ class LatestLastCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+_TYPE_NAMES = {"<class 'int'>": "an integer", "<class 'float'>": "a number", "<class 'str'>": "a string",
+               "<class 'bool'>": "true or false", "<class 'NoneType'>": "null"}
+
+
+def _class_parameters(class_path: str) -> list[str]:
+    """Constructor parameter names of ``class_path`` (for spelling suggestions), or [] when it cannot be imported."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return []
+
+
+def _suggest(key: str, candidates: list[str]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: len(key) - len(leaf)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.75)
+    if not close:
+        leaves = {c.rsplit(".", 1)[-1]: c for c in candidates if c.startswith(prefix)}
+        close = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)]
+        if close and not close[0].startswith(prefix):
+            close = []
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def explain_config_error(message: str, known_keys: list[str], prog: str = "tools/train.py") -> str:
+    """One paragraph for a jsonargparse error: the offending key, what is wrong with it, and the fix.
+
+    Args:
+        message: the parser's error message (nested for class_path arguments).
+        known_keys: the parser's dotted keys, for "did you mean" suggestions.
+        prog: the command, for the ``--help`` hint.
+    """
+    help_hint = f"`python {prog} CONFIG --help` lists every key with its type"
+    unknown = re.match(r"unrecognized arguments: (.*)", message.strip(), re.S)
+    if unknown:
+        keys = [a[2:].split("=", 1)[0] for a in unknown.group(1).split() if a.startswith("--")] or [unknown.group(1)]
+        key = keys[0]
+        return (f"error: unknown config key '{key}'. Fix: remove it or correct its spelling"
+                f"{_suggest(key, known_keys)}; {help_hint}.")
+    subcommand = re.search(r"does not accept option '([^']+)'", message)
+    if subcommand:
+        key = subcommand.group(1)
+        return (f"error: unknown config key '{key}'. Fix: remove it from CONFIG or correct its spelling"
+                f"{_suggest(key, known_keys)}; {help_hint}.")
+    path: list[str] = []
+    class_path = None
+    for line in message.splitlines():
+        line = line.strip()
+        if m := re.match(r'Parser key "([^"]+)":', line):
+            path.append(m.group(1))
+        elif m := re.match(r"Problem with given class_path '([^']+)':", line):
+            path.append("init_args")
+            class_path = m.group(1)
+        elif m := re.match(r"Option '([^']+)' is not accepted", line):
+            key = ".".join([*path, m.group(1)])
+            params = _class_parameters(class_path) if class_path else []
+            candidates = [".".join([*path, p]) for p in params]
+            owner = f" ({class_path} has no such argument)" if class_path else ""
+            return (f"error: unknown config key '{key}'{owner}. Fix: remove it or correct its spelling"
+                    f"{_suggest(key, candidates)}; {help_hint}.")
+    if path and path[-1] == "init_args":
+        path.pop()
+    key = ".".join(path)
+    got = re.search(r"(?:Got value|Given value): (.*)", message)
+    got_text = f", got {got.group(1).strip()!r}" if got else ""
+    subtypes = re.search(r"Subtypes: \[(.*)\]", message)
+    expected = re.search(r"Expected a (.*?)(?:\. Got value|$)", message, re.M)
+    if subtypes:
+        names = [_TYPE_NAMES.get(t.strip(), t.strip()) for t in re.findall(r"<class '[^']+'>|typing\.\w+\[[^]]*\]",
+                                                                             subtypes.group(1))]
+        want = " or ".join(names) if names else subtypes.group(1)
+    elif expected:
+        want = _TYPE_NAMES.get(expected.group(1).strip(), expected.group(1).strip())
+    else:
+        want = None
+    if want and (lit := re.fullmatch(r"typing\.Literal\[(.*)\]", want)):
+        want = f"one of {lit.group(1)}"
+    if key and want:
+        flag = "--" + key
+        return (f"error: config key '{key}' expects {want}{got_text}. Fix: give {key} a value of that type (in "
+                f"CONFIG, or {flag} VALUE on the command line); {help_hint}.")
+    detail = " ".join(message.split())
+    return f"error: {'config key ' + repr(key) + ': ' if key else ''}{detail}. Fix: {help_hint}."
+
+
+class VitkitArgumentParser(LightningArgumentParser):
+    """Parser whose errors are one paragraph (:func:`explain_config_error`) instead of a usage wall."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        try:
+            known = list(parser.get_defaults().keys())
+        except Exception:  # suggestions are a nicety; the message itself must come out
+            known = []
+        sys.stderr.write(explain_config_error(str(message), known) + "\n")
+        self.exit(2)
+
+
 class VitkitCLI(LightningCLI):
-    """LightningCLI with vitkit's links and run-folder defaults."""
+    """LightningCLI with vitkit's links and run-folder defaults, safe checkpoint I/O and exact resume."""
 
     def __init__(self, *args, run_name: str = "run", launch_argv: list[str] | None = None, **kwargs) -> None:
         self.run_name = run_name
         self.launch_argv = launch_argv
+        kwargs.setdefault("parser_class", VitkitArgumentParser)
         super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads ``--ckpt_path``'s hyper-parameters while parsing (``torch.load(weights_only=True)``); a
+        refused or unreadable file gets :func:`vitkit.checkpoint.safe_load_checkpoint`'s message, not torch's."""
+        try:
+            super()._parse_ckpt_path()
+        except Exception:  # torch's unpickling errors, or bytes that are no checkpoint at all
+            subcommand = self.config.get("subcommand")
+            ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt:
+                safe_load_checkpoint(ckpt)  # raises a CheckpointError naming the file and the reason
+            raise
+
+    def instantiate_classes(self) -> None:
+        """Build the data, model and trainer; a constructor's complaint (a missing data folder, a bad value) becomes
+        a :class:`ConfigError` that :func:`main` prints as one paragraph."""
+        try:
+            super().instantiate_classes()
+        except ConfigError:
+            raise
+        except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+            raise ConfigError(str(err)) from err
+
+    def _instantiate_trainer(self, config, callbacks):
+        callbacks = [*callbacks, ExactResume()]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        install_safe_checkpoint_io(trainer)
+        return trainer
 
     def _restore_launch_argv(self) -> None:
         """Give the user's command line back before fitting: Lightning's DDP launcher (several devices without
@@ -87,6 +252,7 @@ class VitkitCLI(LightningCLI):
             "checkpoint.monitor": self.monitor,
             "checkpoint.mode": "max",
             "checkpoint.save_last": True,
+            "checkpoint.last_every_n_train_steps": 1000,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": "runs", "name": self.run_name}},
         })
@@ -98,8 +264,15 @@ class VitkitCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
         parser.link_arguments("data.label_to_cat_id", "model.label_to_cat_id", apply_on="instantiate")
 
+    def _check_ckpt_path(self) -> None:
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        if ckpt not in (None, "last", "best", "hpc") and "://" not in str(ckpt) and not Path(ckpt).is_file():
+            raise ConfigError(f"ckpt_path: no checkpoint at {ckpt}. Fix: give the path of a .ckpt file, or "
+                              "--ckpt_path last to resume from runs/<config>/checkpoints/last.ckpt")
+
     def before_fit(self) -> None:
         self._restore_launch_argv()
+        self._check_ckpt_path()
         detector = _to_plain(self.config[self.subcommand]["model"]["detector"])
         detector.setdefault("init_args", {})["num_classes"] = self.datamodule.num_classes
         self.model.detector_config = detector
@@ -121,6 +294,7 @@ class CaptionCLI(VitkitCLI):
 
     def before_fit(self) -> None:
         self._restore_launch_argv()
+        self._check_ckpt_path()
         captioner = _to_plain(self.config[self.subcommand]["model"]["captioner"])
         init_args = captioner.setdefault("init_args", {})
         for name in CAPTION_LINKS:
@@ -163,8 +337,48 @@ def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: list[st
         cli = VitkitCLI(DetectionModule, CocoDataModule, run=False, run_name=Path(config).stem,
                         save_config_callback=None,
                         args=["--config", str(config), "--trainer.logger", "false", *overrides])
-    cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False)
+    try:
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False)
+    except RuntimeError as err:
+        mismatch = _weights_mismatch(err, config, "--ckpt")
+        if mismatch is None:
+            raise
+        raise ConfigError(mismatch) from err
     return cli.model.last_eval, cli.model.last_results, cli.trainer.is_global_zero
+
+
+def validate_weights(config: str | Path, weights: str | Path, overrides: list[str] | tuple = ()):
+    """Evaluate official DETR weights (:mod:`vitkit.interop.detr_weights`) on the validation split of ``config``
+    (a DETR-R50 config such as ``configs/detr_r50_coco.yaml``). The class head is narrowed to the data's category
+    ids (the COCO release has one logit per category id). Returns what :func:`validate_checkpoint` returns."""
+    from vitkit.interop.detr_weights import read_detr_weights, select_classes
+
+    state, info = read_detr_weights(weights)
+    with _own_argv():
+        cli = VitkitCLI(DetectionModule, CocoDataModule, run=False, run_name=Path(config).stem,
+                        save_config_callback=None,
+                        args=["--config", str(config), "--trainer.logger", "false", *overrides])
+    try:
+        state = select_classes(state, list(cli.datamodule.label_to_cat_id))
+    except ValueError as err:
+        raise ConfigError(f"--weights {weights}: {err}; the weights hold {info['num_classes']} classes") from err
+    try:
+        cli.model.detector.load_state_dict(state)
+    except RuntimeError as err:
+        raise ConfigError(_weights_mismatch(err, config, "--weights") or str(err)) from err
+    cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    return cli.model.last_eval, cli.model.last_results, cli.trainer.is_global_zero
+
+
+def _weights_mismatch(err: RuntimeError, config: str | Path, key: str) -> str | None:
+    """The paragraph for ``load_state_dict``'s size/key mismatch wall, or None for another RuntimeError."""
+    if "Error(s) in loading state_dict" not in str(err):
+        return None
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    detail = " ".join(lines[1:3])[:300]
+    return (f"{key}: the checkpoint's weights do not fit the model that {config} builds ({detail} ...). Fix: use the "
+            "config the checkpoint was trained with (runs/<config>/version_*/config.yaml holds it), or start a new "
+            "run")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,6 +400,19 @@ def main(argv: list[str] | None = None) -> None:
         cli_class, model_class, data_class = CaptionCLI, CaptionModule, CaptionDataModule
     else:
         cli_class, model_class, data_class = VitkitCLI, DetectionModule, CocoDataModule
-    with _own_argv():
-        cli_class(model_class, data_class, run_name=config.stem, save_config_kwargs={"overwrite": True},
-                  launch_argv=launch_argv, args=["fit", "--config", str(config), *argv[1:]])
+    try:
+        with _own_argv():
+            cli_class(model_class, data_class, run_name=config.stem, save_config_kwargs={"overwrite": True},
+                      launch_argv=launch_argv, args=["fit", "--config", str(config), *argv[1:]])
+    except (ConfigError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RuntimeError as err:
+        mismatch = _weights_mismatch(err, config, "ckpt_path")
+        if mismatch is None:
+            raise
+        print(f"error: {mismatch}", file=sys.stderr)
+        raise SystemExit(2) from None

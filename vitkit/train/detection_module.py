@@ -8,12 +8,16 @@ and COCO scoring in :mod:`vitkit.eval.coco_eval`. Gradient clipping and EMA are 
 
 from __future__ import annotations
 
+import warnings
+from typing import Literal
+
 import lightning as L
 import torch
 from torch import Tensor
 
 from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
 from vitkit.models.detr import DETR
+from vitkit.train.guards import ConfigError, check_finite_loss, check_nonfinite_mode, zero_loss_like
 from vitkit.train.optim import adamw_param_groups, warmup_schedule
 
 
@@ -41,6 +45,9 @@ class DetectionModule(L.LightningModule):
         focal_alpha: alpha of the focal / varifocal loss and matching cost (RT-DETR uses 0.75 with varifocal).
         class_names: category names, filled from the datamodule and kept in checkpoints.
         label_to_cat_id: contiguous label -> dataset category id, filled from the datamodule.
+        nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step and the
+            batch's image ids; "skip" drops the step (no weight or optimizer-state update; the step counter and the
+            lr schedule advance), with a warning naming the same. Under DDP all ranks skip together.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class DetectionModule(L.LightningModule):
         focal_alpha: float = 0.25,
         class_names: list[str] | None = None,
         label_to_cat_id: list[int] | None = None,
+        nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["detector"])
@@ -82,6 +90,7 @@ class DetectionModule(L.LightningModule):
                 f"model.loss_type={loss_type!r} needs detector.sigmoid_head={loss_type != 'ce'} "
                 f"(softmax heads train with 'ce', sigmoid heads with 'focal' or 'varifocal')"
             )
+        check_nonfinite_mode(nonfinite)
         if schedule not in ("cosine", "step"):
             raise ValueError(f"model.schedule must be 'cosine' or 'step', got {schedule!r}")
         self.detector = detector
@@ -96,8 +105,11 @@ class DetectionModule(L.LightningModule):
         self.postprocess = PostProcess(use_focal=use_focal, num_select=num_select)
         self._val_results: list[dict] = []
         self._val_image_ids: list[int] = []
+        self._val_nonfinite = 0  # detections dropped for non-finite boxes/scores in this validation
         self.last_eval = None  # CocoEvalResult of the latest validation epoch
         self.last_results: list[dict] = []  # its gathered COCO results
+        self._skip_update = False  # set by a skipped (non-finite) step, cleared before the optimizer step
+        self._skipped_steps = 0
 
     detector_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the detector
 
@@ -106,7 +118,25 @@ class DetectionModule(L.LightningModule):
             checkpoint["vitkit_detector_config"] = self.detector_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_checkpoint_classes(checkpoint)
         self.detector_config = checkpoint.get("vitkit_detector_config", self.detector_config)
+
+    def _check_checkpoint_classes(self, checkpoint: dict) -> None:
+        """A checkpoint trained on another class count cannot be resumed or evaluated on this data: say so (naming
+        the keys) before its weights fail to load with a size-mismatch wall."""
+        config = checkpoint.get("vitkit_detector_config") or {}
+        saved = (config.get("init_args") or {}).get("num_classes")
+        if saved is None:
+            saved = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
+        if saved is None or int(saved) == self.detector.num_classes:
+            return
+        names = (checkpoint.get("hyper_parameters") or {}).get("class_names") or []
+        shown = f" ({', '.join(map(str, names[:8]))}{', ...' if len(names) > 8 else ''})" if names else ""
+        raise ConfigError(
+            f"num_classes: the checkpoint was trained on {saved} classes{shown}, but data.root gives "
+            f"{self.detector.num_classes} classes (the class count comes from the annotation file). Fix: point "
+            "data.root at the dataset the checkpoint was trained on; to train on this dataset, start a new run "
+            "instead of resuming (--ckpt_path resumes the same run)")
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         return self.detector(images, mask)
@@ -116,9 +146,12 @@ class DetectionModule(L.LightningModule):
         outputs = self.detector(images, mask, targets)
         losses = self.criterion(outputs, targets)
         loss = losses["loss"]
-        if not torch.isfinite(loss):
-            ids = [int(t["image_id"]) for t in targets]
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.global_step}, image ids {ids}")
+        if check_finite_loss(loss, mode=self.hparams.nonfinite, step=self.global_step, epoch=self.current_epoch,
+                             batch_idx=batch_idx, image_ids=lambda: [int(t["image_id"]) for t in targets]):
+            self._skip_update = True
+            self._skipped_steps += 1
+            self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False, batch_size=1)
+            return zero_loss_like(self, loss)
         B = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
         for k in ("loss_ce", "loss_bbox", "loss_giou"):
@@ -135,16 +168,25 @@ class DetectionModule(L.LightningModule):
         for t, d in zip(targets, dets, strict=True):
             image_id = int(t["image_id"])
             self._val_image_ids.append(image_id)
-            boxes = d["boxes"].float().cpu()  # (K, 4) xyxy pixels
+            boxes, scores, labels = d["boxes"].float().cpu(), d["scores"].float().cpu(), d["labels"].cpu()
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)  # (K,)
+            if not bool(finite.all()):  # a diverged model: NaN boxes are no detections (COCOeval would refuse them)
+                self._val_nonfinite += int((~finite).sum())
+                boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
             xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1)  # (K, 4)
-            for box, score, label in zip(xywh.tolist(), d["scores"].float().tolist(), d["labels"].tolist(),
-                                         strict=True):
+            for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist(), strict=True):
                 cat = cat_ids[label] if cat_ids else label
                 self._val_results.append({"image_id": image_id, "category_id": int(cat),
                                           "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
 
     def on_validation_epoch_start(self) -> None:
-        self._val_results, self._val_image_ids = [], []
+        self._val_results, self._val_image_ids, self._val_nonfinite = [], [], 0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self._skip_update:  # a skipped step: drop its (zero) gradients, so AdamW leaves weights and moments alone
+            self._skip_update = False
+            for p in self.parameters():
+                p.grad = None
 
     def on_validation_epoch_end(self) -> None:
         from vitkit.eval.coco_eval import evaluate_coco, gather_image_ids, gather_results
@@ -152,6 +194,9 @@ class DetectionModule(L.LightningModule):
         dm = self.trainer.datamodule
         if self.trainer.sanity_checking or dm is None or not hasattr(dm, "val_annotation_file"):
             return
+        if self._val_nonfinite:
+            warnings.warn(f"validation: {self._val_nonfinite} detections with non-finite boxes or scores dropped "
+                          "(the model produced NaN/inf)", RuntimeWarning, stacklevel=2)
         # Collective calls: every rank gathers, so every rank computes (and logs) the same stats.
         results = gather_results(self._val_results, self._val_image_ids)
         image_ids = gather_image_ids(self._val_image_ids)

@@ -1,0 +1,111 @@
+"""Errors a user can act on, and the non-finite loss guard shared by the training modules.
+
+:class:`ConfigError` is a config or data problem found while building or restoring a run (the message names the
+key and the fix); the CLIs print it as one paragraph instead of a traceback. :func:`check_finite_loss` stops
+training on a NaN/inf loss (``nonfinite="raise"``) or skips the step (``"skip"``); under DDP every rank takes the
+same decision, so skipping never leaves one rank waiting in a gradient all-reduce the others do not join.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+NONFINITE_MODES = ("raise", "skip")
+
+
+class ConfigError(ValueError):
+    """A config, data or checkpoint mismatch the user fixes in the config; the message names the key and the fix."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss is NaN or infinite; the message names the step and the batch's images."""
+
+
+def check_nonfinite_mode(mode: str) -> None:
+    """Raise a :class:`ConfigError` naming ``model.nonfinite`` unless ``mode`` is one of :data:`NONFINITE_MODES`."""
+    if mode not in NONFINITE_MODES:
+        raise ConfigError(f"model.nonfinite must be 'raise' (stop training) or 'skip' (drop the step), got {mode!r}")
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def check_finite_loss(loss: Tensor, *, mode: str, step: int, epoch: int, batch_idx: int,
+                      image_ids: Sequence[Any] | Callable[[], Sequence[Any]] | None) -> bool:
+    """Decide what to do with this step's loss.
+
+    A collective call under an initialised ``torch.distributed`` with several ranks: every rank must call it once
+    per training step (one scalar all-reduce; the ids are gathered only when some rank's loss is not finite).
+
+    Args:
+        loss: this rank's () training loss.
+        mode: "raise" or "skip".
+        step: the optimizer step (``global_step``), for the message.
+        epoch: the epoch, for the message.
+        batch_idx: the batch index within the epoch, for the message.
+        image_ids: the batch's image ids (or a callable returning them, called only for a non-finite loss), or None
+            when the batch does not carry them.
+
+    Returns:
+        True when the step must be skipped (every rank gets the same answer), False when all losses are finite.
+
+    Raises:
+        NonFiniteLossError: in "raise" mode when the loss of any rank is not finite; the message names the step and
+            the image ids of every rank whose loss was not finite.
+    """
+    bad = ~torch.isfinite(loss.detach())
+
+    def ids() -> list[Any] | None:
+        found = image_ids() if callable(image_ids) else image_ids
+        return None if found is None else list(found)
+
+    if _distributed():
+        import torch.distributed as dist
+
+        flag = bad.to(torch.float32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not bool(flag.item()):
+            return False
+        mine = (dist.get_rank(), float(loss.detach().float()), ids() if bool(bad) else None, bool(bad))
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, mine)
+        culprits = [(rank, value, rank_ids) for rank, value, rank_ids, is_bad in gathered if is_bad]
+    else:
+        if not bool(bad):
+            return False
+        culprits = [(None, float(loss.detach().float()), ids())]
+    where = "; ".join(
+        (f"rank {rank}: " if rank is not None else "") + f"loss {value}, "
+        + (f"image ids {rank_ids}" if rank_ids is not None else "image ids not carried by this batch")
+        for rank, value, rank_ids in culprits
+    )
+    message = f"non-finite loss at step {step} (epoch {epoch}, batch {batch_idx}): {where}"
+    if mode == "raise":
+        raise NonFiniteLossError(
+            f"{message}. Training stopped. Check these images' annotations; lower model.lr or set "
+            "trainer.gradient_clip_val if it diverged; model.nonfinite=skip skips such steps instead.")
+    if not _distributed() or torch.distributed.get_rank() == 0:  # the message is the same on every rank
+        warnings.warn(f"{message}; step skipped (model.nonfinite=skip): no weight or optimizer-state update",
+                      RuntimeWarning, stacklevel=2)
+    return True
+
+
+def zero_loss_like(module: torch.nn.Module, loss: Tensor) -> Tensor:
+    """A () zero loss that reaches every trainable parameter of ``module``: what a skipped step returns.
+
+    Its backward pass gives finite zero gradients, so under DDP every rank still joins the gradient all-reduce (the
+    module then drops the gradients before the optimizer step; see ``on_before_optimizer_step`` in the modules).
+    """
+    total = loss.detach().new_zeros((), dtype=torch.float32)
+    for p in module.parameters():
+        if p.requires_grad:
+            total = total + p.sum().float() * 0.0
+    return total
