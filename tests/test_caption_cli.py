@@ -15,9 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from mixed_images import BAD, GOOD
+from mixed_images import make_mixed_folder as _make_folder
+from mixed_images import noise as _noise
 from PIL import Image
 
 import vitkit
@@ -45,15 +47,6 @@ CONFIG = {
     },
 }
 VAL_SIZE = 32  # the checkpoint's preprocessing: short side 32, long side <= 64
-
-GOOD = ["A.JPG", "anim.gif", "bits.bmp", "cmyk.tif", "gray.png", "gray16.png", "la.png", "large.jpg",
-        "palette.png", "pic.webp", "rgba.png", "rotated.jpg", "sub/B.PNG", "sub/deep/c.Jpeg", "thin.png", "tiny.png"]
-BAD = ["empty.jpg", "fake.png", "truncated.png"]
-
-
-def _noise(h: int, w: int, seed: int) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
-
 
 def _tiny_captioner(tokenizer: CaptionTokenizer) -> Captioner:
     config = json.loads(json.dumps(CONFIG))
@@ -89,41 +82,6 @@ def model_files(tmp_path_factory) -> tuple[Path, Captioner, CaptionTokenizer]:
 @pytest.fixture(scope="module")
 def pipe(model_files) -> CaptionPipeline:
     return vitkit.load(model_files[0])
-
-
-def _exif_rotated(path: Path) -> None:
-    """A 48 x 24 (w x h) JPEG whose EXIF orientation 6 says "rotate 90 degrees clockwise to view"."""
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    _noise(24, 48, 7).save(path, exif=exif, quality=95)
-
-
-def _make_folder(root: Path) -> Path:
-    (root / "sub" / "deep").mkdir(parents=True)
-    _noise(20, 30, 1).save(root / "A.JPG")
-    _noise(18, 22, 2).save(root / "sub" / "B.PNG")
-    _noise(40, 16, 3).save(root / "sub" / "deep" / "c.Jpeg")
-    _noise(30, 30, 4).save(root / "pic.webp")
-    _noise(800, 1200, 5).save(root / "large.jpg")  # 1200 x 800
-    _noise(1, 1, 6).save(root / "tiny.png")
-    _noise(900, 40, 8).save(root / "thin.png")  # 40 x 900
-    _exif_rotated(root / "rotated.jpg")
-    _noise(20, 20, 9).convert("L").save(root / "gray.png")
-    _noise(20, 20, 10).convert("LA").save(root / "la.png")
-    _noise(20, 20, 11).convert("P").save(root / "palette.png", transparency=0)
-    _noise(20, 20, 12).convert("RGBA").save(root / "rgba.png")
-    _noise(20, 20, 13).convert("CMYK").save(root / "cmyk.tif")
-    Image.fromarray(np.random.default_rng(14).integers(0, 65536, (20, 20), dtype=np.uint16)).save(root / "gray16.png")
-    _noise(20, 20, 15).convert("1").save(root / "bits.bmp")
-    frames = [_noise(20, 20, 16).convert("P"), _noise(20, 20, 17).convert("P")]
-    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
-    _noise(64, 64, 18).save(root / "truncated.png")
-    data = (root / "truncated.png").read_bytes()
-    (root / "truncated.png").write_bytes(data[: len(data) // 2])
-    (root / "empty.jpg").write_bytes(b"")
-    (root / "fake.png").write_text("plain text with an image extension")
-    (root / "notes.txt").write_text("not an image")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from vitkit.interop.detr_weights import (
     load_detr_weights,
     official_to_vitkit,
     read_detr_weights,
+    select_classes,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -196,3 +197,47 @@ def test_unknown_keys_and_unsafe_files_are_refused(tmp_path):
     with pytest.raises(ValueError, match="weights_only"):
         read_detr_weights(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_vitkit_load_reads_official_and_hugging_face_weights(hf_detr, batch, hf_out, tmp_path):
+    import vitkit
+
+    torch.save({"model": _as_official(hf_detr.state_dict())}, tmp_path / "detr.pth")
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    torch.save(hf_detr.state_dict(), hf_dir / "pytorch_model.bin")
+    for source in (tmp_path / "detr.pth", hf_dir, hf_dir / "pytorch_model.bin"):
+        det = vitkit.load(source)
+        _assert_parity(det.model, batch, hf_out)
+
+
+def test_select_classes_keeps_the_datasets_category_rows_and_no_object():
+    state = {"class_embed.weight": torch.arange(92.0)[:, None].expand(92, 3), "class_embed.bias": torch.arange(92.0)}
+    out = select_classes(state, [1, 3, 7, 9])
+    assert out["class_embed.bias"].tolist() == [1, 3, 7, 9, 91]
+    assert out["class_embed.weight"][:, 0].tolist() == [1, 3, 7, 9, 91]
+    with pytest.raises(ValueError, match="do not fit"):
+        select_classes(state, [91])
+
+
+def test_eval_cli_evaluates_official_weights_on_a_coco_layout_split(hf_detr, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vitkit.data.shapes import ensure_shapes
+
+    repo = Path(__file__).resolve().parents[1]
+    ensure_shapes(tmp_path / "data", num_train=2, num_val=3, image_size=96, seed=0)
+    torch.save({"model": _as_official(hf_detr.state_dict())}, tmp_path / "detr.pth")
+    config = repo / "configs" / "detr_r50_coco.yaml"
+    proc = subprocess.run([sys.executable, str(repo / "tools" / "eval.py"), str(config),
+                           "--weights", str(tmp_path / "detr.pth"), "--data.root", str(tmp_path / "data"),
+                           "--data.num_workers", "0", "--data.val_size", "96", "--data.val_max_size", "128",
+                           "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--json-out",
+                           str(tmp_path / "ap.json")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("Average Precision") == 6
+    assert set(json.loads((tmp_path / "ap.json").read_text())) >= {"AP", "AP50"}

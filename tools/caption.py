@@ -2,7 +2,7 @@
 
     python tools/caption.py FOLDER --ckpt CKPT [--out captions.jsonl] [--format jsonl|csv] [--beam 3]
         [--batch-size 8] [--max-length L] [--recursive | --no-recursive] [--device auto|cpu|cuda] [--workers 2]
-        [--overwrite]
+        [--overwrite] [--attention OUTDIR]
 
 Writes one record per image, in sorted path order: {"file": path relative to FOLDER, "caption": ..., "score": ...},
 or {"file": ..., "error": reason} for a file that cannot be read (the run goes on). Image files are found by
@@ -11,6 +11,9 @@ extension (jpg jpeg png bmp gif webp tif tiff, any letter case); other files are
 
 Re-running with the same --out resumes: images captioned there are skipped, failed ones are retried, and every
 image keeps at most one record. The last line printed is a summary: captioned N, failed M, skipped K.
+
+--attention OUTDIR also writes, per image, a PNG of each generated token's cross-attention over the image (the
+last decoder layer's, heads averaged), under OUTDIR with the image's relative path (+ .png unless it is one).
 
 Exit status: 0 when every image has a caption, 3 when some failed (their error records say why), 2 for a usage
 error (a missing folder or checkpoint, a bad option or output file), 130 when interrupted (re-run to resume).
@@ -23,22 +26,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from vitkit.cli_common import add_folder_options, fail, folder_usage_error, positive
+
 PROG = "caption.py"
 MAX_LISTED_FAILURES = 10
 
 
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def _non_negative(value: str) -> int:
-    n = int(value)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,34 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
                                       "an existing one is resumed")
     parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --out's suffix, "
                                                                      ".csv -> csv, else jsonl)")
-    parser.add_argument("--beam", type=_positive, help="beam width; 1 = greedy (default: the checkpoint's, else 3)")
-    parser.add_argument("--max-length", type=_positive,
+    parser.add_argument("--beam", type=positive, help="beam width; 1 = greedy (default: the checkpoint's, else 3)")
+    parser.add_argument("--max-length", type=positive,
                         help="longest caption in tokens, BOS and EOS included (default: the checkpoint's)")
-    parser.add_argument("--batch-size", type=_positive, default=8, help="images per forward pass (default: 8)")
-    parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
-                        help="include subfolders (default: yes)")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu or cuda")
-    parser.add_argument("--workers", type=_non_negative, default=2,
-                        help="worker processes decoding images (default: 2; 0 = in the main process)")
+    add_folder_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="start a fresh output file instead of resuming")
+    parser.add_argument("--attention", metavar="OUTDIR",
+                        help="write each image's per-token cross-attention picture (PNG) under OUTDIR")
     return parser
 
 
 def _fail(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    return fail(PROG, message)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: sys.argv[1:]), caption the folder, print the summary. Returns the exit status."""
     args = build_parser().parse_args(argv)
     folder, ckpt = Path(args.folder), Path(args.ckpt)
-    if not folder.exists():
-        return _fail(f"image folder not found: {folder}")
-    if not folder.is_dir():
-        return _fail(f"not a folder: {folder}; pass the folder that holds the images")
-    if not ckpt.is_file():
-        return _fail(f"checkpoint not found: {ckpt}")
+    error = folder_usage_error(folder, ckpt, {"--attention": args.attention})
+    if error is not None:
+        return _fail(error)
     out = Path(args.out or f"captions.{args.format or 'jsonl'}")
 
     from vitkit.api import load  # heavy imports only once the arguments look right
@@ -104,17 +90,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted; the captions so far are in {out}; run the same command again to resume",
               file=sys.stderr)
         return 130
+    failures = list(summary.failures)
+    if args.attention is not None:
+        from vitkit.viz import attention_folder
+
+        try:
+            _, attention_failures = attention_folder(pipeline, folder, args.attention, recursive=args.recursive,
+                                                     progress=sys.stderr.isatty(),
+                                                     method="beam" if args.beam else None, num_beams=args.beam,
+                                                     max_length=args.max_length)
+        except ValueError as err:
+            return _fail(str(err))
+        known = {f for f, _ in failures}
+        failures += [(f, reason) for f, reason in attention_failures if f not in known]
     total = summary.captioned + summary.failed + summary.skipped
     if total == 0:
         print(f"{PROG}: warning: no image files in {folder} (looked for jpg jpeg png bmp gif webp tif tiff"
               f"{'' if args.recursive else ', subfolders not searched'})", file=sys.stderr)
-    for file, reason in summary.failures[:MAX_LISTED_FAILURES]:
+    for file, reason in failures[:MAX_LISTED_FAILURES]:
         print(f"{PROG}: failed: {file}: {reason}", file=sys.stderr)
-    if summary.failed > MAX_LISTED_FAILURES:
-        print(f"{PROG}: ... and {summary.failed - MAX_LISTED_FAILURES} more failures; see the error records in {out}",
+    if len(failures) > MAX_LISTED_FAILURES:
+        print(f"{PROG}: ... and {len(failures) - MAX_LISTED_FAILURES} more failures; see the error records in {out}",
               file=sys.stderr)
     print(summary.line())
-    return 3 if summary.failed else 0
+    return 3 if failures else 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ object keyed by vitkit.eval.STAT_KEYS. The numbers come from COCOeval on GT.json
 
     python tools/eval.py CONFIG --ckpt CKPT        (evaluate a checkpoint on the config's val split;
                                                     extra --key.sub value overrides as in train.py)
+    python tools/eval.py configs/detr_r50_coco.yaml --weights PATH
+                                                   (official DETR weights: a facebookresearch/detr .pth, or Hugging
+                                                    Face DETR safetensors/bin or folder; the class head is narrowed
+                                                    to the data's category ids)
 
     python tools/eval.py --captions-gt captions_val2017.json --captions-results RES.json [--json-out FILE]
 
@@ -14,7 +18,9 @@ scores COCO caption results (a JSON list of {image_id, caption}) with pycocoeval
 ROUGE-L and CIDEr-D, one per line; --json-out writes them keyed Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr. METEOR
 needs Java (without it, or with --no-java, it is skipped with a note and captions are tokenised in Python).
 
-Bad input (a missing file, a malformed results file) gives a one-line error on stderr and exit status 2.
+Bad input (a missing file, a malformed results file, a config key that does not exist or has the wrong type, a
+checkpoint that would unpickle code or was trained on another class count) gives a short error on stderr and exit
+status 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("config", nargs="?", help="run recipe YAML, to evaluate a checkpoint ")
     parser.add_argument("--ckpt", help="checkpoint to evaluate with CONFIG ")
+    parser.add_argument("--weights", help="official DETR weights (facebookresearch .pth, Hugging Face safetensors/bin "
+                                          "or folder) to evaluate with a DETR-R50 CONFIG")
     parser.add_argument("--annotations", help="COCO instances JSON (ground truth), e.g. instances_val2017.json")
     parser.add_argument("--results", help="COCO results JSON: a list of {image_id, category_id, bbox, score}")
     parser.add_argument(
@@ -107,15 +115,22 @@ def evaluate_captions(args: argparse.Namespace) -> int:
 
 def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str]) -> int:
     """Mode 2: evaluate CONFIG + --ckpt on the config's validation split; print the summary, write --json-out."""
-    if args.config is None or args.ckpt is None:
-        return _fail("evaluating a checkpoint needs both CONFIG and --ckpt CKPT")
-    for path in (args.config, args.ckpt):
-        if not Path(path).is_file():
+    source = args.weights if args.weights is not None else args.ckpt
+    if args.config is None or source is None or (args.ckpt and args.weights):
+        return _fail("evaluating a checkpoint needs CONFIG and one of --ckpt CKPT or --weights WEIGHTS")
+    for path in (args.config, source):
+        if not Path(path).exists():
             return _fail(f"file not found: {path}")
-    from vitkit.train.cli import validate_checkpoint
+    from vitkit.checkpoint import CheckpointError
+    from vitkit.train.cli import validate_checkpoint, validate_weights
+    from vitkit.train.guards import ConfigError
 
     overrides = [*overrides, "--model.eval_backend", args.backend]
-    res, results, is_rank_zero = validate_checkpoint(args.config, args.ckpt, overrides)
+    validate = validate_weights if args.weights is not None else validate_checkpoint
+    try:
+        res, results, is_rank_zero = validate(args.config, source, overrides)
+    except (ConfigError, CheckpointError) as e:  # a refused or unreadable checkpoint, or one that does not fit
+        return _fail(str(e))
     if not is_rank_zero:
         return 0
     print(res.summary)
@@ -140,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = build_parser().parse_known_args(argv)
     if args.captions_gt is not None or args.captions_results is not None:
         others = [flag for flag, value in (("CONFIG", args.config), ("--ckpt", args.ckpt),
-                                           ("--annotations", args.annotations), ("--results", args.results))
+                                           ("--weights", args.weights), ("--annotations", args.annotations),
+                                           ("--results", args.results))
                   if value is not None]
         if others or overrides:
             return _fail(f"caption evaluation (--captions-gt/--captions-results) does not take "
                          f"{', '.join(others + overrides)}; run one mode at a time")
         return evaluate_captions(args)
-    if args.config is not None or args.ckpt is not None:
+    if args.config is not None or args.ckpt is not None or args.weights is not None:
         return evaluate_checkpoint(args, overrides)
     if overrides:
         return _fail(f"unrecognized arguments: {' '.join(overrides)}")

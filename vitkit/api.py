@@ -7,6 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitkit.checkpoint import CheckpointError, safe_load_checkpoint
+
+__all__ = ["CheckpointError", "instantiate", "load", "safe_load_checkpoint"]
+
 
 def instantiate(config: dict, base: type) -> nn.Module:
     """Build an object from a ``{"class_path": ..., "init_args": {...}}`` dict (nested ones too)."""
@@ -19,10 +23,13 @@ def instantiate(config: dict, base: type) -> nn.Module:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu"):
-    """Load a checkpoint written by ``tools/train.py`` and return the ready model it holds.
+    """Load a checkpoint and return the ready model it holds.
 
     - a detection checkpoint (``vitkit_detector_config``): a :class:`vitkit.inference.Detector`;
-    - a captioning checkpoint (``vitkit_captioner_config``): a :class:`vitkit.captioning.pipeline.CaptionPipeline`.
+    - a captioning checkpoint (``vitkit_captioner_config``): a :class:`vitkit.captioning.pipeline.CaptionPipeline`;
+    - a ``.safetensors`` file written by ``tools/export.py --format safetensors``: the same;
+    - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
+      with config.json): a DETR-R50 :class:`~vitkit.inference.Detector` (:mod:`vitkit.interop.detr_weights`).
 
     The checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused.
 
@@ -32,18 +39,18 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a safe weights-only checkpoint, or not one of vitkit's (the message says
-            what was expected), or its config, weights and tokenizer do not fit together.
+        CheckpointError: (a ValueError) the file is not a safe weights-only checkpoint, or not readable.
+        ValueError: not one of vitkit's checkpoints (the message says what was expected), or its config, weights
+            and tokenizer do not fit together.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # unpickling refused or not a torch file
-        raise ValueError(f"{path}: cannot be loaded safely as weights ({type(err).__name__}: {err}). vitkit only "
-                         "loads checkpoints with torch.load(weights_only=True); a file needing arbitrary "
-                         "pickled objects is refused.") from err
+    if path.is_dir() or path.suffix == ".safetensors":
+        return _load_weights_file(path, map_location)
+    ckpt = safe_load_checkpoint(path, map_location)
+    if isinstance(ckpt, dict) and _is_official_detr(ckpt):
+        from vitkit.interop.detr_weights import load_detr_weights
+
+        return load_detr_weights(path).to(map_location)
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; expected a Lightning .ckpt "
                          "written by tools/train.py")
@@ -67,6 +74,40 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
     det = Detector(model, post, class_names=hp.get("class_names"), label_to_cat_id=hp.get("label_to_cat_id"),
                    size=data_hp.get("val_size", 800), max_size=data_hp.get("val_max_size", 1333))
     return det.to(map_location).eval()
+
+
+def _is_official_detr(ckpt: dict) -> bool:
+    """A facebookresearch/detr ``{"model": state_dict}`` or a Hugging Face DETR state dict."""
+    from vitkit.interop.detr_weights import detr_format
+
+    state = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else ckpt
+    if not state or not all(isinstance(k, str) for k in state) or "state_dict" in ckpt:
+        return False
+    try:
+        return detr_format(state) in ("official", "hf")
+    except ValueError:
+        return False
+
+
+def _load_weights_file(path: Path, map_location: str | torch.device):
+    """A folder or ``.safetensors``: vitkit's export (with its metadata), else Hugging Face DETR weights."""
+    from vitkit.interop.detr_weights import load_detr_weights
+
+    if path.is_file():
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as err:
+            raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+        if "vitkit_task" in meta:
+            from vitkit.export import load_safetensors
+
+            return load_safetensors(path, map_location)
+    elif not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return load_detr_weights(path).to(map_location)
 
 
 _CAPTION_MODULE_GENERATION = {"val_length_penalty": "length_penalty", "val_max_length": "max_length"}

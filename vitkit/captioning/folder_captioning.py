@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
-from torch.utils.data import DataLoader, Subset
-
 from vitkit.captioning.pipeline import CaptionPipeline
-from vitkit.data.folder import ImageFolder, collate_folder
+from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, resolve_device, run_isolated
+
+__all__ = ["CaptionOutput", "FolderCaptionSummary", "caption_folder", "output_format", "resolve_device"]
 
 OUTPUT_FORMATS = ("jsonl", "csv")
 CSV_COLUMNS = ("file", "caption", "score", "error")
@@ -60,26 +58,6 @@ class FolderCaptionSummary:
         """The one-line summary the CLI prints last."""
         return (f"captioned {self.captioned}, failed {self.failed}, skipped {self.skipped} (already done) "
                 f"in {self.seconds:.1f} s; output: {self.out}")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"`` (must be available).
-
-    Raises:
-        ValueError: an unknown name, or CUDA asked for but not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu or cuda") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here (torch {torch.__version__}); "
-                         "use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
 
 
 def output_format(out: str | os.PathLike, fmt: str | None = None) -> str:
@@ -212,46 +190,18 @@ class CaptionOutput:
 
 
 # ------------------------------------------------------------------------------------------------ captioning
-def _collate(batch: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any] | None, list[dict[str, Any]]]:
-    """:func:`collate_folder` plus the batch's files in order (module level: picklable for workers)."""
-    good, errors = collate_folder(batch)
-    return [r["file"] for r in batch], good, errors
-
-
-def _unpadded(images: Tensor, mask: Tensor, i: int) -> tuple[Tensor, Tensor]:
-    """Image i of a padded batch cropped to its own size: (1, 3, h, w) and its (1, h, w) mask."""
-    valid = ~mask[i]  # (H, W)
-    h, w = int(valid.any(dim=1).sum()), int(valid.any(dim=0).sum())
-    return images[i: i + 1, :, :h, :w], mask[i: i + 1, :h, :w]
-
-
 def _caption_batch(pipeline: CaptionPipeline, good: dict[str, Any],
                    options: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Records for the readable images of a batch; if the batch fails (e.g. out of memory) each image is tried
     alone, so one image that cannot be captioned costs only its own record."""
-    images, mask, files = good["images"], good["mask"], good["files"]
-    try:
+
+    def caption(images, mask, files: list[str]) -> list[dict[str, Any]]:
         outs = pipeline.generate(images, mask, **options)
-        return {f: {"file": f, "caption": o["caption"], "score": round(o["score"], 6)}
-                for f, o in zip(files, outs, strict=True)}
-    except Exception as err:  # the model failed on the batch: isolate the culprit
-        if isinstance(err, torch.cuda.OutOfMemoryError):
-            torch.cuda.empty_cache()
-        if len(files) == 1:
-            return {files[0]: {"file": files[0], "error": f"captioning failed: {type(err).__name__}: {err}"}}
-    records = {}
-    for i, file in enumerate(files):
-        image, image_mask = _unpadded(images, mask, i)
-        records.update(_caption_batch(pipeline, {"images": image, "mask": image_mask, "files": [file]}, options))
-    return records
+        return [{"file": f, "caption": o["caption"], "score": round(o["score"], 6)}
+                for f, o in zip(files, outs, strict=True)]
 
-
-def _progress(enabled: bool):
-    from rich import progress as rp
-    from rich.console import Console
-
-    return rp.Progress(rp.TextColumn("captioning"), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
-                       rp.TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
+    results = run_isolated(caption, good, "captioning")
+    return {f: {"file": f, "error": r} if isinstance(r, str) else r for f, r in results.items()}
 
 
 def caption_folder(
@@ -316,9 +266,9 @@ def caption_folder(
 
     summary = FolderCaptionSummary(skipped=len(files) - len(todo), out=output.path)
     if todo:
-        loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                            collate_fn=_collate, pin_memory=pipeline.device.type == "cuda")
-        with _progress(progress) as bar:
+        loader = folder_batches(dataset, todo, batch_size=batch_size, num_workers=num_workers,
+                                pin_memory=pipeline.device.type == "cuda")
+        with progress_bar("captioning", progress) as bar:
             task = bar.add_task("captioning", total=len(todo))
             for batch_files, good, errors in loader:
                 records = {r["file"]: {"file": r["file"], "error": r["error"]} for r in errors}

@@ -36,9 +36,27 @@ class PostProcess(nn.Module):
             B dicts: ``scores`` (K,) float32, ``labels`` (K,) int64 in [0, C), ``boxes`` (K, 4) xyxy pixels
             clamped to the image, with K = min(num_select, Q) (softmax) or min(num_select, Q*C) (sigmoid).
         """
-        with torch.autocast(outputs["pred_logits"].device.type, enabled=False):
-            logits = outputs["pred_logits"].float()  # (B, Q, C[+1])
-            boxes = box_convert(outputs["pred_boxes"].float(), "cxcywh", "xyxy")  # (B, Q, 4)
+        scores, labels, boxes = self.batched(outputs["pred_logits"], outputs["pred_boxes"], target_sizes)
+        return [
+            {"scores": s, "labels": lab.contiguous(), "boxes": b}
+            for s, lab, b in zip(scores, labels, boxes, strict=True)
+        ]
+
+    @torch.no_grad()
+    def batched(self, logits: Tensor, boxes: Tensor, target_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`forward` as batch tensors, with no per-image Python loop (the form ONNX export traces).
+
+        Args:
+            logits: (B, Q, C+1) softmax / (B, Q, C) sigmoid class logits.
+            boxes: (B, Q, 4) normalised cxcywh.
+            target_sizes: (B, 2) [h, w] of the original images, in pixels.
+
+        Returns:
+            scores (B, K) float32, labels (B, K) int64, boxes (B, K, 4) float32 xyxy pixels, sorted by score.
+        """
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.float()  # (B, Q, C[+1])
+            boxes = box_convert(boxes.float(), "cxcywh", "xyxy")  # (B, Q, 4)
             if self.use_focal:
                 num_classes = logits.shape[-1]
                 flat = logits.sigmoid().flatten(1)  # (B, Q*C)
@@ -52,7 +70,4 @@ class PostProcess(nn.Module):
             h, w = target_sizes.to(boxes).unbind(-1)  # (B,)
             scale = torch.stack([w, h, w, h], dim=-1)[:, None]  # (B, 1, 4)
             boxes = (boxes * scale).clamp(min=torch.zeros_like(scale), max=scale)
-        return [
-            {"scores": s, "labels": lab.to(torch.int64).contiguous(), "boxes": b}
-            for s, lab, b in zip(scores, labels, boxes, strict=True)
-        ]
+        return scores, labels.to(torch.int64), boxes

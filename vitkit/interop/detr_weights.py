@@ -243,3 +243,19 @@ def load_detr_weights(path: str | Path, size: int = 800, max_size: int = 1333):
     det = Detector(model, PostProcess(use_focal=False), class_names=names, label_to_cat_id=list(range(C)),
                    size=size, max_size=max_size)
     return det.eval()
+
+
+def select_classes(state: dict[str, Tensor], class_ids: list[int]) -> dict[str, Tensor]:
+    """Keep the class-head rows of ``class_ids`` (in that order) and the last, no-object row.
+
+    The COCO release predicts one logit per COCO category id (0..90) plus no-object; a dataset with contiguous
+    labels 0..C-1 for category ids ``label_to_cat_id`` evaluates it with ``select_classes(state, label_to_cat_id)``.
+
+    Raises:
+        ValueError: an id the head does not have.
+    """
+    weight = state["class_embed.weight"]  # (C + 1, D)
+    if max(class_ids, default=-1) >= weight.shape[0] - 1 or min(class_ids, default=0) < 0:
+        raise ValueError(f"category ids {class_ids} do not fit a class head of {weight.shape[0] - 1} classes")
+    rows = torch.tensor([*class_ids, weight.shape[0] - 1])
+    return {**state, "class_embed.weight": weight[rows], "class_embed.bias": state["class_embed.bias"][rows]}

@@ -1,0 +1,126 @@
+"""Detect objects in every image of a folder with a detection checkpoint.
+
+    python tools/detect.py FOLDER --ckpt CKPT [--out dets.json] [--annotations instances_val2017.json]
+        [--draw OUTDIR] [--attention OUTDIR] [--score-threshold 0.5] [--batch-size 8]
+        [--recursive | --no-recursive] [--device auto|cpu|cuda] [--workers 2]
+
+Writes a COCO results JSON, [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}], with bbox in pixels of
+the upright original image and category_id the dataset's category id. Image ids: with --annotations (the folder
+being that split), the annotation file's ids by file_name, so `tools/eval.py --annotations GT --results OUT`
+scores the file as is; without, the files numbered 1, 2, ... in sorted order, with the mapping written beside the
+output as OUT_STEM.images.json ({"images": [{"id", "file_name", "width", "height"}]}, COCO's images section;
+written in both cases, with "error" on each failed file).
+
+--draw OUTDIR writes each image with its labelled boxes under OUTDIR (same relative path; .png/.jpg/.jpeg inputs
+keep their name, others get .png appended). --attention OUTDIR writes, per image, the last decoder layer's
+cross-attention of each kept box (a heatmap, or the sampling points of deformable attention) as a PNG.
+
+Image files are found by extension (jpg jpeg png bmp gif webp tif tiff, any letter case); other files are
+ignored. A file that cannot be read is reported and the run goes on. The last line printed is a summary:
+detected N, failed M (K boxes).
+
+Exit status: 0 when every image was detected, 3 when some failed (listed on stderr, and in the sidecar), 2 for a
+usage error (a missing folder, checkpoint or annotation file, a bad option), 130 when interrupted (nothing is
+written). A thin shell over vitkit.detection.folder_detection.detect_folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vitkit.cli_common import add_folder_options, fail, folder_usage_error, probability
+
+PROG = "detect.py"
+MAX_LISTED_FAILURES = 10
+
+
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     epilog="exit status: 0 all detected, 3 some failed, 2 usage error")
+    parser.add_argument("folder", help="folder of images")
+    parser.add_argument("--ckpt", required=True, help="detection checkpoint (.ckpt written by tools/train.py)")
+    parser.add_argument("--out", default="dets.json", help="COCO results JSON to write (default: dets.json)")
+    parser.add_argument("--annotations", help="COCO instances JSON of the folder's split: take image ids from it")
+    parser.add_argument("--draw", metavar="OUTDIR", help="write the images with their boxes drawn under OUTDIR")
+    parser.add_argument("--attention", metavar="OUTDIR",
+                        help="write each image's per-box cross-attention picture (PNG) under OUTDIR")
+    parser.add_argument("--score-threshold", type=probability, default=0.5,
+                        help="keep detections scoring at least this (default: 0.5)")
+    add_folder_options(parser)
+    return parser
+
+
+def _fail(message: str) -> int:
+    return fail(PROG, message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default: sys.argv[1:]), detect the folder, print the summary. Returns the exit status."""
+    args = build_parser().parse_args(argv)
+    folder, ckpt = Path(args.folder), Path(args.ckpt)
+    error = folder_usage_error(folder, ckpt, {"--attention": args.attention, "--draw": args.draw})
+    if error is not None:
+        return _fail(error)
+    if args.annotations is not None and not Path(args.annotations).is_file():
+        return _fail(f"annotation file not found: {args.annotations}")
+
+    from vitkit.api import load  # heavy imports only once the arguments look right
+    from vitkit.data.folder import resolve_device
+    from vitkit.detection.folder_detection import annotation_size_hints, detect_folder
+    from vitkit.inference import Detector
+
+    try:
+        device = resolve_device(args.device)
+        detector = load(ckpt, map_location=device)
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(str(err))
+    if not isinstance(detector, Detector):
+        return _fail(f"{ckpt} is a {type(detector).__name__} checkpoint, not a detection one")
+    try:
+        summary = detect_folder(detector, folder, args.out, annotations=args.annotations,
+                                score_threshold=args.score_threshold, batch_size=args.batch_size,
+                                recursive=args.recursive, num_workers=args.workers, progress=sys.stderr.isatty(),
+                                draw_dir=args.draw)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        return _fail(str(err))
+    except OSError as err:
+        return _fail(f"{err.filename or args.out}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    for warning in summary.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    failures = list(summary.failures)
+    if args.attention is not None:
+        from vitkit.viz import attention_folder
+
+        sizes = {}
+        if args.annotations is not None:  # decode in the annotation file's orientation, as detect_folder did
+            sizes = annotation_size_hints(args.annotations, folder, args.recursive)
+        try:
+            _, attention_failures = attention_folder(detector, folder, args.attention, recursive=args.recursive,
+                                                     size_hints=sizes, score_threshold=args.score_threshold,
+                                                     progress=sys.stderr.isatty())
+        except ValueError as err:
+            return _fail(str(err))
+        known = {f for f, _ in failures}
+        failures += [(f, reason) for f, reason in attention_failures if f not in known]
+    if not failures and summary.detected == 0:
+        print(f"{PROG}: warning: no image files in {folder} (looked for jpg jpeg png bmp gif webp tif tiff"
+              f"{'' if args.recursive else ', subfolders not searched'})", file=sys.stderr)
+    for file, reason in failures[:MAX_LISTED_FAILURES]:
+        print(f"{PROG}: failed: {file}: {reason}", file=sys.stderr)
+    if len(failures) > MAX_LISTED_FAILURES:
+        print(f"{PROG}: ... and {len(failures) - MAX_LISTED_FAILURES} more failures; see the errors in "
+              f"{summary.image_ids}", file=sys.stderr)
+    print(summary.line())
+    return 3 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
