@@ -199,3 +199,15 @@ def test_rope_inside_attention_matches_manual():
     cos[:, 0] = 1
     torch.testing.assert_close(attn(xc, rope=rope), manual_attention(attn, xc, xc, xc, rope=(sin, cos)),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_is_stored_contiguous():
+    attn = MultiheadAttention(32, 4).eval()
+    memory, query = torch.randn(2, 10, 32), torch.randn(2, 1, 32)
+    for cache in (KVCache(static=True), KVCache()):
+        with torch.no_grad():
+            first = attn(query, memory, memory, cache=cache)
+            again = attn(query, memory, memory, cache=cache)
+        assert cache.k.is_contiguous() and cache.v.is_contiguous()
+        if cache.static:
+            torch.testing.assert_close(first, again)  # the cached keys/values are the same numbers

@@ -149,7 +149,8 @@ class MultiheadAttention(nn.Module):
             if cache is not None:
                 if past:
                     k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, H, Tk, hd)
-                cache.k, cache.v = k, v
+                # stored contiguous: SDPA reads (B, H, T, hd) views of the projections far slower at every later step
+                cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
         past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
         mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
         causal_fast = is_causal and mask is None and past == 0 and q.shape[2] > 1
