@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -26,14 +25,7 @@ from torchvision.transforms import v2
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.data.collate import pad_images
-
-CAPTION_LAYOUT = """expected layout under {root}:
-  {root}/train2017/                          training images
-  {root}/val2017/                            validation images
-  {root}/annotations/captions_train2017.json
-  {root}/annotations/captions_val2017.json
-COCO 2017 comes from https://cocodataset.org (2017 Train/Val images + annotations); any dataset in this
-layout works. For the generated demo data run: python tools/make_shapes.py {root}"""
+from vitkit.train.datamodules import CocoLayoutDataModule
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -93,7 +85,7 @@ def collate_caption_eval(batch: Sequence[tuple[Tensor, list[str], int]],
     return images, mask, [list(s[1]) for s in batch], [int(s[2]) for s in batch]
 
 
-class CaptionDataModule(L.LightningDataModule):
+class CaptionDataModule(CocoLayoutDataModule):
     """COCO-layout caption data and its tokenizer.
 
     Args:
@@ -118,6 +110,8 @@ class CaptionDataModule(L.LightningDataModule):
         bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
             naming it, and counted) or "fail" (stop at the first one).
     """
+
+    kind = "captions"
 
     def __init__(
         self,
@@ -144,9 +138,6 @@ class CaptionDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from vitkit.data.bad_images import check_policy
-
-        check_policy(bad_images, "data.bad_images")
         if tokenizer_model not in ("wordlevel", "bpe", "wordpiece"):
             raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
         if max_length < 2:
@@ -158,29 +149,13 @@ class CaptionDataModule(L.LightningDataModule):
             raise ValueError(f"data.max_size ({max_size}) must exceed every train_size ({sizes}) and val_size "
                              f"({val_size})")
         self.train_sizes = sizes
-        self.root = Path(root)
-        if generate_shapes:
-            from vitkit.data.shapes import ensure_shapes
-
-            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
-                          seed=shapes_seed)
-        for split in ("train", "val"):
-            ann = self.annotation_file(split)
-            if not ann.is_file():
-                raise FileNotFoundError(f"data.root: missing {ann}\n" + CAPTION_LAYOUT.format(root=self.root))
+        self._prepare_root(root, generate_shapes, shapes_train, shapes_val, shapes_size, shapes_seed, bad_images)
         if tokenizer is not None and not Path(tokenizer).is_file():
             raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tokenizer} (give a tokenizer.json, e.g. "
                                     "runs/<config>/version_0/tokenizer.json, or leave it null to train one)")
         self._tokenizer: CaptionTokenizer | None = None
         self._datasets: dict[str, Any] = {}
         self.train_set = self.val_set = None
-
-    def annotation_file(self, split: str) -> Path:
-        return self.root / "annotations" / f"captions_{split}2017.json"
-
-    @property
-    def val_annotation_file(self) -> str:
-        return str(self.annotation_file("val"))
 
     # ------------------------------------------------------------------------------------------- tokenizer
     def _dataset(self, split: str):

@@ -16,16 +16,56 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-COCO_LAYOUT = """expected layout under {root}:
-  {root}/train2017/                          training images
-  {root}/val2017/                            validation images
-  {root}/annotations/instances_train2017.json
-  {root}/annotations/instances_val2017.json
+_LAYOUT = """expected layout under {{root}}:
+  {{root}}/train2017/                          training images
+  {{root}}/val2017/                            validation images
+  {{root}}/annotations/{kind}_train2017.json
+  {{root}}/annotations/{kind}_val2017.json
 COCO 2017 comes from https://cocodataset.org (2017 Train/Val images + annotations); any dataset in this
-layout works. For the generated demo data run: python tools/make_shapes.py {root}"""
+layout works. For the generated demo data run: python tools/make_shapes.py {{root}}"""
 
 
-class CocoDataModule(L.LightningDataModule):
+class CocoLayoutDataModule(L.LightningDataModule):
+    """What the detection and caption datamodules share: a COCO 2017 layout under ``root`` (generated shapes data
+    on request) with ``annotations/{kind}_{split}2017.json`` files, and the ``bad_images`` policy.
+
+    Subclasses set :attr:`kind` ("instances" or "captions") and call :meth:`_prepare_root` from ``__init__``
+    (after ``save_hyperparameters``; their signatures stay explicit for LightningCLI).
+    """
+
+    kind = "instances"
+
+    @property
+    def layout(self) -> str:
+        """The expected-layout paragraph for error messages."""
+        return _LAYOUT.format(kind=self.kind).format(root=self.root)
+
+    def _prepare_root(self, root: str, generate_shapes: bool, shapes_train: int, shapes_val: int, shapes_size: int,
+                      shapes_seed: int, bad_images: str) -> None:
+        """Check ``bad_images``, generate the shapes set when asked, and require both annotation files."""
+        from vitkit.data.bad_images import check_policy
+
+        check_policy(bad_images, "data.bad_images")
+        self.root = Path(root)
+        if generate_shapes:
+            from vitkit.data.shapes import ensure_shapes
+
+            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
+                          seed=shapes_seed)
+        for split in ("train", "val"):
+            ann = self.annotation_file(split)
+            if not ann.is_file():
+                raise FileNotFoundError(f"data.root: missing {ann}\n" + self.layout)
+
+    def annotation_file(self, split: str) -> Path:
+        return self.root / "annotations" / f"{self.kind}_{split}2017.json"
+
+    @property
+    def val_annotation_file(self) -> str:
+        return str(self.annotation_file("val"))
+
+
+class CocoDataModule(CocoLayoutDataModule):
     """COCO-layout detection data with DETR's augmentation.
 
     Args:
@@ -71,35 +111,16 @@ class CocoDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        from vitkit.data.bad_images import check_policy
-
-        check_policy(bad_images, "data.bad_images")
-        self.root = Path(root)
-        if generate_shapes:
-            from vitkit.data.shapes import ensure_shapes
-
-            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
-                          seed=shapes_seed)
-        for split in ("train", "val"):
-            ann = self.annotation_file(split)
-            if not ann.is_file():
-                raise FileNotFoundError(f"data.root: missing {ann}\n" + COCO_LAYOUT.format(root=self.root))
+        self._prepare_root(root, generate_shapes, shapes_train, shapes_val, shapes_size, shapes_seed, bad_images)
         from vitkit.data.annotations import read_categories
 
-        cats = read_categories(self.val_annotation_file, hint=COCO_LAYOUT.format(root=self.root))
+        cats = read_categories(self.val_annotation_file, hint=self.layout)
         self.label_to_cat_id = [c for c, _ in cats]
         self.class_names = [name for _, name in cats]
         self.num_classes = len(cats)
         self.train_scales = train_scales or list(range(480, 801, 32))
         self.crop_resize = crop_resize or [400, 500, 600]
         self.train_set = self.val_set = None
-
-    def annotation_file(self, split: str) -> Path:
-        return self.root / "annotations" / f"instances_{split}2017.json"
-
-    @property
-    def val_annotation_file(self) -> str:
-        return str(self.annotation_file("val"))
 
     def setup(self, stage: str | None = None) -> None:
         from vitkit.data.coco import CocoDetection
