@@ -9,6 +9,7 @@ the median over the repetitions; every repetition's time is kept in the record.
 from __future__ import annotations
 
 import importlib
+import math
 import platform
 import statistics
 import time
@@ -39,6 +40,7 @@ class Settings:
         profile_dir: when set, one extra run of each vitkit variant (and its peer) under torch.profiler
             writes its top ops here.
         seed: seed for weights, inputs and synthetic data.
+        compile: also time ``torch.compile``'d vitkit variants where a workload has one.
     """
 
     reps: int = 5
@@ -47,6 +49,7 @@ class Settings:
     quick: bool = False
     profile_dir: Path | None = None
     seed: int = 0
+    compile: bool = False
 
 
 def require(module: str, workload: str) -> Any:
@@ -153,10 +156,17 @@ def maybe_profile(settings: Settings, workload: str, fns: dict[str, Callable[[],
 
 def count_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of ``fn`` as counted by ``torch.utils.flop_counter.FlopCounterMode`` (GEMMs, convs,
-    attention; 2 per multiply-add; backward included when ``fn`` runs it)."""
+    attention; 2 per multiply-add; backward included when ``fn`` runs it). vitkit's fused inference MLP kernel
+    (``mkldnn._linear_pointwise``, :mod:`vitkit.layers.mlp`) is counted as the linear layer it is."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    def linear_pointwise(x_shape, w_shape, *args, **kwargs) -> int:
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]  # (M, K) x (N, K)^T
+
+    mapping = {}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        mapping[torch.ops.mkldnn._linear_pointwise] = linear_pointwise
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     with counter:
         fn()
     return int(counter.get_total_flops())

@@ -7,13 +7,16 @@ ResNet-50 with frozen BatchNorm, 6 + 6 post-norm layers, d=256, 8 heads, FFN 204
 ``use_pretrained_backbone=False``. Parameter counts of both are recorded.
 
 (a) inference, batch 2 x 3 x 512 x 512 (``--quick``: 1 x 64 x 64, ResNet-18, 2 + 2 layers):
-  - ``detr_infer``: vitkit with its CPU speed levers (weights and input cast to bf16, channels_last conv
-    backbone, ``torch.inference_mode``) against the peer in fp32 eager (``inference_mode``, its default
-    attention implementation, recorded);
+  - ``detr_infer``: vitkit with its inference speed levers, as ``vitkit.load(..., precision="bf16")`` applies
+    them (:func:`vitkit.precision.apply_precision`: frozen BatchNorm folded into the convs, weights and input in
+    bf16, channels_last conv backbone; ``torch.inference_mode``) against the peer in fp32 eager
+    (``inference_mode``, its default attention implementation, recorded);
   - ``detr_infer_autocast``: vitkit fp32 weights under bf16 autocast, channels_last, same peer times;
   - ``detr_infer_fp32``: vitkit fp32 (channels_last), for reference, same peer times.
 (b) training step, same batch: forward, Hungarian matching, losses (final + 5 auxiliary layers on both
-sides), backward, AdamW step (lr 1e-4, wd 1e-4, torch's default implementation on both sides, no clipping):
+sides), backward, AdamW step (lr 1e-4, wd 1e-4, no clipping). Both sides use torch's fused AdamW: vitkit's
+training modules build it (:func:`vitkit.train.optim.adamw`), and it is the Hugging Face Trainer's default
+optimizer (``adamw_torch_fused``) with this torch:
   - ``detr_train``: vitkit (``SetCriterion`` + ``HungarianMatcher``, CE loss with eos_coef 0.1) under bf16
     autocast with fp32 weights and channels_last, against the peer in fp32 with ``labels`` (its own loss);
   - ``detr_train_fp32``: vitkit fp32, for reference, same peer times.
@@ -24,11 +27,13 @@ sides), backward, AdamW step (lr 1e-4, wd 1e-4, torch's default implementation o
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
 
 from benchmarks.common import Settings, count_flops, maybe_profile, record, require, time_interleaved
+from vitkit.precision import apply_precision
 
 WORKLOAD_INFER = "detr_infer"
 WORKLOAD_TRAIN = "detr_train"
@@ -97,7 +102,8 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
     hf = build_hf_detr(WORKLOAD_INFER, s["backbone"], s["depth"]).eval()
     torch.manual_seed(settings.seed)
     vk32 = build_vitkit_detr(s["backbone"], s["depth"]).eval()
-    vk16 = copy.deepcopy(vk32).to(torch.bfloat16)
+    vk16 = copy.deepcopy(vk32)
+    apply_precision(vk16, "bf16")
     g = torch.Generator().manual_seed(settings.seed)
     images = torch.randn(s["batch"], 3, s["size"], s["size"], generator=g)
     pixel_mask = torch.ones(s["batch"], s["size"], s["size"], dtype=torch.long)
@@ -120,6 +126,17 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
         return hf(pixel_values=images, pixel_mask=pixel_mask)
 
     fns = {"vitkit_bf16": vitkit_bf16, "vitkit_autocast": vitkit_autocast, "vitkit_fp32": vitkit_fp32, "peer": peer}
+    compile_s = None
+    if settings.compile:  # the option: inductor with frozen weights (constant-folded, prepacked oneDNN kernels)
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        compiled = torch.compile(vk16)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            compiled(images.to(torch.bfloat16))
+        compile_s = time.perf_counter() - t0
+        fns["vitkit_compiled"] = torch.inference_mode()(lambda: compiled(images.to(torch.bfloat16)))
     ref = vitkit_fp32()
     box_diff = {k: float((fns[k]()["pred_boxes"].float() - ref["pred_boxes"]).abs().max())
                 for k in ("vitkit_bf16", "vitkit_autocast")}
@@ -132,13 +149,17 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
               "vitkit_params": _n_params(vk32), "peer_params": _n_params(hf), "gflop": gflop}
     peer_name = "transformers.DetrForObjectDetection (fp32 eager)"
     out = []
-    rec = record(WORKLOAD_INFER, times["vitkit_bf16"], peer_name, times["peer"], dtype="bf16 weights",
+    rec = record(WORKLOAD_INFER, times["vitkit_bf16"], peer_name, times["peer"], dtype="bf16 weights, BN folded",
                  channels_last=True, max_abs_box_diff_vs_fp32=box_diff["vitkit_bf16"], **common)
     out.append(rec)
     rec = record(f"{WORKLOAD_INFER}_autocast", times["vitkit_autocast"], peer_name, times["peer"],
                  dtype="bf16 autocast (fp32 weights)", channels_last=True,
                  max_abs_box_diff_vs_fp32=box_diff["vitkit_autocast"], **common)
     out.append(rec)
+    if compile_s is not None:
+        out.append(record(f"{WORKLOAD_INFER}_compiled", times["vitkit_compiled"], peer_name, times["peer"],
+                          dtype="bf16 weights, BN folded, torch.compile (freezing)", channels_last=True,
+                          compile_and_first_call_s=compile_s, note="option: torch.compile", **common))
     out.append(record(f"{WORKLOAD_INFER}_fp32", times["vitkit_fp32"], peer_name, times["peer"], dtype="fp32",
                       channels_last=True, note="reference: vitkit fp32", **common))
     return out
@@ -147,6 +168,7 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
 def run_training(settings: Settings) -> list[dict[str, Any]]:
     s = _sizes(settings)
     from vitkit.detection import HungarianMatcher, SetCriterion
+    from vitkit.train.optim import adamw as make_adamw
 
     torch.manual_seed(settings.seed)
     hf = build_hf_detr(WORKLOAD_TRAIN, s["backbone"], s["depth"]).train()
@@ -162,7 +184,7 @@ def run_training(settings: Settings) -> list[dict[str, Any]]:
     hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
 
     def adamw(model):
-        return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
+        return make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-4)
 
     opt_mixed, opt_fp32, opt_hf = adamw(vk_mixed), adamw(vk_fp32), adamw(hf)
     last_loss: dict[str, float] = {}

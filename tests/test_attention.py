@@ -211,3 +211,27 @@ def test_kv_cache_is_stored_contiguous():
         assert cache.k.is_contiguous() and cache.v.is_contiguous()
         if cache.static:
             torch.testing.assert_close(first, again)  # the cached keys/values are the same numbers
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_single_query_path_matches_sdpa(dtype, tol, mask_kind):
+    from vitkit.layers.attention import single_query_attention
+
+    q, k, v = (torch.randn(3, 4, n, 16).to(dtype) for n in (1, 9, 9))
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.rand(3, 1, 1, 9) > 0.3
+        mask[..., 0] = True  # every row keeps a key
+    elif mask_kind == "float":
+        mask = torch.randn(3, 4, 1, 9).to(dtype)
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(),
+                                                           attn_mask=None if mask is None else
+                                                           (mask if mask.dtype == torch.bool else mask.float()))
+    out = single_query_attention(q, k, v, mask)
+    assert out.shape == (3, 4, 1, 16) and out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    if mask_kind == "bool":  # a masked key cannot move the output
+        v2 = v.clone()
+        v2[~mask.expand(3, 4, 1, 9)[:, :, 0]] += 100
+        torch.testing.assert_close(single_query_attention(q, k, v2, mask), out)

@@ -142,3 +142,27 @@ def test_drop_path_stochastic_in_train_only():
     assert not torch.allclose(dec(tgt, mem), dec(tgt, mem))
     dec.eval()
     torch.testing.assert_close(dec(tgt, mem), dec(tgt, mem), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_inference_mlp_matches_timm_mlp(act, dtype):
+    from timm.layers import Mlp as TimmMlp
+
+    from vitkit.layers.blocks import make_act
+    from vitkit.layers.mlp import Mlp, _fusable_dtype
+
+    mlp = Mlp(32, 96, act_layer=make_act(act)).eval().to(dtype)
+    ref = TimmMlp(32, 96, act_layer=make_act(act)).eval().to(dtype)
+    ref.load_state_dict(mlp.state_dict())  # same parameter names as timm's
+    x = torch.randn(2, 7, 32).to(dtype)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        out, expected = mlp(x), ref(x)
+    fused = any("_linear_pointwise" in e.key for e in prof.key_averages())
+    assert fused == _fusable_dtype(dtype)  # the fused kernel ran wherever this CPU supports it
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert out.shape == (2, 7, 32) and out.dtype == dtype
+    torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)
+    y = mlp(x.requires_grad_())  # with autograd on, timm's path (the fused kernel has no backward)
+    y.float().sum().backward()
+    assert x.grad is not None and mlp.fc1.weight.grad is not None

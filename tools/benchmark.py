@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="torch threads for every variant (default: torch's default here, %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile'd vitkit variants (DETR inference; inductor with freezing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="write the records as a JSON list to this file")
     p.add_argument("--md-out", help="write the markdown table to this file")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         return 2
     settings = Settings(reps=reps, warmup=warmup, threads=args.threads, quick=args.quick, seed=args.seed,
-                        profile_dir=Path(args.profile_dir) if args.profile_dir else None)
+                        compile=args.compile, profile_dir=Path(args.profile_dir) if args.profile_dir else None)
     info = machine_info(settings)
     print(f"[benchmark] {info['cpu_model']}, torch {info['torch']}, {settings.threads} thread(s), "
           f"reps {reps}, warm-up {warmup}{', quick' if args.quick else ''}: {', '.join(names)}")

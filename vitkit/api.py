@@ -22,7 +22,7 @@ def instantiate(config: dict, base: type) -> nn.Module:
     return parser.instantiate_classes(cfg).obj
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu"):
+def load(path: str | Path, map_location: str | torch.device = "cpu", precision: str = "fp32"):
     """Load a checkpoint and return the ready model it holds.
 
     - a detection checkpoint (``vitkit_detector_config``): a :class:`vitkit.inference.Detector`;
@@ -36,6 +36,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
     Args:
         path: a Lightning ``.ckpt`` from ``runs/<config>/checkpoints/``.
         map_location: device to load the weights onto.
+        precision: ``"fp32"`` (the weights as trained), ``"bf16"`` (frozen BatchNorm folded, bf16 weights: ~2-2.7x
+            faster on a CPU with AVX-512 bf16 / AMX, AP within 0.5 points) or ``"auto"`` (bf16 where the device
+            runs it fast). See :mod:`vitkit.precision`.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -43,7 +46,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu"):
         ValueError: not one of vitkit's checkpoints (the message says what was expected), or its config, weights
             and tokenizer do not fit together.
     """
-    path = Path(path)
+    from vitkit.precision import resolve_precision
+
+    precision = resolve_precision(precision, map_location)
+    model = _load(Path(path), map_location)
+    return model if precision == "fp32" else model.set_precision(precision)
+
+
+def _load(path: Path, map_location: str | torch.device):
+    """:func:`load` in fp32."""
     if path.is_dir() or path.suffix == ".safetensors":
         return _load_weights_file(path, map_location)
     ckpt = safe_load_checkpoint(path, map_location)

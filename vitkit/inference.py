@@ -30,6 +30,9 @@ class Detector(nn.Module):
         class_names: name per contiguous label.
         label_to_cat_id: dataset category id per contiguous label.
         size, max_size: shortest-side resize and longest-side cap used at inference.
+
+    The network runs in the dtype of its weights; :meth:`set_precision` (``vitkit.load(..., precision=...)``)
+    switches it to bf16 (see :mod:`vitkit.precision`). Outputs are float32 either way.
     """
 
     def __init__(self, model: nn.Module, postprocess: nn.Module, class_names: Sequence[str] | None = None,
@@ -39,6 +42,25 @@ class Detector(nn.Module):
         self.class_names = list(class_names) if class_names else None
         self.label_to_cat_id = list(label_to_cat_id) if label_to_cat_id else None
         self.size, self.max_size = size, max_size
+
+    def set_precision(self, precision: str) -> Detector:
+        """Run the network in ``"bf16"``, ``"fp32"`` or ``"auto"`` (bf16 where the hardware is fast at it).
+
+        bf16 folds the frozen BatchNorms into the convs, so the network's state_dict changes: save weights from
+        an fp32 model (``tools/export.py`` loads its own fp32 copy).
+        """
+        from vitkit.precision import apply_precision
+
+        apply_precision(self.model, precision)
+        return self
+
+    def run(self, batch: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The network on a preprocessed batch, in its weights' dtype; floating outputs come back float32."""
+        from vitkit.precision import model_dtype
+
+        param = next(self.model.parameters())
+        out = self.model(batch.to(param.device, model_dtype(self.model)), mask.to(param.device))
+        return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in out.items()}
 
     def preprocess(self, images: Sequence) -> tuple[Tensor, Tensor, Tensor]:
         """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2)."""
@@ -82,7 +104,7 @@ class Detector(nn.Module):
         out = []
         for i in range(0, len(images), batch_size):
             batch, mask, sizes = self.preprocess(images[i: i + batch_size])
-            dets = self.postprocess(self.model(batch.to(device), mask.to(device)), sizes.to(device))
+            dets = self.postprocess(self.run(batch, mask), sizes.to(device))
             for d in dets:
                 keep = d["scores"] >= score_threshold
                 d = {k: v[keep].cpu() for k, v in d.items()}

@@ -112,6 +112,14 @@ class CaptionPipeline(nn.Module):
     def device(self) -> torch.device:
         return next(self.captioner.parameters()).device
 
+    def set_precision(self, precision: str) -> CaptionPipeline:
+        """Run the captioner in ``"bf16"``, ``"fp32"`` or ``"auto"`` (bf16 where the hardware is fast at it);
+        see :mod:`vitkit.precision`. Scores come back float32 either way."""
+        from vitkit.precision import apply_precision
+
+        apply_precision(self.captioner, precision)
+        return self
+
     # ------------------------------------------------------------------------------------------ preprocessing
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor]:
         """Paths / PIL images / (3, H, W) tensors -> padded batch (B, 3, Hmax, Wmax) float32, mask (B, Hmax, Wmax).
@@ -171,8 +179,10 @@ class CaptionPipeline(nn.Module):
         was_training = self.captioner.training
         self.captioner.eval()
         try:
-            ids, scores = self.captioner.generate(images.to(device), None if mask is None else mask.to(device),
-                                                  **opts)  # (B, T), (B,)
+            from vitkit.precision import model_dtype
+
+            ids, scores = self.captioner.generate(images.to(device, model_dtype(self.captioner)),
+                                                  None if mask is None else mask.to(device), **opts)  # (B, T), (B,)
         finally:
             self.captioner.train(was_training)
         captions = self.tokenizer.decode_batch(ids.cpu())

@@ -306,7 +306,7 @@ def detect_folder(
     def detect(images: Tensor, mask: Tensor, batch_files: list[str]) -> list[dict[str, Tensor]]:
         target = torch.tensor([sizes[f] for f in batch_files], device=device)  # (B, 2) [h, w]
         with torch.no_grad():
-            dets = detector.postprocess(detector.model(images.to(device), mask.to(device)), target)
+            dets = detector.postprocess(detector.run(images, mask), target)
         return [{k: v[d["scores"] >= score_threshold].cpu() for k, v in d.items()} for d in dets]
 
     detector.eval()

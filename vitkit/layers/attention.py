@@ -154,9 +154,12 @@ class MultiheadAttention(nn.Module):
         past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
         mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
         causal_fast = is_causal and mask is None and past == 0 and q.shape[2] > 1
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal_fast
-        )  # (B, H, Tq, hd)
+        if q.shape[2] == 1 and q.device.type == "cpu" and not (self.training and self.attn_drop > 0):
+            out = single_query_attention(q, k, v, mask)  # a decoding step
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0, is_causal=causal_fast
+            )  # (B, H, Tq, hd)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)  # (B, Tq, D)
         return self.proj_drop(self.proj(out))
 
@@ -187,3 +190,23 @@ class MultiheadAttention(nn.Module):
         if blocked is not None:
             bias = bias.masked_fill(blocked, float("-inf"))
         return bias
+
+
+def single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """Attention for one query per head, as two matmuls and a float32 softmax.
+
+    On the CPU, SDPA's fused kernel spends ~7x longer than this on a bf16 decoding step (16 x 8 heads, one
+    query, 196 keys: 2.9 ms vs 0.4 ms; fp32: 0.44 vs 0.40 ms), which made cross-attention dominate caption
+    generation. Same result as SDPA up to bf16 rounding.
+
+    Args:
+        q: (B, H, 1, hd); k, v: (B, H, Tk, hd).
+        mask: SDPA's convention, broadcastable to (B, H, 1, Tk): bool True = attend, or float additive; or None.
+
+    Returns:
+        (B, H, 1, hd).
+    """
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, 1, Tk)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    return scores.softmax(-1).to(v.dtype) @ v

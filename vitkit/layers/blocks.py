@@ -9,10 +9,11 @@ passes None here. Submodule names (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``m
 
 from __future__ import annotations
 
-from timm.layers import DropPath, LayerScale, Mlp
+from timm.layers import DropPath, LayerScale
 from torch import Tensor, nn
 
 from vitkit.layers.attention import KVCache, MultiheadAttention
+from vitkit.layers.mlp import Mlp
 
 ACTIVATIONS: dict[str, type[nn.Module] | object] = {
     "gelu": nn.GELU,

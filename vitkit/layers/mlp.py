@@ -1,0 +1,52 @@
+"""timm's ``Mlp`` with a fused inference path: at inference on the CPU, ``fc1`` and its activation run as one
+oneDNN kernel (``torch.ops.mkldnn._linear_pointwise``, the op torch.compile's CPU backend emits for the same
+pattern) instead of a GEMM followed by a separate pass over the (B, N, hidden) activations.
+
+Measured on this project's 2-core AVX-512-bf16 CPU, 1576 x 768 -> 3072 (a ViT-B/16 block at batch 8):
+GEMM + GELU 47.7 ms -> 37.0 ms in bf16 and 83.2 -> 74.1 ms in fp32. Training, autograd, other devices, other
+activations, tensors that need gradients, tracing and export take timm's path unchanged; parameter names are timm's.
+"""
+
+from __future__ import annotations
+
+import torch
+from timm.layers import Mlp as TimmMlp
+from torch import Tensor, nn
+
+
+def _fusable_dtype(dtype: torch.dtype) -> bool:
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _pointwise(act: nn.Module) -> tuple[str, str] | None:
+    """oneDNN's (attr, algorithm) for an activation module, or None when it has no fused form here."""
+    if type(act) is nn.GELU:
+        return "gelu", act.approximate  # "none" (erf) or "tanh"
+    if type(act) is nn.ReLU:
+        return "relu", ""
+    return None
+
+
+def _exporting() -> bool:
+    """Tracing, exporting or compiling: keep the standard ops (ONNX has no oneDNN kernel; the compilers fuse)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+class Mlp(TimmMlp):
+    """timm's ``Mlp`` (fc1 -> act -> drop -> norm -> fc2 -> drop); same arguments and parameter names."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        fused = _pointwise(self.act)
+        if (fused is None or torch.is_grad_enabled() or x.device.type != "cpu" or type(self.fc1) is not nn.Linear
+                or x.dtype != self.fc1.weight.dtype or not _fusable_dtype(x.dtype) or _exporting()):
+            return super().forward(x)
+        shape = x.shape
+        h = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias,
+                                               fused[0], [], fused[1])  # (M, hidden)
+        h = self.fc2(self.norm(self.drop1(h)))  # (M, out)
+        return self.drop2(h).reshape(*shape[:-1], h.shape[-1])
