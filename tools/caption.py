@@ -26,19 +26,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli_common import add_folder_options, fail, folder_usage_error, positive
+from vitkit.cli_common import (
+    add_attention_option,
+    add_folder_and_checkpoint,
+    add_folder_options,
+    attention_pictures,
+    fail,
+    folder_usage_error,
+    positive,
+    report_failures,
+)
 
 PROG = "caption.py"
-MAX_LISTED_FAILURES = 10
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      epilog="exit status: 0 all captioned, 3 some failed, 2 usage error")
-    parser.add_argument("folder", help="folder of images")
-    parser.add_argument("--ckpt", required=True, help="captioning checkpoint (.ckpt written by tools/train.py)")
+    add_folder_and_checkpoint(parser, "captioning")
     parser.add_argument("--out", help="output file (default: captions.jsonl, or captions.csv with --format csv); "
                                       "an existing one is resumed")
     parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --out's suffix, "
@@ -48,8 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="longest caption in tokens, BOS and EOS included (default: the checkpoint's)")
     add_folder_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="start a fresh output file instead of resuming")
-    parser.add_argument("--attention", metavar="OUTDIR",
-                        help="write each image's per-token cross-attention picture (PNG) under OUTDIR")
+    add_attention_option(parser, "token")
     return parser
 
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         device = resolve_device(args.device)
-        pipeline = load(ckpt, map_location=device)
+        pipeline = load(ckpt, map_location=device, precision=args.precision)
     except (FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     if not isinstance(pipeline, CaptionPipeline):
@@ -92,26 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     failures = list(summary.failures)
     if args.attention is not None:
-        from vitkit.viz import attention_folder
-
         try:
-            _, attention_failures = attention_folder(pipeline, folder, args.attention, recursive=args.recursive,
-                                                     progress=sys.stderr.isatty(),
-                                                     method="beam" if args.beam else None, num_beams=args.beam,
-                                                     max_length=args.max_length)
+            failures = attention_pictures(pipeline, folder, args.attention, failures, recursive=args.recursive,
+                                          method="beam" if args.beam else None, num_beams=args.beam,
+                                          max_length=args.max_length)
         except ValueError as err:
             return _fail(str(err))
-        known = {f for f, _ in failures}
-        failures += [(f, reason) for f, reason in attention_failures if f not in known]
     total = summary.captioned + summary.failed + summary.skipped
-    if total == 0:
-        print(f"{PROG}: warning: no image files in {folder} (looked for jpg jpeg png bmp gif webp tif tiff"
-              f"{'' if args.recursive else ', subfolders not searched'})", file=sys.stderr)
-    for file, reason in failures[:MAX_LISTED_FAILURES]:
-        print(f"{PROG}: failed: {file}: {reason}", file=sys.stderr)
-    if len(failures) > MAX_LISTED_FAILURES:
-        print(f"{PROG}: ... and {len(failures) - MAX_LISTED_FAILURES} more failures; see the error records in {out}",
-              file=sys.stderr)
+    report_failures(PROG, failures, f"the error records in {out}", folder=folder, recursive=args.recursive,
+                    no_images=total == 0)
     print(summary.line())
     return 3 if failures else 0
 

@@ -30,25 +30,28 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli_common import add_folder_options, fail, folder_usage_error, probability
+from vitkit.cli_common import (
+    add_attention_option,
+    add_folder_and_checkpoint,
+    add_folder_options,
+    attention_pictures,
+    fail,
+    folder_usage_error,
+    probability,
+    report_failures,
+)
 
 PROG = "detect.py"
-MAX_LISTED_FAILURES = 10
-
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      epilog="exit status: 0 all detected, 3 some failed, 2 usage error")
-    parser.add_argument("folder", help="folder of images")
-    parser.add_argument("--ckpt", required=True, help="detection checkpoint (.ckpt written by tools/train.py)")
+    add_folder_and_checkpoint(parser, "detection")
     parser.add_argument("--out", default="dets.json", help="COCO results JSON to write (default: dets.json)")
     parser.add_argument("--annotations", help="COCO instances JSON of the folder's split: take image ids from it")
     parser.add_argument("--draw", metavar="OUTDIR", help="write the images with their boxes drawn under OUTDIR")
-    parser.add_argument("--attention", metavar="OUTDIR",
-                        help="write each image's per-box cross-attention picture (PNG) under OUTDIR")
+    add_attention_option(parser, "box")
     parser.add_argument("--score-threshold", type=probability, default=0.5,
                         help="keep detections scoring at least this (default: 0.5)")
     add_folder_options(parser)
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         device = resolve_device(args.device)
-        detector = load(ckpt, map_location=device)
+        detector = load(ckpt, map_location=device, precision=args.precision)
     except (FileNotFoundError, ValueError) as err:
         return _fail(str(err))
     if not isinstance(detector, Detector):
@@ -97,27 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
     failures = list(summary.failures)
     if args.attention is not None:
-        from vitkit.viz import attention_folder
-
         sizes = {}
         if args.annotations is not None:  # decode in the annotation file's orientation, as detect_folder did
             sizes = annotation_size_hints(args.annotations, folder, args.recursive)
         try:
-            _, attention_failures = attention_folder(detector, folder, args.attention, recursive=args.recursive,
-                                                     size_hints=sizes, score_threshold=args.score_threshold,
-                                                     progress=sys.stderr.isatty())
+            failures = attention_pictures(detector, folder, args.attention, failures, recursive=args.recursive,
+                                          size_hints=sizes, score_threshold=args.score_threshold)
         except ValueError as err:
             return _fail(str(err))
-        known = {f for f, _ in failures}
-        failures += [(f, reason) for f, reason in attention_failures if f not in known]
-    if not failures and summary.detected == 0:
-        print(f"{PROG}: warning: no image files in {folder} (looked for jpg jpeg png bmp gif webp tif tiff"
-              f"{'' if args.recursive else ', subfolders not searched'})", file=sys.stderr)
-    for file, reason in failures[:MAX_LISTED_FAILURES]:
-        print(f"{PROG}: failed: {file}: {reason}", file=sys.stderr)
-    if len(failures) > MAX_LISTED_FAILURES:
-        print(f"{PROG}: ... and {len(failures) - MAX_LISTED_FAILURES} more failures; see the errors in "
-              f"{summary.image_ids}", file=sys.stderr)
+    report_failures(PROG, failures, f"the errors in {summary.image_ids}", folder=folder, recursive=args.recursive,
+                    no_images=not failures and summary.detected == 0)
     print(summary.line())
     return 3 if failures else 0
 

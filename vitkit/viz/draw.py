@@ -1,0 +1,83 @@
+"""Drawing helpers shared by the pictures: the input as an RGB image scaled for display, panel grids, boxes,
+heatmap overlays, and saving a figure as PNG (matplotlib's object API, no pyplot state)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+from torch import Tensor
+
+DISPLAY_SIZE = 480  # long side in px of the pictures' image panels
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def rgb(image: str | os.PathLike | Image.Image | Tensor) -> Image.Image:
+    """A path, a PIL image or a (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image."""
+    from vitkit.data.folder import load_rgb
+
+    if isinstance(image, str | os.PathLike):
+        return load_rgb(image)
+    if isinstance(image, Tensor):
+        t = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        return Image.fromarray(t.permute(1, 2, 0).cpu().numpy())  # (H, W, 3)
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def display(img: Image.Image, size: int = DISPLAY_SIZE) -> np.ndarray:
+    """The image scaled so its long side is ``size`` px: (H, W, 3) uint8."""
+    scale = size / max(img.size)
+    w, h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+    return np.asarray(img.resize((w, h), Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.NEAREST))
+
+
+# ----------------------------------------------------------------------------------------------- figures
+def grid_figure(panels: int, cols: int, aspect: float) -> tuple[Figure, list]:
+    """A figure of ``panels`` square-ish panels (height/width ``aspect``) in rows of ``cols``; spare axes hidden."""
+    cols = max(1, min(cols, panels))
+    rows = -(-panels // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.2 * rows * aspect + 0.4), dpi=100, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel().tolist()
+    for ax in axes[panels:]:
+        ax.axis("off")
+    return fig, axes
+
+
+def image_axes(ax, image: np.ndarray, title: str) -> None:
+    """Show ``image`` (H, W, 3) in ``ax`` with a small title and no ticks."""
+    ax.imshow(image)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def heatmap(ax, density: np.ndarray, image_hw: tuple[int, int], alpha: float) -> None:
+    """Overlay ``density`` (H, W), normalised to its maximum, in ``jet`` over the (H, W) image shown in ``ax``."""
+    H, W = image_hw
+    heat = density / max(float(density.max()), 1e-12)
+    ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(0, W, H, 0))
+
+
+def box(ax, xyxy: np.ndarray, colour: str, label: str | None = None, linestyle: str = "-") -> None:
+    """Draw an xyxy box (px of the shown image), with ``label`` on a patch of its colour above the top-left corner."""
+    x0, y0, x1, y1 = (float(v) for v in xyxy)
+    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=2,
+                           linestyle=linestyle))
+    if label:
+        ax.text(x0, y0, label, color="white", fontsize=7, va="bottom",
+                bbox={"facecolor": colour, "edgecolor": "none", "pad": 1, "alpha": 0.9})
+
+
+def save(fig: Figure, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parent folders made); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

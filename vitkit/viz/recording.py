@@ -1,0 +1,159 @@
+"""Reading attention weights without touching the models, and mapping them onto the image.
+
+Attention runs through ``F.scaled_dot_product_attention``, which returns no weights, so :class:`AttentionRecorder`
+puts a forward hook on a :class:`~vitkit.layers.MultiheadAttention` and recomputes ``softmax(q k^T / sqrt(d) +
+mask)`` from the call's inputs with the module's own projections and mask builder (for a KV-cached call, from the
+cache). For deformable attention, :func:`deformable_sampling` recomputes the sampling locations and weights from the
+query and reference boxes, as :meth:`MSDeformableAttention.forward` does (three lines, repeated here).
+:func:`levels_to_image` turns weights over token grids into an attention density over the image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitkit.layers import MultiheadAttention
+from vitkit.layers.pos_embed import apply_rope
+from vitkit.models.deformable import MSDeformableAttention
+
+
+class AttentionRecorder:
+    """Record the attention weights of every call of a :class:`MultiheadAttention` (a context manager).
+
+    Attributes:
+        weights: one (B, heads, Tq, Tk) float32 tensor per call, rows summing to 1 (masked keys get 0).
+    """
+
+    def __init__(self, module: MultiheadAttention) -> None:
+        if not isinstance(module, MultiheadAttention):
+            raise TypeError(f"expected a vitkit MultiheadAttention, got {type(module).__name__}")
+        self.module = module
+        self.weights: list[Tensor] = []
+        self._handle = None
+
+    def __enter__(self) -> AttentionRecorder:
+        self._handle = self.module.register_forward_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    @torch.no_grad()
+    def _hook(self, module: MultiheadAttention, args: tuple, kwargs: dict, output: Tensor) -> None:
+        names = ("query", "key", "value")
+        given = dict(zip(names, args, strict=False)) | {k: kwargs[k] for k in names if k in kwargs}
+        query = given["query"]
+        key = query if given.get("key") is None else given["key"]
+        rope, rope_k, cache = kwargs.get("rope"), kwargs.get("rope_k"), kwargs.get("cache")
+        q = module.q_norm(module._heads(module._project(query, None, None)[0]))  # (B, H, Tq, hd)
+        if rope is not None:
+            q = apply_rope(q, rope)
+        if cache is not None and cache.k is not None:  # the forward has filled the cache: all keys so far
+            k = cache.k  # (B, H, Tk, hd)
+        else:
+            D, w, b = module.dim, module.qkv.weight, module.qkv.bias
+            k = module.k_norm(module._heads(F.linear(key, w[D: 2 * D], None if b is None else b[D: 2 * D])))
+            if rope is not None or rope_k is not None:
+                k = apply_rope(k, rope_k if rope_k is not None else rope)
+        is_causal = bool(kwargs.get("is_causal", False))
+        past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
+        mask = module._build_mask(q, k, kwargs.get("key_padding_mask"), kwargs.get("attn_mask"),
+                                  kwargs.get("attn_bias"), is_causal, past)
+        if mask is None and is_causal and q.shape[2] > 1:  # SDPA's own causal mask
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(module.head_dim)  # (B, H, Tq, Tk)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        self.weights.append(scores.softmax(-1))
+
+
+class Capture:
+    """Forward hooks that keep each module's last (args, kwargs, output); removed on exit."""
+
+    def __init__(self, modules: Mapping[str, nn.Module | None]) -> None:
+        self.modules = {k: m for k, m in modules.items() if m is not None}
+        self.calls: dict[str, tuple[tuple, dict, Any]] = {}
+        self._handles: list = []
+
+    def __enter__(self) -> Capture:
+        for name, module in self.modules.items():
+            def hook(mod, args, kwargs, output, name=name):
+                self.calls[name] = (args, kwargs, output)
+            self._handles.append(module.register_forward_hook(hook, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block; its training flag restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def deformable_sampling(module: MSDeformableAttention, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+    """Where and how much a deformable attention call looks: the computation of its forward, without sampling.
+
+    Args:
+        module: the deformable cross-attention.
+        query: (B, Q, D) its query input; reference: (B, Q, 4) cxcywh boxes, normalised to the unpadded image.
+
+    Returns:
+        locations (B, Q, H, L, P, 2) as (x, y) in [0, 1] of the unpadded image, weights (B, Q, H, L, P) summing
+        to 1 over L and P for each head.
+    """
+    B, Q, _ = query.shape
+    H, L, P = module.num_heads, module.num_levels, module.num_points
+    off = module.sampling_offsets(query).float().view(B, Q, H, L, P, 2)
+    weights = module.attention_weights(query).float().view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
+    ref = reference.float()[:, :, None, None, None, :]  # (B, Q, 1, 1, 1, 4)
+    return ref[..., :2] + off / P * ref[..., 2:] * 0.5, weights  # (B, Q, H, L, P, 2)
+
+
+def grid_stride(encoder: nn.Module) -> float:
+    """The encoder's token-grid stride in px of the resized image (its patch embedding's stride or patch size)."""
+    pe = encoder.patch_embed
+    return float(getattr(pe, "stride", getattr(pe, "patch_size", 16)))
+
+
+def levels_to_image(weights: Tensor, shapes: Sequence[tuple[int, int]], strides: Sequence[float],
+                    resized_hw: tuple[int, int], out_hw: tuple[int, int]) -> Tensor:
+    """Attention over concatenated token grids -> an attention density over the image.
+
+    Args:
+        weights: (K, N) weights over the grids' tokens (prefix tokens removed), N = sum(h * w).
+        shapes: (h, w) per grid; strides: its stride in px of the resized image.
+        resized_hw: (H, W) of the resized image the model saw (the grids cover it from the top-left corner).
+        out_hw: (H, W) of the output map (the displayed image, any scale).
+
+    Returns:
+        (K, H_out, W_out): each grid's weights divided by its token area (bilinearly interpolated at the pixel
+        centres), summed over the grids.
+    """
+    K = weights.shape[0]
+    (Hr, Wr), (Ho, Wo) = resized_hw, out_hw
+    ys = (torch.arange(Ho, dtype=torch.float32) + 0.5) * (Hr / Ho)  # (Ho,) resized px
+    xs = (torch.arange(Wo, dtype=torch.float32) + 0.5) * (Wr / Wo)  # (Wo,)
+    total, start = torch.zeros(K, Ho, Wo), 0
+    for (h, w), s in zip(shapes, strides, strict=True):
+        level = weights[:, start:start + h * w].float().reshape(K, 1, h, w) * (h * w)  # (K, 1, h, w) density
+        gy, gx = ys / (s * h) * 2 - 1, xs / (s * w) * 2 - 1  # grid_sample coordinates (align_corners=False)
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)  # (Ho, Wo, 2) as (x, y)
+        total += F.grid_sample(level.cpu(), grid[None].expand(K, -1, -1, -1), mode="bilinear",
+                               padding_mode="border", align_corners=False)[:, 0]  # (K, Ho, Wo)
+        start += h * w
+    return total
