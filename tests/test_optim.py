@@ -49,3 +49,23 @@ def test_warmup_then_cosine_or_step(schedule):
         assert lrs[99] == pytest.approx(0.01, abs=1e-3) and all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     else:
         assert lrs[49] == 1.0 and lrs[50] == pytest.approx(0.1) and lrs[99] == pytest.approx(0.1)
+
+
+def test_fused_adamw_gradients_are_clipped_without_a_scaler():
+    from types import SimpleNamespace
+
+    from vitkit.train.optim import adamw, clip_fused_gradients
+
+    model = torch.nn.Linear(4, 3)
+    opt = adamw(list(model.parameters()), lr=1e-3, weight_decay=0.0)
+    assert opt.defaults["fused"]
+    model(torch.randn(5, 4) * 100).square().sum().backward()
+    bf16 = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=None))
+    fp16 = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()))
+    assert not clip_fused_gradients(model, fp16, opt, 1.0, "norm")  # Lightning's own path under a scaler
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) > 1.0
+    assert clip_fused_gradients(model, bf16, opt, 1.0, "norm")
+    assert torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]) == pytest.approx(1.0, rel=1e-4)
+    assert clip_fused_gradients(model, bf16, opt, 0.1, "value")
+    assert max(float(p.grad.abs().max()) for p in model.parameters()) <= 0.1 + 1e-7
+    assert not adamw(list(model.parameters()), 1e-3, 0.0, fused=False).defaults["fused"]

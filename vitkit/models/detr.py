@@ -19,7 +19,8 @@ serves pre- and post-norm. The convergence options are switches, all off for van
 - ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
   (DINO / RT-DETR, :mod:`vitkit.models.denoising`), with known assignments (``dn_outputs``);
 - ``multiscale``: a second memory grid at half the encoder's stride (:mod:`vitkit.models.pyramid`), with a
-  learned level embedding; two-stage proposals, anchors (half the size) and BoxRPB cover both grids;
+  learned level embedding on the memory positions (global cross-attention only); two-stage proposals, anchors
+  (half the size) and BoxRPB cover both grids;
 - ``coarse_level``: one more grid at twice the encoder's stride (anchors twice the size);
 - ``cross_attn="deformable"`` (needs ``box_refine``): multi-scale deformable cross-attention
   (:mod:`vitkit.models.deformable`) in place of global attention: each query samples a few points per head
@@ -92,7 +93,8 @@ class DETR(nn.Module):
         num_queries_one2many: extra one-to-many queries used in training only (0 = off).
         aux_loss: return the earlier layers' predictions as ``aux_outputs``.
         memory_pos: positions for the cross-attention keys: "auto" uses the encoder's per-layer positions when
-            it has them (DETR) and a 2D sine encoding of the grid otherwise; "sine"; or "none".
+            it has them (DETR) and a 2D sine encoding of the grid otherwise; "sine"; or "none". Deformable
+            cross-attention reads none (its samples are placed by the reference boxes).
         two_stage: initial queries selected from encoder proposals (see the module docstring).
         anchor_size: width and height of the two-stage grid anchors, as a fraction of the image.
         box_rpb: box relative position bias in cross-attention.
@@ -163,9 +165,12 @@ class DETR(nn.Module):
             lateral = getattr(pe, "stem_strides", {}).get(getattr(pe, "stride", 0) // 2)
             self.finer = FinerLevel(D, lateral)
         self.coarser = CoarserLevel(D) if coarse_level else None
-        if multiscale or coarse_level:
-            self.level_embed = nn.Parameter(torch.zeros(1 + multiscale + coarse_level, D))
         self.deformable = cross_attn == "deformable"
+        # The level embedding is added to the memory positions, which only global cross-attention reads (deformable
+        # attention locates its samples from the reference boxes): no unused parameter for DDP to wait on.
+        self.level_embed = None
+        if (multiscale or coarse_level) and not self.deformable and memory_pos != "none":
+            self.level_embed = nn.Parameter(torch.zeros(1 + multiscale + coarse_level, D))
         if self.deformable:
             for layer in decoder.layers:  # same place and name as the global module (Deformable DETR's keys)
                 layer.cross_attn = MSDeformableAttention(D, decoder.num_heads, 1 + multiscale + coarse_level,
@@ -208,8 +213,15 @@ class DETR(nn.Module):
                 self.refpoint_embed.weight[:, 2:].fill_(0.1)
                 self.refpoint_embed.weight.copy_(inverse_sigmoid(self.refpoint_embed.weight))
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        # Checkpoints written before deformable / position-free models stopped creating ``level_embed`` hold one
+        # (zeros, never trained: nothing read it); drop it so they still load strictly.
+        if self.level_embed is None:
+            state_dict.pop(prefix + "level_embed", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _memory_pos(self, enc, mask: Tensor) -> Tensor | None:
-        if self.memory_pos == "none":
+        if self.memory_pos == "none" or self.deformable:  # deformable cross-attention reads no memory positions
             return None
         if self.memory_pos == "auto" and enc.pos is not None and enc.pos.shape[-1] == self.decoder.dim:
             return enc.pos

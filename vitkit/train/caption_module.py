@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from torch import Tensor
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.models.captioner import Captioner
 from vitkit.train.guards import ConfigError, check_finite_loss, check_nonfinite_mode, zero_loss_like
-from vitkit.train.optim import adamw_param_groups, warmup_schedule
+from vitkit.train.optim import adamw, adamw_param_groups, clip_fused_gradients, uses_grad_scaler, warmup_schedule
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
@@ -244,9 +243,13 @@ class CaptionModule(L.LightningModule):
         path.write_text(json.dumps([{"image_id": i, "caption": c} for i, c, _ in entries], indent=0))
 
     # ----------------------------------------------------------------------------------------- optimiser
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not clip_fused_gradients(self, self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
         groups = adamw_param_groups(self.captioner, hp.lr, hp.weight_decay, "encoder.", hp.encoder_lr_mult)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = adamw(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=not uses_grad_scaler(self.trainer))
         sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

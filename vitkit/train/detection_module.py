@@ -13,12 +13,20 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
 from vitkit.models.detr import DETR
 from vitkit.train.guards import ConfigError, check_finite_loss, check_nonfinite_mode, zero_loss_like
-from vitkit.train.optim import adamw_param_groups, warmup_schedule
+from vitkit.train.optim import (
+    adamw,
+    adamw_param_groups,
+    clip_fused_gradients,
+    remap_optimizer_state,
+    remap_scheduler_state,
+    uses_grad_scaler,
+    warmup_schedule,
+)
 
 
 class DetectionModule(L.LightningModule):
@@ -119,7 +127,27 @@ class DetectionModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._check_checkpoint_classes(checkpoint)
+        self._drop_stale_level_embed(checkpoint)
         self.detector_config = checkpoint.get("vitkit_detector_config", self.detector_config)
+
+    def _drop_stale_level_embed(self, checkpoint: dict) -> None:
+        """Load a checkpoint saved when deformable detectors still created ``level_embed`` (zeros, never read, the
+        reason DDP needed ``find_unused_parameters``): drop its weight and, for a resume, its AdamW slot. It was the
+        detector's first parameter, which also decided the order of the AdamW groups."""
+        weights = checkpoint.get("state_dict") or {}
+        has_own = getattr(self.detector, "level_embed", None) is not None
+        if has_own or weights.pop("detector.level_embed", None) is None:
+            return
+        old = nn.Module()  # the layout the optimizer state was saved with: level_embed first, then the rest
+        old.level_embed = nn.Parameter(torch.zeros(1, 1))  # 2-D like the real one, so in the same group
+        for name, child in self.detector.named_children():
+            old.add_module(name, child)
+        old_groups = [g["params"] for g in self._param_groups(old)]
+        new_groups = [g["params"] for g in self._param_groups(self.detector)]
+        for opt in checkpoint.get("optimizer_states") or []:
+            order = remap_optimizer_state(opt, old_groups, new_groups)
+            for sched in (checkpoint.get("lr_schedulers") or []) if order is not None else []:
+                remap_scheduler_state(sched, order)  # base lrs are per group (one optimizer here)
 
     def _check_checkpoint_classes(self, checkpoint: dict) -> None:
         """A checkpoint trained on another class count cannot be resumed or evaluated on this data: say so (naming
@@ -208,10 +236,18 @@ class DetectionModule(L.LightningModule):
             self.log(f"val/{k}", float(res.stats[k]), prog_bar=k in ("AP", "AP50"))
         self._val_results, self._val_image_ids = [], []
 
+    def _param_groups(self, detector: nn.Module) -> list[dict]:
+        hp = self.hparams
+        return adamw_param_groups(detector, hp.lr, hp.weight_decay, "encoder.patch_embed.", hp.backbone_lr_mult)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if not clip_fused_gradients(self, self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         hp = self.hparams
-        groups = adamw_param_groups(self.detector, hp.lr, hp.weight_decay, "encoder.patch_embed.", hp.backbone_lr_mult)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = adamw(self._param_groups(self.detector), lr=hp.lr, weight_decay=hp.weight_decay,
+                    fused=not uses_grad_scaler(self.trainer))
         sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio,
                                 schedule=hp.schedule, lr_drop=hp.lr_drop)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

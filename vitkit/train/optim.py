@@ -23,6 +23,37 @@ def adamw_param_groups(model: nn.Module, lr: float, weight_decay: float, slow_pr
             for (slow, nd), ps in groups.items()]
 
 
+def adamw(groups: list[dict] | list[nn.Parameter], lr: float, weight_decay: float,
+          fused: bool = True) -> torch.optim.AdamW:
+    """torch's AdamW, fused (one kernel over all parameters: ~4x faster steps than the default for-each
+    implementation on a 41M-parameter DETR-R50 on the CPU) when ``fused`` and every parameter is a floating-point
+    tensor on the CPU or a CUDA device; the default implementation otherwise. Pass ``fused=False`` under a
+    gradient scaler (fp16 mixed precision): Lightning cannot clip gradients a fused optimizer unscales itself."""
+    params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = fused and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def uses_grad_scaler(trainer) -> bool:
+    """True when the trainer's precision plugin scales gradients (fp16 mixed precision)."""
+    return getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None
+
+
+def clip_fused_gradients(module: nn.Module, trainer, optimizer: torch.optim.Optimizer, clip_val: float | None,
+                         algorithm: str | None) -> bool:
+    """Clip gradients of a fused optimizer without a gradient scaler (bf16 / fp32), which Lightning's mixed
+    precision plugin refuses to do (it assumes a fused optimizer unscales gradients itself, true only under a
+    scaler). Returns False, doing nothing, when Lightning's own clipping applies."""
+    if not clip_val or not optimizer.defaults.get("fused") or uses_grad_scaler(trainer):
+        return False
+    params = [p for p in module.parameters() if p.grad is not None]
+    if algorithm in (None, "norm"):
+        torch.nn.utils.clip_grad_norm_(params, clip_val)
+    else:
+        torch.nn.utils.clip_grad_value_(params, clip_val)
+    return True
+
+
 def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0,
                     schedule: str = "cosine", lr_drop: float = 2 / 3) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step LR factor: linear warmup, then cosine down to ``min_lr_ratio`` or a x0.1 step at ``lr_drop`` of
@@ -38,3 +69,40 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+
+def remap_optimizer_state(state: dict, old_groups: list[list[nn.Parameter]],
+                          new_groups: list[list[nn.Parameter]]) -> list[int] | None:
+    """Rewrite, in place, an optimizer ``state_dict`` saved over ``old_groups`` (the parameter lists it was built
+    from, in order) so that it loads into one built over ``new_groups``: each new group takes the settings of the
+    old group that held its first parameter, and parameters no longer optimised are dropped with their state.
+
+    Returns, per new group, the index of the old group it came from (for :func:`remap_scheduler_state`), or None
+    (``state`` untouched) when the layouts do not correspond (a new parameter, or group sizes other than saved);
+    the optimizer's own load then reports the mismatch.
+    """
+    saved = state.get("param_groups") or []
+    if [len(g["params"]) for g in saved] != [len(g) for g in old_groups]:
+        return None
+    saved_id, group_of = {}, {}  # id(param) -> its id in the saved state, and the index of its saved group
+    for gi, (group, params) in enumerate(zip(saved, old_groups, strict=True)):
+        for sid, p in zip(group["params"], params, strict=True):
+            saved_id[id(p)], group_of[id(p)] = sid, gi
+    if any(id(p) not in saved_id for g in new_groups for p in g):
+        return None
+    order = [group_of[id(g[0])] for g in new_groups]
+    state["param_groups"] = [{**saved[gi], "params": [saved_id[id(p)] for p in g]}
+                             for gi, g in zip(order, new_groups, strict=True)]
+    kept = {sid for g in state["param_groups"] for sid in g["params"]}
+    state["state"] = {k: v for k, v in (state.get("state") or {}).items() if k in kept}
+    return order
+
+
+def remap_scheduler_state(state: dict, order: list[int]) -> None:
+    """Reorder a saved LR scheduler's per-group lists (``base_lrs``, ``_last_lr``) in place, after
+    :func:`remap_optimizer_state` returned ``order``."""
+    for key in ("base_lrs", "_last_lr"):
+        values = state.get(key)
+        if isinstance(values, list) and max(order, default=-1) < len(values):
+            state[key] = [values[i] for i in order]
