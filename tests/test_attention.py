@@ -235,3 +235,43 @@ def test_single_query_path_matches_sdpa(dtype, tol, mask_kind):
         v2 = v.clone()
         v2[~mask.expand(3, 4, 1, 9)[:, :, 0]] += 100
         torch.testing.assert_close(single_query_attention(q, k, v2, mask), out)
+
+
+@pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
+def test_bf16_matmul_attention_matches_fp32_sdpa(mask_kind):
+    from vitkit.layers.attention import bf16_matmul_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, n, 32, generator=g) for n in (17, 23, 23))
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.rand(2, 1, 17, 23, generator=g) > 0.3
+        mask[..., 0] = True
+    elif mask_kind == "float":
+        mask = torch.randn(2, 3, 17, 23, generator=g)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = bf16_matmul_attention(*(t.bfloat16() for t in (q, k, v)), mask)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_bf16_matmul_path_only_without_grad_and_for_small_score_matrices(monkeypatch):
+    import vitkit.layers.attention as attention_mod
+
+    calls = []
+    real = attention_mod.bf16_matmul_attention
+    monkeypatch.setattr(attention_mod, "bf16_matmul_attention", lambda *a: calls.append(1) or real(*a))
+    attn = MultiheadAttention(32, 4).eval().bfloat16()
+    x = torch.randn(2, 10, 32).bfloat16()
+    with torch.no_grad():
+        attn(x)
+    assert len(calls) == 1  # bf16, no autograd: the matmul path
+    attn(x)
+    assert len(calls) == 1  # autograd on: SDPA
+    with torch.no_grad():
+        attn(x.float().bfloat16(), is_causal=True)
+    assert len(calls) == 1  # causal self-attention: SDPA's causal kernel
+    monkeypatch.setattr(attention_mod, "MATMUL_ATTENTION_MAX_SCORES", 2 * 4 * 10 * 10 - 1)
+    with torch.no_grad():
+        attn(x)
+    assert len(calls) == 1  # score matrix over the cap: SDPA (flash, bounded memory)
