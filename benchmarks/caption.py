@@ -15,8 +15,8 @@ EOS); peer ``generate(max_new_tokens=20, min_new_tokens=20)`` (its min-length pr
 recorded. Everything runs under ``torch.inference_mode``.
 
 Records (``--quick``: 2 images at 64 x 64, 3 tokens, 2 + 2 layers):
-  - ``caption_{greedy,beam3}``: vitkit with its inference lever (bf16 weights and input) against the peer in
-    fp32 (its default);
+  - ``caption_{greedy,beam3}``: vitkit with its inference lever (``apply_precision(model, "bf16")``: bf16 weights
+    and input, linear weights prepacked for oneDNN on the CPU) against the peer in fp32 (its default);
   - ``caption_{greedy,beam3}_fp32``: both fp32; ``caption_{greedy,beam3}_bf16``: both bf16 weights.
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Settings, maybe_profile, record, require, time_interleaved
+from vitkit.precision import apply_precision
 
 WORKLOAD = "caption"
 VOCAB, PAD, BOS, EOS = 10000, 0, 1, 2
@@ -75,7 +76,8 @@ def run(settings: Settings) -> list[dict[str, Any]]:
     peer32 = build_hf_captioner(s["size"], s["enc_depth"], s["dec_depth"]).eval()
     torch.manual_seed(settings.seed)
     vk32 = build_vitkit_captioner(s["enc_depth"], s["dec_depth"]).eval()
-    vk16, peer16 = copy.deepcopy(vk32).to(torch.bfloat16), copy.deepcopy(peer32).to(torch.bfloat16)
+    vk16, peer16 = copy.deepcopy(vk32), copy.deepcopy(peer32).to(torch.bfloat16)
+    apply_precision(vk16, "bf16")  # vitkit's lever (bf16 weights, linear weights prepacked for oneDNN on the CPU)
     x32 = torch.randn(s["batch"], 3, s["size"], s["size"], generator=torch.Generator().manual_seed(settings.seed))
     x16 = x32.to(torch.bfloat16)
     n = s["tokens"]

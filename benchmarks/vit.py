@@ -3,7 +3,9 @@
 (c) ``vit_forward_{fp32,bf16}``: 8 x 3 x 224 x 224 (``--quick``: 1 x 64 x 64, 2 blocks). timm's
 ``vit_base_patch16_224`` (``pretrained=False``) and vitkit's ``ViTEncoder.from_timm`` of it, so both hold the
 same weights; both run ``forward_features`` (no classifier head) under ``torch.inference_mode`` at the same
-dtype: fp32 weights and input, or both cast to bf16. The max abs difference of the two outputs is recorded.
+dtype: fp32 weights and input, or bf16 weights and input (timm cast with ``.to(torch.bfloat16)``, vitkit through
+:func:`vitkit.precision.apply_precision`, which also prepacks its linear weights for oneDNN). The max abs
+difference of the two outputs is recorded.
 
 (f) ``vit_memory_{size}``: one fresh Python process per (side, size), batch 1 at 1024 x 1024 and 2048 x 2048
 (``--quick``: 64 and 128, 2 blocks). Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Settings, count_flops, maybe_profile, record, require, time_interleaved
+from vitkit.precision import apply_precision
 
 WORKLOAD_FORWARD = "vit_forward"
 WORKLOAD_MEMORY = "vit_memory"
@@ -103,7 +106,10 @@ def memory_child(impl: str, size: int, threads: int, quick: bool, seed: int) -> 
         model = ViTEncoder(patch_size=16, embed_dim=768, depth=depth, num_heads=12, img_size=224)  # ViT-B/16
     else:
         model = _timm_vit(WORKLOAD_MEMORY, depth, dynamic_img_size=True)
-    model = model.to(torch.bfloat16).eval()
+    if impl == "vitkit":
+        apply_precision(model, "bf16")
+    else:
+        model = model.to(torch.bfloat16).eval()
     x = torch.randn(1, 3, size, size, dtype=torch.bfloat16)
     baseline_rss, baseline_peak = _status_mb("VmRSS"), _maxrss_mb()
     with torch.inference_mode():

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitkit.layers import packed
 from vitkit.layers.pos_embed import apply_rope
 
 
@@ -82,22 +83,19 @@ class MultiheadAttention(nn.Module):
 
     def _project(self, query: Tensor, key: Tensor | None, value: Tensor | None) -> tuple[Tensor, ...]:
         """Project inputs with as few GEMMs as their identity allows. key=None skips k/v (static cache)."""
-        w, b = self.qkv.weight, self.qkv.bias
-        D = self.dim
+        D, qkv = self.dim, self.qkv
         if key is None:
-            return (F.linear(query, w[:D], None if b is None else b[:D]),)
+            return (packed.linear(qkv, query, 0, D),)
         if query is key and key is value:
-            return self.qkv(query).chunk(3, dim=-1)  # one GEMM, (B, T, D) x3
+            return qkv(query).chunk(3, dim=-1)  # one GEMM, (B, T, D) x3
         if query is key:
-            q, k = F.linear(query, w[: 2 * D], None if b is None else b[: 2 * D]).chunk(2, dim=-1)
-            v = F.linear(value, w[2 * D:], None if b is None else b[2 * D:])
-            return q, k, v
-        q = F.linear(query, w[:D], None if b is None else b[:D])
+            q, k = packed.linear(qkv, query, 0, 2 * D).chunk(2, dim=-1)
+            return q, k, packed.linear(qkv, value, 2 * D, 3 * D)
+        q = packed.linear(qkv, query, 0, D)
         if key is value:
-            k, v = F.linear(key, w[D:], None if b is None else b[D:]).chunk(2, dim=-1)
+            k, v = packed.linear(qkv, key, D, 3 * D).chunk(2, dim=-1)
         else:
-            k = F.linear(key, w[D: 2 * D], None if b is None else b[D: 2 * D])
-            v = F.linear(value, w[2 * D:], None if b is None else b[2 * D:])
+            k, v = packed.linear(qkv, key, D, 2 * D), packed.linear(qkv, value, 2 * D, 3 * D)
         return q, k, v
 
     def forward(

@@ -13,6 +13,8 @@ import torch
 from timm.layers import Mlp as TimmMlp
 from torch import Tensor, nn
 
+from vitkit.layers import packed
+
 
 def _fusable_dtype(dtype: torch.dtype) -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
@@ -42,11 +44,10 @@ class Mlp(TimmMlp):
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
         fused = _pointwise(self.act)
-        if (fused is None or torch.is_grad_enabled() or x.device.type != "cpu" or type(self.fc1) is not nn.Linear
+        if (fused is None or torch.is_grad_enabled() or x.device.type != "cpu" or not isinstance(self.fc1, nn.Linear)
                 or x.dtype != self.fc1.weight.dtype or not _fusable_dtype(x.dtype) or _exporting()):
             return super().forward(x)
         shape = x.shape
-        h = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), self.fc1.weight, self.fc1.bias,
-                                               fused[0], [], fused[1])  # (M, hidden)
+        h = packed.linear_act(self.fc1, x.reshape(-1, shape[-1]), *fused)  # (M, hidden)
         h = self.fc2(self.norm(self.drop1(h)))  # (M, out)
         return self.drop2(h).reshape(*shape[:-1], h.shape[-1])
