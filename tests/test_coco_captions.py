@@ -28,7 +28,7 @@ def _captions_json(root: Path, split: str) -> dict:
 
 
 def _collate(batch: list) -> list[str]:
-    return [caption for _, caption in batch]
+    return [caption for _, caption, _ in batch]
 
 
 def test_eval_items_hold_every_reference(root: Path) -> None:
@@ -49,9 +49,9 @@ def test_eval_items_hold_every_reference(root: Path) -> None:
 def test_train_items_draw_one_reference_reproducibly(root: Path) -> None:
     ds = CocoCaptions(root, "train", transforms=v2.Resize((32, 48), antialias=True))
     assert ds.train and len(ds) == 6
-    image, caption = ds[0]
+    image, caption, image_id = ds[0]
     refs = ds.references[ds.ids[0]]
-    assert image.shape == (3, 32, 48) and caption in refs
+    assert image.shape == (3, 32, 48) and caption in refs and image_id == ds.ids[0]  # ids reach the batch (issue 7)
     torch.manual_seed(0)
     drawn = [ds[0][1] for _ in range(25)]
     assert set(drawn) <= set(refs) and len(set(drawn)) >= 3  # one random reference per access
@@ -70,8 +70,8 @@ def test_train_items_draw_one_reference_reproducibly(root: Path) -> None:
 
 
 def test_train_flag_overrides_split(root: Path) -> None:
-    assert len(CocoCaptions(root, "val", train=True)[0]) == 2
-    assert len(CocoCaptions(root, "train", train=False)[0]) == 3
+    assert isinstance(CocoCaptions(root, "val", train=True)[0][1], str)  # (image, caption, image_id)
+    assert isinstance(CocoCaptions(root, "train", train=False)[0][1], list)  # (image, references, image_id)
 
 
 def test_layout_and_file_errors(root: Path, tmp_path: Path) -> None:

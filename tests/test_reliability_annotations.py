@@ -234,6 +234,29 @@ def test_annotation_without_area_gets_one_counted_warning(tmp_path: Path) -> Non
         del a["area"]
     _, caught = _load(tmp_path, data)
     assert len(caught) == 1 and "2 annotations have no 'area' (ids 1, 2)" in caught[0]
+    assert "width x height" in caught[0]  # what evaluation uses instead (next test)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster"])
+def test_ground_truth_without_area_evaluates_as_with_box_areas(tmp_path: Path, backend: str) -> None:
+    """pycocotools' COCOeval raised KeyError 'area' on such a file (after a whole training epoch); evaluation now
+    fills in w * h, the stats equal those of the file with those areas given."""
+    from vitkit.eval.coco_eval import evaluate_coco
+
+    given = tmp_path / "given.json"
+    given.write_text(json.dumps(_instances()))  # its areas are the boxes' w * h
+    missing = _instances()
+    for a in missing["annotations"]:
+        del a["area"]
+    without = tmp_path / "without.json"
+    without.write_text(json.dumps(missing))
+    results = [{"image_id": 1, "category_id": 5, "bbox": [2, 3, 10, 9], "score": 0.9},
+               {"image_id": 1, "category_id": 9, "bbox": [18, 5, 10, 10], "score": 0.8},
+               {"image_id": 2, "category_id": 5, "bbox": [1, 0, 38, 30], "score": 0.7},
+               {"image_id": 3, "category_id": 5, "bbox": [4, 4, 8, 8], "score": 0.6}]
+    expected = evaluate_coco(given, results, backend=backend).stats
+    assert evaluate_coco(without, results, backend=backend).stats == expected
+    assert expected["APs"] > 0 and expected["APm"] > 0  # the small and medium ranges both hold boxes
 
 
 def test_image_file_missing_on_disk_is_skipped_with_one_counted_warning(tmp_path: Path) -> None:

@@ -2,12 +2,18 @@
 
 The malicious checkpoint is a real one: unpickling its payload calls ``open(marker, "w")``, creating a file (the
 first test proves it does with ``weights_only=False``). Every entry point that reads a checkpoint must refuse it with
-a clear message, and the marker file must never appear: ``vitkit.load``, ``tools/eval.py --ckpt``,
-``tools/train.py --ckpt_path`` (Lightning's resume path) and ``tools/caption.py --ckpt``.
+a clear message, and the marker file must never appear: ``vitkit.load``, ``tools/eval.py --ckpt`` and ``--weights``,
+``tools/train.py --ckpt_path`` (Lightning's resume path), ``tools/caption.py --ckpt`` and ``tools/export.py``.
+
+A checkpoint's stored model config is built by jsonargparse, which imports what its class paths name: one that names
+a class outside vitkit, torch.nn and timm (``subprocess.Popen``, ``os.system`` reached through a vitkit module) is
+refused before anything is built, and ``pretrained`` is turned off.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import subprocess
 import sys
@@ -16,10 +22,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_checkpoints import detector_config
 
 import vitkit
-from vitkit.checkpoint import CheckpointError, atomic_torch_save, safe_load_checkpoint
+from vitkit.checkpoint import CheckpointError, atomic_torch_save, check_stored_config, safe_load_checkpoint
 from vitkit.data.shapes import ensure_shapes
+from vitkit.export import read_checkpoint_config
 from vitkit.train.checkpoint_io import SafeCheckpointIO
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,11 +94,30 @@ def _assert_refused(proc: subprocess.CompletedProcess, marker: Path) -> None:
     assert not marker.exists()
 
 
-def test_eval_cli_refuses_pickled_code(evil, shapes, tmp_path):
+@pytest.mark.parametrize("flag", ["--ckpt", "--weights"])
+def test_eval_cli_refuses_pickled_code(evil, shapes, tmp_path, flag):
+    """``--weights`` reads official DETR weights (a .pth) through the same refusal as ``--ckpt``."""
     path, marker = evil
-    proc = _run([str(REPO / "tools" / "eval.py"), str(CONFIG), "--ckpt", str(path), "--data.root", str(shapes),
+    if flag == "--weights":
+        path = path.rename(path.with_suffix(".pth"))
+    proc = _run([str(REPO / "tools" / "eval.py"), str(CONFIG), flag, str(path), "--data.root", str(shapes),
                  *DATA], cwd=tmp_path)
     _assert_refused(proc, marker)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_export_cli_refuses_pickled_code(evil, tmp_path, fmt):
+    path, marker = evil
+    proc = _run([str(REPO / "tools" / "export.py"), str(path), "--format", fmt], cwd=tmp_path)
+    _assert_refused(proc, marker)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.ckpt"]  # nothing was written next to it
+
+
+def test_export_reads_the_config_through_the_safe_loader(evil):
+    path, marker = evil
+    with pytest.raises(CheckpointError, match="refused"):
+        read_checkpoint_config(path)
+    assert not marker.exists()
 
 
 def test_train_resume_refuses_pickled_code(evil, shapes, tmp_path):
@@ -105,6 +132,75 @@ def test_caption_cli_refuses_pickled_code(evil, shapes, tmp_path):
     proc = _run([str(REPO / "tools" / "caption.py"), str(shapes / "val2017"), "--ckpt", str(path), "--out",
                  str(tmp_path / "captions.jsonl")], cwd=tmp_path)
     _assert_refused(proc, marker)
+
+
+# ------------------------------------------------------------------------------------- stored model configs
+def _with(config: dict, key: str, value) -> dict:
+    """``config`` with ``value`` at the dotted ``key`` (init_args levels spelled out)."""
+    config = copy.deepcopy(config)
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+    return config
+
+
+def _hostile_configs(marker: Path) -> dict[str, tuple[dict, str, str]]:
+    """name -> (detector config, refused key, refused class)."""
+    popen = {"class_path": "subprocess.Popen", "init_args": {"args": ["touch", str(marker)]}}
+    base = detector_config()
+    return {
+        "top level": (popen, "class_path", "subprocess.Popen"),
+        "nested class_path": (_with(base, "init_args.encoder", popen), "init_args.encoder.class_path",
+                              "subprocess.Popen"),
+        "re-exported through vitkit": (
+            _with(base, "init_args.decoder", {"class_path": "vitkit.train.resume.os.system",
+                                              "init_args": {"command": f"touch {marker}"}}),
+            "init_args.decoder.class_path", "vitkit.train.resume.os.system"),
+        "class given by name": (_with(base, "init_args.encoder.init_args.norm_layer", "os.system"),
+                                "init_args.encoder.init_args.norm_layer", "os.system"),
+        "class_path inside a string": (
+            _with(base, "init_args.encoder", json.dumps(popen)), "init_args.encoder.class_path", "subprocess.Popen"),
+    }
+
+
+@pytest.mark.parametrize("case", ["top level", "nested class_path", "re-exported through vitkit", "class given by name",
+                                  "class_path inside a string"])
+def test_stored_config_naming_classes_outside_vitkit_is_refused(tmp_path, case):
+    """``vitkit.load`` of a checkpoint (and of an exported safetensors file) whose stored config names a class outside
+    vitkit / torch.nn / timm: a CheckpointError naming the key and the class, and nothing is built or run."""
+    from safetensors.torch import save_file
+
+    marker = tmp_path / "pwned"
+    config, key, cls = _hostile_configs(marker)[case]
+    ckpt = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "vitkit_detector_config": config, "hyper_parameters": {}}, ckpt)
+    exported = tmp_path / "hostile.safetensors"
+    save_file({"w": torch.zeros(1)}, str(exported), metadata={"vitkit_task": "detection",
+                                                              "vitkit_config": json.dumps(config)})
+    for path in (ckpt, exported):
+        with pytest.raises(CheckpointError) as err:
+            vitkit.load(path)
+        assert "refused" in str(err.value) and f"'{key}'" in str(err.value) and repr(cls) in str(err.value)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_checkpoint_config(ckpt)  # what tools/export.py --format safetensors copies into the export
+    assert not marker.exists()
+
+
+def test_stored_config_is_built_offline():
+    """``pretrained: true`` in a stored config would download weights the checkpoint already holds: forced off, and
+    ``pretrained_file`` dropped; the allowed classes pass unchanged."""
+    config = _with(detector_config(), "init_args.encoder.init_args.patch_embed",
+                   {"class_path": "vitkit.layers.BackbonePatchEmbed",
+                    "init_args": {"model_name": "resnet18", "pretrained": True, "pretrained_file": "/tmp/r18.pth",
+                                  "norm_layer": "torch.nn.LayerNorm"}})
+    checked = check_stored_config(config, "x.ckpt")
+    patch = checked["init_args"]["encoder"]["init_args"]["patch_embed"]["init_args"]
+    assert patch["pretrained"] is False and patch["pretrained_file"] is None
+    assert patch["norm_layer"] == "torch.nn.LayerNorm" and patch["model_name"] == "resnet18"
+    assert config["init_args"]["encoder"]["init_args"]["patch_embed"]["init_args"]["pretrained"] is True  # a copy
+    assert check_stored_config(detector_config(), "x.ckpt") == detector_config()
 
 
 def test_truncated_checkpoint_is_named_not_a_traceback(tmp_path):

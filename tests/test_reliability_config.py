@@ -1,6 +1,8 @@
 """Reliability (issue 7, item 7): config mistakes end in one paragraph naming the key and the fix, exit status 2, and
 no traceback: a wrong type, an unknown key (also nested in a YAML recipe's class_path argument), and a checkpoint
-trained on another class count (``tools/eval.py --ckpt`` and ``tools/train.py --ckpt_path``). The unknown
+trained on another class count (``tools/eval.py --ckpt`` and ``tools/train.py --ckpt_path``), data errors met when
+the datamodule reads its files (a missing image folder, a malformed training file, train and val categories that
+differ, a missing image with ``data.bad_images: fail``), and ``--ckpt_path last`` with no ``last.ckpt``. The unknown
 command-line key and the missing data folder run through tools/train.py in tests/test_train_cli.py (and
 tests/test_caption_train.py for captioning).
 """
@@ -120,3 +122,95 @@ def test_resume_checkpoint_with_other_class_count(data_and_checkpoint, tmp_path)
     proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--ckpt_path", str(ckpt), "--data.root", str(data),
                  *DATA], cwd=tmp_path)
     _assert_one_paragraph(proc, "num_classes", "trained on 4 classes", "data.root gives 80 classes")
+
+
+# ------------------------------------------------------------------------------------- data errors at setup
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("setup") / "data"
+    ensure_shapes(root, num_train=4, num_val=2, image_size=80)
+    return root
+
+
+def test_missing_image_folder_is_one_paragraph(shapes_root, tmp_path):
+    """The annotation files are there, train2017/ is not: named at construction, not a traceback from setup."""
+    root = tmp_path / "data"
+    shutil.copytree(shapes_root, root)
+    shutil.rmtree(root / "train2017")
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(root), "--data.generate_shapes",
+                 "false", *DATA], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert f"missing the image folder {root / 'train2017'}" in proc.stderr and "Fix:" in proc.stderr
+
+
+def _break_train_annotations(root: Path) -> str:
+    path = root / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    del data["annotations"][0]["bbox"]
+    path.write_text(json.dumps(data))
+    return "has no field 'bbox'"
+
+
+def _other_train_categories(root: Path) -> str:
+    path = root / "annotations" / "instances_train2017.json"
+    data = json.loads(path.read_text())
+    data["categories"].append({"id": 99, "name": "hexagon"})
+    path.write_text(json.dumps(data))
+    return "define different categories"
+
+
+def _missing_train_image(root: Path) -> str:
+    image = sorted((root / "train2017").iterdir())[0]
+    image.unlink()
+    return f"{image}: file not found"
+
+
+@pytest.mark.parametrize("breakage", [_break_train_annotations, _other_train_categories, _missing_train_image])
+def test_data_errors_raised_at_setup_are_one_paragraph(shapes_root, tmp_path, monkeypatch, capsys, breakage):
+    """Errors the datamodule's ``setup`` meets (inside ``trainer.fit``) come out of tools/train.py's main as one
+    paragraph with exit status 2, as construction errors do (this process: the subprocess path is the test above)."""
+    from vitkit.train.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes_root, root)
+    needle = breakage(root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # seed_everything sets them: undone after the test
+        monkeypatch.setenv(name, "0")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(CONFIG), "--data.root", str(root), "--data.generate_shapes", "false", "--data.bad_images", "fail",
+              "--trainer.logger", "false", "--trainer.max_epochs", "1", *DATA])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.root: ") and needle in err and "Fix:" in err, err
+
+
+def test_caption_missing_image_with_fail_is_one_paragraph(shapes_root, tmp_path, monkeypatch, capsys):
+    """Captioning reads the training captions while the CLI links the tokenizer: same paragraph."""
+    from vitkit.train.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(shapes_root, root)
+    needle = _missing_train_image(root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.setenv(name, "0")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(REPO / "configs" / "caption_shapes.yaml"), "--data.root", str(root), "--data.generate_shapes",
+              "false", "--data.bad_images", "fail", "--trainer.logger", "false", *DATA])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.root: ") and needle in err and "bad_images: skip" in err, err
+
+
+def test_resume_last_without_last_checkpoint_is_one_paragraph(shapes_root, tmp_path):
+    """``--ckpt_path last`` in a folder without runs/<config>/checkpoints/last.ckpt: Lightning would only warn and
+    train from scratch."""
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(shapes_root), "--ckpt_path",
+                 "last", "--trainer.max_epochs", "1", *DATA], cwd=tmp_path)
+    error = _assert_one_paragraph(proc, "no last.ckpt in", str(tmp_path / "runs" / "detr_shapes" / "checkpoints"),
+                                  "run from the folder that holds", "--ckpt_path")
+    assert not (tmp_path / "runs" / "detr_shapes" / "checkpoints").exists(), error  # nothing was trained

@@ -250,7 +250,7 @@ def test_corrupt_caption_images_are_replaced_in_training_and_left_out_of_validat
     with pytest.warns(BadImageWarning) as caught:
         train = list(dm.train_dataloader())
         val = list(dm.val_dataloader())
-    assert [images.shape[0] for images, _, _ in train] == [4, 4]
+    assert [images.shape[0] for images, *_ in train] == [4, 4]
     assert [i for *_, ids in val for i in ids] == [i for i in val_ids if i != 106]
     messages = _bad_image_warnings(caught)
     assert sum("0001.png: unreadable image, skipped" in m for m in messages) == 1

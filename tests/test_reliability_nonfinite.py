@@ -1,8 +1,9 @@
 """Reliability (issue 7, item 5): non-finite losses and degenerate boxes.
 
 - Degenerate predicted boxes (zero or negative size, NaN, inf) never crash the matcher or the losses.
-- A NaN loss stops training with a message naming the step and the batch's image ids (``model.nonfinite=raise``),
-  or skips the step (``skip``): no weight and no optimizer-state update, and training goes on.
+- A NaN loss stops training with a message naming the step and the batch's image ids (``model.nonfinite=raise``;
+  detection and captioning), or skips the step (``skip``): no weight and no optimizer-state update, and training goes
+  on.
 - Under DDP (2 CPU processes, gloo) a NaN on one rank makes every rank skip the same step: no deadlock, and the ranks'
   weights stay identical.
 """
@@ -204,6 +205,47 @@ def test_nonfinite_skip_leaves_weights_and_optimizer_untouched(shapes):
     assert not _same(snaps.before[2]["weights"], snaps.after[2]["weights"])  # the next step trained as usual
     assert trainer.global_step == 3 and module._skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_nonfinite_caption_loss_names_the_image_ids(shapes):
+    """Caption training batches carry their image ids (as detection's targets do), so a NaN loss names them."""
+    from vitkit.models import Captioner, TransformerDecoder, ViTEncoder
+    from vitkit.train.caption_datamodule import CaptionDataModule
+    from vitkit.train.caption_module import CaptionModule
+
+    class NaNCaptions(CaptionModule):
+        batch_ids: dict[int, list[int]]
+
+        def training_step(self, batch, batch_idx: int):
+            self.batch_ids[self.global_step] = [int(i) for i in batch[3]]
+            loss = type(self.captioner).loss
+            nan = float("nan") if self.global_step == 1 else 1.0
+            self.captioner.loss = lambda logits, tokens: loss(self.captioner, logits, tokens) * nan
+            try:
+                return super().training_step(batch, batch_idx)
+            finally:
+                del self.captioner.loss
+
+    torch.manual_seed(0)
+    data = CaptionDataModule(root=str(shapes), batch_size=2, num_workers=0, train_size=64, val_size=64, max_size=96,
+                             max_length=12)
+    tok = data.tokenizer
+    captioner = Captioner(ViTEncoder(patch_size=16, embed_dim=16, depth=1, num_heads=2, pos_embed="sine",
+                                     class_token=False),
+                          TransformerDecoder(dim=16, depth=1, num_heads=2, return_intermediate=False),
+                          vocab_size=tok.vocab_size, max_length=12, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                          eos_id=tok.eos_id)
+    module = NaNCaptions(captioner, java=False, warmup_steps=1)
+    module.batch_ids = {}
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(module, data)
+    message = str(err.value)
+    assert "non-finite loss at step 1" in message
+    ids = [int(i) for i in message.split("image ids [")[1].split("]")[0].split(",")]
+    assert ids == module.batch_ids[1] and set(ids) <= set(data._dataset("train").ids)  # the batch's COCO ids
 
 
 # ---------------------------------------------------------------------------------------------------- DDP

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitkit.checkpoint import CheckpointError, safe_load_checkpoint
+from vitkit.checkpoint import CheckpointError, check_stored_config, safe_load_checkpoint
 
 __all__ = ["CheckpointError", "instantiate", "load", "safe_load_checkpoint"]
 
@@ -31,7 +31,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
     - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
       with config.json): a DETR-R50 :class:`~vitkit.inference.Detector` (:mod:`vitkit.interop.detr_weights`).
 
-    The checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused.
+    The checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused. Its stored
+    model config may only name classes of vitkit, torch.nn and timm, and is built with ``pretrained`` off
+    (:func:`vitkit.checkpoint.check_stored_config`).
 
     Args:
         path: a Lightning ``.ckpt`` from ``runs/<config>/checkpoints/``.
@@ -42,7 +44,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: (a ValueError) the file is not a safe weights-only checkpoint, or not readable.
+        CheckpointError: (a ValueError) the file is not a safe weights-only checkpoint, or not readable, or its
+            stored config names a class outside vitkit, torch.nn and timm.
         ValueError: not one of vitkit's checkpoints (the message says what was expected), or its config, weights
             and tokenizer do not fit together.
     """
@@ -76,7 +79,7 @@ def _load(path: Path, map_location: str | torch.device):
     from vitkit.inference import Detector
     from vitkit.models.detr import DETR
 
-    model = instantiate(config, DETR)
+    model = instantiate(check_stored_config(config, f"{path}: 'vitkit_detector_config'"), DETR)
     state = {k[len("detector."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("detector.")}
     model.load_state_dict(state)
     hp = ckpt.get("hyper_parameters", {})
@@ -136,8 +139,9 @@ def _load_captioner(path: Path, ckpt: dict, map_location: str | torch.device):
     from vitkit.captioning.tokenizer import CaptionTokenizer
     from vitkit.models.captioner import Captioner
 
+    config = check_stored_config(ckpt["vitkit_captioner_config"], f"{path}: 'vitkit_captioner_config'")
     try:
-        model = instantiate(ckpt["vitkit_captioner_config"], Captioner)
+        model = instantiate(config, Captioner)
     except Exception as err:
         raise ValueError(f"{path}: cannot build the captioner from 'vitkit_captioner_config' "
                          f"({type(err).__name__}: {err})") from err

@@ -464,23 +464,21 @@ def decode_memory(pipe: nn.Module, memory: Any, memory_mask: Any, memory_pos: An
 
 # ------------------------------------------------------------------------------------------------ safetensors
 def read_checkpoint_config(path: str | Path) -> tuple[str, dict]:
-    """(task, model config) of a training checkpoint, read with ``torch.load(weights_only=True)``.
+    """(task, model config) of a training checkpoint, read with ``torch.load(weights_only=True)``
+    (:func:`vitkit.checkpoint.safe_load_checkpoint`); the config is checked and made offline by
+    :func:`vitkit.checkpoint.check_stored_config`.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`vitkit.load`.
+        FileNotFoundError, ValueError: as :func:`vitkit.load` (:class:`~vitkit.checkpoint.CheckpointError` for a
+            refused or unreadable file, or a config naming a class outside vitkit, torch.nn and timm).
     """
+    from vitkit.checkpoint import check_stored_config, safe_load_checkpoint
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot be loaded safely as weights ({type(err).__name__}: {err}); vitkit only "
-                         "loads checkpoints with torch.load(weights_only=True)") from err
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("vitkit_captioner_config"), dict):
-        return "captioning", ckpt["vitkit_captioner_config"]
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("vitkit_detector_config"), dict):
-        return "detection", ckpt["vitkit_detector_config"]
+    ckpt = safe_load_checkpoint(path)  # FileNotFoundError, or a CheckpointError (refused / unreadable)
+    for task, key in (("captioning", "vitkit_captioner_config"), ("detection", "vitkit_detector_config")):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            return task, check_stored_config(ckpt[key], f"{path}: '{key}'")
     raise ValueError(f"{path}: neither 'vitkit_detector_config' nor 'vitkit_captioner_config' in the checkpoint; "
                      "expected a Lightning .ckpt written by tools/train.py")
 
@@ -527,7 +525,9 @@ def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu")
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not a safetensors file, or one without vitkit's metadata, or weights that do not fit the config.
+        ValueError: not a safetensors file, or one without vitkit's metadata, or weights that do not fit the config;
+            a :class:`~vitkit.checkpoint.CheckpointError` when its config names a class outside vitkit, torch.nn and
+            timm.
     """
     from safetensors import safe_open
     from safetensors.torch import load_model
@@ -547,7 +547,10 @@ def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu")
         raise ValueError(f"{path}: no vitkit metadata (vitkit_task, vitkit_config); expected a file written by "
                          "tools/export.py --format safetensors (official DETR / Hugging Face weights load through "
                          "vitkit.interop.detr_weights)")
+    from vitkit.checkpoint import check_stored_config
+
     config, settings = json.loads(meta["vitkit_config"]), json.loads(meta.get("vitkit_inference", "{}"))
+    config = check_stored_config(config, f"{path}: metadata 'vitkit_config'")  # only vitkit/torch.nn/timm classes
     if task == "detection":
         from vitkit.detection import PostProcess
         from vitkit.inference import Detector

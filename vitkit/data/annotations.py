@@ -24,8 +24,9 @@ unknown ``category_id`` / ``image_id``                error: the class count com
 ``bbox`` partly outside its image                     clipped to the image, one counted warning (with the largest
                                                       overflow in px, so a rounding overflow reads as one)
 ``bbox`` entirely outside its image                   dropped, one counted warning
-no ``area``                                           one counted warning (training does not use it; pycocotools'
-                                                      COCOeval raises KeyError on it, faster-coco-eval computes it)
+no ``area``                                           one counted warning (training does not use it; evaluation
+                                                      gives such an annotation ``w * h`` of its box, with both
+                                                      backends: :func:`vitkit.eval.coco_eval.fill_missing_areas`)
 ====================================================  ===============================================================
 
 Captions files (:func:`check_captions`): the same file-level errors (``images`` and ``annotations`` needed); images
@@ -323,9 +324,8 @@ def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) 
         "clipped": "clipped {n} boxes that extend past their image to the image (ids {ids}; at most "
                    f"{max_overflow:.2f} px outside); COCOeval on this file compares detections with the unclipped "
                    "boxes",
-        "no_area": "{n} annotations have no 'area' (ids {ids}); training does not need it, but COCOeval's "
-                   "small/medium/large ranges do (the pycocotools backend raises KeyError, faster-coco-eval computes "
-                   "it from the box)",
+        "no_area": "{n} annotations have no 'area' (ids {ids}); training does not need it, and COCO evaluation "
+                   "uses the box's width x height as their area for its small/medium/large ranges (both backends)",
     }
     notes = [f"{path}: " + messages[kind].format(n=len(ids), ids=format_ids(ids))
              for kind, ids in sanitised.items() if ids]

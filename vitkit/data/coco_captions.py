@@ -61,7 +61,7 @@ class CocoCaptions(Dataset):
             list); the message names the file, the entry and the field.
         ImageReadError: with ``bad_images="fail"``, an image file is missing (naming the file, image id and field).
 
-    Items: with ``train``, ``(image, caption)``; else ``(image, references, image_id)``. ``image`` is what
+    Items: with ``train``, ``(image, caption, image_id)``; else ``(image, references, image_id)``. ``image`` is what
     ``transforms`` makes of the uint8 (3, H, W) image (unchanged without transforms), ``caption`` one raw
     reference string, ``references`` all of the image's raw references (list of str), ``image_id`` the COCO id.
     Images without any caption are left out (with a warning). With ``bad_images="skip"``, ``None`` for an
@@ -128,7 +128,7 @@ class CocoCaptions(Dataset):
         """The image file of item ``index``."""
         return self.img_folder / self._files[self.ids[index]]
 
-    def __getitem__(self, index: int) -> tuple[Any, str] | tuple[Any, list[str], int] | None:
+    def __getitem__(self, index: int) -> tuple[Any, str, int] | tuple[Any, list[str], int] | None:
         image_id = self.ids[index]
         if self.bad_images == "skip" and self.bad_image_log.is_bad(index):
             return None  # known unreadable: not decoded again
@@ -144,7 +144,7 @@ class CocoCaptions(Dataset):
             image = self.transforms(image)
         refs = self._captions[image_id]
         if self.train:
-            return image, refs[int(torch.randint(len(refs), ()))]
+            return image, refs[int(torch.randint(len(refs), ()))], image_id
         return image, list(refs), image_id
 
     def __repr__(self) -> str:

@@ -3,7 +3,8 @@
 The numbers come from COCOeval itself, never from a re-implementation: either faster-coco-eval's C++
 ``COCOeval_faster`` (``backend="faster"``, the default) or the reference pycocotools ``COCOeval``
 (``backend="pycocotools"``). Both are run on the annotation file as given (its category ids, its
-``area`` field for the small/medium/large buckets, its ``iscrowd`` flags).
+``area`` field for the small/medium/large buckets, its ``iscrowd`` flags); an annotation without ``area`` gets
+``w * h`` of its box, which faster-coco-eval computes anyway and pycocotools would fail on (KeyError).
 
 The two backends agree to ~1e-16, not always bit for bit: pycocotools computes a precision as
 ``tp / (tp + fp + np.spacing(1))``, faster-coco-eval (1.8) as ``tp / (tp + fp)``. The two differ only when
@@ -134,10 +135,33 @@ def _read_json(path: str, what: str) -> Any:
         raise ValueError(f"{what} is not valid JSON: {path} ({e})") from e
 
 
+def fill_missing_areas(dataset: Mapping[str, Any]) -> list[Any]:
+    """Give every annotation without ``area`` the area of its box, ``w * h`` (in place).
+
+    COCOeval's small/medium/large ranges read ``area``: pycocotools raises ``KeyError: 'area'`` without it, and
+    faster-coco-eval computes ``w * h``. Filling it here makes both backends evaluate such a file, with the same
+    numbers. Annotations that give an ``area`` keep it (the file's numbers are used as given); one without a usable
+    ``bbox`` is left alone (COCOeval reports it).
+
+    Returns:
+        The ids of the annotations that got an area (the training dataset's counted
+        :class:`~vitkit.data.annotations.AnnotationWarning` names them).
+    """
+    filled = []
+    for ann in dataset.get("annotations") or []:
+        if isinstance(ann, dict) and "area" not in ann:
+            box = ann.get("bbox")
+            if isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_finite_real(v) for v in box):
+                ann["area"] = float(box[2]) * float(box[3])
+                filled.append(ann.get("id"))
+    return filled
+
+
 def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     """Load a COCO instances annotation file into the backend's ``COCO`` object, silently.
 
-    Load once and pass the object to ``evaluate_coco`` to avoid re-reading a large file every epoch.
+    Load once and pass the object to ``evaluate_coco`` to avoid re-reading a large file every epoch. Annotations
+    without ``area`` get ``w * h`` of their box (:func:`fill_missing_areas`), so both backends evaluate them alike.
 
     Args:
         path: instances JSON (e.g. ``annotations/instances_val2017.json``).
@@ -155,6 +179,7 @@ def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     dataset = _read_json(path, "annotation file")
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "categories")):
         raise ValueError(f"annotation file is not a COCO instances file (needs 'images' and 'categories'): {path}")
+    fill_missing_areas(dataset)
     coco = coco_cls(print_function=_silent) if backend == "faster" else coco_cls()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
@@ -215,7 +240,9 @@ def _clean_plain_entry(r: Any) -> dict[str, Any] | None:
     if type(image_id) is not int or type(category_id) is not int or type(box) not in (list, tuple) or len(box) != 4:
         return None
     x, y, w, h = box
-    if not all(type(v) in _PLAIN_NUMBERS for v in (x, y, w, h, score)) or not math.isfinite(x + y + w + h + score):
+    plain = _PLAIN_NUMBERS  # spelled out below: a generator over the five values costs ~0.3 s per 160k entries
+    if not (type(x) in plain and type(y) in plain and type(w) in plain and type(h) in plain
+            and type(score) in plain and math.isfinite(x + y + w + h + score)):
         return None
     bbox = [float(x), float(y), float(w), float(h)]
     return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": float(score)}

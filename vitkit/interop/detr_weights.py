@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from vitkit.checkpoint import CheckpointError, safe_load_checkpoint
+
 # (pattern, replacement) applied in order to Hugging Face keys after HF_ALIASES; first match wins.
 _HF_RULES = [
     (r"^model\.backbone\.model\.(.+)$", r"encoder.patch_embed.body.\1"),
@@ -167,7 +169,9 @@ def read_detr_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
     Raises:
         FileNotFoundError: nothing at ``path``, or a folder without weights.
-        ValueError: the file is not a safe weights-only file, or not a DETR checkpoint of a known layout.
+        CheckpointError: (a ValueError) the file is refused (it needs arbitrary pickled objects, which could run
+            code) or is not a readable torch / safetensors file; the same refusal as every other checkpoint load.
+        ValueError: not a DETR checkpoint of a known layout.
     """
     path = Path(path)
     if path.is_dir():
@@ -180,15 +184,14 @@ def read_detr_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        raw = load_file(str(path))
-    else:
-        try:  # the release's training checkpoints also hold their argparse.Namespace of settings
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                raw = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            raw = load_file(str(path))
         except Exception as err:
-            raise ValueError(f"{path}: cannot be loaded safely as weights ({type(err).__name__}: {err}). vitkit "
-                             "only loads torch.load(weights_only=True) files; a file needing arbitrary pickled "
-                             "objects is refused.") from err
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: "
+                                  f"{str(err)[:200]})") from None
+    else:  # the release's training checkpoints also hold their argparse.Namespace of settings
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            raw = safe_load_checkpoint(path)  # a CheckpointError (refused, or unreadable) naming the file
         if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
             raw = raw["model"]
     if not isinstance(raw, dict) or not raw:

@@ -3,8 +3,8 @@
 The datamodule owns the caption tokenizer: it loads ``tokenizer`` (a tokenizer.json) or trains one on the training
 captions the first time it is asked for, so the CLI can link ``vocab_size`` and the special ids into the model
 right after instantiation. Training batches hold one random reference per image (drawn anew every epoch by
-:class:`~vitkit.data.coco_captions.CocoCaptions`) tokenised in the collate function; validation batches hold the
-images, all their references and their image ids.
+:class:`~vitkit.data.coco_captions.CocoCaptions`) tokenised in the collate function, and the image ids (a non-finite
+loss names them); validation batches hold the images, all their references and their image ids.
 
 Unreadable images follow ``bad_images`` as in :class:`vitkit.train.datamodules.CocoDataModule`: with "skip", a
 training item is replaced by the next readable one, a validation item is left out (the caption metrics then cover
@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.data.collate import pad_images
-from vitkit.train.datamodules import CocoLayoutDataModule
+from vitkit.train.datamodules import CocoLayoutDataModule, data_errors
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -41,7 +41,8 @@ def swap_left_right(caption: str) -> str:
 
 
 class _MirrorWithCaption(Dataset):
-    """Training items ``(image, caption)`` mirrored left-right with probability ``p``, caption words swapped."""
+    """Training items ``(image, caption, image_id)`` mirrored left-right with probability ``p``, caption words
+    swapped."""
 
     def __init__(self, dataset: Dataset, p: float) -> None:
         self.dataset, self.p = dataset, p
@@ -49,33 +50,34 @@ class _MirrorWithCaption(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, str]:
-        image, caption = self.dataset[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, str, int]:
+        image, caption, image_id = self.dataset[index]
         if self.p > 0 and float(torch.rand(())) < self.p:
             image, caption = image.flip(-1), swap_left_right(caption)  # (3, H, W) mirrored along W
-        return image, caption
+        return image, caption, image_id
 
 
 class CaptionCollate:
-    """Training collate: pad images, tokenise the captions.
+    """Training collate: pad images, tokenise the captions, keep the image ids.
 
     Args:
         tokenizer: turns captions into ids.
         max_length: longest token sequence, BOS and EOS included (longer captions are truncated).
         pad_to_multiple: round the padded height and width up to a multiple of this.
 
-    Returns (when called on B ``(image, caption)`` samples):
+    Returns (when called on B ``(image, caption, image_id)`` samples):
         images (B, 3, H, W) zero-padded bottom/right; mask (B, H, W) bool, True = padding; tokens (B, T) long
-        ``[BOS] caption [EOS] [PAD]...`` (right-padded).
+        ``[BOS] caption [EOS] [PAD]...`` (right-padded); image_ids (B ints, the COCO ids: a non-finite loss names
+        them).
     """
 
     def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
         self.tokenizer, self.max_length, self.pad_to_multiple = tokenizer, max_length, pad_to_multiple
 
-    def __call__(self, batch: Sequence[tuple[Tensor, str]]) -> tuple[Tensor, Tensor, Tensor]:
+    def __call__(self, batch: Sequence[tuple[Tensor, str, int]]) -> tuple[Tensor, Tensor, Tensor, list[int]]:
         images, mask = pad_images([s[0] for s in batch], pad_to_multiple=self.pad_to_multiple)
         tokens = self.tokenizer.encode_batch([s[1] for s in batch], max_length=self.max_length)  # (B, T)
-        return images, mask, tokens
+        return images, mask, tokens, [int(s[2]) for s in batch]
 
 
 def collate_caption_eval(batch: Sequence[tuple[Tensor, list[str], int]],
@@ -163,8 +165,9 @@ class CaptionDataModule(CocoLayoutDataModule):
         from vitkit.data.coco_captions import CocoCaptions
 
         if split not in self._datasets:
-            self._datasets[split] = CocoCaptions(self.root, split, train=split == "train",
-                                                 bad_images=self.hparams.bad_images)
+            with data_errors():  # a malformed file or a missing image (bad_images: fail): one paragraph, no traceback
+                self._datasets[split] = CocoCaptions(self.root, split, train=split == "train",
+                                                     bad_images=self.hparams.bad_images)
         return self._datasets[split]
 
     @property

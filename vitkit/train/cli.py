@@ -10,8 +10,10 @@ that :func:`vitkit.load` rebuilds the model without the YAML.
 Reliability (issue 7): checkpoints are written atomically and read with ``weights_only=True`` only
 (:mod:`vitkit.train.checkpoint_io`); ``last.ckpt`` is also refreshed every ``checkpoint.last_every_n_train_steps``
 steps, and :class:`~vitkit.train.resume.ExactResume` makes ``--ckpt_path last`` continue the same run exactly, also
-from mid-epoch. Config mistakes (an unknown key, a wrong type, a missing data folder, a checkpoint that does not fit
-the data) end in one paragraph naming the key and the fix on stderr, exit status 2, no traceback.
+from mid-epoch. Config and data mistakes (an unknown key, a wrong type, a missing data or image folder, malformed
+annotations, train and val categories that differ, a missing image with ``data.bad_images: fail``, a checkpoint that
+does not fit the data, ``--ckpt_path last`` with no ``last.ckpt`` to resume) end in one paragraph naming the key and
+the fix on stderr, exit status 2, no traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vitkit.checkpoint import CheckpointError, safe_load_checkpoint
+from vitkit.data.folder import ImageReadError
 from vitkit.train.caption_datamodule import CaptionDataModule
 from vitkit.train.caption_module import CaptionModule
 from vitkit.train.checkpoint_io import install_safe_checkpoint_io
@@ -266,9 +269,27 @@ class VitkitCLI(LightningCLI):
 
     def _check_ckpt_path(self) -> None:
         ckpt = self.config[self.subcommand].get("ckpt_path")
-        if ckpt not in (None, "last", "best", "hpc") and "://" not in str(ckpt) and not Path(ckpt).is_file():
+        if ckpt == "last":
+            self._check_last_checkpoint()
+        elif ckpt not in (None, "best", "hpc") and "://" not in str(ckpt) and not Path(ckpt).is_file():
             raise ConfigError(f"ckpt_path: no checkpoint at {ckpt}. Fix: give the path of a .ckpt file, or "
                               "--ckpt_path last to resume from runs/<config>/checkpoints/last.ckpt")
+
+    def _check_last_checkpoint(self) -> None:
+        """``--ckpt_path last`` without a ``last.ckpt`` would start from scratch (Lightning only warns): refuse."""
+        folders, found = [], False
+        for callback in self.trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint):
+                found = found or bool(callback._find_last_checkpoints(self.trainer))
+                if callback.dirpath is not None:
+                    folders.append(str(Path(callback.dirpath).resolve()))
+        if found:
+            return
+        where = " or ".join(folders) if folders else "the checkpoint folder (no ModelCheckpoint is configured)"
+        raise ConfigError(f"ckpt_path: --ckpt_path last found no last.ckpt in {where}, so there is nothing to resume "
+                          f"(the working folder is {Path.cwd()}). Fix: run from the folder that holds the run's runs/ "
+                          "folder (the one you trained in), or pass the checkpoint's path (--ckpt_path "
+                          "runs/<config>/checkpoints/last.ckpt); leave --ckpt_path out to start a new run")
 
     def before_fit(self) -> None:
         self._restore_launch_argv()
@@ -353,7 +374,13 @@ def validate_weights(config: str | Path, weights: str | Path, overrides: list[st
     ids (the COCO release has one logit per category id). Returns what :func:`validate_checkpoint` returns."""
     from vitkit.interop.detr_weights import read_detr_weights, select_classes
 
-    state, info = read_detr_weights(weights)
+    try:
+        state, info = read_detr_weights(weights)  # a refused or unreadable file: CheckpointError, as for --ckpt
+    except CheckpointError:
+        raise
+    except (FileNotFoundError, ValueError) as err:  # no weights in a folder, or not a DETR layout
+        raise ConfigError(f"--weights {weights}: {err}. Fix: give a facebookresearch/detr .pth, or Hugging Face DETR "
+                          "model.safetensors / pytorch_model.bin or the folder that holds one") from err
     with _own_argv():
         cli = VitkitCLI(DetectionModule, CocoDataModule, run=False, run_name=Path(config).stem,
                         save_config_callback=None,
@@ -410,6 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except ImageReadError as err:  # bad_images: fail met an unreadable image while training (num_workers 0)
+        print(f"error: data.root: {err}. Fix: replace the file, or set data.bad_images: skip to leave unreadable "
+              "images out (each is reported by path)", file=sys.stderr)
+        raise SystemExit(2) from None
     except RuntimeError as err:
         mismatch = _weights_mismatch(err, config, "ckpt_path")
         if mismatch is None:

@@ -1,20 +1,27 @@
 """Lightning DataModule for COCO-layout detection data (COCO 2017 itself, or the generated shapes set).
 
-Malformed annotation files stop the run at construction (the validation file) or at ``setup`` (the training file),
-before the first step, with an error naming the file, the entry and the field; sanitised entries get one counted
-warning per kind (:mod:`vitkit.data.annotations`). Unreadable images follow ``bad_images``
-(:mod:`vitkit.data.bad_images`): with "skip", a training item is replaced by the next readable one and a validation
-item is left out (COCO AP then covers the predicted images only), each file is warned about once on the main
-process, and a pass that met new ones ends with a counted summary.
+A missing annotation file or image folder stops the run at construction. Malformed annotation files stop it at
+construction (the validation file) or at ``setup`` (the training file), before the first step, with a
+:class:`~vitkit.train.guards.ConfigError` naming the file, the entry and the field (``tools/train.py`` prints it as
+one paragraph, exit status 2); sanitised entries get one counted warning per kind (:mod:`vitkit.data.annotations`).
+Unreadable images follow ``bad_images`` (:mod:`vitkit.data.bad_images`): with "skip", a training item is replaced by
+the next readable one and a validation item is left out (COCO AP then covers the predicted images only), each file is
+warned about once on the main process, and a pass that met new ones ends with a counted summary; with "fail", a
+missing file stops the run at ``setup`` with a ConfigError naming it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+
+from vitkit.data.folder import ImageReadError
+from vitkit.train.guards import ConfigError
 
 _LAYOUT = """expected layout under {{root}}:
   {{root}}/train2017/                          training images
@@ -23,6 +30,23 @@ _LAYOUT = """expected layout under {{root}}:
   {{root}}/annotations/{kind}_val2017.json
 COCO 2017 comes from https://cocodataset.org (2017 Train/Val images + annotations); any dataset in this
 layout works. For the generated demo data run: python tools/make_shapes.py {{root}}"""
+
+
+@contextmanager
+def data_errors() -> Iterator[None]:
+    """Turn what reading the data raises (a malformed annotation file, train and val categories that differ, a
+    missing image with ``bad_images: fail``) into a :class:`ConfigError` naming ``data.root`` and the fix, which the
+    CLIs print as one paragraph (exit status 2) instead of a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ImageReadError as err:
+        raise ConfigError(f"data.root: {str(err).rstrip('.')}. Fix: restore the file, or set data.bad_images: skip "
+                          "to leave missing and unreadable images out (each is reported by path)") from err
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        raise ConfigError(f"data.root: {str(err).rstrip('.')}. Fix: correct the file and entry named here, or point "
+                          "data.root at another dataset in the COCO 2017 layout") from err
 
 
 class CocoLayoutDataModule(L.LightningDataModule):
@@ -42,7 +66,8 @@ class CocoLayoutDataModule(L.LightningDataModule):
 
     def _prepare_root(self, root: str, generate_shapes: bool, shapes_train: int, shapes_val: int, shapes_size: int,
                       shapes_seed: int, bad_images: str) -> None:
-        """Check ``bad_images``, generate the shapes set when asked, and require both annotation files."""
+        """Check ``bad_images``, generate the shapes set when asked, and require both annotation files and both
+        image folders (so a missing folder is named at construction, not when ``setup`` reads it)."""
         from vitkit.data.bad_images import check_policy
 
         check_policy(bad_images, "data.bad_images")
@@ -56,6 +81,12 @@ class CocoLayoutDataModule(L.LightningDataModule):
             ann = self.annotation_file(split)
             if not ann.is_file():
                 raise FileNotFoundError(f"data.root: missing {ann}\n" + self.layout)
+        for split in ("train", "val"):
+            folder = self.root / f"{split}2017"
+            if not folder.is_dir():
+                raise FileNotFoundError(
+                    f"data.root: missing the image folder {folder} (the annotation files are there). Fix: put the "
+                    f"{split} images in {folder}, or point data.root at the dataset root that holds it\n" + self.layout)
 
     def annotation_file(self, split: str) -> Path:
         return self.root / "annotations" / f"{self.kind}_{split}2017.json"
@@ -114,7 +145,8 @@ class CocoDataModule(CocoLayoutDataModule):
         self._prepare_root(root, generate_shapes, shapes_train, shapes_val, shapes_size, shapes_seed, bad_images)
         from vitkit.data.annotations import read_categories
 
-        cats = read_categories(self.val_annotation_file, hint=self.layout)
+        with data_errors():
+            cats = read_categories(self.val_annotation_file, hint=self.layout)
         self.label_to_cat_id = [c for c, _ in cats]
         self.class_names = [name for _, name in cats]
         self.num_classes = len(cats)
@@ -127,19 +159,23 @@ class CocoDataModule(CocoLayoutDataModule):
         from vitkit.data.transforms import detr_train_transforms, detr_val_transforms
 
         hp = self.hparams
-        if stage in (None, "fit") and self.train_set is None:
-            tf = detr_train_transforms(scales=self.train_scales, max_size=hp.train_max_size,
-                                       resize_before_crop=self.crop_resize, crop=tuple(hp.crop_size), crop_p=hp.crop_p)
-            self.train_set = CocoDetection(self.root, "train", transforms=tf, bad_images=hp.bad_images)
-            if self.train_set.cat_ids != self.label_to_cat_id:
-                raise ValueError(
-                    f"data.root: {self.annotation_file('train')} and {self.val_annotation_file} define different "
-                    f"categories (ids {self.train_set.cat_ids} vs {self.label_to_cat_id}); a label would not mean the "
-                    "same class in training and validation. Use annotation files that share one 'categories' list."
-                )
-        if self.val_set is None:
-            self.val_set = CocoDetection(self.root, "val", bad_images=hp.bad_images,
-                                         transforms=detr_val_transforms(size=hp.val_size, max_size=hp.val_max_size))
+        with data_errors():
+            if stage in (None, "fit") and self.train_set is None:
+                tf = detr_train_transforms(scales=self.train_scales, max_size=hp.train_max_size,
+                                           resize_before_crop=self.crop_resize, crop=tuple(hp.crop_size),
+                                           crop_p=hp.crop_p)
+                self.train_set = CocoDetection(self.root, "train", transforms=tf, bad_images=hp.bad_images)
+                if self.train_set.cat_ids != self.label_to_cat_id:
+                    raise ConfigError(
+                        f"data.root: {self.annotation_file('train')} and {self.val_annotation_file} define different "
+                        f"categories (ids {self.train_set.cat_ids} vs {self.label_to_cat_id}); a label would not mean "
+                        "the same class in training and validation. Fix: use annotation files that share one "
+                        "'categories' list"
+                    )
+            if self.val_set is None:
+                self.val_set = CocoDetection(self.root, "val", bad_images=hp.bad_images,
+                                             transforms=detr_val_transforms(size=hp.val_size,
+                                                                            max_size=hp.val_max_size))
 
     def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
         from functools import partial

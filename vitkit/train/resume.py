@@ -6,7 +6,8 @@ the position in the epoch's data: a mid-epoch restart draws a new shuffle and st
 a function of something the checkpoint holds:
 
 - **Data order**: the training sampler's permutation is drawn from ``(seed, epoch)`` (:class:`EpochRandomSampler`;
-  under DDP Lightning's ``DistributedSampler`` already is). On restart the batches the interrupted epoch already
+  under DDP the ``DistributedSampler`` Lightning puts in, whose seed is set from the run's ``seed`` rather than
+  ``PL_GLOBAL_SEED``; ``seed`` is rank 0's on every rank). On restart the batches the interrupted epoch already
   trained on are skipped by index, before any image is read: the epoch goes on with its next batch.
 - **Augmentation**: each sample's transforms run under host RNGs (torch CPU, ``random``, numpy) seeded from
   ``(seed, epoch, dataset index)``, in the main process or in any worker alike, so the worker count, worker RNG
@@ -36,7 +37,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    RandomSampler,
+    SequentialSampler,
+)
 
 _MASK64 = (1 << 64) - 1
 
@@ -139,6 +148,12 @@ class _SeededBatches:
         seed, epoch, skip = self.loader._position()
         sampler = getattr(self.batches, "sampler", None)
         if isinstance(sampler, EpochRandomSampler):
+            sampler.set_epoch(epoch)
+        elif isinstance(sampler, DistributedSampler):
+            # Lightning seeds the DistributedSampler it puts in under DDP from PL_GLOBAL_SEED, which a resumed run
+            # may not share with the interrupted one (seed_everything: true draws a new one): the run's own seed,
+            # restored from the checkpoint, decides the permutation instead
+            sampler.seed = seed
             sampler.set_epoch(epoch)
         for k, batch in enumerate(self.batches):
             if k >= skip:
@@ -281,6 +296,9 @@ class ExactResume(L.Callback):
         if self.seed is None:
             env = os.environ.get("PL_GLOBAL_SEED")
             self.seed = int(env) if env is not None else random.SystemRandom().randrange(2**63)
+        # every rank shuffles with one seed (a DistributedSampler shards one permutation); a resume loads the same
+        # seed on every rank from the checkpoint after this
+        self.seed = int(trainer.strategy.broadcast(self.seed, src=0))
         source = trainer.datamodule if trainer.datamodule is not None else pl_module
         make = getattr(source, "train_dataloader", None)
         if make is None or getattr(make, "_vitkit_resumable", False):
