@@ -17,7 +17,8 @@ recorded. Everything runs under ``torch.inference_mode``.
 Records (``--quick``: 2 images at 64 x 64, 3 tokens, 2 + 2 layers):
   - ``caption_{greedy,beam3}``: vitkit with its inference lever (``apply_precision(model, "bf16")``: bf16 weights
     and input, linear weights prepacked for oneDNN on the CPU) against the peer in fp32 (its default);
-  - ``caption_{greedy,beam3}_fp32``: both fp32; ``caption_{greedy,beam3}_bf16``: both bf16 weights.
+  - ``caption_{greedy,beam3}_fp32``: both fp32 (vitkit through ``apply_precision(model, "fp32")``);
+    ``caption_{greedy,beam3}_bf16``: both bf16 weights.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def run(settings: Settings) -> list[dict[str, Any]]:
     vk32 = build_vitkit_captioner(s["enc_depth"], s["dec_depth"]).eval()
     vk16, peer16 = copy.deepcopy(vk32), copy.deepcopy(peer32).to(torch.bfloat16)
     apply_precision(vk16, "bf16")  # vitkit's lever (bf16 weights, linear weights prepacked for oneDNN on the CPU)
+    apply_precision(vk32, "fp32")  # fp32 reference rows: linear weights prepacked for oneDNN too
     x32 = torch.randn(s["batch"], 3, s["size"], s["size"], generator=torch.Generator().manual_seed(settings.seed))
     x16 = x32.to(torch.bfloat16)
     n = s["tokens"]

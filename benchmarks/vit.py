@@ -3,9 +3,9 @@
 (c) ``vit_forward_{fp32,bf16}``: 8 x 3 x 224 x 224 (``--quick``: 1 x 64 x 64, 2 blocks). timm's
 ``vit_base_patch16_224`` (``pretrained=False``) and vitkit's ``ViTEncoder.from_timm`` of it, so both hold the
 same weights; both run ``forward_features`` (no classifier head) under ``torch.inference_mode`` at the same
-dtype: fp32 weights and input, or bf16 weights and input (timm cast with ``.to(torch.bfloat16)``, vitkit through
-:func:`vitkit.precision.apply_precision`, which also prepacks its linear weights for oneDNN). The max abs
-difference of the two outputs is recorded.
+dtype: fp32 weights and input, or bf16 weights and input (timm as built or cast with ``.to(torch.bfloat16)``;
+vitkit through :func:`vitkit.precision.apply_precision` with ``"fp32"`` or ``"bf16"``, which prepacks its linear
+weights for oneDNN). The max abs difference of the two outputs is recorded.
 
 (f) ``vit_memory_{size}``: one fresh Python process per (side, size), batch 1 at 1024 x 1024 and 2048 x 2048
 (``--quick``: 64 and 128, 2 blocks). Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after the
@@ -54,7 +54,9 @@ def run_forward(settings: Settings) -> list[dict[str, Any]]:
     torch.manual_seed(settings.seed)
     peer32 = _timm_vit(WORKLOAD_FORWARD, depth, img_size=size).eval()
     vk32 = ViTEncoder.from_timm(peer32).eval()
-    peer16, vk16 = copy.deepcopy(peer32).to(torch.bfloat16), copy.deepcopy(vk32).to(torch.bfloat16)
+    peer16, vk16 = copy.deepcopy(peer32).to(torch.bfloat16), copy.deepcopy(vk32)
+    apply_precision(vk32, "fp32")  # vitkit's levers, as vitkit.load(..., precision=...) applies them
+    apply_precision(vk16, "bf16")
     x32 = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(settings.seed))
     x16 = x32.to(torch.bfloat16)
     fused = bool(getattr(peer32.blocks[0].attn, "fused_attn", False))

@@ -382,3 +382,27 @@ def test_two_process_gloo_gather_matches_single_process(gt_path, gt_dict, result
         out = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert out["ids"] == sorted(image_ids)
         assert out["stats"] == single.stats
+
+
+def test_evaluation_pauses_the_cyclic_gc_and_restores_it(tmp_path, monkeypatch):
+    import gc
+
+    import vitkit.eval.coco_eval as coco_eval_mod
+
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps({
+        "images": [{"id": 1, "width": 100, "height": 100, "file_name": "a.jpg"}],
+        "categories": [{"id": 3, "name": "c"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 30], "area": 900,
+                         "iscrowd": 0}],
+    }))
+    seen = []
+    real = coco_eval_mod.load_gt
+    monkeypatch.setattr(coco_eval_mod, "load_gt", lambda *a, **k: seen.append(gc.isenabled()) or real(*a, **k))
+    res = coco_eval_mod.evaluate_coco(gt_path, [{"image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 30],
+                                                  "score": 0.9}])
+    assert seen == [False] and gc.isenabled()
+    assert res.stats["AP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        coco_eval_mod.evaluate_coco(gt_path, [{"image_id": 99, "category_id": 3, "bbox": [1, 1, 2, 2], "score": 1.0}])
+    assert gc.isenabled()  # restored after an error too

@@ -11,7 +11,8 @@ from vitkit.layers import packed
 from vitkit.layers.mlp import Mlp
 from vitkit.precision import apply_precision
 
-pytestmark = pytest.mark.skipif(not packed.packing_available(), reason="oneDNN bf16 packing needs AVX-512 bf16")
+pytestmark = pytest.mark.skipif(not packed.packing_available(torch.bfloat16),
+                                reason="oneDNN bf16 packing needs a CPU with AVX-512 bf16 or AMX")
 
 
 def _bf16_linear(n_in: int = 24, n_out: int = 40) -> nn.Linear:
@@ -46,15 +47,20 @@ def test_packed_copy_is_retired_when_the_weight_changes():
     assert torch.equal(after, F.linear(x, new["weight"], new["bias"]))
 
 
-def test_autograd_and_fp32_take_the_plain_path():
+def test_autograd_takes_the_plain_path_and_fp32_packs_too():
     lin = _bf16_linear()
     packed.pack_linears(lin)
     x = torch.randn(4, 24).to(torch.bfloat16)
-    out = lin(x)  # grad enabled: must stay differentiable
+    out = lin(x)  # grad enabled: must stay differentiable, nothing packed
     out.float().sum().backward()
-    assert lin.weight.grad is not None
-    lin.float()
-    assert lin(x.float()).dtype == torch.float32
+    assert lin.weight.grad is not None and not getattr(lin, packed._PACKS)
+    lin.float()  # a new fp32 weight: the fp32 copy is packed on first use, within float rounding of F.linear
+    with torch.no_grad():
+        got = lin(x.float())
+    assert got.dtype == torch.float32 and getattr(lin, packed._PACKS)
+    torch.testing.assert_close(got, F.linear(x.float(), lin.weight, lin.bias), atol=1e-5, rtol=1e-5)
+    with torch.no_grad(), pytest.raises(RuntimeError):  # another dtype than the weight's: F.linear's own error
+        lin(x)
 
 
 def test_fused_mlp_uses_the_packed_fc1_and_keeps_its_output():
@@ -86,8 +92,14 @@ def test_apply_precision_packs_bf16_and_unpacks_fp32():
             ids_ref, scores_ref = plain.generate(x, method=method, max_length=10)
             assert torch.equal(ids, ids_ref) and torch.equal(scores, scores_ref)
     apply_precision(model, "fp32")
-    assert not any(type(m) is packed.PackedLinear or hasattr(m, packed._PACKS) for m in model.modules())
     assert next(model.parameters()).dtype == torch.float32
+    with torch.inference_mode():
+        ids32, _ = model.generate(x.float(), method="greedy", max_length=10)
+    assert ids32.shape[0] == 3
+    assert any(getattr(m, packed._PACKS, None) and next(iter(m._vitkit_packs.values()))[1].dtype == torch.float32
+               for m in model.modules())
+    packed.unpack_linears(model)
+    assert not any(type(m) is packed.PackedLinear or hasattr(m, packed._PACKS) for m in model.modules())
 
 
 def test_a_packed_model_copies_and_pickles_and_repacks():

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vitkit.layers.fuse import fold_frozen_batchnorm
-from vitkit.layers.packed import pack_linears, unpack_linears
+from vitkit.layers.packed import pack_linears
 
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -43,21 +43,24 @@ def apply_precision(model: nn.Module, precision: str) -> torch.dtype:
     """Prepare ``model`` (in place, for inference only) for ``precision``; returns its new floating dtype.
 
     ``bf16``: eval mode, frozen BatchNorms folded into their convs, weights cast to bfloat16, conv weights in
-    channels_last, and on the CPU linear weights prepacked for oneDNN (:mod:`vitkit.layers.packed`).
-    ``fp32``: weights cast to float32, packed copies dropped (a fold done earlier stays; it is exact in float32).
+    channels_last. ``fp32``: weights cast to float32 (a fold done earlier stays; it is exact in float32). Both, on
+    the CPU: linear weights prepacked for oneDNN (:mod:`vitkit.layers.packed`; bit-identical in bf16, float
+    rounding apart from MKL's GEMM in fp32).
     """
     precision = resolve_precision(precision, next(model.parameters()).device)
     model.eval()
+    on_cpu = next(model.parameters()).device.type == "cpu"
     if precision == "fp32":
-        unpack_linears(model)
         model.float()
+        if on_cpu:
+            pack_linears(model)
         return torch.float32
     if next(model.parameters()).dtype == torch.float32:
         fold_frozen_batchnorm(model)
     model.to(torch.bfloat16)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model.to(memory_format=torch.channels_last)
-    if next(model.parameters()).device.type == "cpu":
+    if on_cpu:
         pack_linears(model)
     return torch.bfloat16
 

@@ -1,20 +1,28 @@
-"""Prepacked oneDNN weights for bf16 inference on the CPU.
+"""Prepacked oneDNN linear weights for inference on the CPU (bf16 and fp32).
 
-A plain bf16 ``F.linear`` on the CPU hands oneDNN a dense weight, which it re-lays out into its blocked GEMM
-format on every call. :func:`pack_linears` (applied by :func:`vitkit.precision.apply_precision` for ``bf16``)
-keeps that blocked copy next to each ``nn.Linear`` instead, as torch.compile's freezing pass does, and
-:func:`linear` runs ``torch.ops.mkldnn._linear_pointwise`` on it. The outputs are bit-identical to
-``F.linear``'s; what changes is time, measured on this project's 2-core AVX-512-bf16 CPU (1 thread, weights not
-in cache, as in a decoding step): 16 x 512 -> 2048 401 -> 147 us, 16 x 2048 -> 512 199 -> 138 us,
-3136 x 384 -> 1536 (a ViT-S block at batch 16) 14.4 -> 9.9 ms.
+A plain ``F.linear`` on the CPU hands its GEMM library a dense weight: oneDNN (bf16) re-lays it out into its blocked
+format on every call, and fp32 goes to MKL, which on this project's AMD CPU is slower than oneDNN.
+:func:`pack_linears` (applied by :func:`vitkit.precision.apply_precision`) keeps oneDNN's blocked copy next to each
+``nn.Linear``, as torch.compile's freezing pass does, and :func:`linear` runs ``torch.ops.mkldnn._linear_pointwise``
+on it. Measured on the 2-core AVX-512-bf16 AMD EPYC this project runs on:
 
-The packed copy is an extra bf16 copy of the weight (inference memory grows by the linear weights' size). It is
-used only while it is current: without autograd, for bf16 CPU inputs, outside tracing, export and compilation,
-and while the weight is the same tensor at the same version it was packed from (``load_state_dict``, in-place
-edits and ``.to()`` all retire it). Parameter names, ``state_dict`` and every other path are unchanged.
+- bf16, 1 thread, weights not in cache (a decoding step): 16 x 512 -> 2048 401 -> 147 us, 16 x 2048 -> 512
+  199 -> 138 us; 3136 x 384 -> 1536 (a ViT-S block at batch 16) 14.4 -> 9.9 ms. Outputs are bit-identical to
+  ``F.linear``'s (the same oneDNN kernel).
+- fp32, 2 threads, a ViT-B/16 block at batch 8: 1576 x 768 -> 2304 45.2 -> 28.5 ms, 768 -> 3072 47.2 -> 40.9 ms,
+  3072 -> 768 48.2 -> 39.5 ms, 768 -> 768 14.1 -> 10.5 ms. Outputs differ from MKL's by float rounding (another
+  summation order, ~1e-6 relative).
+
+The packed copy is an extra copy of the weight (inference memory grows by the linear weights' size). It is used only
+while it is current: without autograd, for bf16 or fp32 CPU inputs of the weight's dtype, outside tracing, export
+and compilation, and while the weight is the same tensor at the same version it was packed from
+(``load_state_dict``, in-place edits and ``.to()`` all retire it). Parameter names, ``state_dict`` and every other
+path are unchanged.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +42,19 @@ class _Packs(dict):
         return _Packs, ()
 
 
-def packing_available() -> bool:
-    """True where oneDNN can pack bf16 linear weights on this CPU."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+@functools.cache
+def packing_available(dtype: torch.dtype = torch.float32) -> bool:
+    """True where oneDNN can pack linear weights of ``dtype`` (fp32 or bf16) on this CPU."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
 
 
 def pack_linears(model: nn.Module) -> int:
-    """Mark every ``nn.Linear`` of ``model`` for packed bf16 CPU inference; returns how many were marked.
+    """Mark every ``nn.Linear`` of ``model`` for packed CPU inference; returns how many were marked.
 
     Plain ``nn.Linear`` modules become :class:`PackedLinear` (same parameters and ``state_dict``; their forward
     goes through :func:`linear`); subclasses keep their class and are packed where vitkit's layers call
@@ -69,7 +82,7 @@ def unpack_linears(model: nn.Module) -> None:
 
 
 def _eligible(x: Tensor, weight: Tensor) -> bool:
-    return (x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and x.device.type == "cpu"
+    return (x.dtype == weight.dtype and packing_available(x.dtype) and x.device.type == "cpu"
             and not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling())
 
