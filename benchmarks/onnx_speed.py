@@ -11,6 +11,9 @@ padding bottom/right, as in a batch of mixed aspect ratios). Variants, all under
 - ``eager_fp32``: vitkit eager, fp32 (the same wrapper that is exported: padding to the patch size, DETR,
   ``PostProcess.batched``);
 - ``eager_bf16``: the same under ``torch.autocast("cpu", torch.bfloat16)`` (vitkit's mixed-precision path);
+- ``eager_levers``: the detector as ``tools/detect.py`` runs it (``Detector.set_precision("auto")``: bf16 where the
+  CPU is fast at it, with frozen BatchNorm folded and linear weights prepacked; fp32 with prepacked weights
+  elsewhere), network then ``PostProcess.batched``;
 - ``ort_fp32``: onnxruntime ``CPUExecutionProvider``, graph optimisations on (the default), fp32.
 
 Same thread count for all: ``torch.set_num_threads(N)`` and ``SessionOptions.intra_op_num_threads = N`` (inter-op
@@ -33,6 +36,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -110,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with interleaved timing, threads still spinning after an onnxruntime run slow the "
                              "next eager run down)")
     parser.add_argument("--json-out", help="write the records here as JSON")
+    parser.add_argument("--note", default="", help="a line on the conditions of this run, kept in the JSON")
     args = parser.parse_args(argv)
 
     from vitkit.export import DetectorExport, compare_detections, export_onnx, onnx_session, run_onnx
@@ -118,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     det = build_detector(args.ckpt)
     wrapper = DetectorExport(det.model, det.postprocess).eval()
+    levers = copy.deepcopy(det).set_precision("auto")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "detector.onnx"
         start = time.perf_counter()
@@ -137,25 +143,33 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                     return wrapper(*x)
 
+            def eager_levers(x=x):
+                with torch.inference_mode():
+                    out = levers.run(x[0], x[1])
+                    return levers.postprocess.batched(out["pred_logits"], out["pred_boxes"], x[2])
+
             def ort(x=x):
                 return run_onnx(session, x)
 
             parity = compare_detections(eager(), ort(), x[2])
-            times = time_interleaved({"eager_fp32": eager, "eager_bf16": eager_bf16, "ort_fp32": ort},
-                                     args.reps, args.warmup)
+            times = time_interleaved({"eager_fp32": eager, "eager_bf16": eager_bf16, "eager_levers": eager_levers,
+                                      "ort_fp32": ort}, args.reps, args.warmup)
             med = {k: statistics.median(v) for k, v in times.items()}
-            best_eager = min(("eager_fp32", "eager_bf16"), key=med.get)
+            best_eager = min(("eager_fp32", "eager_bf16", "eager_levers"), key=med.get)
             rec = {"input": f"{B}x3x{H}x{W}", "median_ms": {k: round(v * 1e3, 2) for k, v in med.items()},
                    "ratio_ort_vs_eager_fp32": round(med["ort_fp32"] / med["eager_fp32"], 3),
                    "ratio_ort_vs_eager_bf16": round(med["ort_fp32"] / med["eager_bf16"], 3),
+                   "ratio_ort_vs_eager_levers": round(med["ort_fp32"] / med["eager_levers"], 3),
                    "faster_eager": best_eager, "ratio_ort_vs_faster_eager": round(med["ort_fp32"] / med[best_eager], 3),
                    "parity_ort_vs_eager_fp32": parity, "times_ms": {k: [round(t * 1e3, 2) for t in v]
                                                                     for k, v in times.items()}}
             records.append(rec)
             print(f"{rec['input']}: eager fp32 {rec['median_ms']['eager_fp32']:.1f} ms, eager bf16 autocast "
-                  f"{rec['median_ms']['eager_bf16']:.1f} ms, onnxruntime fp32 {rec['median_ms']['ort_fp32']:.1f} ms; "
+                  f"{rec['median_ms']['eager_bf16']:.1f} ms, eager levers {rec['median_ms']['eager_levers']:.1f} ms, "
+                  f"onnxruntime fp32 {rec['median_ms']['ort_fp32']:.1f} ms; "
                   f"ort/eager fp32 = {rec['ratio_ort_vs_eager_fp32']:.2f}, ort/eager bf16 = "
-                  f"{rec['ratio_ort_vs_eager_bf16']:.2f} (median of {args.reps}; parity scores "
+                  f"{rec['ratio_ort_vs_eager_bf16']:.2f}, ort/eager levers = {rec['ratio_ort_vs_eager_levers']:.2f} "
+                  f"(median of {args.reps}; parity scores "
                   f"{parity['scores']:.1e}, boxes {parity['boxes']:.1e})")
     import onnxruntime
 
@@ -165,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "machine": platform.machine(),
               "processor": platform.processor(), "cpu_count": os.cpu_count(),
               "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-              "note": "CPU shared with other jobs (busy); compare ratios within this run only", "records": records}
+              "levers_dtype": str(next(levers.model.parameters()).dtype),
+              "note": args.note, "records": records}
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
