@@ -150,7 +150,8 @@ def test_fused_inference_mlp_matches_timm_mlp(act, dtype):
     from timm.layers import Mlp as TimmMlp
 
     from vitkit.layers.blocks import make_act
-    from vitkit.layers.mlp import Mlp, _fusable_dtype
+    from vitkit.layers.mlp import Mlp
+    from vitkit.layers.packed import packing_available
 
     mlp = Mlp(32, 96, act_layer=make_act(act)).eval().to(dtype)
     ref = TimmMlp(32, 96, act_layer=make_act(act)).eval().to(dtype)
@@ -159,7 +160,7 @@ def test_fused_inference_mlp_matches_timm_mlp(act, dtype):
     with torch.no_grad(), torch.profiler.profile() as prof:
         out, expected = mlp(x), ref(x)
     fused = any("_linear_pointwise" in e.key for e in prof.key_averages())
-    assert fused == _fusable_dtype(dtype)  # the fused kernel ran wherever this CPU supports it
+    assert fused == packing_available(dtype)  # the fused kernel ran wherever this CPU supports it
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     assert out.shape == (2, 7, 32) and out.dtype == dtype
     torch.testing.assert_close(out.float(), expected.float(), atol=tol, rtol=tol)

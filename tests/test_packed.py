@@ -20,6 +20,13 @@ def _bf16_linear(n_in: int = 24, n_out: int = 40) -> nn.Linear:
     return nn.Linear(n_in, n_out).to(torch.bfloat16)
 
 
+def _packed_linear_and_input() -> tuple[nn.Linear, torch.Tensor]:
+    """A packed bf16 24 -> 40 layer and a (4, 24) bf16 input."""
+    lin = _bf16_linear()
+    packed.pack_linears(lin)
+    return lin, torch.randn(4, 24).to(torch.bfloat16)
+
+
 def test_packed_linear_equals_f_linear_whole_and_sliced():
     lin = _bf16_linear()
     ref = copy.deepcopy(lin)
@@ -35,9 +42,7 @@ def test_packed_linear_equals_f_linear_whole_and_sliced():
 
 
 def test_packed_copy_is_retired_when_the_weight_changes():
-    lin = _bf16_linear()
-    packed.pack_linears(lin)
-    x = torch.randn(4, 24).to(torch.bfloat16)
+    lin, x = _packed_linear_and_input()
     with torch.no_grad():
         before = lin(x)
         new = {k: torch.randn_like(v) for k, v in lin.state_dict().items()}
@@ -48,9 +53,7 @@ def test_packed_copy_is_retired_when_the_weight_changes():
 
 
 def test_autograd_takes_the_plain_path_and_fp32_packs_too():
-    lin = _bf16_linear()
-    packed.pack_linears(lin)
-    x = torch.randn(4, 24).to(torch.bfloat16)
+    lin, x = _packed_linear_and_input()
     out = lin(x)  # grad enabled: must stay differentiable, nothing packed
     out.float().sum().backward()
     assert lin.weight.grad is not None and not getattr(lin, packed._PACKS)
@@ -105,9 +108,7 @@ def test_apply_precision_packs_bf16_and_unpacks_fp32():
 def test_a_packed_model_copies_and_pickles_and_repacks():
     import pickle
 
-    lin = _bf16_linear()
-    packed.pack_linears(lin)
-    x = torch.randn(4, 24).to(torch.bfloat16)
+    lin, x = _packed_linear_and_input()
     with torch.no_grad():
         out = lin(x)
         twin = copy.deepcopy(lin)

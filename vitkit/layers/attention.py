@@ -220,7 +220,7 @@ MATMUL_ATTENTION_MAX_SCORES = 1 << 24
 def _bf16_matmul_path(q: Tensor, k: Tensor, causal: bool) -> bool:
     return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled() and not causal
             and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= MATMUL_ATTENTION_MAX_SCORES
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and not packed.standard_ops_only())
 
 
 def bf16_matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:

@@ -16,14 +16,6 @@ from torch import Tensor, nn
 from vitkit.layers import packed
 
 
-def _fusable_dtype(dtype: torch.dtype) -> bool:
-    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
-        return False
-    if dtype == torch.float32:
-        return True
-    return dtype == torch.bfloat16 and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def _pointwise(act: nn.Module) -> tuple[str, str] | None:
     """oneDNN's (attr, algorithm) for an activation module, or None when it has no fused form here."""
     if type(act) is nn.GELU:
@@ -33,11 +25,6 @@ def _pointwise(act: nn.Module) -> tuple[str, str] | None:
     return None
 
 
-def _exporting() -> bool:
-    """Tracing, exporting or compiling: keep the standard ops (ONNX has no oneDNN kernel; the compilers fuse)."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-
-
 class Mlp(TimmMlp):
     """timm's ``Mlp`` (fc1 -> act -> drop -> norm -> fc2 -> drop); same arguments and parameter names."""
 
@@ -45,7 +32,8 @@ class Mlp(TimmMlp):
         """(..., in_features) -> (..., out_features)."""
         fused = _pointwise(self.act)
         if (fused is None or torch.is_grad_enabled() or x.device.type != "cpu" or not isinstance(self.fc1, nn.Linear)
-                or x.dtype != self.fc1.weight.dtype or not _fusable_dtype(x.dtype) or _exporting()):
+                or x.dtype != self.fc1.weight.dtype or not packed.packing_available(x.dtype)
+                or packed.standard_ops_only()):
             return super().forward(x)
         shape = x.shape
         h = packed.linear_act(self.fc1, x.reshape(-1, shape[-1]), *fused)  # (M, hidden)

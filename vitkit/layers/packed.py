@@ -81,10 +81,15 @@ def unpack_linears(model: nn.Module) -> None:
             m.__class__ = nn.Linear
 
 
+def standard_ops_only() -> bool:
+    """Tracing, exporting or compiling: keep the standard ops (ONNX has no oneDNN kernel; the compilers fuse and
+    pack on their own). The CPU inference kernels of :mod:`vitkit.layers` all step aside then."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def _eligible(x: Tensor, weight: Tensor) -> bool:
     return (x.dtype == weight.dtype and packing_available(x.dtype) and x.device.type == "cpu"
-            and not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
-            and not torch.compiler.is_compiling())
+            and not torch.is_grad_enabled() and not standard_ops_only())
 
 
 def _packed(module: nn.Linear, x: Tensor, start: int | None, stop: int | None) -> tuple[Tensor, Tensor | None] | None:
