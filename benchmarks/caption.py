@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Settings, maybe_profile, record, require, time_interleaved
+from benchmarks.common import Settings, fault_fields, maybe_profile, record, require, time_interleaved
 from vitkit.precision import apply_precision
 
 WORKLOAD = "caption"
@@ -108,7 +108,8 @@ def run(settings: Settings) -> list[dict[str, Any]]:
         ids = {k: fn() for k, fn in fns.items()}  # (B, 1 + new tokens): BOS / decoder start first
         new_tokens = {k: int(v.shape[1]) - 1 for k, v in ids.items()}
         eos_in_output = {k: bool((v[:, 1:] == EOS).any()) for k, v in ids.items()}
-        times = time_interleaved(fns, settings.reps, settings.warmup)
+        faults: dict[str, list[int]] = {}
+        times = time_interleaved(fns, settings.reps, settings.warmup, faults)
         maybe_profile(settings, f"{WORKLOAD}_{tag}", fns)
         common = {"method": tag, "num_beams": beams, "batch_shape": [s["batch"], 3, s["size"], s["size"]],
                   "new_tokens": new_tokens, "eos_generated": eos_in_output, "threads": settings.threads,
@@ -117,9 +118,12 @@ def run(settings: Settings) -> list[dict[str, Any]]:
                   "peer_params": sum(p.numel() for p in peer32.parameters())}
         name = f"transformers.VisionEncoderDecoderModel ViT+GPT2 generate ({{}}, {tag})"
         out.append(record(f"{WORKLOAD}_{tag}", times["vitkit_bf16"], name.format("fp32"), times["peer_fp32"],
-                          dtype="bf16 weights", peer_dtype="fp32", **common))
+                          dtype="bf16 weights", peer_dtype="fp32", **fault_fields(faults, "vitkit_bf16", "peer_fp32"),
+                          **common))
         out.append(record(f"{WORKLOAD}_{tag}_fp32", times["vitkit_fp32"], name.format("fp32"), times["peer_fp32"],
-                          dtype="fp32", peer_dtype="fp32", **common))
+                          dtype="fp32", peer_dtype="fp32",
+                          **fault_fields(faults, "vitkit_fp32", "peer_fp32"), **common))
         out.append(record(f"{WORKLOAD}_{tag}_bf16", times["vitkit_bf16"], name.format("bf16"), times["peer_bf16"],
-                          dtype="bf16 weights", peer_dtype="bf16 weights", **common))
+                          dtype="bf16 weights", peer_dtype="bf16 weights",
+                          **fault_fields(faults, "vitkit_bf16", "peer_bf16"), **common))
     return out

@@ -61,13 +61,26 @@ def require(module: str, workload: str) -> Any:
                                f"{BENCH_EXTRA_HINT}") from e
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int) -> dict[str, list[float]]:
+def minor_faults() -> int | None:
+    """Minor page faults of this process so far (``getrusage``); None where the platform has no ``resource``."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
+                     faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
     """Time several callables, interleaved.
 
     Args:
         fns: name -> zero-argument callable (one unit of work; it must finish its work before returning).
         reps: timed repetitions of each.
         warmup: untimed calls of each first.
+        faults: when given (and the platform counts them), filled with name -> the minor page faults of each
+            timed call. Large fresh allocations fault on first touch; in a VM each fault can cost microseconds,
+            so a side that allocates more pays for it in time (see :func:`retain_freed_memory`).
 
     Returns:
         name -> list of ``reps`` wall-clock times in seconds.
@@ -78,10 +91,45 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int) 
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            f0 = minor_faults() if faults is not None else None
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            if f0 is not None:
+                faults.setdefault(name, []).append(minor_faults() - f0)
     return times
+
+
+def fault_fields(faults: dict[str, list[int]], vitkit: str, peer: str = "peer") -> dict[str, float]:
+    """``vitkit_minor_faults`` / ``peer_minor_faults``: median minor page faults per timed call, where counted."""
+    out = {}
+    for side, name in (("vitkit", vitkit), ("peer", peer)):
+        if faults.get(name):
+            out[f"{side}_minor_faults"] = float(statistics.median(faults[name]))
+    return out
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def retain_freed_memory(threshold: int = 1 << 30) -> bool:
+    """Make glibc malloc serve allocations below ``threshold`` bytes from its heap and keep freed memory there.
+
+    By default glibc maps every allocation of 32 MiB or more afresh and unmaps it on free, so each such tensor
+    is page-faulted (and zeroed by the kernel) on every call. With this, freed memory is kept and reused by later
+    allocations that fit in it; the heap does not shrink, so resident memory can stay higher. Process-wide: in a
+    benchmark it applies to vitkit and its peer alike. Returns False where the C library refuses (not glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold))
 
 
 def median(xs: list[float]) -> float:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Settings, count_flops, maybe_profile, record, require, time_interleaved
+from benchmarks.common import Settings, count_flops, fault_fields, maybe_profile, record, require, time_interleaved
 from vitkit.precision import apply_precision
 
 WORKLOAD_INFER = "detr_infer"
@@ -141,7 +141,8 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
     box_diff = {k: float((fns[k]()["pred_boxes"].float() - ref["pred_boxes"]).abs().max())
                 for k in ("vitkit_bf16", "vitkit_autocast")}
     gflop = count_flops(vitkit_fp32) / 1e9
-    times = time_interleaved(fns, settings.reps, settings.warmup)
+    faults: dict[str, list[int]] = {}
+    times = time_interleaved(fns, settings.reps, settings.warmup, faults)
     maybe_profile(settings, WORKLOAD_INFER, fns)
 
     common = {"batch_shape": [s["batch"], 3, s["size"], s["size"]], "threads": settings.threads,
@@ -150,18 +151,22 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
     peer_name = "transformers.DetrForObjectDetection (fp32 eager)"
     out = []
     rec = record(WORKLOAD_INFER, times["vitkit_bf16"], peer_name, times["peer"], dtype="bf16 weights, BN folded",
-                 channels_last=True, max_abs_box_diff_vs_fp32=box_diff["vitkit_bf16"], **common)
+                 channels_last=True, max_abs_box_diff_vs_fp32=box_diff["vitkit_bf16"],
+                 **fault_fields(faults, "vitkit_bf16"), **common)
     out.append(rec)
     rec = record(f"{WORKLOAD_INFER}_autocast", times["vitkit_autocast"], peer_name, times["peer"],
                  dtype="bf16 autocast (fp32 weights)", channels_last=True,
-                 max_abs_box_diff_vs_fp32=box_diff["vitkit_autocast"], **common)
+                 max_abs_box_diff_vs_fp32=box_diff["vitkit_autocast"],
+                 **fault_fields(faults, "vitkit_autocast"), **common)
     out.append(rec)
     if compile_s is not None:
         out.append(record(f"{WORKLOAD_INFER}_compiled", times["vitkit_compiled"], peer_name, times["peer"],
                           dtype="bf16 weights, BN folded, torch.compile (freezing)", channels_last=True,
-                          compile_and_first_call_s=compile_s, note="option: torch.compile", **common))
+                          compile_and_first_call_s=compile_s, note="option: torch.compile",
+                          **fault_fields(faults, "vitkit_compiled"), **common))
     out.append(record(f"{WORKLOAD_INFER}_fp32", times["vitkit_fp32"], peer_name, times["peer"], dtype="fp32",
-                      channels_last=True, note="reference: vitkit fp32", **common))
+                      channels_last=True, note="reference: vitkit fp32",
+                      **fault_fields(faults, "vitkit_fp32"), **common))
     return out
 
 
@@ -212,7 +217,8 @@ def run_training(settings: Settings) -> list[dict[str, Any]]:
         vitkit_step(scratch, adamw(scratch), "scratch", False)
 
     gflop = count_flops(counted_step) / 1e9
-    times = time_interleaved(fns, settings.reps, settings.warmup)
+    faults: dict[str, list[int]] = {}
+    times = time_interleaved(fns, settings.reps, settings.warmup, faults)
     maybe_profile(settings, WORKLOAD_TRAIN, fns)
 
     common = {"batch_shape": [s["batch"], 3, s["size"], s["size"]], "threads": settings.threads,
@@ -224,9 +230,10 @@ def run_training(settings: Settings) -> list[dict[str, Any]]:
     peer_name = "transformers.DetrForObjectDetection (fp32, labels -> its loss)"
     rec = record(WORKLOAD_TRAIN, times["vitkit_bf16_mixed"], peer_name, times["peer"],
                  dtype="bf16 autocast (fp32 weights)", channels_last=True,
-                 vitkit_last_loss=last_loss.get("vitkit_bf16_mixed"), **common)
+                 vitkit_last_loss=last_loss.get("vitkit_bf16_mixed"),
+                 **fault_fields(faults, "vitkit_bf16_mixed"), **common)
     out = [rec]
     out.append(record(f"{WORKLOAD_TRAIN}_fp32", times["vitkit_fp32"], peer_name, times["peer"], dtype="fp32",
                       channels_last=True, vitkit_last_loss=last_loss.get("vitkit_fp32"),
-                      note="reference: vitkit fp32", **common))
+                      note="reference: vitkit fp32", **fault_fields(faults, "vitkit_fp32"), **common))
     return out

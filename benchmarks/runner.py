@@ -152,6 +152,8 @@ def markdown(records: list[dict[str, Any]], info: dict[str, Any], note: str | No
         f"- torch {info['torch']}, {info['threads']} thread(s), median of {info['reps']} interleaved repetitions "
         f"after {info['warmup']} warm-up run(s){', QUICK sizes (smoke test)' if info['quick'] else ''}",
         f"- load average at start: {', '.join(f'{x:.2f}' for x in info['load_average_at_start'] or [])}",
+        f"- glibc malloc: {info.get('malloc', 'default')} (--malloc; 'default' page-faults every allocation of "
+        "32 MiB or more on each call, 'retain' keeps freed memory in the heap; both sides alike)",
         "- speedup = peer_s / vitkit_s; all models have random weights; how each workload is built: the docstrings "
         "of benchmarks/*.py; every repetition's time and more fields: the JSON records",
         "",
@@ -168,6 +170,12 @@ def markdown(records: list[dict[str, Any]], info: dict[str, Any], note: str | No
         lines.append(f"| {r['workload']} | {r.get('dtype', '-')} | {batch} | {_fmt(r['vitkit_s'], '.4f')} | "
                      f"{r.get('peer') or '-'} | {_fmt(r.get('peer_s'), '.4f')} | {speed} | {r.get('target', '')} | "
                      f"{met} |")
+    faulted = [r for r in records if "vitkit_minor_faults" in r or "peer_minor_faults" in r]
+    if faulted:
+        lines += ["", "Minor page faults per timed call (median; each is a first touch of a fresh page, see --malloc):",
+                  "", "| workload | vitkit | peer |", "|---|---:|---:|"]
+        lines += [f"| {r['workload']} | {_fmt(r.get('vitkit_minor_faults'), '.0f')} | "
+                  f"{_fmt(r.get('peer_minor_faults'), '.0f')} |" for r in faulted]
     coco_rec = [r for r in records if r["workload"] == "coco_eval"]
     for r in coco_rec:
         lines += ["", f"COCO eval: the 12 stats are bitwise identical: {r['stats_identical']} (max abs diff "

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Settings, count_flops, maybe_profile, record, require, time_interleaved
+from benchmarks.common import Settings, count_flops, fault_fields, maybe_profile, record, require, time_interleaved
 from vitkit.precision import apply_precision
 
 WORKLOAD_FORWARD = "vit_forward"
@@ -73,14 +73,16 @@ def run_forward(settings: Settings) -> list[dict[str, Any]]:
     diff = {d: float((fns[f"vitkit_{d}"]().float() - fns[f"peer_{d}"]().float()).abs().max())
             for d in ("fp32", "bf16")}
     gflop = count_flops(fns["vitkit_fp32"]) / 1e9
-    times = time_interleaved(fns, settings.reps, settings.warmup)
+    faults: dict[str, list[int]] = {}
+    times = time_interleaved(fns, settings.reps, settings.warmup, faults)
     maybe_profile(settings, WORKLOAD_FORWARD, fns)
     out = []
     for d in ("fp32", "bf16"):
         out.append(record(f"{WORKLOAD_FORWARD}_{d}", times[f"vitkit_{d}"], f"timm vit_base_patch16_224 ({d})",
                           times[f"peer_{d}"], dtype=d, peer_dtype=d, batch_shape=[batch, 3, size, size],
                           threads=settings.threads, same_weights=True, max_abs_output_diff=diff[d],
-                          timm_fused_attn=fused, gflop=gflop))
+                          timm_fused_attn=fused, gflop=gflop,
+                          **fault_fields(faults, f"vitkit_{d}", f"peer_{d}")))
     return out
 
 

@@ -38,7 +38,7 @@ def _check_records(recs: list[dict]) -> None:
 def test_quick_run_writes_json_records_and_markdown(tmp_path):
     js, md = tmp_path / "out" / "bench.json", tmp_path / "bench.md"
     p = _run(["--quick", "--threads", 1, "--reps", 1, "--warmup", 0, "--only", "vit_forward,coco_eval",
-              "--json-out", js, "--md-out", md, "--note", "smoke test, numbers mean nothing"])
+              "--json-out", js, "--md-out", md, "--note", "smoke test, numbers mean nothing", "--malloc", "retain"])
     assert p.returncode == 0, p.stderr[-3000:]
     recs = json.loads(js.read_text())
     # gemm joins automatically: (g) needs a peak measured in the same run as (c)
@@ -51,6 +51,8 @@ def test_quick_run_writes_json_records_and_markdown(tmp_path):
         assert r["dtype"] == r["peer_dtype"] == d and r["batch_shape"] == [1, 3, 64, 64]
         assert r["gflop"] > 0 and r["vitkit_tflops"] > 0 and r["frac_of_bf16_gemm_peak"] > 0
         assert r["target"] and isinstance(r["target_met"], bool)
+        assert r["vitkit_minor_faults"] >= 0 and r["peer_minor_faults"] >= 0  # counted per timed call
+    assert {r["malloc"] for r in recs} == {"retain"}
     assert vit["vit_forward_fp32"]["max_abs_output_diff"] < 1e-3  # same weights on both sides
     coco = vit["coco_eval"]
     assert coco["stats_max_abs_diff"] < 1e-12 and coco["summary_identical"]
@@ -58,6 +60,7 @@ def test_quick_run_writes_json_records_and_markdown(tmp_path):
 
     text = md.read_text()
     assert "smoke test, numbers mean nothing" in text
+    assert "glibc malloc: retain" in text
     assert "| workload |" in text and "torch " in text and "1 thread(s)" in text and "CPU: " in text
     for r in recs:
         assert r["workload"] in text
@@ -115,3 +118,33 @@ def test_synthetic_coco_same_stats_on_both_backends(tmp_path, monkeypatch):
     cmp = compare_stats(ours, ref)
     # faster-coco-eval's tp / (tp + fp) vs pycocotools' tp / (tp + fp + eps): equal up to ~1e-16, same summary
     assert cmp["stats_max_abs_diff"] <= 1e-15 and cmp["summary_identical"]
+
+
+_FAULTS_SCRIPT = """
+import json, sys, torch
+from benchmarks.common import minor_faults, retain_freed_memory
+if sys.argv[1] == "retain":
+    assert retain_freed_memory()
+faults = []
+for _ in range(3):  # both above glibc's largest automatic mmap threshold (32 MiB); the second fits in the first
+    for numel in (16 << 20, 12 << 20):  # 64 MiB, then 48 MiB of float32
+        f0 = minor_faults()
+        t = torch.ones(numel)
+        del t
+        faults.append(minor_faults() - f0)
+print(json.dumps(faults))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt and getrusage page faults: Linux")
+def test_retain_freed_memory_reuses_freed_pages_for_large_allocations():
+    def faults(mode: str) -> list[int]:
+        p = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, mode], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout)
+
+    default, retained = faults("default"), faults("retain")
+    # 48 MiB in 4 KiB pages is 12288 faults; even with 2 MiB huge pages it would be 24
+    assert min(default[1::2]) >= 24  # glibc's default: mapped afresh and faulted on every allocation
+    assert max(retained[1::2]) < 24  # served from the pages the 64 MiB tensor touched and freed

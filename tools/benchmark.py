@@ -2,13 +2,17 @@
 
     python tools/benchmark.py [--only detr_infer,vit_forward,...] [--reps 5] [--warmup 2] [--threads N]
                               [--quick] [--json-out FILE] [--md-out FILE] [--note TEXT] [--profile-dir DIR]
+                              [--malloc default|retain]
 
 Workloads: gemm, detr_infer, detr_train, vit_forward, caption, coco_eval, vit_memory (default: all; see
 benchmarks/runner.py). Each one builds vitkit's model and its peer (random weights) with the same inputs and
 thread count, warms up, then times them interleaved and reports medians; speedup = peer_s / vitkit_s.
 --json-out writes the list of records, --md-out a markdown table with the date, CPU model, torch version and
 threads. --quick uses tiny sizes (a smoke test; its numbers mean nothing). --profile-dir writes each timed
-variant's top ops (torch.profiler, one extra run) as text files.
+variant's top ops (torch.profiler, one extra run) as text files. --malloc retain keeps freed memory in glibc's
+heap for the whole process (both sides): by default every allocation of 32 MiB or more is mapped afresh and
+page-faulted on each call, which in a VM can cost a large share of an fp32 peer's time (the records carry
+each side's median minor page faults per call).
 
 Peers come from the "bench" extra: pip install -e ".[bench]". A missing peer is a one-line error and exit
 status 2, before anything runs.
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the benchmark
 
 import torch
 
-from benchmarks.common import MissingPeerError, Settings
+from benchmarks.common import MissingPeerError, Settings, retain_freed_memory
 from benchmarks.runner import WORKLOADS, check_peers, machine_info, markdown, resolve, run, write_json
 
 
@@ -47,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--md-out", help="write the markdown table to this file")
     p.add_argument("--note", help="a line to put at the top of the markdown (e.g. 'taken on a busy CPU')")
     p.add_argument("--profile-dir", help="write torch.profiler top-op tables of every variant here")
+    p.add_argument("--malloc", choices=("default", "retain"), default="default",
+                   help="glibc malloc behaviour for the whole run, vitkit and peers alike: 'default' maps each "
+                        "allocation of 32 MiB or more afresh (page-faulted on every call); 'retain' keeps freed "
+                        "memory in the heap (benchmarks.common.retain_freed_memory)")
     return p
 
 
@@ -63,14 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MissingPeerError) as e:
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         return 2
+    if args.malloc == "retain" and not retain_freed_memory():
+        print("benchmark.py: error: --malloc retain needs glibc (mallopt); this C library refused it",
+              file=sys.stderr)
+        return 2
     settings = Settings(reps=reps, warmup=warmup, threads=args.threads, quick=args.quick, seed=args.seed,
                         compile=args.compile, profile_dir=Path(args.profile_dir) if args.profile_dir else None)
     info = machine_info(settings)
+    info["malloc"] = args.malloc
     print(f"[benchmark] {info['cpu_model']}, torch {info['torch']}, {settings.threads} thread(s), "
           f"reps {reps}, warm-up {warmup}{', quick' if args.quick else ''}: {', '.join(names)}")
     records = run(names, settings)
     for r in records:
         r.setdefault("threads", settings.threads)
+        r["malloc"] = args.malloc
         if args.note:
             r["run_note"] = args.note
     if args.json_out:
