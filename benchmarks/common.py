@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import math
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -41,6 +42,8 @@ class Settings:
             writes its top ops here.
         seed: seed for weights, inputs and synthetic data.
         compile: also time ``torch.compile``'d vitkit variants where a workload has one.
+        malloc: ``default`` (glibc as shipped) or ``retain`` (:func:`retain_freed_memory`, applied by the CLI in
+            its own process and by workloads in the processes they spawn).
     """
 
     reps: int = 5
@@ -50,6 +53,7 @@ class Settings:
     profile_dir: Path | None = None
     seed: int = 0
     compile: bool = False
+    malloc: str = "default"
 
 
 def require(module: str, workload: str) -> Any:
@@ -61,12 +65,8 @@ def require(module: str, workload: str) -> Any:
                                f"{BENCH_EXTRA_HINT}") from e
 
 
-def minor_faults() -> int | None:
-    """Minor page faults of this process so far (``getrusage``); None where the platform has no ``resource``."""
-    try:
-        import resource
-    except ImportError:
-        return None
+def minor_faults() -> int:
+    """Minor page faults of this process so far (``getrusage``)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
@@ -78,7 +78,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
         fns: name -> zero-argument callable (one unit of work; it must finish its work before returning).
         reps: timed repetitions of each.
         warmup: untimed calls of each first.
-        faults: when given (and the platform counts them), filled with name -> the minor page faults of each
+        faults: when given, filled with name -> the minor page faults of each
             timed call. Large fresh allocations fault on first touch; in a VM each fault can cost microseconds,
             so a side that allocates more pays for it in time (see :func:`retain_freed_memory`).
 
@@ -91,11 +91,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
-            f0 = minor_faults() if faults is not None else None
+            f0 = minor_faults()
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-            if f0 is not None:
+            if faults is not None:
                 faults.setdefault(name, []).append(minor_faults() - f0)
     return times
 
@@ -259,4 +259,5 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "quick": settings.quick,
         "reps": settings.reps,
         "warmup": settings.warmup,
+        "malloc": settings.malloc,
     }

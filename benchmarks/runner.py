@@ -152,7 +152,7 @@ def markdown(records: list[dict[str, Any]], info: dict[str, Any], note: str | No
         f"- torch {info['torch']}, {info['threads']} thread(s), median of {info['reps']} interleaved repetitions "
         f"after {info['warmup']} warm-up run(s){', QUICK sizes (smoke test)' if info['quick'] else ''}",
         f"- load average at start: {', '.join(f'{x:.2f}' for x in info['load_average_at_start'] or [])}",
-        f"- glibc malloc: {info.get('malloc', 'default')} (--malloc; 'default' page-faults every allocation of "
+        f"- glibc malloc: {info['malloc']} (--malloc; 'default' page-faults every allocation of "
         "32 MiB or more on each call, 'retain' keeps freed memory in the heap; both sides alike)",
         "- speedup = peer_s / vitkit_s; all models have random weights; how each workload is built: the docstrings "
         "of benchmarks/*.py; every repetition's time and more fields: the JSON records",

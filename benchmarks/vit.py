@@ -32,7 +32,16 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Settings, count_flops, fault_fields, maybe_profile, record, require, time_interleaved
+from benchmarks.common import (
+    Settings,
+    count_flops,
+    fault_fields,
+    maybe_profile,
+    record,
+    require,
+    retain_freed_memory,
+    time_interleaved,
+)
 from vitkit.precision import apply_precision
 
 WORKLOAD_FORWARD = "vit_forward"
@@ -129,7 +138,8 @@ def _spawn(impl: str, size: int, settings: Settings) -> dict[str, Any]:
     # Through /bin/sh, which forks the child rather than exec'ing it: Linux carries ru_maxrss across execve, so
     # a child exec'd straight from this (large) process would report this process's RSS as its own peak.
     cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh", sys.executable, "-m", "benchmarks.vit", "--memory-child", impl,
-           "--size", str(size), "--threads", str(settings.threads), "--seed", str(settings.seed)]
+           "--size", str(size), "--threads", str(settings.threads), "--seed", str(settings.seed),
+           "--malloc", settings.malloc]
     cmd += ["--quick"] if settings.quick else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
@@ -168,7 +178,10 @@ def _main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--malloc", choices=("default", "retain"), default="default")
     a = p.parse_args()
+    if a.malloc == "retain" and not retain_freed_memory():
+        sys.exit("--malloc retain: this C library refused mallopt")
     print(json.dumps(memory_child(a.memory_child, a.size, a.threads, a.quick, a.seed)))
 
 

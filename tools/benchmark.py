@@ -76,15 +76,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     settings = Settings(reps=reps, warmup=warmup, threads=args.threads, quick=args.quick, seed=args.seed,
-                        compile=args.compile, profile_dir=Path(args.profile_dir) if args.profile_dir else None)
+                        compile=args.compile, profile_dir=Path(args.profile_dir) if args.profile_dir else None,
+                        malloc=args.malloc)
     info = machine_info(settings)
-    info["malloc"] = args.malloc
     print(f"[benchmark] {info['cpu_model']}, torch {info['torch']}, {settings.threads} thread(s), "
           f"reps {reps}, warm-up {warmup}{', quick' if args.quick else ''}: {', '.join(names)}")
     records = run(names, settings)
     for r in records:
         r.setdefault("threads", settings.threads)
-        r["malloc"] = args.malloc
+        r["malloc"] = settings.malloc
         if args.note:
             r["run_note"] = args.note
     if args.json_out:
