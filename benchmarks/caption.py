@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Settings, fault_fields, maybe_profile, record, require, time_interleaved
-from vitkit.precision import apply_precision
+from vitkit.kernels.precision import apply_precision
 
 WORKLOAD = "caption"
 VOCAB, PAD, BOS, EOS = 10000, 0, 1, 2
@@ -44,7 +44,8 @@ def _sizes(settings: Settings) -> dict[str, int]:
 
 def build_vitkit_captioner(enc_depth: int = 12, dec_depth: int = 6):
     """The captioner of configs/caption_coco.yaml (random weights)."""
-    from vitkit.models import Captioner, TransformerDecoder, ViTEncoder
+    from vitkit.captioning import Captioner
+    from vitkit.core import TransformerDecoder, ViTEncoder
 
     enc = ViTEncoder(patch_size=16, embed_dim=384, depth=enc_depth, num_heads=6, pos_embed="rope", class_token=False,
                      drop_path=0.1)

@@ -8,7 +8,7 @@ ResNet-50 with frozen BatchNorm, 6 + 6 post-norm layers, d=256, 8 heads, FFN 204
 
 (a) inference, batch 2 x 3 x 512 x 512 (``--quick``: 1 x 64 x 64, ResNet-18, 2 + 2 layers):
   - ``detr_infer``: vitkit with its inference speed levers, as ``vitkit.load(..., precision="bf16")`` applies
-    them (:func:`vitkit.precision.apply_precision`: frozen BatchNorm folded into the convs, weights and input in
+    them (:func:`vitkit.kernels.precision.apply_precision`: frozen BatchNorm folded into the convs, weights and input in
     bf16, channels_last conv backbone; ``torch.inference_mode``) against the peer in fp32 eager
     (``inference_mode``, its default attention implementation, recorded);
   - ``detr_infer_autocast``: vitkit fp32 weights under bf16 autocast, channels_last, same peer times;
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import Settings, count_flops, fault_fields, maybe_profile, record, require, time_interleaved
-from vitkit.precision import apply_precision
+from vitkit.kernels.precision import apply_precision
 
 WORKLOAD_INFER = "detr_infer"
 WORKLOAD_TRAIN = "detr_train"
@@ -48,8 +48,9 @@ def _sizes(settings: Settings) -> dict[str, Any]:
 
 def build_vitkit_detr(backbone: str = "resnet50", depth: int = 6, channels_last: bool = True):
     """vitkit's DETR-R50 as in configs/detr_r50_coco.yaml (random weights)."""
+    from vitkit.core import TransformerDecoder, ViTEncoder
+    from vitkit.detection import DETR
     from vitkit.layers import BackbonePatchEmbed
-    from vitkit.models import DETR, TransformerDecoder, ViTEncoder
 
     pe = BackbonePatchEmbed(backbone, embed_dim=256, pretrained=False, frozen_bn=True, freeze_at=2,
                             channels_last=channels_last)

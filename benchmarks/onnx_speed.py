@@ -4,7 +4,7 @@
 
 The detector of ``configs/detr_shapes.yaml`` (conv stem + 4-layer ViT-128 with RoPE, stride-8/16 memory,
 deformable cross-attention, two-stage selection, sigmoid head, 100 queries; random weights, or ``--ckpt``'s) is
-exported once with ``vitkit.export.export_onnx(dynamic=True)`` (post-processing included) and timed, images ->
+exported once with ``vitkit.io.export.export_onnx(dynamic=True)`` (post-processing included) and timed, images ->
 boxes/scores/labels, on two inputs: 1 x 3 x 192 x 256 (unpadded) and 4 x 3 x 192 x 256 (the last image with
 padding bottom/right, as in a batch of mixed aspect ratios). Variants, all under ``torch.inference_mode``:
 
@@ -54,12 +54,12 @@ NUM_CLASSES = 4  # the generated shapes set's categories
 
 
 def build_detector(ckpt: str | None):
-    """The shapes detector (a :class:`vitkit.inference.Detector`): ``ckpt``'s, or the YAML's with random weights."""
+    """The shapes detector (a :class:`vitkit.detection.predictor.Detector`): ``ckpt``'s, or the YAML's with
+    random weights."""
     import vitkit
-    from vitkit.api import instantiate
-    from vitkit.detection import PostProcess
-    from vitkit.inference import Detector
-    from vitkit.models import DETR
+    from vitkit.detection import DETR, PostProcess
+    from vitkit.detection.predictor import Detector
+    from vitkit.io.load import instantiate
 
     if ckpt:
         return vitkit.load(ckpt)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a line on the conditions of this run, kept in the JSON")
     args = parser.parse_args(argv)
 
-    from vitkit.export import DetectorExport, compare_detections, export_onnx, onnx_session, run_onnx
+    from vitkit.io.export import DetectorExport, compare_detections, export_onnx, onnx_session, run_onnx
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]

@@ -4,7 +4,7 @@
 ``vit_base_patch16_224`` (``pretrained=False``) and vitkit's ``ViTEncoder.from_timm`` of it, so both hold the
 same weights; both run ``forward_features`` (no classifier head) under ``torch.inference_mode`` at the same
 dtype: fp32 weights and input, or bf16 weights and input (timm as built or cast with ``.to(torch.bfloat16)``;
-vitkit through :func:`vitkit.precision.apply_precision` with ``"fp32"`` or ``"bf16"``, which prepacks its linear
+vitkit through :func:`vitkit.kernels.precision.apply_precision` with ``"fp32"`` or ``"bf16"``, which prepacks its linear
 weights for oneDNN). The max abs difference of the two outputs is recorded.
 
 (f) ``vit_memory_{size}``: one fresh Python process per (side, size), batch 1 at 1024 x 1024 and 2048 x 2048
@@ -42,7 +42,7 @@ from benchmarks.common import (
     retain_freed_memory,
     time_interleaved,
 )
-from vitkit.precision import apply_precision
+from vitkit.kernels.precision import apply_precision
 
 WORKLOAD_FORWARD = "vit_forward"
 WORKLOAD_MEMORY = "vit_memory"
@@ -57,7 +57,7 @@ def _timm_vit(workload: str, depth: int | None = None, **kwargs):
 
 
 def run_forward(settings: Settings) -> list[dict[str, Any]]:
-    from vitkit.models import ViTEncoder
+    from vitkit.core import ViTEncoder
 
     batch, size, depth = (1, 64, 2) if settings.quick else (8, 224, None)
     torch.manual_seed(settings.seed)
@@ -114,7 +114,7 @@ def memory_child(impl: str, size: int, threads: int, quick: bool, seed: int) -> 
     torch.manual_seed(seed)
     depth = 2 if quick else 12
     if impl == "vitkit":
-        from vitkit.models import ViTEncoder
+        from vitkit.core import ViTEncoder
 
         model = ViTEncoder(patch_size=16, embed_dim=768, depth=depth, num_heads=12, img_size=224)  # ViT-B/16
     else:

@@ -49,12 +49,12 @@ def build(kind: str, instantiate, detr_cls):
         cfg = yaml.safe_load(SHAPES_CONFIG.read_text())["model"]["detector"]
         cfg["init_args"]["num_classes"] = 4
     else:
-        cfg = {"class_path": "vitkit.models.DETR",
+        cfg = {"class_path": "vitkit.detection.DETR",
                "init_args": {"num_classes": 4, "num_queries": 10,
-                             "encoder": {"class_path": "vitkit.models.ViTEncoder",
+                             "encoder": {"class_path": "vitkit.core.ViTEncoder",
                                          "init_args": {"patch_size": 16, "embed_dim": 64, "depth": 2,
                                                        "num_heads": 4, "pos_embed": "sine", "class_token": False}},
-                             "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+                             "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                                          "init_args": {"dim": 64, "depth": 2, "num_heads": 4}}}}
     model = instantiate(cfg, detr_cls)
     fill_weights(model)
@@ -111,8 +111,8 @@ def run(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 if __name__ == "__main__":
     from safetensors.torch import save_file
 
-    from vitkit.api import instantiate
-    from vitkit.models import DETR
+    from vitkit.detection import DETR
+    from vitkit.io.load import instantiate
 
     tensors = {}
     for kind in ("vanilla", "shapes"):

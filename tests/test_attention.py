@@ -216,7 +216,7 @@ def test_kv_cache_is_stored_contiguous():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
 def test_single_query_path_matches_sdpa(dtype, tol, mask_kind):
-    from vitkit.layers.attention import single_query_attention
+    from vitkit.kernels.attention import single_query_attention
 
     q, k, v = (torch.randn(3, 4, n, 16).to(dtype) for n in (1, 9, 9))
     mask = None
@@ -239,7 +239,7 @@ def test_single_query_path_matches_sdpa(dtype, tol, mask_kind):
 
 @pytest.mark.parametrize("mask_kind", [None, "bool", "float"])
 def test_bf16_matmul_attention_matches_fp32_sdpa(mask_kind):
-    from vitkit.layers.attention import bf16_matmul_attention
+    from vitkit.kernels.attention import bf16_matmul_attention
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 32, generator=g) for n in (17, 23, 23))
@@ -256,6 +256,7 @@ def test_bf16_matmul_attention_matches_fp32_sdpa(mask_kind):
 
 
 def test_bf16_matmul_path_only_without_grad_and_for_small_score_matrices(monkeypatch):
+    import vitkit.kernels.attention as kernels_mod
     import vitkit.layers.attention as attention_mod
 
     calls = []
@@ -271,7 +272,7 @@ def test_bf16_matmul_path_only_without_grad_and_for_small_score_matrices(monkeyp
     with torch.no_grad():
         attn(x.float().bfloat16(), is_causal=True)
     assert len(calls) == 1  # causal self-attention: SDPA's causal kernel
-    monkeypatch.setattr(attention_mod, "MATMUL_ATTENTION_MAX_SCORES", 2 * 4 * 10 * 10 - 1)
+    monkeypatch.setattr(kernels_mod, "MATMUL_ATTENTION_MAX_SCORES", 2 * 4 * 10 * 10 - 1)
     with torch.no_grad():
         attn(x)
     assert len(calls) == 1  # score matrix over the cap: SDPA (flash, bounded memory)

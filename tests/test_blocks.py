@@ -149,9 +149,9 @@ def test_drop_path_stochastic_in_train_only():
 def test_fused_inference_mlp_matches_timm_mlp(act, dtype):
     from timm.layers import Mlp as TimmMlp
 
+    from vitkit.kernels.packed import packing_available
     from vitkit.layers.blocks import make_act
     from vitkit.layers.mlp import Mlp
-    from vitkit.layers.packed import packing_available
 
     mlp = Mlp(32, 96, act_layer=make_act(act)).eval().to(dtype)
     ref = TimmMlp(32, 96, act_layer=make_act(act)).eval().to(dtype)

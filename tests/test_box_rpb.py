@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vitkit.models.box_rpb import BoxRPB, token_centres
+from vitkit.detection.box_rpb import BoxRPB, token_centres
 
 
 def test_token_centres_are_relative_to_the_unpadded_grid():

@@ -23,12 +23,11 @@ from mixed_images import noise as _noise
 from PIL import Image
 
 import vitkit
-from vitkit.api import instantiate
-from vitkit.captioning import CaptionTokenizer
-from vitkit.captioning.folder_captioning import CaptionOutput, caption_folder, resolve_device
-from vitkit.captioning.pipeline import CaptionPipeline, resized_size
+from vitkit.captioning import Captioner, CaptionTokenizer
+from vitkit.captioning.folder import CaptionOutput, caption_folder, resolve_device
+from vitkit.captioning.predictor import CaptionPipeline, resized_size
 from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize
-from vitkit.models import Captioner
+from vitkit.io.load import instantiate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,11 +36,11 @@ CAPTION = REPO / "tools" / "caption.py"
 SENTENCES = ["a red square on the left", "a blue circle on the right", "two green triangles",
              "a small yellow star above a big red circle", "an empty white picture"]
 CONFIG = {
-    "class_path": "vitkit.models.Captioner",
+    "class_path": "vitkit.captioning.Captioner",
     "init_args": {
-        "encoder": {"class_path": "vitkit.models.ViTEncoder",
+        "encoder": {"class_path": "vitkit.core.ViTEncoder",
                     "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False}},
-        "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                     "init_args": {"dim": 32, "depth": 1, "num_heads": 2, "return_intermediate": False}},
         "max_length": 8,
     },

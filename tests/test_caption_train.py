@@ -14,11 +14,10 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.api import instantiate
-from vitkit.captioning import CaptionTokenizer
-from vitkit.models import Captioner
-from vitkit.train.caption_datamodule import CaptionDataModule, swap_left_right
-from vitkit.train.caption_module import CaptionModule
+from vitkit.captioning import Captioner, CaptionTokenizer
+from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
+from vitkit.captioning.module import CaptionModule
+from vitkit.io.load import instantiate
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "caption_shapes.yaml"
@@ -58,8 +57,8 @@ def test_train_writes_checkpoint_with_config_and_tokenizer(trained, one_thread):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
     config = ckpt["vitkit_captioner_config"]
-    assert config["class_path"] == "vitkit.models.Captioner"
-    assert config["init_args"]["encoder"]["class_path"] == "vitkit.models.ViTEncoder"
+    assert config["class_path"] == "vitkit.captioning.Captioner"
+    assert config["init_args"]["encoder"]["class_path"] == "vitkit.core.ViTEncoder"
     assert ckpt["datamodule_hyper_parameters"]["val_size"] == 96
     assert ckpt["datamodule_hyper_parameters"]["max_size"] == 160
 
@@ -110,7 +109,7 @@ def _fake_validation(root: Path, shift: int) -> dict[str, float]:
     refs = [dm.val_set[i][1][0] for i in range(len(dm.val_set))]
     queue = refs[shift:] + refs[:shift]
     tok = dm.tokenizer
-    from vitkit.models import TransformerDecoder, ViTEncoder
+    from vitkit.core import TransformerDecoder, ViTEncoder
 
     enc = ViTEncoder(patch_size=16, embed_dim=16, depth=1, num_heads=2, pos_embed="sine", class_token=False)
     dec = TransformerDecoder(dim=16, depth=1, num_heads=2, return_intermediate=False)
@@ -159,7 +158,7 @@ def test_checkpoint_tokenizer_replaces_a_retrained_one():
     a, b = [t for t, i in vocab.items() if i > 3][:2]
     vocab[a], vocab[b] = vocab[b], vocab[a]  # same tokens and merges, two ids swapped
     saved = CaptionTokenizer.from_str(json.dumps(data))
-    from vitkit.models import TransformerDecoder, ViTEncoder
+    from vitkit.core import TransformerDecoder, ViTEncoder
 
     enc = ViTEncoder(patch_size=16, embed_dim=16, depth=1, num_heads=2, pos_embed="sine", class_token=False)
     dec = TransformerDecoder(dim=16, depth=1, num_heads=2, return_intermediate=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitkit.captioning import CaptionTokenizer
-from vitkit.models import Captioner, TransformerDecoder, ViTEncoder
+from vitkit.captioning import Captioner, CaptionTokenizer
+from vitkit.core import TransformerDecoder, ViTEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread is fastest on a shared CPU
 

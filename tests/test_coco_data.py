@@ -177,7 +177,7 @@ def test_collate_real_batch(root: Path) -> None:
 
 
 def test_datamodule_crop_p_zero_never_crops(root: Path) -> None:
-    from vitkit.train.datamodules import CocoDataModule
+    from vitkit.detection.datamodule import CocoDataModule
 
     dm = CocoDataModule(root=str(root), train_scales=[160], train_max_size=400, crop_resize=[128],
                         crop_size=(64, 96), crop_p=0.0, num_workers=0)

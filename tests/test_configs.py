@@ -9,8 +9,8 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from vitkit.train.caption_module import CaptionModule
-from vitkit.train.detection_module import DetectionModule
+from vitkit.captioning.module import CaptionModule
+from vitkit.detection.module import DetectionModule
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -7,8 +7,9 @@ import itertools
 import pytest
 import torch
 
+from vitkit.captioning import Captioner
 from vitkit.captioning.decoding import beam_search, filter_logits, ngram_bans
-from vitkit.models import Captioner, TransformerDecoder, ViTEncoder
+from vitkit.core import TransformerDecoder, ViTEncoder
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitkit.models.deformable import MSDeformableAttention, valid_ratios
+from vitkit.layers.deformable import MSDeformableAttention, valid_ratios
 
 
 def _identity_attention(levels: int = 1, points: int = 1, dim: int = 4, heads: int = 1) -> MSDeformableAttention:

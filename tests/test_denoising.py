@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.ops import box_convert
 
 from vitkit.detection import HungarianMatcher, SetCriterion
-from vitkit.models.denoising import make_denoising_queries, query_attention_mask
+from vitkit.detection.denoising import make_denoising_queries, query_attention_mask
 
 
 def _targets(counts: list[int], seed: int = 0) -> list[dict]:

@@ -22,7 +22,7 @@ from tiny_checkpoints import CAT_IDS, CLASS_NAMES, save_detector
 
 import vitkit
 from vitkit.data.folder import load_rgb
-from vitkit.detection.folder_detection import detect_folder, draw_path, match_files
+from vitkit.detection.folder import detect_folder, draw_path, match_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

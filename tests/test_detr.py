@@ -6,9 +6,9 @@ import pytest
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
+from vitkit.core import TransformerDecoder, ViTEncoder
+from vitkit.detection import DETR, HungarianMatcher, PostProcess, SetCriterion
 from vitkit.layers import BackbonePatchEmbed
-from vitkit.models import DETR, TransformerDecoder, ViTEncoder
 
 
 def vit_detr(num_classes: int = 4, dim: int = 64, stem: list[int] | None = None, **kw) -> DETR:

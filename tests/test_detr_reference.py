@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.detr_reference import REFERENCE, build, run
-from vitkit.api import instantiate
-from vitkit.models import DETR
+from vitkit.detection import DETR
+from vitkit.io.load import instantiate
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "shapes"])

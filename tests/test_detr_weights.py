@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from vitkit.interop.detr_weights import (
+from vitkit.detection.official_weights import (
     detr_format,
     detr_r50,
     hf_to_vitkit,

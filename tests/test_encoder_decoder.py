@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.layers import PatchEmbed
-from vitkit.models import TransformerDecoder, ViTEncoder
 
 D, HEADS = 32, 4
 

@@ -20,9 +20,9 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 
 import vitkit  # noqa: E402
-from vitkit.api import instantiate  # noqa: E402
-from vitkit.captioning import CaptionTokenizer  # noqa: E402
-from vitkit.export import (  # noqa: E402
+from vitkit.captioning import Captioner, CaptionTokenizer  # noqa: E402
+from vitkit.detection import DETR  # noqa: E402
+from vitkit.io.export import (  # noqa: E402
     compare_detections,
     compare_encoder,
     decode_memory,
@@ -34,7 +34,7 @@ from vitkit.export import (  # noqa: E402
     require,
     run_onnx,
 )
-from vitkit.models import DETR, Captioner  # noqa: E402
+from vitkit.io.load import instantiate  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,26 +45,26 @@ TOL = 1e-3
 
 def _encoder(**kw) -> dict:
     args = {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, **kw}
-    return {"class_path": "vitkit.models.ViTEncoder", "init_args": args}
+    return {"class_path": "vitkit.core.ViTEncoder", "init_args": args}
 
 
 def _decoder(**kw) -> dict:
     args = {"dim": 32, "depth": 2, "num_heads": 2, **kw}
-    return {"class_path": "vitkit.models.TransformerDecoder", "init_args": args}
+    return {"class_path": "vitkit.core.TransformerDecoder", "init_args": args}
 
 
 # configs/detr_shapes.yaml's switches at toy width
-SHAPES = {"class_path": "vitkit.models.DETR", "init_args": {
+SHAPES = {"class_path": "vitkit.detection.DETR", "init_args": {
     "num_classes": 3, "num_queries": 12, "sigmoid_head": True, "box_refine": True, "two_stage": True,
     "num_denoising": 12, "multiscale": True, "cross_attn": "deformable",
     "encoder": _encoder(stem_channels=[8, 8, 16, 16], pos_embed="rope", class_token=False),
     "decoder": _decoder()}}
-VANILLA = {"class_path": "vitkit.models.DETR", "init_args": {
+VANILLA = {"class_path": "vitkit.detection.DETR", "init_args": {
     "num_classes": 4, "num_queries": 9,
     "encoder": _encoder(pos_embed="sine", pos_mode="qk", class_token=True, norm_first=False),
     "decoder": _decoder(norm_first=False)}}
 SENTENCES = ["a red square on the left", "a blue circle on the right", "two green triangles", "an empty picture"]
-CAPTIONER = {"class_path": "vitkit.models.Captioner", "init_args": {
+CAPTIONER = {"class_path": "vitkit.captioning.Captioner", "init_args": {
     "encoder": _encoder(pos_embed="rope", class_token=False),
     "decoder": _decoder(depth=1, return_intermediate=False), "max_length": 8}}
 
@@ -202,7 +202,7 @@ def test_safetensors_without_vitkit_metadata_is_refused(tmp_path):
 
 def test_learned_position_table_is_refused(tmp_path):
     from vitkit.detection import PostProcess
-    from vitkit.inference import Detector
+    from vitkit.detection.predictor import Detector
 
     config = json.loads(json.dumps(VANILLA))
     config["init_args"]["encoder"]["init_args"]["pos_embed"] = "learned"

@@ -1,4 +1,4 @@
-"""Prepacked oneDNN linear weights (vitkit.layers.packed): same numbers as F.linear, never stale."""
+"""Prepacked oneDNN linear weights (vitkit.kernels.packed): same numbers as F.linear, never stale."""
 
 import copy
 
@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.layers import packed
+from vitkit.kernels import packed
+from vitkit.kernels.precision import apply_precision
 from vitkit.layers.mlp import Mlp
-from vitkit.precision import apply_precision
 
 pytestmark = pytest.mark.skipif(not packed.packing_available(torch.bfloat16),
                                 reason="oneDNN bf16 packing needs a CPU with AVX-512 bf16 or AMX")
@@ -78,7 +78,8 @@ def test_fused_mlp_uses_the_packed_fc1_and_keeps_its_output():
 
 
 def test_apply_precision_packs_bf16_and_unpacks_fp32():
-    from vitkit.models import Captioner, TransformerDecoder, ViTEncoder
+    from vitkit.captioning import Captioner
+    from vitkit.core import TransformerDecoder, ViTEncoder
 
     torch.manual_seed(0)
     enc = ViTEncoder(patch_size=16, embed_dim=64, depth=2, num_heads=4, pos_embed="rope", class_token=False)

@@ -13,13 +13,13 @@ from torch import nn
 from torchvision.ops import box_convert
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
+from vitkit.core import TransformerDecoder, ViTEncoder
+from vitkit.detection import DETR, HungarianMatcher, PostProcess, SetCriterion
+from vitkit.detection.predictor import Detector
 from vitkit.eval.coco_eval import evaluate_coco
-from vitkit.inference import Detector
+from vitkit.kernels.fuse import fold_frozen_batchnorm
+from vitkit.kernels.precision import apply_precision, resolve_precision
 from vitkit.layers import BackbonePatchEmbed
-from vitkit.layers.fuse import fold_frozen_batchnorm
-from vitkit.models import DETR, TransformerDecoder, ViTEncoder
-from vitkit.precision import apply_precision, resolve_precision
 
 
 def _random_bn_stats(module: nn.Module) -> nn.Module:
@@ -50,7 +50,7 @@ def test_folding_frozen_batchnorm_keeps_a_resnet_output():
 
 
 def test_training_time_fusion_keeps_outputs_gradients_and_state_dict():
-    from vitkit.layers.fuse import ConvFrozenBN, fuse_frozen_batchnorm_into_conv
+    from vitkit.kernels.fuse import ConvFrozenBN, fuse_frozen_batchnorm_into_conv
 
     ref = _random_bn_stats(freeze_batch_norm_2d(timm.create_model("resnet18", features_only=True,
                                                                    out_indices=(-1,))))

@@ -385,7 +385,7 @@ def _coco_root(root: Path, val: Any = None, train: Any = None) -> Path:
 
 
 def test_datamodule_with_a_non_json_val_file_is_an_error_at_construction(tmp_path: Path) -> None:
-    from vitkit.train.datamodules import CocoDataModule
+    from vitkit.detection.datamodule import CocoDataModule
 
     root = _coco_root(tmp_path, val="not json at all")
     with pytest.raises(ValueError, match=r"instances_val2017\.json is not valid JSON"):
@@ -393,7 +393,7 @@ def test_datamodule_with_a_non_json_val_file_is_an_error_at_construction(tmp_pat
 
 
 def test_datamodule_with_train_and_val_categories_differing_is_an_error_at_setup(tmp_path: Path) -> None:
-    from vitkit.train.datamodules import CocoDataModule
+    from vitkit.detection.datamodule import CocoDataModule
 
     train = _instances(categories=[{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}, {"id": 11, "name": "cow"}])
     dm = CocoDataModule(root=str(_coco_root(tmp_path, train=train)), num_workers=0)
@@ -402,8 +402,8 @@ def test_datamodule_with_train_and_val_categories_differing_is_an_error_at_setup
 
 
 def test_datamodule_bad_images_must_be_skip_or_fail(tmp_path: Path) -> None:
-    from vitkit.train.caption_datamodule import CaptionDataModule
-    from vitkit.train.datamodules import CocoDataModule
+    from vitkit.captioning.datamodule import CaptionDataModule
+    from vitkit.detection.datamodule import CocoDataModule
 
     root = _coco_root(tmp_path)
     with pytest.raises(ValueError, match=r"data\.bad_images must be 'skip' .* or 'fail' .*, got 'ignore'"):

@@ -25,10 +25,10 @@ import torch
 from tiny_checkpoints import detector_config
 
 import vitkit
-from vitkit.checkpoint import CheckpointError, atomic_torch_save, check_stored_config, safe_load_checkpoint
 from vitkit.data.shapes import ensure_shapes
-from vitkit.export import read_checkpoint_config
+from vitkit.io.export import read_checkpoint_config
 from vitkit.train.checkpoint_io import SafeCheckpointIO
+from vitkit.utils.checkpoints import CheckpointError, atomic_torch_save, check_stored_config, safe_load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"
@@ -48,7 +48,7 @@ class Payload:
 
 def _evil_checkpoint(path: Path, marker: Path) -> Path:
     """A checkpoint that looks like tools/train.py's (detection) but carries the payload."""
-    torch.save({"state_dict": {}, "vitkit_detector_config": {"class_path": "vitkit.models.DETR", "init_args": {}},
+    torch.save({"state_dict": {}, "vitkit_detector_config": {"class_path": "vitkit.detection.DETR", "init_args": {}},
                 "hyper_parameters": {"class_names": ["square"]}, "epoch": 0, "global_step": 0,
                 "pytorch-lightning_version": "2.6.0", "payload": Payload(marker)}, path)
     return path
@@ -233,7 +233,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path):
 KILL_DURING_SAVE = textwrap.dedent("""
     import io, os, signal, sys
     import torch
-    from vitkit.checkpoint import atomic_torch_save
+    from vitkit.utils.checkpoints import atomic_torch_save
 
     real_save = torch.save
 
@@ -265,9 +265,9 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
 
 
 def test_cli_trainer_saves_and_loads_through_safe_io(shapes, tmp_path, monkeypatch):
-    from vitkit.train.cli import VitkitCLI
-    from vitkit.train.datamodules import CocoDataModule
-    from vitkit.train.detection_module import DetectionModule
+    from vitkit.cli.train import VitkitCLI
+    from vitkit.detection.datamodule import CocoDataModule
+    from vitkit.detection.module import DetectionModule
     from vitkit.train.resume import ExactResume
 
     monkeypatch.chdir(tmp_path)

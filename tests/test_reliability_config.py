@@ -23,10 +23,10 @@ import pytest
 import torch
 import yaml
 
-from vitkit.api import instantiate
+from vitkit.cli.train import explain_config_error
 from vitkit.data.shapes import ensure_shapes
-from vitkit.models import DETR
-from vitkit.train.cli import explain_config_error
+from vitkit.detection import DETR
+from vitkit.io.load import instantiate
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"
@@ -64,8 +64,9 @@ def test_parser_messages_become_one_paragraph():
     assert "expects one of 'raise', 'skip', got 'maybe'" in explain_config_error(literal, keys)
     assert "Subcommand" not in explain_config_error("Subcommand 'fit' does not accept option 'model.lrr'", keys)
     # a typo inside a class_path argument of a YAML recipe (jsonargparse nests the message)
-    nested = ('Parser key "model.detector":\n  Problem with given class_path \'vitkit.models.DETR\':\n    Parser key '
-              '"encoder":\n      Problem with given class_path \'vitkit.models.ViTEncoder\':\n        Option \'dept\' '
+    nested = ('Parser key "model.detector":\n  Problem with given class_path \'vitkit.detection.DETR\':\n'
+              '    Parser key '
+              '"encoder":\n      Problem with given class_path \'vitkit.core.ViTEncoder\':\n        Option \'dept\' '
               'is not accepted')
     paragraph = explain_config_error(nested, keys)
     assert "unknown config key 'model.detector.init_args.encoder.init_args.dept'" in paragraph
@@ -170,7 +171,7 @@ def _missing_train_image(root: Path) -> str:
 def test_data_errors_raised_at_setup_are_one_paragraph(shapes_root, tmp_path, monkeypatch, capsys, breakage):
     """Errors the datamodule's ``setup`` meets (inside ``trainer.fit``) come out of tools/train.py's main as one
     paragraph with exit status 2, as construction errors do (this process: the subprocess path is the test above)."""
-    from vitkit.train.cli import main
+    from vitkit.cli.train import main
 
     root = tmp_path / "data"
     shutil.copytree(shapes_root, root)
@@ -189,7 +190,7 @@ def test_data_errors_raised_at_setup_are_one_paragraph(shapes_root, tmp_path, mo
 
 def test_caption_missing_image_with_fail_is_one_paragraph(shapes_root, tmp_path, monkeypatch, capsys):
     """Captioning reads the training captions while the CLI links the tokenizer: same paragraph."""
-    from vitkit.train.cli import main
+    from vitkit.cli.train import main
 
     root = tmp_path / "data"
     shutil.copytree(shapes_root, root)

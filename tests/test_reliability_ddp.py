@@ -30,9 +30,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from vitkit.captioning.module import CaptionModule
+from vitkit.detection.module import DetectionModule
 from vitkit.eval import evaluate_coco, gather_image_ids, gather_results
-from vitkit.train.caption_module import CaptionModule
-from vitkit.train.detection_module import DetectionModule
 
 NUM_IMAGES = 7
 

@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from vitkit.data.bad_images import BadImageWarning, SkippingDataLoader
 from vitkit.data.collate import DropNone
 from vitkit.data.folder import ImageReadError
-from vitkit.train.datamodules import CocoDataModule
+from vitkit.detection.datamodule import CocoDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -203,8 +203,9 @@ def test_ddp_ranks_keep_the_same_number_of_batches_with_unreadable_images(tmp_pa
 
 
 def _tiny_detection_module(dm: CocoDataModule):
-    from vitkit.models import DETR, TransformerDecoder, ViTEncoder
-    from vitkit.train.detection_module import DetectionModule
+    from vitkit.core import TransformerDecoder, ViTEncoder
+    from vitkit.detection import DETR
+    from vitkit.detection.module import DetectionModule
 
     torch.manual_seed(0)
     detr = DETR(ViTEncoder(patch_size=16, embed_dim=32, depth=1, num_heads=2, class_token=False),
@@ -239,7 +240,7 @@ def test_skipped_validation_image_leaves_coco_ap_over_the_readable_images(tmp_pa
 
 
 def test_corrupt_caption_images_are_replaced_in_training_and_left_out_of_validation(tmp_path: Path) -> None:
-    from vitkit.train.caption_datamodule import CaptionDataModule
+    from vitkit.captioning.datamodule import CaptionDataModule
 
     root, _, val_ids = _root(tmp_path)
     _garbage(root / "train2017" / "0001.png")

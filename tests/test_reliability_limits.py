@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 
 import vitkit
-from vitkit.api import instantiate
-from vitkit.captioning import CaptionTokenizer
-from vitkit.models import DETR, Captioner
+from vitkit.captioning import Captioner, CaptionTokenizer
+from vitkit.detection import DETR
+from vitkit.io.load import instantiate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,15 +29,15 @@ SIZES = {"huge.jpg": (6000, 4000), "one_pixel.png": (1, 1), "thin_tall.png": (40
 # (h, w) after preprocessing: short side 64 unless the long side would pass 128; never below 1 px
 RESIZED = {"huge.jpg": (64, 96), "one_pixel.png": (64, 64), "thin_tall.png": (128, 5), "thin_wide.png": (5, 128),
            "line.png": (1, 128)}
-ENCODER = {"class_path": "vitkit.models.ViTEncoder",
+ENCODER = {"class_path": "vitkit.core.ViTEncoder",
            "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False}}
-DETECTOR = {"class_path": "vitkit.models.DETR",
+DETECTOR = {"class_path": "vitkit.detection.DETR",
             "init_args": {"encoder": ENCODER, "num_classes": 3, "num_queries": 6,
-                          "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+                          "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                                       "init_args": {"dim": 32, "depth": 1, "num_heads": 2}}}}
-CAPTIONER = {"class_path": "vitkit.models.Captioner",
+CAPTIONER = {"class_path": "vitkit.captioning.Captioner",
              "init_args": {"encoder": ENCODER, "max_length": 8,
-                           "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+                           "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                                        "init_args": {"dim": 32, "depth": 1, "num_heads": 2,
                                                      "return_intermediate": False}}}}
 SENTENCES = ["a red square on the left", "a blue circle on the right", "two green triangles"]

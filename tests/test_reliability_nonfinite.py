@@ -21,25 +21,24 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from vitkit.api import instantiate
 from vitkit.data.shapes import ensure_shapes
-from vitkit.detection import HungarianMatcher, SetCriterion
+from vitkit.detection import DETR, HungarianMatcher, SetCriterion
+from vitkit.detection.datamodule import CocoDataModule
+from vitkit.detection.module import DetectionModule
 from vitkit.eval.coco_eval import validate_results
-from vitkit.models import DETR
-from vitkit.train.datamodules import CocoDataModule
-from vitkit.train.detection_module import DetectionModule
+from vitkit.io.load import instantiate
 from vitkit.train.guards import NonFiniteLossError, check_finite_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DETR_CONFIG = {
-    "class_path": "vitkit.models.DETR",
+    "class_path": "vitkit.detection.DETR",
     "init_args": {
         "num_classes": 4, "num_queries": 6,
-        "encoder": {"class_path": "vitkit.models.ViTEncoder",
+        "encoder": {"class_path": "vitkit.core.ViTEncoder",
                     "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False,
                                   "pos_embed": "sine"}},
-        "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                     "init_args": {"dim": 32, "depth": 1, "num_heads": 2}},
     },
 }
@@ -209,9 +208,10 @@ def test_nonfinite_skip_leaves_weights_and_optimizer_untouched(shapes):
 
 def test_nonfinite_caption_loss_names_the_image_ids(shapes):
     """Caption training batches carry their image ids (as detection's targets do), so a NaN loss names them."""
-    from vitkit.models import Captioner, TransformerDecoder, ViTEncoder
-    from vitkit.train.caption_datamodule import CaptionDataModule
-    from vitkit.train.caption_module import CaptionModule
+    from vitkit.captioning import Captioner
+    from vitkit.captioning.datamodule import CaptionDataModule
+    from vitkit.captioning.module import CaptionModule
+    from vitkit.core import TransformerDecoder, ViTEncoder
 
     class NaNCaptions(CaptionModule):
         batch_ids: dict[int, list[int]]

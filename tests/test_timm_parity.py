@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from vitkit.models import ViTEncoder
+from vitkit.core import ViTEncoder
 
 CASES = [
     # (model name, extra timm kwargs, image sizes (H, W), batch)

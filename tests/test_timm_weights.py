@@ -7,9 +7,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from vitkit.interop.timm_weights import PretrainedWeightsError, create_timm_model
+from vitkit.core import TimmViTEncoder, ViTEncoder
 from vitkit.layers import BackbonePatchEmbed
-from vitkit.models import TimmViTEncoder, ViTEncoder
+from vitkit.layers.timm_models import PretrainedWeightsError, create_timm_model
 
 
 def _saved(tmp_path, name: str, **kwargs) -> tuple[torch.nn.Module, str]:

@@ -22,11 +22,12 @@ from tiny_checkpoints import DEFORMABLE, detector_config, save_detector
 
 import vitkit
 from vitkit import viz
-from vitkit.api import instantiate
-from vitkit.captioning import CaptionTokenizer
-from vitkit.captioning.pipeline import CaptionPipeline
+from vitkit.captioning import Captioner, CaptionTokenizer
+from vitkit.captioning import pictures as caption_pictures
+from vitkit.captioning.predictor import CaptionPipeline
+from vitkit.detection import pictures as detection_pictures
+from vitkit.io.load import instantiate
 from vitkit.layers import KVCache, MultiheadAttention
-from vitkit.models import Captioner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,12 +122,12 @@ def test_detection_attention_picture(variant, tmp_path):
         config = detector_config(**MULTI_LEVEL_GLOBAL)
         config["init_args"]["encoder"]["init_args"]["class_token"] = True
         torch.manual_seed(0)
-        model = instantiate(config, vitkit.models.DETR)
+        model = instantiate(config, vitkit.detection.DETR)
         ckpt = tmp_path / "det.ckpt"
         torch.save({"vitkit_detector_config": config,
                     "state_dict": {f"detector.{k}": v for k, v in model.state_dict().items()}}, ckpt)
     det = vitkit.load(ckpt)
-    att = viz.detection_attention(det, _scene(), score_threshold=0.0)
+    att = detection_pictures.detection_attention(det, _scene(), score_threshold=0.0)
     assert att.kind == ("deformable" if variant == "deformable" else "global")
     assert len(att.boxes) == len(att.queries) == 5 and att.image.shape == (360, 480, 3)
     assert list(att.scores) == sorted(att.scores, reverse=True)
@@ -137,15 +138,15 @@ def test_detection_attention_picture(variant, tmp_path):
     else:
         assert att.maps.shape == (5, 360, 480) and np.isfinite(att.maps).all() and (att.maps >= 0).all()
         assert (att.maps.std(axis=(1, 2)) > 0).all()
-    path = viz.plot_detection_attention(att, tmp_path / "pictures" / f"detection_{variant}.png")
+    path = detection_pictures.plot_detection_attention(att, tmp_path / "pictures" / f"detection_{variant}.png")
     _check_png(path, 800, 400)
 
 
 SENTENCES = ["a red square on the left", "a blue circle on the right", "two green triangles"]
-CAPTIONER = {"encoder": {"class_path": "vitkit.models.ViTEncoder",
+CAPTIONER = {"encoder": {"class_path": "vitkit.core.ViTEncoder",
                          "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2,
                                        "class_token": True}},
-             "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+             "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                          "init_args": {"dim": 32, "depth": 1, "num_heads": 2, "return_intermediate": False}},
              "max_length": 8}
 
@@ -154,7 +155,7 @@ CAPTIONER = {"encoder": {"class_path": "vitkit.models.ViTEncoder",
 def captioner() -> tuple[dict, Captioner, CaptionTokenizer]:
     """A tiny random captioner (a class token in its memory) with large weights, its config and tokenizer."""
     tok = CaptionTokenizer.train(SENTENCES, model="wordlevel")
-    config = {"class_path": "vitkit.models.Captioner", "init_args": {**CAPTIONER, "vocab_size": tok.vocab_size}}
+    config = {"class_path": "vitkit.captioning.Captioner", "init_args": {**CAPTIONER, "vocab_size": tok.vocab_size}}
     torch.manual_seed(0)
     model = instantiate(json.loads(json.dumps(config)), Captioner).eval()
     with torch.no_grad():
@@ -167,13 +168,13 @@ def test_caption_attention_picture(captioner, tmp_path):
     _, model, tok = captioner
     pipe = CaptionPipeline(model, tok, size=48, max_size=96)
     image = _scene()
-    att = viz.caption_attention(pipe, image, method="greedy")
+    att = caption_pictures.caption_attention(pipe, image, method="greedy")
     expected = pipe.caption(image, method="greedy")[0]["caption"]
     assert att.caption == expected
     assert att.tokens[-1] == "[EOS]" or len(att.tokens) == 7  # EOS, or stopped at max_length (8 with BOS)
     assert " ".join(t for t in att.tokens if t != "[EOS]") == expected
     assert att.maps.shape == (len(att.tokens), 360, 480) and np.isfinite(att.maps).all()
-    path = viz.plot_caption_attention(att, tmp_path / "pictures" / "caption.png")
+    path = caption_pictures.plot_caption_attention(att, tmp_path / "pictures" / "caption.png")
     _check_png(path, 800, 300)
 
 

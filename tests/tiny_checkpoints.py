@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from vitkit.api import instantiate
-from vitkit.models import DETR
+from vitkit.detection import DETR
+from vitkit.io.load import instantiate
 
 CLASS_NAMES = ["square", "circle", "triangle", "star"]
 CAT_IDS = [1, 3, 7, 9]
@@ -24,14 +24,14 @@ VAL_SIZE = 32
 def detector_config(**detr: Any) -> dict[str, Any]:
     """The ``vitkit_detector_config`` of a tiny DETR; ``detr`` overrides DETR's init args."""
     return {
-        "class_path": "vitkit.models.DETR",
+        "class_path": "vitkit.detection.DETR",
         "init_args": {
             "num_classes": len(CLASS_NAMES),
             "num_queries": 5,
-            "encoder": {"class_path": "vitkit.models.ViTEncoder",
+            "encoder": {"class_path": "vitkit.core.ViTEncoder",
                         "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2,
                                       "class_token": False, "pos_embed": "sine"}},
-            "decoder": {"class_path": "vitkit.models.TransformerDecoder",
+            "decoder": {"class_path": "vitkit.core.TransformerDecoder",
                         "init_args": {"dim": 32, "depth": 1, "num_heads": 2}},
             **detr,
         },

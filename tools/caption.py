@@ -17,7 +17,7 @@ last decoder layer's, heads averaged), under OUTDIR with the image's relative pa
 
 Exit status: 0 when every image has a caption, 3 when some failed (their error records say why), 2 for a usage
 error (a missing folder or checkpoint, a bad option or output file), 130 when interrupted (re-run to resume).
-A thin shell over vitkit.captioning.folder_captioning.caption_folder.
+A thin shell over vitkit.captioning.folder.caption_folder.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli_common import (
+from vitkit.cli.common import (
     add_attention_option,
     add_folder_and_checkpoint,
     add_folder_options,
@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(error)
     out = Path(args.out or f"captions.{args.format or 'jsonl'}")
 
-    from vitkit.api import load  # heavy imports only once the arguments look right
-    from vitkit.captioning.folder_captioning import caption_folder, resolve_device
-    from vitkit.captioning.pipeline import CaptionPipeline
+    from vitkit.captioning.folder import caption_folder, resolve_device
+    from vitkit.captioning.predictor import CaptionPipeline
+    from vitkit.io.load import load  # heavy imports only once the arguments look right
 
     try:
         device = resolve_device(args.device)

@@ -21,7 +21,7 @@ detected N, failed M (K boxes).
 
 Exit status: 0 when every image was detected, 3 when some failed (listed on stderr, and in the sidecar), 2 for a
 usage error (a missing folder, checkpoint or annotation file, a bad option), 130 when interrupted (nothing is
-written). A thin shell over vitkit.detection.folder_detection.detect_folder.
+written). A thin shell over vitkit.detection.folder.detect_folder.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli_common import (
+from vitkit.cli.common import (
     add_attention_option,
     add_folder_and_checkpoint,
     add_folder_options,
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.annotations is not None and not Path(args.annotations).is_file():
         return _fail(f"annotation file not found: {args.annotations}")
 
-    from vitkit.api import load  # heavy imports only once the arguments look right
     from vitkit.data.folder import resolve_device
-    from vitkit.detection.folder_detection import annotation_size_hints, detect_folder
-    from vitkit.inference import Detector
+    from vitkit.detection.folder import annotation_size_hints, detect_folder
+    from vitkit.detection.predictor import Detector
+    from vitkit.io.load import load  # heavy imports only once the arguments look right
 
     try:
         device = resolve_device(args.device)

@@ -121,9 +121,9 @@ def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str]) -> int:
     for path in (args.config, source):
         if not Path(path).exists():
             return _fail(f"file not found: {path}")
-    from vitkit.checkpoint import CheckpointError
-    from vitkit.train.cli import validate_checkpoint, validate_weights
+    from vitkit.cli.train import validate_checkpoint, validate_weights
     from vitkit.train.guards import ConfigError
+    from vitkit.utils.checkpoints import CheckpointError
 
     overrides = [*overrides, "--model.eval_backend", args.backend]
     validate = validate_weights if args.weights is not None else validate_checkpoint

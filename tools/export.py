@@ -12,10 +12,10 @@
 --format onnx, captioning checkpoint: the caption encoder only.
     inputs   images, mask as above
     outputs  memory (B, N, D), memory_mask (B, N) bool True = padding, memory_pos (B, N, D)
-    Decoding (greedy / beam search with a KV cache) stays in PyTorch: vitkit.export.decode_memory(pipe, memory,
+    Decoding (greedy / beam search with a KV cache) stays in PyTorch: vitkit.io.export.decode_memory(pipe, memory,
     memory_mask, memory_pos) captions from these arrays with the checkpoint's CaptionPipeline.
 --format safetensors: the model's weights, its config and inference settings (and tokenizer) as metadata;
-    vitkit.export.load_safetensors(PATH) rebuilds the Detector / CaptionPipeline.
+    vitkit.io.export.load_safetensors(PATH) rebuilds the Detector / CaptionPipeline.
 
 Without --dynamic the graph takes exactly --batch x --size (default: 1 x the checkpoint's longest preprocessed side,
 squared, which holds every preprocessed image after padding); --dynamic makes batch, height and width free.
@@ -24,7 +24,7 @@ onnxruntime on the traced batch (and, with --dynamic, on another batch and image
 largest differences are printed (--no-check skips this). Needs: pip install 'vitkit[export]'.
 
 Exit status: 0 exported, 1 exported but the check exceeded 1e-3, 2 usage error (missing or unsafe checkpoint, bad
-option, missing onnx / onnxruntime). A thin shell over vitkit.export.export_checkpoint.
+option, missing onnx / onnxruntime). A thin shell over vitkit.io.export.export_checkpoint.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli_common import fail, folder_usage_error, positive
+from vitkit.cli.common import fail, folder_usage_error, positive
 
 PROG = "export.py"
 TOLERANCE = 1e-3
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                      epilog="Detector: images -> boxes/scores/labels with post-processing. Captioner: "
                                             "the encoder only; decoding stays in PyTorch "
-                                            "(vitkit.export.decode_memory). Exit status: 0 ok, 1 check over 1e-3, "
+                                            "(vitkit.io.export.decode_memory). Exit status: 0 ok, 1 check over 1e-3, "
                                             "2 usage error.")
     parser.add_argument("ckpt", help="training checkpoint (.ckpt written by tools/train.py)")
     parser.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "safetensors" and onnx_options:
         return _fail(f"--{'/--'.join(sorted(onnx_options))} apply to --format onnx only")
 
-    from vitkit.export import export_checkpoint  # heavy imports only once the arguments look right
+    from vitkit.io.export import export_checkpoint  # heavy imports only once the arguments look right
 
     try:
         report = export_checkpoint(ckpt, args.format, args.out, **onnx_options)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {report.path} ({what}, {shape}; inputs {', '.join(report.inputs)}; outputs "
               f"{', '.join(report.outputs)})")
     else:
-        print(f"wrote {report.path} ({what} weights + config; vitkit.export.load_safetensors rebuilds it)")
+        print(f"wrote {report.path} ({what} weights + config; vitkit.io.export.load_safetensors rebuilds it)")
     worst = 0.0
     for shape, diffs in report.checks.items():
         relevant = {k: v for k, v in diffs.items() if k != "boxes_px"}

@@ -13,7 +13,7 @@ light background as often as the reverse) this ViT, trained from scratch, stayed
 (64k images; a CNN with global max pooling learned it, one with average pooling did not), whereas with
 consistent polarity it reaches about 0.9 accuracy in 1,000 steps.
 
-The model is :class:`ShapeClassifier`: a :class:`~vitkit.models.ViTEncoder` (patch 8, axial RoPE, class
+The model is :class:`ShapeClassifier`: a :class:`~vitkit.core.ViTEncoder` (patch 8, axial RoPE, class
 token) and a linear head on the class token. :func:`run_demo` trains it with AdamW (linear warm-up, cosine
 decay) and reports accuracy on a fixed held-out set generated from a separate seed.
 """
@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from vitkit.core import ViTEncoder
 from vitkit.data.collate import pad_images
-from vitkit.models import ViTEncoder
 
 CLASSES: tuple[str, ...] = ("square", "disk", "triangle", "cross")
 VAL_SEED = 1_000_003  # the held-out set's seed, fixed so accuracies from different training seeds compare
@@ -128,7 +129,6 @@ class ShapeClassifier(nn.Module):
         patch_size, embed_dim, depth, num_heads, pos_embed: :class:`ViTEncoder` settings.
         img_size: reference image side of a learned position table (unused by RoPE).
     """
-
     def __init__(self, num_classes: int = len(CLASSES), patch_size: int = 8, embed_dim: int = 96, depth: int = 4,
                  num_heads: int = 4, pos_embed: str = "rope", img_size: int = 48) -> None:
         super().__init__()
@@ -273,8 +273,6 @@ def run_demo(
                    "num_heads": num_heads, "patch_size": 8, **data},
     }
     if out_dir is not None:
-        from safetensors.torch import save_file
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))

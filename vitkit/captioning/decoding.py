@@ -1,6 +1,6 @@
 """Caption search: greedy, beam search and sampling over a cached one-token-per-step decoder.
 
-The model (a :class:`~vitkit.models.Captioner`) provides ``pad_id``, ``bos_id``, ``eos_id``,
+The model (a :class:`~vitkit.captioning.Captioner`) provides ``pad_id``, ``bos_id``, ``eos_id``,
 ``init_state(memory, memory_mask, memory_pos) -> state``, ``step(tokens (R,), state) -> logits (R, V)`` and
 ``state.reorder(index, cross=...)``. Every step feeds only the newest token; cross-attention keys/values are
 computed once per image at the first step. Beam search runs that first (BOS) step on the B images, then
@@ -35,7 +35,6 @@ from torch import Tensor
 
 class Stepper(Protocol):
     """What the search functions need from a model (the Captioner's incremental interface)."""
-
     pad_id: int
     bos_id: int
     eos_id: int
@@ -181,7 +180,6 @@ def sample_decode(model: Stepper, memory: Tensor, memory_mask: Tensor | None = N
 # ----------------------------------------------------------------------------------------------- beam search
 class _FinishedPool:
     """The best ``num_beams`` finished hypotheses of each image, sorted by normalised score."""
-
     def __init__(self, B: int, K: int, max_length: int, pad_id: int, device: torch.device) -> None:
         self.seqs = torch.full((B, K, max_length), pad_id, dtype=torch.long, device=device)  # (B, K, Lmax)
         self.scores = torch.full((B, K), float("-inf"), device=device)  # (B, K)

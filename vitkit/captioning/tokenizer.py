@@ -6,7 +6,7 @@ PTBTokenizer lowercases and drops punctuation): NFKC, lowercase, every Unicode p
 Loaded tokenizer.json files keep their own normaliser.
 
 Special tokens are looked up by name: ``[PAD]``, ``[BOS]``, ``[EOS]`` (required) and ``[UNK]`` (optional for
-loaded files). A trained tokenizer gives them ids 0, 1, 2, 3, the :class:`~vitkit.models.Captioner` defaults.
+loaded files). A trained tokenizer gives them ids 0, 1, 2, 3, the :class:`~vitkit.captioning.Captioner` defaults.
 Sequences for the model are ``[BOS] tokens [EOS]``, right-padded with ``[PAD]``.
 """
 
@@ -57,7 +57,6 @@ class CaptionTokenizer:
     Raises:
         ValueError: a required special token is missing (the message says how to add it).
     """
-
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         ids = {}

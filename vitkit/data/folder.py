@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from rich import progress as rp
+from rich.console import Console
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as F
@@ -43,7 +45,6 @@ class ImageReadError(OSError):
         path: the file.
         reason: what went wrong (the underlying error's type and message).
     """
-
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
@@ -166,7 +167,6 @@ class ImageFolder(Dataset):
     ``transform``, or None), ``size`` ((h, w) of the upright decoded image before ``transform``, or None) and
     ``error`` (None, or why the file could not be used: unreadable, or ``transform`` failed).
     """
-
     def __init__(self, folder: str | os.PathLike, transform: Callable[[Image.Image], Tensor] | None = None,
                  recursive: bool = True, size_hints: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.root = Path(folder)
@@ -244,9 +244,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def progress_bar(label: str, enabled: bool) -> Progress:
     """A rich progress bar on stderr (``label``, bar, done/total, elapsed, remaining); a no-op when disabled."""
-    from rich import progress as rp
-    from rich.console import Console
-
     return rp.Progress(rp.TextColumn(label), rp.BarColumn(), rp.MofNCompleteColumn(), rp.TimeElapsedColumn(),
                        rp.TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled)
 

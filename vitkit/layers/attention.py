@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitkit.layers import packed
+from vitkit.kernels import packed
+from vitkit.kernels.attention import bf16_matmul_attention, bf16_matmul_path, single_query_attention
 from vitkit.layers.pos_embed import apply_rope
 
 
@@ -36,7 +37,6 @@ class KVCache:
         k, v: cached keys and values (None until the first call).
         static: True for cross-attention (computed once, reused); False for self-attention (appended).
     """
-
     k: Tensor | None = None
     v: Tensor | None = None
     static: bool = False
@@ -63,7 +63,6 @@ class MultiheadAttention(nn.Module):
         qk_norm: LayerNorm on q and k per head (timm's ``qk_norm``).
         norm_eps: eps of the qk norms.
     """
-
     def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, qk_norm: bool = False, norm_eps: float = 1e-6) -> None:
         super().__init__()
@@ -154,7 +153,7 @@ class MultiheadAttention(nn.Module):
         causal_fast = is_causal and mask is None and past == 0 and q.shape[2] > 1
         if q.shape[2] == 1 and q.device.type == "cpu" and not (self.training and self.attn_drop > 0):
             out = single_query_attention(q, k, v, mask)  # a decoding step
-        elif _bf16_matmul_path(q, k, is_causal and mask is None and q.shape[2] > 1):
+        elif bf16_matmul_path(q, k, is_causal and mask is None and q.shape[2] > 1):
             out = bf16_matmul_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
@@ -190,57 +189,3 @@ class MultiheadAttention(nn.Module):
         if blocked is not None:
             bias = bias.masked_fill(blocked, float("-inf"))
         return bias
-
-
-def single_query_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention for one query per head, as two matmuls and a float32 softmax.
-
-    On the CPU, SDPA's fused kernel spends ~7x longer than this on a bf16 decoding step (16 x 8 heads, one
-    query, 196 keys: 2.9 ms vs 0.4 ms; fp32: 0.44 vs 0.40 ms), which made cross-attention dominate caption
-    generation. Same result as SDPA up to bf16 rounding.
-
-    Args:
-        q: (B, H, 1, hd); k, v: (B, H, Tk, hd).
-        mask: SDPA's convention, broadcastable to (B, H, 1, Tk): bool True = attend, or float additive; or None.
-
-    Returns:
-        (B, H, 1, hd).
-    """
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5  # (B, H, 1, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-    return scores.softmax(-1).to(v.dtype) @ v
-
-
-# Largest score matrix (B * H * Tq * Tk elements, 32 MB in bf16) the bf16 matmul path materialises; past it, SDPA's
-# flash kernel (which never holds the whole matrix) runs, so a 2048 px ViT-B/16 keeps its small peak memory.
-MATMUL_ATTENTION_MAX_SCORES = 1 << 24
-
-
-def _bf16_matmul_path(q: Tensor, k: Tensor, causal: bool) -> bool:
-    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled() and not causal
-            and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] <= MATMUL_ATTENTION_MAX_SCORES
-            and not packed.standard_ops_only())
-
-
-def bf16_matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-    """bf16 inference attention on the CPU as two bf16 matmuls and a softmax (float accumulation, bf16 output).
-
-    SDPA's CPU flash kernel runs a ViT's 197-token self-attention at ~100 GFLOP/s; this runs it in about half the
-    time (8 x 12 heads x 197 tokens: 8.6 -> 5.0 ms; 16 x 6 x 196: 9.2 -> 4.8 ms). The scores are rounded to bf16,
-    so the attention output moves ~4x more than SDPA's from an fp32 reference (max 0.011 vs 0.0024 on unit
-    inputs), still below the bf16 rounding of the projections around it; bf16 inference keeps COCO AP within 0.5
-    points of fp32 with it (tests/test_precision.py). Only used without autograd and for score matrices up to
-    :data:`MATMUL_ATTENTION_MAX_SCORES` elements.
-
-    Args:
-        q: (B, H, Tq, hd); k, v: (B, H, Tk, hd), bf16.
-        mask: SDPA's convention, broadcastable to (B, H, Tq, Tk): bool True = attend, or float additive; or None.
-
-    Returns:
-        (B, H, Tq, hd).
-    """
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, H, Tq, Tk)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.to(q.dtype)
-    return scores.softmax(-1) @ v

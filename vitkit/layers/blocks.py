@@ -78,7 +78,6 @@ class EncoderBlock(_BlockBase):
         act: MLP activation name.
         norm_eps: LayerNorm eps.
     """
-
     def __init__(self, dim: int, num_heads: int, mlp_dim: int | None = None, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  layer_scale: float | None = None, norm_first: bool = True, qk_norm: bool = False,
@@ -106,7 +105,6 @@ class EncoderBlock(_BlockBase):
 
 class DecoderBlock(_BlockBase):
     """Self-attention -> cross-attention to memory -> MLP. Arguments as :class:`EncoderBlock`."""
-
     def __init__(self, dim: int, num_heads: int, mlp_dim: int | None = None, mlp_ratio: float = 4.0,
                  qkv_bias: bool = True, dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  layer_scale: float | None = None, norm_first: bool = True, qk_norm: bool = False,
@@ -153,7 +151,7 @@ class DecoderBlock(_BlockBase):
             cross_attn_bias: additive bias on cross-attention scores, broadcastable to (B, H, Q, N).
             cache, cross_cache: KV caches for incremental decoding (self: growing, cross: static).
             cross_attn_kwargs: extra keyword arguments for a replaced ``cross_attn`` module (e.g. the reference
-                boxes of :class:`vitkit.models.deformable.MSDeformableAttention`).
+                boxes of :class:`vitkit.layers.deformable.MSDeformableAttention`).
 
         Returns:
             (B, Q, D).

@@ -13,7 +13,7 @@ import torch
 from timm.layers import Mlp as TimmMlp
 from torch import Tensor, nn
 
-from vitkit.layers import packed
+from vitkit.kernels import packed
 
 
 def _pointwise(act: nn.Module) -> tuple[str, str] | None:
@@ -27,7 +27,6 @@ def _pointwise(act: nn.Module) -> tuple[str, str] | None:
 
 class Mlp(TimmMlp):
     """timm's ``Mlp`` (fc1 -> act -> drop -> norm -> fc2 -> drop); same arguments and parameter names."""
-
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
         fused = _pointwise(self.act)

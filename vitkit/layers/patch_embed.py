@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
+
+from vitkit.kernels.fuse import fuse_frozen_batchnorm_into_conv
+from vitkit.layers.timm_models import create_timm_model
 
 
 def _pixel_mask(images: Tensor, mask: Tensor | None) -> Tensor:
@@ -42,7 +46,6 @@ class PatchEmbed(nn.Module):
             stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
             over padding are re-zeroed after every stem layer, so padding never leaks into real tokens.
     """
-
     def __init__(
         self,
         patch_size: int = 16,
@@ -124,7 +127,7 @@ class BackbonePatchEmbed(nn.Module):
         pretrained_file: a local ``.safetensors`` / ``.pth`` of the timm model's weights (offline; wins over
             ``pretrained``).
         frozen_bn: replace BatchNorm with FrozenBatchNorm2d (DETR's recipe), applied inside the conv before it
-            (:func:`vitkit.layers.fuse.fuse_frozen_batchnorm_into_conv`: ~17% faster DETR-R50 training steps).
+            (:func:`vitkit.kernels.fuse.fuse_frozen_batchnorm_into_conv`: ~17% faster DETR-R50 training steps).
         freeze_at: freeze parameters up to feature level ``freeze_at`` (detectron2 convention: for a ResNet
             1 = the stem, 2 = stem + layer1, which is DETR's recipe).
         channels_last: run the CNN in channels_last memory format (faster on CPU and GPU).
@@ -132,7 +135,6 @@ class BackbonePatchEmbed(nn.Module):
             on a ResNet), -2 = the one before (stride 16), ... Stages after it are not built.
         **timm_kwargs: extra keyword arguments for ``timm.create_model``.
     """
-
     def __init__(
         self,
         model_name: str = "resnet50",
@@ -146,10 +148,7 @@ class BackbonePatchEmbed(nn.Module):
         **timm_kwargs,
     ) -> None:
         super().__init__()
-        from timm.layers import freeze_batch_norm_2d
 
-        from vitkit.interop.timm_weights import create_timm_model
-        from vitkit.layers.fuse import fuse_frozen_batchnorm_into_conv
 
         self.body = create_timm_model(model_name, pretrained, pretrained_file, features_only=True,
                                       out_indices=(out_index,), **timm_kwargs)

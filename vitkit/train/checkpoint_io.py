@@ -7,7 +7,8 @@ target, so the target is at every moment either the previous checkpoint or the n
 stray ``.<name>.<random>.tmp`` (never matched by ``--ckpt_path last``) and the previous checkpoint intact.
 
 Reading ignores the ``weights_only`` Lightning asks for and always goes through
-:func:`vitkit.checkpoint.safe_load_checkpoint`, so ``--ckpt_path`` (resume) and ``tools/eval.py --ckpt`` (validate)
+:func:`vitkit.utils.checkpoints.safe_load_checkpoint`, so
+``--ckpt_path`` (resume) and ``tools/eval.py --ckpt`` (validate)
 refuse a file that would unpickle code, with the same message as :func:`vitkit.load`.
 """
 
@@ -17,8 +18,9 @@ import os
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
-from vitkit.checkpoint import atomic_torch_save, safe_load_checkpoint
+from vitkit.utils.checkpoints import atomic_torch_save, safe_load_checkpoint
 
 
 def _is_local(path: str | os.PathLike) -> bool:
@@ -26,12 +28,11 @@ def _is_local(path: str | os.PathLike) -> bool:
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Atomic local saves (:func:`~vitkit.checkpoint.atomic_torch_save`) and weights-only loads
-    (:func:`~vitkit.checkpoint.safe_load_checkpoint`).
+    """Atomic local saves (:func:`~vitkit.utils.checkpoints.atomic_torch_save`) and weights-only loads
+    (:func:`~vitkit.utils.checkpoints.safe_load_checkpoint`).
 
     Remote paths (``s3://`` ...) are saved by Lightning's own writer.
     """
-
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
@@ -48,7 +49,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def install_safe_checkpoint_io(trainer) -> None:
     """Give ``trainer``'s strategy a :class:`SafeCheckpointIO` in place of Lightning's default ``TorchCheckpointIO``
     (also inside a wrapper such as ``AsyncCheckpointIO``); a checkpoint I/O of another kind is left alone."""
-    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
 
     strategy = trainer.strategy
     current = getattr(strategy, "_checkpoint_io", None)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 NONFINITE_MODES = ("raise", "skip")
@@ -33,8 +34,6 @@ def check_nonfinite_mode(mode: str) -> None:
 
 
 def _distributed() -> bool:
-    import torch.distributed as dist
-
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
@@ -68,8 +67,6 @@ def check_finite_loss(loss: Tensor, *, mode: str, step: int, epoch: int, batch_i
         return None if found is None else list(found)
 
     if _distributed():
-        import torch.distributed as dist
-
         flag = bad.to(torch.float32).reshape(1)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not bool(flag.item()):

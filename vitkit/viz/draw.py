@@ -13,6 +13,8 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 from torch import Tensor
 
+from vitkit.data.folder import load_rgb
+
 DISPLAY_SIZE = 480  # long side in px of the pictures' image panels
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
@@ -21,8 +23,6 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 # ----------------------------------------------------------------------------------------------- inputs
 def rgb(image: str | os.PathLike | Image.Image | Tensor) -> Image.Image:
     """A path, a PIL image or a (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image."""
-    from vitkit.data.folder import load_rgb
-
     if isinstance(image, str | os.PathLike):
         return load_rgb(image)
     if isinstance(image, Tensor):

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from faster_coco_eval import COCOeval_faster
 from matplotlib.figure import Figure
+from pycocotools.cocoeval import COCOeval
 
+from vitkit.eval.coco_eval import load_gt, load_results, validate_results
 from vitkit.viz.draw import PALETTE, save
 
 
@@ -35,8 +38,6 @@ def coco_precision(gt: str | os.PathLike, results: str | os.PathLike | Sequence[
     Raises:
         FileNotFoundError, ValueError: as :func:`~vitkit.eval.coco_eval.evaluate_coco`, and for empty results.
     """
-    from vitkit.eval.coco_eval import load_gt, load_results, validate_results
-
     coco = load_gt(gt, backend)
     dets = load_results(results) if isinstance(results, str | os.PathLike) else validate_results(results)
     if not dets:
@@ -48,12 +49,8 @@ def coco_precision(gt: str | os.PathLike, results: str | os.PathLike | Sequence[
     with contextlib.redirect_stdout(io.StringIO()):
         dt = coco.loadRes(copy.deepcopy(dets))
         if backend == "faster":
-            from faster_coco_eval import COCOeval_faster
-
             ev = COCOeval_faster(coco, dt, iouType="bbox", print_function=lambda *a, **k: None)
         else:
-            from pycocotools.cocoeval import COCOeval
-
             ev = COCOeval(coco, dt, iouType="bbox")
         ev.evaluate()
         ev.accumulate()

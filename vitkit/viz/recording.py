@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitkit.layers import MultiheadAttention
+from vitkit.layers.deformable import MSDeformableAttention
 from vitkit.layers.pos_embed import apply_rope
-from vitkit.models.deformable import MSDeformableAttention
 
 
 class AttentionRecorder:
@@ -30,7 +30,6 @@ class AttentionRecorder:
     Attributes:
         weights: one (B, heads, Tq, Tk) float32 tensor per call, rows summing to 1 (masked keys get 0).
     """
-
     def __init__(self, module: MultiheadAttention) -> None:
         if not isinstance(module, MultiheadAttention):
             raise TypeError(f"expected a vitkit MultiheadAttention, got {type(module).__name__}")
@@ -76,7 +75,6 @@ class AttentionRecorder:
 
 class Capture:
     """Forward hooks that keep each module's last (args, kwargs, output); removed on exit."""
-
     def __init__(self, modules: Mapping[str, nn.Module | None]) -> None:
         self.modules = {k: m for k, m in modules.items() if m is not None}
         self.calls: dict[str, tuple[tuple, dict, Any]] = {}

@@ -1,0 +1,116 @@
+"""The package layout: imports point one way (kernels/utils -> layers -> core -> data -> eval -> viz -> train ->
+tasks -> io -> cli -> the ``vitkit`` root), no import cycle, and no file or function over the size limits."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "vitkit"
+# Lower rank = lower level. A module may import from a lower rank or from its own package; packages of the same
+# rank (the two tasks; utils and kernels) may not import each other.
+RANKS = {"utils": 0, "kernels": 0, "layers": 1, "core": 2, "data": 3, "eval": 4, "viz": 5, "train": 6,
+         "detection": 7, "captioning": 7, "io": 8, "cli": 9, "": 10}
+# Third-party packages a function may import lazily: optional extras, or heavy modules only one path needs.
+LAZY_OK = {"onnx", "onnxruntime", "transformers", "matplotlib"}
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package(module: str) -> str:
+    """'vitkit.detection.model' -> 'detection'; 'vitkit' and top-level modules -> ''."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else ""
+
+
+def _imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported module, line, inside a function) for every import in ``path``, relative ones resolved."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    local = {id(n) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+             for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    me = _module_name(path).split(".")
+    base = me if path.name == "__init__.py" else me[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, node.lineno, id(node) in local) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.append((target, node.lineno, id(node) in local))
+            # "from vitkit.x import y" where y is a submodule: an edge to it too
+            for a in node.names:
+                if (PACKAGE.parent / target.replace(".", "/") / f"{a.name}.py").exists():
+                    found.append((f"{target}.{a.name}", node.lineno, id(node) in local))
+    return found
+
+
+FILES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_imports_point_one_way_and_vitkit_imports_sit_at_module_level():
+    wrong = []
+    for path in FILES:
+        mine = _module_name(path)
+        for target, line, in_function in _imports(path):
+            if not (target == "vitkit" or target.startswith("vitkit.")):
+                continue
+            where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
+            if in_function:
+                wrong.append(f"{where} inside a function (vitkit imports belong at module level)")
+                continue
+            src, dst = _package(mine), _package(target)
+            if src == dst:
+                continue
+            if RANKS[dst] >= RANKS[src]:
+                wrong.append(f"{where}: {dst or 'vitkit'} (rank {RANKS[dst]}) is not below {src or 'vitkit'} "
+                             f"(rank {RANKS[src]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycle_between_modules():
+    graph = {}
+    for path in FILES:
+        mine = _module_name(path)
+        graph[mine] = {t for t, _, _ in _imports(path) if t.startswith("vitkit.") and t != mine}
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def visit(node: str, stack: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack, node, nxt]
+            if nxt in graph and state.get(nxt) is None and (cycle := visit(nxt, [*stack, node])):
+                return cycle
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            cycle = visit(node, [])
+            assert cycle is None, " -> ".join(cycle[cycle.index(cycle[-1]):])
+
+
+def test_function_local_imports_load_optional_dependencies_only():
+    lazy = sorted({f"{path.relative_to(PACKAGE.parent)}: {target}" for path in FILES
+                   for target, _, in_function in _imports(path)
+                   if in_function and target.split(".")[0] not in LAZY_OK})
+    assert not lazy, "\n".join(lazy)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_files_and_functions_stay_small(path):
+    text = path.read_text()
+    assert len(text.splitlines()) <= MAX_FILE_LINES, f"{path.name}: {len(text.splitlines())} lines"
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)" for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{path.name}: " + ", ".join(long)

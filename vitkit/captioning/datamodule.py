@@ -1,0 +1,270 @@
+"""Lightning DataModule for COCO-layout captioning data (COCO 2017 captions, or the generated shapes set).
+
+The datamodule owns the caption tokenizer: it loads ``tokenizer`` (a tokenizer.json) or trains one on the training
+captions the first time it is asked for, so the CLI can link ``vocab_size`` and the special ids into the model
+right after instantiation. Training batches hold one random reference per image (drawn anew every epoch by
+:class:`~vitkit.data.coco_captions.CocoCaptions`) tokenised in the collate function, and the image ids (a non-finite
+loss names them); validation batches hold the images, all their references and their image ids.
+
+Unreadable images follow ``bad_images`` as in :class:`vitkit.detection.datamodule.CocoDataModule`: with "skip", a
+training item is replaced by the next readable one, a validation item is left out (the caption metrics then cover
+the other images), and each file is reported once, by path, on the main process (:mod:`vitkit.data.bad_images`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.data.bad_images import SkippingDataLoader, SubstituteBad
+from vitkit.data.coco_captions import CocoCaptions
+from vitkit.data.collate import DropNone, pad_images
+from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize
+from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
+
+_LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_left_right(caption: str) -> str:
+    """The caption of the mirrored image: "left" <-> "right" (whole words, case kept)."""
+    def swap(m: re.Match) -> str:
+        word = m.group(0)
+        new = "right" if word.lower() == "left" else "left"
+        return new.capitalize() if word[0].isupper() else new
+
+    return _LEFT_RIGHT.sub(swap, caption)
+
+
+class _MirrorWithCaption(Dataset):
+    """Training items ``(image, caption, image_id)`` mirrored left-right with probability ``p``, caption words
+    swapped."""
+
+    def __init__(self, dataset: Dataset, p: float) -> None:
+        self.dataset, self.p = dataset, p
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, str, int]:
+        image, caption, image_id = self.dataset[index]
+        if self.p > 0 and float(torch.rand(())) < self.p:
+            image, caption = image.flip(-1), swap_left_right(caption)  # (3, H, W) mirrored along W
+        return image, caption, image_id
+
+
+class CaptionCollate:
+    """Training collate: pad images, tokenise the captions, keep the image ids.
+
+    Args:
+        tokenizer: turns captions into ids.
+        max_length: longest token sequence, BOS and EOS included (longer captions are truncated).
+        pad_to_multiple: round the padded height and width up to a multiple of this.
+
+    Returns (when called on B ``(image, caption, image_id)`` samples):
+        images (B, 3, H, W) zero-padded bottom/right; mask (B, H, W) bool, True = padding; tokens (B, T) long
+        ``[BOS] caption [EOS] [PAD]...`` (right-padded); image_ids (B ints, the COCO ids: a non-finite loss names
+        them).
+    """
+    def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
+        self.tokenizer, self.max_length, self.pad_to_multiple = tokenizer, max_length, pad_to_multiple
+
+    def __call__(self, batch: Sequence[tuple[Tensor, str, int]]) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        images, mask = pad_images([s[0] for s in batch], pad_to_multiple=self.pad_to_multiple)
+        tokens = self.tokenizer.encode_batch([s[1] for s in batch], max_length=self.max_length)  # (B, T)
+        return images, mask, tokens, [int(s[2]) for s in batch]
+
+
+def collate_caption_eval(batch: Sequence[tuple[Tensor, list[str], int]],
+                         pad_to_multiple: int = 1) -> tuple[Tensor, Tensor, list[list[str]], list[int]]:
+    """Evaluation collate: images (B, 3, H, W), mask (B, H, W) True = padding, references (B lists), image ids."""
+    images, mask = pad_images([s[0] for s in batch], pad_to_multiple=pad_to_multiple)
+    return images, mask, [list(s[1]) for s in batch], [int(s[2]) for s in batch]
+
+
+class CaptionDataModule(CocoLayoutDataModule):
+    """COCO-layout caption data and its tokenizer.
+
+    Args:
+        root: dataset root in COCO 2017 layout (``captions_{train,val}2017.json``).
+        generate_shapes: generate the synthetic shapes dataset into ``root`` when it has no annotations.
+        shapes_train, shapes_val, shapes_size, shapes_seed: generator settings (with ``generate_shapes``).
+        batch_size: images per device and step.
+        val_batch_size: validation batch size (default: ``batch_size``).
+        num_workers: loader worker processes.
+        train_size: training short side in px, or a list of short sides drawn per image (scale augmentation).
+        val_size: validation short side in px.
+        max_size: cap on the long side in px (training and validation).
+        color_jitter: brightness/contrast/saturation jitter strength (0 = off; hue is never jittered, captions
+            name colours).
+        hflip_p: probability of mirroring a training image; the caption's "left"/"right" are swapped with it
+            (captions describe positions, so a plain flip would teach wrong captions). 0 = off.
+        pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
+        tokenizer: path to a tokenizer.json to use; None = train one on the training captions.
+        vocab_size: vocabulary size of a trained tokenizer (special tokens included).
+        tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
+        max_length: longest token sequence, BOS and EOS included; linked into the captioner.
+        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
+            naming it, and counted) or "fail" (stop at the first one).
+    """
+    kind = "captions"
+
+    def __init__(
+        self,
+        root: str = "data/coco",
+        generate_shapes: bool = False,
+        shapes_train: int = 600,
+        shapes_val: int = 100,
+        shapes_size: int = 192,
+        shapes_seed: int = 0,
+        batch_size: int = 32,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        train_size: int | list[int] = 224,
+        val_size: int = 224,
+        max_size: int = 384,
+        color_jitter: float = 0.0,
+        hflip_p: float = 0.0,
+        pad_to_multiple: int = 1,
+        tokenizer: str | None = None,
+        vocab_size: int = 1000,
+        tokenizer_model: str = "wordlevel",
+        max_length: int = 32,
+        bad_images: str = "skip",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if tokenizer_model not in ("wordlevel", "bpe", "wordpiece"):
+            raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
+        if max_length < 2:
+            raise ValueError(f"data.max_length must be >= 2 (room for BOS and EOS), got {max_length}")
+        if not 0.0 <= hflip_p <= 1.0:
+            raise ValueError(f"data.hflip_p must be in [0, 1], got {hflip_p}")
+        sizes = [train_size] if isinstance(train_size, int) else list(train_size)
+        if not sizes or max([*sizes, val_size]) >= max_size:
+            raise ValueError(f"data.max_size ({max_size}) must exceed every train_size ({sizes}) and val_size "
+                             f"({val_size})")
+        self.train_sizes = sizes
+        self._prepare_root(root, generate_shapes, shapes_train, shapes_val, shapes_size, shapes_seed, bad_images)
+        if tokenizer is not None and not Path(tokenizer).is_file():
+            raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tokenizer} (give a tokenizer.json, e.g. "
+                                    "runs/<config>/version_0/tokenizer.json, or leave it null to train one)")
+        self._tokenizer: CaptionTokenizer | None = None
+        self._datasets: dict[str, Any] = {}
+        self.train_set = self.val_set = None
+
+    # ------------------------------------------------------------------------------------------- tokenizer
+    def _dataset(self, split: str):
+        """The split's :class:`CocoCaptions` (read once; transforms are set by :meth:`setup`)."""
+        if split not in self._datasets:
+            with data_errors():  # a malformed file or a missing image (bad_images: fail): one paragraph, no traceback
+                self._datasets[split] = CocoCaptions(self.root, split, train=split == "train",
+                                                     bad_images=self.hparams.bad_images)
+        return self._datasets[split]
+
+    @property
+    def tokenizer(self) -> CaptionTokenizer:
+        """The caption tokenizer: loaded from ``tokenizer``, or trained on the training captions at first use."""
+        if self._tokenizer is None:
+            hp = self.hparams
+            if hp.tokenizer is not None:
+                try:
+                    self._tokenizer = CaptionTokenizer.from_file(hp.tokenizer)
+                except Exception as err:
+                    raise ValueError(f"data.tokenizer: cannot use {hp.tokenizer} ({type(err).__name__}: {err})") \
+                        from err
+            else:
+                texts = [c for refs in self._dataset("train").references.values() for c in refs]
+                self._tokenizer = CaptionTokenizer.train(texts, vocab_size=hp.vocab_size, model=hp.tokenizer_model)
+        return self._tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        """The tokenizer's number of ids, the model's V (a trained one may hold fewer than the requested
+        ``hparams.vocab_size``: a word-level vocabulary stops at the distinct words)."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokenizer.bos_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    def use_tokenizer(self, tokenizer: CaptionTokenizer, source: str) -> None:
+        """Replace the tokenizer (e.g. by a checkpoint's or rank 0's) with one of the same size and special ids.
+
+        Raises:
+            ValueError: the sizes or special ids differ (the model built from this datamodule would not fit).
+        """
+        ours, theirs = self.tokenizer, tokenizer
+        key = (ours.vocab_size, ours.pad_id, ours.bos_id, ours.eos_id)
+        new = (theirs.vocab_size, theirs.pad_id, theirs.bos_id, theirs.eos_id)
+        if key != new:
+            raise ValueError(f"{source}: its tokenizer (vocab_size, pad, bos, eos ids) = {new} does not fit this "
+                             f"run's {key}; pass the matching tokenizer.json with --data.tokenizer PATH")
+        self._tokenizer = tokenizer
+
+    def _share_rank0_tokenizer(self) -> None:
+        """Under DDP every rank builds its own tokenizer before the process group exists, and Hugging Face's BPE and
+        WordPiece trainers break ties differently from run to run: all ranks take rank 0's (same size and special
+        ids, so the linked model shapes already agree)."""
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        payload = [self.tokenizer.to_str() if dist.get_rank() == 0 else None]
+        dist.broadcast_object_list(payload, src=0)
+        if payload[0] != self.tokenizer.to_str():
+            self.use_tokenizer(CaptionTokenizer.from_str(payload[0]), "rank 0")
+
+    # ------------------------------------------------------------------------------------------ datasets
+    def _transforms(self, train: bool) -> v2.Compose:
+        hp = self.hparams
+        steps: list[v2.Transform] = [RandomShortestSideResize(self.train_sizes if train else hp.val_size,
+                                                              max_size=hp.max_size)]
+        if train and hp.color_jitter > 0:
+            steps.append(v2.ColorJitter(brightness=hp.color_jitter, contrast=hp.color_jitter,
+                                        saturation=hp.color_jitter))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))]
+        return v2.Compose(steps)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._share_rank0_tokenizer()
+        if stage in (None, "fit") and self.train_set is None:
+            train = self._dataset("train")
+            train.transforms = self._transforms(train=True)
+            # an unreadable image is replaced by the next readable one (batches keep their size, DDP ranks their steps)
+            self.train_set = _MirrorWithCaption(SubstituteBad(train) if self.hparams.bad_images == "skip" else train,
+                                                self.hparams.hflip_p)
+        if self.val_set is None:
+            self.val_set = self._dataset("val")
+            self.val_set.transforms = self._transforms(train=False)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return SkippingDataLoader(self.train_set, batch_size=hp.batch_size, shuffle=True, num_workers=hp.num_workers,
+                                  collate_fn=CaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple),
+                                  pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+
+
+        hp = self.hparams
+        collate = DropNone(partial(collate_caption_eval, pad_to_multiple=hp.pad_to_multiple))
+        return SkippingDataLoader(self.val_set, batch_size=hp.val_batch_size or hp.batch_size, shuffle=False,
+                                  num_workers=hp.num_workers, collate_fn=collate,
+                                  pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)

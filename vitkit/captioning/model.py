@@ -1,0 +1,294 @@
+"""Captioner: ViTEncoder -> causal TransformerDecoder over caption tokens -> next-token logits.
+
+The encoder's tokens (projected to the decoder width when the two differ) are the decoder's memory; the
+cross-attention keys get the encoder's per-block positions when it has them (``pos_mode="qk"``) and a 2D
+sine encoding of the patch grid otherwise, as in :class:`~vitkit.detection.DETR`. Caption tokens get learned
+1D positions added at the input, or 1D RoPE inside self-attention (``token_pos``). The output projection is
+tied to the token embedding by default (GPT-2 / the original Transformer).
+
+Two ways to run the decoder:
+
+- teacher forcing, :meth:`Captioner.forward` / :meth:`Captioner.decode_tokens`: all T tokens at once with a
+  causal mask, (B, T) ids -> (B, T, V) logits;
+- incremental, :meth:`Captioner.init_state` / :meth:`Captioner.step`: one new token per row per call with
+  KV caches (cross-attention keys/values computed at the first call, then reused), which the search
+  strategies in :mod:`vitkit.captioning.decoding` build on; :meth:`Captioner.generate` picks one.
+
+Token sequences are ``[BOS] tokens [EOS] [PAD]...`` (right padding only), the layout of
+:meth:`vitkit.captioning.CaptionTokenizer.encode_batch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitkit.captioning.decoding import beam_search, greedy_decode, sample_decode
+from vitkit.core.decoder import TransformerDecoder
+from vitkit.core.encoder import EncoderOutput, ViTEncoder
+from vitkit.layers import KVCache, SinePositionEncoding2D
+from vitkit.layers.pos_embed import RoPE1D
+
+
+@dataclass
+class DecodeState:
+    """Incremental-decoding state of R rows (images, or beams of images).
+
+    Attributes:
+        caches: one (self-attention KVCache, static cross-attention KVCache) pair per decoder layer.
+        memory: (R, N, D) decoder memory; only read until the first step has filled the cross caches.
+        memory_mask: (R, N) True = padding, or None.
+        memory_pos: (R|1, N, D) cross-attention key positions; dropped after the first step (the cached keys
+            already hold them).
+        length: tokens fed so far, i.e. the position of the next token.
+    """
+    caches: list[tuple[KVCache, KVCache]]
+    memory: Tensor
+    memory_mask: Tensor | None
+    memory_pos: Tensor | None
+    length: int = 0
+
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
+        """Select rows in place (beam re-ranking, expanding images to beams, dropping finished images).
+
+        Args:
+            index: (R',) long row indices into the current R rows.
+            cross: also select the image side (cross caches, memory, its mask and positions). False is
+                valid, and saves the copies, when every row maps onto a row of the same image.
+        """
+        for self_cache, cross_cache in self.caches:
+            self_cache.reorder(index)
+            if cross:
+                cross_cache.reorder(index)
+        if not cross:
+            return
+        self.memory = self.memory.index_select(0, index)
+        if self.memory_mask is not None:
+            self.memory_mask = self.memory_mask.index_select(0, index)
+        if self.memory_pos is not None and self.memory_pos.shape[0] > 1:
+            self.memory_pos = self.memory_pos.index_select(0, index)
+
+
+class Captioner(nn.Module):
+    """Image captioning model.
+
+    Args:
+        encoder: a :class:`ViTEncoder`.
+        decoder: a :class:`TransformerDecoder` built with ``return_intermediate=False``.
+        vocab_size: number of token ids V (``CaptionTokenizer.vocab_size``).
+        max_length: longest token sequence, BOS and EOS included (size of the learned position table, and
+            the default generation limit).
+        pad_id, bos_id, eos_id: special token ids (distinct).
+        token_pos: "learned" (absolute positions added to the token embeddings) or "rope" (1D rotary
+            positions in self-attention; no length limit from the model).
+        tie_weights: share the output projection's weight with the token embedding.
+        label_smoothing: label smoothing of the training loss.
+    """
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        decoder: TransformerDecoder,
+        vocab_size: int,
+        max_length: int = 32,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+        token_pos: str = "learned",
+        tie_weights: bool = True,
+        label_smoothing: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if decoder.return_intermediate:
+            raise ValueError("Captioner needs a TransformerDecoder with return_intermediate=False (it predicts "
+                             "tokens from the last layer only)")
+        if token_pos not in ("learned", "rope"):
+            raise ValueError(f"token_pos must be learned|rope, got {token_pos!r}")
+        if len({pad_id, bos_id, eos_id}) != 3:
+            raise ValueError(f"pad_id, bos_id and eos_id must differ, got {pad_id}, {bos_id}, {eos_id}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2 (BOS and EOS), got {max_length}")
+        D = decoder.dim
+        self.encoder, self.decoder = encoder, decoder
+        self.vocab_size, self.max_length = vocab_size, max_length
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.token_pos, self.label_smoothing = token_pos, label_smoothing
+        self.input_proj = nn.Linear(encoder.embed_dim, D) if encoder.embed_dim != D else nn.Identity()
+        self.pos_sine = SinePositionEncoding2D(D)
+        self.token_embed = nn.Embedding(vocab_size, D, padding_idx=pad_id)
+        self.pos_embed = nn.Embedding(max_length, D) if token_pos == "learned" else None
+        self.rope = RoPE1D(D // decoder.num_heads) if token_pos == "rope" else None
+        self.lm_head = nn.Linear(D, vocab_size, bias=False)
+        self._reset_parameters()
+        if tie_weights:
+            self.lm_head.weight = self.token_embed.weight
+
+    def _reset_parameters(self) -> None:
+        for emb in (self.token_embed, self.pos_embed, self.lm_head):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.token_embed.weight[self.pad_id].zero_()
+
+    # ------------------------------------------------------------------------------------------- image side
+    def _memory_pos(self, enc: EncoderOutput) -> Tensor:
+        if enc.pos is not None and enc.pos.shape[-1] == self.decoder.dim:
+            return enc.pos
+        B = enc.tokens.shape[0]
+        h, w = enc.grid
+        grid_mask = enc.mask[:, enc.num_prefix:].reshape(B, h, w)  # (B, h, w)
+        pos = self.pos_sine(grid_mask, dtype=enc.tokens.dtype).reshape(B, h * w, -1)  # (B, h*w, D)
+        if enc.num_prefix:
+            pos = torch.cat((pos.new_zeros(B, enc.num_prefix, pos.shape[-1]), pos), dim=1)  # (B, P+h*w, D)
+        return pos
+
+    def encode(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Encode images into decoder memory.
+
+        Args:
+            images: (B, 3, H, W) normalised images, zero-padded.
+            mask: optional (B, H, W) bool pixel padding mask, True = padding.
+
+        Returns:
+            memory (B, N, D) at the decoder width; memory_mask (B, N) True = padding, or None when nothing is
+            padded; memory_pos (B, N, D) cross-attention key positions.
+        """
+        enc = self.encoder(images, mask)
+        memory = self.input_proj(enc.tokens)  # (B, N, D)
+        memory_mask = enc.mask if enc.mask.any() else None
+        return memory, memory_mask, self._memory_pos(enc)
+
+    # -------------------------------------------------------------------------------------------- text side
+    def _embed(self, tokens: Tensor, start: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """(B, T) ids at positions start..start+T-1 -> (B, T, D) inputs and the RoPE (sin, cos) or None."""
+        T = tokens.shape[1]
+        positions = torch.arange(start, start + T, device=tokens.device)
+        x = self.token_embed(tokens)  # (B, T, D)
+        if self.pos_embed is None:
+            return x, self.rope(positions)
+        if start + T > self.max_length:
+            raise ValueError(f"{start + T} tokens exceed the learned position table (max_length={self.max_length})")
+        return x + self.pos_embed(positions).to(x.dtype), None  # (B, T, D)
+
+    def decode_tokens(self, tokens: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
+                      memory_pos: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits from precomputed memory (see :meth:`encode`).
+
+        Args:
+            tokens: (B, T) ids, BOS first, right-padded.
+            memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B|1, N, D).
+
+        Returns:
+            (B, T, V) logits; row t predicts token t+1 (rows at padding positions are not meaningful).
+        """
+        x, rope = self._embed(tokens, 0)
+        # Right padding only: a real token never sees a later pad under the causal mask, so no key mask needed.
+        h = self.decoder(x, memory, memory_pos=memory_pos, memory_key_padding_mask=memory_mask, is_causal=True,
+                         rope=rope)  # (B, T, D)
+        return self.lm_head(h)  # (B, T, V)
+
+    def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced next-token logits.
+
+        Args:
+            images: (B, 3, H, W) normalised images, zero-padded.
+            tokens: (B, T) ids ``[BOS] caption [EOS] [PAD]...``.
+            mask: optional (B, H, W) pixel padding mask, True = padding.
+
+        Returns:
+            (B, T, V) logits; position t predicts token t+1.
+        """
+        return self.decode_tokens(tokens, *self.encode(images, mask))
+
+    def loss(self, logits: Tensor, tokens: Tensor) -> Tensor:
+        """Label-smoothed cross-entropy of logits[:, :-1] against tokens[:, 1:], mean over non-pad targets.
+
+        Args:
+            logits: (B, T, V) from :meth:`forward`.
+            tokens: (B, T) the same ids that were fed.
+
+        Returns:
+            scalar loss (fp32).
+        """
+        V = logits.shape[-1]
+        pred = logits[:, :-1].reshape(-1, V).float()  # (B*(T-1), V)
+        target = tokens[:, 1:].reshape(-1)  # (B*(T-1),)
+        return F.cross_entropy(pred, target, ignore_index=self.pad_id, label_smoothing=self.label_smoothing)
+
+    # ------------------------------------------------------------------------------------- incremental steps
+    def init_state(self, memory: Tensor, memory_mask: Tensor | None = None,
+                   memory_pos: Tensor | None = None) -> DecodeState:
+        """Fresh decoding state for R rows of memory (R, N, D) (see :meth:`encode`)."""
+        return DecodeState(self.decoder.init_cache(), memory, memory_mask, memory_pos)
+
+    def step(self, tokens: Tensor, state: DecodeState) -> Tensor:
+        """Feed new tokens through the cached decoder.
+
+        Args:
+            tokens: (R,) one new token per row, or (R, T) several, at positions ``state.length`` onwards.
+            state: from :meth:`init_state`; updated in place (caches and length).
+
+        Returns:
+            (R, V) logits of the token after the last one fed.
+        """
+        if tokens.dim() == 1:
+            tokens = tokens[:, None]  # (R, 1)
+        x, rope = self._embed(tokens, state.length)
+        h = self.decoder(x, state.memory, memory_pos=state.memory_pos, memory_key_padding_mask=state.memory_mask,
+                         is_causal=True, rope=rope, caches=state.caches)  # (R, T, D)
+        state.length += tokens.shape[1]
+        state.memory_pos = None  # the cross caches now hold the positioned keys
+        return self.lm_head(h[:, -1])  # (R, V)
+
+    # -------------------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Tensor,
+        mask: Tensor | None = None,
+        method: str = "greedy",
+        max_length: int | None = None,
+        min_length: int = 0,
+        num_beams: int = 3,
+        length_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Caption images (call ``eval()`` first for deterministic results).
+
+        Args:
+            images: (B, 3, H, W) normalised images, zero-padded.
+            mask: optional (B, H, W) pixel padding mask, True = padding.
+            method: "greedy", "beam" or "sample".
+            max_length: longest returned sequence, BOS and EOS included (default ``self.max_length``).
+            min_length: EOS is forbidden until this many tokens follow BOS.
+            num_beams: beams per image (beam search).
+            length_penalty: beam scores are sum log-prob / length ** length_penalty (beam search).
+            no_repeat_ngram_size: n > 0 forbids repeating any n-gram within a sequence.
+            temperature, top_k, top_p: sampling settings (top_k 0 and top_p 1 are off).
+            generator: random generator for sampling (on the images' device).
+
+        Returns:
+            ids (B, T) ``[BOS] tokens [EOS]`` right-padded with pad_id, T <= max_length; scores (B,) fp32: the
+            sum of the generated tokens' log-probabilities (EOS included), divided by length ** length_penalty
+            for beam search. See :mod:`vitkit.captioning.decoding`.
+        """
+        if method not in ("greedy", "beam", "sample"):
+            raise ValueError(f"method must be greedy|beam|sample, got {method!r}")
+        max_length = self.max_length if max_length is None else max_length
+        if self.pos_embed is not None and max_length > self.max_length:
+            raise ValueError(f"max_length {max_length} exceeds the learned position table ({self.max_length})")
+        memory, memory_mask, memory_pos = self.encode(images, mask)
+        common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size)
+        if method == "greedy":
+            return greedy_decode(self, memory, memory_mask, memory_pos, **common)
+        if method == "beam":
+            return beam_search(self, memory, memory_mask, memory_pos, num_beams=num_beams,
+                               length_penalty=length_penalty, **common)
+        return sample_decode(self, memory, memory_mask, memory_pos, temperature=temperature, top_k=top_k, top_p=top_p,
+                             generator=generator, **common)

@@ -1,0 +1,1 @@
+"""The ``vitkit`` command and its subcommands; ``tools/*.py`` are thin shims over them."""

@@ -1,0 +1,117 @@
+"""TransformerDecoder: a stack of :class:`DecoderBlock` shared by detection and captioning.
+
+It returns every layer's output, each passed through the shared final norm (as DETR does for its auxiliary
+losses), or only the last when ``return_intermediate=False``. ``query_pos`` is added to q/k in every layer
+(DETR's object queries), or once at the input with ``pos_mode="input"``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from vitkit.layers import DecoderBlock, KVCache
+
+
+class TransformerDecoder(nn.Module):
+    """Decoder stack.
+
+    Args:
+        dim: width D.
+        depth: number of blocks.
+        num_heads: attention heads.
+        mlp_dim: MLP hidden width (overrides ``mlp_ratio``).
+        mlp_ratio: MLP width multiple.
+        dropout, attn_drop, drop_path: regularisation (drop path grows linearly to ``drop_path``).
+        norm_first: pre-norm (True) or post-norm (False, DETR).
+        final_norm: shared LayerNorm on each returned output.
+        return_intermediate: return all layers' outputs (L, B, Q, D) instead of the last (B, Q, D).
+        pos_mode: "qk" adds ``query_pos`` in every layer, "input" once before the first.
+        layer_scale, qkv_bias, qk_norm, act, norm_eps: block settings.
+    """
+    def __init__(
+        self,
+        dim: int = 256,
+        depth: int = 6,
+        num_heads: int = 8,
+        mlp_dim: int | None = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_first: bool = True,
+        final_norm: bool = True,
+        return_intermediate: bool = True,
+        pos_mode: str = "qk",
+        layer_scale: float | None = None,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        act: str = "gelu",
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if pos_mode not in ("input", "qk"):
+            raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
+        self.dim, self.depth, self.pos_mode, self.num_heads = dim, depth, pos_mode, num_heads
+        self.return_intermediate = return_intermediate
+        dpr = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
+        self.layers = nn.ModuleList(
+            DecoderBlock(dim, num_heads, mlp_dim=mlp_dim, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
+                         attn_drop=attn_drop, drop_path=dpr[i], layer_scale=layer_scale, norm_first=norm_first,
+                         qk_norm=qk_norm, act=act, norm_eps=norm_eps)
+            for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
+
+    def init_cache(self) -> list[tuple[KVCache, KVCache]]:
+        """Fresh (self, cross) KV caches, one pair per layer, for incremental decoding."""
+        return [(KVCache(), KVCache(static=True)) for _ in self.layers]
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        *,
+        query_pos: Tensor | None = None,
+        memory_pos: Tensor | None = None,
+        memory_key_padding_mask: Tensor | None = None,
+        tgt_key_padding_mask: Tensor | None = None,
+        self_attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        cross_attn_bias: Tensor | None = None,
+        caches: list[tuple[KVCache, KVCache]] | None = None,
+    ) -> Tensor:
+        """Decode.
+
+        Args:
+            tgt: (B, Q, D) initial states (zeros for DETR, token embeddings for captioning).
+            memory: (B, N, D) encoder tokens.
+            query_pos: (B|1, Q, D) query positions (DETR's learned object queries).
+            memory_pos: (B|1, N, D) memory positions added to cross-attention keys.
+            memory_key_padding_mask: (B, N) True = padding.
+            tgt_key_padding_mask: (B, T) True = padding token (T includes cached tokens).
+            self_attn_mask: bool mask for self-attention, True = masked out.
+            is_causal: causal self-attention.
+            rope: (sin, cos) for self-attention q/k.
+            cross_attn_bias: additive cross-attention bias, broadcastable to (B, H, Q, N).
+            caches: from :meth:`init_cache`, for incremental decoding (tgt then holds only new tokens).
+
+        Returns:
+            (L, B, Q, D) normalised outputs of every layer if ``return_intermediate``, else (B, Q, D).
+        """
+        x = tgt
+        if query_pos is not None and self.pos_mode == "input":
+            x, query_pos = x + query_pos, None
+        outs = []
+        for i, layer in enumerate(self.layers):
+            cache, cross_cache = caches[i] if caches is not None else (None, None)
+            x = layer(x, memory, query_pos=query_pos, memory_pos=memory_pos,
+                      tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                      self_attn_mask=self_attn_mask, is_causal=is_causal, rope=rope,
+                      cross_attn_bias=cross_attn_bias, cache=cache, cross_cache=cross_cache)
+            if self.return_intermediate:
+                outs.append(self.norm(x))
+        if self.return_intermediate:
+            return torch.stack(outs)  # (L, B, Q, D)
+        return self.norm(x)  # (B, Q, D)

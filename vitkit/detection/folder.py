@@ -1,0 +1,347 @@
+"""Detect objects in every image of a folder: a COCO results file, optionally pictures with the boxes drawn.
+
+The library side of ``tools/detect.py``. File handling is the captioning tool's (:mod:`vitkit.data.folder`):
+image files by extension in any letter case, sorted POSIX order, EXIF orientation applied, any mode converted
+to RGB, the first frame of multi-frame files; an unreadable file becomes a failure with its reason and the
+run goes on; a batch the model fails on is retried image by image.
+
+Image ids (``image_id`` of each result):
+
+- **with an annotation file** (``annotations=instances_val2017.json``, the folder being that split): the file's
+  ids, looked up by ``file_name`` (the path relative to the folder, or the bare file name when that is unique in
+  the folder), so ``tools/eval.py --annotations GT --results OUT`` scores the output as is. Images are decoded
+  in the orientation the annotation file's ``width``/``height`` describe (``load_rgb``'s ``size_hint``). A
+  listed image the annotation file does not know is a failure ("not in the annotation file"): its boxes could
+  not be given an id.
+- **without**: the listed files are numbered 1, 2, ... in sorted order, unreadable ones included (so a file's
+  id does not depend on which other files could be read).
+
+Either way a sidecar ``<out stem>.images.json`` maps files to ids: ``{"images": [{"id", "file_name", "width",
+"height"}]}``, the ``images`` section of a COCO annotation file (width and height of the decoded, upright image),
+with ``"error"`` on a file that failed (and ``"id": null`` for a file the annotation file does not list).
+
+Results are ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` with ``bbox`` in pixels of the
+upright original image and ``category_id`` the dataset's id of the predicted class
+(``Detector.label_to_cat_id``), sorted by image id, then score (descending). The file is written at the end
+(atomically); an interrupted run writes nothing.
+
+Drawn pictures (``draw_dir``): one per readable image, the same relative path; a ``.png``, ``.jpg`` or
+``.jpeg`` input keeps its name (and format), any other gets ``.png`` appended (``anim.gif`` ->
+``anim.gif.png``), so two inputs never share an output. Boxes are labelled ``"name score"`` and coloured by
+class.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes
+
+from vitkit.data.folder import ImageFolder, ImageReadError, folder_batches, load_rgb, progress_bar, run_isolated
+from vitkit.data.transforms import detr_val_transforms
+from vitkit.detection.predictor import Detector
+
+# Box colours by class (matplotlib's tab10), so a class keeps its colour across pictures.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf")
+DRAW_KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Labels on a filled background in the box colour where torchvision has it (0.23+): readable on any image.
+_LABEL_STYLE = {"fill_labels": True} if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters else {}
+
+
+class DetectorTransform:
+    """RGB PIL image -> (3, h, w) float32 normalised tensor: the detection validation transform
+    (:func:`~vitkit.data.transforms.detr_val_transforms` on the uint8 pixels, as
+    :class:`~vitkit.data.coco.CocoDetection` feeds it), which is also :meth:`Detector.preprocess`'s arithmetic.
+    Picklable, for DataLoader workers.
+
+    Args:
+        size: short side in px; max_size: cap on the long side in px, or None.
+    """
+    def __init__(self, size: int, max_size: int | None) -> None:
+        self.size, self.max_size = size, max_size
+        self.transform = detr_val_transforms(size, max_size)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.transform(tv_tensors.Image(F.pil_to_tensor(image))).as_subclass(Tensor)  # (3, h, w)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, max_size={self.max_size})"
+
+
+@dataclass
+class FolderDetectionSummary:
+    """What a :func:`detect_folder` run did.
+
+    Attributes:
+        detected: images detected (with or without boxes above the threshold).
+        failed: images that could not be read or detected, or have no image id.
+        boxes: detections written.
+        seconds: wall time of the run.
+        out: the results file.
+        image_ids: the sidecar mapping files to image ids (and failed files to their errors).
+        failures: (file, reason) of each failed image, in listing order.
+        warnings: things the user should know (e.g. category ids the annotation file does not have).
+    """
+    detected: int = 0
+    failed: int = 0
+    boxes: int = 0
+    seconds: float = 0.0
+    out: Path = Path()
+    image_ids: Path = Path()
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        """The one-line summary the CLI prints last."""
+        return (f"detected {self.detected}, failed {self.failed} ({self.boxes} boxes) in {self.seconds:.1f} s; "
+                f"output: {self.out}")
+
+
+def image_ids_path(out: str | os.PathLike) -> Path:
+    """The sidecar of a results file: ``dets.json`` -> ``dets.images.json``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.images.json")
+
+
+def draw_path(rel: str, keep: tuple[str, ...] = DRAW_KEEP_SUFFIXES) -> str:
+    """Output name of a picture made from the input ``rel``: kept when its suffix is in ``keep``, else + ".png"."""
+    return rel if Path(rel).suffix.lower() in keep else f"{rel}.png"
+
+
+def read_annotation_images(path: str | os.PathLike) -> tuple[dict[str, int], dict[str, tuple[int, int]], set[int]]:
+    """``file_name`` -> image id, ``file_name`` -> (width, height), and the category ids of a COCO instances file.
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: not JSON, or no ``images`` list of entries with ``id`` and ``file_name``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{path}: not a COCO annotation file (no 'images' list)")
+    ids, sizes = {}, {}
+    for i, im in enumerate(data["images"]):
+        if not (isinstance(im, dict) and isinstance(im.get("file_name"), str) and isinstance(im.get("id"), int)):
+            raise ValueError(f"{path}: images[{i}] needs an integer 'id' and a 'file_name'")
+        name = Path(im["file_name"]).as_posix().removeprefix("./")
+        ids[name] = im["id"]
+        if isinstance(im.get("width"), int) and isinstance(im.get("height"), int):
+            sizes[name] = (im["width"], im["height"])
+    cats = {c["id"] for c in data.get("categories") or [] if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    return ids, sizes, cats
+
+
+def match_files(files: list[str], ids: dict[str, int]) -> dict[str, str]:
+    """Listed file -> its ``file_name`` in the annotation file: the relative path, else the bare file name when no
+    other listed file has that name. Files without a match are left out."""
+    names: dict[str, int] = {}
+    for f in files:
+        names[Path(f).name] = names.get(Path(f).name, 0) + 1
+    out = {}
+    for f in files:
+        if f in ids:
+            out[f] = f
+        elif Path(f).name in ids and names[Path(f).name] == 1:
+            out[f] = Path(f).name
+    return out
+
+
+def annotation_ids(annotations: str | os.PathLike,
+                   files: list[str]) -> tuple[dict[str, int], dict[str, tuple[int, int]], set[int]]:
+    """Image id and (width, height) of each listed file that an annotation file knows (see :func:`match_files`),
+    and the file's category ids."""
+    gt_ids, gt_sizes, cats = read_annotation_images(annotations)
+    matched = match_files(files, gt_ids)
+    return ({f: gt_ids[n] for f, n in matched.items()}, {f: gt_sizes[n] for f, n in matched.items() if n in gt_sizes},
+            cats)
+
+
+def annotation_size_hints(annotations: str | os.PathLike, folder: str | os.PathLike,
+                          recursive: bool = True) -> dict[str, tuple[int, int]]:
+    """{file: (width, height)} of the images of ``folder`` that the annotation file lists (``size_hints`` of
+    :class:`~vitkit.data.folder.ImageFolder`)."""
+    files = [p.as_posix() for p in ImageFolder(folder, recursive=recursive).files]
+    return annotation_ids(annotations, files)[1]
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (a temporary file, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def draw_detections(image: Image.Image | Tensor, boxes: Tensor, labels: list[int], names: list[str],
+                    scores: list[float]) -> Tensor:
+    """The image with labelled boxes drawn: (3, H, W) uint8.
+
+    Args:
+        image: RGB PIL image or (3, H, W) uint8 tensor.
+        boxes: (K, 4) xyxy pixels of that image.
+        labels: K contiguous labels (pick the colours); names: K class names; scores: K scores.
+    """
+    img = image if isinstance(image, Tensor) else F.pil_to_tensor(image)  # (3, H, W) uint8
+    if not len(boxes):
+        return img
+    short = min(img.shape[-2:])
+    font = _label_font()
+    return draw_bounding_boxes(img, boxes.float(), labels=[f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)],
+                               colors=[PALETTE[lab % len(PALETTE)] for lab in labels], width=max(1, round(short / 200)),
+                               font=font, font_size=max(10, round(short / 40)) if font else None, **_LABEL_STYLE)
+
+
+def _label_font() -> str | None:
+    """A scalable TrueType font (matplotlib's DejaVu Sans), so labels grow with the image; None: Pillow's default."""
+    import matplotlib
+
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return str(path) if path.is_file() else None
+
+
+def _names(detector: Detector, labels: list[int]) -> list[str]:
+    return [detector.class_names[j] for j in labels] if detector.class_names else [str(j) for j in labels]
+
+
+def _draw(detector: Detector, path: Path, size_hint: tuple[int, int] | None, det: dict[str, Tensor],
+          dest: Path) -> None:
+    """Decode ``path`` again (the batch holds it resized and normalised), draw ``det`` on it, save to ``dest``."""
+    labels = det["labels"].tolist()
+    pixels = draw_detections(load_rgb(path, size_hint=size_hint), det["boxes"], labels, _names(detector, labels),
+                             det["scores"].tolist())  # (3, H, W) uint8
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(dest)  # format from the suffix
+
+
+def _coco_results(detector: Detector, det: dict[str, Tensor], image_id: int) -> list[dict[str, Any]]:
+    """COCO result entries of one image's detections (xyxy pixels -> xywh, labels -> dataset category ids)."""
+    cat_of = detector.label_to_cat_id
+    xywh = box_convert(det["boxes"].float(), "xyxy", "xywh").tolist()  # (K, 4)
+    return [{"image_id": image_id, "category_id": int(cat_of[lab]) if cat_of else int(lab),
+             "bbox": [round(v, 3) for v in box], "score": round(score, 5)}
+            for lab, score, box in zip(det["labels"].tolist(), det["scores"].tolist(), xywh, strict=True)]
+
+
+def detect_folder(
+    detector: Detector,
+    folder: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    annotations: str | os.PathLike | None = None,
+    score_threshold: float = 0.5,
+    batch_size: int = 8,
+    recursive: bool = True,
+    num_workers: int = 0,
+    progress: bool = False,
+    draw_dir: str | os.PathLike | None = None,
+) -> FolderDetectionSummary:
+    """Detect the images of ``folder`` into a COCO results file ``out`` (see the module docstring).
+
+    Args:
+        detector: from :func:`vitkit.load` (on the device to run on).
+        folder: the image folder.
+        out: the results JSON to write.
+        annotations: a COCO instances file whose ``images`` give the image ids (and orientation), or None to
+            number the files (the ``<out stem>.images.json`` sidecar maps files to ids either way).
+        score_threshold: keep detections scoring at least this.
+        batch_size: images per forward pass.
+        recursive: include subfolders.
+        num_workers: DataLoader worker processes decoding and preprocessing images (0 = in this process).
+        progress: show a progress bar on stderr.
+        draw_dir: also write each image with its boxes drawn under this folder.
+
+    Returns:
+        A :class:`FolderDetectionSummary`.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: ``folder`` (or ``annotations``) is missing, or a file.
+        ValueError: a bad option, ``out`` is a folder, or ``annotations`` is not a COCO annotation file.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'dets.json'}")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
+    if draw_dir is not None and Path(draw_dir).resolve() == Path(folder).resolve():
+        raise ValueError(f"--draw {draw_dir} is the image folder: the pictures would overwrite the images")
+    dataset = ImageFolder(folder, transform=DetectorTransform(detector.size, detector.max_size), recursive=recursive)
+    files = [p.as_posix() for p in dataset.files]
+    summary = FolderDetectionSummary(out=out, image_ids=image_ids_path(out))
+    if annotations is not None:
+        image_ids, dataset.size_hints, cats = annotation_ids(annotations, files)
+        unknown = sorted(set(detector.label_to_cat_id or range(detector.model.num_classes)) - cats)
+        if unknown:
+            summary.warnings.append(f"the detector's category ids {unknown} are not categories of {annotations}; "
+                                    "COCOeval ignores their detections (was the model trained on this dataset?)")
+    else:
+        image_ids = {f: i for i, f in enumerate(files, start=1)}
+    failures: dict[str, str] = {f: f"not in the annotation file {annotations} (no image id for its boxes)"
+                                for f in files if f not in image_ids}
+    sizes: dict[str, tuple[int, int]] = {}  # file -> (h, w) decoded
+    results: list[dict[str, Any]] = []
+    device = next(detector.model.parameters()).device
+    todo = [i for i, f in enumerate(files) if f in image_ids]
+
+    def detect(images: Tensor, mask: Tensor, batch_files: list[str]) -> list[dict[str, Tensor]]:
+        target = torch.tensor([sizes[f] for f in batch_files], device=device)  # (B, 2) [h, w]
+        with torch.no_grad():
+            dets = detector.postprocess(detector.run(images, mask), target)
+        return [{k: v[d["scores"] >= score_threshold].cpu() for k, v in d.items()} for d in dets]
+
+    detector.eval()
+    with progress_bar("detecting", progress) as bar:
+        task = bar.add_task("detecting", total=len(todo))
+        for batch_files, good, errors in folder_batches(dataset, todo, batch_size=batch_size, num_workers=num_workers,
+                                                        pin_memory=device.type == "cuda"):
+            failures.update({r["file"]: r["error"] for r in errors})
+            if good is not None:
+                sizes.update(zip(good["files"], good["sizes"], strict=True))
+                for file, det in run_isolated(detect, good, "detection").items():
+                    if isinstance(det, str):
+                        failures[file] = det
+                        continue
+                    if draw_dir is not None:
+                        try:
+                            _draw(detector, Path(folder) / file, dataset.size_hints.get(file), det,
+                                  Path(draw_dir) / draw_path(file))
+                        except (ImageReadError, OSError, ValueError) as err:
+                            failures[file] = f"drawing failed: {type(err).__name__}: {err}"
+                            continue
+                    results.extend(_coco_results(detector, det, image_ids[file]))
+                    summary.detected += 1
+                    summary.boxes += len(det["scores"])
+            bar.advance(task, len(batch_files))
+    results.sort(key=lambda r: (r["image_id"], -r["score"]))
+    _write_json(out, results)
+    images = []
+    for f in files:
+        entry: dict[str, Any] = {"id": image_ids.get(f), "file_name": f}
+        if f in sizes:
+            entry.update(width=int(sizes[f][1]), height=int(sizes[f][0]))
+        if f in failures:
+            entry["error"] = failures[f]
+        images.append(entry)
+    _write_json(summary.image_ids, {"images": images})
+    summary.failures = [(f, failures[f]) for f in files if f in failures]
+    summary.failed = len(summary.failures)
+    summary.seconds = time.perf_counter() - start
+    return summary

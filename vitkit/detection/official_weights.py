@@ -1,0 +1,262 @@
+"""Official DETR weights into vitkit: the facebookresearch/detr release and Hugging Face checkpoints.
+
+Both hold the DETR-R50 architecture of ``configs/detr_r50_coco.yaml`` (ResNet-50 with frozen BatchNorm, 6+6
+post-norm layers, d=256, 8 heads, FFN 2048, 100 queries, a softmax head with a no-object class). Key families:
+
+- **facebookresearch/detr** (torch.hub ``.pth``, weights under ``"model"``): ``backbone.0.body.<timm resnet>``,
+  ``input_proj``, ``transformer.encoder.layers.N.{self_attn.in_proj_*, self_attn.out_proj, linear1, linear2,
+  norm1, norm2}``, ``transformer.decoder.layers.N.{self_attn, multihead_attn, linear1, linear2, norm1..3}``,
+  ``transformer.decoder.norm``, ``query_embed``, ``class_embed``, ``bbox_embed.layers.{0,1,2}``;
+- **Hugging Face** ``DetrForObjectDetection`` (``facebook/detr-resnet-50``: safetensors or bin plus
+  ``config.json``): ``model.backbone.conv_encoder.model.<timm resnet>``, ``model.input_projection``,
+  ``model.{encoder,decoder}.layers.N.{self_attn,encoder_attn}.{q,k,v,out}_proj``, ``fc1``, ``fc2``,
+  ``self_attn_layer_norm``, ``encoder_attn_layer_norm``, ``final_layer_norm``, ``model.decoder.layernorm``,
+  ``model.query_position_embeddings``, ``class_labels_classifier``, ``bbox_predictor.layers.{0,1,2}``.
+  transformers 5 names a few of them differently (``model.backbone.model.``, ``o_proj``, ``mlp.fc1``); both
+  spellings are read.
+
+vitkit fuses q, k and v into one ``qkv`` weight in [q; k; v] order, the layout of ``in_proj_weight``, so the
+release's attention weights copy over unchanged and Hugging Face's three projections are concatenated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+
+from vitkit.core import TransformerDecoder, ViTEncoder
+from vitkit.detection import DETR, PostProcess
+from vitkit.detection.predictor import Detector
+from vitkit.layers import BackbonePatchEmbed
+from vitkit.utils.checkpoints import CheckpointError, safe_load_checkpoint
+
+# (pattern, replacement) applied in order to Hugging Face keys after HF_ALIASES; first match wins.
+_HF_RULES = [
+    (r"^model\.backbone\.model\.(.+)$", r"encoder.patch_embed.body.\1"),
+    (r"^model\.input_projection\.(weight|bias)$", r"encoder.patch_embed.input_proj.\1"),
+    (r"^model\.encoder\.layers\.(\d+)\.self_attn\.o_proj\.(weight|bias)$", r"encoder.blocks.\1.attn.proj.\2"),
+    (r"^model\.encoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"encoder.blocks.\1.mlp.\2.\3"),
+    (r"^model\.encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"encoder.blocks.\1.norm1.\2"),
+    (r"^model\.encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"encoder.blocks.\1.norm2.\2"),
+    (r"^model\.decoder\.layers\.(\d+)\.self_attn\.o_proj\.(weight|bias)$", r"decoder.layers.\1.attn.proj.\2"),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn\.o_proj\.(weight|bias)$", r"decoder.layers.\1.cross_attn.proj.\2"),
+    (r"^model\.decoder\.layers\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)$", r"decoder.layers.\1.mlp.\2.\3"),
+    (r"^model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)$", r"decoder.layers.\1.norm1.\2"),
+    (r"^model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.(weight|bias)$", r"decoder.layers.\1.norm2.\2"),
+    (r"^model\.decoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)$", r"decoder.layers.\1.norm3.\2"),
+    (r"^model\.decoder\.layernorm\.(weight|bias)$", r"decoder.norm.\1"),
+    (r"^model\.query_position_embeddings\.weight$", r"query_embed.weight"),
+    (r"^class_labels_classifier\.(weight|bias)$", r"class_embed.\1"),
+    (r"^bbox_predictor\.layers\.(\d)\.(weight|bias)$", r"bbox_embed.layers.\1.\2"),
+]
+# transformers 4 (the hub files) -> transformers 5 spelling, before _HF_RULES.
+_HF_ALIASES = [
+    (r"^model\.backbone\.conv_encoder\.model\.", "model.backbone.model."),
+    (r"\.out_proj\.", ".o_proj."),
+    (r"^(model\.(?:en|de)coder\.layers\.\d+)\.(fc1|fc2)\.", r"\1.mlp.\2."),
+]
+_HF_QKV = re.compile(
+    r"^model\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.(q|k|v)_proj\.(weight|bias)$")
+
+_OFFICIAL_RULES = [
+    (r"^backbone\.0\.body\.(.+)$", r"encoder.patch_embed.body.\1"),
+    (r"^input_proj\.(weight|bias)$", r"encoder.patch_embed.input_proj.\1"),
+    (r"^transformer\.encoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$", r"encoder.blocks.\1.attn.qkv.\2"),
+    (r"^transformer\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)$", r"encoder.blocks.\1.attn.proj.\2"),
+    (r"^transformer\.encoder\.layers\.(\d+)\.linear1\.(weight|bias)$", r"encoder.blocks.\1.mlp.fc1.\2"),
+    (r"^transformer\.encoder\.layers\.(\d+)\.linear2\.(weight|bias)$", r"encoder.blocks.\1.mlp.fc2.\2"),
+    (r"^transformer\.encoder\.layers\.(\d+)\.norm(1|2)\.(weight|bias)$", r"encoder.blocks.\1.norm\2.\3"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)$", r"decoder.layers.\1.attn.qkv.\2"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)$", r"decoder.layers.\1.attn.proj.\2"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.multihead_attn\.in_proj_(weight|bias)$",
+     r"decoder.layers.\1.cross_attn.qkv.\2"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.multihead_attn\.out_proj\.(weight|bias)$",
+     r"decoder.layers.\1.cross_attn.proj.\2"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.linear1\.(weight|bias)$", r"decoder.layers.\1.mlp.fc1.\2"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.linear2\.(weight|bias)$", r"decoder.layers.\1.mlp.fc2.\2"),
+    (r"^transformer\.decoder\.layers\.(\d+)\.norm(1|2|3)\.(weight|bias)$", r"decoder.layers.\1.norm\2.\3"),
+    (r"^transformer\.decoder\.norm\.(weight|bias)$", r"decoder.norm.\1"),
+    (r"^(query_embed\.weight|class_embed\.(?:weight|bias)|bbox_embed\.layers\.\d\.(?:weight|bias))$", r"\1"),
+]
+
+
+def _rename(key: str, rules: list[tuple[str, str]]) -> str | None:
+    for pattern, repl in rules:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return new
+    return None
+
+
+def _skippable(key: str) -> bool:
+    """Entries with no vitkit counterpart that carry no weights: BatchNorm step counters."""
+    return key.endswith("num_batches_tracked")
+
+
+def detr_format(state_dict: dict[str, Tensor]) -> str:
+    """"official" (facebookresearch/detr), "hf" (Hugging Face) or "vitkit", from the key names."""
+    keys = list(state_dict)
+    if any(k.startswith("transformer.") or k.startswith("backbone.0.body.") for k in keys):
+        return "official"
+    if any(k.startswith("model.") or k.startswith("class_labels_classifier.") for k in keys):
+        return "hf"
+    if any(k.startswith("encoder.") for k in keys):
+        return "vitkit"
+    raise ValueError(f"not a DETR state dict of a known layout (first keys: {keys[:5]})")
+
+
+def official_to_vitkit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """facebookresearch/detr ``model`` weights -> vitkit DETR keys.
+
+    Raises:
+        ValueError: keys with no mapping (the message lists them), e.g. a segmentation head.
+    """
+    out, unknown = {}, []
+    for key, value in state_dict.items():
+        new = _rename(key, _OFFICIAL_RULES)
+        if new is not None:
+            out[new] = value
+        elif not _skippable(key):
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"{len(unknown)} facebookresearch/detr keys have no vitkit counterpart: {unknown[:8]} "
+                         "(only the detection model, not DETR's panoptic head, converts)")
+    return out
+
+
+def hf_to_vitkit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face ``DetrForObjectDetection`` weights (transformers 4 or 5 names) -> vitkit DETR keys.
+
+    Raises:
+        ValueError: keys with no mapping, or an attention layer missing one of q/k/v.
+    """
+    out, unknown, qkv = {}, [], {}
+    for key, value in state_dict.items():
+        for pattern, repl in _HF_ALIASES:
+            key = re.sub(pattern, repl, key)
+        m = _HF_QKV.match(key)
+        if m:
+            part, layer, attn, which, kind = m.groups()
+            block = "blocks" if part == "encoder" else "layers"
+            name = "attn" if attn == "self_attn" else "cross_attn"
+            qkv.setdefault(f"{part}.{block}.{layer}.{name}.qkv.{kind}", {})[which] = value
+            continue
+        new = _rename(key, _HF_RULES)
+        if new is not None:
+            out[new] = value
+        elif not (_skippable(key) or key.startswith("model.backbone.position_embedding")):
+            unknown.append(key)
+    for name, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(f"Hugging Face DETR weights: {name} has only {sorted(parts)} of q/k/v projections")
+        out[name] = torch.cat((parts["q"], parts["k"], parts["v"]), dim=0)  # (3D, D) or (3D,)
+    if unknown:
+        raise ValueError(f"{len(unknown)} Hugging Face DETR keys have no vitkit counterpart: {unknown[:8]}")
+    return out
+
+
+def read_detr_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """Read an official DETR checkpoint safely and convert it to vitkit keys.
+
+    Args:
+        path: a facebookresearch/detr ``.pth``; a Hugging Face ``model.safetensors`` / ``pytorch_model.bin``; or a
+            Hugging Face model folder holding one of those and ``config.json``.
+
+    Returns:
+        (vitkit state dict, info) with info ``format`` ("official" | "hf"), ``num_classes`` (C, the class head
+        has C + 1 rows) and, for Hugging Face files with a config.json beside them, ``id2label`` {int: str}.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``, or a folder without weights.
+        CheckpointError: (a ValueError) the file is refused (it needs arbitrary pickled objects, which could run
+            code) or is not a readable torch / safetensors file; the same refusal as every other checkpoint load.
+        ValueError: not a DETR checkpoint of a known layout.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this folder")
+        path = found[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"DETR weights not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            raw = load_file(str(path))
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(err).__name__}: "
+                                  f"{str(err)[:200]})") from None
+    else:  # the release's training checkpoints also hold their argparse.Namespace of settings
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            raw = safe_load_checkpoint(path)  # a CheckpointError (refused, or unreadable) naming the file
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            raw = raw["model"]
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f"{path}: holds no state dict")
+    fmt = detr_format(raw)
+    if fmt == "vitkit":
+        raise ValueError(f"{path}: already in vitkit's layout; load it with vitkit.load or load_state_dict")
+    state = official_to_vitkit(raw) if fmt == "official" else hf_to_vitkit(raw)
+    info: dict = {"format": fmt, "num_classes": int(state["class_embed.weight"].shape[0]) - 1}
+    config = path.parent / "config.json"
+    if fmt == "hf" and config.is_file():
+        id2label = json.loads(config.read_text()).get("id2label") or {}
+        info["id2label"] = {int(k): str(v) for k, v in id2label.items()}
+    return state, info
+
+
+def detr_r50(num_classes: int = 91) -> torch.nn.Module:
+    """The DETR-R50 architecture of the official checkpoints (and of ``configs/detr_r50_coco.yaml``), untrained.
+
+    ``num_classes`` counts the object classes C (the head has C + 1 outputs); the COCO release uses 91, one per
+    COCO category id (ids not used by COCO are never predicted).
+    """
+    backbone = BackbonePatchEmbed("resnet50", embed_dim=256, pretrained=False, frozen_bn=True, freeze_at=2)
+    enc = ViTEncoder(backbone, embed_dim=256, depth=6, num_heads=8, mlp_dim=2048, dropout=0.1, act="relu",
+                     norm_eps=1e-5, pos_embed="sine", pos_mode="qk", class_token=False, norm_first=False,
+                     final_norm=False)
+    dec = TransformerDecoder(dim=256, depth=6, num_heads=8, mlp_dim=2048, dropout=0.1, act="relu", norm_first=False)
+    return DETR(enc, dec, num_classes=num_classes, num_queries=100)
+
+
+def load_detr_weights(path: str | Path, size: int = 800, max_size: int = 1333):
+    """An official DETR checkpoint (see :func:`read_detr_weights`) as a ready
+    :class:`vitkit.detection.predictor.Detector`.
+
+    Labels are the checkpoint's class indices; for the COCO release these are COCO category ids, so
+    ``label_to_cat_id`` is the identity. Class names come from a Hugging Face config.json when there is one.
+    """
+    state, info = read_detr_weights(path)
+    model = detr_r50(info["num_classes"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: the weights do not fit the DETR-R50 architecture: {err}") from err
+    C = info["num_classes"]
+    id2label = info.get("id2label") or {}
+    names = [id2label.get(i, f"class_{i}") for i in range(C)] if id2label else None
+    det = Detector(model, PostProcess(use_focal=False), class_names=names, label_to_cat_id=list(range(C)),
+                   size=size, max_size=max_size)
+    return det.eval()
+
+
+def select_classes(state: dict[str, Tensor], class_ids: list[int]) -> dict[str, Tensor]:
+    """Keep the class-head rows of ``class_ids`` (in that order) and the last, no-object row.
+
+    The COCO release predicts one logit per COCO category id (0..90) plus no-object; a dataset with contiguous
+    labels 0..C-1 for category ids ``label_to_cat_id`` evaluates it with ``select_classes(state, label_to_cat_id)``.
+
+    Raises:
+        ValueError: an id the head does not have.
+    """
+    weight = state["class_embed.weight"]  # (C + 1, D)
+    if max(class_ids, default=-1) >= weight.shape[0] - 1 or min(class_ids, default=0) < 0:
+        raise ValueError(f"category ids {class_ids} do not fit a class head of {weight.shape[0] - 1} classes")
+    rows = torch.tensor([*class_ids, weight.shape[0] - 1])
+    return {**state, "class_embed.weight": weight[rows], "class_embed.bias": state["class_embed.bias"][rows]}

@@ -1,0 +1,160 @@
+"""Detection cross-attention pictures: for each box a detector keeps, its query's cross-attention in the last
+decoder layer.
+
+Global attention: the attention weights (heads averaged) as a heatmap over the image; deformable attention
+(:class:`~vitkit.layers.deformable.MSDeformableAttention`): the sampling points of every head and level, sized and
+coloured by their attention weights. Detection runs one image at a time (no batch padding); token grids are mapped
+onto the image through the patch stride (level ``l`` of a multi-level memory at ``stride * h_0 / h_l``), and each
+level's weights are divided by its token area before the levels are summed, so the heatmap is an attention density.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from vitkit.layers.deformable import MSDeformableAttention
+from vitkit.viz.draw import PALETTE, box, display, grid_figure, heatmap, image_axes, rgb, save
+from vitkit.viz.recording import (
+    AttentionRecorder,
+    Capture,
+    deformable_sampling,
+    eval_mode,
+    grid_stride,
+    levels_to_image,
+)
+
+
+@dataclass
+class DetectionAttention:
+    """The kept boxes of one image and where their queries looked (coordinates in px of ``image``).
+
+    Attributes:
+        image: (H, W, 3) uint8, the input scaled for display (long side :data:`~vitkit.viz.draw.DISPLAY_SIZE`).
+        scale: display px per original px.
+        boxes: (K, 4) xyxy; scores (K,); labels (K,) contiguous; names: K class names; queries: K query indices.
+        kind: "global" or "deformable".
+        maps: global: (K, H, W) attention density over ``image`` (heads averaged); else None.
+        points: deformable: K arrays (heads x levels x points, 2) of (x, y) sampling locations; else empty.
+        point_weights: deformable: K arrays of their weights (averaged over heads: each array sums to 1).
+        references: deformable: (K, 4) xyxy reference boxes the points were placed around (the last layer's
+            input boxes; the drawn ``boxes`` are its refined output); else None.
+    """
+    image: np.ndarray
+    scale: float
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    queries: list[int]
+    kind: str
+    maps: np.ndarray | None = None
+    points: list[np.ndarray] = field(default_factory=list)
+    point_weights: list[np.ndarray] = field(default_factory=list)
+    references: np.ndarray | None = None
+
+
+@torch.no_grad()
+def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Image | Tensor,
+                        score_threshold: float = 0.5, max_boxes: int = 12) -> DetectionAttention:
+    """Run a :class:`~vitkit.detection.predictor.Detector` on one image and
+    read its last decoder layer's cross-attention.
+
+    Args:
+        detector: from :func:`vitkit.load`.
+        image: a path, an RGB PIL image or a (3, H, W) uint8 tensor.
+        score_threshold: keep queries whose best class scores at least this (softmax heads: the best class other
+            than no-object; sigmoid heads: the best sigmoid), as :class:`~vitkit.detection.PostProcess` does.
+        max_boxes: at most this many boxes, best first.
+
+    Returns:
+        A :class:`DetectionAttention`.
+    """
+    model = detector.model
+    img = rgb(image)
+    batch, mask, _ = detector.preprocess([img])  # (1, 3, h, w), (1, h, w)
+    device = next(model.parameters()).device
+    batch = batch.to(next(model.parameters()).dtype)  # bf16 when the detector runs in bf16
+    last = model.decoder.layers[-1].cross_attn
+    deformable = isinstance(last, MSDeformableAttention)
+    with eval_mode(model), contextlib.ExitStack() as stack:
+        calls = stack.enter_context(Capture({"encoder": model.encoder, "finer": getattr(model, "finer", None),
+                                             "coarser": getattr(model, "coarser", None),
+                                             "cross": last if deformable else None}))
+        recorder = None if deformable else stack.enter_context(AttentionRecorder(last))
+        out = model(batch.to(device), mask.to(device))
+    logits = out["pred_logits"][0].float()  # (Q, C[+1])
+    probs = logits.sigmoid() if detector.postprocess.use_focal else logits.softmax(-1)[:, :-1]
+    scores, labels = probs.max(-1)  # (Q,)
+    order = scores.argsort(descending=True)
+    keep = order[scores[order] >= score_threshold][:max_boxes]  # (K,)
+
+    shown = display(img)
+    Hd, Wd = shown.shape[:2]
+    boxes = out["pred_boxes"][0, keep].float().cpu()  # (K, 4) cxcywh in [0, 1]
+    xyxy = _xyxy(boxes, Wd, Hd)  # (K, 4) display px
+    lab = labels[keep].cpu()
+    names = [detector.class_names[j] for j in lab.tolist()] if detector.class_names else [str(j) for j in lab.tolist()]
+    result = DetectionAttention(shown, Wd / img.width, xyxy.numpy(), scores[keep].cpu().numpy(), lab.numpy(), names,
+                                keep.tolist(), "deformable" if deformable else "global")
+    if deformable:
+        args, kwargs, _ = calls.calls["cross"]
+        loc, w = deformable_sampling(last, args[0], kwargs["reference"])  # (1, Q, H, L, P, 2), (1, Q, H, L, P)
+        result.references = _xyxy(kwargs["reference"][0, keep].float().cpu(), Wd, Hd).numpy()
+        for q in keep.tolist():
+            xy = loc[0, q].reshape(-1, 2).cpu() * torch.tensor([Wd, Hd])  # (H*L*P, 2) display px
+            result.points.append(xy.numpy())
+            result.point_weights.append((w[0, q].reshape(-1).cpu() / last.num_heads).numpy())
+        return result
+    enc = calls.calls["encoder"][2]
+    shapes, s0 = [tuple(enc.grid)], grid_stride(model.encoder)
+    for name in ("finer", "coarser"):  # memory order: encoder grid, finer, coarser
+        if name in calls.calls:
+            shapes.append(tuple(calls.calls[name][2][0].shape[1:3]))
+    strides = [s0 * shapes[0][0] / h for h, _ in shapes]
+    attn = recorder.weights[-1][0].mean(0)  # (Q, P+N) heads averaged
+    grid_w = attn[keep, enc.num_prefix:]  # (K, N)
+    result.maps = levels_to_image(grid_w, shapes, strides, tuple(batch.shape[-2:]), (Hd, Wd)).numpy()
+    return result
+
+
+def _xyxy(cxcywh: Tensor, width: int, height: int) -> Tensor:
+    """(K, 4) normalised cxcywh -> (K, 4) xyxy px of a width x height image."""
+    half = cxcywh[:, 2:] / 2
+    return torch.cat((cxcywh[:, :2] - half, cxcywh[:, :2] + half), -1) * torch.tensor([width, height, width, height])
+
+
+def plot_detection_attention(att: DetectionAttention, path: str | os.PathLike, cols: int = 4) -> Path:
+    """Save a PNG: the image with every kept box, then one panel per box with its query's attention.
+
+    Global attention: a heatmap (``jet``, normalised to its maximum) over the image; deformable attention: the
+    sampling points, sized and coloured (``plasma``) by weight, around the reference box (dashed, white). The box
+    is drawn in its class colour, the title gives the class, the score and the query index.
+    """
+    H, W = att.image.shape[:2]
+    fig, axes = grid_figure(1 + len(att.boxes), cols, H / W)
+    title = f"{len(att.boxes)} boxes ({att.kind} cross-attention)" if len(att.boxes) else "no box above the threshold"
+    image_axes(axes[0], att.image, title)
+    for k, xyxy in enumerate(att.boxes):
+        colour = PALETTE[int(att.labels[k]) % len(PALETTE)]
+        box(axes[0], xyxy, colour, f"{att.names[k]} {att.scores[k]:.2f}")
+        ax = axes[k + 1]
+        image_axes(ax, att.image, f"{att.names[k]} {att.scores[k]:.2f} (query {att.queries[k]})")
+        if att.maps is not None:
+            heatmap(ax, att.maps[k], (H, W), alpha=0.5)
+        else:
+            w = att.point_weights[k]
+            ax.scatter(att.points[k][:, 0], att.points[k][:, 1], s=8 + 400 * w / max(float(w.max()), 1e-12), c=w,
+                       cmap="plasma", edgecolors="white", linewidths=0.4)
+            box(ax, att.references[k], "white", linestyle="--")
+            ax.set_xlim(0, W)
+            ax.set_ylim(H, 0)
+        box(ax, xyxy, colour)
+    return save(fig, path)

@@ -1,0 +1,112 @@
+"""Ready-to-use inference wrappers returned by :func:`vitkit.load`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor, nn
+from torchvision.transforms.v2 import functional as F
+
+from vitkit.data.collate import collate_detection
+from vitkit.data.transforms import resized_size
+from vitkit.kernels.precision import apply_precision, model_dtype
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path: str | Path) -> Image.Image:
+    """Open an image file as RGB with its EXIF orientation applied (first frame of multi-frame files)."""
+    with Image.open(path) as im:
+        im.seek(0)
+        im = ImageOps.exif_transpose(im)
+        return im.convert("RGB")
+
+
+class Detector(nn.Module):
+    """A DETR-style detector with its preprocessing, post-processing and category names.
+
+    Args:
+        model: the detector network (``forward(images, mask) -> dict``).
+        postprocess: ``PostProcess`` turning outputs into per-image xyxy pixel detections.
+        class_names: name per contiguous label.
+        label_to_cat_id: dataset category id per contiguous label.
+        size, max_size: shortest-side resize and longest-side cap used at inference.
+
+    The network runs in the dtype of its weights; :meth:`set_precision` (``vitkit.load(..., precision=...)``)
+    switches it to bf16 (see :mod:`vitkit.kernels.precision`). Outputs are float32 either way.
+    """
+    def __init__(self, model: nn.Module, postprocess: nn.Module, class_names: Sequence[str] | None = None,
+                 label_to_cat_id: Sequence[int] | None = None, size: int = 800, max_size: int = 1333) -> None:
+        super().__init__()
+        self.model, self.postprocess = model, postprocess
+        self.class_names = list(class_names) if class_names else None
+        self.label_to_cat_id = list(label_to_cat_id) if label_to_cat_id else None
+        self.size, self.max_size = size, max_size
+
+    def set_precision(self, precision: str) -> Detector:
+        """Run the network in ``"bf16"``, ``"fp32"`` or ``"auto"`` (bf16 where the hardware is fast at it).
+
+        bf16 folds the frozen BatchNorms into the convs, so the network's state_dict changes: save weights from
+        an fp32 model (``tools/export.py`` loads its own fp32 copy).
+        """
+        apply_precision(self.model, precision)
+        return self
+
+    def run(self, batch: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """The network on a preprocessed batch, in its weights' dtype; floating outputs come back float32."""
+        param = next(self.model.parameters())
+        out = self.model(batch.to(param.device, model_dtype(self.model)), mask.to(param.device))
+        return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in out.items()}
+
+    def preprocess(self, images: Sequence) -> tuple[Tensor, Tensor, Tensor]:
+        """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2)."""
+
+
+        items, sizes = [], []
+        for im in images:
+            if isinstance(im, str | Path):
+                im = read_image(im)
+            t = F.to_image(im) if not isinstance(im, Tensor) else im
+            if t.ndim != 3 or t.shape[0] != 3:
+                raise ValueError(f"expected an RGB image (3, H, W), got shape {tuple(t.shape)}")
+            sizes.append(t.shape[-2:])
+            h, w = resized_size(int(t.shape[-2]), int(t.shape[-1]), self.size, self.max_size)  # >= 1 px each
+            t = F.resize(t, [h, w], antialias=True)
+            t = F.to_dtype(t, torch.float32, scale=True)
+            items.append((F.normalize(t, IMAGENET_MEAN, IMAGENET_STD), {}))
+        batch, mask, _ = collate_detection(items)
+        return batch, mask, torch.tensor([list(s) for s in sizes])
+
+    @torch.no_grad()
+    def predict(self, images, score_threshold: float = 0.5, batch_size: int = 8) -> list[dict]:
+        """Detect objects.
+
+        Args:
+            images: one or a list of image paths, PIL images or (3, H, W) uint8/float tensors.
+            score_threshold: drop detections scoring below this.
+            batch_size: images per forward pass.
+
+        Returns:
+            One dict per image: ``boxes`` (K, 4) xyxy pixels of the original image, ``scores`` (K,),
+            ``labels`` (K,) contiguous labels, ``label_names`` (K names), ``category_ids`` (K dataset ids).
+        """
+        if not isinstance(images, list | tuple):
+            images = [images]
+        self.eval()
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch, mask, sizes = self.preprocess(images[i: i + batch_size])
+            dets = self.postprocess(self.run(batch, mask), sizes.to(device))
+            for d in dets:
+                keep = d["scores"] >= score_threshold
+                d = {k: v[keep].cpu() for k, v in d.items()}
+                labels = d["labels"].tolist()
+                d["label_names"] = [self.class_names[j] for j in labels] if self.class_names else labels
+                d["category_ids"] = [self.label_to_cat_id[j] for j in labels] if self.label_to_cat_id else labels
+                out.append(d)
+        return out

@@ -1,1 +1,0 @@
-"""Conversion from reference implementations' models and checkpoints."""

@@ -1,0 +1,71 @@
+"""Inference precision: bf16 weights and activations where the hardware runs them fast, fp32 otherwise.
+
+``bf16`` casts a model's weights to bfloat16 after folding its frozen BatchNorms into the convs (in float32,
+so the fold adds no rounding of its own) and puts conv weights in channels_last. The inference wrappers
+(:class:`vitkit.detection.predictor.Detector`, :class:`vitkit.captioning.predictor.CaptionPipeline`)
+cast their inputs to the
+model's dtype and their outputs back to float32 before post-processing, so callers always see float32.
+
+Accuracy: on the shapes validation set bf16 inference moves COCO AP by far less than the 0.5-point budget
+(``tests/test_precision.py``; the measured figures are in the README's Performance section).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vitkit.kernels.fuse import fold_frozen_batchnorm
+from vitkit.kernels.packed import pack_linears
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
+    """True where bf16 matmuls run natively: CUDA with bf16 support, or a CPU with AVX-512 bf16 / AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``auto`` -> ``bf16`` where :func:`bf16_is_fast`, else ``fp32``; checks the name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {'|'.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_is_fast(device) else "fp32"
+    return precision
+
+
+def apply_precision(model: nn.Module, precision: str) -> torch.dtype:
+    """Prepare ``model`` (in place, for inference only) for ``precision``; returns its new floating dtype.
+
+    ``bf16``: eval mode, frozen BatchNorms folded into their convs, weights cast to bfloat16, conv weights in
+    channels_last. ``fp32``: weights cast to float32 (a fold done earlier stays; it is exact in float32). Both, on
+    the CPU: linear weights prepacked for oneDNN (:mod:`vitkit.kernels.packed`; bit-identical in bf16, float
+    rounding apart from MKL's GEMM in fp32).
+    """
+    precision = resolve_precision(precision, next(model.parameters()).device)
+    model.eval()
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if precision == "fp32":
+        model.float()
+        if on_cpu:
+            pack_linears(model)
+        return torch.float32
+    if next(model.parameters()).dtype == torch.float32:
+        fold_frozen_batchnorm(model)
+    model.to(torch.bfloat16)
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model.to(memory_format=torch.channels_last)
+    if on_cpu:
+        pack_linears(model)
+    return torch.bfloat16
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())

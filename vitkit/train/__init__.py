@@ -1,0 +1,1 @@
+"""Training helpers both tasks share: non-finite guards, optimizer and schedule, exact resume, safe checkpoint I/O."""

@@ -1,0 +1,1 @@
+"""Task-free helpers below every other package: safe checkpoint files (weights-only loads, atomic saves)."""

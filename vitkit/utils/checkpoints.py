@@ -1,0 +1,214 @@
+"""Checkpoint files read and written safely, without Lightning: every vitkit entry point goes through here.
+
+- :func:`safe_load_checkpoint`: ``torch.load(weights_only=True)``; a file that needs arbitrary pickled objects (the way
+  a malicious checkpoint runs code) is refused before anything in it is built, with a message that says so.
+- :func:`atomic_torch_save`: write to a hidden temporary file in the same folder, flush it to disk, then
+  ``os.replace`` it over the target, so a kill mid-write leaves the previous file intact.
+- :func:`check_stored_config`: a model config read from a file (``vitkit_*_config`` in a checkpoint, the metadata
+  of an exported safetensors file) is built by jsonargparse, which imports whatever its ``class_path`` values and
+  class references name. Only classes and functions defined under ``vitkit``, ``torch.nn`` and ``timm`` are let
+  through, and ``pretrained`` is forced off (the file holds the weights; nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import pickle
+import re
+import secrets
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is refused (it would unpickle code) or cannot be read; the message says which."""
+
+
+def _unsupported_global(err: BaseException) -> str | None:
+    """The global a weights-only unpickler refused (``builtins.open``, ``os.system``...), from torch's message."""
+    match = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(err))
+    return match.group(1) if match else None
+
+
+def safe_load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors a user can act on.
+
+    Every checkpoint vitkit reads goes through here (``vitkit.load``, ``tools/eval.py --ckpt``, ``tools/caption.py``,
+    ``tools/train.py --ckpt_path`` via :class:`vitkit.train.checkpoint_io.SafeCheckpointIO`): tensors, plain
+    containers and numbers load; a pickled object of any other class (the way a malicious file runs code) is refused
+    before it is built, so its code never runs.
+
+    Args:
+        path: the checkpoint file.
+        map_location: device to load tensors onto (None: where they were saved).
+
+    Returns:
+        What the file holds (a Lightning checkpoint is a dict).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: the file needs arbitrary pickled objects (refused), or is not a readable torch file
+            (truncated, corrupt or another format).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        culprit = _unsupported_global(err)
+        what = f" (it references {culprit})" if culprit else ""
+        raise CheckpointError(
+            f"{path}: refused: cannot be loaded safely, the file needs arbitrary pickled objects{what}, which could "
+            "run code. vitkit only loads checkpoints with torch.load(weights_only=True) (tensors, numbers, strings and "
+            "plain containers). Use a checkpoint written by tools/train.py; weights you trust from elsewhere can be "
+            "re-saved as a plain state_dict or safetensors.") from None
+    except Exception as err:  # any other failure means the bytes are not a (whole) torch checkpoint
+        raise CheckpointError(f"{path}: cannot be loaded safely as a checkpoint: not a readable torch file "
+                              f"({type(err).__name__}: {str(err)[:200]}); it may be truncated (an interrupted copy) "
+                              "or another format") from None
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` that never leaves ``path`` half-written.
+
+    Args:
+        obj: what to save.
+        path: a local file path; its folder is created if needed.
+    """
+    path = Path(str(path).removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for a plain open()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (best effort: not every filesystem allows opening a folder)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+ALLOWED_CONFIG_MODULES = ("vitkit", "torch.nn", "timm")
+"""Packages whose classes (and functions) a config read from a file may name."""
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+")
+_OFFLINE = {"pretrained": False, "pretrained_file": None}  # the checkpoint holds the weights: no download, no file
+
+
+def _allowed_module(name: Any) -> bool:
+    return isinstance(name, str) and any(name == m or name.startswith(m + ".") for m in ALLOWED_CONFIG_MODULES)
+
+
+def _importable(top: str) -> bool:
+    """Whether ``top`` is a top-level module Python could import (found without importing it); a file name such as
+    ``weights.safetensors`` or a timm model tag such as ``vit_small_patch16_224.augreg_in21k`` is not."""
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):  # e.g. __main__ without a spec: treat as importable, so it gets checked
+        return True
+
+
+def _resolve(path: str) -> Any:
+    """The object ``path`` names, looked up as jsonargparse does (a module, then attributes); only called for paths
+    under :data:`ALLOWED_CONFIG_MODULES`, so only those packages are imported."""
+    module, _, name = path.rpartition(".")
+    try:
+        parent = importlib.import_module(module)
+    except ModuleNotFoundError:
+        module, _, attr = module.rpartition(".")
+        parent = getattr(importlib.import_module(module), attr)
+    return getattr(parent, name)
+
+
+def _check_reference(path: Any, key: str, source: str, what: str) -> None:
+    """Refuse (CheckpointError) a class path / class reference that does not name a class or function defined under
+    :data:`ALLOWED_CONFIG_MODULES` (also one reached through a re-export, such as ``vitkit.some_module.os.system``)."""
+    fix = ("Fix: use a checkpoint written by tools/train.py, or build the model in Python and load the weights with "
+           "load_state_dict")
+    allowed = "vitkit, torch.nn or timm"
+    if not isinstance(path, str) or not _IMPORT_PATH.fullmatch(path) or not _allowed_module(path):
+        raise CheckpointError(f"{source}: refused: config key '{key}' names the {what} {path!r}; a config read from a "
+                              f"file may only name classes under {allowed} (building anything else could run code). "
+                              f"{fix}")
+    try:
+        obj = _resolve(path)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"{source}: config key '{key}' names the {what} {path!r}, which cannot be imported "
+                              f"({type(err).__name__}: {err}). {fix}") from None
+    defined_in = getattr(obj, "__module__", None) if inspect.isclass(obj) or inspect.isroutine(obj) \
+        else type(obj).__module__
+    if inspect.ismodule(obj) or not _allowed_module(defined_in):
+        raise CheckpointError(f"{source}: refused: config key '{key}' names the {what} {path!r}, which is "
+                              f"{'a module' if inspect.ismodule(obj) else f'defined in {defined_in!r}'}; a config "
+                              f"read from a file may only name classes defined under {allowed} (building anything "
+                              f"else could run code). {fix}")
+
+
+def check_stored_config(config: Any, source: str) -> Any:
+    """A model config read from a file, checked before jsonargparse builds it, with ``pretrained`` turned off.
+
+    Every ``class_path`` (at any depth, also inside ``init_args`` and lists) and every string that is an import path
+    of an importable module (a class given by name, e.g. ``norm_layer: torch.nn.LayerNorm``) must name a class or
+    function defined under ``vitkit``, ``torch.nn`` or ``timm``; a string holding a nested ``class_path`` (which
+    jsonargparse would parse) is checked the same way. ``pretrained`` becomes false and ``pretrained_file`` null: the
+    file already holds the trained weights, so building the model downloads and reads nothing.
+
+    Args:
+        config: the ``{"class_path": ..., "init_args": {...}}`` dict as stored.
+        source: the file and key, for the message (e.g. ``"last.ckpt: 'vitkit_detector_config'"``).
+
+    Returns:
+        A checked copy (the input is not modified).
+
+    Raises:
+        CheckpointError: naming ``source``, the config key and the class.
+    """
+    def walk(value: Any, key: str) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for k, v in value.items():
+                sub = f"{key}.{k}" if key else str(k)
+                if k == "class_path":
+                    _check_reference(v, sub, source, "class")
+                    out[k] = v
+                elif k in _OFFLINE:
+                    out[k] = _OFFLINE[k]
+                else:
+                    out[k] = walk(v, sub)
+            return out
+        if isinstance(value, list | tuple):
+            return [walk(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+            if "class_path" in value:  # jsonargparse parses a string as YAML where a class is expected
+                try:
+                    parsed = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    parsed = None
+                if not isinstance(parsed, dict | list):
+                    raise CheckpointError(f"{source}: refused: config key '{key}' holds a string with a "
+                                          f"'class_path' that cannot be checked: {value[:200]!r}")
+                walk(parsed, key)
+            elif _IMPORT_PATH.fullmatch(value) and _importable(value.split(".", 1)[0]):
+                _check_reference(value, key, source, "class reference")
+        return value
+
+    return walk(config, "")
