@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vitkit.demo import CLASSES, ShapeClassifier, make_batch, make_shape_image, pad_batch, run_demo
+from examples.demo import CLASSES, ShapeClassifier, make_batch, make_shape_image, pad_batch, run_demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_cli_writes_metrics_and_weights(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "tools/demo.py", "--steps", "3", "--batch-size", "4", "--seed", "1", "--threads", "1",
+        [sys.executable, "examples/demo.py", "--steps", "3", "--batch-size", "4", "--seed", "1", "--threads", "1",
          "--log-every", "1", "--out-dir", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )

@@ -1,4 +1,4 @@
-"""The embedded default job: a tiny ViT learns to name the largest shape in generated images.
+"""An example outside the library: a tiny ViT learns to name the largest shape in generated images.
 
 No download and no files: every image is drawn on the fly from a ``torch.Generator`` seeded by the caller,
 so a run is reproducible. Images have random sizes (``min_size``..``max_size`` px per side, H and W drawn
@@ -15,14 +15,20 @@ consistent polarity it reaches about 0.9 accuracy in 1,000 steps.
 
 The model is :class:`ShapeClassifier`: a :class:`~vitkit.core.ViTEncoder` (patch 8, axial RoPE, class
 token) and a linear head on the class token. :func:`run_demo` trains it with AdamW (linear warm-up, cosine
-decay) and reports accuracy on a fixed held-out set generated from a separate seed.
+decay: vitkit's own optimizer groups and schedule, :mod:`vitkit.train.optim`) and reports accuracy on a fixed
+held-out set generated from a separate seed.
+
+    python examples/demo.py                      # ~1,000 steps, about 2 minutes on a 2-core CPU
+    python examples/demo.py --steps 200 --out-dir runs/quick
+
+Writes ``metrics.json`` and ``model.safetensors`` to ``--out-dir``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from torch import Tensor, nn
 
 from vitkit.core import ViTEncoder
 from vitkit.data.collate import pad_images
+from vitkit.train.optim import adamw, adamw_param_groups, warmup_schedule
 
 CLASSES: tuple[str, ...] = ("square", "disk", "triangle", "cross")
 VAL_SEED = 1_000_003  # the held-out set's seed, fixed so accuracies from different training seeds compare
@@ -151,14 +158,6 @@ class ShapeClassifier(nn.Module):
             x = x.masked_fill(mask[:, None], 0.0)  # padding stays zero after normalisation
         out = self.encoder(x, mask)
         return self.head(out.tokens[:, 0])  # class token, (B, num_classes)
-
-
-def _lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 (step counted from 0)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 @torch.no_grad()
@@ -280,20 +279,12 @@ def run_demo(
     return metrics
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weight matrices only (not biases, norms or the class token)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "token" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _train(model: nn.Module, gen: torch.Generator, data: dict, *, steps: int, batch_size: int, lr: float,
            weight_decay: float, warmup: int | None, precision: str, log_every: int) -> dict:
     """The training loop of :func:`run_demo`; returns the loss and speed entries of its metrics."""
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    opt = adamw(adamw_param_groups(model, lr, weight_decay), lr=lr, weight_decay=weight_decay, fused=False)
     warmup = max(1, steps // 10) if warmup is None else max(1, warmup)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
+    sched = warmup_schedule(opt, steps, warmup)  # linear warm-up, then cosine to 0
     losses: list[float] = []
     curve: list[list[float]] = []
     model.train()
@@ -331,3 +322,25 @@ def _train(model: nn.Module, gen: torch.Generator, data: dict, *, steps: int, ba
         "train_seconds": round(train_seconds, 2),
         "images_per_sec": round(steps * batch_size / train_seconds, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the training images and weights")
+    parser.add_argument("--out-dir", default="runs/demo", help="where metrics.json and model.safetensors go")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--log-every", type=int, default=100, help="steps between progress lines (0: quiet)")
+    args = parser.parse_args(argv)
+
+    m = run_demo(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+                 log_every=args.log_every, out_dir=args.out_dir)
+    print(f"done: val accuracy {m['val_accuracy']:.4f} (chance {m['chance_accuracy']:.2f}) after {m['steps']} steps "
+          f"in {m['seconds']:.1f} s ({m['images_per_sec']:.0f} img/s); wrote {args.out_dir}/metrics.json and "
+          f"{args.out_dir}/model.safetensors")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
