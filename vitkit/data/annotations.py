@@ -72,7 +72,7 @@ def format_ids(values: Sequence[Any]) -> str:
     return shown + (", ..." if len(values) > _MAX_IDS else "")
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -110,7 +110,7 @@ def read_coco_json(path: str | os.PathLike, kind: str, keys: Sequence[str], hint
     return data
 
 
-class _Problems:
+class Problems:
     """Entries with a problem, grouped by kind: raise one error, or warn once per kind."""
 
     def __init__(self, path: Path) -> None:
@@ -134,38 +134,38 @@ class _Problems:
         raise ValueError(f"{self.path}: {message}{more}{also}")
 
 
-def _entry(name: str, index: int, entry: Any) -> str:
+def entry_name(name: str, index: int, entry: Any) -> str:
     """'annotation id 17 (annotations[4])', or 'annotations[4]' when the entry has no usable id."""
     ident = entry.get("id") if isinstance(entry, dict) else None
     what = {"annotations": "annotation", "images": "image", "categories": "category"}[name]
-    return f"{what} id {ident} ({name}[{index}])" if _is_int(ident) else f"{name}[{index}]"
+    return f"{what} id {ident} ({name}[{index}])" if is_int(ident) else f"{name}[{index}]"
 
 
 def _is_bbox(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
 
 
-_CHECKS = {"int": _is_int, "str": lambda v: isinstance(v, str) and v != "", "size": lambda v: _is_number(v) and v > 0,
+_CHECKS = {"int": is_int, "str": lambda v: isinstance(v, str) and v != "", "size": lambda v: _is_number(v) and v > 0,
            "bbox": _is_bbox}
 _EXPECTED = {"int": "an integer", "str": "a non-empty string", "size": "a positive number of pixels",
              "bbox": "4 finite numbers [x, y, width, height]"}
 
 
-def _check_fields(problems: _Problems, name: str, index: int, entry: Any, fields: dict[str, str]) -> bool:
+def check_fields(problems: Problems, name: str, index: int, entry: Any, fields: dict[str, str]) -> bool:
     """Record a problem for the first missing or ill-typed field of ``entry``; True when the entry is usable."""
     if not isinstance(entry, dict):
-        problems.add(f"{name} entries that are not objects", index, f"{_entry(name, index, entry)} is a JSON "
+        problems.add(f"{name} entries that are not objects", index, f"{entry_name(name, index, entry)} is a JSON "
                      f"{type(entry).__name__}, not an object")
         return False
     for key, kind in fields.items():
         if key not in entry:
             problems.add(f"{name} without '{key}'", entry.get("id", index),
-                         f"{_entry(name, index, entry)} has no field '{key}'")
+                         f"{entry_name(name, index, entry)} has no field '{key}'")
             return False
         value = entry[key]
         if not _CHECKS[kind](value):
             problems.add(f"{name} with a bad '{key}'", entry.get("id", index),
-                         f"{_entry(name, index, entry)}: field '{key}' must be {_EXPECTED[kind]}, got {value!r}")
+                         f"{entry_name(name, index, entry)}: field '{key}' must be {_EXPECTED[kind]}, got {value!r}")
             return False
     return True
 
@@ -182,25 +182,41 @@ def _plain_annotation(a: Any) -> bool:
             and all(type(v) is float or type(v) is int for v in box) and math.isfinite(sum(box)))
 
 
-def _check_unique(problems: _Problems, name: str, entries: Sequence[dict[str, Any]],
+def check_unique(problems: Problems, name: str, entries: Sequence[dict[str, Any]],
                   reason: str = "") -> dict[int, int]:
     """id -> index of ``entries`` (usable ones), recording each repeated id as a problem."""
     seen: dict[int, int] = {}
     for index, entry in enumerate(entries):
         first = seen.setdefault(entry["id"], index)
         if first != index:
-            what = _entry(name, index, entry).split(" (")[0]
+            what = entry_name(name, index, entry).split(" (")[0]
             problems.add(f"duplicate {name} ids", entry["id"],
                          f"{what} appears twice ({name}[{first}] and {name}[{index}]), field 'id'{reason}")
     return seen
 
 
+def checked_images(errors: Problems, images: list[Any], fields: dict[str, str]) -> list[dict[str, Any]]:
+    """The ``images`` entries with every field in ``fields`` valid and unique ids; raises on the first problem."""
+    imgs = [im for k, im in enumerate(images) if check_fields(errors, "images", k, im, fields)]
+    errors.raise_first()
+    check_unique(errors, "images", imgs)
+    errors.raise_first()
+    return imgs
+
+
+def warn_all(notes: list[str], warn: bool) -> None:
+    """Issue each sanitising note as an :class:`AnnotationWarning` when ``warn``."""
+    if warn:
+        for note in notes:
+            warnings.warn(note, AnnotationWarning, stacklevel=3)
+
+
 def _check_categories(path: Path, entries: list[Any]) -> list[tuple[int, str]]:
     """(id, name) per category, sorted by id; a ValueError for a missing field, a duplicate id or no category."""
-    errors = _Problems(path)
-    cats = [c for k, c in enumerate(entries) if _check_fields(errors, "categories", k, c, {"id": "int", "name": "str"})]
+    errors = Problems(path)
+    cats = [c for k, c in enumerate(entries) if check_fields(errors, "categories", k, c, {"id": "int", "name": "str"})]
     errors.raise_first()
-    _check_unique(errors, "categories", cats)
+    check_unique(errors, "categories", cats)
     errors.raise_first()
     if not cats:
         raise ValueError(f"{path} defines no categories (its 'categories' list is empty)")
@@ -240,58 +256,14 @@ class Instances:
     warnings: list[str] = field(default_factory=list)
 
 
-def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Instances:
-    """Read a COCO instances file, raise on what cannot be trained on, sanitise the rest (see the module docstring).
+def _sanitise_boxes(anns: list[dict[str, Any]], ann_ids: np.ndarray, image_of: np.ndarray, image_ids: np.ndarray,
+                    images: dict[int, tuple[str, int, int]]) -> tuple[np.ndarray, tuple, dict[str, list], float]:
+    """Clip the non-crowd boxes to their images, vectorised (COCO train2017 has 860k annotations).
 
-    Args:
-        path: ``instances_*.json``.
-        hint: appended to file-level errors (the expected layout).
-        warn: issue the sanitising warnings (always also returned in ``Instances.warnings``).
-
-    Returns:
-        The checked :class:`Instances`.
-
-    Raises:
-        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
+    Returns the (N,) kept mask, the clipped corners (x0, y0, x1, y1) each (N,) px, the annotation ids per sanitised
+    kind, and the largest distance a clipped box reached past its image (px).
     """
-    path = Path(path)
-    data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
-    errors = _Problems(path)
-
-    categories = _check_categories(path, data["categories"])
-
-    image_fields = {"id": "int", "file_name": "str", "width": "size", "height": "size"}
-    imgs = [im for k, im in enumerate(data["images"]) if _check_fields(errors, "images", k, im, image_fields)]
-    errors.raise_first()
-    _check_unique(errors, "images", imgs)
-    errors.raise_first()
-    images = {int(im["id"]): (im["file_name"], int(im["width"]), int(im["height"])) for im in imgs}
-
-    ann_fields = {"id": "int", "image_id": "int", "category_id": "int", "bbox": "bbox"}
-    anns = data["annotations"]
-    for k, a in enumerate(anns):
-        if not _plain_annotation(a):
-            _check_fields(errors, "annotations", k, a, ann_fields)
-    errors.raise_first()
     n = len(anns)
-    ann_ids = np.fromiter((a["id"] for a in anns), np.int64, n)  # (N,)
-    if len(np.unique(ann_ids)) != n:
-        _check_unique(errors, "annotations", anns, reason="; COCOeval indexes ground truth by annotation id and "
-                      "would evaluate one of them twice and the other never")
-    image_of = np.fromiter((a["image_id"] for a in anns), np.int64, n)  # (N,)
-    cat_of = np.fromiter((a["category_id"] for a in anns), np.int64, n)  # (N,)
-    image_ids = np.asarray(sorted(images), dtype=np.int64)  # (I,)
-    known_cats = [c for c, _ in categories]
-    for k in np.flatnonzero(~np.isin(image_of, image_ids)).tolist():
-        errors.add("annotations of unknown images", anns[k]["id"], f"{_entry('annotations', k, anns[k])}: field "
-                   f"'image_id' is {anns[k]['image_id']}, which is not an image id of 'images'")
-    for k in np.flatnonzero(~np.isin(cat_of, known_cats)).tolist():
-        errors.add("annotations of unknown categories", anns[k]["id"], f"{_entry('annotations', k, anns[k])}: field "
-                   f"'category_id' is {anns[k]['category_id']}, which is not a category id of 'categories' "
-                   f"({format_ids(known_cats)})")
-    errors.raise_first()
-
-    # Sanitise the non-crowd boxes, vectorised (COCO train2017 has 860k annotations).
     xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)  # (N, 4) px
     crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)  # (N,)
     pos = np.searchsorted(image_ids, image_of)  # (N,) row of each annotation's image
@@ -308,6 +280,59 @@ def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) 
     max_overflow = float(overflow[clipped].max()) if clipped.any() else 0.0
     sanitised = {"degenerate": ann_ids[degenerate].tolist(), "outside": ann_ids[outside].tolist(),
                  "clipped": ann_ids[clipped].tolist(), "no_area": [a["id"] for a in anns if "area" not in a]}
+
+    return kept, (x0, y0, x1, y1), sanitised, max_overflow
+
+
+def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Instances:
+    """Read a COCO instances file, raise on what cannot be trained on, sanitise the rest (see the module docstring).
+
+    Args:
+        path: ``instances_*.json``.
+        hint: appended to file-level errors (the expected layout).
+        warn: issue the sanitising warnings (always also returned in ``Instances.warnings``).
+
+    Returns:
+        The checked :class:`Instances`.
+
+    Raises:
+        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
+    """
+    path = Path(path)
+    data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
+    errors = Problems(path)
+
+    categories = _check_categories(path, data["categories"])
+
+    imgs = checked_images(errors, data["images"], {"id": "int", "file_name": "str", "width": "size", "height": "size"})
+    images = {int(im["id"]): (im["file_name"], int(im["width"]), int(im["height"])) for im in imgs}
+
+    ann_fields = {"id": "int", "image_id": "int", "category_id": "int", "bbox": "bbox"}
+    anns = data["annotations"]
+    for k, a in enumerate(anns):
+        if not _plain_annotation(a):
+            check_fields(errors, "annotations", k, a, ann_fields)
+    errors.raise_first()
+    n = len(anns)
+    ann_ids = np.fromiter((a["id"] for a in anns), np.int64, n)  # (N,)
+    if len(np.unique(ann_ids)) != n:
+        check_unique(errors, "annotations", anns, reason="; COCOeval indexes ground truth by annotation id and "
+                      "would evaluate one of them twice and the other never")
+    image_of = np.fromiter((a["image_id"] for a in anns), np.int64, n)  # (N,)
+    cat_of = np.fromiter((a["category_id"] for a in anns), np.int64, n)  # (N,)
+    image_ids = np.asarray(sorted(images), dtype=np.int64)  # (I,)
+    known_cats = [c for c, _ in categories]
+    for k in np.flatnonzero(~np.isin(image_of, image_ids)).tolist():
+        errors.add("annotations of unknown images", anns[k]["id"], f"{entry_name('annotations', k, anns[k])}: field "
+                   f"'image_id' is {anns[k]['image_id']}, which is not an image id of 'images'")
+    for k in np.flatnonzero(~np.isin(cat_of, known_cats)).tolist():
+        errors.add("annotations of unknown categories", anns[k]["id"], f"{entry_name('annotations', k, anns[k])}: "
+                   f"field 'category_id' is {anns[k]['category_id']}, which is not a category id of 'categories' "
+                   f"({format_ids(known_cats)})")
+    errors.raise_first()
+
+    kept, corners, sanitised, max_overflow = _sanitise_boxes(anns, ann_ids, image_of, image_ids, images)
+    x0, y0, x1, y1 = corners
 
     rows = np.flatnonzero(kept)
     rows = rows[np.lexsort((rows, image_of[rows]))]  # by image id, then file order
@@ -329,90 +354,8 @@ def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) 
     }
     notes = [f"{path}: " + messages[kind].format(n=len(ids), ids=format_ids(ids))
              for kind, ids in sanitised.items() if ids]
-    if warn:
-        for note in notes:
-            warnings.warn(note, AnnotationWarning, stacklevel=2)
+    warn_all(notes, warn)
     return Instances(categories, images, boxes, box_cat_ids, spans, notes)
-
-
-@dataclass
-class Captions:
-    """A checked COCO captions file.
-
-    Attributes:
-        files: image id -> file name, for every image of the file.
-        captions: image id -> its non-blank captions in file order (empty list for an image without one).
-        warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_captions`).
-    """
-
-    files: dict[int, str]
-    captions: dict[int, list[str]]
-    warnings: list[str] = field(default_factory=list)
-
-
-def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Captions:
-    """Read a COCO captions file, raise on what cannot be used, drop blank captions (see the module docstring).
-
-    Args:
-        path: ``captions_*.json``.
-        hint: appended to file-level errors (the expected layout).
-        warn: issue the sanitising warnings (always also returned in ``Captions.warnings``).
-
-    Returns:
-        The checked :class:`Captions`.
-
-    Raises:
-        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
-    """
-    path = Path(path)
-    data = read_coco_json(path, "caption", ("images", "annotations"), hint)
-    errors = _Problems(path)
-    imgs = [im for k, im in enumerate(data["images"])
-            if _check_fields(errors, "images", k, im, {"id": "int", "file_name": "str"})]
-    errors.raise_first()
-    _check_unique(errors, "images", imgs)
-    errors.raise_first()
-    files = {int(im["id"]): im["file_name"] for im in imgs}
-
-    captions: dict[int, list[str]] = {image_id: [] for image_id in files}
-    blank: list[int] = []
-    anns = data["annotations"]
-    for k, ann in enumerate(anns):
-        where = _entry("annotations", k, ann)
-        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
-            missing = "caption" if isinstance(ann, dict) and "image_id" in ann else "image_id"
-            errors.add("annotations without 'image_id' or 'caption'", k,
-                       f"annotations[{k}] needs 'image_id' and 'caption' ({where} has no field '{missing}'; is this "
-                       "an instances_*.json rather than a captions_*.json file?)")
-            continue
-        if not _is_int(ann.get("id")):
-            errors.add("annotations without an integer 'id'", k,
-                       f"{where}: field 'id' must be an integer, got {ann.get('id', '<missing>')!r}")
-            continue
-        if ann["image_id"] not in captions:
-            errors.add("captions of unknown images", ann["id"], f"{where}: field 'image_id' is image id "
-                       f"{ann['image_id']!r}, which is not in 'images'")
-            continue
-        if not isinstance(ann["caption"], str):
-            errors.add("non-string captions", ann["id"],
-                       f"{where}: field 'caption' is a non-string caption: {ann['caption']!r}")
-            continue
-        if not ann["caption"].strip():
-            blank.append(ann["id"])
-            continue
-        captions[ann["image_id"]].append(ann["caption"])
-    errors.raise_first()
-    _check_unique(errors, "annotations", anns)
-    errors.raise_first()
-
-    notes = []
-    if blank:
-        notes.append(f"{path}: dropped {len(blank)} blank captions (ids {format_ids(blank)}); they would teach the "
-                     "model to stop at once")
-    if warn:
-        for note in notes:
-            warnings.warn(note, AnnotationWarning, stacklevel=2)
-    return Captions(files, captions, notes)
 
 
 def find_missing_images(folder: str | os.PathLike, file_names: Iterable[str]) -> set[str]:

@@ -28,8 +28,9 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from vitkit.data.annotations import AnnotationWarning, check_captions, find_missing_images, format_ids
+from vitkit.data.annotations import AnnotationWarning, find_missing_images, format_ids
 from vitkit.data.bad_images import BadImageLog, check_policy
+from vitkit.data.caption_annotations import check_captions
 from vitkit.data.folder import ImageReadError, load_rgb
 
 _LAYOUT_HINT = (

@@ -39,6 +39,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from vitkit.data.shape_captions import shape_captions
+
 CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 1, "name": "square", "supercategory": "shape"},
     {"id": 3, "name": "circle", "supercategory": "shape"},
@@ -64,7 +66,6 @@ _SPLITS = ("train", "val")
 _MIN_OBJECT_SIDE = 14  # px: the smallest object has the area of a 14 x 14 square
 _MAX_OBJECT_SIDE = 0.6  # of the image's short side: the largest has the area of a square this wide
 _MAX_OCCLUSION = 0.35  # an object keeps at least 65% of its pixels visible
-_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
 # --------------------------------------------------------------------------------------------- drawing
@@ -201,86 +202,6 @@ def _render_image(rng: np.random.Generator, height: int, width: int, num_objects
     return pixels, layers, bg_name
 
 
-# --------------------------------------------------------------------------------------------- captions
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _count(n: int, words: str) -> str:
-    """'a red square' / 'two red squares' (plural by appending 's')."""
-    if n == 1:
-        return f"{_article(words)} {words}"
-    return f"{_NUMBERS[n] if n < len(_NUMBERS) else n} {words}s"
-
-
-def _join(parts: list[str]) -> str:
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _position(box: list[float], height: int, width: int) -> str:
-    """Where the box centre lies on a 3x3 grid: 'at the top left', 'on the right', 'in the center', ..."""
-    cx, cy = (box[0] + box[2] / 2) / width, (box[1] + box[3] / 2) / height
-    row = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
-    col = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
-    if row and col:
-        return f"at the {row} {col}"
-    if row:
-        return f"at the {row}"
-    return f"on the {col}" if col else "in the center"
-
-
-def _size_word(area: float, height: int, width: int) -> str:
-    frac = area / (height * width)
-    return "small " if frac < 0.02 else "large " if frac > 0.12 else ""
-
-
-def _captions(rng: np.random.Generator, objects: list[dict[str, Any]], crowd: dict[str, Any] | None, bg: str,
-              height: int, width: int) -> list[str]:
-    """Five varied templated captions. ``objects``: dicts with kind, color, bbox, area (largest first)."""
-    if not objects:
-        pool = [
-            f"an empty textured {bg} background",
-            f"a plain {bg} background with no shapes",
-            f"nothing but a noisy {bg} texture",
-            f"no shapes on {_article(bg)} {bg} background",
-            "an empty image with a textured background",
-            f"a blank {bg} surface",
-        ]
-        return [pool[int(i)] for i in rng.choice(len(pool), 5, replace=False)]
-
-    n = len(objects)
-    by_color: dict[str, int] = {}
-    by_kind: dict[str, int] = {}
-    for o in objects:
-        by_color[f"{o['color']} {o['kind']}"] = by_color.get(f"{o['color']} {o['kind']}", 0) + 1
-        by_kind[o["kind"]] = by_kind.get(o["kind"], 0) + 1
-    kinds = sorted(by_kind.items(), key=lambda kv: -kv[1])  # stable: ties keep largest-first order
-    crowd_tail = f" and a cluster of tiny {crowd['color']} {crowd['kind']}s" if crowd else ""
-    big = objects[0]
-    described = [_count(1, f"{_size_word(o['area'], height, width)}{o['color']} {o['kind']}") for o in objects]
-    colors = sorted({o["color"] for o in objects})
-    big_size = _size_word(big["area"], height, width).strip() or "medium"
-    big_color_kind = f"{big['color']} {big['kind']}"
-
-    pool = [
-        f"{_join([_count(c, w) for w, c in by_color.items()])}{crowd_tail} on {_article(bg)} {bg} background",
-        _join([_count(c, w) for w, c in kinds]),
-        f"{_count(1, f'{big_size} {big_color_kind}')} {_position(big['bbox'], height, width)}"
-        + (f" and {_NUMBERS[n - 1]} other shape{'s' if n > 2 else ''}" if n > 1 else ""),
-        f"a single {big['color']} {big['kind']} on a textured {bg} background" if n == 1
-        else f"{_NUMBERS[n]} shapes on a textured {bg} background",
-        _join([f"{_count(1, o['color'] + ' ' + o['kind'])} {_position(o['bbox'], height, width)}"
-               for o in objects[:3]]),
-        f"{('an image of', 'a picture of', 'a drawing of')[int(rng.integers(3))]} {_join(described)}{crowd_tail}",
-        f"{_join(colors)} shapes against {_article(bg)} {bg} backdrop" if len(colors) > 1
-        else f"{_NUMBERS[n]} {big['color']} shapes against {_article(bg)} {bg} backdrop" if n > 1
-        else f"just one {big['color']} {big['kind']} against {_article(bg)} {bg} backdrop",
-    ]
-    return [pool[int(i)] for i in rng.choice(len(pool), 5, replace=False)]
-
-
 # --------------------------------------------------------------------------------------------- writing
 
 
@@ -324,6 +245,29 @@ def _paths(root: Path) -> dict[str, Path]:
     }
 
 
+def _check_arguments(image_size: int, size_jitter: int | None, min_objects: int, max_objects: int,
+                     empty_fraction: float, crowd_fraction: float) -> int:
+    """Raise on arguments :func:`make_shapes` cannot honour; returns the size jitter in px."""
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    jitter = image_size // 6 if size_jitter is None else size_jitter
+    if image_size - jitter < 64 or jitter < 0:
+        raise ValueError(f"image sides must stay >= 64 px, got image_size={image_size}, size_jitter={jitter}")
+    if not (0.0 <= empty_fraction <= 1.0 and 0.0 <= crowd_fraction <= 1.0):
+        raise ValueError("empty_fraction and crowd_fraction must lie in [0, 1]")
+    return jitter
+
+
+def _split_plan(rng: np.random.Generator, count: int, empty_fraction: float,
+                crowd_fraction: float) -> tuple[set[int], set[int]]:
+    """Which image indices of a split are empty, and which non-empty ones hold a crowd region."""
+    empty = set(rng.choice(count, math.ceil(empty_fraction * count), replace=False).tolist())
+    non_empty = [i for i in range(count) if i not in empty]
+    n_crowd = math.ceil(crowd_fraction * len(non_empty))
+    crowd = set(rng.choice(non_empty, n_crowd, replace=False).tolist()) if n_crowd else set()
+    return empty, crowd
+
+
 def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 100, image_size: int = 192,
                 size_jitter: int | None = None, seed: int = 0, min_objects: int = 1, max_objects: int = 4,
                 empty_fraction: float = 0.05, crowd_fraction: float = 0.05, jpeg_quality: int = 95) -> dict[str, Path]:
@@ -348,13 +292,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
         Paths: ``root``, ``train_images``, ``val_images``, ``instances_train``, ``instances_val``,
         ``captions_train``, ``captions_val``.
     """
-    if not 1 <= min_objects <= max_objects:
-        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
-    jitter = image_size // 6 if size_jitter is None else size_jitter
-    if image_size - jitter < 64 or jitter < 0:
-        raise ValueError(f"image sides must stay >= 64 px, got image_size={image_size}, size_jitter={jitter}")
-    if not (0.0 <= empty_fraction <= 1.0 and 0.0 <= crowd_fraction <= 1.0):
-        raise ValueError("empty_fraction and crowd_fraction must lie in [0, 1]")
+    jitter = _check_arguments(image_size, size_jitter, min_objects, max_objects, empty_fraction, crowd_fraction)
 
     paths = _paths(Path(root))
     paths["annotations"] = paths["instances_train"].parent
@@ -370,11 +308,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
     outputs: dict[str, dict[str, Any]] = {}
     next_image_id, next_ann_id, next_cap_id = 1, 1, 1
     for split_idx, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val), strict=True)):
-        split_rng = np.random.default_rng([seed, split_idx, 0])
-        empty = set(split_rng.choice(count, math.ceil(empty_fraction * count), replace=False).tolist())
-        non_empty = [i for i in range(count) if i not in empty]
-        n_crowd = math.ceil(crowd_fraction * len(non_empty))
-        crowd = set(split_rng.choice(non_empty, n_crowd, replace=False).tolist()) if n_crowd else set()
+        empty, crowd = _split_plan(np.random.default_rng([seed, split_idx, 0]), count, empty_fraction, crowd_fraction)
 
         images, annotations, captions = [], [], []
         for i in range(count):
@@ -400,7 +334,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
                     objects.append({"kind": layer.kind, "color": layer.color, "bbox": ann["bbox"],
                                     "area": ann["area"]})
             objects.sort(key=lambda o: -o["area"])
-            for caption in _captions(rng, objects, crowd_desc, bg, height, width):
+            for caption in shape_captions(rng, objects, crowd_desc, bg, height, width):
                 captions.append({"id": next_cap_id, "image_id": image_id, "caption": caption})
                 next_cap_id += 1
 

@@ -1,0 +1,93 @@
+"""Checks of COCO captions files (the caption half of :mod:`vitkit.data.annotations`, whose module docstring says
+what is an error and what is sanitised): blank captions are dropped with one counted warning."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitkit.data.annotations import (
+    Problems,
+    check_unique,
+    checked_images,
+    entry_name,
+    format_ids,
+    is_int,
+    read_coco_json,
+    warn_all,
+)
+
+
+@dataclass
+class Captions:
+    """A checked COCO captions file.
+
+    Attributes:
+        files: image id -> file name, for every image of the file.
+        captions: image id -> its non-blank captions in file order (empty list for an image without one).
+        warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_captions`).
+    """
+
+    files: dict[int, str]
+    captions: dict[int, list[str]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Captions:
+    """Read a COCO captions file, raise on what cannot be used, drop blank captions (see the module docstring).
+
+    Args:
+        path: ``captions_*.json``.
+        hint: appended to file-level errors (the expected layout).
+        warn: issue the sanitising warnings (always also returned in ``Captions.warnings``).
+
+    Returns:
+        The checked :class:`Captions`.
+
+    Raises:
+        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
+    """
+    path = Path(path)
+    data = read_coco_json(path, "caption", ("images", "annotations"), hint)
+    errors = Problems(path)
+    imgs = checked_images(errors, data["images"], {"id": "int", "file_name": "str"})
+    files = {int(im["id"]): im["file_name"] for im in imgs}
+
+    captions: dict[int, list[str]] = {image_id: [] for image_id in files}
+    blank: list[int] = []
+    anns = data["annotations"]
+    for k, ann in enumerate(anns):
+        where = entry_name("annotations", k, ann)
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+            missing = "caption" if isinstance(ann, dict) and "image_id" in ann else "image_id"
+            errors.add("annotations without 'image_id' or 'caption'", k,
+                       f"annotations[{k}] needs 'image_id' and 'caption' ({where} has no field '{missing}'; is this "
+                       "an instances_*.json rather than a captions_*.json file?)")
+            continue
+        if not is_int(ann.get("id")):
+            errors.add("annotations without an integer 'id'", k,
+                       f"{where}: field 'id' must be an integer, got {ann.get('id', '<missing>')!r}")
+            continue
+        if ann["image_id"] not in captions:
+            errors.add("captions of unknown images", ann["id"], f"{where}: field 'image_id' is image id "
+                       f"{ann['image_id']!r}, which is not in 'images'")
+            continue
+        if not isinstance(ann["caption"], str):
+            errors.add("non-string captions", ann["id"],
+                       f"{where}: field 'caption' is a non-string caption: {ann['caption']!r}")
+            continue
+        if not ann["caption"].strip():
+            blank.append(ann["id"])
+            continue
+        captions[ann["image_id"]].append(ann["caption"])
+    errors.raise_first()
+    check_unique(errors, "annotations", anns)
+    errors.raise_first()
+
+    notes = []
+    if blank:
+        notes.append(f"{path}: dropped {len(blank)} blank captions (ids {format_ids(blank)}); they would teach the "
+                     "model to stop at once")
+    warn_all(notes, warn)
+    return Captions(files, captions, notes)
