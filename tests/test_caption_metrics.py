@@ -25,14 +25,9 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from vitkit.eval import caption_metrics as cm
-from vitkit.eval.caption_metrics import (
-    CaptionScorer,
-    caption_metrics,
-    evaluate_caption_files,
-    java_available,
-    python_ptb_tokenize,
-    tokenize_captions,
-)
+from vitkit.eval import ptb_tokenize as ptb
+from vitkit.eval.caption_metrics import CaptionScorer, caption_metrics, evaluate_caption_files
+from vitkit.eval.ptb_tokenize import java_available, python_ptb_tokenize, tokenize_captions
 
 needs_java = pytest.mark.skipif(not java_available(), reason="needs a Java runtime (METEOR, PTB tokenizer)")
 
@@ -122,7 +117,7 @@ def test_failing_java_tokenizer_falls_back_with_a_warning(monkeypatch: pytest.Mo
     def broken(captions: list[str]) -> list[str]:
         raise PermissionError("read-only package folder")
 
-    monkeypatch.setattr(cm, "_java_ptb_tokenize", broken)
+    monkeypatch.setattr(ptb, "_java_ptb_tokenize", broken)
     with pytest.warns(UserWarning, match="read-only package folder"):
         out = tokenize_captions(["A dog's bowl.", ""], java=True)
     assert out == ["a dog 's bowl", ""]
@@ -197,7 +192,7 @@ def test_without_java_meteor_is_left_out_with_one_warning(monkeypatch: pytest.Mo
     assert set(first) == set(cm.METRIC_KEYS) - {"METEOR"}
 
     monkeypatch.setattr(cm, "_NOTIFIED", set())
-    monkeypatch.setattr(cm.shutil, "which", lambda name: None)  # a machine without java on PATH
+    monkeypatch.setattr(ptb.shutil, "which", lambda name: None)  # a machine without java on PATH
     with pytest.warns(UserWarning, match="METEOR skipped: Java was not found on PATH"):
         scores = caption_metrics(GTS, BETTER)
     assert "METEOR" not in scores

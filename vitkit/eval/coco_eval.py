@@ -36,21 +36,21 @@ import contextlib
 import functools
 import gc
 import io
-import json
 import logging
-import math
-import numbers
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch.distributed as dist
 from faster_coco_eval import COCO as FasterCOCO
 from faster_coco_eval import COCOeval_faster
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from vitkit.eval.coco_files import read_json
+from vitkit.eval.coco_results import is_finite_real, load_results, validate_results
+from vitkit.eval.gather import gather_image_ids, gather_results, merge_rank_results
 
 __all__ = [
     "BACKENDS",
@@ -88,7 +88,6 @@ _SUMMARY_ROWS: tuple[tuple[str, str, str, int], ...] = (
     ("Average Recall", "0.50:0.95", "medium", 100),
     ("Average Recall", "0.50:0.95", "large", 100),
 )
-_REQUIRED_KEYS: tuple[str, ...] = ("image_id", "category_id", "bbox", "score")
 
 
 @dataclass
@@ -125,17 +124,6 @@ def _silent(*args: Any, **kwargs: Any) -> None:
     """A print function that prints nothing (faster-coco-eval's ``print_function`` hook)."""
 
 
-def _read_json(path: str, what: str) -> Any:
-    """Parse a JSON file; a missing file or bad JSON raises an error naming ``what`` and the path."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} is not valid JSON: {path} ({e})") from e
-
-
 def fill_missing_areas(dataset: Mapping[str, Any]) -> list[Any]:
     """Give every annotation without ``area`` the area of its box, ``w * h`` (in place).
 
@@ -152,7 +140,7 @@ def fill_missing_areas(dataset: Mapping[str, Any]) -> list[Any]:
     for ann in dataset.get("annotations") or []:
         if isinstance(ann, dict) and "area" not in ann:
             box = ann.get("bbox")
-            if isinstance(box, (list, tuple)) and len(box) == 4 and all(_is_finite_real(v) for v in box):
+            if isinstance(box, (list, tuple)) and len(box) == 4 and all(is_finite_real(v) for v in box):
                 ann["area"] = float(box[2]) * float(box[3])
                 filled.append(ann.get("id"))
     return filled
@@ -177,7 +165,7 @@ def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     """
     coco_cls, _ = _backend_classes(backend)
     path = os.fspath(path)
-    dataset = _read_json(path, "annotation file")
+    dataset = read_json(path, "annotation file")
     if not isinstance(dataset, dict) or not all(isinstance(dataset.get(k), list) for k in ("images", "categories")):
         raise ValueError(f"annotation file is not a COCO instances file (needs 'images' and 'categories'): {path}")
     fill_missing_areas(dataset)
@@ -186,116 +174,6 @@ def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
-
-
-def _is_int(value: Any) -> bool:
-    if type(value) is int:  # fast path (JSON); the ABC check below is ~10x slower
-        return True
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_finite_real(value: Any) -> bool:
-    if type(value) is float:  # fast path (JSON)
-        return math.isfinite(value)
-    if type(value) is int:
-        return True
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def validate_results(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Check COCO detection results and return clean copies.
-
-    Each entry needs ``image_id`` and ``category_id`` (integers), ``bbox`` (4 finite numbers, x, y, w, h in
-    pixels of the original image; a list, tuple or 1-D numpy array) and ``score`` (a finite number). Python and
-    numpy scalars are accepted, torch tensors are not (call ``.tolist()``). Other keys are dropped.
-
-    Args:
-        results: COCO result dicts.
-
-    Returns:
-        New dicts ``{"image_id": int, "category_id": int, "bbox": [float] * 4, "score": float}``, in order.
-
-    Raises:
-        ValueError: naming the index and key of the first bad entry, e.g. ``results[3]: missing key 'score'``.
-    """
-    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Iterable):
-        raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
-    clean = []
-    for i, r in enumerate(results):
-        entry = _clean_plain_entry(r)
-        clean.append(entry if entry is not None else _clean_entry(i, r))
-    return clean
-
-
-_PLAIN_NUMBERS = (int, float)
-
-
-def _clean_plain_entry(r: Any) -> dict[str, Any] | None:
-    """Clean copy of an entry made of plain JSON types, or None to take the checking path (~5x faster)."""
-    if type(r) is not dict:
-        return None
-    try:
-        image_id, category_id, box, score = r["image_id"], r["category_id"], r["bbox"], r["score"]
-    except KeyError:
-        return None
-    if type(image_id) is not int or type(category_id) is not int or type(box) not in (list, tuple) or len(box) != 4:
-        return None
-    x, y, w, h = box
-    plain = _PLAIN_NUMBERS  # spelled out below: a generator over the five values costs ~0.3 s per 160k entries
-    if not (type(x) in plain and type(y) in plain and type(w) in plain and type(h) in plain
-            and type(score) in plain and math.isfinite(x + y + w + h + score)):
-        return None
-    bbox = [float(x), float(y), float(w), float(h)]
-    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": float(score)}
-
-
-def _clean_entry(i: int, r: Any) -> dict[str, Any]:
-    """Clean copy of entry ``i`` of any numeric types (numpy scalars...), or a ValueError naming the problem."""
-    if not isinstance(r, Mapping):
-        raise ValueError(f"results[{i}]: expected a dict with keys {list(_REQUIRED_KEYS)}, got {type(r).__name__}")
-    for key in _REQUIRED_KEYS:
-        if key not in r:
-            raise ValueError(f"results[{i}]: missing key {key!r}")
-    for key in ("image_id", "category_id"):
-        if not _is_int(r[key]):
-            raise ValueError(f"results[{i}]: key {key!r} must be an integer, got {r[key]!r}")
-    box = r["bbox"]
-    is_vector = (isinstance(box, Sequence) and not isinstance(box, str)) or (
-        isinstance(box, np.ndarray) and box.ndim == 1
-    )
-    if not is_vector or len(box) != 4 or not all(map(_is_finite_real, box)):
-        raise ValueError(f"results[{i}]: key 'bbox' must be 4 finite numbers [x, y, w, h], got {box!r}")
-    if not _is_finite_real(r["score"]):
-        raise ValueError(f"results[{i}]: key 'score' must be a finite number, got {r['score']!r}")
-    return {
-        "image_id": int(r["image_id"]),
-        "category_id": int(r["category_id"]),
-        "bbox": [float(v) for v in box],
-        "score": float(r["score"]),
-    }
-
-
-def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read and validate a COCO results JSON file (a list of detection dicts).
-
-    Args:
-        path: results JSON.
-
-    Returns:
-        Validated copies, as ``validate_results`` returns them.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: not JSON, not a list, or a bad entry (named by index and key).
-    """
-    path = os.fspath(path)
-    data = _read_json(path, "results file")
-    if not isinstance(data, list):
-        raise ValueError(f"results file must hold a JSON list of detections, got {type(data).__name__}: {path}")
-    try:
-        return validate_results(data)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
 
 
 def format_summary(stats: Mapping[str, float]) -> str:
@@ -362,6 +240,22 @@ def _gc_paused(fn):
     return wrapper
 
 
+def _check_ids(gt: Any, dets: list[dict[str, Any]]) -> None:
+    """Raise on a detection of an image outside the annotation file; log how many have an unknown category."""
+    known_images = set(gt.getImgIds())
+    for i, d in enumerate(dets):
+        if d["image_id"] not in known_images:
+            raise ValueError(f"results[{i}]: image_id {d['image_id']} is not an image of the annotation file")
+    known_cats = set(gt.getCatIds())
+    n_unknown = sum(d["category_id"] not in known_cats for d in dets)
+    if n_unknown:
+        logger.warning(
+            "%d of %d detections have a category_id not in the annotation file; COCOeval ignores them",
+            n_unknown,
+            len(dets),
+        )
+
+
 @_gc_paused
 def evaluate_coco(
     gt: str | os.PathLike | Any,
@@ -407,18 +301,7 @@ def evaluate_coco(
         )
     dets = load_results(results) if isinstance(results, (str, os.PathLike)) else validate_results(results)
 
-    known_images = set(gt.getImgIds())
-    for i, d in enumerate(dets):
-        if d["image_id"] not in known_images:
-            raise ValueError(f"results[{i}]: image_id {d['image_id']} is not an image of the annotation file")
-    known_cats = set(gt.getCatIds())
-    n_unknown = sum(d["category_id"] not in known_cats for d in dets)
-    if n_unknown:
-        logger.warning(
-            "%d of %d detections have a category_id not in the annotation file; COCOeval ignores them",
-            n_unknown,
-            len(dets),
-        )
+    _check_ids(gt, dets)
     img_ids = _resolve_image_ids(gt, image_ids)
 
     captured = io.StringIO()
@@ -459,88 +342,3 @@ def _per_class_ap(cocoeval: Any) -> dict[int, float]:
         valid = s[s > -1]
         out[int(cat_id)] = float(np.mean(valid)) if valid.size else -1.0
     return out
-
-
-def merge_rank_results(
-    per_rank_results: Sequence[Sequence[Mapping[str, Any]]],
-    per_rank_image_ids: Sequence[Iterable[int]] | None = None,
-) -> list[dict[str, Any]]:
-    """Merge per-rank detections, keeping each image's detections from one rank only.
-
-    ``DistributedSampler`` pads the last round by repeating images, so an image can be predicted by two
-    ranks. A rank's detections for an image are complete, so the first rank (lowest index) that has the
-    image owns it and later copies are dropped. With ``per_rank_image_ids`` (the images each rank
-    processed, including those with no detections) ownership follows those lists, so an image that its
-    owner predicted as empty stays empty; without them, ownership follows the detections.
-
-    Args:
-        per_rank_results: rank r's result dicts at index r.
-        per_rank_image_ids: rank r's processed image ids at index r, or None.
-
-    Returns:
-        The merged result dicts, rank-major, each rank's order preserved.
-    """
-    owner: dict[int, int] = {}
-    if per_rank_image_ids is not None:
-        for rank, ids in enumerate(per_rank_image_ids):
-            for image_id in ids:
-                owner.setdefault(int(image_id), rank)
-    merged = []
-    for rank, rank_results in enumerate(per_rank_results):
-        for r in rank_results:
-            if owner.setdefault(int(r["image_id"]), rank) == rank:
-                merged.append(r)
-    return merged
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def gather_results(
-    results: Sequence[Mapping[str, Any]], image_ids: Iterable[int] | None = None
-) -> list[dict[str, Any]]:
-    """Collect every rank's detections on every rank, without ``DistributedSampler``'s duplicates.
-
-    A collective call: under an initialised ``torch.distributed`` with several ranks, all ranks must call
-    it (with NCCL the current CUDA device must be set, as Lightning does). Without distributed, or with one
-    rank, the results come back as a list, unchanged.
-
-    Args:
-        results: this rank's COCO result dicts.
-        image_ids: the images this rank processed (also those without detections); makes the de-duplication
-            exact (see ``merge_rank_results``). Optional.
-
-    Returns:
-        All ranks' result dicts, one rank's copy per image (the lowest rank's), identical on every rank.
-    """
-    if _world_size() == 1:
-        return list(results)
-
-    payload = (list(results), None if image_ids is None else [int(i) for i in image_ids])
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, payload)
-    per_rank_ids = [ids for _, ids in gathered]
-    if any(ids is None for ids in per_rank_ids):  # some rank gave no image ids: follow the detections
-        per_rank_ids = None
-    return merge_rank_results([res for res, _ in gathered], per_rank_ids)
-
-
-def gather_image_ids(image_ids: Iterable[int]) -> list[int]:
-    """Union of the image ids every rank processed, for ``evaluate_coco(image_ids=...)``.
-
-    A collective call under an initialised ``torch.distributed`` (see ``gather_results``).
-
-    Args:
-        image_ids: the images this rank processed.
-
-    Returns:
-        Sorted unique image ids over all ranks, identical on every rank.
-    """
-    ids = {int(i) for i in image_ids}
-    if _world_size() == 1:
-        return sorted(ids)
-
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, sorted(ids))
-    return sorted({i for rank_ids in gathered for i in rank_ids})

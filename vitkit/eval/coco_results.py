@@ -1,0 +1,126 @@
+"""COCO detection results (``image_id, category_id, bbox [x, y, w, h], score``): validated and copied before either
+COCOeval backend sees them (both write into the dicts they are given), with a clear error naming the first bad entry."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vitkit.eval.coco_files import read_json
+
+_REQUIRED_KEYS: tuple[str, ...] = ("image_id", "category_id", "bbox", "score")
+
+
+def _is_int(value: Any) -> bool:
+    if type(value) is int:  # fast path (JSON); the ABC check below is ~10x slower
+        return True
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_finite_real(value: Any) -> bool:
+    if type(value) is float:  # fast path (JSON)
+        return math.isfinite(value)
+    if type(value) is int:
+        return True
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_results(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check COCO detection results and return clean copies.
+
+    Each entry needs ``image_id`` and ``category_id`` (integers), ``bbox`` (4 finite numbers, x, y, w, h in
+    pixels of the original image; a list, tuple or 1-D numpy array) and ``score`` (a finite number). Python and
+    numpy scalars are accepted, torch tensors are not (call ``.tolist()``). Other keys are dropped.
+
+    Args:
+        results: COCO result dicts.
+
+    Returns:
+        New dicts ``{"image_id": int, "category_id": int, "bbox": [float] * 4, "score": float}``, in order.
+
+    Raises:
+        ValueError: naming the index and key of the first bad entry, e.g. ``results[3]: missing key 'score'``.
+    """
+    if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Iterable):
+        raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
+    clean = []
+    for i, r in enumerate(results):
+        entry = _clean_plain_entry(r)
+        clean.append(entry if entry is not None else _clean_entry(i, r))
+    return clean
+
+
+_PLAIN_NUMBERS = (int, float)
+
+
+def _clean_plain_entry(r: Any) -> dict[str, Any] | None:
+    """Clean copy of an entry made of plain JSON types, or None to take the checking path (~5x faster)."""
+    if type(r) is not dict:
+        return None
+    try:
+        image_id, category_id, box, score = r["image_id"], r["category_id"], r["bbox"], r["score"]
+    except KeyError:
+        return None
+    if type(image_id) is not int or type(category_id) is not int or type(box) not in (list, tuple) or len(box) != 4:
+        return None
+    x, y, w, h = box
+    plain = _PLAIN_NUMBERS  # spelled out below: a generator over the five values costs ~0.3 s per 160k entries
+    if not (type(x) in plain and type(y) in plain and type(w) in plain and type(h) in plain
+            and type(score) in plain and math.isfinite(x + y + w + h + score)):
+        return None
+    bbox = [float(x), float(y), float(w), float(h)]
+    return {"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": float(score)}
+
+
+def _clean_entry(i: int, r: Any) -> dict[str, Any]:
+    """Clean copy of entry ``i`` of any numeric types (numpy scalars...), or a ValueError naming the problem."""
+    if not isinstance(r, Mapping):
+        raise ValueError(f"results[{i}]: expected a dict with keys {list(_REQUIRED_KEYS)}, got {type(r).__name__}")
+    for key in _REQUIRED_KEYS:
+        if key not in r:
+            raise ValueError(f"results[{i}]: missing key {key!r}")
+    for key in ("image_id", "category_id"):
+        if not _is_int(r[key]):
+            raise ValueError(f"results[{i}]: key {key!r} must be an integer, got {r[key]!r}")
+    box = r["bbox"]
+    is_vector = (isinstance(box, Sequence) and not isinstance(box, str)) or (
+        isinstance(box, np.ndarray) and box.ndim == 1
+    )
+    if not is_vector or len(box) != 4 or not all(map(is_finite_real, box)):
+        raise ValueError(f"results[{i}]: key 'bbox' must be 4 finite numbers [x, y, w, h], got {box!r}")
+    if not is_finite_real(r["score"]):
+        raise ValueError(f"results[{i}]: key 'score' must be a finite number, got {r['score']!r}")
+    return {
+        "image_id": int(r["image_id"]),
+        "category_id": int(r["category_id"]),
+        "bbox": [float(v) for v in box],
+        "score": float(r["score"]),
+    }
+
+
+def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read and validate a COCO results JSON file (a list of detection dicts).
+
+    Args:
+        path: results JSON.
+
+    Returns:
+        Validated copies, as ``validate_results`` returns them.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not JSON, not a list, or a bad entry (named by index and key).
+    """
+    path = os.fspath(path)
+    data = read_json(path, "results file")
+    if not isinstance(data, list):
+        raise ValueError(f"results file must hold a JSON list of detections, got {type(data).__name__}: {path}")
+    try:
+        return validate_results(data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None

@@ -1,0 +1,93 @@
+"""Detections of every rank, gathered under torch.distributed without ``DistributedSampler``'s duplicates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch.distributed as dist
+
+
+def merge_rank_results(
+    per_rank_results: Sequence[Sequence[Mapping[str, Any]]],
+    per_rank_image_ids: Sequence[Iterable[int]] | None = None,
+) -> list[dict[str, Any]]:
+    """Merge per-rank detections, keeping each image's detections from one rank only.
+
+    ``DistributedSampler`` pads the last round by repeating images, so an image can be predicted by two
+    ranks. A rank's detections for an image are complete, so the first rank (lowest index) that has the
+    image owns it and later copies are dropped. With ``per_rank_image_ids`` (the images each rank
+    processed, including those with no detections) ownership follows those lists, so an image that its
+    owner predicted as empty stays empty; without them, ownership follows the detections.
+
+    Args:
+        per_rank_results: rank r's result dicts at index r.
+        per_rank_image_ids: rank r's processed image ids at index r, or None.
+
+    Returns:
+        The merged result dicts, rank-major, each rank's order preserved.
+    """
+    owner: dict[int, int] = {}
+    if per_rank_image_ids is not None:
+        for rank, ids in enumerate(per_rank_image_ids):
+            for image_id in ids:
+                owner.setdefault(int(image_id), rank)
+    merged = []
+    for rank, rank_results in enumerate(per_rank_results):
+        for r in rank_results:
+            if owner.setdefault(int(r["image_id"]), rank) == rank:
+                merged.append(r)
+    return merged
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def gather_results(
+    results: Sequence[Mapping[str, Any]], image_ids: Iterable[int] | None = None
+) -> list[dict[str, Any]]:
+    """Collect every rank's detections on every rank, without ``DistributedSampler``'s duplicates.
+
+    A collective call: under an initialised ``torch.distributed`` with several ranks, all ranks must call
+    it (with NCCL the current CUDA device must be set, as Lightning does). Without distributed, or with one
+    rank, the results come back as a list, unchanged.
+
+    Args:
+        results: this rank's COCO result dicts.
+        image_ids: the images this rank processed (also those without detections); makes the de-duplication
+            exact (see ``merge_rank_results``). Optional.
+
+    Returns:
+        All ranks' result dicts, one rank's copy per image (the lowest rank's), identical on every rank.
+    """
+    if _world_size() == 1:
+        return list(results)
+
+    payload = (list(results), None if image_ids is None else [int(i) for i in image_ids])
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, payload)
+    per_rank_ids = [ids for _, ids in gathered]
+    if any(ids is None for ids in per_rank_ids):  # some rank gave no image ids: follow the detections
+        per_rank_ids = None
+    return merge_rank_results([res for res, _ in gathered], per_rank_ids)
+
+
+def gather_image_ids(image_ids: Iterable[int]) -> list[int]:
+    """Union of the image ids every rank processed, for ``evaluate_coco(image_ids=...)``.
+
+    A collective call under an initialised ``torch.distributed`` (see ``gather_results``).
+
+    Args:
+        image_ids: the images this rank processed.
+
+    Returns:
+        Sorted unique image ids over all ranks, identical on every rank.
+    """
+    ids = {int(i) for i in image_ids}
+    if _world_size() == 1:
+        return sorted(ids)
+
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sorted(ids))
+    return sorted({i for rank_ids in gathered for i in rank_ids})
