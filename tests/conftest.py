@@ -38,3 +38,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# The slow tier: whole modules that train, run a CLI in a subprocess, start DDP processes, score with Java or
+# benchmark. `pytest -m "not slow"` (the development loop) leaves them out; the full suite (CI) runs everything.
+SLOW_MODULES = frozenset({
+    "test_benchmark", "test_caption_cli", "test_caption_train", "test_cli_main", "test_detect_cli",
+    "test_detr_weights", "test_eval_cli", "test_export", "test_image_path", "test_precision",
+    "test_reliability_checkpoints", "test_reliability_config", "test_reliability_ddp", "test_reliability_images",
+    "test_reliability_nonfinite", "test_reliability_resume", "test_train_cli",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
