@@ -21,60 +21,23 @@ from mixed_images import BAD, GOOD
 from mixed_images import make_mixed_folder as _make_folder
 from mixed_images import noise as _noise
 from PIL import Image
+from tiny_checkpoints import CAPTIONER_CONFIG, SENTENCES, VAL_SIZE, save_captioner, tiny_captioner
 
 import vitkit
 from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.captioning.folder import CaptionOutput, caption_folder, resolve_device
-from vitkit.captioning.predictor import CaptionPipeline, resized_size
-from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize
-from vitkit.io.load import instantiate
+from vitkit.captioning.predictor import CaptionPipeline
+from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize, resized_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = REPO / "tools" / "caption.py"
-SENTENCES = ["a red square on the left", "a blue circle on the right", "two green triangles",
-             "a small yellow star above a big red circle", "an empty white picture"]
-CONFIG = {
-    "class_path": "vitkit.captioning.Captioner",
-    "init_args": {
-        "encoder": {"class_path": "vitkit.core.ViTEncoder",
-                    "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False}},
-        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
-                    "init_args": {"dim": 32, "depth": 1, "num_heads": 2, "return_intermediate": False}},
-        "max_length": 8,
-    },
-}
-VAL_SIZE = 32  # the checkpoint's preprocessing: short side 32, long side <= 64
-
-def _tiny_captioner(tokenizer: CaptionTokenizer) -> Captioner:
-    config = json.loads(json.dumps(CONFIG))
-    config["init_args"]["vocab_size"] = tokenizer.vocab_size
-    torch.manual_seed(0)
-    model = instantiate(config, Captioner).eval()
-    with torch.no_grad():  # large random weights, so captions and scores depend on the image
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
-
-
-def _save_checkpoint(path: Path, model: Captioner, tokenizer: CaptionTokenizer, **extra) -> Path:
-    config = json.loads(json.dumps(CONFIG))
-    config["init_args"]["vocab_size"] = tokenizer.vocab_size
-    ckpt = {"vitkit_captioner_config": config,
-            "state_dict": {f"captioner.{k}": v for k, v in model.state_dict().items()},
-            "vitkit_tokenizer": tokenizer.to_str(),
-            "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "max_size": 2 * VAL_SIZE},
-            "hyper_parameters": {"lr": 1e-4}, **extra}
-    torch.save(ckpt, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory) -> tuple[Path, Captioner, CaptionTokenizer]:
     tokenizer = CaptionTokenizer.train(SENTENCES, model="wordlevel")
-    model = _tiny_captioner(tokenizer)
-    path = _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", model, tokenizer)
+    model = tiny_captioner(tokenizer)
+    path = save_captioner(tmp_path_factory.mktemp("ckpt") / "last.ckpt", model, tokenizer)
     return path, model, tokenizer
 
 
@@ -141,11 +104,11 @@ def test_generation_defaults_and_bad_options(model_files, tmp_path):
     _, model, tokenizer = model_files
     # CaptionModule's validation settings: length penalty and max length taken, val_beams (speed) not
     hp = {"val_beams": 1, "val_length_penalty": 0.6, "val_max_length": 6, "min_length": True, "lr": 0.1}
-    pipe = vitkit.load(_save_checkpoint(tmp_path / "val.ckpt", model, tokenizer, hyper_parameters=hp))
+    pipe = vitkit.load(save_captioner(tmp_path / "val.ckpt", model, tokenizer, hyper_parameters=hp))
     assert pipe.generation == {"method": "beam", "num_beams": 3, "max_length": 6, "min_length": 0,
                                "length_penalty": 0.6, "no_repeat_ngram_size": 0}  # a bool is not a length
     hp = {**hp, "max_length": 7, "generation": {"num_beams": 1, "max_length": 5}}
-    pipe = vitkit.load(_save_checkpoint(tmp_path / "gen.ckpt", model, tokenizer, hyper_parameters=hp))
+    pipe = vitkit.load(save_captioner(tmp_path / "gen.ckpt", model, tokenizer, hyper_parameters=hp))
     assert pipe.generation_options() == {**pipe.generation, "method": "greedy", "num_beams": 1, "max_length": 5}
     with pytest.raises(ValueError, match="exceeds this captioner's limit of 8"):
         pipe.caption(torch.zeros(3, 8, 8, dtype=torch.uint8), max_length=9)
@@ -169,7 +132,7 @@ class _Evil:
 def test_load_refuses_pickled_code_and_unknown_checkpoints(tmp_path, model_files):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.ckpt"
-    torch.save({"vitkit_captioner_config": CONFIG, "payload": _Evil(marker)}, evil)
+    torch.save({"vitkit_captioner_config": CAPTIONER_CONFIG, "payload": _Evil(marker)}, evil)
     assert not marker.exists()
     with pytest.raises(ValueError, match="weights_only=True"):
         vitkit.load(evil)
@@ -180,7 +143,7 @@ def test_load_refuses_pickled_code_and_unknown_checkpoints(tmp_path, model_files
     with pytest.raises(ValueError, match=r"vitkit_detector_config.*vitkit_captioner_config"):
         vitkit.load(other)
     _, model, tokenizer = model_files
-    no_tok = _save_checkpoint(tmp_path / "notok.ckpt", model, tokenizer, vitkit_tokenizer=None)
+    no_tok = save_captioner(tmp_path / "notok.ckpt", model, tokenizer, vitkit_tokenizer=None)
     with pytest.raises(ValueError, match="vitkit_tokenizer"):
         vitkit.load(no_tok)
     with pytest.raises(FileNotFoundError):

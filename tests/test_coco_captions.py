@@ -12,7 +12,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from vitkit.data.coco_captions import CocoCaptions
-from vitkit.data.folder import ImageReadError
+from vitkit.data.images import ImageReadError
 from vitkit.data.shapes import make_shapes
 
 pytestmark = pytest.mark.usefixtures("one_thread")

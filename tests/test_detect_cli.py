@@ -21,7 +21,7 @@ from PIL import Image
 from tiny_checkpoints import CAT_IDS, CLASS_NAMES, save_detector
 
 import vitkit
-from vitkit.data.folder import load_rgb
+from vitkit.data.images import load_rgb
 from vitkit.detection.folder import detect_folder, draw_path, match_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vitkit.data.folder import ImageFolder, ImageReadError, collate_folder, list_images, load_rgb
+from vitkit.data.folder import ImageFolder, collate_folder, list_images
+from vitkit.data.images import ImageReadError, load_rgb
 
 GOOD = ["B.PNG", "a.JPG", "anim.gif", "bits.bmp", "cmyk.TIFF", "float.tif", "gray.png", "gray16.png", "la.png",
         "palette.png", "rgba.png", "rotated.jpg", "sub/c.png", "sub/deeper/d.Jpeg"]

@@ -17,7 +17,7 @@ from PIL import Image
 from vitkit.data.annotations import AnnotationWarning
 from vitkit.data.coco import CocoDetection
 from vitkit.data.coco_captions import CocoCaptions
-from vitkit.data.folder import ImageReadError
+from vitkit.data.images import ImageReadError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

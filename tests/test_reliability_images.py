@@ -23,7 +23,7 @@ from torchvision import tv_tensors
 
 from vitkit.data.bad_images import BadImageWarning, SkippingDataLoader
 from vitkit.data.collate import DropNone
-from vitkit.data.folder import ImageReadError
+from vitkit.data.images import ImageReadError
 from vitkit.detection.datamodule import CocoDataModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,18 +1,24 @@
-"""Tiny random detection checkpoints laid out as tools/train.py writes them (for the inference tools' tests).
+"""Tiny random detection and captioning checkpoints laid out as tools/train.py writes them (for the inference
+tools' tests).
 
 A DETR with a 1-block, width-32 ViT encoder (patch 16) and decoder, 5 queries and the shapes set's classes
 (contiguous labels 0..3 -> category ids 1, 3, 7, 9); preprocessing at short side 32, long side <= 64. Weights are
 perturbed so that boxes, scores and attention depend on the image.
+
+A Captioner of the same size (one layer each side, at most 8 tokens) with a word-level tokenizer trained on
+:data:`SENTENCES`, the same preprocessing; large random weights, so captions and scores depend on the image.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.detection import DETR
 from vitkit.io.load import instantiate
 
@@ -57,5 +63,45 @@ def save_detector(path: Path, seed: int = 0, **detr: Any) -> Path:
                                  "loss_type": "focal" if sigmoid else "ce"},
             "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "val_max_size": 2 * VAL_SIZE}}
     path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- captioning
+SENTENCES = ["a red square on the left", "a blue circle on the right", "two green triangles",
+             "a small yellow star above a big red circle", "an empty white picture"]
+CAPTIONER_CONFIG = {
+    "class_path": "vitkit.captioning.Captioner",
+    "init_args": {
+        "encoder": {"class_path": "vitkit.core.ViTEncoder",
+                    "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False}},
+        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
+                    "init_args": {"dim": 32, "depth": 1, "num_heads": 2, "return_intermediate": False}},
+        "max_length": 8,
+    },
+}
+
+
+def tiny_captioner(tokenizer: CaptionTokenizer) -> Captioner:
+    """A tiny Captioner for ``tokenizer``'s vocabulary, seeded, with large random weights."""
+    config = json.loads(json.dumps(CAPTIONER_CONFIG))
+    config["init_args"]["vocab_size"] = tokenizer.vocab_size
+    torch.manual_seed(0)
+    model = instantiate(config, Captioner).eval()
+    with torch.no_grad():  # large random weights, so captions and scores depend on the image
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def save_captioner(path: Path, model: Captioner, tokenizer: CaptionTokenizer, **extra: Any) -> Path:
+    """Save ``model`` and ``tokenizer`` as a captioning checkpoint; ``extra`` adds or replaces top-level keys."""
+    config = json.loads(json.dumps(CAPTIONER_CONFIG))
+    config["init_args"]["vocab_size"] = tokenizer.vocab_size
+    ckpt = {"vitkit_captioner_config": config,
+            "state_dict": {f"captioner.{k}": v for k, v in model.state_dict().items()},
+            "vitkit_tokenizer": tokenizer.to_str(),
+            "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "max_size": 2 * VAL_SIZE},
+            "hyper_parameters": {"lr": 1e-4}, **extra}
     torch.save(ckpt, path)
     return path

@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from vitkit.captioning.preprocess import CaptionPreprocess
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.data.bad_images import SkippingDataLoader, SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
@@ -233,10 +234,14 @@ class CaptionDataModule(CocoLayoutDataModule):
 
     # ------------------------------------------------------------------------------------------ datasets
     def _transforms(self, train: bool) -> v2.Compose:
+        """Training: multi-scale resize, optional colour jitter, normalise. Validation: the captioning preprocessing
+        of inference (:class:`~vitkit.captioning.preprocess.CaptionPreprocess`), the same pixels as
+        ``vitkit.load(ckpt).caption(path)``."""
         hp = self.hparams
-        steps: list[v2.Transform] = [RandomShortestSideResize(self.train_sizes if train else hp.val_size,
-                                                              max_size=hp.max_size)]
-        if train and hp.color_jitter > 0:
+        if not train:
+            return CaptionPreprocess(hp.val_size, hp.max_size).transform
+        steps: list[v2.Transform] = [RandomShortestSideResize(self.train_sizes, max_size=hp.max_size)]
+        if hp.color_jitter > 0:
             steps.append(v2.ColorJitter(brightness=hp.color_jitter, contrast=hp.color_jitter,
                                         saturation=hp.color_jitter))
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))]

@@ -1,8 +1,9 @@
 """Caption every image of a folder into a JSON Lines or CSV file, resumably; the engine of ``tools/caption.py``.
 
 - Files: :func:`vitkit.data.folder.list_images` (image extensions in any letter case, sorted by POSIX path,
-  optionally recursive); decoding by :func:`~vitkit.data.folder.load_rgb` (EXIF orientation, any mode to RGB,
-  first frame) and preprocessing run in DataLoader workers.
+  optionally recursive); decoding by :func:`~vitkit.data.images.load_rgb` (EXIF orientation, any mode to RGB,
+  first frame) and the pipeline's preprocessing (:class:`~vitkit.captioning.preprocess.CaptionPreprocess`, as in
+  ``CaptionPipeline.caption(path)``) run in DataLoader workers.
 - Output, one record per image in listing order: ``{"file": path relative to the folder (POSIX), "caption": str,
   "score": float}``, or ``{"file": ..., "error": reason}`` for a file that could not be read or captioned (the
   run goes on). CSV has the columns ``file,caption,score,error``.
@@ -202,6 +203,30 @@ def _caption_batch(pipeline: CaptionPipeline, good: dict[str, Any],
     return {f: {"file": f, "error": r} if isinstance(r, str) else r for f, r in results.items()}
 
 
+def _resume(output: CaptionOutput, files: list[str], overwrite: bool) -> list[int]:
+    """Prepare ``output`` for a run over ``files``: read its earlier records (none with ``overwrite``), drop the
+    error records of the files to redo, repeated successes and a partial last line, and create it if missing.
+
+    Returns:
+        The indices into ``files`` still to caption (not captioned in ``output``), in listing order.
+    """
+    previous, partial = ([], False) if overwrite else output.read()
+    done = {r["file"] for r in previous if _is_done(r)}
+    todo = [i for i, f in enumerate(files) if f not in done]
+    retry = {files[i] for i in todo}
+    kept, seen = [], set()
+    for r in previous:  # drop retried files' errors and repeated successes; keep records of unlisted files
+        if r["file"] in retry or (_is_done(r) and r["file"] in seen):
+            continue
+        if _is_done(r):
+            seen.add(r["file"])
+        kept.append(r)
+    if overwrite or partial or len(kept) != len(previous):
+        output.rewrite(kept)
+    output.start()
+    return todo
+
+
 def caption_folder(
     pipeline: CaptionPipeline,
     folder: str | os.PathLike,
@@ -247,21 +272,7 @@ def caption_folder(
     files = [p.as_posix() for p in dataset.files]
     output = CaptionOutput(out, output_format(out, fmt))
 
-    previous, partial = ([], False) if overwrite else output.read()
-    done = {r["file"] for r in previous if _is_done(r)}
-    todo = [i for i, f in enumerate(files) if f not in done]
-    retry = {files[i] for i in todo}
-    kept, seen = [], set()
-    for r in previous:  # drop retried files' errors and repeated successes; keep records of unlisted files
-        if r["file"] in retry or (_is_done(r) and r["file"] in seen):
-            continue
-        if _is_done(r):
-            seen.add(r["file"])
-        kept.append(r)
-    if overwrite or partial or len(kept) != len(previous):
-        output.rewrite(kept)
-    output.start()
-
+    todo = _resume(output, files, overwrite)
     summary = FolderCaptionSummary(skipped=len(files) - len(todo), out=output.path)
     if todo:
         loader = folder_batches(dataset, todo, batch_size=batch_size, num_workers=num_workers,

@@ -5,28 +5,25 @@
     pipe = vitkit.load("runs/caption_coco/checkpoints/last.ckpt")
     pipe.caption(["a.jpg", "b.png"])          # [{"caption": "a dog on a couch", "score": -4.1}, ...]
 
-Preprocessing is the validation transform of training: the short side resized to ``size`` (the long side
-capped at ``max_size``; one difference: the short side never rounds down to 0 px for extreme aspect ratios,
-where torchvision raises), ImageNet normalisation, zero padding bottom/right with a mask (True = padding).
-Files are decoded with :func:`vitkit.data.folder.load_rgb` (EXIF orientation, any mode to RGB, first frame).
+Preprocessing is :class:`~vitkit.captioning.preprocess.CaptionPreprocess`, the validation transform of training:
+the short side resized to ``size`` (the long side capped at ``max_size``; the short side never rounds down to 0 px
+for extreme aspect ratios, where torchvision raises), ImageNet normalisation, zero padding bottom/right with a mask
+(True = padding). Files are decoded with :func:`vitkit.data.images.load_rgb` (EXIF orientation, any mode to RGB,
+first frame), as in ``tools/caption.py``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms.v2 import functional as F
 
+from vitkit.captioning.preprocess import CaptionPreprocess
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.data.collate import pad_images
-from vitkit.data.folder import load_rgb
-from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resized_size
 from vitkit.kernels.precision import apply_precision, model_dtype
 
 METHODS = ("greedy", "beam", "sample")
@@ -36,35 +33,6 @@ GENERATION_KEYS = {"method": str, "num_beams": int, "max_length": int, "min_leng
                    "no_repeat_ngram_size": int, "temperature": _NUMBER, "top_k": int, "top_p": _NUMBER}
 DEFAULT_GENERATION: dict[str, Any] = {"method": "beam", "num_beams": 3, "max_length": None, "min_length": 0,
                                       "length_penalty": 1.0, "no_repeat_ngram_size": 0}
-
-
-class CaptionTransform:
-    """RGB PIL image or (3, H, W) tensor (uint8, or float in [0, 1]) -> (3, h, w) float32 normalised tensor.
-
-    A plain picklable object, so DataLoader workers can run it.
-
-    Args:
-        size: short side in px after resizing.
-        max_size: cap on the long side in px (must exceed ``size``), or None.
-    """
-    def __init__(self, size: int = 224, max_size: int | None = 448) -> None:
-        if size < 1:
-            raise ValueError(f"size must be >= 1 px, got {size}")
-        if max_size is not None and max_size <= size:
-            raise ValueError(f"max_size ({max_size}) must exceed size ({size})")
-        self.size, self.max_size = int(size), None if max_size is None else int(max_size)
-
-    def __call__(self, image: Image.Image | Tensor) -> Tensor:
-        t = image if isinstance(image, Tensor) else F.pil_to_tensor(image)  # (3, H, W)
-        if t.ndim != 3 or t.shape[0] != 3:
-            raise ValueError(f"expected an RGB image (3, H, W), got shape {tuple(t.shape)}")
-        h, w = resized_size(int(t.shape[-2]), int(t.shape[-1]), self.size, self.max_size)
-        t = F.resize(t.as_subclass(Tensor), [h, w], antialias=True)  # (3, h, w)
-        t = F.to_dtype(t, torch.float32, scale=True)
-        return F.normalize(t, IMAGENET_MEAN, IMAGENET_STD)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, max_size={self.max_size})"
 
 
 class CaptionPipeline(nn.Module):
@@ -96,7 +64,7 @@ class CaptionPipeline(nn.Module):
         if unknown:
             raise ValueError(f"unknown generation option(s) {sorted(unknown)}; known: {sorted(GENERATION_KEYS)}")
         self.captioner, self.tokenizer = captioner, tokenizer
-        self.transform = CaptionTransform(size, max_size)
+        self.transform = CaptionPreprocess(size, max_size)
         self.generation = {**DEFAULT_GENERATION, **(generation or {})}
 
     @property
@@ -122,20 +90,12 @@ class CaptionPipeline(nn.Module):
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor]:
         """Paths / PIL images / (3, H, W) tensors -> padded batch (B, 3, Hmax, Wmax) float32, mask (B, Hmax, Wmax).
 
-        Paths go through :func:`~vitkit.data.folder.load_rgb` (raises ``ImageReadError`` for a bad file); PIL
-        images in any mode are converted to RGB; tensors are uint8, or float in [0, 1]. The mask is True over
-        padding. Both stay on the CPU.
+        Paths go through :func:`~vitkit.data.images.load_rgb` (raises ``ImageReadError`` for a bad file); PIL
+        images in any mode are converted by its mode rules (:func:`~vitkit.data.images.to_rgb`); tensors are
+        uint8, or float in [0, 1]. The mask is True over padding; paths and PIL images give CPU tensors. See
+        :meth:`vitkit.captioning.preprocess.CaptionPreprocess.batch`.
         """
-        if not images:
-            raise ValueError("no images given")
-        items = []
-        for im in images:
-            if isinstance(im, str | os.PathLike):
-                im = load_rgb(Path(im))
-            elif isinstance(im, Image.Image) and im.mode != "RGB":
-                im = im.convert("RGB")
-            items.append(self.transform(im))
-        return pad_images(items)
+        return self.transform.batch(images)
 
     # ------------------------------------------------------------------------------------------ generation
     def generation_options(self, **overrides: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ the model to stop at once); images left without a caption are left out with one 
 
 Image files missing on disk (:func:`find_missing_images`, used by the datasets) are found at construction, with one
 folder listing per directory: with ``bad_images="skip"`` the images are left out with one counted warning, with
-``"fail"`` the first one raises :class:`vitkit.data.folder.ImageReadError` naming the file, the image id and the field.
+``"fail"`` the first one raises :class:`vitkit.data.images.ImageReadError` naming the file, the image id and the field.
 
 Sanitising and evaluation: COCOeval always runs on the original file (DESIGN.md, "numbers at the user boundary are
 honest"), so it sees the boxes as the file gives them. A dropped degenerate box stays a ground-truth box that no

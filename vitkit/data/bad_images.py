@@ -2,7 +2,7 @@
 
 A dataset built with ``bad_images="skip"`` (:class:`~vitkit.data.coco.CocoDetection`,
 :class:`~vitkit.data.coco_captions.CocoCaptions`) returns ``None`` for an item whose image cannot be decoded
-(:func:`vitkit.data.folder.load_rgb` raised :class:`~vitkit.data.folder.ImageReadError`) and records it in its
+(:func:`vitkit.data.images.load_rgb` raised :class:`~vitkit.data.images.ImageReadError`) and records it in its
 :class:`BadImageLog`; with ``"fail"`` the error propagates. What happens to a ``None``:
 
 - **Training** wraps the dataset in :class:`SubstituteBad`: the item is replaced by the next readable one (index
@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from vitkit.data.folder import ImageReadError
+from vitkit.data.images import ImageReadError
 
 BAD_IMAGE_POLICIES = ("skip", "fail")
 

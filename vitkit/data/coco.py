@@ -12,11 +12,11 @@ with one counted :class:`~vitkit.data.annotations.AnnotationWarning`. The rules,
 (which always reads the original file), are in that module's docstring.
 
 Image files: a file missing on disk is found at construction; an unreadable one (corrupt, truncated, not an image)
-when its item is read. ``bad_images="fail"`` raises :class:`vitkit.data.folder.ImageReadError` naming the file;
+when its item is read. ``bad_images="fail"`` raises :class:`vitkit.data.images.ImageReadError` naming the file;
 ``"skip"`` leaves a missing image out (one counted warning) and returns ``None`` for an unreadable one, recorded in
 ``bad_image_log`` (see :mod:`vitkit.data.bad_images` for how training and validation loaders handle it).
 
-Each sample is decoded once by :func:`vitkit.data.folder.load_rgb` (EXIF orientation applied unless the file's
+Each sample is decoded once by :func:`vitkit.data.images.load_rgb` (EXIF orientation applied unless the file's
 (w, h) says the annotations use the stored one, any mode to 8-bit RGB), wrapped as ``tv_tensors.Image`` with a
 target of ``tv_tensors.BoundingBoxes`` (XYXY pixels) + labels, passed through ``transforms`` and finally converted to
 the model contract by :func:`vitkit.data.transforms.to_model_target`.
@@ -37,7 +37,7 @@ from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.annotations import AnnotationWarning, check_instances, find_missing_images, format_ids
 from vitkit.data.bad_images import BadImageLog, check_policy
-from vitkit.data.folder import ImageReadError, load_rgb
+from vitkit.data.images import ImageReadError, load_rgb
 from vitkit.data.transforms import to_model_target
 
 _LAYOUT_HINT = (
@@ -57,7 +57,7 @@ class CocoDetection(Dataset):
             :mod:`vitkit.data.transforms`); ``target["boxes"]`` is ``BoundingBoxes`` in XYXY pixels.
         ann_file: annotation file overriding ``root/annotations/instances_{split}2017.json``.
         img_folder: image folder overriding ``root/{split}2017``.
-        bad_images: "fail" (raise :class:`~vitkit.data.folder.ImageReadError` for a missing file at construction
+        bad_images: "fail" (raise :class:`~vitkit.data.images.ImageReadError` for a missing file at construction
             and for an unreadable one when read) or "skip" (leave missing files out with one counted warning;
             an unreadable item returns ``None`` and is recorded in ``bad_image_log``).
 

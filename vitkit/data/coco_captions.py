@@ -1,7 +1,7 @@
 """COCO-layout captioning dataset.
 
 Reads ``root/annotations/captions_{split}2017.json`` and the images in ``root/{split}2017/``. Images are decoded
-once per access by :func:`vitkit.data.folder.load_rgb` (EXIF orientation applied, any mode to 8-bit RGB) and
+once per access by :func:`vitkit.data.images.load_rgb` (EXIF orientation applied, any mode to 8-bit RGB) and
 wrapped as a uint8 ``tv_tensors.Image`` (3, H, W), as :class:`vitkit.data.coco.CocoDetection` does, then passed
 through ``transforms``.
 
@@ -31,7 +31,7 @@ from torchvision.transforms.v2 import functional as F
 from vitkit.data.annotations import AnnotationWarning, find_missing_images, format_ids
 from vitkit.data.bad_images import BadImageLog, check_policy
 from vitkit.data.caption_annotations import check_captions
-from vitkit.data.folder import ImageReadError, load_rgb
+from vitkit.data.images import ImageReadError, load_rgb
 
 _LAYOUT_HINT = (
     "Expected the COCO 2017 layout: root/train2017/, root/val2017/, "
@@ -51,7 +51,7 @@ class CocoCaptions(Dataset):
         transforms: a callable on the (3, H, W) uint8 ``tv_tensors.Image`` (e.g. a torchvision ``v2`` pipeline).
         ann_file: caption file overriding ``root/annotations/captions_{split}2017.json``.
         img_folder: image folder overriding ``root/{split}2017``.
-        bad_images: "fail" (raise :class:`~vitkit.data.folder.ImageReadError` for a missing file at construction
+        bad_images: "fail" (raise :class:`~vitkit.data.images.ImageReadError` for a missing file at construction
             and for an unreadable one when read) or "skip" (leave missing files out with one counted warning;
             an unreadable item returns ``None`` and is recorded in ``bad_image_log``).
 

@@ -1,9 +1,10 @@
-"""Folders of images for inference tools: listing, robust RGB decoding, a Dataset that never stops on a bad file.
+"""Folders of images for inference tools: listing, a Dataset that never stops on a bad file, batching.
 
-:func:`load_rgb` turns any file Pillow can read into an upright 8-bit RGB image (first frame, EXIF orientation
-applied, 16-bit and float data scaled rather than clipped, transparency composited over white) or raises
-:class:`ImageReadError` naming the file. :class:`ImageFolder` turns that error into a record, so one unreadable
-file costs one output line, and :func:`collate_folder` batches the readable ones with a padding mask.
+Files are decoded by :func:`vitkit.data.images.load_rgb` (the one image reader: first frame, EXIF orientation
+applied, 16-bit and float data scaled rather than clipped, transparency composited over white), which raises
+:class:`~vitkit.data.images.ImageReadError` naming the file. :class:`ImageFolder` turns that error into a record,
+so one unreadable file costs one output line, and :func:`collate_folder` batches the readable ones with a padding
+mask.
 
 The folder tools (``tools/caption.py``, ``tools/detect.py``) share the rest of their file handling from here:
 :func:`folder_batches` (a DataLoader yielding ``(files, good, errors)`` per batch in listing order),
@@ -18,9 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from rich import progress as rp
 from rich.console import Console
 from torch import Tensor
@@ -28,30 +28,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms.v2 import functional as F
 
 from vitkit.data.collate import pad_images
+from vitkit.data.images import ImageReadError, load_rgb
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
-
-
-class ImageReadError(OSError):
-    """An image file could not be read or decoded.
-
-    Attributes:
-        path: the file.
-        reason: what went wrong (the underlying error's type and message).
-    """
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path}: {reason}")
-
-    def __reduce__(self) -> tuple[type, tuple[Path, str]]:  # picklable across DataLoader workers
-        return type(self), (self.path, self.reason)
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
@@ -82,77 +64,6 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     return sorted(found, key=lambda p: p.as_posix())
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB (see :func:`load_rgb` for the rules)."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in _SIXTEEN_BIT_MODES:
-        gray = np.asarray(img).astype(np.float32) / 257.0  # 65535 -> 255, 32768 -> 127.5
-        return Image.fromarray((gray + 0.5).astype(np.uint8)).convert("RGB")
-    if img.mode == "I":  # 32-bit integers: 8-bit or 16-bit data stored wide, else min-max
-        data = np.asarray(img).astype(np.float64)
-        lo, hi = float(data.min()), float(data.max())
-        if lo >= 0 and hi <= 255:
-            gray = data
-        elif lo >= 0 and hi <= 65535:
-            gray = data / 257.0
-        else:
-            gray = (data - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(data)
-        return Image.fromarray((gray + 0.5).astype(np.uint8)).convert("RGB")
-    if img.mode == "F":  # floats: [0, 1] data scaled by 255, anything else clipped to [0, 255]
-        data = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        if data.size and data.min() >= 0 and data.max() <= 1:
-            data = data * 255.0
-        return Image.fromarray((np.clip(data, 0, 255) + 0.5).astype(np.uint8)).convert("RGB")
-    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")  # L, P, 1, CMYK, YCbCr, RGBX, ...
-
-
-def load_rgb(path: str | os.PathLike, size_hint: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB image.
-
-    - Multi-frame files (GIF, TIFF, WebP animations): the first frame.
-    - EXIF orientation is applied (a photo taken in portrait loads in portrait); a broken EXIF block is ignored.
-      With ``size_hint``, the stored orientation is kept when it has that (width, height) and the rotated one does
-      not (some COCO files annotate images in stored pixel order).
-    - Modes: L, P, 1, CMYK, YCbCr convert as Pillow does; transparency (LA, RGBA, P with a transparent colour)
-      is composited over white; 16-bit data (``I;16*``) is scaled by 255/65535 (65535 -> 255, 32768 -> 128)
-      instead of being clipped at 255; ``I`` (32-bit) is taken as 8-bit data if it lies in [0, 255], as 16-bit
-      if in [0, 65535], else stretched min-max; ``F`` is scaled by 255 if it lies in [0, 1], else clipped.
-    - The pixels are decoded here (``load()``), so truncated and corrupt files fail now, not later. (Pillow's
-      global ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, if something sets it, makes truncated files load.)
-
-    Args:
-        path: the image file.
-        size_hint: (width, height) the caller's annotations use, or None.
-
-    Returns:
-        A PIL image in mode RGB, independent of the file (which is closed).
-
-    Raises:
-        ImageReadError: the file is missing, unreadable, not an image, corrupt or truncated, or in a mode that
-            cannot become RGB; ``reason`` gives the underlying error.
-    """
-    try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im.load()
-            try:
-                img = ImageOps.exif_transpose(im)
-            except Exception:  # a malformed EXIF block: keep the stored orientation
-                img = im.copy()
-            if size_hint is not None and img.size != tuple(size_hint) and im.size == tuple(size_hint):
-                img = im.copy()  # annotated in stored pixel order
-            return _to_rgb(img)
-    except MemoryError:
-        raise
-    except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, EOFError, struct.error, ...
-        raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
-
-
 class ImageFolder(Dataset):
     """The images of a folder for inference; an unreadable file becomes an error record, not an exception.
 
@@ -160,7 +71,8 @@ class ImageFolder(Dataset):
         folder: folder to read (see :func:`list_images`).
         transform: callable from an RGB PIL image to a (3, H, W) tensor; default: uint8 tensor of the pixels.
         recursive: include subfolders.
-        size_hints: {file (relative POSIX path): (width, height)} passed to :func:`load_rgb` as ``size_hint``
+        size_hints: {file (relative POSIX path): (width, height)} passed to
+            :func:`~vitkit.data.images.load_rgb` as ``size_hint``
             (an annotation file's sizes, so an image is decoded in the orientation its boxes refer to).
 
     Each item is a dict: ``file`` (path relative to ``folder``, POSIX), ``image`` ((3, H, W) tensor from

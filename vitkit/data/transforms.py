@@ -1,4 +1,4 @@
-"""Detection augmentation presets on ``torchvision.transforms.v2``.
+"""Detection augmentation presets on ``torchvision.transforms.v2``, and the evaluation preprocessing of every task.
 
 Every transform here takes and returns ``(image, target)`` where ``image`` is a ``tv_tensors.Image`` (C, H, W)
 and ``target`` a dict holding ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY pixels) and ``labels`` (n,); other
@@ -19,6 +19,7 @@ Differences from DETR's reference transforms:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from vitkit.data.images import load_rgb, to_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -174,9 +177,29 @@ def detr_train_transforms(scales: Sequence[int] = DETR_SCALES, max_size: int | N
     ])
 
 
+def val_transforms(size: int, max_size: int | None, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """The evaluation preprocessing of every task: short side to ``size`` (long side capped at ``max_size``, see
+    :func:`resized_size`), to float32 in [0, 1], normalise.
+
+    The datasets' validation path runs it on ``(image, target)``; :class:`EvalPreprocess` (and through it the
+    predictors and the folder tools) runs it on single images, so every path gives the same pixels.
+
+    Args:
+        size: short side in px.
+        max_size: cap on the long side in px (must exceed ``size``), or None.
+        mean: per-channel mean for normalisation.
+        std: per-channel std for normalisation.
+
+    Returns:
+        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)`` (or ``image -> image``).
+    """
+    return v2.Compose([RandomShortestSideResize(size, max_size=max_size), *_normalize(mean, std)])
+
+
 def detr_val_transforms(size: int = 800, max_size: int | None = 1333, mean: Sequence[float] = IMAGENET_MEAN,
                         std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """DETR's evaluation transform: short side to ``size`` (long side capped at ``max_size``), normalise.
+    """DETR's evaluation transform: :func:`val_transforms` with DETR's default sizes (800, long side <= 1333).
 
     Args:
         size: short side in px.
@@ -187,7 +210,50 @@ def detr_val_transforms(size: int = 800, max_size: int | None = 1333, mean: Sequ
     Returns:
         A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)``.
     """
-    return v2.Compose([RandomShortestSideResize(size, max_size=max_size), *_normalize(mean, std)])
+    return val_transforms(size, max_size, mean, std)
+
+
+class EvalPreprocess:
+    """One image -> (3, h, w) float32 normalised tensor: :func:`val_transforms`, the datasets' validation transform.
+
+    Takes a path, a PIL image in any mode or a (3, H, W) tensor (uint8, or float in [0, 1]); see :meth:`tensor`.
+    A plain picklable object, so DataLoader workers can run it. The resize draws its single size from torch's global
+    generator; the generator's state is restored afterwards, so preprocessing leaves the caller's later random draws
+    as they were. The tasks' preprocessings (:mod:`vitkit.detection.preprocess`, :mod:`vitkit.captioning.preprocess`)
+    add their batching to it.
+
+    Args:
+        size: short side in px.
+        max_size: cap on the long side in px (must exceed ``size``), or None.
+    """
+    def __init__(self, size: int, max_size: int | None) -> None:
+        self.size, self.max_size = int(size), None if max_size is None else int(max_size)
+        self.transform = val_transforms(self.size, self.max_size)
+
+    def tensor(self, image: str | os.PathLike | PIL.Image.Image | Tensor) -> Tensor:
+        """The upright RGB pixels of an image, not yet resized: (3, H, W).
+
+        A path is read by :func:`~vitkit.data.images.load_rgb`; a PIL image in another mode is converted by
+        :func:`~vitkit.data.images.to_rgb` (the file reader's rules); a tensor is returned as is.
+
+        Raises:
+            ImageReadError: a path cannot be read.
+            ValueError: a tensor that is not (3, H, W).
+        """
+        if isinstance(image, str | os.PathLike):
+            image = load_rgb(image)
+        t = image if isinstance(image, Tensor) else F.pil_to_tensor(to_rgb(image))  # (3, H, W) uint8
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"expected an RGB image (3, H, W), got shape {tuple(t.shape)}")
+        return t
+
+    def __call__(self, image: str | os.PathLike | PIL.Image.Image | Tensor) -> Tensor:
+        t = tv_tensors.Image(self.tensor(image))  # (3, H, W)
+        with torch.random.fork_rng(devices=[]):
+            return self.transform(t).as_subclass(Tensor)  # (3, h, w) float32
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, max_size={self.max_size})"
 
 
 def to_model_target(image: Any, target: dict[str, Any]) -> dict[str, Any]:

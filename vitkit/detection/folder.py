@@ -1,9 +1,11 @@
 """Detect objects in every image of a folder: a COCO results file, optionally pictures with the boxes drawn.
 
 The library side of ``tools/detect.py``. File handling is the captioning tool's (:mod:`vitkit.data.folder`):
-image files by extension in any letter case, sorted POSIX order, EXIF orientation applied, any mode converted
-to RGB, the first frame of multi-frame files; an unreadable file becomes a failure with its reason and the
-run goes on; a batch the model fails on is retried image by image.
+image files by extension in any letter case, sorted POSIX order, decoded by :func:`vitkit.data.images.load_rgb`
+(EXIF orientation applied, any mode converted to RGB, the first frame of multi-frame files), preprocessed by the
+detector's own :class:`~vitkit.detection.preprocess.DetectionPreprocess`, so the results equal
+``Detector.predict(path)``; an unreadable file becomes a failure with its reason and the run goes on; a batch the
+model fails on is retried image by image.
 
 Image ids (``image_id`` of each result):
 
@@ -44,41 +46,18 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision import tv_tensors
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
-from vitkit.data.folder import ImageFolder, ImageReadError, folder_batches, load_rgb, progress_bar, run_isolated
-from vitkit.data.transforms import detr_val_transforms
+from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, run_isolated
+from vitkit.data.images import ImageReadError, load_rgb
 from vitkit.detection.predictor import Detector
+from vitkit.viz.draw import PALETTE
 
-# Box colours by class (matplotlib's tab10), so a class keeps its colour across pictures.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
 DRAW_KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Labels on a filled background in the box colour where torchvision has it (0.23+): readable on any image.
 _LABEL_STYLE = {"fill_labels": True} if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters else {}
-
-
-class DetectorTransform:
-    """RGB PIL image -> (3, h, w) float32 normalised tensor: the detection validation transform
-    (:func:`~vitkit.data.transforms.detr_val_transforms` on the uint8 pixels, as
-    :class:`~vitkit.data.coco.CocoDetection` feeds it), which is also :meth:`Detector.preprocess`'s arithmetic.
-    Picklable, for DataLoader workers.
-
-    Args:
-        size: short side in px; max_size: cap on the long side in px, or None.
-    """
-    def __init__(self, size: int, max_size: int | None) -> None:
-        self.size, self.max_size = size, max_size
-        self.transform = detr_val_transforms(size, max_size)
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        return self.transform(tv_tensors.Image(F.pil_to_tensor(image))).as_subclass(Tensor)  # (3, h, w)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, max_size={self.max_size})"
 
 
 @dataclass
@@ -221,14 +200,61 @@ def _names(detector: Detector, labels: list[int]) -> list[str]:
     return [detector.class_names[j] for j in labels] if detector.class_names else [str(j) for j in labels]
 
 
-def _draw(detector: Detector, path: Path, size_hint: tuple[int, int] | None, det: dict[str, Tensor],
-          dest: Path) -> None:
-    """Decode ``path`` again (the batch holds it resized and normalised), draw ``det`` on it, save to ``dest``."""
+def _draw(detector: Detector, folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None,
+          det: dict[str, Tensor], draw_dir: str | os.PathLike | None) -> str | None:
+    """Decode ``folder/file`` again (the batch holds it resized and normalised), draw ``det`` on it and save it under
+    ``draw_dir`` (nothing when that is None). Returns None, or why drawing failed."""
+    if draw_dir is None:
+        return None
     labels = det["labels"].tolist()
-    pixels = draw_detections(load_rgb(path, size_hint=size_hint), det["boxes"], labels, _names(detector, labels),
-                             det["scores"].tolist())  # (3, H, W) uint8
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(dest)  # format from the suffix
+    dest = Path(draw_dir) / draw_path(file)
+    try:
+        pixels = draw_detections(load_rgb(Path(folder) / file, size_hint=size_hint), det["boxes"], labels,
+                                 _names(detector, labels), det["scores"].tolist())  # (3, H, W) uint8
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(dest)  # format from the suffix
+    except (ImageReadError, OSError, ValueError) as err:
+        return f"drawing failed: {type(err).__name__}: {err}"
+    return None
+
+
+def _check_options(folder: str | os.PathLike, out: Path, score_threshold: float,
+                   draw_dir: str | os.PathLike | None) -> None:
+    """Raise ValueError for a folder as ``out``, a threshold outside [0, 1] or ``draw_dir`` being ``folder``."""
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'dets.json'}")
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
+    if draw_dir is not None and Path(draw_dir).resolve() == Path(folder).resolve():
+        raise ValueError(f"--draw {draw_dir} is the image folder: the pictures would overwrite the images")
+
+
+def _image_ids(detector: Detector, dataset: ImageFolder, files: list[str], annotations: str | os.PathLike | None,
+               warnings: list[str]) -> dict[str, int]:
+    """File -> image id: the annotation file's (which also sets ``dataset.size_hints``; a warning is added when
+    the detector's category ids are not the file's), else the files numbered 1, 2, ... in listing order."""
+    if annotations is None:
+        return {f: i for i, f in enumerate(files, start=1)}
+    image_ids, dataset.size_hints, cats = annotation_ids(annotations, files)
+    unknown = sorted(set(detector.label_to_cat_id or range(detector.model.num_classes)) - cats)
+    if unknown:
+        warnings.append(f"the detector's category ids {unknown} are not categories of {annotations}; "
+                        "COCOeval ignores their detections (was the model trained on this dataset?)")
+    return image_ids
+
+
+def _sidecar_images(files: list[str], image_ids: dict[str, int], sizes: dict[str, tuple[int, int]],
+                    failures: dict[str, str]) -> list[dict[str, Any]]:
+    """The sidecar's COCO ``images`` entries: id, file name, decoded width and height, error of a failed file."""
+    images = []
+    for f in files:
+        entry: dict[str, Any] = {"id": image_ids.get(f), "file_name": f}
+        if f in sizes:
+            entry.update(width=int(sizes[f][1]), height=int(sizes[f][0]))
+        if f in failures:
+            entry["error"] = failures[f]
+        images.append(entry)
+    return images
 
 
 def _coco_results(detector: Detector, det: dict[str, Tensor], image_id: int) -> list[dict[str, Any]]:
@@ -277,23 +303,11 @@ def detect_folder(
     """
     start = time.perf_counter()
     out = Path(out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'dets.json'}")
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
-    if draw_dir is not None and Path(draw_dir).resolve() == Path(folder).resolve():
-        raise ValueError(f"--draw {draw_dir} is the image folder: the pictures would overwrite the images")
-    dataset = ImageFolder(folder, transform=DetectorTransform(detector.size, detector.max_size), recursive=recursive)
+    _check_options(folder, out, score_threshold, draw_dir)
+    dataset = ImageFolder(folder, transform=detector.preprocessing, recursive=recursive)
     files = [p.as_posix() for p in dataset.files]
     summary = FolderDetectionSummary(out=out, image_ids=image_ids_path(out))
-    if annotations is not None:
-        image_ids, dataset.size_hints, cats = annotation_ids(annotations, files)
-        unknown = sorted(set(detector.label_to_cat_id or range(detector.model.num_classes)) - cats)
-        if unknown:
-            summary.warnings.append(f"the detector's category ids {unknown} are not categories of {annotations}; "
-                                    "COCOeval ignores their detections (was the model trained on this dataset?)")
-    else:
-        image_ids = {f: i for i, f in enumerate(files, start=1)}
+    image_ids = _image_ids(detector, dataset, files, annotations, summary.warnings)
     failures: dict[str, str] = {f: f"not in the annotation file {annotations} (no image id for its boxes)"
                                 for f in files if f not in image_ids}
     sizes: dict[str, tuple[int, int]] = {}  # file -> (h, w) decoded
@@ -316,31 +330,18 @@ def detect_folder(
             if good is not None:
                 sizes.update(zip(good["files"], good["sizes"], strict=True))
                 for file, det in run_isolated(detect, good, "detection").items():
-                    if isinstance(det, str):
-                        failures[file] = det
+                    error = det if isinstance(det, str) else _draw(detector, folder, file, dataset.size_hints.get(file),
+                                                                   det, draw_dir)
+                    if error is not None:
+                        failures[file] = error
                         continue
-                    if draw_dir is not None:
-                        try:
-                            _draw(detector, Path(folder) / file, dataset.size_hints.get(file), det,
-                                  Path(draw_dir) / draw_path(file))
-                        except (ImageReadError, OSError, ValueError) as err:
-                            failures[file] = f"drawing failed: {type(err).__name__}: {err}"
-                            continue
                     results.extend(_coco_results(detector, det, image_ids[file]))
                     summary.detected += 1
                     summary.boxes += len(det["scores"])
             bar.advance(task, len(batch_files))
     results.sort(key=lambda r: (r["image_id"], -r["score"]))
     _write_json(out, results)
-    images = []
-    for f in files:
-        entry: dict[str, Any] = {"id": image_ids.get(f), "file_name": f}
-        if f in sizes:
-            entry.update(width=int(sizes[f][1]), height=int(sizes[f][0]))
-        if f in failures:
-            entry["error"] = failures[f]
-        images.append(entry)
-    _write_json(summary.image_ids, {"images": images})
+    _write_json(summary.image_ids, {"images": _sidecar_images(files, image_ids, sizes, failures)})
     summary.failures = [(f, failures[f]) for f in files if f in failures]
     summary.failed = len(summary.failures)
     summary.seconds = time.perf_counter() - start

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor, nn
-from torchvision.transforms.v2 import functional as F
 
-from vitkit.data.collate import collate_detection
-from vitkit.data.transforms import resized_size
+from vitkit.detection.preprocess import DetectionPreprocess
 from vitkit.kernels.precision import apply_precision, model_dtype
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB with its EXIF orientation applied (first frame of multi-frame files)."""
-    with Image.open(path) as im:
-        im.seek(0)
-        im = ImageOps.exif_transpose(im)
-        return im.convert("RGB")
 
 
 class Detector(nn.Module):
@@ -34,18 +21,33 @@ class Detector(nn.Module):
         postprocess: ``PostProcess`` turning outputs into per-image xyxy pixel detections.
         class_names: name per contiguous label.
         label_to_cat_id: dataset category id per contiguous label.
-        size, max_size: shortest-side resize and longest-side cap used at inference.
+        size, max_size: shortest-side resize and longest-side cap used at inference (``max_size`` must exceed
+            ``size``, or be None).
+
+    Preprocessing is :class:`~vitkit.detection.preprocess.DetectionPreprocess` (:attr:`preprocessing`), the
+    datasets' validation transform; image files are read by :func:`vitkit.data.images.load_rgb`, as in
+    ``tools/detect.py``.
 
     The network runs in the dtype of its weights; :meth:`set_precision` (``vitkit.load(..., precision=...)``)
     switches it to bf16 (see :mod:`vitkit.kernels.precision`). Outputs are float32 either way.
     """
     def __init__(self, model: nn.Module, postprocess: nn.Module, class_names: Sequence[str] | None = None,
-                 label_to_cat_id: Sequence[int] | None = None, size: int = 800, max_size: int = 1333) -> None:
+                 label_to_cat_id: Sequence[int] | None = None, size: int = 800, max_size: int | None = 1333) -> None:
         super().__init__()
         self.model, self.postprocess = model, postprocess
         self.class_names = list(class_names) if class_names else None
         self.label_to_cat_id = list(label_to_cat_id) if label_to_cat_id else None
-        self.size, self.max_size = size, max_size
+        self.preprocessing = DetectionPreprocess(size, max_size)
+
+    @property
+    def size(self) -> int:
+        """Short side in px of the preprocessed images."""
+        return self.preprocessing.size
+
+    @property
+    def max_size(self) -> int | None:
+        """Cap on the long side in px of the preprocessed images, or None."""
+        return self.preprocessing.max_size
 
     def set_precision(self, precision: str) -> Detector:
         """Run the network in ``"bf16"``, ``"fp32"`` or ``"auto"`` (bf16 where the hardware is fast at it).
@@ -62,31 +64,20 @@ class Detector(nn.Module):
         out = self.model(batch.to(param.device, model_dtype(self.model)), mask.to(param.device))
         return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in out.items()}
 
-    def preprocess(self, images: Sequence) -> tuple[Tensor, Tensor, Tensor]:
-        """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2)."""
+    def preprocess(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2).
 
-
-        items, sizes = [], []
-        for im in images:
-            if isinstance(im, str | Path):
-                im = read_image(im)
-            t = F.to_image(im) if not isinstance(im, Tensor) else im
-            if t.ndim != 3 or t.shape[0] != 3:
-                raise ValueError(f"expected an RGB image (3, H, W), got shape {tuple(t.shape)}")
-            sizes.append(t.shape[-2:])
-            h, w = resized_size(int(t.shape[-2]), int(t.shape[-1]), self.size, self.max_size)  # >= 1 px each
-            t = F.resize(t, [h, w], antialias=True)
-            t = F.to_dtype(t, torch.float32, scale=True)
-            items.append((F.normalize(t, IMAGENET_MEAN, IMAGENET_STD), {}))
-        batch, mask, _ = collate_detection(items)
-        return batch, mask, torch.tensor([list(s) for s in sizes])
+        See :meth:`vitkit.detection.preprocess.DetectionPreprocess.batch`.
+        """
+        return self.preprocessing.batch(images)
 
     @torch.no_grad()
     def predict(self, images, score_threshold: float = 0.5, batch_size: int = 8) -> list[dict]:
         """Detect objects.
 
         Args:
-            images: one or a list of image paths, PIL images or (3, H, W) uint8/float tensors.
+            images: one or a list of image paths (read by :func:`~vitkit.data.images.load_rgb`), PIL images (any
+                mode) or (3, H, W) uint8/float tensors.
             score_threshold: drop detections scoring below this.
             batch_size: images per forward pass.
 

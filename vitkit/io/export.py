@@ -280,7 +280,7 @@ def default_trace_size(model: nn.Module) -> tuple[int, int]:
 
 
 def _metadata(model: nn.Module, task: str, dynamic: bool, trace_shape: tuple[int, int, int]) -> dict[str, str]:
-    from vitkit.detection.predictor import IMAGENET_MEAN, IMAGENET_STD
+    from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from vitkit.version import __version__
 
     meta = {"vitkit_version": __version__, "vitkit_task": task, "dynamic": json.dumps(dynamic),

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 
 from vitkit.data.bad_images import check_policy
-from vitkit.data.folder import ImageReadError
+from vitkit.data.images import ImageReadError
 from vitkit.data.shapes import ensure_shapes
 from vitkit.train.guards import ConfigError
 

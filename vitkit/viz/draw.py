@@ -13,22 +13,27 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 from torch import Tensor
 
-from vitkit.data.folder import load_rgb
+from vitkit.data.images import load_rgb, to_rgb
 
 DISPLAY_SIZE = 480  # long side in px of the pictures' image panels
+# Colours by class (matplotlib's tab10), so a class keeps its colour across pictures (and the folder tool's boxes).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
 def rgb(image: str | os.PathLike | Image.Image | Tensor) -> Image.Image:
-    """A path, a PIL image or a (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image."""
+    """A path, a PIL image or a (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image.
+
+    Paths are read by :func:`~vitkit.data.images.load_rgb`, PIL images converted by its mode rules
+    (:func:`~vitkit.data.images.to_rgb`), as the predictors do.
+    """
     if isinstance(image, str | os.PathLike):
         return load_rgb(image)
     if isinstance(image, Tensor):
         t = image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).round().to(torch.uint8)
         return Image.fromarray(t.permute(1, 2, 0).cpu().numpy())  # (H, W, 3)
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return to_rgb(image)
 
 
 def display(img: Image.Image, size: int = DISPLAY_SIZE) -> np.ndarray:
