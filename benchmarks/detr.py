@@ -182,7 +182,7 @@ def run_training(settings: Settings) -> list[dict[str, Any]]:
     vk_mixed = build_vitkit_detr(s["backbone"], s["depth"]).train()
     vk_fp32 = copy.deepcopy(vk_mixed)
     criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0),
-                             loss_type="ce", eos_coef=0.1)
+                             eos_coef=0.1)  # a softmax head: cross-entropy
     g = torch.Generator().manual_seed(settings.seed)
     images = torch.randn(s["batch"], 3, s["size"], s["size"], generator=g)
     pixel_mask = torch.ones(s["batch"], s["size"], s["size"], dtype=torch.long)

@@ -59,7 +59,7 @@ def build_detector(ckpt: str | None):
     import vitkit
     from vitkit.detection import DETR, PostProcess
     from vitkit.detection.predictor import Detector
-    from vitkit.io.load import instantiate
+    from vitkit.utils.config import instantiate
 
     if ckpt:
         return vitkit.load(ckpt)
@@ -71,7 +71,7 @@ def build_detector(ckpt: str | None):
     with torch.no_grad():  # break the zero / constant inits so every branch does real work
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    post = PostProcess(use_focal=recipe["model"]["loss_type"] != "ce", num_select=recipe["model"]["num_select"])
+    post = PostProcess(use_focal=model.sigmoid_head, num_select=recipe["model"]["num_select"])
     data = recipe["data"]
     return Detector(model, post, size=data["val_size"], max_size=data["val_max_size"]).eval()
 
@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a line on the conditions of this run, kept in the JSON")
     args = parser.parse_args(argv)
 
-    from vitkit.io.export import DetectorExport, compare_detections, export_onnx, onnx_session, run_onnx
+    from vitkit.detection.export import DetectorExport, compare_detections
+    from vitkit.io.export import export_onnx, onnx_session, run_onnx
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]

@@ -140,11 +140,11 @@ def test_load_refuses_pickled_code_and_unknown_checkpoints(tmp_path, model_files
 
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(ValueError, match=r"vitkit_detector_config.*vitkit_captioner_config"):
+    with pytest.raises(ValueError, match=r"no 'vitkit_spec' \(the inference spec\)"):
         vitkit.load(other)
     _, model, tokenizer = model_files
-    no_tok = save_captioner(tmp_path / "notok.ckpt", model, tokenizer, vitkit_tokenizer=None)
-    with pytest.raises(ValueError, match="vitkit_tokenizer"):
+    no_tok = save_captioner(tmp_path / "notok.ckpt", model, tokenizer, spec_changes={"tokenizer": None})
+    with pytest.raises(ValueError, match=r"vitkit_spec.*field 'tokenizer' is required"):
         vitkit.load(no_tok)
     with pytest.raises(FileNotFoundError):
         vitkit.load(tmp_path / "missing.ckpt")

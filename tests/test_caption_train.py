@@ -18,6 +18,7 @@ from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
 from vitkit.captioning.module import CaptionModule
 from vitkit.io.load import instantiate
+from vitkit.utils.spec import SPEC_KEY, InferenceSpec, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "caption_shapes.yaml"
@@ -56,14 +57,16 @@ def test_train_writes_checkpoint_with_config_and_tokenizer(trained, one_thread):
     assert any(p.name.startswith("epoch00") and "-cider" in p.name for p in (run / "checkpoints").iterdir())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
 
-    config = ckpt["vitkit_captioner_config"]
+    spec = ckpt[SPEC_KEY]
+    config = spec["model_config"]
     assert config["class_path"] == "vitkit.captioning.Captioner"
     assert config["init_args"]["encoder"]["class_path"] == "vitkit.core.ViTEncoder"
     assert ckpt["datamodule_hyper_parameters"]["val_size"] == 96
     assert ckpt["datamodule_hyper_parameters"]["max_size"] == 160
+    assert (spec["task"], spec["size"], spec["max_size"]) == ("captioning", 96, 160)  # the spec records them too
 
     # The tokenizer is linked: model vocabulary and special ids = the tokenizer's, also in the run folder's copy.
-    tok = CaptionTokenizer.from_str(ckpt["vitkit_tokenizer"])
+    tok = CaptionTokenizer.from_str(spec["tokenizer"])
     assert CaptionTokenizer.from_file(run / "version_0" / "tokenizer.json").to_str() == tok.to_str()
     args = config["init_args"]
     assert (args["vocab_size"], args["pad_id"], args["bos_id"], args["eos_id"]) == \
@@ -164,11 +167,19 @@ def test_checkpoint_tokenizer_replaces_a_retrained_one():
     dec = TransformerDecoder(dim=16, depth=1, num_heads=2, return_intermediate=False)
     module = CaptionModule(Captioner(enc, dec, vocab_size=ours.vocab_size))
     module.tokenizer = ours
-    module.on_load_checkpoint({"vitkit_tokenizer": saved.to_str()})
+    config = {"class_path": "vitkit.captioning.Captioner", "init_args": {}}  # not read when resuming
+
+    def checkpoint(tokenizer: CaptionTokenizer) -> dict:
+        ckpt: dict = {}
+        write_spec(ckpt, InferenceSpec(task="captioning", model_config=config, size=32, max_size=64,
+                                       tokenizer=tokenizer.to_str()))
+        return ckpt
+
+    module.on_load_checkpoint(checkpoint(saved))
     assert module.tokenizer.to_str() == saved.to_str() != ours.to_str()
     small = CaptionTokenizer.train(texts, vocab_size=30, model="bpe")
     with pytest.raises(ValueError, match="vocab_size"):
-        module.on_load_checkpoint({"vitkit_tokenizer": small.to_str()})
+        module.on_load_checkpoint(checkpoint(small))
 
 
 def test_mirroring_swaps_left_and_right():

@@ -15,7 +15,10 @@ COMPONENTS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 def _criterion(loss_type: str, **kwargs) -> SetCriterion:
-    return SetCriterion(C, HungarianMatcher(use_focal=loss_type != "ce"), loss_type=loss_type, **kwargs)
+    """"ce" is a softmax head's loss; "focal" and "varifocal" are a sigmoid head's, named by ``sigmoid_loss``."""
+    sigmoid = loss_type != "ce"
+    head = {"sigmoid_head": True, "sigmoid_loss": loss_type} if sigmoid else {"sigmoid_head": False}
+    return SetCriterion(C, HungarianMatcher(use_focal=sigmoid), **head, **kwargs)
 
 
 def _targets(sizes: list[int], seed: int = 0) -> list[dict]:
@@ -98,10 +101,26 @@ def test_weights_scale_components() -> None:
 def test_bad_config_and_shapes_raise() -> None:
     with pytest.raises(ValueError, match="unknown weight_dict"):
         _criterion("ce", weight_dict={"loss_mask": 1.0})
-    with pytest.raises(ValueError, match="loss_type"):
+    with pytest.raises(ValueError, match="sigmoid_loss"):
         _criterion("dice")
     with pytest.raises(ValueError, match="expects 3 logits"):
         _criterion("focal")(_random_outputs(1, 5, "ce"), _targets([1]))  # C+1 logits given to a sigmoid loss
+
+
+def test_the_head_decides_the_loss() -> None:
+    """A softmax head trains with cross-entropy whatever ``sigmoid_loss`` says; a sigmoid head with ``sigmoid_loss``
+    (focal by default)."""
+    targets = _targets([2, 1])
+    softmax, sigmoid = _random_outputs(2, 6, "ce"), _random_outputs(2, 6, "focal")
+    ignored = SetCriterion(C, HungarianMatcher(), sigmoid_head=False, sigmoid_loss="varifocal")
+    assert ignored.loss_type == "ce"
+    assert torch.equal(ignored(softmax, targets)["loss_ce"], _criterion("ce")(softmax, targets)["loss_ce"])
+    default = SetCriterion(C, HungarianMatcher(use_focal=True), sigmoid_head=True)
+    assert default.loss_type == "focal"
+    assert torch.equal(default(sigmoid, targets)["loss_ce"], _criterion("focal")(sigmoid, targets)["loss_ce"])
+    assert not torch.isclose(default(sigmoid, targets)["loss_ce"], _criterion("varifocal")(sigmoid, targets)["loss_ce"])
+    with pytest.raises(ValueError, match=r"softmax head .* expects 4 logits"):
+        _criterion("ce")(sigmoid, targets)
 
 
 def test_eos_coef_changes_ce() -> None:

@@ -24,7 +24,8 @@ def test_positive_queries_stay_within_half_a_box_and_negatives_go_further():
     torch.manual_seed(0)
     targets = _targets([3, 1])
     embed = nn.Embedding(4, 8)
-    content, anchors, meta = make_denoising_queries(targets, embed, 3, num_denoising=30, label_noise=0.0)
+    dn = make_denoising_queries(targets, embed, 3, num_denoising=30, label_noise=0.0)
+    content, anchors, meta = dn.content, dn.boxes, dn.meta
     assert (meta.pad, meta.num_groups, meta.num_queries) == (3, 10, 60)
     assert content.shape == (2, 60, 8) and anchors.shape == (2, 60, 4)
     gt = box_convert(targets[0]["boxes"], "cxcywh", "xyxy")  # (3, 4), all well inside the image: no clipping
@@ -49,7 +50,8 @@ def test_label_noise_flips_about_the_requested_fraction():
     embed = nn.Embedding(4, 4)
     with torch.no_grad():
         embed.weight.copy_(torch.eye(4))  # one-hot content: argmax gives the fed label
-    content, _, meta = make_denoising_queries(targets, embed, 3, num_denoising=400, label_noise=0.5)
+    dn = make_denoising_queries(targets, embed, 3, num_denoising=400, label_noise=0.5)
+    content, meta = dn.content, dn.meta
     fed = content.argmax(-1)  # (8, N)
     true = torch.stack([t["labels"].repeat(2 * meta.num_groups) for t in targets])
     changed = (fed != true).float().mean().item()
@@ -73,13 +75,14 @@ def test_denoising_loss_uses_the_known_assignment():
     torch.manual_seed(0)
     targets = _targets([2, 1])
     embed = nn.Embedding(4, 8)
-    _, anchors, meta = make_denoising_queries(targets, embed, 3, num_denoising=4)
+    queries = make_denoising_queries(targets, embed, 3, num_denoising=4)
+    anchors, meta = queries.boxes, queries.meta
     logits = torch.full((2, meta.num_queries, 3), -8.0)
     boxes = anchors.clone()
     for b, (src, tgt) in enumerate(meta.positive_indices([2, 1])):
         boxes[b, src] = targets[b]["boxes"][tgt]  # positives reconstruct their target exactly...
         logits[b, src, targets[b]["labels"][tgt]] = 8.0  # ...and name its class; negatives say background
-    crit = SetCriterion(3, HungarianMatcher(use_focal=True), loss_type="focal")
+    crit = SetCriterion(3, HungarianMatcher(use_focal=True), sigmoid_head=True, sigmoid_loss="focal")
     main = {"pred_logits": torch.zeros(2, 5, 3), "pred_boxes": torch.full((2, 5, 4), 0.5)}
     dn = {"pred_logits": logits, "pred_boxes": boxes, "dn_meta": meta}
     losses = crit({**main, "dn_outputs": dn}, targets)

@@ -213,8 +213,8 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     images, targets = _toy_batch()
     m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid, two_stage=two_stage,
                  box_rpb=two_stage, num_denoising=20 if two_stage else 0)
-    loss_type = "varifocal" if sigmoid else "ce"
-    crit = SetCriterion(3, HungarianMatcher(use_focal=sigmoid), loss_type=loss_type, eos_coef=0.1)
+    crit = SetCriterion(3, HungarianMatcher(use_focal=sigmoid), sigmoid_head=sigmoid, sigmoid_loss="varifocal",
+                        eos_coef=0.1)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     first = None
     for _ in range(150):
@@ -234,3 +234,33 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
         iou, best = box_iou(gt, d["boxes"][order]).max(dim=1)
         assert (iou > 0.5).all(), iou  # every GT box found among the top-scoring detections...
         assert torch.equal(d["labels"][order][best], t["labels"])  # ...with its class
+
+
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True, "num_denoising": 8}, FULL, DEFORMABLE])
+def test_transformer_decoder_forward_runs_for_every_config(kw):
+    m = vit_detr(**kw).train()
+    calls = []
+    m.decoder.register_forward_hook(lambda mod, args, out: calls.append(out.shape))
+    _, targets = _toy_batch(2)
+    out = m(torch.randn(2, 3, 64, 80), None, targets)
+    n_dn = out["dn_outputs"]["pred_boxes"].shape[1] if "dn_outputs" in out else 0
+    assert calls == [(2, 2, 10 + n_dn, 64)]  # one decoder pass, every layer's states (L, B, Ndn + Q, D)
+
+
+def test_parts_keep_the_historic_state_dict_keys():
+    keys = set(vit_detr(**FULL, num_denoising=8).state_dict())
+    for key in ("class_embed.weight", "bbox_embed.1.layers.2.weight", "ref_point_head.layers.1.bias",
+                "enc_output.0.weight", "enc_output.1.weight", "enc_score_head.bias", "enc_bbox_head.layers.2.weight",
+                "box_rpb.1.mlp_x.0.weight", "dn_label_embed.weight"):
+        assert key in keys, key
+    assert not any(k.startswith(("parts.", "query_embed", "refpoint_embed")) for k in keys)
+    keys = set(vit_detr(sigmoid_head=True, box_refine=True).state_dict())
+    assert {"query_embed.weight", "refpoint_embed.weight"} <= keys
+
+
+def test_a_refused_config_leaves_the_decoder_untouched():
+    dec = TransformerDecoder(dim=64, depth=2, num_heads=4)
+    enc = ViTEncoder(patch_size=16, embed_dim=64, depth=1, num_heads=4, class_token=False)
+    with pytest.raises(ValueError, match="box_rpb"):
+        DETR(enc, dec, num_classes=3, **FULL, cross_attn="deformable")
+    assert all(type(layer.cross_attn).__name__ == "MultiheadAttention" for layer in dec.layers)

@@ -11,12 +11,14 @@ import torch
 from vitkit.detection.official_weights import (
     detr_format,
     detr_r50,
+    detr_r50_config,
     hf_to_vitkit,
     load_detr_weights,
     official_to_vitkit,
     read_detr_weights,
     select_classes,
 )
+from vitkit.io.load import build_predictor
 
 transformers = pytest.importorskip("transformers")
 
@@ -173,7 +175,10 @@ def test_hugging_face_folder_loads_as_a_detector_with_its_labels(hf_detr, tmp_pa
 
     save_file({k: v.contiguous() for k, v in hf_detr.state_dict().items()}, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps({"id2label": {str(i): f"thing{i}" for i in range(91)}}))
-    det = load_detr_weights(tmp_path, size=128, max_size=160)
+    spec, state = load_detr_weights(tmp_path, size=128, max_size=160)
+    assert (spec.task, spec.size, spec.max_size, spec.model_config) == ("detection", 128, 160, detr_r50_config(91))
+    det = build_predictor(spec, state, str(tmp_path))  # what vitkit.load(tmp_path) does, at other sizes
+    assert not det.postprocess.use_focal  # the release's softmax head with a no-object class
     assert det.class_names[:2] == ["thing0", "thing1"] and det.label_to_cat_id[5] == 5
     preds = det.predict([torch.randint(0, 255, (3, 100, 140), dtype=torch.uint8)], score_threshold=0.0)
     boxes = preds[0]["boxes"]
@@ -209,6 +214,18 @@ def test_vitkit_load_reads_official_and_hugging_face_weights(hf_detr, batch, hf_
     for source in (tmp_path / "detr.pth", hf_dir, hf_dir / "pytorch_model.bin"):
         det = vitkit.load(source)
         _assert_parity(det.model, batch, hf_out)
+
+
+def test_detr_r50_config_is_the_detector_of_the_r50_recipe():
+    from pathlib import Path
+
+    import yaml
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "detr_r50_coco.yaml"
+    detector = yaml.safe_load(recipe.read_text())["model"]["detector"]
+    config = detr_r50_config(91)
+    assert config["init_args"].pop("num_classes") == 91  # linked from the data in the recipe
+    assert config == detector
 
 
 def test_select_classes_keeps_the_datasets_category_rows_and_no_object():

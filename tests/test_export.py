@@ -16,25 +16,30 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_checkpoints import lightning_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
 
 import vitkit  # noqa: E402
 from vitkit.captioning import Captioner, CaptionTokenizer  # noqa: E402
+from vitkit.captioning.export import checkpoint_spec as caption_spec  # noqa: E402
+from vitkit.captioning.export import compare_encoder, decode_memory  # noqa: E402
+from vitkit.core.trace import dummy_inputs  # noqa: E402
 from vitkit.detection import DETR  # noqa: E402
+from vitkit.detection.export import checkpoint_spec as detection_spec  # noqa: E402
+from vitkit.detection.export import compare_detections  # noqa: E402
 from vitkit.io.export import (  # noqa: E402
-    compare_detections,
-    compare_encoder,
-    decode_memory,
-    dummy_inputs,
     export_checkpoint,
     export_onnx,
+    export_safetensors,
     load_safetensors,
     onnx_session,
+    read_checkpoint_config,
     require,
     run_onnx,
 )
-from vitkit.io.load import instantiate  # noqa: E402
+from vitkit.io.load import WeightsMismatchError, instantiate  # noqa: E402
+from vitkit.utils.spec import SPEC_KEY  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,15 +83,14 @@ def _perturbed(config: dict, base: type, std: float) -> torch.nn.Module:
     return model
 
 
-def _detector_ckpt(path: Path, config: dict, loss_type: str, num_select: int) -> Path:
+def _detector_ckpt(path: Path, config: dict, num_select: int) -> Path:
+    """The post-processing follows the head: sigmoid (SHAPES) or softmax (VANILLA)."""
     model = _perturbed(config, DETR, 0.1)
     n = config["init_args"]["num_classes"]
-    torch.save({"vitkit_detector_config": config,
-                "state_dict": {f"detector.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"loss_type": loss_type, "num_select": num_select,
-                                     "class_names": [f"c{i}" for i in range(n)],
-                                     "label_to_cat_id": [2 * i + 1 for i in range(n)]},
-                "datamodule_hyper_parameters": {"val_size": 64, "val_max_size": 96}}, path)
+    hparams = {"num_select": num_select, "class_names": [f"c{i}" for i in range(n)],
+               "label_to_cat_id": [2 * i + 1 for i in range(n)]}
+    spec = detection_spec(config, hparams, {"val_size": 64, "val_max_size": 96})
+    torch.save(lightning_checkpoint(spec, model), path)
     return path
 
 
@@ -97,12 +101,10 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     config = json.loads(json.dumps(CAPTIONER))
     config["init_args"]["vocab_size"] = tokenizer.vocab_size
     captioner = _perturbed(config, Captioner, 0.3)
-    torch.save({"vitkit_captioner_config": config,
-                "state_dict": {f"captioner.{k}": v for k, v in captioner.state_dict().items()},
-                "vitkit_tokenizer": tokenizer.to_str(),
-                "datamodule_hyper_parameters": {"val_size": 32, "max_size": 64}}, root / "caption.ckpt")
-    return {"shapes": _detector_ckpt(root / "shapes.ckpt", SHAPES, "varifocal", 20),
-            "vanilla": _detector_ckpt(root / "vanilla.ckpt", VANILLA, "ce", 100),
+    spec = caption_spec(config, tokenizer.to_str(), {}, {"val_size": 32, "max_size": 64})
+    torch.save(lightning_checkpoint(spec, captioner), root / "caption.ckpt")
+    return {"shapes": _detector_ckpt(root / "shapes.ckpt", SHAPES, 20),
+            "vanilla": _detector_ckpt(root / "vanilla.ckpt", VANILLA, 100),
             "caption": root / "caption.ckpt"}
 
 
@@ -211,6 +213,52 @@ def test_learned_position_table_is_refused(tmp_path):
         export_onnx(det, tmp_path / "x.onnx")
 
 
+def test_export_leaves_the_callers_model_unchanged(ckpts, tmp_path):
+    """Exports trace and save a copy: the caller's predictor keeps its dtype, mode and weights."""
+    for name, size in (("shapes", (80, 96)), ("caption", (48, 64))):
+        model = vitkit.load(ckpts[name]).to(torch.float64).train()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        export_onnx(model, tmp_path / f"{name}.onnx", size=size, check=False)
+        _, config = read_checkpoint_config(ckpts[name])
+        export_safetensors(model, config, tmp_path / f"{name}.safetensors")
+        assert all(m.training for m in model.modules())
+        after = model.state_dict()
+        assert after.keys() == before.keys()
+        assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+        assert {p.dtype for p in model.parameters()} == {torch.float64}
+
+
+def test_weights_that_do_not_fit_fail_the_same_way_from_a_checkpoint_and_an_export(ckpts, tmp_path):
+    """One error type and one message for a shape mismatch, a missing and an unexpected weight, whatever the file."""
+    ckpt = torch.load(ckpts["vanilla"], weights_only=True)
+    state = ckpt["state_dict"]
+    state["detector.class_embed.weight"] = torch.zeros(3, 32)  # the head is (C + 1, D) = (5, 32)
+    del state["detector.query_embed.weight"]
+    state["detector.extra.weight"] = torch.zeros(1)
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    good = export_checkpoint(ckpts["vanilla"], "safetensors", tmp_path / "good.safetensors").path
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(good), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(good))
+    tensors["class_embed.weight"] = torch.zeros(3, 32)
+    del tensors["query_embed.weight"]
+    tensors["extra.weight"] = torch.zeros(1)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=metadata)
+    messages = []
+    for path, load in ((tmp_path / "bad.ckpt", vitkit.load), (tmp_path / "bad.safetensors", vitkit.load),
+                       (tmp_path / "bad.safetensors", load_safetensors)):
+        with pytest.raises(WeightsMismatchError) as err:
+            load(path)
+        assert str(err.value).startswith(f"{path}: the weights do not fit the DETR built from its spec")
+        messages.append(str(err.value).removeprefix(str(path)))
+    assert messages[0] == messages[1] == messages[2]
+    assert "1 missing: query_embed.weight; 1 unexpected: extra.weight; 1 of another shape: class_embed.weight " \
+        "(3, 32) (model (5, 32))" in messages[0]
+
+
 def _export_main():
     spec = importlib.util.spec_from_file_location("export_tool", EXPORT)
     module = importlib.util.module_from_spec(spec)
@@ -242,7 +290,7 @@ def test_cli_errors_and_default_outputs(ckpts, tmp_path, capsys, monkeypatch):
     assert main([str(tmp_path / "missing.ckpt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     evil = tmp_path / "evil.ckpt"
-    torch.save({"vitkit_detector_config": SHAPES, "payload": _Evil()}, evil)
+    torch.save({SPEC_KEY: {"task": "detection", "model_config": SHAPES}, "payload": _Evil()}, evil)
     assert main([str(evil)]) == 2  # refused by vitkit.load (weights_only), before any code in it runs
     captured = capsys.readouterr()
     assert "evil.ckpt" in captured.err and "unpickled code ran" not in captured.out

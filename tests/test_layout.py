@@ -24,9 +24,12 @@ def _module_name(path: Path) -> str:
 
 
 def _package(module: str) -> str:
-    """'vitkit.detection.model' -> 'detection'; 'vitkit' and top-level modules -> ''."""
+    """'vitkit.detection.model' -> 'detection'; the root package 'vitkit' -> ''; top-level modules ('vitkit.version')
+    -> 'utils' (they sit below everything, as the utils do)."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 or (len(parts) == 2 and (PACKAGE / parts[1]).is_dir()) else ""
+    if len(parts) == 1:
+        return ""
+    return parts[1] if len(parts) > 2 or (PACKAGE / parts[1]).is_dir() else "utils"
 
 
 def _imports(path: Path) -> list[tuple[str, int, bool]]:

@@ -8,6 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from vitkit.captioning.module import CaptionModule
+from vitkit.detection.module import DetectionModule
+from vitkit.train.guards import ConfigError
+from vitkit.train.module import TaskModule
 from vitkit.train.optim import adamw_param_groups, warmup_schedule
 
 
@@ -69,3 +73,48 @@ def test_fused_adamw_gradients_are_clipped_without_a_scaler():
     assert clip_fused_gradients(model, bf16, opt, 0.1, "value")
     assert max(float(p.grad.abs().max()) for p in model.parameters()) <= 0.1 + 1e-7
     assert not adamw(list(model.parameters()), 1e-3, 0.0, fused=False).defaults["fused"]
+
+
+class _ToyTask(TaskModule):
+    """The smallest task module: the base reads lr, weight_decay, warmup_steps, min_lr_ratio (+ schedule, lr_drop)."""
+
+    def __init__(self, lr: float = 1.0, weight_decay: float = 0.1, warmup_steps: int = 0, min_lr_ratio: float = 0.01,
+                 nonfinite: str = "raise", **options) -> None:
+        super().__init__(nonfinite)
+        self.save_hyperparameters()
+        self.model = _Toy()
+
+    def param_groups(self) -> list[dict]:
+        return adamw_param_groups(self.model, self.hparams.lr, self.hparams.weight_decay, "encoder.", 0.1)
+
+
+@pytest.mark.parametrize("schedule", [{}, {"schedule": "step", "lr_drop": 0.5}])
+def test_task_module_builds_fused_adamw_and_the_schedule_from_its_hyperparameters(schedule):
+    from types import SimpleNamespace
+
+    module = _ToyTask(**schedule)
+    module._trainer = SimpleNamespace(estimated_stepping_batches=100, precision_plugin=SimpleNamespace(scaler=None))
+    config = module.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step" and opt.defaults["fused"]  # no gradient scaler: fused
+    assert sorted({g["lr"] for g in opt.param_groups}) == [0.1, 1.0]  # the task's groups: a slow encoder
+    factor = sched.lr_lambdas[0]
+    if schedule:  # the task's own schedule settings reach warmup_schedule
+        assert (factor(49), factor(50)) == (1.0, pytest.approx(0.1))
+    else:  # a task without them (captioning) gets the cosine schedule
+        assert factor(50) == pytest.approx(0.505, abs=1e-2) and factor(99) == pytest.approx(0.01, abs=1e-3)
+    fp16 = SimpleNamespace(estimated_stepping_batches=100, precision_plugin=SimpleNamespace(scaler=object()))
+    module._trainer = fp16
+    assert not module.configure_optimizers()["optimizer"].defaults["fused"]  # Lightning clips under a scaler
+
+
+def test_bad_nonfinite_mode_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model\.nonfinite"):
+        _ToyTask(nonfinite="ignore")
+
+
+def test_both_task_modules_take_the_shared_code_from_the_base():
+    shared = {"configure_optimizers", "configure_gradient_clipping", "on_before_optimizer_step", "skip_nonfinite"}
+    for cls in (DetectionModule, CaptionModule):
+        assert issubclass(cls, TaskModule)
+        assert not shared & set(vars(cls)), f"{cls.__name__} re-implements {shared & set(vars(cls))}"

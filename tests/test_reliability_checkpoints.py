@@ -29,6 +29,7 @@ from vitkit.data.shapes import ensure_shapes
 from vitkit.io.export import read_checkpoint_config
 from vitkit.train.checkpoint_io import SafeCheckpointIO
 from vitkit.utils.checkpoints import CheckpointError, atomic_torch_save, check_stored_config, safe_load_checkpoint
+from vitkit.utils.spec import SPEC_KEY, InferenceSpec, spec_metadata, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"
@@ -48,8 +49,10 @@ class Payload:
 
 def _evil_checkpoint(path: Path, marker: Path) -> Path:
     """A checkpoint that looks like tools/train.py's (detection) but carries the payload."""
-    torch.save({"state_dict": {}, "vitkit_detector_config": {"class_path": "vitkit.detection.DETR", "init_args": {}},
-                "hyper_parameters": {"class_names": ["square"]}, "epoch": 0, "global_step": 0,
+    spec = {"version": 1, "task": "detection", "model_config": {"class_path": "vitkit.detection.DETR", "init_args": {}},
+            "size": 32, "max_size": 64, "class_names": ["square"]}
+    torch.save({"state_dict": {}, SPEC_KEY: spec, "hyper_parameters": {"class_names": ["square"]}, "epoch": 0,
+                "global_step": 0,
                 "pytorch-lightning_version": "2.6.0", "payload": Payload(marker)}, path)
     return path
 
@@ -175,10 +178,12 @@ def test_stored_config_naming_classes_outside_vitkit_is_refused(tmp_path, case):
     marker = tmp_path / "pwned"
     config, key, cls = _hostile_configs(marker)[case]
     ckpt = tmp_path / "hostile.ckpt"
-    torch.save({"state_dict": {}, "vitkit_detector_config": config, "hyper_parameters": {}}, ckpt)
+    spec = InferenceSpec(task="detection", model_config=config, size=32, max_size=64)
+    ckpt_dict = {"state_dict": {}, "hyper_parameters": {}}
+    write_spec(ckpt_dict, spec)
+    torch.save(ckpt_dict, ckpt)
     exported = tmp_path / "hostile.safetensors"
-    save_file({"w": torch.zeros(1)}, str(exported), metadata={"vitkit_task": "detection",
-                                                              "vitkit_config": json.dumps(config)})
+    save_file({"w": torch.zeros(1)}, str(exported), metadata=spec_metadata(spec))
     for path in (ckpt, exported):
         with pytest.raises(CheckpointError) as err:
             vitkit.load(path)
@@ -265,7 +270,7 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
 
 
 def test_cli_trainer_saves_and_loads_through_safe_io(shapes, tmp_path, monkeypatch):
-    from vitkit.cli.train import VitkitCLI
+    from vitkit.cli.train import DetectionCLI
     from vitkit.detection.datamodule import CocoDataModule
     from vitkit.detection.module import DetectionModule
     from vitkit.train.resume import ExactResume
@@ -274,7 +279,7 @@ def test_cli_trainer_saves_and_loads_through_safe_io(shapes, tmp_path, monkeypat
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # seed_everything sets them: undone after the test
         monkeypatch.setenv(name, "0")
-    cli = VitkitCLI(DetectionModule, CocoDataModule, run=False, save_config_callback=None,
-                    args=["--config", str(CONFIG), "--data.root", str(shapes), "--trainer.logger", "false", *DATA])
+    cli = DetectionCLI(DetectionModule, CocoDataModule, run=False, save_config_callback=None,
+                       args=["--config", str(CONFIG), "--data.root", str(shapes), "--trainer.logger", "false", *DATA])
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
     assert any(isinstance(cb, ExactResume) for cb in cli.trainer.callbacks)

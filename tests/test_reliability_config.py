@@ -22,10 +22,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from tiny_checkpoints import lightning_checkpoint
 
-from vitkit.cli.train import explain_config_error
+from vitkit.cli.config_errors import explain_config_error
 from vitkit.data.shapes import ensure_shapes
 from vitkit.detection import DETR
+from vitkit.detection.export import checkpoint_spec as detection_spec
 from vitkit.io.load import instantiate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,11 +96,10 @@ def data_and_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
     torch.manual_seed(0)
     model = instantiate(copy.deepcopy(detector), DETR)
     ckpt = work / "four_classes.ckpt"
-    torch.save({"state_dict": {f"detector.{k}": v for k, v in model.state_dict().items()},
-                "vitkit_detector_config": detector, "epoch": 0, "global_step": 0,
-                "pytorch-lightning_version": L.__version__,
-                "hyper_parameters": {"num_classes": 4, "class_names": ["square", "circle", "triangle", "star"],
-                                     "label_to_cat_id": [1, 3, 7, 9]}}, ckpt)
+    hparams = {"num_classes": 4, "class_names": ["square", "circle", "triangle", "star"],
+               "label_to_cat_id": [1, 3, 7, 9]}
+    torch.save(lightning_checkpoint(detection_spec(detector, hparams, {}), model, epoch=0, global_step=0,
+                                    hyper_parameters=hparams, **{"pytorch-lightning_version": L.__version__}), ckpt)
     return eighty, ckpt
 
 

@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_checkpoints import lightning_checkpoint
 
 import vitkit
 from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.detection import DETR
 from vitkit.io.load import instantiate
+from vitkit.utils.spec import InferenceSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,10 +64,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def detector(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     model = instantiate(json.loads(json.dumps(DETECTOR)), DETR)
-    ckpt = {"vitkit_detector_config": DETECTOR,
-            "state_dict": {f"detector.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"class_names": ["a", "b", "c"], "label_to_cat_id": [1, 4, 6], "num_select": 6},
-            "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "val_max_size": VAL_MAX_SIZE}}
+    spec = InferenceSpec(task="detection", model_config=DETECTOR, size=VAL_SIZE, max_size=VAL_MAX_SIZE,
+                         class_names=["a", "b", "c"], label_to_cat_id=[1, 4, 6], num_select=6)
+    ckpt = lightning_checkpoint(spec, model)
     path = tmp_path_factory.mktemp("det") / "last.ckpt"
     torch.save(ckpt, path)
     return vitkit.load(path)
@@ -78,10 +79,9 @@ def captioner(tmp_path_factory: pytest.TempPathFactory):
     config["init_args"]["vocab_size"] = tokenizer.vocab_size
     torch.manual_seed(0)
     model = instantiate(config, Captioner)
-    ckpt = {"vitkit_captioner_config": config,
-            "state_dict": {f"captioner.{k}": v for k, v in model.state_dict().items()},
-            "vitkit_tokenizer": tokenizer.to_str(),
-            "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "val_max_size": VAL_MAX_SIZE}}
+    spec = InferenceSpec(task="captioning", model_config=config, size=VAL_SIZE, max_size=VAL_MAX_SIZE,
+                         tokenizer=tokenizer.to_str())
+    ckpt = lightning_checkpoint(spec, model)
     path = tmp_path_factory.mktemp("cap") / "last.ckpt"
     torch.save(ckpt, path)
     return vitkit.load(path)

@@ -45,6 +45,11 @@ DETR_CONFIG = {
 
 
 # ------------------------------------------------------------------------------------------ degenerate boxes
+def _head(loss_type: str) -> dict:
+    """SetCriterion's head arguments for a loss kind: "ce" is a softmax head, the others name a sigmoid loss."""
+    return {"sigmoid_head": True, "sigmoid_loss": loss_type} if loss_type != "ce" else {"sigmoid_head": False}
+
+
 def _degenerate_outputs(loss_type: str) -> tuple[dict, list[dict]]:
     gen = torch.Generator().manual_seed(0)
     width = 3 + (loss_type == "ce")
@@ -63,7 +68,7 @@ def _degenerate_outputs(loss_type: str) -> tuple[dict, list[dict]]:
 @pytest.mark.parametrize("loss_type", ["ce", "focal", "varifocal"])
 def test_degenerate_predicted_boxes_give_finite_losses_and_gradients(loss_type: str) -> None:
     outputs, targets = _degenerate_outputs(loss_type)
-    criterion = SetCriterion(3, HungarianMatcher(use_focal=loss_type != "ce"), loss_type=loss_type)
+    criterion = SetCriterion(3, HungarianMatcher(use_focal=loss_type != "ce"), **_head(loss_type))
     losses = criterion(outputs, targets)
     assert all(torch.isfinite(v) for v in losses.values()), losses
     losses["loss"].backward()
@@ -81,7 +86,7 @@ def test_nan_and_inf_boxes_do_not_crash_matcher_or_giou(loss_type: str, bad: flo
     matcher = HungarianMatcher(use_focal=loss_type != "ce")
     for (src, tgt), t in zip(matcher(outputs, targets), targets, strict=True):
         assert len(src) == len(t["boxes"]) and sorted(tgt.tolist()) == list(range(len(t["boxes"])))
-    losses = SetCriterion(3, matcher, loss_type=loss_type)(outputs, targets)  # may be NaN: the guard's business
+    losses = SetCriterion(3, matcher, **_head(loss_type))(outputs, targets)  # may be NaN: the guard's business
     assert set(losses) >= {"loss", "loss_ce", "loss_bbox", "loss_giou"}
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.utils.spec import SPEC_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"
@@ -45,7 +46,11 @@ def test_train_writes_run_folder_and_checkpoints(trained):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["class_names"] == ["square", "circle", "triangle", "star"]
     assert ckpt["hyper_parameters"]["label_to_cat_id"] == [1, 3, 7, 9]
-    assert ckpt["vitkit_detector_config"]["init_args"]["num_classes"] == 4
+    spec = ckpt[SPEC_KEY]
+    assert spec["model_config"]["init_args"]["num_classes"] == 4
+    assert spec["class_names"] == ["square", "circle", "triangle", "star"] and spec["label_to_cat_id"] == [1, 3, 7, 9]
+    assert (spec["size"], spec["max_size"]) == (ckpt["datamodule_hyper_parameters"]["val_size"],
+                                                ckpt["datamodule_hyper_parameters"]["val_max_size"])
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 8  # the latest epoch, whether or not AP improved
 
 

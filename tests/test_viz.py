@@ -18,14 +18,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from tiny_checkpoints import DEFORMABLE, detector_config, save_detector
+from tiny_checkpoints import DEFORMABLE, detector_config, lightning_checkpoint, save_detector
 
 import vitkit
 from vitkit import viz
 from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.captioning import pictures as caption_pictures
+from vitkit.captioning.export import checkpoint_spec as caption_spec
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.detection import pictures as detection_pictures
+from vitkit.detection.export import checkpoint_spec as detection_spec
 from vitkit.io.load import instantiate
 from vitkit.layers import KVCache, MultiheadAttention
 
@@ -124,8 +126,7 @@ def test_detection_attention_picture(variant, tmp_path):
         torch.manual_seed(0)
         model = instantiate(config, vitkit.detection.DETR)
         ckpt = tmp_path / "det.ckpt"
-        torch.save({"vitkit_detector_config": config,
-                    "state_dict": {f"detector.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+        torch.save(lightning_checkpoint(detection_spec(config, {}, {}), model), ckpt)
     det = vitkit.load(ckpt)
     att = detection_pictures.detection_attention(det, _scene(), score_threshold=0.0)
     assert att.kind == ("deformable" if variant == "deformable" else "global")
@@ -181,9 +182,7 @@ def test_caption_attention_picture(captioner, tmp_path):
 def test_caption_cli_attention(captioner, tmp_path, capsys):
     config, model, tok = captioner
     ckpt = tmp_path / "cap.ckpt"
-    torch.save({"vitkit_captioner_config": config,
-                "state_dict": {f"captioner.{k}": v for k, v in model.state_dict().items()},
-                "vitkit_tokenizer": tok.to_str(), "datamodule_hyper_parameters": {"val_size": 48}}, ckpt)
+    torch.save(lightning_checkpoint(caption_spec(config, tok.to_str(), {}, {"val_size": 48}), model), ckpt)
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     _scene().save(images / "scene.JPG")

@@ -7,6 +7,9 @@ perturbed so that boxes, scores and attention depend on the image.
 
 A Captioner of the same size (one layer each side, at most 8 tokens) with a word-level tokenizer trained on
 :data:`SENTENCES`, the same preprocessing; large random weights, so captions and scores depend on the image.
+
+The inference spec is made by the functions the Lightning modules use (``checkpoint_spec`` of
+:mod:`vitkit.detection.export` and :mod:`vitkit.captioning.export`) and stored by :func:`vitkit.utils.spec.write_spec`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from vitkit.captioning import Captioner, CaptionTokenizer
+from vitkit.captioning.export import checkpoint_spec as caption_spec
 from vitkit.detection import DETR
+from vitkit.detection.export import checkpoint_spec as detection_spec
 from vitkit.io.load import instantiate
+from vitkit.io.tasks import TASKS
+from vitkit.utils.spec import SPEC_KEY, InferenceSpec, write_spec
 
 CLASS_NAMES = ["square", "circle", "triangle", "star"]
 CAT_IDS = [1, 3, 7, 9]
@@ -28,7 +36,7 @@ VAL_SIZE = 32
 
 
 def detector_config(**detr: Any) -> dict[str, Any]:
-    """The ``vitkit_detector_config`` of a tiny DETR; ``detr`` overrides DETR's init args."""
+    """The model config of a tiny DETR; ``detr`` overrides DETR's init args."""
     return {
         "class_path": "vitkit.detection.DETR",
         "init_args": {
@@ -44,6 +52,15 @@ def detector_config(**detr: Any) -> dict[str, Any]:
     }
 
 
+def lightning_checkpoint(spec: InferenceSpec, model: nn.Module, **extra: Any) -> dict[str, Any]:
+    """A checkpoint dict laid out as tools/train.py writes it: ``spec`` and ``model``'s weights under the Lightning
+    module's prefix (``detector.``, ``captioner.``); ``extra`` adds top-level keys."""
+    prefix = TASKS[spec.task].state_prefix
+    ckpt = {"state_dict": {f"{prefix}{k}": v for k, v in model.state_dict().items()}, **extra}
+    write_spec(ckpt, spec)
+    return ckpt
+
+
 DEFORMABLE = {"sigmoid_head": True, "box_refine": True, "multiscale": True, "cross_attn": "deformable",
               "num_points": 2}
 
@@ -56,12 +73,10 @@ def save_detector(path: Path, seed: int = 0, **detr: Any) -> Path:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-    sigmoid = bool(detr.get("sigmoid_head", False))
-    ckpt = {"vitkit_detector_config": config,
-            "state_dict": {f"detector.{k}": v for k, v in model.state_dict().items()},
-            "hyper_parameters": {"class_names": CLASS_NAMES, "label_to_cat_id": CAT_IDS, "num_select": 100,
-                                 "loss_type": "focal" if sigmoid else "ce"},
-            "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "val_max_size": 2 * VAL_SIZE}}
+    hparams = {"class_names": CLASS_NAMES, "label_to_cat_id": CAT_IDS, "num_select": 100}
+    data = {"val_size": VAL_SIZE, "val_max_size": 2 * VAL_SIZE}
+    ckpt = lightning_checkpoint(detection_spec(config, hparams, data), model, hyper_parameters=hparams,
+                                datamodule_hyper_parameters=data)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)
     return path
@@ -94,14 +109,27 @@ def tiny_captioner(tokenizer: CaptionTokenizer) -> Captioner:
     return model
 
 
-def save_captioner(path: Path, model: Captioner, tokenizer: CaptionTokenizer, **extra: Any) -> Path:
-    """Save ``model`` and ``tokenizer`` as a captioning checkpoint; ``extra`` adds or replaces top-level keys."""
+def save_captioner(path: Path, model: Captioner, tokenizer: CaptionTokenizer,
+                   hyper_parameters: dict[str, Any] | None = None, spec_changes: dict[str, Any] | None = None,
+                   **extra: Any) -> Path:
+    """Save ``model`` and ``tokenizer`` as a captioning checkpoint.
+
+    Args:
+        hyper_parameters: CaptionModule's hyper-parameters, from which the spec takes its generation defaults.
+        spec_changes: fields set in the stored spec dict after it is written (None removes one), to make broken
+            checkpoints.
+        extra: more top-level keys.
+    """
     config = json.loads(json.dumps(CAPTIONER_CONFIG))
     config["init_args"]["vocab_size"] = tokenizer.vocab_size
-    ckpt = {"vitkit_captioner_config": config,
-            "state_dict": {f"captioner.{k}": v for k, v in model.state_dict().items()},
-            "vitkit_tokenizer": tokenizer.to_str(),
-            "datamodule_hyper_parameters": {"val_size": VAL_SIZE, "max_size": 2 * VAL_SIZE},
-            "hyper_parameters": {"lr": 1e-4}, **extra}
+    hparams = {"lr": 1e-4} if hyper_parameters is None else hyper_parameters
+    data = {"val_size": VAL_SIZE, "max_size": 2 * VAL_SIZE}
+    ckpt = lightning_checkpoint(caption_spec(config, tokenizer.to_str(), hparams, data), model,
+                                hyper_parameters=hparams, datamodule_hyper_parameters=data, **extra)
+    for key, value in (spec_changes or {}).items():
+        if value is None:
+            ckpt[SPEC_KEY].pop(key, None)
+        else:
+            ckpt[SPEC_KEY][key] = value
     torch.save(ckpt, path)
     return path

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -32,6 +31,7 @@ from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
 from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize
 from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
+from vitkit.utils.distributed import broadcast_object, is_distributed, rank
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -225,12 +225,11 @@ class CaptionDataModule(CocoLayoutDataModule):
         WordPiece trainers break ties differently from run to run: all ranks take rank 0's (same size and special
         ids, so the linked model shapes already agree)."""
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not is_distributed():
             return
-        payload = [self.tokenizer.to_str() if dist.get_rank() == 0 else None]
-        dist.broadcast_object_list(payload, src=0)
-        if payload[0] != self.tokenizer.to_str():
-            self.use_tokenizer(CaptionTokenizer.from_str(payload[0]), "rank 0")
+        shared = broadcast_object(self.tokenizer.to_str() if rank() == 0 else None, src=0)
+        if shared != self.tokenizer.to_str():
+            self.use_tokenizer(CaptionTokenizer.from_str(shared), "rank 0")
 
     # ------------------------------------------------------------------------------------------ datasets
     def _transforms(self, train: bool) -> v2.Compose:

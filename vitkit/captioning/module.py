@@ -8,35 +8,34 @@ same ``val/*`` values (ModelCheckpoint monitors ``val/CIDEr`` on every rank). Th
 once and kept across validation epochs. The latest validation captions are written to the run folder as COCO
 caption results (``val_captions.json``, scorable with ``tools/eval.py --captions-results``).
 
-The tokenizer comes from the datamodule (or from a checkpoint) and is saved in every checkpoint
-(``vitkit_tokenizer``) with the resolved captioner config (``vitkit_captioner_config``), so a checkpoint alone
-rebuilds a captioning model.
+The tokenizer comes from the datamodule (or from a checkpoint) and is saved in every checkpoint with the resolved
+captioner config, the validation preprocessing and decoding settings, as the inference spec
+(:mod:`vitkit.utils.spec`), so a checkpoint alone rebuilds a captioning model. The non-finite loss guard, the
+optimiser and schedule and gradient clipping are the tasks' shared ones (:class:`vitkit.train.module.TaskModule`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import lightning as L
-import torch.distributed as dist
 from torch import Tensor
 
+from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.eval.caption_metrics import CaptionScorer
-from vitkit.train.guards import ConfigError, check_finite_loss, check_nonfinite_mode, zero_loss_like
-from vitkit.train.optim import adamw, adamw_param_groups, clip_fused_gradients, uses_grad_scaler, warmup_schedule
+from vitkit.train.guards import ConfigError
+from vitkit.train.module import TaskModule
+from vitkit.train.optim import adamw_param_groups
+from vitkit.utils.distributed import all_gather_objects
+from vitkit.utils.spec import read_spec, write_spec
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-class CaptionModule(L.LightningModule):
+class CaptionModule(TaskModule):
     """Train and validate an image captioner.
 
     Args:
@@ -72,9 +71,8 @@ class CaptionModule(L.LightningModule):
         java: bool | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
-        super().__init__()
+        super().__init__(nonfinite)
         self.save_hyperparameters(ignore=["captioner"])
-        check_nonfinite_mode(nonfinite)
         if val_beams < 1:
             raise ValueError(f"model.val_beams must be >= 1 (1 = greedy), got {val_beams}")
         self.captioner = captioner
@@ -83,8 +81,6 @@ class CaptionModule(L.LightningModule):
         self._scorer = None  # CaptionScorer kept across validation epochs (rank 0)
         self.last_metrics: dict[str, float] = {}
         self.last_captions: dict[int, str] = {}  # image id -> generated caption of the latest validation
-        self._skip_update = False  # set by a skipped (non-finite) step, cleared before the optimizer step
-        self._skipped_steps = 0
 
     captioner_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the captioner
 
@@ -117,16 +113,19 @@ class CaptionModule(L.LightningModule):
             self.tokenizer.save(run / "tokenizer.json")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.captioner_config is not None:
-            checkpoint["vitkit_captioner_config"] = self.captioner_config
-        if self.tokenizer is not None:
-            checkpoint["vitkit_tokenizer"] = self.tokenizer.to_str()
+        if self.captioner_config is None or self.tokenizer is None:  # not built through the CLI, or no data yet
+            return
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
+        write_spec(checkpoint, checkpoint_spec(self.captioner_config, self.tokenizer.to_str(), dict(self.hparams),
+                                               data_hparams))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.captioner_config = checkpoint.get("vitkit_captioner_config", self.captioner_config)
-        saved = checkpoint.get("vitkit_tokenizer")
-        if saved is None:
+        spec = read_spec(checkpoint)
+        if spec is None or spec.tokenizer is None:
             return
+        self.captioner_config = spec.model_config
+        saved = spec.tokenizer
         if self.tokenizer is not None and self.tokenizer.to_str() == saved:
             return
         # The checkpoint's tokenizer wins (a re-trained BPE/WordPiece tokenizer may number tokens differently); the
@@ -154,21 +153,12 @@ class CaptionModule(L.LightningModule):
         image_ids = batch[3] if len(batch) > 3 else None
         logits = self.captioner(images, tokens, mask)  # (B, T, V)
         loss = self.captioner.loss(logits, tokens)
-        if check_finite_loss(loss, mode=self.hparams.nonfinite, step=self.global_step, epoch=self.current_epoch,
-                             batch_idx=batch_idx,
-                             image_ids=None if image_ids is None else lambda: [int(i) for i in image_ids]):
-            self._skip_update = True
-            self._skipped_steps += 1
-            self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False, batch_size=1)
-            return zero_loss_like(self, loss)
+        skipped = self.skip_nonfinite(loss, batch_idx,
+                                      image_ids=None if image_ids is None else lambda: [int(i) for i in image_ids])
+        if skipped is not None:
+            return skipped
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
-
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self._skip_update:  # a skipped step: drop its (zero) gradients, so AdamW leaves weights and moments alone
-            self._skip_update = False
-            for p in self.parameters():
-                p.grad = None
 
     # ---------------------------------------------------------------------------------------- validation
     def generate(self, images: Tensor, mask: Tensor | None = None) -> list[str]:
@@ -191,11 +181,7 @@ class CaptionModule(L.LightningModule):
 
     def _gather_entries(self) -> list[tuple[int, str, list[str]]]:
         """Every rank's (image id, caption, references), one per image (a collective call under DDP)."""
-        entries = self._val_entries
-        if _world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, entries)
-            entries = [e for rank in gathered for e in rank]
+        entries = [e for rank in all_gather_objects(self._val_entries) for e in rank]
         unique: dict[int, tuple[int, str, list[str]]] = {}
         for e in entries:  # DistributedSampler repeats images to even out the ranks: keep the first copy
             unique.setdefault(e[0], e)
@@ -238,13 +224,7 @@ class CaptionModule(L.LightningModule):
         path.write_text(json.dumps([{"image_id": i, "caption": c} for i, c, _ in entries], indent=0))
 
     # ----------------------------------------------------------------------------------------- optimiser
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if not clip_fused_gradients(self, self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict]:
+        """AdamW groups of the captioner: the image encoder at ``encoder_lr_mult`` (the schedule is cosine)."""
         hp = self.hparams
-        groups = adamw_param_groups(self.captioner, hp.lr, hp.weight_decay, "encoder.", hp.encoder_lr_mult)
-        opt = adamw(groups, lr=hp.lr, weight_decay=hp.weight_decay, fused=not uses_grad_scaler(self.trainer))
-        sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_param_groups(self.captioner, hp.lr, hp.weight_decay, "encoder.", hp.encoder_lr_mult)

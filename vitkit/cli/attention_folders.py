@@ -1,5 +1,5 @@
-"""The attention pictures of every image in a folder (``--attention`` of ``tools/detect.py`` and
-``tools/caption.py``)."""
+"""The attention pictures of every image in a folder (``--attention`` of ``vitkit detect`` and
+``vitkit caption``)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""What the folder CLIs (tools/caption.py, tools/detect.py, tools/export.py) share: argument types, FOLDER/--ckpt,
-the options for reading a folder of images, --attention, the checks of FOLDER/--ckpt/output folders before any heavy
-import, and the report of the images that failed."""
+"""What the folder commands (``vitkit caption``, ``vitkit detect``, ``vitkit export``) share: argument types,
+FOLDER/--ckpt, the options for reading a folder of images, --attention, the checks of FOLDER/--ckpt/output folders
+before any checkpoint is loaded, and the report of the images that failed."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def probability(value: str) -> float:
 def add_folder_and_checkpoint(parser: argparse.ArgumentParser, task: str) -> None:
     """FOLDER and --ckpt (required), a ``task`` ("detection", "captioning") checkpoint."""
     parser.add_argument("folder", help="folder of images")
-    parser.add_argument("--ckpt", required=True, help=f"{task} checkpoint (.ckpt written by tools/train.py)")
+    parser.add_argument("--ckpt", required=True, help=f"{task} checkpoint (.ckpt written by vitkit train)")
 
 
 def add_attention_option(parser: argparse.ArgumentParser, per: str) -> None:

@@ -3,14 +3,41 @@
 It returns every layer's output, each passed through the shared final norm (as DETR does for its auxiliary
 losses), or only the last when ``return_intermediate=False``. ``query_pos`` is added to q/k in every layer
 (DETR's object queries), or once at the input with ``pos_mode="input"``.
+
+A task can steer the stack layer by layer without knowing its loop: ``forward(..., hook=...)`` takes any object
+with the two methods of :class:`DecoderHook` (a detector's iterative box refinement is one). The decoder itself
+knows no task.
 """
 
 from __future__ import annotations
+
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from vitkit.layers import DecoderBlock, KVCache
+
+# The per-layer arguments a hook may set (see DecoderHook.before_layer).
+HOOK_KEYS = frozenset({"query_pos", "cross_attn_bias", "cross_attn_kwargs"})
+
+
+class DecoderHook(Protocol):
+    """Per-layer strategy for :meth:`TransformerDecoder.forward` (duck-typed: any object with these methods)."""
+
+    def before_layer(self, index: int, x: Tensor) -> dict[str, Any]:
+        """Arguments for layer ``index`` given its input states x (B, Q, D).
+
+        Returns:
+            any of ``query_pos`` (B|1, Q, D), ``cross_attn_bias`` (broadcastable to (B, H, Q, N)) and
+            ``cross_attn_kwargs`` (a dict for a replaced cross-attention module); they replace the values given to
+            ``forward`` for this layer (``pos_mode`` does not apply to them).
+        """
+        ...
+
+    def after_layer(self, index: int, out: Tensor) -> None:
+        """Receive layer ``index``'s output after the shared final norm, (B, Q, D)."""
+        ...
 
 
 class TransformerDecoder(nn.Module):
@@ -81,6 +108,7 @@ class TransformerDecoder(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         cross_attn_bias: Tensor | None = None,
         caches: list[tuple[KVCache, KVCache]] | None = None,
+        hook: DecoderHook | None = None,
     ) -> Tensor:
         """Decode.
 
@@ -96,6 +124,7 @@ class TransformerDecoder(nn.Module):
             rope: (sin, cos) for self-attention q/k.
             cross_attn_bias: additive cross-attention bias, broadcastable to (B, H, Q, N).
             caches: from :meth:`init_cache`, for incremental decoding (tgt then holds only new tokens).
+            hook: a :class:`DecoderHook` called before and after every layer (None: none).
 
         Returns:
             (L, B, Q, D) normalised outputs of every layer if ``return_intermediate``, else (B, Q, D).
@@ -104,14 +133,26 @@ class TransformerDecoder(nn.Module):
         if query_pos is not None and self.pos_mode == "input":
             x, query_pos = x + query_pos, None
         outs = []
+        given = {"query_pos": query_pos, "cross_attn_bias": cross_attn_bias, "cross_attn_kwargs": None}
         for i, layer in enumerate(self.layers):
             cache, cross_cache = caches[i] if caches is not None else (None, None)
-            x = layer(x, memory, query_pos=query_pos, memory_pos=memory_pos,
-                      tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
-                      self_attn_mask=self_attn_mask, is_causal=is_causal, rope=rope,
-                      cross_attn_bias=cross_attn_bias, cache=cache, cross_cache=cross_cache)
-            if self.return_intermediate:
-                outs.append(self.norm(x))
+            per_layer = given if hook is None else {**given, **_checked(hook.before_layer(i, x))}
+            x = layer(x, memory, memory_pos=memory_pos, tgt_key_padding_mask=tgt_key_padding_mask,
+                      memory_key_padding_mask=memory_key_padding_mask, self_attn_mask=self_attn_mask,
+                      is_causal=is_causal, rope=rope, cache=cache, cross_cache=cross_cache, **per_layer)
+            if self.return_intermediate or hook is not None:
+                out = self.norm(x)  # (B, Q, D)
+                if hook is not None:
+                    hook.after_layer(i, out)
+                if self.return_intermediate:
+                    outs.append(out)
         if self.return_intermediate:
             return torch.stack(outs)  # (L, B, Q, D)
         return self.norm(x)  # (B, Q, D)
+
+
+def _checked(args: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(args) - HOOK_KEYS
+    if unknown:
+        raise ValueError(f"a decoder hook may set {sorted(HOOK_KEYS)}, not {sorted(unknown)}")
+    return args

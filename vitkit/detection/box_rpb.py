@@ -62,3 +62,27 @@ class BoxRPB(nn.Module):
         by = self.mlp_y(self._log(dy))  # (B, Q, h, heads)
         bias = by[:, :, :, None, :] + bx[:, :, None, :, :]  # (B, Q, h, w, heads)
         return bias.flatten(2, 3).permute(0, 3, 1, 2)  # (B, heads, Q, h*w)
+
+
+def check_box_rpb(box_refine: bool, cross_attn: str) -> None:
+    """The rules of the ``box_rpb`` switch: it needs reference boxes and global cross-attention (ValueError)."""
+    if not box_refine:
+        raise ValueError("box_rpb needs box_refine=True (the bias is computed from each layer's reference boxes)")
+    if cross_attn == "deformable":
+        raise ValueError("box_rpb is a bias on global attention scores; it does not apply to "
+                         "cross_attn='deformable' (set box_rpb: false)")
+
+
+def memory_bias(rpb: BoxRPB, boxes: Tensor, centres: list[tuple[Tensor, Tensor]], num_prefix: int) -> Tensor:
+    """One layer's bias over the whole memory: (B, Q, 4) boxes -> (B, heads, Q, P + N).
+
+    Args:
+        rpb: the layer's :class:`BoxRPB`.
+        boxes: (B, Q, 4) the layer's reference boxes, cxcywh.
+        centres: per memory grid, token centres cx (B, w) and cy (B, h) (:func:`token_centres`).
+        num_prefix: P prefix tokens before the grids (class / register tokens), which get no bias.
+    """
+    bias = torch.cat([rpb(boxes, cx, cy) for cx, cy in centres], dim=-1)  # (B, H, Q, N)
+    if num_prefix:  # prefix tokens get no positional bias
+        bias = torch.cat((bias.new_zeros(*bias.shape[:3], num_prefix), bias), dim=-1)  # (B, H, Q, P + N)
+    return bias

@@ -2,14 +2,16 @@
 
 Differences from the reference (DETR's SetCriterion):
 
-- One module serves three classification losses, chosen by ``loss_type`` (the key is ``loss_ce`` for all):
-  - ``"ce"``: softmax cross-entropy over C+1 classes, no-object weighted by ``eos_coef``; mean weighted by
-    the class weights (``F.cross_entropy`` with ``weight``), as DETR does.
-  - ``"focal"``: ``torchvision.ops.sigmoid_focal_loss`` on one-hot targets over C classes (no no-object slot),
-    summed over all (B, Q, C) elements and divided by ``num_boxes``. This is exactly Deformable DETR's
-    ``loss.mean(1).sum() / num_boxes * Q``.
-  - ``"varifocal"`` (VFL, IoU-aware classification as in RT-DETR): the matched class's target is the IoU
-    (detached) of the predicted box with its GT, every other entry 0; BCE-with-logits weighted by
+- One module serves three classification losses (the key is ``loss_ce`` for all). The head decides
+  (``sigmoid_head``, the detector's own flag): a softmax head trains with cross-entropy, a sigmoid head with
+  the loss named by ``sigmoid_loss``:
+  - ``"ce"`` (softmax heads): softmax cross-entropy over C+1 classes, no-object weighted by ``eos_coef``;
+    mean weighted by the class weights (``F.cross_entropy`` with ``weight``), as DETR does.
+  - ``"focal"`` (sigmoid heads, the default): ``torchvision.ops.sigmoid_focal_loss`` on one-hot targets over
+    C classes (no no-object slot), summed over all (B, Q, C) elements and divided by ``num_boxes``. This is
+    exactly Deformable DETR's ``loss.mean(1).sum() / num_boxes * Q``.
+  - ``"varifocal"`` (sigmoid heads; VFL, IoU-aware classification as in RT-DETR): the matched class's target
+    is the IoU (detached) of the predicted box with its GT, every other entry 0; BCE-with-logits weighted by
     ``alpha * sigmoid(x)^gamma`` on entries that are not the matched class and by the IoU target on those that
     are; reduced like ``"focal"`` (sum / ``num_boxes``). RT-DETR uses ``focal_alpha=0.75`` for this loss.
 - All loss math runs in float32 with autocast off, so bf16 training stays finite.
@@ -30,8 +32,9 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from vitkit.detection.box_ops import cxcywh_to_xyxy, paired_box_iou
 from vitkit.detection.matcher import HungarianMatcher
+from vitkit.utils.distributed import is_distributed, world_size
 
-LOSS_TYPES = ("ce", "focal", "varifocal")
+SIGMOID_LOSSES = ("focal", "varifocal")
 DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
@@ -46,9 +49,9 @@ def average_num_boxes(targets: list[dict], device: torch.device) -> Tensor:
         () float32 tensor.
     """
     n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         dist.all_reduce(n)
-        n = n / dist.get_world_size()
+        n = n / world_size()
     return n.clamp(min=1.0)
 
 
@@ -61,7 +64,9 @@ class SetCriterion(nn.Module):
         weight_dict: weights for ``loss_ce``, ``loss_bbox``, ``loss_giou`` (missing keys take the defaults
             1, 5, 2; unknown keys are an error).
         eos_coef: CE weight of the no-object class.
-        loss_type: "ce", "focal" or "varifocal".
+        sigmoid_head: the detector's head kind (``DETR.sigmoid_head``): True = C sigmoid logits, trained with
+            ``sigmoid_loss``; False = C+1 softmax logits (last = no-object), trained with cross-entropy.
+        sigmoid_loss: the classification loss of a sigmoid head, "focal" or "varifocal"; unused by softmax heads.
         focal_alpha: alpha of the focal / varifocal loss.
         focal_gamma: gamma of the focal / varifocal loss.
         one2many_k: times each target is repeated when matching the ``one2many`` branch.
@@ -79,7 +84,8 @@ class SetCriterion(nn.Module):
         matcher: HungarianMatcher,
         weight_dict: dict[str, float] | None = None,
         eos_coef: float = 0.1,
-        loss_type: str = "ce",
+        sigmoid_head: bool = False,
+        sigmoid_loss: str = "focal",
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
         one2many_k: int = 6,
@@ -87,12 +93,13 @@ class SetCriterion(nn.Module):
         enc_one2many_k: int = 1,
     ) -> None:
         super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if sigmoid_loss not in SIGMOID_LOSSES:
+            raise ValueError(f"sigmoid_loss must be one of {SIGMOID_LOSSES}, got {sigmoid_loss!r}")
         unknown = set(weight_dict or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise ValueError(f"unknown weight_dict keys {sorted(unknown)}; expected {sorted(DEFAULT_WEIGHTS)}")
-        self.num_classes, self.matcher, self.loss_type = num_classes, matcher, loss_type
+        self.num_classes, self.matcher = num_classes, matcher
+        self.loss_type = sigmoid_loss if sigmoid_head else "ce"  # "ce", "focal" or "varifocal"
         self.weight_dict = {**DEFAULT_WEIGHTS, **(weight_dict or {})}
         self.eos_coef, self.focal_alpha, self.focal_gamma = eos_coef, focal_alpha, focal_gamma
         self.one2many_k, self.one2many_weight, self.enc_one2many_k = one2many_k, one2many_weight, enc_one2many_k
@@ -120,8 +127,10 @@ class SetCriterion(nn.Module):
         logits, boxes = out["pred_logits"].float(), out["pred_boxes"].float()  # (B, Q, C[+1]), (B, Q, 4)
         want = self.num_classes + (self.loss_type == "ce")
         if logits.shape[-1] != want:
-            raise ValueError(f"loss_type={self.loss_type!r} with {self.num_classes} classes expects {want} logits, "
-                             f"got {logits.shape[-1]} (CE heads have a no-object slot, sigmoid heads do not)")
+            head = "softmax" if self.loss_type == "ce" else "sigmoid"
+            raise ValueError(f"a {head} head ({self.loss_type!r} loss) with {self.num_classes} classes expects {want} "
+                             f"logits, got {logits.shape[-1]} (softmax heads have a no-object slot, sigmoid heads "
+                             "do not)")
         dev = logits.device
         batch = torch.cat([torch.full_like(s, i) for i, (s, _) in enumerate(indices)]).to(dev)  # (M,)
         src = torch.cat([s for s, _ in indices]).to(dev)  # (M,)
@@ -153,7 +162,7 @@ class SetCriterion(nn.Module):
         """Compute the losses.
 
         Args:
-            outputs: ``pred_logits`` (B, Q, C+1) for "ce" or (B, Q, C) for focal/varifocal; ``pred_boxes``
+            outputs: ``pred_logits`` (B, Q, C+1) softmax heads / (B, Q, C) sigmoid heads; ``pred_boxes``
                 (B, Q, 4) normalised cxcywh; optional ``aux_outputs`` (list of dicts with the same keys, earlier
                 decoder layers), ``enc_outputs`` (two-stage encoder proposals, matched one-to-one like a layer),
                 ``one2many`` (a dict with the same structure, hybrid-matching queries) and ``dn_outputs``

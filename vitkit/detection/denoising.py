@@ -39,6 +39,25 @@ class DenoisingMeta:
         return out
 
 
+@dataclass
+class DenoisingQueries:
+    """Denoising queries for one batch, fed to the decoder before the matching queries.
+
+    Attributes:
+        content: (B, N, D) content queries: embeddings of the (partly flipped) labels.
+        boxes: (B, N, 4) anchors: the noised target boxes, cxcywh in [0, 1] (zeros for padding entries).
+        meta: where the groups sit (:class:`DenoisingMeta`); the model returns it as ``dn_outputs["dn_meta"]``.
+    """
+    content: Tensor
+    boxes: Tensor
+    meta: DenoisingMeta
+
+    @property
+    def num_queries(self) -> int:
+        """N, the number of denoising queries."""
+        return self.meta.num_queries
+
+
 def make_denoising_queries(
     targets: list[dict],
     label_embed: nn.Embedding,
@@ -46,7 +65,7 @@ def make_denoising_queries(
     num_denoising: int,
     label_noise: float = 0.5,
     box_noise: float = 1.0,
-) -> tuple[Tensor, Tensor, DenoisingMeta] | None:
+) -> DenoisingQueries | None:
     """Build noised queries from the targets.
 
     Args:
@@ -58,8 +77,8 @@ def make_denoising_queries(
         box_noise: scale of the box jitter (1 = up to half the box size for positives).
 
     Returns:
-        content (B, N, D), anchors (B, N, 4) in [0, 1] and the :class:`DenoisingMeta`; None when no image has a
-        target.
+        :class:`DenoisingQueries`: content (B, N, D), anchors (B, N, 4) in [0, 1] and the :class:`DenoisingMeta`;
+        None when no image has a target.
     """
     sizes = [len(t["labels"]) for t in targets]
     pad = max(sizes, default=0)
@@ -88,7 +107,7 @@ def make_denoising_queries(
     anchors = box_convert(xyxy, "xyxy", "cxcywh").clamp(0, 1)  # (B, N, 4)
     anchors = torch.where(real[..., None], anchors, torch.zeros_like(anchors))
     content = label_embed(labels)  # (B, N, D)
-    return content, anchors, DenoisingMeta(G, pad)
+    return DenoisingQueries(content, anchors, DenoisingMeta(G, pad))
 
 
 def query_attention_mask(num_dn: int, num_groups: int, num_queries: int, num_one2many: int,

@@ -26,13 +26,17 @@ serves pre- and post-norm. The convergence options are switches, all off for van
   (:mod:`vitkit.layers.deformable`) in place of global attention: each query samples a few points per head
   and level around its reference box. With ``multiscale`` and ``coarse_level`` this is the stride-8/16/32
   decoder of Deformable DETR and RT-DETR at a fraction of global attention's cost.
+
+The constructor only assembles parts, each of which owns its parameters and the rules of its switch: the query
+sources of :mod:`vitkit.detection.queries` (learned queries and anchors, two-stage selection, denoising) and the
+box refinement of :mod:`vitkit.detection.refine`, a hook that :meth:`TransformerDecoder.forward` calls around
+every layer (the decoder runs for every configuration). The parts' modules are registered on DETR under the
+names official DETR weights and saved checkpoints use.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -40,43 +44,26 @@ from torch import Tensor, nn
 from vitkit.core.decoder import TransformerDecoder
 from vitkit.core.encoder import ViTEncoder
 from vitkit.core.pyramid import CoarserLevel, FinerLevel
-from vitkit.detection.box_rpb import BoxRPB, token_centres
-from vitkit.detection.denoising import make_denoising_queries, query_attention_mask
+from vitkit.detection.box_rpb import BoxRPB, check_box_rpb, token_centres
+from vitkit.detection.denoising import DenoisingQueries, query_attention_mask
+from vitkit.detection.heads import MLP, PRIOR_LOGIT
+from vitkit.detection.queries import DenoisingSource, LearnedAnchors, LearnedQueries, Queries, TwoStageSelection
+from vitkit.detection.refine import BoxRefinement, check_cross_attn, use_deformable_cross_attention
 from vitkit.layers import SinePositionEncoding2D
-from vitkit.layers.deformable import MSDeformableAttention, valid_ratios
 
 
-class MLP(nn.Module):
-    """Linear layers with ReLU between them; ``layers.{i}`` names match DETR's ``bbox_embed``."""
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+@dataclass
+class DETRParts:
+    """The parts a :class:`DETR` is composed of (None = switched off).
 
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else torch.relu(layer(x))
-        return x
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
-def box_sine_embed(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """(B, Q, 4) cxcywh in [0, 1] -> (B, Q, dim) sine embedding, dim/4 channels per coordinate.
-
-    Uses the same scale (2*pi) and frequencies as :class:`SinePositionEncoding2D`, in (y, x, w, h) order so the
-    centre part lines up with the memory's (pos_y, pos_x) encoding.
+    Not registered as modules themselves: DETR registers each part's modules under their own names, the
+    state-dict keys of official DETR weights and saved checkpoints.
     """
-    n = dim // 4
-    i = torch.arange(n, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / n)  # (n,)
-    coords = boxes.float()[..., [1, 0, 2, 3]] * 2 * math.pi  # (B, Q, 4)
-    pos = coords[..., None] / dim_t  # (B, Q, 4, n)
-    pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)  # (B, Q, 4, n)
-    return pos.flatten(-2)  # (B, Q, 4n)
+    learned: LearnedQueries | None = None
+    anchors: LearnedAnchors | None = None
+    two_stage: TwoStageSelection | None = None
+    denoising: DenoisingSource | None = None
+    refine: BoxRefinement | None = None
 
 
 class DETR(nn.Module):
@@ -129,27 +116,21 @@ class DETR(nn.Module):
         num_points: int = 4,
     ) -> None:
         super().__init__()
+        # Each switch's rules live with its part; all are checked before the decoder is touched.
         if memory_pos not in ("auto", "sine", "none"):
             raise ValueError(f"memory_pos must be auto|sine|none, got {memory_pos!r}")
-        if two_stage and not (box_refine and sigmoid_head):
-            raise ValueError("two_stage needs box_refine=True and sigmoid_head=True (proposals are scored per class "
-                             "with sigmoid logits and refined by the decoder)")
-        if box_rpb and not box_refine:
-            raise ValueError("box_rpb needs box_refine=True (the bias is computed from each layer's reference boxes)")
-        if num_denoising and not box_refine:
-            raise ValueError("num_denoising needs box_refine=True (denoising queries are noised anchor boxes)")
-        if cross_attn not in ("global", "deformable"):
-            raise ValueError(f"cross_attn must be global|deformable, got {cross_attn!r}")
-        if cross_attn == "deformable" and not box_refine:
-            raise ValueError("cross_attn='deformable' needs box_refine=True (points are sampled around each "
-                             "query's reference box)")
-        if cross_attn == "deformable" and box_rpb:
-            raise ValueError("box_rpb is a bias on global attention scores; it does not apply to "
-                             "cross_attn='deformable' (set box_rpb: false)")
+        if two_stage:
+            TwoStageSelection.check(box_refine, sigmoid_head)
+        check_cross_attn(cross_attn, box_refine)
+        if box_rpb:
+            check_box_rpb(box_refine, cross_attn)
+        if num_denoising:
+            DenoisingSource.check(box_refine)
         if not decoder.return_intermediate:
             raise ValueError("DETR needs a TransformerDecoder with return_intermediate=True")
         D = decoder.dim
         self.encoder, self.decoder = encoder, decoder
+        # The constructor's flags, as given (the parts keep what they use).
         self.num_classes, self.num_queries = num_classes, num_queries
         self.num_queries_one2many = num_queries_one2many
         self.sigmoid_head, self.box_refine, self.aux_loss = sigmoid_head, box_refine, aux_loss
@@ -170,46 +151,49 @@ class DETR(nn.Module):
         if (multiscale or coarse_level) and not self.deformable and memory_pos != "none":
             self.level_embed = nn.Parameter(torch.zeros(1 + multiscale + coarse_level, D))
         if self.deformable:
-            for layer in decoder.layers:  # same place and name as the global module (Deformable DETR's keys)
-                layer.cross_attn = MSDeformableAttention(D, decoder.num_heads, 1 + multiscale + coarse_level,
-                                                         num_points)
+            use_deformable_cross_attention(decoder, 1 + multiscale + coarse_level, num_points)
         self.pos_sine = SinePositionEncoding2D(D)
-        total_q = num_queries + num_queries_one2many
-        self.query_embed = None if two_stage else nn.Embedding(total_q, D)
-        self.class_embed = nn.Linear(D, num_classes if sigmoid_head else num_classes + 1)
-        self.bbox_embed = MLP(D, D, 4, 3)
-        if two_stage:
-            self.enc_output = nn.Sequential(nn.Linear(D, D), nn.LayerNorm(D))
-            self.enc_score_head = nn.Linear(D, num_classes)
-            self.enc_bbox_head = MLP(D, D, 4, 3)
-        self.box_rpb = nn.ModuleList(BoxRPB(decoder.num_heads, D) for _ in range(decoder.depth)) if box_rpb else None
-        if num_denoising:
-            self.dn_label_embed = nn.Embedding(num_classes + 1, D)  # last row: padding entries
-        if box_refine:
-            self.refpoint_embed = None if two_stage else nn.Embedding(total_q, 4)
-            self.ref_point_head = MLP(D, D, D, 2)
-            # Deformable DETR: one box head per layer when refining.
-            self.bbox_embed = nn.ModuleList(copy.deepcopy(self.bbox_embed) for _ in range(decoder.depth))
+        self._build_parts(D, num_classes, num_queries + num_queries_one2many, decoder, box_rpb)
         self._reset_parameters()
 
-    def _reset_parameters(self) -> None:
-        prior = -math.log((1 - 0.01) / 0.01)
-        if self.sigmoid_head:
-            nn.init.constant_(self.class_embed.bias, prior)
+    def _build_parts(self, D: int, num_classes: int, total_q: int, decoder: TransformerDecoder,
+                     box_rpb: bool) -> None:
+        """Create the heads and parts in a fixed order (the order of random initialisation) and register their
+        modules under the historic names (``query_embed``, ``class_embed``, ``bbox_embed``, ``enc_*``,
+        ``box_rpb``, ``dn_label_embed``, ``refpoint_embed``, ``ref_point_head``)."""
+        parts = DETRParts()
         if self.two_stage:
-            nn.init.constant_(self.enc_score_head.bias, prior)
-            nn.init.zeros_(self.enc_bbox_head.layers[-1].weight)
-            nn.init.zeros_(self.enc_bbox_head.layers[-1].bias)
+            self.query_embed = None
+        else:
+            parts.learned = self._register(LearnedQueries(total_q, D))
+        self.class_embed = nn.Linear(D, num_classes if self.sigmoid_head else num_classes + 1)
+        self.bbox_embed = MLP(D, D, 4, 3)
+        if self.two_stage:
+            parts.two_stage = self._register(TwoStageSelection(D, num_classes))
+        self.box_rpb = nn.ModuleList(BoxRPB(decoder.num_heads, D) for _ in range(decoder.depth)) if box_rpb else None
+        if self.num_denoising:
+            parts.denoising = self._register(DenoisingSource(num_classes, D, self.num_denoising, self.dn_label_noise,
+                                                             self.dn_box_noise))
         if self.box_refine:
-            for head in self.bbox_embed:
-                nn.init.zeros_(head.layers[-1].weight)
-                nn.init.zeros_(head.layers[-1].bias)
-        if getattr(self, "refpoint_embed", None) is not None:
-            with torch.no_grad():
-                # Anchors: centres spread uniformly over the image, sizes ~0.1 (stored in logit space).
-                self.refpoint_embed.weight[:, :2].uniform_(0, 1)
-                self.refpoint_embed.weight[:, 2:].fill_(0.1)
-                self.refpoint_embed.weight.copy_(inverse_sigmoid(self.refpoint_embed.weight))
+            if self.two_stage:
+                self.refpoint_embed = None
+            else:
+                parts.anchors = self._register(LearnedAnchors(total_q))
+            parts.refine = self._register(BoxRefinement(D, decoder.depth, self.bbox_embed, self.box_rpb))
+        self.parts = parts
+
+    def _register(self, part: nn.Module) -> nn.Module:
+        """Register ``part``'s modules on this model under their own names; return the part."""
+        for name, module in part.named_children():
+            setattr(self, name, module)
+        return part
+
+    def _reset_parameters(self) -> None:
+        if self.sigmoid_head:
+            nn.init.constant_(self.class_embed.bias, PRIOR_LOGIT)
+        for part in (self.parts.two_stage, self.parts.refine, self.parts.anchors):  # anchors last: they draw numbers
+            if part is not None:
+                part.reset_parameters()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
         # Checkpoints written before deformable / position-free models stopped creating ``level_embed`` hold one
@@ -258,47 +242,52 @@ class DETR(nn.Module):
         levels = [(enc.grid, self.anchor_size)]  # per memory grid after the prefix: (h, w), anchor size
         if self.finer is not None or self.coarser is not None:
             memory, mem_pad, mem_pos = self._add_levels(enc, memory, mem_pad, mem_pos, levels)
-        mem_mask = mem_pad if mem_pad.any() else None  # (B, P+N)
-        B = memory.shape[0]
         total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
-        enc_out = None
         centres = None  # per level: token centres (B, w), (B, h) relative to the unpadded image
         if self.two_stage or self.box_rpb is not None:
             centres, start = [], enc.num_prefix
             for (h, w), _ in levels:
                 centres.append(token_centres(mem_pad[:, start:start + h * w], (h, w)))
                 start += h * w
-        if self.two_stage:
-            query, ref, enc_out = self._select_queries(memory[:, enc.num_prefix:], mem_pad[:, enc.num_prefix:],
-                                                       levels, centres, total_q)
+        P, enc_out = enc.num_prefix, None
+        if self.parts.two_stage is not None:
+            queries, enc_out = self.parts.two_stage(memory[:, P:], mem_pad[:, P:], levels, centres, total_q)
         else:
-            query = self.query_embed.weight[:total_q].unsqueeze(0).expand(B, -1, -1).to(memory.dtype)  # (B, Qt, D)
-            ref = self.refpoint_embed.weight[:total_q].sigmoid().unsqueeze(0).expand(B, -1, -1) \
-                if self.box_refine else None  # (B, Qt, 4)
+            queries = self.parts.learned(memory.shape[0], total_q, memory.dtype, self.parts.anchors)
         dn = None
-        if self.training and self.num_denoising and targets is not None:
-            dn = make_denoising_queries(targets, self.dn_label_embed, self.num_classes, self.num_denoising,
-                                        self.dn_label_noise, self.dn_box_noise)
-        n_dn = dn[2].num_queries if dn is not None else 0
-        attn_mask = query_attention_mask(n_dn, dn[2].num_groups if dn else 1, self.num_queries,
+        if self.training and self.parts.denoising is not None and targets is not None:
+            dn = self.parts.denoising(targets)
+        n_dn = dn.num_queries if dn is not None else 0
+        attn_mask = query_attention_mask(n_dn, dn.meta.num_groups if dn else 1, self.num_queries,
                                          total_q - self.num_queries, memory.device)
         if dn is not None:
-            query = torch.cat((dn[0].to(query.dtype), query), dim=1)  # (B, Ndn + Qt, D)
-            ref = torch.cat((dn[1].to(ref.dtype), ref), dim=1)  # (B, Ndn + Qt, 4)
-        if self.box_refine:
-            if self.deformable:  # sampling context: the grids after the prefix tokens
-                P = enc.num_prefix
-                shapes = [hw for hw, _ in levels]
-                ctx = {"shapes": shapes, "ratios": valid_ratios(mem_pad[:, P:], shapes)}
-                logits, boxes = self._decode_refine(query, ref, memory[:, P:], None, mem_pad[:, P:], attn_mask, 0,
-                                                    None, ctx)
-            else:
-                logits, boxes = self._decode_refine(query, ref, memory, mem_pos, mem_mask, attn_mask,
-                                                    enc.num_prefix, centres)
-        else:
-            hs = self.decoder(torch.zeros_like(query), memory, query_pos=query, memory_pos=mem_pos,
-                              memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask)  # (L, B, Qt, D)
-            logits, boxes = self.class_embed(hs), self.bbox_embed(hs).sigmoid()  # (L, B, Qt, C'), (L, B, Qt, 4)
+            queries = queries.with_denoising(dn)
+        logits, boxes = self._decode(queries, memory, mem_pos, mem_pad, attn_mask, P, levels, centres)
+        return self._outputs(logits, boxes, total_q, enc_out, dn)
+
+    def _decode(self, queries: Queries, memory: Tensor, mem_pos: Tensor | None, mem_pad: Tensor,
+                attn_mask: Tensor | None, num_prefix: int, levels: list,
+                centres: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor]:
+        """Run the decoder (with the refinement hook when refining) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
+        mem_mask = mem_pad if mem_pad.any() else None  # (B, P+N)
+        refine, hook = self.parts.refine, None
+        if refine is not None and self.deformable:  # deformable attention samples the grids after the prefix
+            shapes = [hw for hw, _ in levels]
+            memory, mem_pad = memory[:, num_prefix:], mem_pad[:, num_prefix:]  # (B, N, D), (B, N)
+            hook = refine.hook(self.class_embed, queries.boxes, memory.dtype, grid_pad=mem_pad, shapes=shapes)
+            mem_pos, mem_mask = None, mem_pad
+        elif refine is not None:
+            hook = refine.hook(self.class_embed, queries.boxes, memory.dtype, centres, num_prefix)
+        hs = self.decoder(queries.content, memory, query_pos=queries.pos, memory_pos=mem_pos,
+                          memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask, hook=hook)  # (L, B, Qt, D)
+        if hook is not None:
+            return hook.predictions()
+        return self.class_embed(hs), self.bbox_embed(hs).sigmoid()  # (L, B, Qt, C'), (L, B, Qt, 4)
+
+    def _outputs(self, logits: Tensor, boxes: Tensor, total_q: int, enc_out: dict | None,
+                 dn: DenoisingQueries | None) -> dict:
+        """Split every layer's [denoising | one-to-one | one-to-many] predictions into the output dict."""
+        n_dn = dn.num_queries if dn is not None else 0
         dn_logits, dn_boxes = logits[:, :, :n_dn], boxes[:, :, :n_dn]  # (L, B, Ndn, .)
         logits, boxes = logits[:, :, n_dn:], boxes[:, :, n_dn:]  # (L, B, Qt, .)
         out = self._pack(logits[:, :, : self.num_queries], boxes[:, :, : self.num_queries])
@@ -307,7 +296,7 @@ class DETR(nn.Module):
         if total_q > self.num_queries:
             out["one2many"] = self._pack(logits[:, :, self.num_queries:], boxes[:, :, self.num_queries:])
         if dn is not None:
-            out["dn_outputs"] = {**self._pack(dn_logits, dn_boxes), "dn_meta": dn[2]}
+            out["dn_outputs"] = {**self._pack(dn_logits, dn_boxes), "dn_meta": dn.meta}
         return out
 
     def _add_levels(self, enc, memory: Tensor, mem_pad: Tensor, mem_pos: Tensor | None,
@@ -337,61 +326,6 @@ class DETR(nn.Module):
                 poss.append(pos.to(mem_pos.dtype))
         memory, mem_pad = torch.cat(mems, dim=1), torch.cat(pads, dim=1)  # (B, P+N_all, D), (B, P+N_all)
         return memory, mem_pad, (torch.cat(poss, dim=1) if mem_pos is not None else None)
-
-    def _select_queries(self, tokens: Tensor, pad: Tensor, levels: list, centres: list,
-                        total_q: int) -> tuple[Tensor, Tensor, dict]:
-        """Two-stage query selection from the grid tokens (B, N, D) with padding mask (B, N), all levels.
-
-        Returns content queries (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], both detached, and every token's
-        proposal as an output dict (``pred_logits`` (B, N, C) with padding tokens at -1e4, ``pred_boxes`` (B, N, 4)):
-        the loss supervises all proposals (Deformable DETR's two-stage), not only the selected ones.
-        """
-        anchors = []
-        for ((h, w), size), (cx, cy) in zip(levels, centres, strict=True):  # cx (B, w), cy (B, h)
-            cx, cy = cx[:, None, :].expand(-1, h, -1).flatten(1), cy[:, :, None].expand(-1, -1, w).flatten(1)
-            wh = torch.full_like(cx, size)  # (B, h*w)
-            anchors.append(torch.stack((cx, cy, wh, wh), dim=-1))  # (B, h*w, 4)
-        anchors = inverse_sigmoid(torch.cat(anchors, dim=1))  # (B, N, 4) logit space
-        feats = self.enc_output(tokens.masked_fill(pad[..., None], 0))  # (B, N, D)
-        logits = self.enc_score_head(feats)  # (B, N, C)
-        boxes = (self.enc_bbox_head(feats).float() + anchors).sigmoid()  # (B, N, 4)
-        score = logits.detach().amax(-1).float().masked_fill(pad, float("-inf"))  # (B, N)
-        k = min(total_q, score.shape[1])
-        idx = score.topk(k, dim=1).indices  # (B, k)
-        if k < total_q:  # fewer tokens than queries: repeat the best ones (tiny images only)
-            idx = idx[:, torch.arange(total_q, device=idx.device) % k]
-        sel_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4))  # (B, Qt, 4)
-        query = feats.gather(1, idx[..., None].expand(-1, -1, feats.shape[-1])).detach()  # (B, Qt, D)
-        enc_out = {"pred_logits": logits.float().masked_fill(pad[..., None], -1e4), "pred_boxes": boxes}
-        return query, sel_boxes.detach(), enc_out
-
-    def _decode_refine(self, query: Tensor, ref: Tensor, memory: Tensor, mem_pos: Tensor | None,
-                       mem_mask: Tensor | None, attn_mask: Tensor | None, num_prefix: int,
-                       centres: list[tuple[Tensor, Tensor]] | None,
-                       deform_ctx: dict | None = None) -> tuple[Tensor, Tensor]:
-        """Layer-by-layer decoding from anchors ref (B, Qt, 4) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4).
-
-        ``deform_ctx`` (deformable cross-attention): level ``shapes`` and valid ``ratios``; each layer samples
-        around its current reference boxes.
-        """
-        x = query  # content queries: learned, or the selected encoder features
-        logits, boxes = [], []
-        for i, (layer, head) in enumerate(zip(self.decoder.layers, self.bbox_embed, strict=True)):
-            query_pos = self.ref_point_head(box_sine_embed(ref, self.decoder.dim).to(memory.dtype))  # (B, Qt, D)
-            bias = None
-            if self.box_rpb is not None:
-                bias = torch.cat([self.box_rpb[i](ref, cx, cy) for cx, cy in centres], dim=-1)  # (B, H, Qt, N)
-                if num_prefix:  # prefix tokens get no positional bias
-                    bias = torch.cat((bias.new_zeros(*bias.shape[:3], num_prefix), bias), dim=-1)
-            kw = None if deform_ctx is None else {**deform_ctx, "reference": ref}
-            x = layer(x, memory, query_pos=query_pos, memory_pos=mem_pos, memory_key_padding_mask=mem_mask,
-                      self_attn_mask=attn_mask, cross_attn_bias=bias, cross_attn_kwargs=kw)
-            h = self.decoder.norm(x)
-            new = (inverse_sigmoid(ref) + head(h).float()).sigmoid()  # (B, Qt, 4)
-            logits.append(self.class_embed(h))
-            boxes.append(new)
-            ref = new.detach()
-        return torch.stack(logits), torch.stack(boxes)
 
     def _pack(self, logits: Tensor, boxes: Tensor) -> dict:
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}

@@ -1,9 +1,11 @@
 """DetectionModule: Lightning training/validation of an injected :class:`vitkit.detection.DETR`.
 
 The module owns the optimisation recipe (AdamW with a backbone lr multiplier and weight-decay groups,
-warmup + cosine or step schedule) and the set-prediction criterion; data formats stay in the datamodule
-and COCO scoring in :mod:`vitkit.eval.coco_eval`. Gradient clipping and EMA are Trainer features
-(``trainer.gradient_clip_val``, ``lightning.pytorch.callbacks.EMAWeightAveraging``).
+warmup + cosine or step schedule; the shared parts in :class:`vitkit.train.module.TaskModule`) and the
+set-prediction criterion, whose classification loss follows the detector's head (softmax: cross-entropy;
+sigmoid: ``sigmoid_loss``); data formats stay in the datamodule and COCO scoring in
+:mod:`vitkit.eval.coco_eval`. Gradient clipping and EMA are Trainer features (``trainer.gradient_clip_val``,
+``lightning.pytorch.callbacks.EMAWeightAveraging``).
 """
 
 from __future__ import annotations
@@ -11,32 +13,28 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
+from vitkit.detection.export import checkpoint_spec
 from vitkit.detection.model import DETR
 from vitkit.eval.coco_eval import evaluate_coco, gather_image_ids, gather_results
-from vitkit.train.guards import ConfigError, check_finite_loss, check_nonfinite_mode, zero_loss_like
-from vitkit.train.optim import (
-    adamw,
-    adamw_param_groups,
-    clip_fused_gradients,
-    remap_optimizer_state,
-    remap_scheduler_state,
-    uses_grad_scaler,
-    warmup_schedule,
-)
+from vitkit.train.guards import ConfigError
+from vitkit.train.module import TaskModule
+from vitkit.train.optim import adamw_param_groups, remap_optimizer_state, remap_scheduler_state
+from vitkit.utils.spec import read_spec, write_spec
 
 
-class DetectionModule(L.LightningModule):
+class DetectionModule(TaskModule):
     """Train and validate a DETR-style detector.
 
     Args:
         detector: the model (its class head must have ``num_classes`` outputs, plus one for softmax heads).
         num_classes: number of classes, linked from the datamodule (checked against the detector).
-        loss_type: "ce" (softmax + no-object, vanilla DETR), "focal" or "varifocal" (sigmoid heads).
+        sigmoid_loss: the classification loss of a sigmoid head (``detector.sigmoid_head``): "focal" or
+            "varifocal" (IoU-aware, RT-DETR's). Unused by softmax heads, which always train with cross-entropy over
+            C+1 classes (no-object weighted by ``eos_coef``, vanilla DETR).
         cost_class, cost_bbox, cost_giou: Hungarian matching costs.
         loss_ce, loss_bbox, loss_giou: loss weights.
         eos_coef: weight of the no-object class (CE only).
@@ -57,12 +55,14 @@ class DetectionModule(L.LightningModule):
         nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step and the
             batch's image ids; "skip" drops the step (no weight or optimizer-state update; the step counter and the
             lr schedule advance), with a warning naming the same. Under DDP all ranks skip together.
+        loss_type: removed (the loss follows ``detector.sigmoid_head``); any value is a ConfigError that names
+            ``model.sigmoid_loss``.
     """
     def __init__(
         self,
         detector: DETR,
         num_classes: int | None = None,
-        loss_type: str = "ce",
+        sigmoid_loss: Literal["focal", "varifocal"] = "focal",
         cost_class: float = 1.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
@@ -85,50 +85,49 @@ class DetectionModule(L.LightningModule):
         class_names: list[str] | None = None,
         label_to_cat_id: list[int] | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
+        loss_type: str | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters(ignore=["detector"])
+        super().__init__(nonfinite)
+        if loss_type is not None:
+            raise ConfigError(_removed_loss_type(loss_type))
+        self.save_hyperparameters(ignore=["detector", "loss_type"])
         if num_classes is not None and num_classes != detector.num_classes:
             raise ValueError(
                 f"model.num_classes: the data has {num_classes} classes but the detector was built for "
                 f"{detector.num_classes}; drop the detector's num_classes from the config (it is linked from data)"
             )
-        if (loss_type != "ce") != detector.sigmoid_head:
-            raise ValueError(
-                f"model.loss_type={loss_type!r} needs detector.sigmoid_head={loss_type != 'ce'} "
-                f"(softmax heads train with 'ce', sigmoid heads with 'focal' or 'varifocal')"
-            )
-        check_nonfinite_mode(nonfinite)
         if schedule not in ("cosine", "step"):
             raise ValueError(f"model.schedule must be 'cosine' or 'step', got {schedule!r}")
         self.detector = detector
-        use_focal = loss_type != "ce"
+        sigmoid = bool(detector.sigmoid_head)  # the head decides the loss, the matching cost and the scores
         matcher = HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou,
-                                   use_focal=use_focal, focal_alpha=focal_alpha)
+                                   use_focal=sigmoid, focal_alpha=focal_alpha)
         weights = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         self.criterion = SetCriterion(detector.num_classes, matcher, weight_dict=weights, eos_coef=eos_coef,
-                                      loss_type=loss_type, one2many_k=one2many_k,
-                                      enc_one2many_k=enc_one2many_k,
-                                      focal_alpha=focal_alpha)
-        self.postprocess = PostProcess(use_focal=use_focal, num_select=num_select)
+                                      sigmoid_head=sigmoid, sigmoid_loss=sigmoid_loss, one2many_k=one2many_k,
+                                      enc_one2many_k=enc_one2many_k, focal_alpha=focal_alpha)
+        self.postprocess = PostProcess(use_focal=sigmoid, num_select=num_select)
         self._val_results: list[dict] = []
         self._val_image_ids: list[int] = []
         self._val_nonfinite = 0  # detections dropped for non-finite boxes/scores in this validation
         self.last_eval = None  # CocoEvalResult of the latest validation epoch
         self.last_results: list[dict] = []  # its gathered COCO results
-        self._skip_update = False  # set by a skipped (non-finite) step, cleared before the optimizer step
-        self._skipped_steps = 0
 
     detector_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the detector
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.detector_config is not None:
-            checkpoint["vitkit_detector_config"] = self.detector_config
+        if self.detector_config is None:  # the detector was not built from a config (not through the CLI)
+            return
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
+        write_spec(checkpoint, checkpoint_spec(self.detector_config, dict(self.hparams), data_hparams))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._check_checkpoint_classes(checkpoint)
         self._drop_stale_level_embed(checkpoint)
-        self.detector_config = checkpoint.get("vitkit_detector_config", self.detector_config)
+        spec = read_spec(checkpoint)
+        if spec is not None:
+            self.detector_config = spec.model_config
 
     def _drop_stale_level_embed(self, checkpoint: dict) -> None:
         """Load a checkpoint saved when deformable detectors still created ``level_embed`` (zeros, never read, the
@@ -152,7 +151,7 @@ class DetectionModule(L.LightningModule):
     def _check_checkpoint_classes(self, checkpoint: dict) -> None:
         """A checkpoint trained on another class count cannot be resumed or evaluated on this data: say so (naming
         the keys) before its weights fail to load with a size-mismatch wall."""
-        config = checkpoint.get("vitkit_detector_config") or {}
+        config = spec.model_config if (spec := read_spec(checkpoint)) is not None else {}
         saved = (config.get("init_args") or {}).get("num_classes")
         if saved is None:
             saved = (checkpoint.get("hyper_parameters") or {}).get("num_classes")
@@ -174,12 +173,9 @@ class DetectionModule(L.LightningModule):
         outputs = self.detector(images, mask, targets)
         losses = self.criterion(outputs, targets)
         loss = losses["loss"]
-        if check_finite_loss(loss, mode=self.hparams.nonfinite, step=self.global_step, epoch=self.current_epoch,
-                             batch_idx=batch_idx, image_ids=lambda: [int(t["image_id"]) for t in targets]):
-            self._skip_update = True
-            self._skipped_steps += 1
-            self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False, batch_size=1)
-            return zero_loss_like(self, loss)
+        skipped = self.skip_nonfinite(loss, batch_idx, image_ids=lambda: [int(t["image_id"]) for t in targets])
+        if skipped is not None:
+            return skipped
         B = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
         for k in ("loss_ce", "loss_bbox", "loss_giou"):
@@ -210,12 +206,6 @@ class DetectionModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_results, self._val_image_ids, self._val_nonfinite = [], [], 0
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self._skip_update:  # a skipped step: drop its (zero) gradients, so AdamW leaves weights and moments alone
-            self._skip_update = False
-            for p in self.parameters():
-                p.grad = None
-
     def on_validation_epoch_end(self) -> None:
         dm = self.trainer.datamodule
         if self.trainer.sanity_checking or dm is None or not hasattr(dm, "val_annotation_file"):
@@ -238,14 +228,18 @@ class DetectionModule(L.LightningModule):
         hp = self.hparams
         return adamw_param_groups(detector, hp.lr, hp.weight_decay, "encoder.patch_embed.", hp.backbone_lr_mult)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if not clip_fused_gradients(self, self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+    def param_groups(self) -> list[dict]:
+        """AdamW groups of the detector: the patch source (CNN backbone or conv patchify) at ``backbone_lr_mult``."""
+        return self._param_groups(self.detector)
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt = adamw(self._param_groups(self.detector), lr=hp.lr, weight_decay=hp.weight_decay,
-                    fused=not uses_grad_scaler(self.trainer))
-        sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio,
-                                schedule=hp.schedule, lr_drop=hp.lr_drop)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+def _removed_loss_type(value: str) -> str:
+    """The message for a config that still sets ``model.loss_type`` (replaced by ``model.sigmoid_loss``)."""
+    if value == "ce":
+        fix = ("delete model.loss_type: a softmax head (model.detector.init_args.sigmoid_head: false, the default) "
+               "trains with cross-entropy")
+    else:
+        fix = (f"replace model.loss_type: {value} with model.sigmoid_loss: {value} (focal or varifocal), for a "
+               "detector with model.detector.init_args.sigmoid_head: true")
+    return (f"model.loss_type was removed: the classification loss follows the detector's head (softmax: "
+            f"cross-entropy; sigmoid: model.sigmoid_loss). Fix: {fix}")

@@ -30,11 +30,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from vitkit.core import TransformerDecoder, ViTEncoder
-from vitkit.detection import DETR, PostProcess
-from vitkit.detection.predictor import Detector
-from vitkit.layers import BackbonePatchEmbed
+from vitkit.detection.model import DETR
 from vitkit.utils.checkpoints import CheckpointError, safe_load_checkpoint
+from vitkit.utils.config import instantiate
+from vitkit.utils.spec import InferenceSpec
 
 # (pattern, replacement) applied in order to Hugging Face keys after HF_ALIASES; first match wins.
 _HF_RULES = [
@@ -211,39 +210,55 @@ def read_detr_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     return state, info
 
 
-def detr_r50(num_classes: int = 91) -> torch.nn.Module:
-    """The DETR-R50 architecture of the official checkpoints (and of ``configs/detr_r50_coco.yaml``), untrained.
+def detr_r50_config(num_classes: int = 91) -> dict:
+    """The config (``class_path`` / ``init_args``) of the DETR-R50 architecture of the official checkpoints, the
+    detector of ``configs/detr_r50_coco.yaml``.
 
     ``num_classes`` counts the object classes C (the head has C + 1 outputs); the COCO release uses 91, one per
     COCO category id (ids not used by COCO are never predicted).
     """
-    backbone = BackbonePatchEmbed("resnet50", embed_dim=256, pretrained=False, frozen_bn=True, freeze_at=2)
-    enc = ViTEncoder(backbone, embed_dim=256, depth=6, num_heads=8, mlp_dim=2048, dropout=0.1, act="relu",
-                     norm_eps=1e-5, pos_embed="sine", pos_mode="qk", class_token=False, norm_first=False,
-                     final_norm=False)
-    dec = TransformerDecoder(dim=256, depth=6, num_heads=8, mlp_dim=2048, dropout=0.1, act="relu", norm_first=False)
-    return DETR(enc, dec, num_classes=num_classes, num_queries=100)
+    backbone = {"class_path": "vitkit.layers.BackbonePatchEmbed",
+                "init_args": {"model_name": "resnet50", "embed_dim": 256, "pretrained": False, "frozen_bn": True,
+                              "freeze_at": 2}}
+    encoder = {"class_path": "vitkit.core.ViTEncoder",
+               "init_args": {"patch_embed": backbone, "embed_dim": 256, "depth": 6, "num_heads": 8, "mlp_dim": 2048,
+                             "dropout": 0.1, "act": "relu", "norm_eps": 1e-5, "pos_embed": "sine", "pos_mode": "qk",
+                             "class_token": False, "norm_first": False, "final_norm": False}}
+    decoder = {"class_path": "vitkit.core.TransformerDecoder",
+               "init_args": {"dim": 256, "depth": 6, "num_heads": 8, "mlp_dim": 2048, "dropout": 0.1, "act": "relu",
+                             "norm_first": False}}
+    return {"class_path": "vitkit.detection.DETR",
+            "init_args": {"num_classes": num_classes, "num_queries": 100, "encoder": encoder, "decoder": decoder}}
 
 
-def load_detr_weights(path: str | Path, size: int = 800, max_size: int = 1333):
-    """An official DETR checkpoint (see :func:`read_detr_weights`) as a ready
-    :class:`vitkit.detection.predictor.Detector`.
+def detr_r50(num_classes: int = 91) -> torch.nn.Module:
+    """The DETR-R50 architecture of the official checkpoints (:func:`detr_r50_config`), untrained."""
+    return instantiate(detr_r50_config(num_classes), DETR)
+
+
+def load_detr_weights(path: str | Path, size: int = 800, max_size: int = 1333) -> tuple[InferenceSpec, dict]:
+    """An official DETR checkpoint (see :func:`read_detr_weights`) as the inference spec and weights that
+    :func:`vitkit.io.load.build_predictor` turns into a :class:`~vitkit.detection.predictor.Detector`
+    (``vitkit.load(path)`` does both).
 
     Labels are the checkpoint's class indices; for the COCO release these are COCO category ids, so
-    ``label_to_cat_id`` is the identity. Class names come from a Hugging Face config.json when there is one.
+    ``label_to_cat_id`` is the identity. Class names come from a Hugging Face config.json when there is one. The
+    head is a softmax head with a no-object class, so the post-processing is DETR's.
+
+    Args:
+        path: as :func:`read_detr_weights`.
+        size, max_size: the preprocessing (short side, long side cap in px); DETR's evaluation sizes by default.
+
+    Returns:
+        (spec, vitkit state dict) of a DETR-R50 (:func:`detr_r50_config`).
     """
     state, info = read_detr_weights(path)
-    model = detr_r50(info["num_classes"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not fit the DETR-R50 architecture: {err}") from err
     C = info["num_classes"]
     id2label = info.get("id2label") or {}
     names = [id2label.get(i, f"class_{i}") for i in range(C)] if id2label else None
-    det = Detector(model, PostProcess(use_focal=False), class_names=names, label_to_cat_id=list(range(C)),
-                   size=size, max_size=max_size)
-    return det.eval()
+    spec = InferenceSpec(task="detection", model_config=detr_r50_config(C), size=size, max_size=max_size,
+                         class_names=names, label_to_cat_id=list(range(C)))
+    return spec, state
 
 
 def select_classes(state: dict[str, Tensor], class_ids: list[int]) -> dict[str, Tensor]:

@@ -15,7 +15,8 @@ class PostProcess(nn.Module):
     (query, class) scores, so a query may appear with several classes. Results are sorted by score, descending.
 
     Args:
-        use_focal: sigmoid head with C logits instead of softmax with C+1 (last = no-object).
+        use_focal: the detector's ``sigmoid_head`` (C sigmoid logits), whichever sigmoid loss trained it; False
+            for a softmax head (C+1 logits, last = no-object).
         num_select: detections kept per image (at most Q for softmax, Q*C for sigmoid).
     """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import torch.distributed as dist
+from vitkit.utils.distributed import all_gather_objects, is_distributed
 
 
 def merge_rank_results(
@@ -40,10 +40,6 @@ def merge_rank_results(
     return merged
 
 
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def gather_results(
     results: Sequence[Mapping[str, Any]], image_ids: Iterable[int] | None = None
 ) -> list[dict[str, Any]]:
@@ -61,12 +57,11 @@ def gather_results(
     Returns:
         All ranks' result dicts, one rank's copy per image (the lowest rank's), identical on every rank.
     """
-    if _world_size() == 1:
+    if not is_distributed():
         return list(results)
 
     payload = (list(results), None if image_ids is None else [int(i) for i in image_ids])
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, payload)
+    gathered = all_gather_objects(payload)
     per_rank_ids = [ids for _, ids in gathered]
     if any(ids is None for ids in per_rank_ids):  # some rank gave no image ids: follow the detections
         per_rank_ids = None
@@ -85,9 +80,8 @@ def gather_image_ids(image_ids: Iterable[int]) -> list[int]:
         Sorted unique image ids over all ranks, identical on every rank.
     """
     ids = {int(i) for i in image_ids}
-    if _world_size() == 1:
+    if not is_distributed():
         return sorted(ids)
 
-    gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, sorted(ids))
+    gathered = all_gather_objects(sorted(ids))
     return sorted({i for rank_ids in gathered for i in rank_ids})

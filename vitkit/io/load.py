@@ -1,44 +1,59 @@
-"""``vitkit.load``: rebuild a ready model from a training checkpoint, loading it safely."""
+"""``vitkit.load``: the ready predictor of a training checkpoint, a safetensors export or official DETR weights.
+
+Every source is read into the same two things, an :class:`~vitkit.utils.spec.InferenceSpec` and a state dict, and
+:func:`build_predictor` turns them into the predictor: it is the only place a
+:class:`~vitkit.detection.predictor.Detector` or :class:`~vitkit.captioning.predictor.CaptionPipeline` is built
+from stored files, so the checks and errors are the same whatever the source.
+
+- a Lightning ``.ckpt`` (``torch.load(weights_only=True)``): the spec under ``vitkit_spec``, the weights under
+  ``state_dict`` with the Lightning module's prefix (``detector.``, ``captioner.``);
+- a ``.safetensors`` export (:func:`vitkit.io.export.export_safetensors`): the spec in its metadata;
+- official DETR weights (a facebookresearch/detr ``.pth``, Hugging Face DETR safetensors / bin, or a folder with
+  config.json): :func:`vitkit.detection.official_weights.load_detr_weights`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch import nn
+from safetensors import safe_open
+from safetensors.torch import load_file
+from torch import Tensor, nn
 
+from vitkit.detection.official_weights import detr_format, load_detr_weights
+from vitkit.io.tasks import TASKS
+from vitkit.kernels.precision import resolve_precision
 from vitkit.utils.checkpoints import CheckpointError, check_stored_config, safe_load_checkpoint
+from vitkit.utils.config import instantiate
+from vitkit.utils.spec import SPEC_KEY, InferenceSpec, read_spec, spec_from_metadata
 
-__all__ = ["CheckpointError", "instantiate", "load", "safe_load_checkpoint"]
-
-
-def instantiate(config: dict, base: type) -> nn.Module:
-    """Build an object from a ``{"class_path": ..., "init_args": {...}}`` dict (nested ones too)."""
-    from jsonargparse import ArgumentParser
-
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--obj", type=base)
-    cfg = parser.parse_object({"obj": config})
-    return parser.instantiate_classes(cfg).obj
+__all__ = ["CheckpointError", "WeightsMismatchError", "build_predictor", "instantiate", "load", "load_safetensors",
+           "read_source", "safe_load_checkpoint"]
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu", precision: str = "fp32"):
-    """Load a checkpoint and return the ready model it holds.
+class WeightsMismatchError(ValueError):
+    """Weights that do not fit the network built from the spec: missing, unexpected or of another shape."""
 
-    - a detection checkpoint (``vitkit_detector_config``): a :class:`vitkit.detection.predictor.Detector`;
-    - a captioning checkpoint (``vitkit_captioner_config``): a :class:`vitkit.captioning.predictor.CaptionPipeline`;
-    - a ``.safetensors`` file written by ``tools/export.py --format safetensors``: the same;
+
+def load(path: str | Path, map_location: str | torch.device = "cpu", precision: str = "fp32") -> nn.Module:
+    """Load a checkpoint and return the ready predictor it holds.
+
+    - a detection checkpoint or export: a :class:`vitkit.detection.predictor.Detector`;
+    - a captioning checkpoint or export: a :class:`vitkit.captioning.predictor.CaptionPipeline`;
     - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
-      with config.json): a DETR-R50
-      :class:`~vitkit.detection.predictor.Detector` (:mod:`vitkit.detection.official_weights`).
+      with config.json): a DETR-R50 :class:`~vitkit.detection.predictor.Detector`
+      (:mod:`vitkit.detection.official_weights`).
 
-    The checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused. Its stored
+    A checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused. Its stored
     model config may only name classes of vitkit, torch.nn and timm, and is built with ``pretrained`` off
     (:func:`vitkit.utils.checkpoints.check_stored_config`).
 
     Args:
-        path: a Lightning ``.ckpt`` from ``runs/<config>/checkpoints/``.
-        map_location: device to load the weights onto.
+        path: a Lightning ``.ckpt`` from ``runs/<config>/checkpoints/``, a ``.safetensors`` export, or official
+            DETR weights.
+        map_location: device to put the predictor on.
         precision: ``"fp32"`` (the weights as trained), ``"bf16"`` (frozen BatchNorm folded, bf16 weights: ~2-2.7x
             faster on a CPU with AVX-512 bf16 / AMX, AP within 0.5 points) or ``"auto"`` (bf16 where the device
             runs it fast). See :mod:`vitkit.kernels.precision`.
@@ -47,56 +62,76 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
         FileNotFoundError: no file at ``path``.
         CheckpointError: (a ValueError) the file is not a safe weights-only checkpoint, or not readable, or its
             stored config names a class outside vitkit, torch.nn and timm.
-        ValueError: not one of vitkit's checkpoints (the message says what was expected), or its config, weights
-            and tokenizer do not fit together.
+        SpecError: (a ValueError) its inference spec is missing, malformed or of another version.
+        WeightsMismatchError: (a ValueError) its weights do not fit the network its spec describes.
+        ValueError: not one of vitkit's checkpoints (the message says what was expected), or its settings and
+            tokenizer do not fit the network.
     """
-    from vitkit.kernels.precision import resolve_precision
-
     precision = resolve_precision(precision, map_location)
-    model = _load(Path(path), map_location)
+    spec, state, source = read_source(Path(path))
+    model = build_predictor(spec, state, source).to(map_location)
     return model if precision == "fp32" else model.set_precision(precision)
 
 
-def _load(path: Path, map_location: str | torch.device):
-    """:func:`load` in fp32."""
-    if path.is_dir() or path.suffix == ".safetensors":
-        return _load_weights_file(path, map_location)
-    ckpt = safe_load_checkpoint(path, map_location)
-    if isinstance(ckpt, dict) and _is_official_detr(ckpt):
-        from vitkit.detection.official_weights import load_detr_weights
+def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the ready predictor of a file written by :func:`vitkit.io.export.export_safetensors` (fp32).
 
-        return load_detr_weights(path).to(map_location)
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a safetensors file, or one without vitkit's spec; otherwise as :func:`load`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file not found: {path}")
+    spec = spec_from_metadata(_metadata(path), str(path))
+    if spec is None:
+        raise ValueError(f"{path}: no vitkit metadata ('{SPEC_KEY}', the inference spec); expected a file written by "
+                         "tools/export.py --format safetensors (official DETR / Hugging Face weights load through "
+                         "vitkit.load)")
+    return build_predictor(spec, load_file(str(path)), str(path)).to(map_location)
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def read_source(path: Path) -> tuple[InferenceSpec, dict[str, Tensor], str]:
+    """(spec, network state dict on the CPU, source name for messages) of anything :func:`load` reads."""
+    if path.is_dir():
+        return (*load_detr_weights(path), str(path))
+    if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        spec = spec_from_metadata(_metadata(path), str(path))
+        if spec is None:  # no vitkit spec: Hugging Face DETR weights
+            return (*load_detr_weights(path), str(path))
+        return spec, load_file(str(path)), str(path)
+    ckpt = safe_load_checkpoint(path, "cpu")
+    if isinstance(ckpt, dict) and _is_official_detr(ckpt):
+        return (*load_detr_weights(path), str(path))
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; expected a Lightning .ckpt "
                          "written by tools/train.py")
-    if ckpt.get("vitkit_captioner_config") is not None:
-        return _load_captioner(path, ckpt, map_location)
-    config = ckpt.get("vitkit_detector_config")
-    if config is None:
-        raise ValueError(f"{path}: neither 'vitkit_detector_config' (detection) nor 'vitkit_captioner_config' "
-                         "(captioning) is in the checkpoint; expected a Lightning .ckpt written by tools/train.py "
-                         f"(top-level keys found: {sorted(map(str, ckpt))[:12]})")
-    from vitkit.detection import PostProcess
-    from vitkit.detection.model import DETR
-    from vitkit.detection.predictor import Detector
+    spec = read_spec(ckpt, str(path))
+    if spec is None:
+        raise ValueError(f"{path}: no '{SPEC_KEY}' (the inference spec) in the checkpoint; expected a Lightning .ckpt "
+                         f"written by tools/train.py (top-level keys found: {sorted(map(str, ckpt))[:12]})")
+    state_dict = ckpt.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path}: no 'state_dict' with the {spec.task} network's weights")
+    prefix = TASKS[spec.task].state_prefix
+    return spec, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, str(path)
 
-    model = instantiate(check_stored_config(config, f"{path}: 'vitkit_detector_config'"), DETR)
-    state = {k[len("detector."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("detector.")}
-    model.load_state_dict(state)
-    hp = ckpt.get("hyper_parameters", {})
-    data_hp = ckpt.get("datamodule_hyper_parameters", {})
-    post = PostProcess(use_focal=hp.get("loss_type", "ce") != "ce", num_select=hp.get("num_select", 100))
-    det = Detector(model, post, class_names=hp.get("class_names"), label_to_cat_id=hp.get("label_to_cat_id"),
-                   size=data_hp.get("val_size", 800), max_size=data_hp.get("val_max_size", 1333))
-    return det.to(map_location).eval()
+
+def _metadata(path: Path) -> dict[str, str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
 
 
 def _is_official_detr(ckpt: dict) -> bool:
     """A facebookresearch/detr ``{"model": state_dict}`` or a Hugging Face DETR state dict."""
-    from vitkit.detection.official_weights import detr_format
-
     state = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else ckpt
-    if not state or not all(isinstance(k, str) for k in state) or "state_dict" in ckpt:
+    if not state or not all(isinstance(k, str) for k in state) or "state_dict" in ckpt or SPEC_KEY in ckpt:
         return False
     try:
         return detr_format(state) in ("official", "hf")
@@ -104,81 +139,65 @@ def _is_official_detr(ckpt: dict) -> bool:
         return False
 
 
-def _load_weights_file(path: Path, map_location: str | torch.device):
-    """A folder or ``.safetensors``: vitkit's export (with its metadata), else Hugging Face DETR weights."""
-    from vitkit.detection.official_weights import load_detr_weights
+# ------------------------------------------------------------------------------------------------ building
+def build_predictor(spec: InferenceSpec, state_dict: dict[str, Tensor], source: str = "weights") -> nn.Module:
+    """The predictor of a spec and its network's weights: every source :func:`load` reads ends here.
 
-    if path.is_file():
-        from safetensors import safe_open
+    The spec's model config is checked (:func:`~vitkit.utils.checkpoints.check_stored_config`: only vitkit,
+    torch.nn and timm classes, ``pretrained`` off), built, the weights loaded (:func:`load_weights`) and the task's
+    predictor made around it (:data:`vitkit.io.tasks.TASKS`), in eval mode on the CPU.
 
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as err:
-            raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
-        if "vitkit_task" in meta:
-            from vitkit.io.export import load_safetensors
+    Args:
+        spec: the inference spec.
+        state_dict: the network's weights (keys without the Lightning module prefix).
+        source: the file, for messages.
 
-            return load_safetensors(path, map_location)
-    elif not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return load_detr_weights(path).to(map_location)
-
-
-_CAPTION_MODULE_GENERATION = {"val_length_penalty": "length_penalty", "val_max_length": "max_length"}
-
-
-def _load_captioner(path: Path, ckpt: dict, map_location: str | torch.device):
-    """The :class:`~vitkit.captioning.predictor.CaptionPipeline` of a captioning checkpoint (see :func:`load`).
-
-    Preprocessing comes from ``datamodule_hyper_parameters``: short side ``val_size`` (default 224), long side cap
-    ``val_max_size`` or ``max_size`` (default 2 x ``val_size``). Decoding defaults from ``hyper_parameters``, when
-    present: ``val_length_penalty`` and ``val_max_length`` (CaptionModule's validation settings), overridden by keys
-    named like ``Captioner.generate``'s options, overridden by a ``generation`` dict of them.
+    Raises:
+        CheckpointError: the config names a class outside vitkit, torch.nn and timm.
+        WeightsMismatchError: the weights do not fit the network.
+        ValueError: the config cannot be built, or the settings (tokenizer, sizes, generation) do not fit.
     """
-    from vitkit.captioning.model import Captioner
-    from vitkit.captioning.predictor import GENERATION_KEYS, CaptionPipeline
-    from vitkit.captioning.tokenizer import CaptionTokenizer
-
-    config = check_stored_config(ckpt["vitkit_captioner_config"], f"{path}: 'vitkit_captioner_config'")
+    task = TASKS[spec.task]
+    where = f"{source}: '{SPEC_KEY}' model_config"
+    config = check_stored_config(spec.model_config, where)
     try:
-        model = instantiate(config, Captioner)
+        net = instantiate(config, task.network_class)
     except Exception as err:
-        raise ValueError(f"{path}: cannot build the captioner from 'vitkit_captioner_config' "
-                         f"({type(err).__name__}: {err})") from err
-    state_dict = ckpt.get("state_dict")
-    if not isinstance(state_dict, dict):
-        raise ValueError(f"{path}: no 'state_dict' with the captioner's weights")
-    state = {k[len("captioner."):]: v for k, v in state_dict.items() if k.startswith("captioner.")}
-    if not state:
-        raise ValueError(f"{path}: 'state_dict' has no 'captioner.*' weights")
+        raise ValueError(f"{where}: cannot build the {task.network_class.__name__} ({type(err).__name__}: "
+                         f"{err})"[:2000]) from err
+    load_weights(net, state_dict, source)
     try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: the weights do not fit the captioner built from the checkpoint's config: "
-                         f"{err}") from err
-    tok_json = ckpt.get("vitkit_tokenizer")
-    if not isinstance(tok_json, str):
-        raise ValueError(f"{path}: no 'vitkit_tokenizer' (the tokenizer JSON) in the captioning checkpoint")
-    try:
-        tokenizer = CaptionTokenizer.from_str(tok_json)
-    except Exception as err:
-        raise ValueError(f"{path}: the stored tokenizer cannot be read ({type(err).__name__}: {err})") from err
-    data_hp = ckpt.get("datamodule_hyper_parameters") or {}
-    size = int(data_hp.get("val_size") or 224)
-    max_size = data_hp.get("val_max_size") or data_hp.get("max_size") or 2 * size
-    hp = ckpt.get("hyper_parameters") or {}
-    nested = hp.get("generation")
-    # CaptionModule's validation decoding settings, except val_beams: validation decodes greedily for speed,
-    # inference keeps beam search unless told otherwise
-    gen = {target: hp[source] for source, target in _CAPTION_MODULE_GENERATION.items() if hp.get(source) is not None}
-    gen.update({k: v for k, v in hp.items() if v is not None})
-    if isinstance(nested, dict):
-        gen.update(nested)
-    generation = {k: v for k, v in gen.items() if k in GENERATION_KEYS and isinstance(v, GENERATION_KEYS[k])
-                  and not isinstance(v, bool)}
-    try:
-        pipe = CaptionPipeline(model, tokenizer, size=size, max_size=int(max_size), generation=generation)
+        predictor = task.predictor(spec, net)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
-    return pipe.to(map_location).eval()
+        raise ValueError(f"{source}: {err}") from err
+    return predictor.eval()
+
+
+def _storage(t: Tensor) -> Any:
+    """What two names of one tied tensor share (None for empty tensors, which share nothing)."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+
+
+def load_weights(net: nn.Module, state_dict: dict[str, Tensor], source: str = "weights") -> None:
+    """Load ``state_dict`` into ``net`` exactly, with one error for every kind of mismatch.
+
+    A weight the network ties to another (a captioner's output layer and token embedding) may be stored once, under
+    either name, as safetensors exports do.
+
+    Raises:
+        WeightsMismatchError: names missing from the file, names the network does not have, or shapes that differ;
+            the message lists them.
+    """
+    own = net.state_dict()
+    stored = {_storage(own[k]) for k in state_dict if k in own} - {None}
+    missing = [k for k in own if k not in state_dict and (_storage(own[k]) is None or _storage(own[k]) not in stored)]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k} {tuple(state_dict[k].shape)} (model {tuple(own[k].shape)})" for k in state_dict
+              if k in own and state_dict[k].shape != own[k].shape]
+    problems = [f"{len(items)} {what}: {', '.join(items[:6])}{', ...' if len(items) > 6 else ''}"
+                for what, items in (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes))
+                if items]
+    if problems:
+        raise WeightsMismatchError(f"{source}: the weights do not fit the {type(net).__name__} built from its spec: "
+                                   + "; ".join(problems))
+    net.load_state_dict(state_dict, strict=False)  # tied names not in the file are filled through their twin

@@ -18,6 +18,7 @@ cross-attention) is filled once per image and reused; a growing cache (causal se
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -161,6 +162,50 @@ class MultiheadAttention(nn.Module):
             )  # (B, H, Tq, hd)
         out = out.transpose(1, 2).reshape(query.shape[0], query.shape[1], self.dim)  # (B, Tq, D)
         return self.proj_drop(self.proj(out))
+
+    @torch.no_grad()
+    def attention_weights(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        rope_k: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
+        """The attention weights a :meth:`forward` call with these arguments uses (SDPA does not return them).
+
+        Args:
+            query, key, key_padding_mask, attn_mask, attn_bias, is_causal, rope, rope_k: as for :meth:`forward`
+                (values do not change the weights).
+            cache: the call's :class:`KVCache` as the call left it (e.g. in a forward hook): when it holds keys,
+                they are all the keys the call attended to, and ``key`` is not read.
+
+        Returns:
+            (B, H, Tq, Tk) float32 softmax weights, rows summing to 1 (masked keys get 0); no gradient.
+        """
+        key = query if key is None else key
+        q = self.q_norm(self._heads(self._project(query, None, None)[0]))  # (B, H, Tq, hd)
+        if rope is not None:
+            q = apply_rope(q, rope)
+        if cache is not None and cache.k is not None:
+            k = cache.k  # (B, H, Tk, hd)
+        else:
+            k = self.k_norm(self._heads(packed.linear(self.qkv, key, self.dim, 2 * self.dim)))  # (B, H, Tk, hd)
+            if rope is not None or rope_k is not None:
+                k = apply_rope(k, rope_k if rope_k is not None else rope)
+        past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
+        mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
+        if mask is None and is_causal and q.shape[2] > 1:  # SDPA's own causal mask
+            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        return scores.softmax(-1)
 
     @staticmethod
     def _build_mask(q: Tensor, k: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None,

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from vitkit.utils.distributed import all_gather_objects, is_distributed, rank
+
 NONFINITE_MODES = ("raise", "skip")
 
 
@@ -31,10 +33,6 @@ def check_nonfinite_mode(mode: str) -> None:
     """Raise a :class:`ConfigError` naming ``model.nonfinite`` unless ``mode`` is one of :data:`NONFINITE_MODES`."""
     if mode not in NONFINITE_MODES:
         raise ConfigError(f"model.nonfinite must be 'raise' (stop training) or 'skip' (drop the step), got {mode!r}")
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def check_finite_loss(loss: Tensor, *, mode: str, step: int, epoch: int, batch_idx: int,
@@ -66,30 +64,28 @@ def check_finite_loss(loss: Tensor, *, mode: str, step: int, epoch: int, batch_i
         found = image_ids() if callable(image_ids) else image_ids
         return None if found is None else list(found)
 
-    if _distributed():
+    if is_distributed():
         flag = bad.to(torch.float32).reshape(1)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if not bool(flag.item()):
             return False
-        mine = (dist.get_rank(), float(loss.detach().float()), ids() if bool(bad) else None, bool(bad))
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, mine)
-        culprits = [(rank, value, rank_ids) for rank, value, rank_ids, is_bad in gathered if is_bad]
+        mine = (rank(), float(loss.detach().float()), ids() if bool(bad) else None, bool(bad))
+        culprits = [(r, value, rank_ids) for r, value, rank_ids, is_bad in all_gather_objects(mine) if is_bad]
     else:
         if not bool(bad):
             return False
         culprits = [(None, float(loss.detach().float()), ids())]
     where = "; ".join(
-        (f"rank {rank}: " if rank is not None else "") + f"loss {value}, "
+        (f"rank {r}: " if r is not None else "") + f"loss {value}, "
         + (f"image ids {rank_ids}" if rank_ids is not None else "image ids not carried by this batch")
-        for rank, value, rank_ids in culprits
+        for r, value, rank_ids in culprits
     )
     message = f"non-finite loss at step {step} (epoch {epoch}, batch {batch_idx}): {where}"
     if mode == "raise":
         raise NonFiniteLossError(
             f"{message}. Training stopped. Check these images' annotations; lower model.lr or set "
             "trainer.gradient_clip_val if it diverged; model.nonfinite=skip skips such steps instead.")
-    if not _distributed() or torch.distributed.get_rank() == 0:  # the message is the same on every rank
+    if rank() == 0:  # the message is the same on every rank
         warnings.warn(f"{message}; step skipped (model.nonfinite=skip): no weight or optimizer-state update",
                       RuntimeWarning, stacklevel=2)
     return True

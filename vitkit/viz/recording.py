@@ -1,17 +1,17 @@
 """Reading attention weights without touching the models, and mapping them onto the image.
 
 Attention runs through ``F.scaled_dot_product_attention``, which returns no weights, so :class:`AttentionRecorder`
-puts a forward hook on a :class:`~vitkit.layers.MultiheadAttention` and recomputes ``softmax(q k^T / sqrt(d) +
-mask)`` from the call's inputs with the module's own projections and mask builder (for a KV-cached call, from the
-cache). For deformable attention, :func:`deformable_sampling` recomputes the sampling locations and weights from the
-query and reference boxes, as :meth:`MSDeformableAttention.forward` does (three lines, repeated here).
+puts a forward hook on a :class:`~vitkit.layers.MultiheadAttention` and asks the module for the weights of the
+call's inputs (:meth:`MultiheadAttention.attention_weights`: its own projections and mask builder; for a
+KV-cached call, the keys in the cache). For deformable attention, :func:`deformable_sampling` recomputes the
+sampling locations and weights from the query and reference boxes, as :meth:`MSDeformableAttention.forward` does
+(three lines, repeated here).
 :func:`levels_to_image` turns weights over token grids into an attention density over the image.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from vitkit.layers import MultiheadAttention
 from vitkit.layers.deformable import MSDeformableAttention
-from vitkit.layers.pos_embed import apply_rope
 
 
 class AttentionRecorder:
@@ -48,29 +47,9 @@ class AttentionRecorder:
     def _hook(self, module: MultiheadAttention, args: tuple, kwargs: dict, output: Tensor) -> None:
         names = ("query", "key", "value")
         given = dict(zip(names, args, strict=False)) | {k: kwargs[k] for k in names if k in kwargs}
-        query = given["query"]
-        key = query if given.get("key") is None else given["key"]
-        rope, rope_k, cache = kwargs.get("rope"), kwargs.get("rope_k"), kwargs.get("cache")
-        q = module.q_norm(module._heads(module._project(query, None, None)[0]))  # (B, H, Tq, hd)
-        if rope is not None:
-            q = apply_rope(q, rope)
-        if cache is not None and cache.k is not None:  # the forward has filled the cache: all keys so far
-            k = cache.k  # (B, H, Tk, hd)
-        else:
-            D, w, b = module.dim, module.qkv.weight, module.qkv.bias
-            k = module.k_norm(module._heads(F.linear(key, w[D: 2 * D], None if b is None else b[D: 2 * D])))
-            if rope is not None or rope_k is not None:
-                k = apply_rope(k, rope_k if rope_k is not None else rope)
-        is_causal = bool(kwargs.get("is_causal", False))
-        past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
-        mask = module._build_mask(q, k, kwargs.get("key_padding_mask"), kwargs.get("attn_mask"),
-                                  kwargs.get("attn_bias"), is_causal, past)
-        if mask is None and is_causal and q.shape[2] > 1:  # SDPA's own causal mask
-            mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(module.head_dim)  # (B, H, Tq, Tk)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        self.weights.append(scores.softmax(-1))
+        options = ("key_padding_mask", "attn_mask", "attn_bias", "is_causal", "rope", "rope_k", "cache")
+        self.weights.append(module.attention_weights(given["query"], given.get("key"),
+                                                     **{k: kwargs[k] for k in options if k in kwargs}))
 
 
 class Capture:

@@ -1,0 +1,160 @@
+"""Captioning's part of checkpoints and exports: the inference spec it records, its ONNX graph and decoding from
+that graph's outputs.
+
+The spec (:func:`checkpoint_spec` from training, :func:`predictor_spec` from a loaded
+:class:`~vitkit.captioning.predictor.CaptionPipeline`) holds the captioner config, the validation preprocessing
+sizes, the tokenizer JSON and the generation defaults.
+
+The ONNX graph is the caption encoder (:class:`CaptionEncoderExport`): ``images``, ``mask`` -> ``memory``
+(B, N, D), ``memory_mask`` (B, N) bool True = padding, ``memory_pos`` (B, N, D) cross-attention key positions: what
+:meth:`Captioner.encode` hands the decoder. Decoding (KV-cached greedy / beam / sampling) stays in PyTorch:
+:func:`decode_memory` runs it on those three arrays. :mod:`vitkit.io.onnx_export` traces and checks the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitkit.captioning.decoding import beam_search, greedy_decode, sample_decode
+from vitkit.captioning.predictor import GENERATION_KEYS
+from vitkit.core.trace import check_traceable, dummy_inputs, pad_to_multiple, trace_multiple
+from vitkit.utils.spec import InferenceSpec
+
+INPUTS, OUTPUTS = ["images", "mask"], ["memory", "memory_mask", "memory_pos"]
+DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
+                **{name: {0: "batch", 1: "tokens"} for name in OUTPUTS}}
+DEFAULT_SIZE = 224
+# CaptionModule's validation decoding settings, except val_beams: validation decodes greedily for speed, inference
+# keeps beam search unless told otherwise
+_MODULE_GENERATION = {"val_length_penalty": "length_penalty", "val_max_length": "max_length"}
+
+
+# ------------------------------------------------------------------------------------------------ the spec
+def generation_defaults(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """Decoding defaults from a captioning module's hyper-parameters.
+
+    ``val_length_penalty`` and ``val_max_length`` (CaptionModule's validation settings), overridden by keys named
+    like ``Captioner.generate``'s options, overridden by a ``generation`` dict of them; values of the wrong type
+    (a bool where a length is expected) are left out.
+    """
+    gen = {target: hparams[source] for source, target in _MODULE_GENERATION.items()
+           if hparams.get(source) is not None}
+    gen.update({k: v for k, v in hparams.items() if v is not None})
+    nested = hparams.get("generation")
+    if isinstance(nested, Mapping):
+        gen.update(nested)
+    return {k: v for k, v in gen.items() if k in GENERATION_KEYS and isinstance(v, GENERATION_KEYS[k])
+            and not isinstance(v, bool)}
+
+
+def checkpoint_spec(config: dict[str, Any], tokenizer: str, hparams: Mapping[str, Any],
+                    data_hparams: Mapping[str, Any]) -> InferenceSpec:
+    """The spec a training checkpoint records.
+
+    Args:
+        config: the captioner's resolved ``class_path`` / ``init_args``.
+        tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``).
+        hparams: CaptionModule's hyper-parameters (see :func:`generation_defaults`).
+        data_hparams: the datamodule's: short side ``val_size`` (default 224), long side cap ``val_max_size`` or
+            ``max_size`` (default 2 x ``val_size``).
+    """
+    size = int(data_hparams.get("val_size") or DEFAULT_SIZE)
+    max_size = data_hparams.get("val_max_size") or data_hparams.get("max_size") or 2 * size
+    return InferenceSpec(task="captioning", model_config=config, size=size, max_size=int(max_size),
+                         tokenizer=tokenizer, generation=generation_defaults(hparams))
+
+
+def predictor_spec(pipe: nn.Module, config: dict[str, Any]) -> InferenceSpec:
+    """The spec of a loaded :class:`~vitkit.captioning.predictor.CaptionPipeline` whose captioner was built from
+    ``config``."""
+    return InferenceSpec(task="captioning", model_config=config, size=pipe.size, max_size=pipe.max_size,
+                         tokenizer=pipe.tokenizer.to_str(), generation=dict(pipe.generation))
+
+
+# ------------------------------------------------------------------------------------------------ the graph
+class CaptionEncoderExport(nn.Module):
+    """The image side of a :class:`~vitkit.captioning.Captioner` (:meth:`Captioner.encode`) with tensor outputs.
+
+    Args:
+        captioner: the captioner, in eval mode.
+    """
+    def __init__(self, captioner: nn.Module) -> None:
+        super().__init__()
+        check_traceable(captioner.encoder)
+        self.captioner = captioner
+        self.multiple = trace_multiple(captioner.encoder)
+
+    def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, 3, H, W) images, (B, H, W) mask -> memory (B, N, D), memory_mask (B, N) bool, memory_pos (B, N, D)."""
+        images, mask = pad_to_multiple(images, mask, self.multiple)
+        memory, memory_mask, memory_pos = self.captioner.encode(images, mask)
+        if memory_mask is None:  # nothing padded: only reachable in eager runs, the trace always has padding
+            memory_mask = torch.zeros(memory.shape[:2], dtype=torch.bool, device=memory.device)
+        return memory, memory_mask, memory_pos
+
+
+def graph(pipe: nn.Module) -> CaptionEncoderExport:
+    """The traceable caption encoder of a :class:`~vitkit.captioning.predictor.CaptionPipeline`, in eval mode."""
+    return CaptionEncoderExport(pipe.captioner).eval()
+
+
+def trace_inputs(batch: int, height: int, width: int, stride: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """The graph's dummy inputs (:func:`~vitkit.core.trace.dummy_inputs`)."""
+    return dummy_inputs(batch, height, width, stride, seed)
+
+
+def onnx_metadata(pipe: nn.Module) -> dict[str, str]:
+    """The captioning entries of the graph's metadata: the tokenizer and what the outputs are."""
+    return {"tokenizer": pipe.tokenizer.to_str(),
+            "outputs": "memory (B, N, D), memory_mask (B, N) True = padding, memory_pos (B, N, D); decode them "
+                       "with vitkit.captioning.export.decode_memory (PyTorch)"}
+
+
+def compare_encoder(ref: tuple, got: tuple) -> dict[str, float]:
+    """Largest abs differences of (memory, memory_mask, memory_pos); ``memory_mask`` counts differing entries."""
+    r = [torch.as_tensor(t) for t in ref]
+    g = [torch.as_tensor(t) for t in got]
+    return {"memory": float((r[0].double() - g[0].double()).abs().max()),
+            "memory_mask": float((r[1] != g[1]).sum()),
+            "memory_pos": float((r[2].double() - g[2].double()).abs().max())}
+
+
+def compare(reference: tuple, got: tuple, inputs: tuple[Tensor, ...]) -> dict[str, float]:
+    """:func:`compare_encoder` (the same signature as detection's ``compare``)."""
+    return compare_encoder(reference, got)
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+_DECODERS = {"greedy": (greedy_decode, ("max_length", "min_length", "no_repeat_ngram_size")),
+             "beam": (beam_search, ("max_length", "min_length", "no_repeat_ngram_size", "num_beams",
+                                    "length_penalty")),
+             "sample": (sample_decode, ("max_length", "min_length", "no_repeat_ngram_size", "temperature", "top_k",
+                                        "top_p", "generator"))}
+
+
+def decode_memory(pipe: nn.Module, memory: Any, memory_mask: Any, memory_pos: Any, **options: Any) -> list[dict]:
+    """Caption from an exported encoder's outputs, decoding in PyTorch with the pipeline's captioner.
+
+    Args:
+        pipe: the :class:`~vitkit.captioning.predictor.CaptionPipeline` (from :func:`vitkit.load`).
+        memory, memory_mask, memory_pos: the graph's outputs (numpy arrays or tensors), (B, N, D), (B, N), (B, N, D).
+        **options: generation options over the pipeline's defaults (method, num_beams, max_length, ...).
+
+    Returns:
+        B dicts ``{"caption": str, "score": float}``, as :meth:`CaptionPipeline.generate`.
+    """
+    opts = pipe.generation_options(**options)
+    cap = pipe.captioner.eval()
+    device = pipe.device
+    memory, memory_mask, memory_pos = (torch.as_tensor(t).to(device) for t in (memory, memory_mask, memory_pos))
+    fn, keep = _DECODERS[opts.pop("method")]
+    opts["max_length"] = opts["max_length"] or cap.max_length
+    with torch.no_grad():
+        ids, scores = fn(cap, memory.to(next(cap.parameters()).dtype), memory_mask.bool(), memory_pos,
+                         **{k: v for k, v in opts.items() if k in keep})
+    captions = pipe.tokenizer.decode_batch(ids.cpu())
+    return [{"caption": c, "score": float(s)} for c, s in zip(captions, scores.float().cpu().tolist(), strict=True)]

@@ -1,0 +1,119 @@
+"""Caption every image in a folder with a captioning checkpoint: ``vitkit caption`` (``tools/caption.py``).
+
+    vitkit caption FOLDER --ckpt CKPT [--out captions.jsonl] [--format jsonl|csv] [--beam 3]
+        [--batch-size 8] [--max-length L] [--recursive | --no-recursive] [--device auto|cpu|cuda] [--workers 2]
+        [--overwrite] [--attention OUTDIR]
+
+Writes one record per image, in sorted path order: {"file": path relative to FOLDER, "caption": ..., "score": ...},
+or {"file": ..., "error": reason} for a file that cannot be read (the run goes on). Image files are found by
+extension (jpg jpeg png bmp gif webp tif tiff, any letter case); other files are ignored. With --format csv (or an
+--out ending in .csv) the columns are file,caption,score,error.
+
+Re-running with the same --out resumes: images captioned there are skipped, failed ones are retried, and every
+image keeps at most one record. The last line printed is a summary: captioned N, failed M, skipped K.
+
+--attention OUTDIR also writes, per image, a PNG of each generated token's cross-attention over the image (the
+last decoder layer's, heads averaged), under OUTDIR with the image's relative path (+ .png unless it is one).
+
+Exit status: 0 when every image has a caption, 3 when some failed (their error records say why), 2 for a usage
+error (a missing folder or checkpoint, a bad option or output file), 130 when interrupted (re-run to resume).
+A thin shell over vitkit.captioning.folder.caption_folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vitkit.captioning.folder import caption_folder
+from vitkit.captioning.predictor import CaptionPipeline
+from vitkit.cli.common import (
+    add_attention_option,
+    add_folder_and_checkpoint,
+    add_folder_options,
+    attention_pictures,
+    fail,
+    folder_usage_error,
+    positive,
+    report_failures,
+)
+from vitkit.data.folder import resolve_device
+from vitkit.io.load import load
+
+PROG = "vitkit caption"
+EXAMPLES = """exit status: 0 all captioned, 3 some failed, 2 usage error
+
+examples:
+  {prog} photos/ --ckpt runs/caption_shapes/checkpoints/last.ckpt --out captions.jsonl --beam 3
+  {prog} photos/ --ckpt last.ckpt --out captions.csv --beam 1 --no-recursive     # greedy, CSV, top folder only
+  {prog} photos/ --ckpt last.ckpt --attention attention/ --device cpu"""
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of ``caption``."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=EXAMPLES.format(prog=prog))
+    add_folder_and_checkpoint(parser, "captioning")
+    parser.add_argument("--out", help="output file (default: captions.jsonl, or captions.csv with --format csv); "
+                                      "an existing one is resumed")
+    parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --out's suffix, "
+                                                                     ".csv -> csv, else jsonl)")
+    parser.add_argument("--beam", type=positive, help="beam width; 1 = greedy (default: the checkpoint's, else 3)")
+    parser.add_argument("--max-length", type=positive,
+                        help="longest caption in tokens, BOS and EOS included (default: the checkpoint's)")
+    add_folder_options(parser)
+    parser.add_argument("--overwrite", action="store_true", help="start a fresh output file instead of resuming")
+    add_attention_option(parser, "token")
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Caption the folder and print the summary.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        prog: the command, for usage and error messages.
+
+    Returns:
+        The exit status (see the module docstring).
+    """
+    args = build_parser(prog).parse_args(argv)
+    folder, ckpt = Path(args.folder), Path(args.ckpt)
+    error = folder_usage_error(folder, ckpt, {"--attention": args.attention})
+    if error is not None:
+        return fail(prog, error)
+    out = Path(args.out or f"captions.{args.format or 'jsonl'}")
+    try:
+        device = resolve_device(args.device)
+        pipeline = load(ckpt, map_location=device, precision=args.precision)
+    except (FileNotFoundError, ValueError) as err:
+        return fail(prog, str(err))
+    if not isinstance(pipeline, CaptionPipeline):
+        return fail(prog, f"{ckpt} is a {type(pipeline).__name__} checkpoint, not a captioning one")
+    generation = {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}
+    try:
+        summary = caption_folder(pipeline, folder, out, fmt=args.format, batch_size=args.batch_size,
+                                 recursive=args.recursive, num_workers=args.workers, overwrite=args.overwrite,
+                                 progress=sys.stderr.isatty(), **generation)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        return fail(prog, str(err))
+    except OSError as err:
+        return fail(prog, f"{err.filename or out}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; the captions so far are in {out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    failures = list(summary.failures)
+    if args.attention is not None:
+        try:
+            failures = attention_pictures(pipeline, folder, args.attention, failures, recursive=args.recursive,
+                                          **generation)
+        except ValueError as err:
+            return fail(prog, str(err))
+    total = summary.captioned + summary.failed + summary.skipped
+    report_failures(prog, failures, f"the error records in {out}", folder=folder, recursive=args.recursive,
+                    no_images=total == 0)
+    print(summary.line())
+    return 3 if failures else 0

@@ -1,0 +1,102 @@
+"""TaskModule: the Lightning code every task module shares, whatever its model.
+
+A task module (:class:`vitkit.detection.module.DetectionModule`, :class:`vitkit.captioning.module.CaptionModule`)
+subclasses :class:`TaskModule` and keeps only its task: the model, the loss, validation and what checkpoints hold.
+The base holds:
+
+- the non-finite loss guard (``nonfinite``: "raise" or "skip"), which takes the same decision on every DDP rank
+  (:func:`vitkit.train.guards.check_finite_loss`), and the dropping of a skipped step's gradients;
+- AdamW (fused where it can be, :func:`vitkit.train.optim.adamw`) over the task's parameter groups, with the
+  per-step warmup + cosine (or step) schedule;
+- gradient clipping of a fused optimizer, which Lightning's precision plugin refuses to do without a scaler.
+
+Rank-aware collectives (gathering validation outputs, sharing rank 0's objects) live in
+:mod:`vitkit.utils.distributed`, below every package, so evaluation and data code use the same ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from vitkit.train.guards import check_finite_loss, check_nonfinite_mode, zero_loss_like
+from vitkit.train.optim import adamw, clip_fused_gradients, uses_grad_scaler, warmup_schedule
+
+_SCHEDULE_KEYS = ("schedule", "lr_drop")  # optional hyper-parameters passed on to warmup_schedule
+
+
+class TaskModule(L.LightningModule):
+    """Base Lightning module of the tasks: non-finite guard, optimiser and schedule, clipping.
+
+    A subclass calls ``super().__init__(nonfinite)`` first, then ``self.save_hyperparameters(...)``. This class
+    reads the hyper-parameters ``nonfinite``, ``lr``, ``weight_decay``, ``warmup_steps`` and ``min_lr_ratio``, and
+    ``schedule`` / ``lr_drop`` where the task has them (otherwise :func:`~vitkit.train.optim.warmup_schedule`'s
+    defaults: cosine). The subclass implements :meth:`param_groups` and passes its training loss through
+    :meth:`skip_nonfinite`.
+
+    Args:
+        nonfinite: what a NaN/inf training loss does: "raise" or "skip" (a :class:`~vitkit.train.guards.ConfigError`
+            otherwise).
+    """
+
+    def __init__(self, nonfinite: str = "raise") -> None:
+        super().__init__()
+        check_nonfinite_mode(nonfinite)
+        self._skip_update = False  # set by a skipped (non-finite) step, cleared before the optimizer step
+        self._skipped_steps = 0
+
+    # ------------------------------------------------------------------------------------------ non-finite
+    def skip_nonfinite(self, loss: Tensor, batch_idx: int,
+                       image_ids: Sequence[Any] | Callable[[], Sequence[Any]] | None = None) -> Tensor | None:
+        """Guard this step's training loss; a collective call under DDP (every rank, once per training step).
+
+        Args:
+            loss: this rank's () training loss.
+            batch_idx: the batch index within the epoch, for the message.
+            image_ids: the batch's image ids (or a callable returning them, called only for a non-finite loss), or
+                None when the batch does not carry them.
+
+        Returns:
+            None when every rank's loss is finite: train on ``loss``. Otherwise (``nonfinite="skip"``) the () zero
+            loss that the training step returns instead; the step then changes no weight and no optimizer state
+            (the step counter and the lr schedule advance), and ``train/skipped_steps`` is logged.
+
+        Raises:
+            NonFiniteLossError: with ``nonfinite="raise"``, when the loss of any rank is not finite.
+        """
+        if not check_finite_loss(loss, mode=self.hparams.nonfinite, step=self.global_step, epoch=self.current_epoch,
+                                 batch_idx=batch_idx, image_ids=image_ids):
+            return None
+        self._skip_update = True
+        self._skipped_steps += 1
+        self.log("train/skipped_steps", float(self._skipped_steps), on_step=True, on_epoch=False, batch_size=1)
+        return zero_loss_like(self, loss)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip_update:  # a skipped step: drop its (zero) gradients, so AdamW leaves weights and moments alone
+            self._skip_update = False
+            for p in self.parameters():
+                p.grad = None
+
+    # ------------------------------------------------------------------------------------------- optimiser
+    def param_groups(self) -> list[dict]:
+        """The AdamW parameter groups of the task's model (see :func:`vitkit.train.optim.adamw_param_groups`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define param_groups()")
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if not clip_fused_gradients(self, self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        opt = adamw(self.param_groups(), lr=hp.lr, weight_decay=hp.weight_decay,
+                    fused=not uses_grad_scaler(self.trainer))
+        options = {k: hp[k] for k in _SCHEDULE_KEYS if k in hp}
+        sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio,
+                                **options)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
