@@ -1,5 +1,5 @@
 """Caption tokenisation for the metrics: pycocoevalcap's PTBTokenizer (Java) where Java runs, else
-:func:`python_ptb_tokenize`, a Python approximation of it (tests/test_caption_metrics.py compares the two)."""
+:func:`python_ptb_tokenize`, a Python approximation of it (tests/eval/test_caption_metrics.py compares the two)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def bf16_matmul_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) 
     time (8 x 12 heads x 197 tokens: 8.6 -> 5.0 ms; 16 x 6 x 196: 9.2 -> 4.8 ms). The scores are rounded to bf16,
     so the attention output moves ~4x more than SDPA's from an fp32 reference (max 0.011 vs 0.0024 on unit
     inputs), still below the bf16 rounding of the projections around it; bf16 inference keeps COCO AP within 0.5
-    points of fp32 with it (tests/test_precision.py). Only used without autograd and for score matrices up to
+    points of fp32 with it (tests/kernels/test_precision.py). Only used without autograd and for score matrices up to
     :data:`MATMUL_ATTENTION_MAX_SCORES` elements.
 
     Args:

@@ -7,7 +7,7 @@ cast their inputs to the
 model's dtype and their outputs back to float32 before post-processing, so callers always see float32.
 
 Accuracy: on the shapes validation set bf16 inference moves COCO AP by far less than the 0.5-point budget
-(``tests/test_precision.py``; the measured figures are in the README's Performance section).
+(``tests/kernels/test_precision.py``; the measured figures are in the README's Performance section).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ a function of something the checkpoint holds:
   the checkpoint holds the seed and Lightning's loop counters.
 
 On the CPU with a fixed seed the final weights of an interrupted-and-resumed run equal the uninterrupted run's bit
-for bit (``tests/test_reliability_resume.py``). Not covered: a train loader that is not a plain map-style
+for bit (``tests/train/test_reliability_resume.py``). Not covered: a train loader that is not a plain map-style
 ``DataLoader`` (a custom batch sampler, an ``IterableDataset``) keeps Lightning's behaviour, with a warning; GPU
 kernels that are not deterministic make GPU runs differ with or without a resume.
 """

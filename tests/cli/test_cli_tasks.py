@@ -1,0 +1,176 @@
+"""The ``vitkit`` command in-process (the fast tier; tests/cli/test_cli_main.py runs the installed script): config
+lookup by path or shipped name, the task a config trains, the command table and every command's ``--help``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vitkit.cli import benchmark, main, train
+from vitkit.cli import eval as eval_command
+from vitkit.cli.configs import SHIPPED_CONFIGS, read_config, resolve_config, shipped_configs
+from vitkit.cli.train import CaptionCLI, DetectionCLI, select_task
+from vitkit.train.guards import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = ["caption_coco", "caption_shapes", "detr_coco", "detr_r50_coco", "detr_shapes"]
+
+
+# ------------------------------------------------------------------------------------------------ config lookup
+def test_shipped_configs_live_in_the_package_and_the_repository_link_points_there():
+    assert shipped_configs() == SHIPPED
+    assert SHIPPED_CONFIGS == REPO / "vitkit" / "configs"
+    assert (REPO / "configs").resolve() == SHIPPED_CONFIGS.resolve()  # configs/ at the root is a link
+
+
+def test_a_config_is_found_by_path_or_by_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for arg in ("detr_shapes", "detr_shapes.yaml", "detr_shapes.yml"):
+        assert resolve_config(arg) == SHIPPED_CONFIGS / "detr_shapes.yaml"
+    mine = tmp_path / "detr_shapes.yaml"  # a file of that name in the working folder wins
+    mine.write_text("model: {detector: {}}\n")
+    assert resolve_config("detr_shapes.yaml") == Path("detr_shapes.yaml")
+    assert resolve_config(str(mine)) == mine
+    assert resolve_config("detr_shapes") == SHIPPED_CONFIGS / "detr_shapes.yaml"  # no file named so: shipped
+
+
+@pytest.mark.parametrize("arg", ["nope", "nope.yaml", "elsewhere/detr_shapes.yaml"])
+def test_an_unknown_config_lists_the_shipped_names(arg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        resolve_config(arg)
+    assert f"config {arg}: no such file" in str(err.value) and "Fix:" in str(err.value)
+    assert ", ".join(SHIPPED) in str(err.value)
+
+
+def test_unreadable_configs_are_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_config(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="not a mapping"):
+        read_config(bad)
+
+
+# ------------------------------------------------------------------------------------------------ task selection
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_selects_its_task(name):
+    cli = select_task(read_config(resolve_config(name)))
+    assert cli is (CaptionCLI if name.startswith("caption") else DetectionCLI)
+    assert cli.task == ("captioning" if name.startswith("caption") else "detection")
+
+
+def test_task_key_and_model_section():
+    assert select_task({"model": {"detector": {}}}) is DetectionCLI
+    assert select_task({"model": {"captioner": {}}}) is CaptionCLI
+    assert select_task({"task": "captioning", "model": {"captioner": {}}}) is CaptionCLI
+    assert select_task({"task": "detection"}) is DetectionCLI  # stated, the model section left to the parser
+    cases = [
+        ({"model": {"lr": 1.0}}, "names no network"),
+        ({}, "names no network"),
+        ({"model": {"detector": {}, "captioner": {}}}, "names two networks"),
+        ({"task": "segmentation", "model": {"detector": {}}}, "'segmentation' is not a task"),
+        ({"task": "captioning", "model": {"detector": {}}}, "does not train model.detector"),
+    ]
+    for config, needle in cases:
+        with pytest.raises(ConfigError) as err:
+            select_task(config, "my.yaml")
+        assert "config my.yaml: " in str(err.value) and needle in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_each_task_cli_adds_only_its_own_links():
+    assert "add_task_links" in DetectionCLI.__dict__ and "add_task_links" in CaptionCLI.__dict__
+    assert not issubclass(CaptionCLI, DetectionCLI) and not issubclass(DetectionCLI, CaptionCLI)
+    assert (DetectionCLI.monitor, CaptionCLI.monitor) == ("val/AP", "val/CIDEr")
+    with pytest.raises(NotImplementedError):
+        train.TaskCLI.add_task_links(None, None)
+
+
+def test_a_task_key_in_a_config_trains(tmp_path, monkeypatch, capsys):
+    """``task:`` is a key the parser accepts (and prints in the resolved config); another task's name is refused."""
+    recipe = yaml.safe_load((SHIPPED_CONFIGS / "caption_shapes.yaml").read_text())
+    config = tmp_path / "stated.yaml"
+    config.write_text(yaml.safe_dump({"task": "captioning", **recipe}))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vitkit"])
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["train", str(config), "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["task"] == "captioning" and printed["checkpoint"]["dirpath"] == "runs/stated/checkpoints"
+    config.write_text(yaml.safe_dump({"task": "detection", **recipe}))
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["train", str(config)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: config {config}: task 'detection' does not train model.captioner") and "Fix:" in err
+
+
+def test_eval_of_a_checkpoint_needs_a_detection_config(tmp_path, capsys):
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    assert eval_command.main(["caption_shapes", "--ckpt", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "caption_shapes.yaml trains captioning; --ckpt evaluates detection models" in err and err.count("\n") == 1
+    assert eval_command.main(["nope", "--ckpt", str(ckpt)]) == 2
+    assert ", ".join(SHIPPED) in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def test_help_lists_every_command_with_examples(capsys):
+    assert main.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("train", "eval", "detect", "caption", "export", "benchmark", "make-shapes", "plot-pr"):
+        assert f"\n  {name} " in out
+    assert "examples:\n  vitkit train detr_shapes" in out and ", ".join(SHIPPED) in out
+    assert main.main([]) == 2 and "usage: vitkit COMMAND" in capsys.readouterr().err
+    assert main.main(["--version"]) == 0 and capsys.readouterr().out.startswith("vitkit ")
+
+
+@pytest.mark.parametrize("name", sorted(main.COMMANDS))
+def test_every_command_help_gives_examples(name, capsys):
+    try:
+        status = main.main([name, "--help"])
+    except SystemExit as exit_:  # argparse's --help
+        status = exit_.code
+    assert status == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: vitkit {name}") and f"examples:\n  vitkit {name} " in out
+
+
+def test_unknown_command_suggests_the_closest(capsys):
+    assert main.main(["trian", "detr_shapes"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'trian' (did you mean 'train'?)" in err and err.count("\n") == 1
+
+
+def test_train_gets_the_whole_command_line_for_ddp_relaunch(monkeypatch):
+    """Lightning's DDP launcher starts the other ranks by re-running sys.argv: it must hold ``train`` too."""
+    seen = {}
+
+    def fake_main(argv: list[str], prog: str, launch_argv: list[str]) -> int:
+        seen.update(argv=argv, prog=prog, launch_argv=launch_argv)
+        return 0
+
+    monkeypatch.setattr(train, "main", fake_main)
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/vitkit", "train", "detr_shapes", "--trainer.devices", "2"])
+    assert main.main() == 0
+    assert seen == {"argv": ["detr_shapes", "--trainer.devices", "2"], "prog": "vitkit train",
+                    "launch_argv": ["/venv/bin/vitkit", "train", "detr_shapes", "--trainer.devices", "2"]}
+
+
+def test_benchmark_without_a_checkout_says_what_it_needs(monkeypatch, capsys):
+    monkeypatch.setattr(benchmark, "find_benchmarks", lambda: None)  # as in a plain `pip install vitkit`
+    assert main.main(["benchmark", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitkit benchmark: error: ") and "source checkout" in err and "pip install -e" in err
+
+
+def test_tools_are_thin_shims():
+    for tool in sorted((REPO / "tools").glob("*.py")):
+        text = tool.read_text()
+        assert f"from vitkit.cli.{tool.stem} import main" in text and len(text.splitlines()) <= 12, tool.name

@@ -1,0 +1,27 @@
+"""Every shipped config builds its model, and the model runs a forward pass (the GPU configs are never trained here)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.support.configs import build_module
+from vitkit.captioning.module import CaptionModule
+from vitkit.detection.module import DetectionModule
+
+
+@pytest.mark.parametrize("config", ["detr_shapes.yaml", "detr_coco.yaml", "detr_r50_coco.yaml"])
+def test_detection_configs_build_and_run(config):
+    det = build_module(config, DetectionModule, {"num_classes": 80}).detector.eval()
+    with torch.no_grad():
+        out = det(torch.randn(1, 3, 128, 160))
+    assert out["pred_boxes"].shape[-1] == 4 and out["pred_logits"].shape[-1] in (80, 81)
+    assert torch.isfinite(out["pred_logits"]).all()
+
+
+@pytest.mark.parametrize("config", ["caption_shapes.yaml", "caption_coco.yaml"])
+def test_caption_configs_build_and_run(config):
+    links = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
+    cap = build_module(config, CaptionModule, links).captioner.eval()
+    ids, scores = cap.generate(torch.randn(1, 3, 64, 96), method="greedy")
+    assert ids.shape[0] == 1 and ids[0, 0] == 1 and ids.shape[1] <= 8 and torch.isfinite(scores).all()

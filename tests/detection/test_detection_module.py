@@ -1,0 +1,86 @@
+"""DetectionModule: the loss, the matching cost and the post-processing follow the detector's head (softmax:
+cross-entropy; sigmoid: ``model.sigmoid_loss``), in the shipped configs too; a config that still sets the removed
+``model.loss_type`` gets a config error naming what replaces it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from vitkit.detection import DETR
+from vitkit.detection.module import DetectionModule
+from vitkit.io.load import instantiate
+from vitkit.train.guards import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+TINY = {
+    "class_path": "vitkit.detection.DETR",
+    "init_args": {
+        "num_classes": 3, "num_queries": 5,
+        "encoder": {"class_path": "vitkit.core.ViTEncoder",
+                    "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False,
+                                  "pos_embed": "sine"}},
+        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
+                    "init_args": {"dim": 32, "depth": 1, "num_heads": 2}},
+    },
+}
+
+
+def _detector(**init_args) -> DETR:
+    config = copy.deepcopy(TINY)
+    config["init_args"].update(init_args)
+    return instantiate(config, DETR)
+
+
+def _from_config(model: dict) -> DetectionModule:
+    """What the CLI does with a config's ``model`` section (the class count linked from the data)."""
+    model = copy.deepcopy(model)
+    model["detector"]["init_args"]["num_classes"] = model["num_classes"] = 4
+    parser = ArgumentParser()
+    parser.add_argument("--m", type=DetectionModule)
+    config = parser.parse_object({"m": {"class_path": "vitkit.detection.module.DetectionModule", "init_args": model}})
+    return parser.instantiate_classes(config).m
+
+
+@pytest.mark.parametrize("sigmoid_head,sigmoid_loss,loss", [(False, "focal", "ce"), (False, "varifocal", "ce"),
+                                                           (True, "focal", "focal"), (True, "varifocal", "varifocal")])
+def test_the_head_decides_loss_matching_and_scores(sigmoid_head: bool, sigmoid_loss: str, loss: str) -> None:
+    torch.manual_seed(0)
+    module = DetectionModule(_detector(sigmoid_head=sigmoid_head), num_classes=3, sigmoid_loss=sigmoid_loss)
+    assert module.criterion.loss_type == loss
+    assert module.criterion.matcher.use_focal is sigmoid_head and module.postprocess.use_focal is sigmoid_head
+    images = torch.rand(2, 3, 64, 64)
+    targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.2]]), "labels": torch.tensor([i])} for i in range(2)]
+    losses = module.criterion(module.detector(images, None, targets), targets)  # the logit width fits the loss
+    assert torch.isfinite(losses["loss"])
+    (dets,) = module.postprocess(module.detector.eval()(images[:1]), torch.tensor([[64, 64]]))
+    assert (dets["labels"] < 3).all()  # no no-object class among the detections, whichever head
+
+
+@pytest.mark.parametrize("config,loss", [("detr_shapes.yaml", "varifocal"), ("detr_coco.yaml", "varifocal"),
+                                         ("detr_r50_coco.yaml", "ce")])
+def test_shipped_configs_keep_their_loss(config: str, loss: str) -> None:
+    model = yaml.safe_load((CONFIGS / config).read_text())["model"]
+    assert "loss_type" not in model
+    module = _from_config(model)
+    assert module.criterion.loss_type == loss and module.postprocess.use_focal is (loss != "ce")
+    if config == "detr_shapes.yaml":  # the varifocal recipe, unchanged: alpha 0.75, class weight and cost 2
+        crit = module.criterion
+        assert (crit.focal_alpha, crit.weight_dict["loss_ce"], crit.matcher.cost_class) == (0.75, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("old,fix", [("varifocal", "model.sigmoid_loss: varifocal"),
+                                     ("ce", "delete model.loss_type")])
+def test_the_removed_loss_type_key_names_its_replacement(old: str, fix: str) -> None:
+    model = yaml.safe_load((CONFIGS / "detr_shapes.yaml").read_text())["model"]
+    model["loss_type"] = old
+    with pytest.raises(ConfigError, match=r"model\.loss_type was removed") as err:
+        _from_config(model)
+    assert fix in str(err.value) and "model.sigmoid_loss" in str(err.value)
+    with pytest.raises(ConfigError, match=r"model\.sigmoid_loss"):
+        DetectionModule(_detector(), loss_type=old)  # the Python API says the same

@@ -1,0 +1,85 @@
+"""The inference spec (vitkit.utils.spec): one versioned record, read back with errors naming the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import vitkit
+from tests.support.tiny_checkpoints import CLASS_NAMES, detector_config, save_detector
+from vitkit.utils.spec import (
+    SPEC_KEY,
+    SPEC_VERSION,
+    InferenceSpec,
+    SpecError,
+    read_spec,
+    spec_from_metadata,
+    spec_metadata,
+    write_spec,
+)
+
+
+def _detection(**changes) -> InferenceSpec:
+    fields = {"task": "detection", "model_config": detector_config(), "size": 32, "max_size": 64,
+              "class_names": CLASS_NAMES, "label_to_cat_id": [1, 3, 7, 9], "num_select": 10, **changes}
+    return InferenceSpec(**fields)
+
+
+def _captioning(**changes) -> InferenceSpec:
+    fields = {"task": "captioning", "model_config": {"class_path": "vitkit.captioning.Captioner", "init_args": {}},
+              "size": 32, "max_size": None, "tokenizer": "{}", "generation": {"num_beams": 2}, **changes}
+    return InferenceSpec(**fields)
+
+
+@pytest.mark.parametrize("make", [_detection, _captioning])
+def test_round_trips_through_checkpoints_and_safetensors_metadata(make):
+    spec = make()
+    ckpt: dict = {}
+    write_spec(ckpt, spec)
+    assert set(ckpt) == {SPEC_KEY} and ckpt[SPEC_KEY]["version"] == SPEC_VERSION
+    assert read_spec(ckpt) == spec
+    metadata = spec_metadata(spec)
+    assert all(isinstance(v, str) for v in metadata.values())
+    assert spec_from_metadata(metadata) == spec
+    assert read_spec({}) is None and spec_from_metadata({}) is None
+    other = {"detection": ("tokenizer", "generation"), "captioning": ("class_names", "label_to_cat_id", "num_select")}
+    assert not set(other[spec.task]) & set(spec.to_dict())  # only the task's own fields are written
+
+
+def test_version_unknown_missing_and_bad_fields_are_named():
+    data = _detection().to_dict()
+    with pytest.raises(SpecError, match=r"x\.ckpt: 'vitkit_spec': inference spec field 'version' is 2.*newer vitkit"):
+        read_spec({SPEC_KEY: {**data, "version": 2}}, "x.ckpt")
+    with pytest.raises(SpecError, match="field 'version' is None"):
+        InferenceSpec.from_dict({k: v for k, v in data.items() if k != "version"})
+    with pytest.raises(SpecError, match=r"unknown inference spec field\(s\) \['val_size'\]"):
+        InferenceSpec.from_dict({**data, "val_size": 800})
+    with pytest.raises(SpecError, match=r"field\(s\) \['size'\] missing"):
+        InferenceSpec.from_dict({k: v for k, v in data.items() if k != "size"})
+    with pytest.raises(SpecError, match="must be a dict"):
+        InferenceSpec.from_dict([1, 2])
+    cases = {"task": "segmentation", "size": 0, "max_size": 16, "class_names": [1, 2], "label_to_cat_id": [1],
+             "num_select": True, "model_config": {"init_args": {}}}
+    for name, value in cases.items():
+        with pytest.raises(SpecError, match=f"source: inference spec field '{name}'"):
+            InferenceSpec.from_dict({**data, name: value}, "source")
+    with pytest.raises(SpecError, match="field 'tokenizer' is required for captioning"):
+        _captioning(tokenizer=None)
+    with pytest.raises(SpecError, match="field 'tokenizer' applies to captioning only"):
+        _detection(tokenizer="{}")
+    with pytest.raises(SpecError, match="field 'class_names' applies to detection only"):
+        _captioning(class_names=["a"])
+    with pytest.raises(SpecError, match="metadata 'vitkit_spec': not JSON"):
+        spec_from_metadata({SPEC_KEY: "{"})
+
+
+def test_load_names_a_bad_spec_field(tmp_path):
+    path = save_detector(tmp_path / "det.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt[SPEC_KEY]["max_size"] = 16  # below size
+    torch.save(ckpt, path)
+    with pytest.raises(SpecError, match=r"det\.ckpt: 'vitkit_spec': inference spec field 'max_size'"):
+        vitkit.load(path)
+    assert json.dumps(_detection().to_dict())  # plain JSON types

@@ -1,0 +1,25 @@
+"""Build a task module from a shipped config as the CLI would (links from the datamodule filled in by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from vitkit.detection.module import DetectionModule
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def build_module(config: str, cls: type, links: dict) -> torch.nn.Module:
+    model = yaml.safe_load((CONFIGS / config).read_text())["model"]
+    inner = model["detector" if cls is DetectionModule else "captioner"]
+    inner["init_args"].update(links)  # what the CLI links from the datamodule
+    if cls is DetectionModule:
+        model["num_classes"] = links["num_classes"]
+    parser = ArgumentParser()
+    parser.add_argument("--m", type=cls)
+    cfg = parser.parse_object({"m": {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": model}})
+    return parser.instantiate_classes(cfg).m
