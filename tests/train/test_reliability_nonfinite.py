@@ -25,7 +25,7 @@ from vitkit.data.shapes import ensure_shapes
 from vitkit.detection import DETR, HungarianMatcher, SetCriterion
 from vitkit.detection.datamodule import CocoDataModule
 from vitkit.detection.module import DetectionModule
-from vitkit.eval.coco_eval import validate_results
+from vitkit.eval.coco_results import validate_results
 from vitkit.io.load import instantiate
 from vitkit.train.guards import NonFiniteLossError, check_finite_loss
 
@@ -180,7 +180,7 @@ def _fit(shapes: Path, nonfinite: str, callbacks=(), **trainer_kwargs):
     torch.manual_seed(0)
     module = NaNAtStep(instantiate(copy.deepcopy(DETR_CONFIG), DETR), num_classes=4, nonfinite=nonfinite, lr=1e-3,
                        schedule="cosine", nan_step=1)
-    data = CocoDataModule(str(shapes), batch_size=2, num_workers=0, train_scales=[64], train_max_size=96, crop_p=0.0,
+    data = CocoDataModule(root=str(shapes), batch_size=2, num_workers=0, train_scales=[64], train_max_size=96, crop_p=0.0,
                           val_size=64, val_max_size=96, pad_to_multiple=16)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -270,7 +270,7 @@ def _ddp_skip_worker(rank: int, world: int, port: int, root: str, out: str) -> N
     torch.manual_seed(0)
     module = NaNAtStep(instantiate(copy.deepcopy(DETR_CONFIG), DETR), num_classes=4, nonfinite="skip", lr=1e-3,
                        schedule="cosine", nan_step=1, nan_rank=1)
-    data = CocoDataModule(root, batch_size=2, num_workers=0, train_scales=[64], train_max_size=96, crop_p=0.0,
+    data = CocoDataModule(root=root, batch_size=2, num_workers=0, train_scales=[64], train_max_size=96, crop_p=0.0,
                           val_size=64, val_max_size=96, pad_to_multiple=16)
     snaps = Snapshots()
     from lightning.pytorch.strategies import DDPStrategy

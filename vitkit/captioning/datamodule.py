@@ -26,7 +26,7 @@ from torchvision.transforms import v2
 
 from vitkit.captioning.preprocess import CaptionPreprocess
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.data.bad_images import SkippingDataLoader, SubstituteBad
+from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
 from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize
@@ -96,12 +96,7 @@ class CaptionDataModule(CocoLayoutDataModule):
     """COCO-layout caption data and its tokenizer.
 
     Args:
-        root: dataset root in COCO 2017 layout (``captions_{train,val}2017.json``).
-        generate_shapes: generate the synthetic shapes dataset into ``root`` when it has no annotations.
-        shapes_train, shapes_val, shapes_size, shapes_seed: generator settings (with ``generate_shapes``).
         batch_size: images per device and step.
-        val_batch_size: validation batch size (default: ``batch_size``).
-        num_workers: loader worker processes.
         train_size: training short side in px, or a list of short sides drawn per image (scale augmentation).
         val_size: validation short side in px.
         max_size: cap on the long side in px (training and validation).
@@ -109,41 +104,30 @@ class CaptionDataModule(CocoLayoutDataModule):
             name colours).
         hflip_p: probability of mirroring a training image; the caption's "left"/"right" are swapped with it
             (captions describe positions, so a plain flip would teach wrong captions). 0 = off.
-        pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
         tokenizer: path to a tokenizer.json to use; None = train one on the training captions.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
         max_length: longest token sequence, BOS and EOS included; linked into the captioner.
-        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
-            naming it, and counted) or "fail" (stop at the first one).
+        **kwargs: the data root (``captions_{train,val}2017.json``), shapes generation, loader and ``bad_images``
+            settings of :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
     """
     kind = "captions"
 
     def __init__(
         self,
-        root: str = "data/coco",
-        generate_shapes: bool = False,
-        shapes_train: int = 600,
-        shapes_val: int = 100,
-        shapes_size: int = 192,
-        shapes_seed: int = 0,
+        *,
         batch_size: int = 32,
-        val_batch_size: int | None = None,
-        num_workers: int = 2,
         train_size: int | list[int] = 224,
         val_size: int = 224,
         max_size: int = 384,
         color_jitter: float = 0.0,
         hflip_p: float = 0.0,
-        pad_to_multiple: int = 1,
         tokenizer: str | None = None,
         vocab_size: int = 1000,
         tokenizer_model: str = "wordlevel",
         max_length: int = 32,
-        bad_images: str = "skip",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
         if tokenizer_model not in ("wordlevel", "bpe", "wordpiece"):
             raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
         if max_length < 2:
@@ -154,8 +138,8 @@ class CaptionDataModule(CocoLayoutDataModule):
         if not sizes or max([*sizes, val_size]) >= max_size:
             raise ValueError(f"data.max_size ({max_size}) must exceed every train_size ({sizes}) and val_size "
                              f"({val_size})")
+        super().__init__(**kwargs)
         self.train_sizes = sizes
-        self._prepare_root(root, generate_shapes, shapes_train, shapes_val, shapes_size, shapes_seed, bad_images)
         if tokenizer is not None and not Path(tokenizer).is_file():
             raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tokenizer} (give a tokenizer.json, e.g. "
                                     "runs/<config>/version_0/tokenizer.json, or leave it null to train one)")
@@ -260,15 +244,9 @@ class CaptionDataModule(CocoLayoutDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return SkippingDataLoader(self.train_set, batch_size=hp.batch_size, shuffle=True, num_workers=hp.num_workers,
-                                  collate_fn=CaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple),
-                                  pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
+        collate = CaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple)
+        return self._loader(self.train_set, collate, train=True)
 
     def val_dataloader(self) -> DataLoader:
-
-
-        hp = self.hparams
-        collate = DropNone(partial(collate_caption_eval, pad_to_multiple=hp.pad_to_multiple))
-        return SkippingDataLoader(self.val_set, batch_size=hp.val_batch_size or hp.batch_size, shuffle=False,
-                                  num_workers=hp.num_workers, collate_fn=collate,
-                                  pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
+        collate = DropNone(partial(collate_caption_eval, pad_to_multiple=self.hparams.pad_to_multiple))
+        return self._loader(self.val_set, collate, train=False)

@@ -28,18 +28,7 @@ from pathlib import Path
 
 from vitkit.captioning.folder import caption_folder
 from vitkit.captioning.predictor import CaptionPipeline
-from vitkit.cli.common import (
-    add_attention_option,
-    add_folder_and_checkpoint,
-    add_folder_options,
-    attention_pictures,
-    fail,
-    folder_usage_error,
-    positive,
-    report_failures,
-)
-from vitkit.data.folder import resolve_device
-from vitkit.io.load import load
+from vitkit.cli import common
 
 PROG = "vitkit caption"
 EXAMPLES = """exit status: 0 all captioned, 3 some failed, 2 usage error
@@ -52,55 +41,43 @@ examples:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The options of ``caption``."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=EXAMPLES.format(prog=prog))
-    add_folder_and_checkpoint(parser, "captioning")
+    parser = common.command_parser(prog, __doc__, EXAMPLES)
+    common.add_folder_and_checkpoint(parser, "captioning")
     parser.add_argument("--out", help="output file (default: captions.jsonl, or captions.csv with --format csv); "
                                       "an existing one is resumed")
     parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --out's suffix, "
                                                                      ".csv -> csv, else jsonl)")
-    parser.add_argument("--beam", type=positive, help="beam width; 1 = greedy (default: the checkpoint's, else 3)")
-    parser.add_argument("--max-length", type=positive,
+    parser.add_argument("--beam", type=common.positive,
+                        help="beam width; 1 = greedy (default: the checkpoint's, else 3)")
+    parser.add_argument("--max-length", type=common.positive,
                         help="longest caption in tokens, BOS and EOS included (default: the checkpoint's)")
-    add_folder_options(parser)
+    common.add_folder_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="start a fresh output file instead of resuming")
-    add_attention_option(parser, "token")
+    common.add_attention_option(parser, "token")
     return parser
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Caption the folder and print the summary.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-        prog: the command, for usage and error messages.
-
-    Returns:
-        The exit status (see the module docstring).
-    """
+    """Caption the folder and print the summary: the exit status (see the module docstring).
+    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
     folder, ckpt = Path(args.folder), Path(args.ckpt)
-    error = folder_usage_error(folder, ckpt, {"--attention": args.attention})
+    error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention})
     if error is not None:
-        return fail(prog, error)
+        return common.fail(prog, error)
     out = Path(args.out or f"captions.{args.format or 'jsonl'}")
-    try:
-        device = resolve_device(args.device)
-        pipeline = load(ckpt, map_location=device, precision=args.precision)
-    except (FileNotFoundError, ValueError) as err:
-        return fail(prog, str(err))
-    if not isinstance(pipeline, CaptionPipeline):
-        return fail(prog, f"{ckpt} is a {type(pipeline).__name__} checkpoint, not a captioning one")
+    pipeline = common.load_predictor(prog, ckpt, args, CaptionPipeline, "captioning")
+    if isinstance(pipeline, int):
+        return pipeline
     generation = {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}
     try:
         summary = caption_folder(pipeline, folder, out, fmt=args.format, batch_size=args.batch_size,
                                  recursive=args.recursive, num_workers=args.workers, overwrite=args.overwrite,
                                  progress=sys.stderr.isatty(), **generation)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        return fail(prog, str(err))
+        return common.fail(prog, str(err))
     except OSError as err:
-        return fail(prog, f"{err.filename or out}: {err.strerror or err}")
+        return common.fail(prog, f"{err.filename or out}: {err.strerror or err}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; the captions so far are in {out}; run the same command again to resume",
               file=sys.stderr)
@@ -108,12 +85,12 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     failures = list(summary.failures)
     if args.attention is not None:
         try:
-            failures = attention_pictures(pipeline, folder, args.attention, failures, recursive=args.recursive,
-                                          **generation)
+            failures = common.attention_pictures(pipeline, folder, args.attention, failures, recursive=args.recursive,
+                                                 **generation)
         except ValueError as err:
-            return fail(prog, str(err))
+            return common.fail(prog, str(err))
     total = summary.captioned + summary.failed + summary.skipped
-    report_failures(prog, failures, f"the error records in {out}", folder=folder, recursive=args.recursive,
-                    no_images=total == 0)
+    common.report_failures(prog, failures, f"the error records in {out}", folder=folder,
+                           recursive=args.recursive, no_images=total == 0)
     print(summary.line())
     return 3 if failures else 0

@@ -1,6 +1,6 @@
-"""What the folder commands (``vitkit caption``, ``vitkit detect``, ``vitkit export``) share: argument types,
-FOLDER/--ckpt, the options for reading a folder of images, --attention, the checks of FOLDER/--ckpt/output folders
-before any checkpoint is loaded, and the report of the images that failed."""
+"""What the commands share: the parser with its examples, argument types, FOLDER/--ckpt, the options for reading a
+folder of images, --attention, the checks of FOLDER/--ckpt/output folders before any checkpoint is loaded, loading
+the task's predictor, and the report of the images that failed."""
 
 from __future__ import annotations
 
@@ -11,8 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli.attention_folders import attention_folder
+from vitkit.data.folder import resolve_device
+from vitkit.io.load import load
 
 MAX_LISTED_FAILURES = 10  # failed files listed on stderr; the rest are counted
+
+
+def command_parser(prog: str, doc: str, examples: str) -> argparse.ArgumentParser:
+    """A command's parser: the first paragraph of its module docstring ``doc`` above the options, ``examples``
+    (with ``{prog}`` filled in) below them."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=examples.format(prog=prog))
 
 
 def positive(value: str) -> int:
@@ -83,6 +93,18 @@ def folder_usage_error(folder: Path | None, ckpt: Path, picture_dirs: dict[str, 
         if folder is not None and path is not None and Path(path).resolve() == folder.resolve():
             return f"{flag} {path} is the image folder: the pictures would overwrite the images"
     return None
+
+
+def load_predictor(prog: str, ckpt: Path, args: argparse.Namespace, expected: type, task: str) -> Any | int:
+    """``vitkit.load(ckpt)`` on ``args.device`` at ``args.precision``, or the exit status 2 (the reason printed) when
+    that fails or the checkpoint is not of the ``task`` the command runs (the predictor is not an ``expected``)."""
+    try:
+        predictor = load(ckpt, map_location=resolve_device(args.device), precision=args.precision)
+    except (FileNotFoundError, ValueError) as err:
+        return fail(prog, str(err))
+    if not isinstance(predictor, expected):
+        return fail(prog, f"{ckpt} is a {type(predictor).__name__} checkpoint, not a {task} one")
+    return predictor
 
 
 def attention_pictures(model: Any, folder: Path, out_dir: str, failures: Sequence[tuple[str, str]],

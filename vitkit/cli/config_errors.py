@@ -28,9 +28,18 @@ def _class_parameters(class_path: str) -> list[str]:
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
-        return [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-    except (ImportError, AttributeError, TypeError, ValueError):
+    except (ImportError, AttributeError):
         return []
+    names: list[str] = []
+    for klass in inspect.getmro(cls) if inspect.isclass(cls) else [cls]:
+        try:  # a class whose __init__ passes **kwargs on takes its parent's parameters too (as jsonargparse resolves)
+            params = inspect.signature(klass).parameters.values()
+        except (TypeError, ValueError):
+            break
+        names += [p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def _suggest(key: str, candidates: list[str]) -> str:

@@ -30,20 +30,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.cli.common import (
-    add_attention_option,
-    add_folder_and_checkpoint,
-    add_folder_options,
-    attention_pictures,
-    fail,
-    folder_usage_error,
-    probability,
-    report_failures,
-)
-from vitkit.data.folder import resolve_device
+from vitkit.cli import common
 from vitkit.detection.folder import annotation_size_hints, detect_folder
 from vitkit.detection.predictor import Detector
-from vitkit.io.load import load
 
 PROG = "vitkit detect"
 EXAMPLES = """exit status: 0 all detected, 3 some failed, 2 usage error
@@ -56,17 +45,15 @@ examples:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The options of ``detect``."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=EXAMPLES.format(prog=prog))
-    add_folder_and_checkpoint(parser, "detection")
+    parser = common.command_parser(prog, __doc__, EXAMPLES)
+    common.add_folder_and_checkpoint(parser, "detection")
     parser.add_argument("--out", default="dets.json", help="COCO results JSON to write (default: dets.json)")
     parser.add_argument("--annotations", help="COCO instances JSON of the folder's split: take image ids from it")
     parser.add_argument("--draw", metavar="OUTDIR", help="write the images with their boxes drawn under OUTDIR")
-    add_attention_option(parser, "box")
-    parser.add_argument("--score-threshold", type=probability, default=0.5,
+    common.add_attention_option(parser, "box")
+    parser.add_argument("--score-threshold", type=common.probability, default=0.5,
                         help="keep detections scoring at least this (default: 0.5)")
-    add_folder_options(parser)
+    common.add_folder_options(parser)
     return parser
 
 
@@ -76,43 +63,32 @@ def _attention(args: argparse.Namespace, detector: Detector, folder: Path,
     sizes = {}
     if args.annotations is not None:  # decode in the annotation file's orientation, as detect_folder did
         sizes = annotation_size_hints(args.annotations, folder, args.recursive)
-    return attention_pictures(detector, folder, args.attention, failures, recursive=args.recursive,
-                              size_hints=sizes, score_threshold=args.score_threshold)
+    return common.attention_pictures(detector, folder, args.attention, failures, recursive=args.recursive,
+                                     size_hints=sizes, score_threshold=args.score_threshold)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Detect the folder and print the summary.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-        prog: the command, for usage and error messages.
-
-    Returns:
-        The exit status (see the module docstring).
-    """
+    """Detect the folder and print the summary: the exit status (see the module docstring).
+    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
     folder, ckpt = Path(args.folder), Path(args.ckpt)
-    error = folder_usage_error(folder, ckpt, {"--attention": args.attention, "--draw": args.draw})
+    error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention, "--draw": args.draw})
     if error is not None:
-        return fail(prog, error)
+        return common.fail(prog, error)
     if args.annotations is not None and not Path(args.annotations).is_file():
-        return fail(prog, f"annotation file not found: {args.annotations}")
-    try:
-        device = resolve_device(args.device)
-        detector = load(ckpt, map_location=device, precision=args.precision)
-    except (FileNotFoundError, ValueError) as err:
-        return fail(prog, str(err))
-    if not isinstance(detector, Detector):
-        return fail(prog, f"{ckpt} is a {type(detector).__name__} checkpoint, not a detection one")
+        return common.fail(prog, f"annotation file not found: {args.annotations}")
+    detector = common.load_predictor(prog, ckpt, args, Detector, "detection")
+    if isinstance(detector, int):
+        return detector
     try:
         summary = detect_folder(detector, folder, args.out, annotations=args.annotations,
                                 score_threshold=args.score_threshold, batch_size=args.batch_size,
                                 recursive=args.recursive, num_workers=args.workers, progress=sys.stderr.isatty(),
                                 draw_dir=args.draw)
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        return fail(prog, str(err))
+        return common.fail(prog, str(err))
     except OSError as err:
-        return fail(prog, f"{err.filename or args.out}: {err.strerror or err}")
+        return common.fail(prog, f"{err.filename or args.out}: {err.strerror or err}")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -123,8 +99,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         try:
             failures = _attention(args, detector, folder, failures)
         except ValueError as err:
-            return fail(prog, str(err))
-    report_failures(prog, failures, f"the errors in {summary.image_ids}", folder=folder, recursive=args.recursive,
-                    no_images=not failures and summary.detected == 0)
+            return common.fail(prog, str(err))
+    common.report_failures(prog, failures, f"the errors in {summary.image_ids}", folder=folder,
+                           recursive=args.recursive, no_images=not failures and summary.detected == 0)
     print(summary.line())
     return 3 if failures else 0

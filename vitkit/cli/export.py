@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vitkit.cli.common import fail, folder_usage_error, positive
+from vitkit.cli.common import command_parser, fail, folder_usage_error, positive
 from vitkit.io.export import ExportReport, export_checkpoint
 
 PROG = "vitkit export"
@@ -51,9 +51,7 @@ examples:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The options of ``export``."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=EXAMPLES.format(prog=prog))
+    parser = command_parser(prog, __doc__, EXAMPLES)
     parser.add_argument("ckpt", help="training checkpoint (.ckpt written by vitkit train / tools/train.py)")
     parser.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
     parser.add_argument("--out", help="output file (default: next to CKPT, <stem>.onnx, <stem>.encoder.onnx for a "
@@ -98,15 +96,8 @@ def _report(report: ExportReport, prog: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Export the checkpoint and print what was written.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-        prog: the command, for usage and error messages.
-
-    Returns:
-        The exit status (see the module docstring).
-    """
+    """Export the checkpoint and print what was written: the exit status (see the module docstring).
+    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
     ckpt = Path(args.ckpt)
     error = folder_usage_error(None, ckpt, {})

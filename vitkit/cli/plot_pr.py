@@ -17,6 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vitkit.cli.common import command_parser
 from vitkit.viz import coco_precision, plot_pr_curves
 
 PROG = "vitkit plot-pr"
@@ -27,9 +28,7 @@ EXAMPLES = """examples:
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The options of ``plot-pr``."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=EXAMPLES.format(prog=prog))
+    parser = command_parser(prog, __doc__, EXAMPLES)
     parser.add_argument("--annotations", required=True, help="COCO instances JSON (ground truth)")
     parser.add_argument("--results", required=True, help="COCO results JSON: a list of {image_id, category_id, "
                                                          "bbox, score}")
@@ -40,15 +39,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Evaluate and plot.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-        prog: the command, for usage and error messages.
-
-    Returns:
-        The exit status (see the module docstring).
-    """
+    """Evaluate and plot: the exit status (see the module docstring).
+    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
     for path in (args.annotations, args.results):
         if not Path(path).is_file():

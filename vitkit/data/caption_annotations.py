@@ -35,19 +35,9 @@ class Captions:
 
 
 def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Captions:
-    """Read a COCO captions file, raise on what cannot be used, drop blank captions (see the module docstring).
-
-    Args:
-        path: ``captions_*.json``.
-        hint: appended to file-level errors (the expected layout).
-        warn: issue the sanitising warnings (always also returned in ``Captions.warnings``).
-
-    Returns:
-        The checked :class:`Captions`.
-
-    Raises:
-        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
-    """
+    """Read a COCO captions file (``captions_*.json``), raise on what cannot be used, drop blank captions: the
+    contract of :func:`~vitkit.data.annotations.check_instances` (``hint``, ``warn`` and the ValueError naming the
+    file, the entry and the field), returning the checked :class:`Captions`."""
     path = Path(path)
     data = read_coco_json(path, "caption", ("images", "annotations"), hint)
     errors = Problems(path)

@@ -13,12 +13,12 @@ missing file stops the run at ``setup`` with a ConfigError naming it.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
-import torch
 from torch.utils.data import DataLoader
 
 from vitkit.data.annotations import read_categories
-from vitkit.data.bad_images import SkippingDataLoader, SubstituteBad
+from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco import CocoDetection
 from vitkit.data.collate import DropNone, collate_detection
 from vitkit.data.transforms import detr_train_transforms, detr_val_transforms
@@ -30,35 +30,21 @@ class CocoDataModule(CocoLayoutDataModule):
     """COCO-layout detection data with DETR's augmentation.
 
     Args:
-        root: dataset root in COCO 2017 layout.
-        generate_shapes: generate the synthetic shapes dataset into ``root`` when it has no annotations.
-        shapes_train, shapes_val, shapes_size, shapes_seed: generator settings (with ``generate_shapes``).
         batch_size: images per device and step.
-        val_batch_size: validation batch size (default: ``batch_size``).
-        num_workers: loader worker processes.
         train_scales: shortest-side sizes for multi-scale training.
         train_max_size: longest-side cap for training.
         crop_resize: shortest sides tried before the random crop (DETR: 400, 500, 600).
         crop_size: (min, max) side of the random crop (DETR: 384..600).
+        crop_p: probability of DETR's resize-crop-resize branch in training (0 = never crop).
         val_size: validation shortest side.
         val_max_size: validation longest-side cap.
-        crop_p: probability of DETR's resize-crop-resize branch in training (0 = never crop).
-        pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
-        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
-            naming it, and counted) or "fail" (stop at the first one: missing files at setup, unreadable ones when
-            read).
+        **kwargs: the data root, shapes generation, loader and ``bad_images`` settings of
+            :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
     """
     def __init__(
         self,
-        root: str = "data/coco",
-        generate_shapes: bool = False,
-        shapes_train: int = 600,
-        shapes_val: int = 100,
-        shapes_size: int = 192,
-        shapes_seed: int = 0,
+        *,
         batch_size: int = 2,
-        val_batch_size: int | None = None,
-        num_workers: int = 2,
         train_scales: list[int] | None = None,
         train_max_size: int = 1333,
         crop_resize: list[int] | None = None,
@@ -66,13 +52,9 @@ class CocoDataModule(CocoLayoutDataModule):
         crop_p: float = 0.5,
         val_size: int = 800,
         val_max_size: int = 1333,
-        pad_to_multiple: int = 1,
-        bad_images: str = "skip",
+        **kwargs: Any,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self._prepare_root(root, generate_shapes, shapes_train, shapes_val, shapes_size, shapes_seed, bad_images)
-
+        super().__init__(**kwargs)
         with data_errors():
             cats = read_categories(self.val_annotation_file, hint=self.layout)
         self.label_to_cat_id = [c for c, _ in cats]
@@ -102,21 +84,15 @@ class CocoDataModule(CocoLayoutDataModule):
                                              transforms=detr_val_transforms(size=hp.val_size,
                                                                             max_size=hp.val_max_size))
 
-    def _loader(self, dataset, batch_size: int, shuffle: bool) -> DataLoader:
-
-
-        hp = self.hparams
-        return SkippingDataLoader(
-            dataset, batch_size=batch_size, shuffle=shuffle, num_workers=hp.num_workers, drop_last=False,
-            collate_fn=DropNone(partial(collate_detection, pad_to_multiple=hp.pad_to_multiple)),
-            pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
         # an unreadable training image is replaced by the next readable one: batches keep their size and every DDP
         # rank its number of steps
         train = SubstituteBad(self.train_set) if self.hparams.bad_images == "skip" else self.train_set
-        return self._loader(train, self.hparams.batch_size, shuffle=True)
+        return self._loader(train, self._collate, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.hparams.val_batch_size or self.hparams.batch_size, shuffle=False)
+        return self._loader(self.val_set, self._collate, train=False)
+
+    @property
+    def _collate(self) -> DropNone:
+        return DropNone(partial(collate_detection, pad_to_multiple=self.hparams.pad_to_multiple))

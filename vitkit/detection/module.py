@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
 from vitkit.detection.export import checkpoint_spec
 from vitkit.detection.model import DETR
-from vitkit.eval.coco_eval import evaluate_coco, gather_image_ids, gather_results
+from vitkit.eval.coco_eval import evaluate_coco
+from vitkit.eval.gather import gather_image_ids, gather_results
 from vitkit.train.guards import ConfigError
 from vitkit.train.module import TaskModule
 from vitkit.train.optim import adamw_param_groups, remap_optimizer_state, remap_scheduler_state

@@ -50,21 +50,9 @@ from pycocotools.cocoeval import COCOeval
 
 from vitkit.eval.coco_files import read_json
 from vitkit.eval.coco_results import is_finite_real, load_results, validate_results
-from vitkit.eval.gather import gather_image_ids, gather_results, merge_rank_results
 
-__all__ = [
-    "BACKENDS",
-    "STAT_KEYS",
-    "CocoEvalResult",
-    "evaluate_coco",
-    "format_summary",
-    "gather_image_ids",
-    "gather_results",
-    "load_gt",
-    "load_results",
-    "merge_rank_results",
-    "validate_results",
-]
+__all__ = ["BACKENDS", "STAT_KEYS", "CocoEvalResult", "evaluate_coco", "fill_missing_areas", "format_summary",
+           "load_gt"]
 
 logger = logging.getLogger(__name__)
 

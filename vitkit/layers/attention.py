@@ -18,8 +18,10 @@ cross-attention) is filled once per image and reused; a growing cache (causal se
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -134,22 +136,17 @@ class MultiheadAttention(nn.Module):
         value = key if value is None else value
         static_hit = cache is not None and cache.static and cache.k is not None
         proj = self._project(query, None if static_hit else key, None if static_hit else value)
-        q = self.q_norm(self._heads(proj[0]))  # (B, H, Tq, hd)
-        if rope is not None:
-            q = apply_rope(q, rope)
+        q = self._queries(proj[0], rope)  # (B, H, Tq, hd)
         if static_hit:
             k, v = cache.k, cache.v
         else:
-            k, v = self.k_norm(self._heads(proj[1])), self._heads(proj[2])  # (B, H, Tk_new, hd)
-            if rope is not None or rope_k is not None:
-                k = apply_rope(k, rope_k if rope_k is not None else rope)
-            past = 0 if cache is None else cache.length
+            k, v = self._keys(proj[1], rope, rope_k), self._heads(proj[2])  # (B, H, Tk_new, hd)
             if cache is not None:
-                if past:
+                if cache.length:
                     k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, H, Tk, hd)
                 # stored contiguous: SDPA reads (B, H, T, hd) views of the projections far slower at every later step
                 cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
-        past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
+        past = self._past(q, k, is_causal, cache)
         mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
         causal_fast = is_causal and mask is None and past == 0 and q.shape[2] > 1
         if q.shape[2] == 1 and q.device.type == "cpu" and not (self.training and self.attn_drop > 0):
@@ -164,48 +161,52 @@ class MultiheadAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
     @torch.no_grad()
-    def attention_weights(
-        self,
-        query: Tensor,
-        key: Tensor | None = None,
-        *,
-        key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        attn_bias: Tensor | None = None,
-        is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
-        rope_k: tuple[Tensor, Tensor] | None = None,
-        cache: KVCache | None = None,
-    ) -> Tensor:
-        """The attention weights a :meth:`forward` call with these arguments uses (SDPA does not return them).
+    def attention_weights(self, *args: Any, **kwargs: Any) -> Tensor:
+        """The attention weights of the call ``self(*args, **kwargs)`` (SDPA does not return them): the same
+        arguments as :meth:`forward` (values do not change the weights), e.g. those a forward hook received.
 
-        Args:
-            query, key, key_padding_mask, attn_mask, attn_bias, is_causal, rope, rope_k: as for :meth:`forward`
-                (values do not change the weights).
-            cache: the call's :class:`KVCache` as the call left it (e.g. in a forward hook): when it holds keys,
-                they are all the keys the call attended to, and ``key`` is not read.
+        A ``cache`` is read as the call left it: when it holds keys, they are all the keys the call attended to, and
+        ``key`` is not read.
 
         Returns:
             (B, H, Tq, Tk) float32 softmax weights, rows summing to 1 (masked keys get 0); no gradient.
         """
-        key = query if key is None else key
-        q = self.q_norm(self._heads(self._project(query, None, None)[0]))  # (B, H, Tq, hd)
-        if rope is not None:
-            q = apply_rope(q, rope)
+        call = inspect.signature(self.forward).bind(*args, **kwargs)
+        call.apply_defaults()
+        a = call.arguments
+        query, cache, is_causal = a["query"], a["cache"], a["is_causal"]
+        q = self._queries(self._project(query, None, None)[0], a["rope"])  # (B, H, Tq, hd)
         if cache is not None and cache.k is not None:
             k = cache.k  # (B, H, Tk, hd)
         else:
-            k = self.k_norm(self._heads(packed.linear(self.qkv, key, self.dim, 2 * self.dim)))  # (B, H, Tk, hd)
-            if rope is not None or rope_k is not None:
-                k = apply_rope(k, rope_k if rope_k is not None else rope)
-        past = k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
-        mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
+            key = query if a["key"] is None else a["key"]
+            k = self._keys(packed.linear(self.qkv, key, self.dim, 2 * self.dim), a["rope"], a["rope_k"])
+        mask = self._build_mask(q, k, a["key_padding_mask"], a["attn_mask"], a["attn_bias"], is_causal,
+                                self._past(q, k, is_causal, cache))
         if mask is None and is_causal and q.shape[2] > 1:  # SDPA's own causal mask
             mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
         return scores.softmax(-1)
+
+    def _queries(self, q: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Projected queries (B, Tq, D) -> normalised, rotated heads (B, H, Tq, hd)."""
+        q = self.q_norm(self._heads(q))
+        return q if rope is None else apply_rope(q, rope)
+
+    def _keys(self, k: Tensor, rope: tuple[Tensor, Tensor] | None, rope_k: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Projected new keys (B, Tk, D) -> normalised, rotated heads (B, H, Tk, hd)."""
+        k = self.k_norm(self._heads(k))
+        if rope is not None or rope_k is not None:
+            k = apply_rope(k, rope_k if rope_k is not None else rope)
+        return k
+
+    @staticmethod
+    def _past(q: Tensor, k: Tensor, is_causal: bool, cache: KVCache | None) -> int:
+        """How many cached keys precede the queries (the causal mask's offset); 0 unless causal with a growing
+        cache."""
+        return k.shape[2] - q.shape[2] if (is_causal and cache is not None and not cache.static) else 0
 
     @staticmethod
     def _build_mask(q: Tensor, k: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None,

@@ -3,13 +3,15 @@ data on request), its checks, and data errors turned into one-paragraph :class:`
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-from vitkit.data.bad_images import check_policy
+from vitkit.data.bad_images import SkippingDataLoader, check_policy
 from vitkit.data.images import ImageReadError
 from vitkit.data.shapes import ensure_shapes
 from vitkit.train.guards import ConfigError
@@ -42,30 +44,60 @@ def data_errors() -> Iterator[None]:
 
 class CocoLayoutDataModule(L.LightningDataModule):
     """What the detection and caption datamodules share: a COCO 2017 layout under ``root`` (generated shapes data
-    on request) with ``annotations/{kind}_{split}2017.json`` files, and the ``bad_images`` policy.
+    on request) with ``annotations/{kind}_{split}2017.json`` files, the loader settings and the ``bad_images`` policy.
 
-    Subclasses set :attr:`kind` ("instances" or "captions") and call :meth:`_prepare_root` from ``__init__``
-    (after ``save_hyperparameters``; their signatures stay explicit for LightningCLI).
+    Subclasses set :attr:`kind` ("instances" or "captions"), take their own arguments (``batch_size`` first) and
+    pass the rest on with ``**kwargs``: LightningCLI (jsonargparse) resolves those to this signature, so
+    ``--data.root`` and the others keep their types, defaults and help, and ``self.hparams`` holds both sets.
+
+    Args:
+        root: dataset root in COCO 2017 layout.
+        generate_shapes: generate the synthetic shapes dataset into ``root`` when it has no annotations.
+        shapes_train, shapes_val, shapes_size, shapes_seed: generator settings (with ``generate_shapes``).
+        val_batch_size: validation batch size (default: ``batch_size``).
+        num_workers: loader worker processes.
+        pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
+        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
+            naming it, and counted) or "fail" (stop at the first one: missing files at setup, unreadable ones when
+            read).
+
+    Raises:
+        FileNotFoundError: an annotation file or an image folder is missing (the message shows the layout).
     """
 
     kind = "instances"
+
+    def __init__(
+        self,
+        root: str = "data/coco",
+        generate_shapes: bool = False,
+        shapes_train: int = 600,
+        shapes_val: int = 100,
+        shapes_size: int = 192,
+        shapes_seed: int = 0,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        pad_to_multiple: int = 1,
+        bad_images: str = "skip",
+    ) -> None:
+        super().__init__()
+        # Lightning reads every __init__ frame up the call chain: this records the subclass's arguments as well
+        self.save_hyperparameters()
+        check_policy(bad_images, "data.bad_images")
+        self.root = Path(root)
+        if generate_shapes:
+            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
+                          seed=shapes_seed)
+        self._check_layout()
 
     @property
     def layout(self) -> str:
         """The expected-layout paragraph for error messages."""
         return _LAYOUT.format(kind=self.kind).format(root=self.root)
 
-    def _prepare_root(self, root: str, generate_shapes: bool, shapes_train: int, shapes_val: int, shapes_size: int,
-                      shapes_seed: int, bad_images: str) -> None:
-        """Check ``bad_images``, generate the shapes set when asked, and require both annotation files and both
-        image folders (so a missing folder is named at construction, not when ``setup`` reads it)."""
-
-        check_policy(bad_images, "data.bad_images")
-        self.root = Path(root)
-        if generate_shapes:
-
-            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
-                          seed=shapes_seed)
+    def _check_layout(self) -> None:
+        """Require both annotation files and both image folders (so a missing folder is named at construction, not
+        when ``setup`` reads it)."""
         for split in ("train", "val"):
             ann = self.annotation_file(split)
             if not ann.is_file():
@@ -76,6 +108,15 @@ class CocoLayoutDataModule(L.LightningDataModule):
                 raise FileNotFoundError(
                     f"data.root: missing the image folder {folder} (the annotation files are there). Fix: put the "
                     f"{split} images in {folder}, or point data.root at the dataset root that holds it\n" + self.layout)
+
+    def _loader(self, dataset: Dataset, collate_fn: Callable, train: bool) -> DataLoader:
+        """A loader that leaves out the items a dataset returns as None (unreadable images under "skip");
+        training: ``batch_size``, shuffled; validation: ``val_batch_size`` (default ``batch_size``), in order."""
+        hp = self.hparams
+        batch_size = hp.batch_size if train else hp.val_batch_size or hp.batch_size
+        return SkippingDataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=hp.num_workers,
+                                  collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                                  persistent_workers=hp.num_workers > 0)
 
     def annotation_file(self, split: str) -> Path:
         return self.root / "annotations" / f"{self.kind}_{split}2017.json"

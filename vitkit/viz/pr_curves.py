@@ -19,7 +19,8 @@ from faster_coco_eval import COCOeval_faster
 from matplotlib.figure import Figure
 from pycocotools.cocoeval import COCOeval
 
-from vitkit.eval.coco_eval import load_gt, load_results, validate_results
+from vitkit.eval.coco_eval import load_gt
+from vitkit.eval.coco_results import load_results, validate_results
 from vitkit.viz.draw import PALETTE, save
 
 

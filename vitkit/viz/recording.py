@@ -45,11 +45,7 @@ class AttentionRecorder:
 
     @torch.no_grad()
     def _hook(self, module: MultiheadAttention, args: tuple, kwargs: dict, output: Tensor) -> None:
-        names = ("query", "key", "value")
-        given = dict(zip(names, args, strict=False)) | {k: kwargs[k] for k in names if k in kwargs}
-        options = ("key_padding_mask", "attn_mask", "attn_bias", "is_causal", "rope", "rope_k", "cache")
-        self.weights.append(module.attention_weights(given["query"], given.get("key"),
-                                                     **{k: kwargs[k] for k in options if k in kwargs}))
+        self.weights.append(module.attention_weights(*args, **kwargs))
 
 
 class Capture:
