@@ -3,6 +3,7 @@ lookup by path or shipped name, the task a config trains, the command table and 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from vitkit.cli import benchmark, main, train
 from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import SHIPPED_CONFIGS, read_config, resolve_config, shipped_configs
 from vitkit.cli.train import CaptionCLI, DetectionCLI, select_task
+from vitkit.kernels import precision as precision_mod
+from vitkit.kernels.precision import CPU_BF16_ENV
 from vitkit.train.guards import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -174,3 +177,19 @@ def test_tools_are_thin_shims():
     for tool in sorted((REPO / "tools").glob("*.py")):
         text = tool.read_text()
         assert f"from vitkit.cli.{tool.stem} import main" in text and len(text.splitlines()) <= 12, tool.name
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_training_config_on_a_cpu_without_native_bf16_trains_in_fp32(native, tmp_path, monkeypatch):
+    """The shipped shapes config asks for bf16-mixed; the trainer the CLI builds keeps it only where the CPU runs
+    bf16 natively (emulated bf16 measured ~30x slower than fp32 on an AVX2 CPU)."""
+    monkeypatch.setattr(precision_mod, "bf16_is_fast", lambda device="cpu": native)
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vitkit"])
+    assert read_config(SHIPPED_CONFIGS / "detr_shapes.yaml")["trainer"]["precision"] == "bf16-mixed"
+    with pytest.warns(UserWarning, match="32-true") if not native else contextlib.nullcontext():
+        cli = DetectionCLI(run=False, args=["--config", str(SHIPPED_CONFIGS / "detr_shapes.yaml"),
+                                            "--data.root", str(tmp_path / "shapes"), "--data.shapes_train", "2",
+                                            "--data.shapes_val", "2", "--data.shapes_size", "80"])
+    assert cli.trainer.precision == ("bf16-mixed" if native else "32-true")

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from vitkit.captioning.datamodule import CaptionDataModule
 from vitkit.captioning.module import CaptionModule
@@ -39,6 +40,7 @@ from vitkit.cli.configs import read_config, resolve_config, shipped_configs
 from vitkit.data.images import ImageReadError
 from vitkit.detection.datamodule import CocoDataModule
 from vitkit.detection.module import DetectionModule
+from vitkit.kernels.precision import training_precision
 from vitkit.train.checkpoint_io import install_safe_checkpoint_io
 from vitkit.train.guards import ConfigError, NonFiniteLossError
 from vitkit.train.resume import ExactResume
@@ -164,6 +166,9 @@ class TaskCLI(LightningCLI):
             raise ConfigError(str(err)) from err
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        config["precision"], note = training_precision(config.get("precision"), config.get("accelerator", "auto"))
+        if note is not None:
+            rank_zero_warn(note)
         trainer = super()._instantiate_trainer(config, [*callbacks, ExactResume()])
         install_safe_checkpoint_io(trainer)
         return trainer

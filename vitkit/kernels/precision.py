@@ -1,4 +1,5 @@
-"""Inference precision: bf16 weights and activations where the hardware runs them fast, fp32 otherwise.
+"""Precision: bf16 weights and activations where the hardware runs them fast, fp32 otherwise (inference), and a
+bf16 training precision kept off CPUs that would emulate it (:func:`training_precision`).
 
 ``bf16`` casts a model's weights to bfloat16 after folding its frozen BatchNorms into the convs (in float32,
 so the fold adds no rounding of its own) and puts conv weights in channels_last. The inference wrappers
@@ -11,6 +12,9 @@ Accuracy: on the shapes validation set bf16 inference moves COCO AP by far less 
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +33,26 @@ def bf16_is_fast(device: str | torch.device = "cpu") -> bool:
     if device.type == "cpu":
         return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+CPU_BF16_ENV = "VITKIT_CPU_BF16"  # "1": keep a bf16 training precision on a CPU without native bf16
+
+
+def training_precision(precision: Any, accelerator: Any) -> tuple[Any, str | None]:
+    """The Lightning ``trainer.precision`` to train with, and a warning when it differs from ``precision``.
+
+    A bf16 precision ("bf16-mixed", "bf16-true", "bf16") on a CPU without native bf16 (no AVX-512 bf16 / AMX) is
+    emulated: measured ~30x slower than fp32 on an AVX2 EPYC (README, Performance). There it becomes "32-true"
+    unless the environment sets ``VITKIT_CPU_BF16=1``. Any other precision or accelerator is returned unchanged.
+    """
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if not (on_cpu and isinstance(precision, str) and precision.startswith("bf16")):
+        return precision, None
+    if bf16_is_fast("cpu") or os.environ.get(CPU_BF16_ENV) == "1":
+        return precision, None
+    return "32-true", (f"trainer.precision: {precision} would run emulated on this CPU (no AVX-512 bf16 / AMX), "
+                       f"about 30x slower than fp32; training with 32-true instead (set {CPU_BF16_ENV}=1 to keep "
+                       f"{precision})")
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
