@@ -25,9 +25,9 @@ def _module_name(path: Path) -> str:
 
 def _package(module: str) -> str:
     """'vitkit.detection.model' -> 'detection'; the root package 'vitkit' -> ''; top-level modules ('vitkit.version')
-    -> 'utils' (they sit below everything, as the utils do)."""
+    -> 'utils' (they sit below everything, as the utils do), except 'vitkit.__main__'."""
     parts = module.split(".")
-    if len(parts) == 1:
+    if len(parts) == 1 or parts[1] == "__main__":  # ``python -m vitkit`` runs the command: the top, as the root
         return ""
     return parts[1] if len(parts) > 2 or (PACKAGE / parts[1]).is_dir() else "utils"
 

@@ -28,8 +28,9 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
-def test_help_lists_the_commands_with_examples(tmp_path):
-    proc = _run([str(VITKIT), "--help"], cwd=tmp_path)
+@pytest.mark.parametrize("command", [[str(VITKIT)], [sys.executable, "-m", "vitkit"]], ids=["script", "python-m"])
+def test_help_lists_the_commands_with_examples(command, tmp_path):
+    proc = _run([*command, "--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for name in ("train", "eval", "detect", "caption", "export", "benchmark", "make-shapes", "plot-pr"):
         assert f"\n  {name} " in proc.stdout, name

@@ -180,8 +180,8 @@ def _fit(shapes: Path, nonfinite: str, callbacks=(), **trainer_kwargs):
     torch.manual_seed(0)
     module = NaNAtStep(instantiate(copy.deepcopy(DETR_CONFIG), DETR), num_classes=4, nonfinite=nonfinite, lr=1e-3,
                        schedule="cosine", nan_step=1)
-    data = CocoDataModule(root=str(shapes), batch_size=2, num_workers=0, train_scales=[64], train_max_size=96, crop_p=0.0,
-                          val_size=64, val_max_size=96, pad_to_multiple=16)
+    data = CocoDataModule(root=str(shapes), batch_size=2, num_workers=0, train_scales=[64], train_max_size=96,
+                          crop_p=0.0, val_size=64, val_max_size=96, pad_to_multiple=16)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=list(callbacks), **trainer_kwargs)

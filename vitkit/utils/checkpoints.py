@@ -4,10 +4,10 @@
   a malicious checkpoint runs code) is refused before anything in it is built, with a message that says so.
 - :func:`atomic_torch_save`: write to a hidden temporary file in the same folder, flush it to disk, then
   ``os.replace`` it over the target, so a kill mid-write leaves the previous file intact.
-- :func:`check_stored_config`: a model config read from a file (``vitkit_*_config`` in a checkpoint, the metadata
-  of an exported safetensors file) is built by jsonargparse, which imports whatever its ``class_path`` values and
-  class references name. Only classes and functions defined under ``vitkit``, ``torch.nn`` and ``timm`` are let
-  through, and ``pretrained`` is forced off (the file holds the weights; nothing is downloaded).
+- :func:`check_stored_config`: a model config read from a file (the model config of the ``vitkit_spec`` record in
+  a checkpoint or an exported safetensors file) is built by jsonargparse, which imports whatever its ``class_path``
+  values and class references name. Only classes and functions defined under ``vitkit``, ``torch.nn`` and ``timm``
+  are let through, and ``pretrained`` is forced off (the file holds the weights; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def check_stored_config(config: Any, source: str) -> Any:
 
     Args:
         config: the ``{"class_path": ..., "init_args": {...}}`` dict as stored.
-        source: the file and key, for the message (e.g. ``"last.ckpt: 'vitkit_detector_config'"``).
+        source: the file and key, for the message (e.g. ``"last.ckpt: 'vitkit_spec'"``).
 
     Returns:
         A checked copy (the input is not modified).
