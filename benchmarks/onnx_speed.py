@@ -71,7 +71,7 @@ def build_detector(ckpt: str | None):
     with torch.no_grad():  # break the zero / constant inits so every branch does real work
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    post = PostProcess(use_focal=model.sigmoid_head, num_select=recipe["model"]["num_select"])
+    post = PostProcess(sigmoid=model.sigmoid_head, num_select=recipe["model"]["num_select"])
     data = recipe["data"]
     return Detector(model, post, size=data["val_size"], max_size=data["val_max_size"]).eval()
 

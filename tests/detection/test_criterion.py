@@ -18,7 +18,7 @@ def _criterion(loss_type: str, **kwargs) -> SetCriterion:
     """"ce" is a softmax head's loss; "focal" and "varifocal" are a sigmoid head's, named by ``sigmoid_loss``."""
     sigmoid = loss_type != "ce"
     head = {"sigmoid_head": True, "sigmoid_loss": loss_type} if sigmoid else {"sigmoid_head": False}
-    return SetCriterion(C, HungarianMatcher(use_focal=sigmoid), **head, **kwargs)
+    return SetCriterion(C, HungarianMatcher(sigmoid=sigmoid), **head, **kwargs)
 
 
 def _targets(sizes: list[int], seed: int = 0) -> list[dict]:
@@ -115,7 +115,7 @@ def test_the_head_decides_the_loss() -> None:
     ignored = SetCriterion(C, HungarianMatcher(), sigmoid_head=False, sigmoid_loss="varifocal")
     assert ignored.loss_type == "ce"
     assert torch.equal(ignored(softmax, targets)["loss_ce"], _criterion("ce")(softmax, targets)["loss_ce"])
-    default = SetCriterion(C, HungarianMatcher(use_focal=True), sigmoid_head=True)
+    default = SetCriterion(C, HungarianMatcher(sigmoid=True), sigmoid_head=True)
     assert default.loss_type == "focal"
     assert torch.equal(default(sigmoid, targets)["loss_ce"], _criterion("focal")(sigmoid, targets)["loss_ce"])
     assert not torch.isclose(default(sigmoid, targets)["loss_ce"], _criterion("varifocal")(sigmoid, targets)["loss_ce"])

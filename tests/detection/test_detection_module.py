@@ -53,7 +53,7 @@ def test_the_head_decides_loss_matching_and_scores(sigmoid_head: bool, sigmoid_l
     torch.manual_seed(0)
     module = DetectionModule(_detector(sigmoid_head=sigmoid_head), num_classes=3, sigmoid_loss=sigmoid_loss)
     assert module.criterion.loss_type == loss
-    assert module.criterion.matcher.use_focal is sigmoid_head and module.postprocess.use_focal is sigmoid_head
+    assert module.criterion.matcher.sigmoid is sigmoid_head and module.postprocess.sigmoid is sigmoid_head
     images = torch.rand(2, 3, 64, 64)
     targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.2]]), "labels": torch.tensor([i])} for i in range(2)]
     losses = module.criterion(module.detector(images, None, targets), targets)  # the logit width fits the loss
@@ -68,7 +68,7 @@ def test_shipped_configs_keep_their_loss(config: str, loss: str) -> None:
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
     assert "loss_type" not in model
     module = _from_config(model)
-    assert module.criterion.loss_type == loss and module.postprocess.use_focal is (loss != "ce")
+    assert module.criterion.loss_type == loss and module.postprocess.sigmoid is (loss != "ce")
     if config == "detr_shapes.yaml":  # the varifocal recipe, unchanged: alpha 0.75, class weight and cost 2
         crit = module.criterion
         assert (crit.focal_alpha, crit.weight_dict["loss_ce"], crit.matcher.cost_class) == (0.75, 2.0, 2.0)

@@ -213,7 +213,7 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     images, targets = _toy_batch()
     m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid, two_stage=two_stage,
                  box_rpb=two_stage, num_denoising=20 if two_stage else 0)
-    crit = SetCriterion(3, HungarianMatcher(use_focal=sigmoid), sigmoid_head=sigmoid, sigmoid_loss="varifocal",
+    crit = SetCriterion(3, HungarianMatcher(sigmoid=sigmoid), sigmoid_head=sigmoid, sigmoid_loss="varifocal",
                         eos_coef=0.1)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     first = None
@@ -227,7 +227,7 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     assert loss.item() < 0.3 * first
     m.eval()
     with torch.no_grad():
-        dets = PostProcess(use_focal=sigmoid)(m(images), torch.tensor([[64, 64]] * 4))
+        dets = PostProcess(sigmoid=sigmoid)(m(images), torch.tensor([[64, 64]] * 4))
     for d, t in zip(dets, targets, strict=True):
         gt = box_convert(t["boxes"] * 64, "cxcywh", "xyxy")
         order = d["scores"].argsort(descending=True)[: len(gt)]

@@ -178,7 +178,7 @@ def test_hugging_face_folder_loads_as_a_detector_with_its_labels(hf_detr, tmp_pa
     spec, state = load_detr_weights(tmp_path, size=128, max_size=160)
     assert (spec.task, spec.size, spec.max_size, spec.model_config) == ("detection", 128, 160, detr_r50_config(91))
     det = build_predictor(spec, state, str(tmp_path))  # what vitkit.load(tmp_path) does, at other sizes
-    assert not det.postprocess.use_focal  # the release's softmax head with a no-object class
+    assert not det.postprocess.sigmoid  # the release's softmax head with a no-object class
     assert det.class_names[:2] == ["thing0", "thing1"] and det.label_to_cat_id[5] == 5
     preds = det.predict([torch.randint(0, 255, (3, 100, 140), dtype=torch.uint8)], score_threshold=0.0)
     boxes = preds[0]["boxes"]

@@ -39,7 +39,7 @@ def test_sigmoid_topk_over_queries_and_classes() -> None:
     cxcy, wh = 0.4 + 0.2 * torch.rand(2, 4, 2, generator=gen), 0.1 + 0.2 * torch.rand(2, 4, 2, generator=gen)
     boxes = torch.cat([cxcy, wh], -1)  # (B, Q, 4), inside the image
     sizes = torch.tensor([[100, 200], [300, 150]])
-    results = PostProcess(use_focal=True, num_select=6)({"pred_logits": logits, "pred_boxes": boxes}, sizes)
+    results = PostProcess(sigmoid=True, num_select=6)({"pred_logits": logits, "pred_boxes": boxes}, sizes)
     for b, res in enumerate(results):
         assert res["scores"].shape == (6,) and res["labels"].shape == (6,) and res["boxes"].shape == (6, 4)
         assert torch.all(res["scores"][:-1] >= res["scores"][1:])
@@ -55,7 +55,7 @@ def test_sigmoid_topk_over_queries_and_classes() -> None:
 
 def test_num_select_caps_at_available() -> None:
     out = {"pred_logits": torch.randn(1, 3, 2), "pred_boxes": torch.rand(1, 3, 4)}
-    (res,) = PostProcess(use_focal=True, num_select=100)(out, torch.tensor([[10, 10]]))
+    (res,) = PostProcess(sigmoid=True, num_select=100)(out, torch.tensor([[10, 10]]))
     assert res["scores"].shape == (6,)
     (res,) = PostProcess(num_select=100)(out, torch.tensor([[10, 10]]))  # softmax: one per query
     assert res["scores"].shape == (3,)

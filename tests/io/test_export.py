@@ -190,7 +190,7 @@ def test_safetensors_round_trip_gives_the_same_outputs(ckpts, tmp_path, name):
     for a, b in zip(_eager(original, images, mask, sizes), _eager(rebuilt, images, mask, sizes), strict=True):
         assert torch.equal(a, b)
     assert (rebuilt.class_names, rebuilt.label_to_cat_id) == (original.class_names, original.label_to_cat_id)
-    assert (rebuilt.size, rebuilt.max_size, rebuilt.postprocess.use_focal) == (64, 96, True)
+    assert (rebuilt.size, rebuilt.max_size, rebuilt.postprocess.sigmoid) == (64, 96, True)
 
 
 def test_safetensors_without_vitkit_metadata_is_refused(tmp_path):

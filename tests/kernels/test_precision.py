@@ -141,7 +141,7 @@ def test_bf16_inference_moves_ap_by_at_most_half_a_point(tmp_path, one_thread):
                      stem_channels=[8, 16, 32, 32])
     model = DETR(enc, TransformerDecoder(dim=64, depth=2, num_heads=4), num_classes=3, num_queries=10,
                  sigmoid_head=True, box_refine=True, two_stage=True, multiscale=True, cross_attn="deformable")
-    crit = SetCriterion(3, HungarianMatcher(use_focal=True), sigmoid_head=True, sigmoid_loss="varifocal")
+    crit = SetCriterion(3, HungarianMatcher(sigmoid=True), sigmoid_head=True, sigmoid_loss="varifocal")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for step in range(400):
         images, targets, _ = _toy_set(8, seed=step)
@@ -152,7 +152,7 @@ def test_bf16_inference_moves_ap_by_at_most_half_a_point(tmp_path, one_thread):
     images, _, coco = _toy_set(320, seed=10**6)
     gt = tmp_path / "gt.json"
     gt.write_text(json.dumps(coco))
-    det = Detector(model.eval(), PostProcess(use_focal=True))
+    det = Detector(model.eval(), PostProcess(sigmoid=True))
     ap32 = evaluate_coco(gt, _coco_results(det, images)).stats["AP"]
     det.set_precision("bf16")
     ap16 = evaluate_coco(gt, _coco_results(det, images)).stats["AP"]

@@ -68,7 +68,7 @@ def _degenerate_outputs(loss_type: str) -> tuple[dict, list[dict]]:
 @pytest.mark.parametrize("loss_type", ["ce", "focal", "varifocal"])
 def test_degenerate_predicted_boxes_give_finite_losses_and_gradients(loss_type: str) -> None:
     outputs, targets = _degenerate_outputs(loss_type)
-    criterion = SetCriterion(3, HungarianMatcher(use_focal=loss_type != "ce"), **_head(loss_type))
+    criterion = SetCriterion(3, HungarianMatcher(sigmoid=loss_type != "ce"), **_head(loss_type))
     losses = criterion(outputs, targets)
     assert all(torch.isfinite(v) for v in losses.values()), losses
     losses["loss"].backward()
@@ -83,7 +83,7 @@ def test_nan_and_inf_boxes_do_not_crash_matcher_or_giou(loss_type: str, bad: flo
         outputs["pred_boxes"][0, 3] = bad
         outputs["pred_boxes"][1, 1, 2:] = bad
         outputs["pred_logits"][1, 2] = bad
-    matcher = HungarianMatcher(use_focal=loss_type != "ce")
+    matcher = HungarianMatcher(sigmoid=loss_type != "ce")
     for (src, tgt), t in zip(matcher(outputs, targets), targets, strict=True):
         assert len(src) == len(t["boxes"]) and sorted(tgt.tolist()) == list(range(len(t["boxes"])))
     losses = SetCriterion(3, matcher, **_head(loss_type))(outputs, targets)  # may be NaN: the guard's business

@@ -28,7 +28,7 @@ class HungarianMatcher(nn.Module):
         cost_class: weight of the class cost (-p for softmax heads, focal cost for sigmoid heads).
         cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
         cost_giou: weight of -GIoU.
-        use_focal: sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
+        sigmoid: sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
         focal_alpha: focal cost alpha.
         focal_gamma: focal cost gamma.
     """
@@ -38,17 +38,17 @@ class HungarianMatcher(nn.Module):
         cost_class: float = 1.0,
         cost_bbox: float = 5.0,
         cost_giou: float = 2.0,
-        use_focal: bool = False,
+        sigmoid: bool = False,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.use_focal, self.focal_alpha, self.focal_gamma = use_focal, focal_alpha, focal_gamma
+        self.sigmoid, self.focal_alpha, self.focal_gamma = sigmoid, focal_alpha, focal_gamma
 
     def _class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(N, C[+1]) logits, (T,) labels -> (N, T) class cost."""
-        if not self.use_focal:
+        if not self.sigmoid:
             return -logits.softmax(-1)[:, labels]
         p = logits.sigmoid()
         # -log(p) = softplus(-x), -log(1-p) = softplus(x): stable for large |x|.

@@ -102,12 +102,12 @@ class DetectionModule(TaskModule):
         self.detector = detector
         sigmoid = bool(detector.sigmoid_head)  # the head decides the loss, the matching cost and the scores
         matcher = HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou,
-                                   use_focal=sigmoid, focal_alpha=focal_alpha)
+                                   sigmoid=sigmoid, focal_alpha=focal_alpha)
         weights = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         self.criterion = SetCriterion(detector.num_classes, matcher, weight_dict=weights, eos_coef=eos_coef,
                                       sigmoid_head=sigmoid, sigmoid_loss=sigmoid_loss, one2many_k=one2many_k,
                                       enc_one2many_k=enc_one2many_k, focal_alpha=focal_alpha)
-        self.postprocess = PostProcess(use_focal=sigmoid, num_select=num_select)
+        self.postprocess = PostProcess(sigmoid=sigmoid, num_select=num_select)
         self._val_results: list[dict] = []
         self._val_image_ids: list[int] = []
         self._val_nonfinite = 0  # detections dropped for non-finite boxes/scores in this validation

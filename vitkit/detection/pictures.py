@@ -91,7 +91,7 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
         recorder = None if deformable else stack.enter_context(AttentionRecorder(last))
         out = model(batch.to(device), mask.to(device))
     logits = out["pred_logits"][0].float()  # (Q, C[+1])
-    probs = logits.sigmoid() if detector.postprocess.use_focal else logits.softmax(-1)[:, :-1]
+    probs = logits.sigmoid() if detector.postprocess.sigmoid else logits.softmax(-1)[:, :-1]
     scores, labels = probs.max(-1)  # (Q,)
     order = scores.argsort(descending=True)
     keep = order[scores[order] >= score_threshold][:max_boxes]  # (K,)

@@ -15,14 +15,14 @@ class PostProcess(nn.Module):
     (query, class) scores, so a query may appear with several classes. Results are sorted by score, descending.
 
     Args:
-        use_focal: the detector's ``sigmoid_head`` (C sigmoid logits), whichever sigmoid loss trained it; False
+        sigmoid: the detector's ``sigmoid_head`` (C sigmoid logits), whichever sigmoid loss trained it; False
             for a softmax head (C+1 logits, last = no-object).
         num_select: detections kept per image (at most Q for softmax, Q*C for sigmoid).
     """
 
-    def __init__(self, use_focal: bool = False, num_select: int = 100) -> None:
+    def __init__(self, sigmoid: bool = False, num_select: int = 100) -> None:
         super().__init__()
-        self.use_focal, self.num_select = use_focal, num_select
+        self.sigmoid, self.num_select = sigmoid, num_select
 
     @torch.no_grad()
     def forward(self, outputs: dict, target_sizes: Tensor) -> list[dict[str, Tensor]]:
@@ -58,7 +58,7 @@ class PostProcess(nn.Module):
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.float()  # (B, Q, C[+1])
             boxes = box_convert(boxes.float(), "cxcywh", "xyxy")  # (B, Q, 4)
-            if self.use_focal:
+            if self.sigmoid:
                 num_classes = logits.shape[-1]
                 flat = logits.sigmoid().flatten(1)  # (B, Q*C)
                 scores, top = flat.topk(min(self.num_select, flat.shape[1]), dim=1)  # (B, K)

@@ -67,7 +67,7 @@ class TaskIO:
 
 def _detector(spec: InferenceSpec, net: nn.Module) -> Detector:
     """A Detector; the post-processing follows the head: sigmoid (top K over queries x classes) or softmax."""
-    post = PostProcess(use_focal=bool(net.sigmoid_head), num_select=spec.num_select)
+    post = PostProcess(sigmoid=bool(net.sigmoid_head), num_select=spec.num_select)
     return Detector(net, post, class_names=spec.class_names, label_to_cat_id=spec.label_to_cat_id, size=spec.size,
                     max_size=spec.max_size)
 
