@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from vitkit.captioning.decoding import beam_search, greedy_decode, sample_decode
 from vitkit.captioning.predictor import GENERATION_KEYS
 from vitkit.core.trace import check_traceable, dummy_inputs, pad_to_multiple, trace_multiple
+from vitkit.kernels.precision import model_dtype
 from vitkit.utils.spec import InferenceSpec
 
 INPUTS, OUTPUTS = ["images", "mask"], ["memory", "memory_mask", "memory_pos"]
@@ -154,7 +155,7 @@ def decode_memory(pipe: nn.Module, memory: Any, memory_mask: Any, memory_pos: An
     fn, keep = _DECODERS[opts.pop("method")]
     opts["max_length"] = opts["max_length"] or cap.max_length
     with torch.no_grad():
-        ids, scores = fn(cap, memory.to(next(cap.parameters()).dtype), memory_mask.bool(), memory_pos,
+        ids, scores = fn(cap, memory.to(model_dtype(cap)), memory_mask.bool(), memory_pos,
                          **{k: v for k, v in opts.items() if k in keep})
     captions = pipe.tokenizer.decode_batch(ids.cpu())
     return [{"caption": c, "score": float(s)} for c, s in zip(captions, scores.float().cpu().tolist(), strict=True)]

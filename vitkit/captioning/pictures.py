@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vitkit.kernels.precision import model_dtype
 from vitkit.viz.draw import display, grid_figure, heatmap, image_axes, rgb, save
 from vitkit.viz.recording import AttentionRecorder, Capture, eval_mode, grid_stride, levels_to_image
 
@@ -65,7 +66,7 @@ def caption_attention(pipeline: nn.Module, image: str | os.PathLike | Image.Imag
     batch, mask = pipeline.preprocess([img])  # (1, 3, h, w), (1, h, w)
     opts = pipeline.generation_options(**generation)
     device = pipeline.device
-    batch = batch.to(next(cap.parameters()).dtype)  # bf16 when the pipeline runs in bf16
+    batch = batch.to(model_dtype(cap))  # bf16 when the pipeline runs in bf16
     with eval_mode(cap):
         ids, _ = cap.generate(batch.to(device), mask.to(device), **opts)  # (1, T)
         seq = ids[0].tolist()

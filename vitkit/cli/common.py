@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli.attention_folders import attention_folder
-from vitkit.data.folder import resolve_device
+from vitkit.data.folder import IMAGE_EXTENSIONS, resolve_device
 from vitkit.io.load import load
 
 MAX_LISTED_FAILURES = 10  # failed files listed on stderr; the rest are counted
@@ -126,7 +126,7 @@ def report_failures(prog: str, failures: Sequence[tuple[str, str]], see: str, *,
     """On stderr: a warning when the folder held no image (``no_images``), then the first
     :data:`MAX_LISTED_FAILURES` failures and how many more there are (``see``: where they are all recorded)."""
     if no_images:
-        print(f"{prog}: warning: no image files in {folder} (looked for jpg jpeg png bmp gif webp tif tiff"
+        print(f"{prog}: warning: no image files in {folder} (looked for {' '.join(e[1:] for e in IMAGE_EXTENSIONS)}"
               f"{'' if recursive else ', subfolders not searched'})", file=sys.stderr)
     for file, reason in failures[:MAX_LISTED_FAILURES]:
         print(f"{prog}: failed: {file}: {reason}", file=sys.stderr)

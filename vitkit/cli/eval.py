@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from vitkit.cli.common import fail
 from vitkit.cli.configs import resolve_config
 from vitkit.cli.validate import validate_checkpoint, validate_weights
 from vitkit.eval.caption_metrics import evaluate_caption_files
@@ -81,20 +82,15 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(prog: str, message: str) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    return 2
-
-
 def evaluate_results_file(args: argparse.Namespace, prog: str = PROG) -> int:
     """Results mode: evaluate a results JSON against an annotation JSON; print the summary, write --json-out."""
     if args.annotations is None or args.results is None:
-        return _fail(prog, "give both --annotations GT.json and --results RES.json (or CONFIG --ckpt CKPT)")
+        return fail(prog, "give both --annotations GT.json and --results RES.json (or CONFIG --ckpt CKPT)")
     try:
         gt = load_gt(args.annotations, args.backend)
         res = evaluate_coco(gt, args.results, backend=args.backend)
     except (FileNotFoundError, ValueError) as e:
-        return _fail(prog, str(e))
+        return fail(prog, str(e))
     print(res.summary)
     return _write_json(res.stats, args.json_out, prog)
 
@@ -102,7 +98,7 @@ def evaluate_results_file(args: argparse.Namespace, prog: str = PROG) -> int:
 def evaluate_captions(args: argparse.Namespace, prog: str = PROG) -> int:
     """Caption mode: score --captions-results against --captions-gt; print the metrics, write --json-out."""
     if args.captions_gt is None or args.captions_results is None:
-        return _fail(prog, "caption evaluation needs both --captions-gt captions_val2017.json and --captions-results "
+        return fail(prog, "caption evaluation needs both --captions-gt captions_val2017.json and --captions-results "
                            "RES.json")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # e.g. pycocoevalcap's unclosed-file ResourceWarnings
@@ -111,7 +107,7 @@ def evaluate_captions(args: argparse.Namespace, prog: str = PROG) -> int:
             metrics = evaluate_caption_files(args.captions_gt, args.captions_results,
                                              java=False if args.no_java else None)
         except (FileNotFoundError, ValueError, TypeError) as e:
-            return _fail(prog, str(e))
+            return fail(prog, str(e))
     for w in caught:  # e.g. METEOR skipped for want of Java: one line each, no source location
         if not (args.no_java and "METEOR skipped" in str(w.message)):
             print(f"{prog}: warning: {w.message}", file=sys.stderr)
@@ -126,19 +122,19 @@ def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str], prog: st
     write --json-out and --results-out."""
     source = args.weights if args.weights is not None else args.ckpt
     if args.config is None or source is None or (args.ckpt and args.weights):
-        return _fail(prog, "evaluating a checkpoint needs CONFIG and one of --ckpt CKPT or --weights WEIGHTS")
+        return fail(prog, "evaluating a checkpoint needs CONFIG and one of --ckpt CKPT or --weights WEIGHTS")
     try:
         config = resolve_config(args.config)
     except ConfigError as e:
-        return _fail(prog, str(e))
+        return fail(prog, str(e))
     if not Path(source).exists():
-        return _fail(prog, f"file not found: {source}")
+        return fail(prog, f"file not found: {source}")
     overrides = [*overrides, "--model.eval_backend", args.backend]
     validate = validate_weights if args.weights is not None else validate_checkpoint
     try:
         res, results, is_rank_zero = validate(config, source, overrides)
     except (ConfigError, CheckpointError) as e:  # a refused or unreadable checkpoint, or one that does not fit
-        return _fail(prog, str(e))
+        return fail(prog, str(e))
     if not is_rank_zero:
         return 0
     print(res.summary)
@@ -154,7 +150,7 @@ def _write_json(stats: Any, json_out: str | None, prog: str) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(stats, indent=2) + "\n")
         except OSError as e:
-            return _fail(prog, f"cannot write {out}: {e.strerror or e}")
+            return fail(prog, f"cannot write {out}: {e.strerror or e}")
     return 0
 
 
@@ -176,11 +172,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
                                            ("--results", args.results))
                   if value is not None]
         if others or overrides:
-            return _fail(prog, f"caption evaluation (--captions-gt/--captions-results) does not take "
+            return fail(prog, f"caption evaluation (--captions-gt/--captions-results) does not take "
                                f"{', '.join(others + overrides)}; run one mode at a time")
         return evaluate_captions(args, prog)
     if args.config is not None or args.ckpt is not None or args.weights is not None:
         return evaluate_checkpoint(args, overrides, prog)
     if overrides:
-        return _fail(prog, f"unrecognized arguments: {' '.join(overrides)}")
+        return fail(prog, f"unrecognized arguments: {' '.join(overrides)}")
     return evaluate_results_file(args, prog)

@@ -29,8 +29,9 @@ no ``area``                                           one counted warning (train
                                                       backends: :func:`vitkit.eval.coco_eval.fill_missing_areas`)
 ====================================================  ===============================================================
 
-Captions files (:func:`check_captions`): the same file-level errors (``images`` and ``annotations`` needed); images
-need ``id`` and ``file_name``, annotations ``id``, ``image_id`` and ``caption`` (a string); duplicate ids and captions
+Captions files (:func:`vitkit.data.caption_annotations.check_captions`): the same file-level errors (``images`` and
+``annotations`` needed); images need ``id`` and ``file_name``, annotations ``id``, ``image_id`` and ``caption`` (a
+string); duplicate ids and captions
 of images the file does not list are errors; blank captions are dropped with one counted warning (they would teach
 the model to stop at once); images left without a caption are left out with one warning.
 

@@ -31,23 +31,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from vitkit.data.annotations import AnnotationWarning, check_instances, find_missing_images, format_ids
-from vitkit.data.bad_images import BadImageLog, check_policy
-from vitkit.data.images import ImageReadError, load_rgb
+from vitkit.data.annotations import AnnotationWarning, check_instances
+from vitkit.data.coco_images import CocoImageSet
 from vitkit.data.transforms import to_model_target
 
-_LAYOUT_HINT = (
-    "Expected the COCO 2017 layout: root/train2017/, root/val2017/, "
-    "root/annotations/instances_{train,val}2017.json. COCO itself comes from https://cocodataset.org/#download; "
-    "a small synthetic set in this layout is made by `python tools/make_shapes.py ROOT`."
-)
 
-
-class CocoDetection(Dataset):
+class CocoDetection(CocoImageSet):
     """COCO-layout detection dataset returning model-ready targets.
 
     Args:
@@ -76,17 +68,9 @@ class CocoDetection(Dataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Any = None,
                  ann_file: str | os.PathLike | None = None, img_folder: str | os.PathLike | None = None,
                  bad_images: str = "fail") -> None:
-        root = Path(root)
-        self.split = split
-        self.bad_images = check_policy(bad_images)
-        self.ann_file = Path(ann_file) if ann_file is not None else root / "annotations" / f"instances_{split}2017.json"
-        self.img_folder = Path(img_folder) if img_folder is not None else root / f"{split}2017"
-        if not self.ann_file.is_file():
-            raise FileNotFoundError(f"COCO annotation file not found: {self.ann_file}. {_LAYOUT_HINT}")
-        if not self.img_folder.is_dir():
-            raise FileNotFoundError(f"COCO image folder not found: {self.img_folder}. {_LAYOUT_HINT}")
+        self._locate(root, split, ann_file, img_folder, bad_images)
         self.transforms = transforms
-        inst = check_instances(self.ann_file, hint=_LAYOUT_HINT, warn=False)
+        inst = check_instances(self.ann_file, hint=self.layout_hint, warn=False)
         for note in inst.warnings:
             warnings.warn(note, AnnotationWarning, stacklevel=2)
         self._images = inst.images  # image id -> (file_name, width, height)
@@ -96,29 +80,8 @@ class CocoDetection(Dataset):
         self._boxes = inst.boxes  # (M, 4) float32 xyxy px, clipped to the annotated image size
         self._labels = np.searchsorted(np.asarray(self._cat_ids), inst.box_cat_ids).astype(np.int64)  # (M,)
         self._spans = inst.spans
-        self.ids: list[int] = self._present_images(sorted(self._images))
-        self.bad_image_log = BadImageLog(len(self.ids), str(self.ann_file))
+        self.ids: list[int] = self._present_images(sorted(self._images), {i: im[0] for i, im in self._images.items()})
         self._size_warned: set[int] = set()
-
-    def _present_images(self, ids: list[int]) -> list[int]:
-        """``ids`` without the images whose file is missing (skip: one counted warning; fail: ImageReadError)."""
-        missing_names = find_missing_images(self.img_folder, {self._images[i][0] for i in ids})
-        if not missing_names:
-            return ids
-        missing = [i for i in ids if self._images[i][0] in missing_names]
-        first = missing[0]
-        if self.bad_images == "fail":
-            raise ImageReadError(self.img_folder / self._images[first][0],
-                                 f"file not found ({self.ann_file}: image id {first}, field 'file_name'; "
-                                 f"{len(missing)} of {len(ids)} image files are missing, ids {missing[:10]})")
-        kept = [i for i in ids if self._images[i][0] not in missing_names]
-        warnings.warn(f"{self.ann_file}: left out {len(missing)} of {len(ids)} images whose file is missing from "
-                      f"{self.img_folder} (ids {format_ids(missing)}"
-                      f"; e.g. field 'file_name' {self._images[first][0]!r}); they are neither trained nor evaluated "
-                      "on (validation evaluates the predicted images only)", AnnotationWarning, stacklevel=3)
-        if not kept:
-            raise ValueError(f"{self.ann_file}: none of its {len(ids)} image files is in {self.img_folder}")
-        return kept
 
     # ------------------------------------------------------------------ category mapping
 
@@ -185,15 +148,9 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]] | None:
         image_id = self.ids[index]
         file_name, ann_w, ann_h = self._images[image_id]
-        if self.bad_images == "skip" and self.bad_image_log.is_bad(index):
-            return None  # known unreadable: not decoded again
         path = self.img_folder / file_name
-        try:
-            pil = load_rgb(path, size_hint=(ann_w, ann_h))
-        except ImageReadError as err:
-            if self.bad_images == "fail":
-                raise
-            self.bad_image_log.record(index, err)
+        pil = self._read(index, path, size_hint=(ann_w, ann_h))
+        if pil is None:
             return None
         if pil.size != (ann_w, ann_h):
             self._warn_size(image_id, path, pil.width, pil.height)

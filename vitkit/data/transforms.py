@@ -36,6 +36,7 @@ from vitkit.data.images import load_rgb, to_rgb
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DETR_SCALES = tuple(range(480, 801, 32))  # 480, 512, ..., 800
+DETR_CROP_RESIZE = (400, 500, 600)  # short sides DETR resizes to before its random crop
 
 
 def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
@@ -137,7 +138,7 @@ def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform
 
 
 def detr_train_transforms(scales: Sequence[int] = DETR_SCALES, max_size: int | None = 1333,
-                          crop: tuple[int, int] = (384, 600), resize_before_crop: Sequence[int] = (400, 500, 600),
+                          crop: tuple[int, int] = (384, 600), resize_before_crop: Sequence[int] = DETR_CROP_RESIZE,
                           hflip_p: float = 0.5, crop_p: float = 0.5, min_box_size: float = 1.0,
                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """DETR's training augmentation.

@@ -21,7 +21,7 @@ from vitkit.data.annotations import read_categories
 from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco import CocoDetection
 from vitkit.data.collate import DropNone, collate_detection
-from vitkit.data.transforms import detr_train_transforms, detr_val_transforms
+from vitkit.data.transforms import DETR_CROP_RESIZE, DETR_SCALES, detr_train_transforms, detr_val_transforms
 from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
 from vitkit.train.guards import ConfigError
 
@@ -60,8 +60,8 @@ class CocoDataModule(CocoLayoutDataModule):
         self.label_to_cat_id = [c for c, _ in cats]
         self.class_names = [name for _, name in cats]
         self.num_classes = len(cats)
-        self.train_scales = train_scales or list(range(480, 801, 32))
-        self.crop_resize = crop_resize or [400, 500, 600]
+        self.train_scales = train_scales or list(DETR_SCALES)
+        self.crop_resize = crop_resize or list(DETR_CROP_RESIZE)
         self.train_set = self.val_set = None
 
     def setup(self, stage: str | None = None) -> None:

@@ -46,13 +46,13 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, run_isolated
 from vitkit.data.images import ImageReadError, load_rgb
 from vitkit.detection.predictor import Detector
+from vitkit.eval.coco_results import detection_entries
 from vitkit.viz.draw import PALETTE
 
 DRAW_KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -257,15 +257,6 @@ def _sidecar_images(files: list[str], image_ids: dict[str, int], sizes: dict[str
     return images
 
 
-def _coco_results(detector: Detector, det: dict[str, Tensor], image_id: int) -> list[dict[str, Any]]:
-    """COCO result entries of one image's detections (xyxy pixels -> xywh, labels -> dataset category ids)."""
-    cat_of = detector.label_to_cat_id
-    xywh = box_convert(det["boxes"].float(), "xyxy", "xywh").tolist()  # (K, 4)
-    return [{"image_id": image_id, "category_id": int(cat_of[lab]) if cat_of else int(lab),
-             "bbox": [round(v, 3) for v in box], "score": round(score, 5)}
-            for lab, score, box in zip(det["labels"].tolist(), det["scores"].tolist(), xywh, strict=True)]
-
-
 def detect_folder(
     detector: Detector,
     folder: str | os.PathLike,
@@ -335,7 +326,8 @@ def detect_folder(
                     if error is not None:
                         failures[file] = error
                         continue
-                    results.extend(_coco_results(detector, det, image_ids[file]))
+                    results.extend(detection_entries(det["boxes"], det["scores"], det["labels"], image_ids[file],
+                                                      detector.label_to_cat_id))
                     summary.detected += 1
                     summary.boxes += len(det["scores"])
             bar.advance(task, len(batch_files))

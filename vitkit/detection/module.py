@@ -20,6 +20,7 @@ from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
 from vitkit.detection.export import checkpoint_spec
 from vitkit.detection.model import DETR
 from vitkit.eval.coco_eval import evaluate_coco
+from vitkit.eval.coco_results import detection_entries
 from vitkit.eval.gather import gather_image_ids, gather_results
 from vitkit.train.guards import ConfigError
 from vitkit.train.module import TaskModule
@@ -198,11 +199,7 @@ class DetectionModule(TaskModule):
             if not bool(finite.all()):  # a diverged model: NaN boxes are no detections (COCOeval would refuse them)
                 self._val_nonfinite += int((~finite).sum())
                 boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
-            xywh = torch.cat((boxes[:, :2], boxes[:, 2:] - boxes[:, :2]), dim=1)  # (K, 4)
-            for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist(), strict=True):
-                cat = cat_ids[label] if cat_ids else label
-                self._val_results.append({"image_id": image_id, "category_id": int(cat),
-                                          "bbox": [round(v, 3) for v in box], "score": round(score, 5)})
+            self._val_results += detection_entries(boxes, scores, labels, image_id, cat_ids)
 
     def on_validation_epoch_start(self) -> None:
         self._val_results, self._val_image_ids, self._val_nonfinite = [], [], 0

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from vitkit.kernels.precision import model_dtype
 from vitkit.layers.deformable import MSDeformableAttention
 from vitkit.viz.draw import PALETTE, box, display, grid_figure, heatmap, image_axes, rgb, save
 from vitkit.viz.recording import (
@@ -81,7 +82,7 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
     img = rgb(image)
     batch, mask, _ = detector.preprocess([img])  # (1, 3, h, w), (1, h, w)
     device = next(model.parameters()).device
-    batch = batch.to(next(model.parameters()).dtype)  # bf16 when the detector runs in bf16
+    batch = batch.to(model_dtype(model))  # bf16 when the detector runs in bf16
     last = model.decoder.layers[-1].cross_attn
     deformable = isinstance(last, MSDeformableAttention)
     with eval_mode(model), contextlib.ExitStack() as stack:

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torchvision.ops import box_convert
 
 from vitkit.eval.coco_files import read_json
 
@@ -124,3 +126,14 @@ def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
         return validate_results(data)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def detection_entries(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, image_id: int,
+                      label_to_cat_id: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """COCO result entries of one image's detections: boxes (K, 4) xyxy pixels -> ``bbox`` [x, y, w, h] (3 decimals),
+    scores (K,) (5 decimals), labels (K,) -> the dataset's category ids (``label_to_cat_id[label]``; the label itself
+    when none is given)."""
+    xywh = box_convert(boxes.float(), "xyxy", "xywh").tolist()  # (K, 4)
+    return [{"image_id": image_id, "category_id": int(label_to_cat_id[lab]) if label_to_cat_id else int(lab),
+             "bbox": [round(v, 3) for v in box], "score": round(score, 5)}
+            for lab, score, box in zip(labels.tolist(), scores.float().tolist(), xywh, strict=True)]

@@ -80,7 +80,7 @@ def apply_precision(model: nn.Module, precision: str) -> torch.dtype:
         if on_cpu:
             pack_linears(model)
         return torch.float32
-    if next(model.parameters()).dtype == torch.float32:
+    if model_dtype(model) == torch.float32:
         fold_frozen_batchnorm(model)
     model.to(torch.bfloat16)
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):

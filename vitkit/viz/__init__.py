@@ -1,9 +1,9 @@
 """Task-free picture helpers (matplotlib, saved as PNG); the task pictures live with their tasks.
 
 - :mod:`vitkit.viz.recording` reads attention weights without touching the models (:class:`AttentionRecorder`, a
-  forward hook that recomputes ``softmax(q k^T / sqrt(d) + mask)`` with the module's own projections and mask
-  builder; the test checks that ``weights @ v`` projected gives the module's output) and maps token grids onto the
-  image (:func:`levels_to_image`).
+  forward hook that hands the call to :meth:`vitkit.layers.MultiheadAttention.attention_weights`; the test checks
+  that ``weights @ v`` projected gives the module's output) and maps token grids onto the image
+  (:func:`levels_to_image`).
 - :mod:`vitkit.viz.draw` holds the matplotlib helpers shared by the pictures.
 - :func:`coco_precision` / :func:`plot_pr_curves` (:mod:`vitkit.viz.pr_curves`): per-class precision-recall curves
   from COCOeval's ``eval["precision"]`` array, at IoU 0.5 and averaged over IoU 0.5:0.95 (``tools/plot_pr.py``).
