@@ -41,7 +41,8 @@ def one_thread() -> Iterator[None]:
 
 
 # The slow tier: whole modules that train, run a CLI in a subprocess, start DDP processes, score with Java or
-# benchmark. `pytest -m "not slow"` (the development loop) leaves them out; the full suite (CI) runs everything.
+# benchmark, plus single tests marked `@pytest.mark.slow` in their files (learning checks, the largest parity cases,
+# CLI runs). `pytest -m "not slow"` (the development loop) leaves them out; the full suite (CI) runs everything.
 SLOW_MODULES = frozenset({
     "test_benchmark", "test_caption_cli", "test_caption_train", "test_cli_main", "test_detect_cli",
     "test_detr_weights", "test_eval_cli", "test_export", "test_image_path", "test_precision",

@@ -164,6 +164,7 @@ def test_tied_weights_share_storage():
 
 
 # -------------------------------------------------------------------------------------------------- learning
+@pytest.mark.slow  # learns: the full suite runs it, the fast tier leaves it out
 @pytest.mark.parametrize("token_pos", ["learned", "rope"])
 def test_memorises_captions_of_solid_colour_images(token_pos):
     colours = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0),

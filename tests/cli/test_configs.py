@@ -10,7 +10,8 @@ from vitkit.captioning.module import CaptionModule
 from vitkit.detection.module import DetectionModule
 
 
-@pytest.mark.parametrize("config", ["detr_shapes.yaml", "detr_coco.yaml", "detr_r50_coco.yaml"])
+@pytest.mark.parametrize("config", ["detr_shapes.yaml", pytest.param("detr_coco.yaml", marks=pytest.mark.slow),
+                                    pytest.param("detr_r50_coco.yaml", marks=pytest.mark.slow)])
 def test_detection_configs_build_and_run(config):
     det = build_module(config, DetectionModule, {"num_classes": 80}).detector.eval()
     with torch.no_grad():
@@ -19,7 +20,7 @@ def test_detection_configs_build_and_run(config):
     assert torch.isfinite(out["pred_logits"]).all()
 
 
-@pytest.mark.parametrize("config", ["caption_shapes.yaml", "caption_coco.yaml"])
+@pytest.mark.parametrize("config", ["caption_shapes.yaml", pytest.param("caption_coco.yaml", marks=pytest.mark.slow)])
 def test_caption_configs_build_and_run(config):
     links = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
     cap = build_module(config, CaptionModule, links).captioner.eval()

@@ -22,9 +22,12 @@ CASES = [
     ("vit_tiny_patch16_224", {"depth": 2, "act_layer": "gelu_tanh"}, [(224, 224)], 2),
 ]
 IDS = ["small", "tiny", "base", "small-avg", "small-reg4", "clip-prenorm", "siglip-gelu-tanh"]
+FAST = {"tiny", "clip-prenorm", "siglip-gelu-tanh"}  # the fast tier's cases; the full suite runs all of them
+CASES = [pytest.param(*case, id=i, marks=() if i in FAST else pytest.mark.slow)
+         for case, i in zip(CASES, IDS, strict=True)]
 
 
-@pytest.mark.parametrize("name,kwargs,sizes,batch", CASES, ids=IDS)
+@pytest.mark.parametrize("name,kwargs,sizes,batch", CASES)
 def test_from_timm_matches_forward_features(perturb, name, kwargs, sizes, batch):
     model = perturb(timm.create_model(name, pretrained=False, dynamic_img_size=True, **kwargs).eval())
     enc = ViTEncoder.from_timm(model)

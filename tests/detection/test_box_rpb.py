@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vitkit.detection.box_rpb import BoxRPB, token_centres
@@ -37,6 +38,7 @@ def test_bias_is_a_sum_of_per_axis_terms_of_edge_offsets():
     torch.testing.assert_close(grid[0, :, 0, 0, 1], manual_x + manual_y, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # learns: the full suite runs it, the fast tier leaves it out
 def test_bias_can_learn_to_favour_tokens_inside_the_box():
     torch.manual_seed(0)
     rpb = BoxRPB(num_heads=1, hidden=32)

@@ -207,6 +207,7 @@ def _toy_batch(n: int = 4, size: int = 64, seed: int = 0):
     return images, targets
 
 
+@pytest.mark.slow  # learns: the full suite runs it, the fast tier leaves it out
 @pytest.mark.parametrize("sigmoid,two_stage", [(False, False), (True, False), (True, True)])
 def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     torch.manual_seed(0)

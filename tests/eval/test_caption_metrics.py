@@ -152,6 +152,7 @@ def test_bleu_equals_the_hand_computed_value() -> None:
     assert got["Bleu_4"] == pytest.approx(math.exp(-1) * 1e-6 ** 0.25, rel=1e-6)
 
 
+@pytest.mark.slow  # Java scorers on several captions: the full suite runs it
 def test_better_caption_beats_worse_on_every_metric(java_scorer: CaptionScorer) -> None:
     better, worse = java_scorer(GTS, BETTER), java_scorer(GTS, WORSE)
     assert list(better) == list(cm.METRIC_KEYS)

@@ -83,6 +83,7 @@ def test_short_run_learns_above_chance(capsys):
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite runs it
 def test_cli_writes_metrics_and_weights(tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -114,7 +114,8 @@ def test_token_grids_map_onto_the_image():
 MULTI_LEVEL_GLOBAL = {"multiscale": True, "coarse_level": True}
 
 
-@pytest.mark.parametrize("variant", ["global", "global_levels_cls", "deformable"])
+@pytest.mark.parametrize("variant", ["global", pytest.param("global_levels_cls", marks=pytest.mark.slow),
+                                     pytest.param("deformable", marks=pytest.mark.slow)])
 def test_detection_attention_picture(variant, tmp_path):
     if variant == "deformable":
         ckpt = save_detector(tmp_path / "det.ckpt", **DEFORMABLE)
@@ -179,6 +180,7 @@ def test_caption_attention_picture(captioner, tmp_path):
     _check_png(path, 800, 300)
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite runs it
 def test_caption_cli_attention(captioner, tmp_path, capsys):
     config, model, tok = captioner
     ckpt = tmp_path / "cap.ckpt"
@@ -229,6 +231,7 @@ def _coco_pair(tmp_path: Path) -> tuple[Path, Path]:
     return gt, res
 
 
+@pytest.mark.slow  # a CLI run end to end: the full suite runs it
 def test_pr_curves_picture_and_cli(tmp_path):
     gt, res = _coco_pair(tmp_path)
     precision, meta = viz.coco_precision(gt, res)
