@@ -28,6 +28,7 @@ from typing import Any
 
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, resolve_device, run_isolated
+from vitkit.utils.files import atomic_write
 
 __all__ = ["CaptionOutput", "FolderCaptionSummary", "caption_folder", "output_format", "resolve_device"]
 
@@ -170,11 +171,8 @@ class CaptionOutput:
 
     def rewrite(self, records: Sequence[dict[str, Any]]) -> None:
         """Replace the file's content with ``records`` (atomically: a temporary file, then a rename)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", encoding="utf-8", errors="surrogateescape", newline="") as f:
-            f.write((_csv_header() if self.fmt == "csv" else "") + _format_records(records, self.fmt))
-        os.replace(tmp, self.path)
+        text = (_csv_header() if self.fmt == "csv" else "") + _format_records(records, self.fmt)
+        atomic_write(self.path, text.encode("utf-8", errors="surrogateescape"))
 
     def start(self) -> None:
         """Create the file (with the CSV header) when it does not exist or is empty."""

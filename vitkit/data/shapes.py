@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from vitkit.data.shape_captions import shape_captions
+from vitkit.utils.files import atomic_write
 
 CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 1, "name": "square", "supercategory": "shape"},
@@ -205,12 +206,6 @@ def _render_image(rng: np.random.Generator, height: int, width: int, num_objects
 # --------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=0)
@@ -320,7 +315,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
             image_id = next_image_id
             next_image_id += 1
             file_name = f"{image_id:012d}.jpg"
-            _atomic_write_bytes(paths[f"{split}_images"] / file_name, _encode_jpeg(pixels, jpeg_quality))
+            atomic_write(paths[f"{split}_images"] / file_name, _encode_jpeg(pixels, jpeg_quality))
             images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
 
             objects, crowd_desc = [], None
@@ -344,7 +339,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
 
     # instances_train2017.json goes last: its presence means the whole set is complete (see ensure_shapes).
     for key in ("captions_val", "instances_val", "captions_train", "instances_train"):
-        _atomic_write_bytes(paths[key], json.dumps(outputs[key]).encode("utf-8"))
+        atomic_write(paths[key], json.dumps(outputs[key]).encode("utf-8"))
     return paths
 
 

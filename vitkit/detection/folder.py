@@ -53,6 +53,7 @@ from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, run_is
 from vitkit.data.images import ImageReadError, load_rgb
 from vitkit.detection.predictor import Detector
 from vitkit.eval.coco_results import detection_entries
+from vitkit.utils.files import atomic_write
 from vitkit.viz.draw import PALETTE
 
 DRAW_KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -159,14 +160,6 @@ def annotation_size_hints(annotations: str | os.PathLike, folder: str | os.PathL
     :class:`~vitkit.data.folder.ImageFolder`)."""
     files = [p.as_posix() for p in ImageFolder(folder, recursive=recursive).files]
     return annotation_ids(annotations, files)[1]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (a temporary file, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def draw_detections(image: Image.Image | Tensor, boxes: Tensor, labels: list[int], names: list[str],
@@ -332,8 +325,9 @@ def detect_folder(
                     summary.boxes += len(det["scores"])
             bar.advance(task, len(batch_files))
     results.sort(key=lambda r: (r["image_id"], -r["score"]))
-    _write_json(out, results)
-    _write_json(summary.image_ids, {"images": _sidecar_images(files, image_ids, sizes, failures)})
+    atomic_write(out, json.dumps(results).encode("utf-8"))
+    sidecar = {"images": _sidecar_images(files, image_ids, sizes, failures)}
+    atomic_write(summary.image_ids, json.dumps(sidecar).encode("utf-8"))
     summary.failures = [(f, failures[f]) for f in files if f in failures]
     summary.failed = len(summary.failures)
     summary.seconds = time.perf_counter() - start

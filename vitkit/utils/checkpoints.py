@@ -18,12 +18,13 @@ import inspect
 import os
 import pickle
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+
+from vitkit.utils.files import atomic_write
 
 
 class CheckpointError(ValueError):
@@ -76,35 +77,13 @@ def safe_load_checkpoint(path: str | Path, map_location: str | torch.device | No
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj, path)`` that never leaves ``path`` half-written.
+    """``torch.save(obj, path)`` that never leaves ``path`` half-written (and is on disk when it returns).
 
     Args:
         obj: what to save.
-        path: a local file path; its folder is created if needed.
+        path: a local file path (a ``file://`` prefix is dropped); its folder is created if needed.
     """
-    path = Path(str(path).removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for a plain open()
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (best effort: not every filesystem allows opening a folder)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    atomic_write(str(path).removeprefix("file://"), lambda f: torch.save(obj, f), durable=True)
 
 
 ALLOWED_CONFIG_MODULES = ("vitkit", "torch.nn", "timm")
