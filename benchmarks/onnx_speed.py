@@ -57,9 +57,10 @@ def build_detector(ckpt: str | None):
     """The shapes detector (a :class:`vitkit.detection.predictor.Detector`): ``ckpt``'s, or the YAML's with
     random weights."""
     import vitkit
-    from vitkit.detection import DETR, PostProcess
-    from vitkit.detection.predictor import Detector
+    from vitkit.detection import DETR
+    from vitkit.io.load import build_predictor
     from vitkit.utils.config import instantiate
+    from vitkit.utils.spec import InferenceSpec
 
     if ckpt:
         return vitkit.load(ckpt)
@@ -67,13 +68,13 @@ def build_detector(ckpt: str | None):
     config = recipe["model"]["detector"]
     config["init_args"]["num_classes"] = NUM_CLASSES
     torch.manual_seed(0)
-    model = instantiate(config, DETR).eval()
+    model = instantiate(config, DETR)
     with torch.no_grad():  # break the zero / constant inits so every branch does real work
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    post = PostProcess(sigmoid=model.sigmoid_head, num_select=recipe["model"]["num_select"])
-    data = recipe["data"]
-    return Detector(model, post, size=data["val_size"], max_size=data["val_max_size"]).eval()
+    spec = InferenceSpec(task="detection", model_config=config, size=recipe["data"]["val_size"],
+                         max_size=recipe["data"]["val_max_size"], num_select=recipe["model"]["num_select"])
+    return build_predictor(spec, model.state_dict(), "random weights")  # the predictor vitkit.load would build
 
 
 def inputs(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
