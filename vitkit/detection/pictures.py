@@ -26,7 +26,6 @@ from vitkit.viz.draw import PALETTE, box, display, grid_figure, heatmap, image_a
 from vitkit.viz.recording import (
     AttentionRecorder,
     Capture,
-    deformable_sampling,
     eval_mode,
     grid_stride,
     levels_to_image,
@@ -107,7 +106,7 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
                                 keep.tolist(), "deformable" if deformable else "global")
     if deformable:
         args, kwargs, _ = calls.calls["cross"]
-        loc, w = deformable_sampling(last, args[0], kwargs["reference"])  # (1, Q, H, L, P, 2), (1, Q, H, L, P)
+        loc, w = last.sampling(args[0], kwargs["reference"])  # (1, Q, H, L, P, 2), (1, Q, H, L, P)
         result.references = _xyxy(kwargs["reference"][0, keep].float().cpu(), Wd, Hd).numpy()
         for q in keep.tolist():
             xy = loc[0, q].reshape(-1, 2).cpu() * torch.tensor([Wd, Hd])  # (H*L*P, 2) display px

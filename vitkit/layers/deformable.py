@@ -80,6 +80,23 @@ class MSDeformableAttention(nn.Module):
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
+    def sampling(self, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
+        """Where and how much each query looks.
+
+        Args:
+            query: (B, Q, D); reference: (B, Q, 4) cxcywh boxes, normalised to the unpadded image.
+
+        Returns:
+            locations (B, Q, H, L, P, 2) as (x, y) in [0, 1] of the unpadded image, and weights (B, Q, H, L, P)
+            summing to 1 over L and P for each head (float32).
+        """
+        B, Q, _ = query.shape
+        H, L, P = self.num_heads, self.num_levels, self.num_points
+        off = self.sampling_offsets(query).float().view(B, Q, H, L, P, 2)
+        weights = self.attention_weights(query).float().view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
+        ref = reference.float()[:, :, None, None, None, :]  # (B, Q, 1, 1, 1, 4)
+        return ref[..., :2] + off / P * ref[..., 2:] * 0.5, weights
+
     def forward(
         self,
         query: Tensor,
@@ -111,16 +128,13 @@ class MSDeformableAttention(nn.Module):
         if given:
             raise ValueError(f"deformable cross-attention does not take {given}")
         B, Q, _ = query.shape
-        H, L, P, hd = self.num_heads, self.num_levels, self.num_points, self.dim // self.num_heads
+        H, L, hd = self.num_heads, self.num_levels, self.dim // self.num_heads
         if len(shapes) != L:
             raise ValueError(f"expected {L} memory levels, got {len(shapes)}")
         v = self.value_proj(value)  # (B, N, D)
         if key_padding_mask is not None:
             v = v.masked_fill(key_padding_mask[..., None], 0)
-        off = self.sampling_offsets(query).float().view(B, Q, H, L, P, 2)
-        weights = self.attention_weights(query).float().view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
-        ref = reference.float()[:, :, None, None, None, :]  # (B, Q, 1, 1, 1, 4)
-        loc = ref[..., :2] + off / P * ref[..., 2:] * 0.5  # (B, Q, H, L, P, 2) in the unpadded frame
+        loc, weights = self.sampling(query, reference)  # (B, Q, H, L, P, 2) in the unpadded frame
         loc = loc * ratios.float()[:, None, None, :, None, :]  # onto the padded grid
         grid = (2 * loc - 1).permute(0, 2, 1, 3, 4, 5).flatten(0, 1)  # (B*H, Q, L, P, 2)
         sampled, start = [], 0

@@ -15,14 +15,13 @@ cross-attention), and :func:`vitkit.cli.attention_folders.attention_folder` (eve
 
 from vitkit.viz.draw import DISPLAY_SIZE, PALETTE
 from vitkit.viz.pr_curves import coco_precision, plot_pr_curves
-from vitkit.viz.recording import AttentionRecorder, deformable_sampling, levels_to_image
+from vitkit.viz.recording import AttentionRecorder, levels_to_image
 
 __all__ = [
     "DISPLAY_SIZE",
     "PALETTE",
     "AttentionRecorder",
     "coco_precision",
-    "deformable_sampling",
     "levels_to_image",
     "plot_pr_curves",
 ]

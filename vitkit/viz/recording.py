@@ -3,9 +3,8 @@
 Attention runs through ``F.scaled_dot_product_attention``, which returns no weights, so :class:`AttentionRecorder`
 puts a forward hook on a :class:`~vitkit.layers.MultiheadAttention` and asks the module for the weights of the
 call's inputs (:meth:`MultiheadAttention.attention_weights`: its own projections and mask builder; for a
-KV-cached call, the keys in the cache). For deformable attention, :func:`deformable_sampling` recomputes the
-sampling locations and weights from the query and reference boxes, as :meth:`MSDeformableAttention.forward` does
-(three lines, repeated here).
+KV-cached call, the keys in the cache). For deformable attention,
+:meth:`~vitkit.layers.deformable.MSDeformableAttention.sampling` gives the sampling locations and weights of a call.
 :func:`levels_to_image` turns weights over token grids into an attention density over the image.
 """
 
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitkit.layers import MultiheadAttention
-from vitkit.layers.deformable import MSDeformableAttention
 
 
 class AttentionRecorder:
@@ -76,25 +74,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
-
-
-def deformable_sampling(module: MSDeformableAttention, query: Tensor, reference: Tensor) -> tuple[Tensor, Tensor]:
-    """Where and how much a deformable attention call looks: the computation of its forward, without sampling.
-
-    Args:
-        module: the deformable cross-attention.
-        query: (B, Q, D) its query input; reference: (B, Q, 4) cxcywh boxes, normalised to the unpadded image.
-
-    Returns:
-        locations (B, Q, H, L, P, 2) as (x, y) in [0, 1] of the unpadded image, weights (B, Q, H, L, P) summing
-        to 1 over L and P for each head.
-    """
-    B, Q, _ = query.shape
-    H, L, P = module.num_heads, module.num_levels, module.num_points
-    off = module.sampling_offsets(query).float().view(B, Q, H, L, P, 2)
-    weights = module.attention_weights(query).float().view(B, Q, H, L * P).softmax(-1).view(B, Q, H, L, P)
-    ref = reference.float()[:, :, None, None, None, :]  # (B, Q, 1, 1, 1, 4)
-    return ref[..., :2] + off / P * ref[..., 2:] * 0.5, weights  # (B, Q, H, L, P, 2)
 
 
 def grid_stride(encoder: nn.Module) -> float:
