@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vitkit.data.folder import ImageFolder, collate_folder, list_images
+from vitkit.data.folder import ImageFolder, collate_folder, list_images, overwrite_error
 from vitkit.data.images import ImageReadError, load_rgb
 
 GOOD = ["B.PNG", "a.JPG", "anim.gif", "bits.bmp", "cmyk.TIFF", "float.tif", "gray.png", "gray16.png", "la.png",
@@ -174,3 +174,11 @@ def test_transform_failure_is_a_record(folder: Path) -> None:
     ds = ImageFolder(folder, transform=small_only)
     record = ds[ds.files.index(Path("B.PNG"))]
     assert record["image"] is None and record["error"] == "transform failed: ValueError: too wide"
+
+
+def test_overwrite_error_names_the_option_when_pictures_would_land_on_the_images(tmp_path):
+    (tmp_path / "sub").mkdir()
+    assert overwrite_error("--draw", tmp_path / "sub" / "..", tmp_path) == (
+        f"--draw {tmp_path / 'sub' / '..'} is the image folder: the pictures would overwrite the images")
+    assert overwrite_error("--draw", tmp_path / "sub", tmp_path) is None
+    assert overwrite_error("--attention", None, tmp_path) is None

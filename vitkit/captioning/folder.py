@@ -261,7 +261,7 @@ def caption_folder(
         ValueError: a bad option, or ``out`` exists but is not a caption output of this format.
     """
     start = time.perf_counter()
-    if batch_size < 1:
+    if batch_size < 1:  # checked before the output file is touched
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"number of workers must be >= 0, got {num_workers}")

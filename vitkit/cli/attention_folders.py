@@ -12,14 +12,10 @@ from torch import nn
 
 from vitkit.captioning.pictures import caption_attention, plot_caption_attention
 from vitkit.captioning.predictor import CaptionPipeline
-from vitkit.data.folder import ImageFolder, progress_bar
+from vitkit.data.folder import ImageFolder, overwrite_error, progress_bar
+from vitkit.detection.folder import draw_path
 from vitkit.detection.pictures import detection_attention, plot_detection_attention
 from vitkit.detection.predictor import Detector
-
-
-def attention_name(rel: str) -> str:
-    """Picture name for the input ``rel``: ``a.png`` stays, anything else gets ``.png`` appended."""
-    return rel if rel.lower().endswith(".png") else f"{rel}.png"
 
 
 def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -27,7 +23,8 @@ def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str |
                      score_threshold: float = 0.5, progress: bool = False,
                      **generation: Any) -> tuple[int, list[tuple[str, str]]]:
     """Write the attention picture of every readable image of ``folder`` under ``out_dir`` (same relative path,
-    named by :func:`attention_name`).
+    named by :func:`~vitkit.detection.folder.draw_path` keeping only ``.png``: ``a.png`` stays, ``a.jpg`` becomes
+    ``a.jpg.png``).
 
     Args:
         model: a :class:`~vitkit.detection.predictor.Detector` (one panel per box above ``score_threshold``) or a
@@ -40,8 +37,9 @@ def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str |
     """
     if not isinstance(model, Detector | CaptionPipeline):
         raise TypeError(f"expected a Detector or a CaptionPipeline, got {type(model).__name__}")
-    if Path(out_dir).resolve() == Path(folder).resolve():
-        raise ValueError(f"--attention {out_dir} is the image folder: the pictures would overwrite the images")
+    error = overwrite_error("--attention", out_dir, folder)
+    if error is not None:
+        raise ValueError(error)
     dataset = ImageFolder(folder, recursive=recursive, size_hints=size_hints)
     written, failures = 0, []
     with progress_bar("attention", progress) as bar:
@@ -52,7 +50,7 @@ def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str |
             if record["error"] is not None:
                 failures.append((record["file"], record["error"]))
                 continue
-            dest = Path(out_dir) / attention_name(record["file"])
+            dest = Path(out_dir) / draw_path(record["file"], keep=(".png",))
             try:
                 if isinstance(model, Detector):
                     plot_detection_attention(detection_attention(model, record["image"], score_threshold), dest)

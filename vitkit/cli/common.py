@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.cli.attention_folders import attention_folder
-from vitkit.data.folder import IMAGE_EXTENSIONS, resolve_device
+from vitkit.data.folder import IMAGE_EXTENSIONS, overwrite_error, resolve_device
 from vitkit.io.load import load
 
 MAX_LISTED_FAILURES = 10  # failed files listed on stderr; the rest are counted
@@ -89,10 +89,8 @@ def folder_usage_error(folder: Path | None, ckpt: Path, picture_dirs: dict[str, 
             return f"not a folder: {folder}; pass the folder that holds the images"
     if not ckpt.is_file():
         return f"checkpoint not found: {ckpt}"
-    for flag, path in picture_dirs.items():
-        if folder is not None and path is not None and Path(path).resolve() == folder.resolve():
-            return f"{flag} {path} is the image folder: the pictures would overwrite the images"
-    return None
+    errors = [overwrite_error(flag, path, folder) for flag, path in picture_dirs.items()] if folder else []
+    return next((e for e in errors if e is not None), None)
 
 
 def load_predictor(prog: str, ckpt: Path, args: argparse.Namespace, expected: type, task: str) -> Any | int:

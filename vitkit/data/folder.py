@@ -166,6 +166,14 @@ def _collate_with_files(batch: list[dict[str, Any]]) -> tuple[list[str], dict[st
     return [r["file"] for r in batch], good, errors
 
 
+def overwrite_error(flag: str, out_dir: str | os.PathLike | None, folder: str | os.PathLike) -> str | None:
+    """The error when pictures written under ``out_dir`` (given as option ``flag``) would replace the images of
+    ``folder``; None when they would not (or no ``out_dir`` is given)."""
+    if out_dir is not None and Path(out_dir).resolve() == Path(folder).resolve():
+        return f"{flag} {out_dir} is the image folder: the pictures would overwrite the images"
+    return None
+
+
 def folder_batches(dataset: ImageFolder, indices: Sequence[int] | None = None, batch_size: int = 8,
                    num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``dataset`` (or the items ``indices``) in listing order.

@@ -49,7 +49,7 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
-from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, run_isolated
+from vitkit.data.folder import ImageFolder, folder_batches, overwrite_error, progress_bar, run_isolated
 from vitkit.data.images import ImageReadError, load_rgb
 from vitkit.detection.predictor import Detector
 from vitkit.eval.coco_results import detection_entries
@@ -218,8 +218,9 @@ def _check_options(folder: str | os.PathLike, out: Path, score_threshold: float,
         raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'dets.json'}")
     if not 0.0 <= score_threshold <= 1.0:
         raise ValueError(f"score threshold must be in [0, 1], got {score_threshold}")
-    if draw_dir is not None and Path(draw_dir).resolve() == Path(folder).resolve():
-        raise ValueError(f"--draw {draw_dir} is the image folder: the pictures would overwrite the images")
+    error = overwrite_error("--draw", draw_dir, folder)
+    if error is not None:
+        raise ValueError(error)
 
 
 def _image_ids(detector: Detector, dataset: ImageFolder, files: list[str], annotations: str | os.PathLike | None,
