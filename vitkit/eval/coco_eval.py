@@ -91,12 +91,18 @@ class CocoEvalResult:
             -1.0 for a category without non-crowd ground truth in the evaluated images.
         num_images: number of images evaluated (COCOeval's ``params.imgIds``).
         num_detections: number of result entries given (before COCOeval's per-image maxDets cut).
+        precision: COCOeval's accumulated ``eval["precision"]`` (T, R, K, A, M), -1 where a class has no ground
+            truth (what :func:`vitkit.viz.coco_precision` draws).
+        params: what indexes ``precision``: ``iou_thrs`` (T,), ``rec_thrs`` (R,), ``cat_ids`` (K,), ``area_rng``
+            (A labels), ``max_dets`` (M,).
     """
     stats: dict[str, float]
     summary: str
     per_class_ap: dict[int, float] = field(default_factory=dict)
     num_images: int = 0
     num_detections: int = 0
+    precision: np.ndarray | None = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 def _backend_classes(backend: str) -> tuple[type, type]:
@@ -315,7 +321,15 @@ def evaluate_coco(
         per_class_ap=_per_class_ap(cocoeval),
         num_images=len(img_ids),
         num_detections=len(dets),
+        precision=np.asarray(cocoeval.eval["precision"]),
+        params=_params(cocoeval),
     )
+
+
+def _params(cocoeval: Any) -> dict[str, Any]:
+    p = cocoeval.params
+    return {"iou_thrs": np.asarray(p.iouThrs), "rec_thrs": np.asarray(p.recThrs), "cat_ids": list(p.catIds),
+            "area_rng": list(p.areaRngLbl), "max_dets": list(p.maxDets)}
 
 
 def _per_class_ap(cocoeval: Any) -> dict[int, float]:

@@ -1,25 +1,21 @@
 """Per-class precision-recall curves from a COCO bbox evaluation (``tools/plot_pr.py``).
 
-:func:`coco_precision` runs COCOeval (pycocotools or faster-coco-eval) and returns its accumulated
-``eval["precision"]`` array; :func:`plot_pr_curves` draws it per class at IoU 0.5 and averaged over IoU 0.5:0.95.
+:func:`coco_precision` runs :func:`vitkit.eval.coco_eval.evaluate_coco` (pycocotools or faster-coco-eval) and
+returns COCOeval's accumulated ``eval["precision"]`` array; :func:`plot_pr_curves` draws it per class at IoU 0.5 and
+averaged over IoU 0.5:0.95.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from faster_coco_eval import COCOeval_faster
 from matplotlib.figure import Figure
-from pycocotools.cocoeval import COCOeval
 
-from vitkit.eval.coco_eval import load_gt
+from vitkit.eval.coco_eval import evaluate_coco, load_gt
 from vitkit.eval.coco_results import load_results, validate_results
 from vitkit.viz.draw import PALETTE, save
 
@@ -43,24 +39,10 @@ def coco_precision(gt: str | os.PathLike, results: str | os.PathLike | Sequence[
     dets = load_results(results) if isinstance(results, str | os.PathLike) else validate_results(results)
     if not dets:
         raise ValueError("no detections: nothing to draw precision-recall curves from")
-    known = set(coco.getImgIds())
-    bad = next((d["image_id"] for d in dets if d["image_id"] not in known), None)
-    if bad is not None:
-        raise ValueError(f"image_id {bad} of the results is not an image of the annotation file")
-    with contextlib.redirect_stdout(io.StringIO()):
-        dt = coco.loadRes(copy.deepcopy(dets))
-        if backend == "faster":
-            ev = COCOeval_faster(coco, dt, iouType="bbox", print_function=lambda *a, **k: None)
-        else:
-            ev = COCOeval(coco, dt, iouType="bbox")
-        ev.evaluate()
-        ev.accumulate()
-    p = ev.params
-    cats = {c["id"]: c["name"] for c in coco.loadCats(list(p.catIds))}
-    meta = {"iou_thrs": np.asarray(p.iouThrs), "rec_thrs": np.asarray(p.recThrs), "cat_ids": list(p.catIds),
-            "cat_names": [str(cats.get(c, c)) for c in p.catIds], "area_rng": list(p.areaRngLbl),
-            "max_dets": list(p.maxDets)}
-    return np.asarray(ev.eval["precision"]), meta
+    res = evaluate_coco(coco, dets, backend=backend)
+    cats = {c["id"]: c["name"] for c in coco.loadCats(res.params["cat_ids"])}
+    meta = {**res.params, "cat_names": [str(cats.get(c, c)) for c in res.params["cat_ids"]]}
+    return res.precision, meta
 
 
 def plot_pr_curves(precision: np.ndarray, path: str | os.PathLike, rec_thrs: np.ndarray | None = None,
