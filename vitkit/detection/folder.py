@@ -189,10 +189,6 @@ def _label_font() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _names(detector: Detector, labels: list[int]) -> list[str]:
-    return [detector.class_names[j] for j in labels] if detector.class_names else [str(j) for j in labels]
-
-
 def _draw(detector: Detector, folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None,
           det: dict[str, Tensor], draw_dir: str | os.PathLike | None) -> str | None:
     """Decode ``folder/file`` again (the batch holds it resized and normalised), draw ``det`` on it and save it under
@@ -203,7 +199,7 @@ def _draw(detector: Detector, folder: str | os.PathLike, file: str, size_hint: t
     dest = Path(draw_dir) / draw_path(file)
     try:
         pixels = draw_detections(load_rgb(Path(folder) / file, size_hint=size_hint), det["boxes"], labels,
-                                 _names(detector, labels), det["scores"].tolist())  # (3, H, W) uint8
+                                 detector.label_text(labels), det["scores"].tolist())  # (3, H, W) uint8
         dest.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(dest)  # format from the suffix
     except (ImageReadError, OSError, ValueError) as err:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from torchvision.ops import box_convert
 
-from vitkit.kernels.precision import model_dtype
 from vitkit.layers.deformable import MSDeformableAttention
 from vitkit.viz.draw import PALETTE, box, display, grid_figure, heatmap, image_axes, rgb, save
 from vitkit.viz.recording import (
@@ -80,8 +80,6 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
     model = detector.model
     img = rgb(image)
     batch, mask, _ = detector.preprocess([img])  # (1, 3, h, w), (1, h, w)
-    device = next(model.parameters()).device
-    batch = batch.to(model_dtype(model))  # bf16 when the detector runs in bf16
     last = model.decoder.layers[-1].cross_attn
     deformable = isinstance(last, MSDeformableAttention)
     with eval_mode(model), contextlib.ExitStack() as stack:
@@ -89,8 +87,8 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
                                              "coarser": getattr(model, "coarser", None),
                                              "cross": last if deformable else None}))
         recorder = None if deformable else stack.enter_context(AttentionRecorder(last))
-        out = model(batch.to(device), mask.to(device))
-    logits = out["pred_logits"][0].float()  # (Q, C[+1])
+        out = detector.run(batch, mask)  # float32 outputs, whatever the detector's dtype
+    logits = out["pred_logits"][0]  # (Q, C[+1])
     probs = logits.sigmoid() if detector.postprocess.sigmoid else logits.softmax(-1)[:, :-1]
     scores, labels = probs.max(-1)  # (Q,)
     order = scores.argsort(descending=True)
@@ -98,10 +96,10 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
 
     shown = display(img)
     Hd, Wd = shown.shape[:2]
-    boxes = out["pred_boxes"][0, keep].float().cpu()  # (K, 4) cxcywh in [0, 1]
+    boxes = out["pred_boxes"][0, keep].cpu()  # (K, 4) cxcywh in [0, 1]
     xyxy = _xyxy(boxes, Wd, Hd)  # (K, 4) display px
     lab = labels[keep].cpu()
-    names = [detector.class_names[j] for j in lab.tolist()] if detector.class_names else [str(j) for j in lab.tolist()]
+    names = detector.label_text(lab.tolist())
     result = DetectionAttention(shown, Wd / img.width, xyxy.numpy(), scores[keep].cpu().numpy(), lab.numpy(), names,
                                 keep.tolist(), "deformable" if deformable else "global")
     if deformable:
@@ -127,8 +125,7 @@ def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Im
 
 def _xyxy(cxcywh: Tensor, width: int, height: int) -> Tensor:
     """(K, 4) normalised cxcywh -> (K, 4) xyxy px of a width x height image."""
-    half = cxcywh[:, 2:] / 2
-    return torch.cat((cxcywh[:, :2] - half, cxcywh[:, :2] + half), -1) * torch.tensor([width, height, width, height])
+    return box_convert(cxcywh, "cxcywh", "xyxy") * torch.tensor([width, height, width, height])
 
 
 def plot_detection_attention(att: DetectionAttention, path: str | os.PathLike, cols: int = 4) -> Path:

@@ -64,6 +64,10 @@ class Detector(nn.Module):
         out = self.model(batch.to(param.device, model_dtype(self.model)), mask.to(param.device))
         return {k: v.float() if isinstance(v, Tensor) and v.is_floating_point() else v for k, v in out.items()}
 
+    def label_text(self, labels: Sequence[int]) -> list[str]:
+        """Display names of labels: the class names, or the label numbers as text when the detector has none."""
+        return [self.class_names[j] for j in labels] if self.class_names else [str(j) for j in labels]
+
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2).
 
