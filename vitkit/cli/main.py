@@ -11,11 +11,11 @@ import difflib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
 
 from vitkit.cli import benchmark, caption, detect, export, make_shapes, plot_pr, train
 from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import shipped_configs
+from vitkit.version import __version__
 
 PROG = "vitkit"
 
@@ -58,13 +58,6 @@ EXAMPLES = """examples:
   vitkit benchmark --quick --threads 1"""
 
 
-def _version() -> str:
-    try:
-        return metadata.version("vitkit")
-    except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 def help_text() -> str:
     """What ``vitkit --help`` prints: usage, the commands, examples and the shipped configs."""
     width = max(map(len, COMMANDS))
@@ -90,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text(), end="")
         return 0
     if argv and argv[0] == "--version":
-        print(f"{PROG} {_version()}")
+        print(f"{PROG} {__version__}")
         return 0
     if not argv:
         print(help_text(), end="", file=sys.stderr)
