@@ -17,7 +17,7 @@ import vitkit
 from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
 from vitkit.captioning.module import CaptionModule
-from vitkit.io.load import instantiate
+from vitkit.utils.config import instantiate
 from vitkit.utils.spec import SPEC_KEY, InferenceSpec, write_spec
 
 REPO = Path(__file__).resolve().parents[2]

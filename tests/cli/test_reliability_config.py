@@ -28,7 +28,7 @@ from vitkit.cli.config_errors import explain_config_error
 from vitkit.data.shapes import ensure_shapes
 from vitkit.detection import DETR
 from vitkit.detection.export import checkpoint_spec as detection_spec
-from vitkit.io.load import instantiate
+from vitkit.utils.config import instantiate
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"

@@ -14,8 +14,8 @@ from jsonargparse import ArgumentParser
 
 from vitkit.detection import DETR
 from vitkit.detection.module import DetectionModule
-from vitkit.io.load import instantiate
 from vitkit.train.guards import ConfigError
+from vitkit.utils.config import instantiate
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY = {

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from tests.support.detr_reference import REFERENCE, build, run
 from vitkit.detection import DETR
-from vitkit.io.load import instantiate
+from vitkit.utils.config import instantiate
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "shapes"])

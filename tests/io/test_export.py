@@ -39,7 +39,8 @@ from vitkit.io.export import (  # noqa: E402
     require,
     run_onnx,
 )
-from vitkit.io.load import WeightsMismatchError, instantiate  # noqa: E402
+from vitkit.io.load import WeightsMismatchError  # noqa: E402
+from vitkit.utils.config import instantiate  # noqa: E402
 from vitkit.utils.spec import SPEC_KEY  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,7 +19,7 @@ import vitkit
 from tests.support.tiny_checkpoints import lightning_checkpoint
 from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.detection import DETR
-from vitkit.io.load import instantiate
+from vitkit.utils.config import instantiate
 from vitkit.utils.spec import InferenceSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -112,7 +112,7 @@ if __name__ == "__main__":
     from safetensors.torch import save_file
 
     from vitkit.detection import DETR
-    from vitkit.io.load import instantiate
+    from vitkit.utils.config import instantiate
 
     tensors = {}
     for kind in ("vanilla", "shapes"):

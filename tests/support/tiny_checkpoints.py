@@ -26,8 +26,8 @@ from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.captioning.export import checkpoint_spec as caption_spec
 from vitkit.detection import DETR
 from vitkit.detection.export import checkpoint_spec as detection_spec
-from vitkit.io.load import instantiate
 from vitkit.io.tasks import TASKS
+from vitkit.utils.config import instantiate
 from vitkit.utils.spec import SPEC_KEY, InferenceSpec, write_spec
 
 CLASS_NAMES = ["square", "circle", "triangle", "star"]

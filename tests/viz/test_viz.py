@@ -28,8 +28,8 @@ from vitkit.captioning.export import checkpoint_spec as caption_spec
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.detection import pictures as detection_pictures
 from vitkit.detection.export import checkpoint_spec as detection_spec
-from vitkit.io.load import instantiate
 from vitkit.layers import KVCache, MultiheadAttention
+from vitkit.utils.config import instantiate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

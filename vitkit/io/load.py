@@ -25,12 +25,11 @@ from torch import Tensor, nn
 from vitkit.detection.official_weights import detr_format, load_detr_weights
 from vitkit.io.tasks import TASKS
 from vitkit.kernels.precision import resolve_precision
-from vitkit.utils.checkpoints import CheckpointError, check_stored_config, safe_load_checkpoint
+from vitkit.utils.checkpoints import check_stored_config, safe_load_checkpoint
 from vitkit.utils.config import instantiate
 from vitkit.utils.spec import SPEC_KEY, InferenceSpec, read_spec, spec_from_metadata
 
-__all__ = ["CheckpointError", "WeightsMismatchError", "build_predictor", "instantiate", "load", "load_safetensors",
-           "read_source", "safe_load_checkpoint"]
+__all__ = ["WeightsMismatchError", "build_predictor", "load", "load_safetensors", "read_source"]
 
 
 class WeightsMismatchError(ValueError):
