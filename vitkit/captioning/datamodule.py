@@ -29,7 +29,7 @@ from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
-from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize
+from vitkit.data.transforms import RandomShortestSideResize, normalize_steps
 from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
 from vitkit.utils.distributed import broadcast_object, is_distributed, rank
 
@@ -227,7 +227,7 @@ class CaptionDataModule(CocoLayoutDataModule):
         if hp.color_jitter > 0:
             steps.append(v2.ColorJitter(brightness=hp.color_jitter, contrast=hp.color_jitter,
                                         saturation=hp.color_jitter))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))]
+        steps += normalize_steps()
         return v2.Compose(steps)
 
     def setup(self, stage: str | None = None) -> None:

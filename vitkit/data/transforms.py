@@ -133,7 +133,8 @@ class RandomSizeCrop(v2.Transform):
         return F.crop(inpt, top=params["top"], left=params["left"], height=params["height"], width=params["width"])
 
 
-def _normalize(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+def normalize_steps(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[v2.Transform]:
+    """uint8 -> float32 in [0, 1], then per-channel ``(x - mean) / std``: the last steps of every transform."""
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
@@ -174,7 +175,7 @@ def detr_train_transforms(scales: Sequence[int] = DETR_SCALES, max_size: int | N
         v2.RandomHorizontalFlip(p=hflip_p),
         v2.RandomChoice([multiscale, crop_branch], p=[1.0 - crop_p, crop_p]),
         v2.SanitizeBoundingBoxes(min_size=min_box_size),
-        *_normalize(mean, std),
+        *normalize_steps(mean, std),
     ])
 
 
@@ -195,7 +196,7 @@ def val_transforms(size: int, max_size: int | None, mean: Sequence[float] = IMAG
     Returns:
         A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)`` (or ``image -> image``).
     """
-    return v2.Compose([RandomShortestSideResize(size, max_size=max_size), *_normalize(mean, std)])
+    return v2.Compose([RandomShortestSideResize(size, max_size=max_size), *normalize_steps(mean, std)])
 
 
 def detr_val_transforms(size: int = 800, max_size: int | None = 1333, mean: Sequence[float] = IMAGENET_MEAN,
