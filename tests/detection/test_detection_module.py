@@ -12,27 +12,17 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
+from tests.support.tiny_checkpoints import detector_config
 from vitkit.detection import DETR
 from vitkit.detection.module import DetectionModule
 from vitkit.train.guards import ConfigError
 from vitkit.utils.config import instantiate
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TINY = {
-    "class_path": "vitkit.detection.DETR",
-    "init_args": {
-        "num_classes": 3, "num_queries": 5,
-        "encoder": {"class_path": "vitkit.core.ViTEncoder",
-                    "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False,
-                                  "pos_embed": "sine"}},
-        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
-                    "init_args": {"dim": 32, "depth": 1, "num_heads": 2}},
-    },
-}
 
 
 def _detector(**init_args) -> DETR:
-    config = copy.deepcopy(TINY)
+    config = detector_config(num_classes=3)
     config["init_args"].update(init_args)
     return instantiate(config, DETR)
 

@@ -21,6 +21,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from tests.support.tiny_checkpoints import detector_config
 from vitkit.data.shapes import ensure_shapes
 from vitkit.detection import DETR, HungarianMatcher, SetCriterion
 from vitkit.detection.datamodule import CocoDataModule
@@ -31,17 +32,6 @@ from vitkit.utils.config import instantiate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-DETR_CONFIG = {
-    "class_path": "vitkit.detection.DETR",
-    "init_args": {
-        "num_classes": 4, "num_queries": 6,
-        "encoder": {"class_path": "vitkit.core.ViTEncoder",
-                    "init_args": {"patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "class_token": False,
-                                  "pos_embed": "sine"}},
-        "decoder": {"class_path": "vitkit.core.TransformerDecoder",
-                    "init_args": {"dim": 32, "depth": 1, "num_heads": 2}},
-    },
-}
 
 
 # ------------------------------------------------------------------------------------------ degenerate boxes
@@ -93,7 +83,7 @@ def test_nan_and_inf_boxes_do_not_crash_matcher_or_giou(loss_type: str, bad: flo
 def test_validation_drops_nonfinite_detections_instead_of_crashing():
     """A diverged model's NaN boxes reach validation: they are dropped and counted, COCO results stay valid."""
     torch.manual_seed(0)
-    module = DetectionModule(instantiate(copy.deepcopy(DETR_CONFIG), DETR), num_classes=4,
+    module = DetectionModule(instantiate(detector_config(num_queries=6), DETR), num_classes=4,
                              label_to_cat_id=[1, 3, 7, 9]).eval()
     real_forward = module.detector.forward
 
@@ -178,7 +168,7 @@ def shapes(tmp_path_factory) -> Path:
 
 def _fit(shapes: Path, nonfinite: str, callbacks=(), **trainer_kwargs):
     torch.manual_seed(0)
-    module = NaNAtStep(instantiate(copy.deepcopy(DETR_CONFIG), DETR), num_classes=4, nonfinite=nonfinite, lr=1e-3,
+    module = NaNAtStep(instantiate(detector_config(num_queries=6), DETR), num_classes=4, nonfinite=nonfinite, lr=1e-3,
                        schedule="cosine", nan_step=1)
     data = CocoDataModule(root=str(shapes), batch_size=2, num_workers=0, train_scales=[64], train_max_size=96,
                           crop_p=0.0, val_size=64, val_max_size=96, pad_to_multiple=16)
@@ -268,7 +258,7 @@ def _ddp_skip_worker(rank: int, world: int, port: int, root: str, out: str) -> N
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), NODE_RANK="0")
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    module = NaNAtStep(instantiate(copy.deepcopy(DETR_CONFIG), DETR), num_classes=4, nonfinite="skip", lr=1e-3,
+    module = NaNAtStep(instantiate(detector_config(num_queries=6), DETR), num_classes=4, nonfinite="skip", lr=1e-3,
                        schedule="cosine", nan_step=1, nan_rank=1)
     data = CocoDataModule(root=root, batch_size=2, num_workers=0, train_scales=[64], train_max_size=96, crop_p=0.0,
                           val_size=64, val_max_size=96, pad_to_multiple=16)
