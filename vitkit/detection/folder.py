@@ -233,9 +233,10 @@ def _image_ids(detector: Detector, dataset: ImageFolder, files: list[str], annot
     return image_ids
 
 
-def _sidecar_images(files: list[str], image_ids: dict[str, int], sizes: dict[str, tuple[int, int]],
-                    failures: dict[str, str]) -> list[dict[str, Any]]:
-    """The sidecar's COCO ``images`` entries: id, file name, decoded width and height, error of a failed file."""
+def _write_sidecar(path: Path, files: list[str], image_ids: dict[str, int], sizes: dict[str, tuple[int, int]],
+                   failures: dict[str, str]) -> None:
+    """Write the sidecar ``{"images": [...]}``, COCO's ``images`` entries: id, file name, decoded width and height,
+    and the error of a failed file."""
     images = []
     for f in files:
         entry: dict[str, Any] = {"id": image_ids.get(f), "file_name": f}
@@ -244,7 +245,7 @@ def _sidecar_images(files: list[str], image_ids: dict[str, int], sizes: dict[str
         if f in failures:
             entry["error"] = failures[f]
         images.append(entry)
-    return images
+    atomic_write(path, json.dumps({"images": images}).encode("utf-8"))
 
 
 def detect_folder(
@@ -321,10 +322,8 @@ def detect_folder(
                     summary.detected += 1
                     summary.boxes += len(det["scores"])
             bar.advance(task, len(batch_files))
-    results.sort(key=lambda r: (r["image_id"], -r["score"]))
-    atomic_write(out, json.dumps(results).encode("utf-8"))
-    sidecar = {"images": _sidecar_images(files, image_ids, sizes, failures)}
-    atomic_write(summary.image_ids, json.dumps(sidecar).encode("utf-8"))
+    atomic_write(out, json.dumps(sorted(results, key=lambda r: (r["image_id"], -r["score"]))).encode("utf-8"))
+    _write_sidecar(summary.image_ids, files, image_ids, sizes, failures)
     summary.failures = [(f, failures[f]) for f in files if f in failures]
     summary.failed = len(summary.failures)
     summary.seconds = time.perf_counter() - start
