@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import vitkit
+from tests.support.cli import run_main
 from tests.support.mixed_images import BAD, GOOD
 from tests.support.mixed_images import make_mixed_folder as _make_folder
 from tests.support.mixed_images import noise as _noise
@@ -291,28 +292,29 @@ def test_cli_csv_greedy_in_process(model_files, folder, tmp_path, capsys):
     assert "sub/" not in (tmp_path / "all.csv").read_text()  # format from the suffix, subfolders left out
 
 
-def test_cli_usage_errors(model_files, folder, tmp_path, capsys):
+def test_cli_usage_errors(model_files, folder, tmp_path, capfd, monkeypatch):
     ckpt = str(model_files[0])
+    main = _caption_main()
+    monkeypatch.chdir(tmp_path)
     cases = [
         ((str(tmp_path / "nope"), "--ckpt", ckpt), "image folder not found"),
         ((str(folder / "A.JPG"), "--ckpt", ckpt), "not a folder"),
         ((str(folder), "--ckpt", str(tmp_path / "missing.ckpt")), "checkpoint not found"),
     ]
-    for args, message in cases:  # through a real interpreter: these fail before torch is imported
-        proc = _run(*args, cwd=tmp_path)
+    for args, message in cases:  # in process, output captured at the file descriptors (tests.support.cli)
+        proc = run_main(main, args, capfd)
         assert proc.returncode == 2, (args, proc.stderr)
         assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    proc = _run(str(folder), "--ckpt", ckpt, "--beam", "0", cwd=tmp_path)
+    proc = run_main(main, (str(folder), "--ckpt", ckpt, "--beam", "0"), capfd)
     assert proc.returncode == 2 and "--beam" in proc.stderr
 
-    main = _caption_main()
     not_ckpt = tmp_path / "not.ckpt"
     not_ckpt.write_text("hello")
     out = tmp_path / "c.jsonl"
     assert main([str(folder), "--ckpt", str(not_ckpt), "--out", str(out)]) == 2
-    assert "cannot be loaded safely" in capsys.readouterr().err
+    assert "cannot be loaded safely" in capfd.readouterr().err
     out.write_text("prose, not captions\nmore prose\n")
     assert main([str(folder), "--ckpt", ckpt, "--out", str(out), "--workers", "0"]) == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert "line 1 is not a caption record" in err and err.count("\n") == 1
     assert out.read_text() == "prose, not captions\nmore prose\n"

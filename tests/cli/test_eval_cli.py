@@ -17,6 +17,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from tests.support.cli import run_main
+from vitkit.cli import eval as eval_command
 from vitkit.eval import STAT_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,7 +59,15 @@ def _write_inputs(tmp_path: Path) -> tuple[Path, Path, list[dict[str, Any]]]:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
+    """tools/eval.py in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, str(EVAL), *args], capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+@pytest.fixture
+def run(capfd, monkeypatch):
+    """The same command in this process (:func:`tests.support.cli.run_main`), from the repository root."""
+    monkeypatch.chdir(REPO)
+    return lambda *args: run_main(eval_command.main, args, capfd)
 
 
 def _pycocotools_stats(gt_path: Path, results: list[dict[str, Any]]) -> list[float]:
@@ -91,43 +101,43 @@ def test_cli_summary_and_json(tmp_path, backend):
     assert lines[0].endswith(f"= {expected[0]:0.3f}")
 
 
-def test_cli_missing_file(tmp_path):
+def test_cli_missing_file(tmp_path, run):
     gt_path, res_path, _ = _write_inputs(tmp_path)
     missing = tmp_path / "nope.json"
     for args in (("--annotations", str(missing), "--results", str(res_path)),
                  ("--annotations", str(gt_path), "--results", str(missing))):  # fmt: skip
-        proc = _run(*args)
+        proc = run(*args)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and str(missing) in proc.stderr and "not found" in proc.stderr
         assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
-def test_cli_malformed_results(tmp_path):
+def test_cli_malformed_results(tmp_path, run):
     gt_path, res_path, results = _write_inputs(tmp_path)
     bad = copy.deepcopy(results)
     del bad[3]["score"]
     res_path.write_text(json.dumps(bad))
-    proc = _run("--annotations", str(gt_path), "--results", str(res_path))
+    proc = run("--annotations", str(gt_path), "--results", str(res_path))
     assert proc.returncode == 2
     assert "results[3]: missing key 'score'" in proc.stderr and "Traceback" not in proc.stderr
 
     res_path.write_text(json.dumps({"image_id": 1}))
-    proc = _run("--annotations", str(gt_path), "--results", str(res_path))
+    proc = run("--annotations", str(gt_path), "--results", str(res_path))
     assert proc.returncode == 2 and "JSON list" in proc.stderr
 
     res_path.write_text("[{")
-    proc = _run("--annotations", str(gt_path), "--results", str(res_path))
+    proc = run("--annotations", str(gt_path), "--results", str(res_path))
     assert proc.returncode == 2 and "not valid JSON" in proc.stderr
 
 
-def test_cli_checkpoint_mode_missing_checkpoint(tmp_path):
-    proc = _run("configs/detr_shapes.yaml", "--ckpt", str(tmp_path / "last.ckpt"))
+def test_cli_checkpoint_mode_missing_checkpoint(tmp_path, run):
+    proc = run("configs/detr_shapes.yaml", "--ckpt", str(tmp_path / "last.ckpt"))
     assert proc.returncode == 2 and "last.ckpt" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_needs_both_inputs(tmp_path):
+def test_cli_needs_both_inputs(tmp_path, run):
     gt_path, _, _ = _write_inputs(tmp_path)
-    proc = _run("--annotations", str(gt_path))
+    proc = run("--annotations", str(gt_path))
     assert proc.returncode == 2 and "--results" in proc.stderr
 
 
@@ -149,10 +159,10 @@ def _write_caption_inputs(tmp_path: Path) -> tuple[Path, Path]:
     return gt_path, res_path
 
 
-def test_cli_caption_metrics(tmp_path):
+def test_cli_caption_metrics(tmp_path, run):
     gt_path, res_path = _write_caption_inputs(tmp_path)
     out = tmp_path / "m" / "caption_metrics.json"
-    proc = _run("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--no-java",
+    proc = run("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--no-java",
                 "--json-out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.rstrip("\n").split("\n")
@@ -166,10 +176,10 @@ def test_cli_caption_metrics(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("java") is None, reason="METEOR needs a Java runtime")
-def test_cli_caption_metrics_with_java_meteor(tmp_path):
+def test_cli_caption_metrics_with_java_meteor(tmp_path, run):
     gt_path, res_path = _write_caption_inputs(tmp_path)
     out = tmp_path / "caption_metrics.json"
-    proc = _run("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--json-out", str(out))
+    proc = run("--captions-gt", str(gt_path), "--captions-results", str(res_path), "--json-out", str(out))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.rstrip("\n").split("\n")
     assert [line.split()[0] for line in lines] == CAPTION_NAMES and lines[4] == "METEOR   1.0000"
@@ -177,7 +187,7 @@ def test_cli_caption_metrics_with_java_meteor(tmp_path):
     assert metrics["METEOR"] == pytest.approx(1.0) and metrics["Bleu_4"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_cli_caption_errors(tmp_path):
+def test_cli_caption_errors(tmp_path, run):
     gt_path, res_path = _write_caption_inputs(tmp_path)
     missing = tmp_path / "nope.json"
     bad_json, not_list, unknown_id = tmp_path / "bad.json", tmp_path / "dict.json", tmp_path / "unknown.json"
@@ -196,7 +206,7 @@ def test_cli_caption_errors(tmp_path):
          "one mode at a time"),
     ]
     for args, message in cases:
-        proc = _run(*args, "--no-java")
+        proc = run(*args, "--no-java")
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert message in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and proc.stdout == ""

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import vitkit
+from tests.support.cli import run_main
+from vitkit.cli import train
 from vitkit.utils.spec import SPEC_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,17 +81,24 @@ def test_eval_checkpoint_and_load_predict(trained):
     assert not (p["boxes"] < 0).any()
 
 
-def test_unknown_config_key_is_an_error(tmp_path):
+@pytest.fixture
+def train_in_process(tmp_path, capfd, monkeypatch):
+    """``vitkit train`` in this process, from ``tmp_path`` (:func:`tests.support.cli.run_main`)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["vitkit"])
+    return lambda *args: run_main(train.main, args, capfd)
+
+
+def test_unknown_config_key_is_an_error(train_in_process):
     """One paragraph naming the key, a spelling suggestion and the fix; no usage wall, no traceback (issue 7)."""
-    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--model.lrr", "1"], cwd=tmp_path)
+    proc = train_in_process(str(CONFIG), "--model.lrr", "1")
     assert proc.returncode == 2 and "unknown config key 'model.lrr'" in proc.stderr
     assert "did you mean 'model.lr'" in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr and "usage:" not in proc.stderr and len(proc.stderr.splitlines()) <= 3
 
 
-def test_missing_data_folder_explains_the_layout(tmp_path):
-    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(tmp_path / "nope"),
-                 "--data.generate_shapes", "false"], cwd=tmp_path)
+def test_missing_data_folder_explains_the_layout(tmp_path, train_in_process):
+    proc = train_in_process(str(CONFIG), "--data.root", str(tmp_path / "nope"), "--data.generate_shapes", "false")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr  # issue 7: a paragraph, not a traceback
     assert "error: data.root: missing" in proc.stderr
     assert "instances_train2017.json" in proc.stderr and "cocodataset.org" in proc.stderr
