@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -49,6 +50,13 @@ SLOW_MODULES = frozenset({
     "test_reliability_checkpoints", "test_reliability_config", "test_reliability_ddp", "test_reliability_images",
     "test_reliability_nonfinite", "test_reliability_resume", "test_train_cli",
 })
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n 2``, the CI command) each worker runs on one torch thread, so the workers share the
+    cores instead of oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
