@@ -10,7 +10,6 @@ from tests.support.detr_reference import REFERENCE, build, run
 from vitkit.detection import DETR
 from vitkit.utils.config import instantiate
 
-
 RECORDED_THREADS = 2  # tests/support/detr_reference.safetensors was written on 2 torch threads
 
 
