@@ -49,7 +49,7 @@ COMMANDS: dict[str, Command] = {
     "plot-pr": Command(plot_pr.main, "per-class precision-recall curves of a COCO results file (PNG)"),
 }
 EXAMPLES = """examples:
-  vitkit train detr_shapes                                    # the shipped shapes detector (CPU, ~15 min)
+  vitkit train detr_shapes                                    # the shipped shapes detector (CPU, 12-20 min)
   vitkit train my_config.yaml --data.root data/coco --trainer.max_epochs 50
   vitkit eval detr_shapes --ckpt runs/detr_shapes/checkpoints/last.ckpt
   vitkit detect photos/ --ckpt runs/detr_shapes/checkpoints/last.ckpt --out dets.json --draw drawn/
