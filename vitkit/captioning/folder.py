@@ -1,4 +1,5 @@
-"""Caption every image of a folder into a JSON Lines or CSV file, resumably; the engine of ``tools/caption.py``.
+"""Caption every image of a folder into a JSON Lines or CSV file, or one .txt per image, resumably; the engine of
+``tools/caption.py``.
 
 - Files: :func:`vitkit.data.folder.list_images` (image extensions in any letter case, sorted by POSIX path,
   optionally recursive); decoding by :func:`~vitkit.data.images.load_rgb` (EXIF orientation, any mode to RGB,
@@ -12,6 +13,8 @@
   outcome is appended, so every image has at most one record. A partly written last line (a killed run) is
   dropped. Records of files that are no longer listed are kept untouched.
 - Records are appended and flushed batch by batch, so a killed run loses at most the batch in flight.
+- ``fmt="txt"`` writes one caption file per image instead (``a/cat.jpg`` -> ``a/cat.txt`` under the output folder)
+  and the error records into ``captions_errors.jsonl`` there: :mod:`vitkit.captioning.txt_output`.
 """
 
 from __future__ import annotations
@@ -27,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.captioning.predictor import CaptionPipeline
+from vitkit.captioning.txt_output import TxtOutput
 from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, resolve_device, run_isolated
 from vitkit.utils.files import atomic_write
 
 __all__ = ["CaptionOutput", "FolderCaptionSummary", "caption_folder", "output_format", "resolve_device"]
 
-OUTPUT_FORMATS = ("jsonl", "csv")
+OUTPUT_FORMATS = ("jsonl", "csv", "txt")
 CSV_COLUMNS = ("file", "caption", "score", "error")
 
 
@@ -45,7 +49,7 @@ class FolderCaptionSummary:
         failed: images that got an error record in this run.
         skipped: listed images already captioned in the output file (not redone).
         seconds: wall time of the run.
-        out: the output file.
+        out: the output file (the output folder for txt).
         failures: (file, reason) of each failed image, in listing order.
     """
     captioned: int = 0
@@ -62,7 +66,8 @@ class FolderCaptionSummary:
 
 
 def output_format(out: str | os.PathLike, fmt: str | None = None) -> str:
-    """The output format: ``fmt`` when given, else from the file suffix (``.csv`` -> csv, anything else jsonl)."""
+    """The output format: ``fmt`` when given, else from the file suffix (``.csv`` -> csv, anything else jsonl; txt
+    is never inferred)."""
     if fmt is None:
         return "csv" if Path(out).suffix.lower() == ".csv" else "jsonl"
     if fmt not in OUTPUT_FORMATS:
@@ -151,6 +156,8 @@ class CaptionOutput:
     """
     def __init__(self, path: str | os.PathLike, fmt: str) -> None:
         self.path, self.fmt = Path(path), output_format(path, fmt)
+        if self.fmt == "txt":
+            raise ValueError("CaptionOutput writes one file (jsonl or csv); txt output is a TxtOutput")
         if self.path.is_dir():
             raise ValueError(f"--out {self.path} is a folder; give a file name, e.g. {self.path / 'captions.jsonl'}")
 
@@ -225,6 +232,16 @@ def _resume(output: CaptionOutput, files: list[str], overwrite: bool) -> list[in
     return todo
 
 
+def _open_output(out: str | os.PathLike, fmt: str | None, files: list[str],
+                 overwrite: bool) -> tuple[CaptionOutput | TxtOutput, list[int]]:
+    """The output of a run over ``files``, prepared to resume, and the indices of the files still to caption."""
+    if output_format(out, fmt) == "txt":
+        output = TxtOutput(out)
+        return output, output.resume(files, overwrite)
+    output = CaptionOutput(out, fmt)
+    return output, _resume(output, files, overwrite)
+
+
 def caption_folder(
     pipeline: CaptionPipeline,
     folder: str | os.PathLike,
@@ -243,12 +260,13 @@ def caption_folder(
     Args:
         pipeline: from :func:`vitkit.load` (on the device to run on).
         folder: the image folder.
-        out: JSON Lines or CSV file; created, or resumed when it exists (see the module docstring).
-        fmt: "jsonl" or "csv"; None = from the suffix of ``out`` (``.csv`` -> csv, else jsonl).
+        out: JSON Lines or CSV file; created, or resumed when it exists (see the module docstring). For txt, the
+            folder the .txt files go under (the image folder itself puts each beside its image).
+        fmt: "jsonl", "csv" or "txt"; None = from the suffix of ``out`` (``.csv`` -> csv, else jsonl).
         batch_size: images per forward pass.
         recursive: include subfolders.
         num_workers: DataLoader worker processes decoding and preprocessing images (0 = in this process).
-        overwrite: start a fresh output file instead of resuming.
+        overwrite: start a fresh output file (txt: rewrite every .txt) instead of resuming.
         progress: show a progress bar on stderr.
         **generation: options of :meth:`CaptionPipeline.generate` (method, num_beams, max_length, ...); None
             values take the pipeline's defaults.
@@ -258,7 +276,8 @@ def caption_folder(
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``folder`` is missing or a file.
-        ValueError: a bad option, or ``out`` exists but is not a caption output of this format.
+        ValueError: a bad option, ``out`` exists but is not a caption output of this format, or (txt) two images
+            would share a .txt.
     """
     start = time.perf_counter()
     if batch_size < 1:  # checked before the output file is touched
@@ -268,9 +287,7 @@ def caption_folder(
     options = pipeline.generation_options(**generation)
     dataset = ImageFolder(folder, transform=pipeline.transform, recursive=recursive)
     files = [p.as_posix() for p in dataset.files]
-    output = CaptionOutput(out, output_format(out, fmt))
-
-    todo = _resume(output, files, overwrite)
+    output, todo = _open_output(out, fmt, files, overwrite)
     summary = FolderCaptionSummary(skipped=len(files) - len(todo), out=output.path)
     if todo:
         loader = folder_batches(dataset, todo, batch_size=batch_size, num_workers=num_workers,

@@ -1,6 +1,6 @@
 """Caption every image in a folder with a captioning checkpoint: ``vitkit caption`` (``tools/caption.py``).
 
-    vitkit caption FOLDER --ckpt CKPT [--out captions.jsonl] [--format jsonl|csv] [--beam 3]
+    vitkit caption FOLDER --ckpt CKPT [--out captions.jsonl] [--format jsonl|csv|txt] [--beam 3]
         [--batch-size 8] [--max-length L] [--recursive | --no-recursive] [--device auto|cpu|cuda] [--workers 2]
         [--overwrite] [--attention OUTDIR]
 
@@ -9,8 +9,15 @@ or {"file": ..., "error": reason} for a file that cannot be read (the run goes o
 extension (jpg jpeg png bmp gif webp tif tiff, any letter case); other files are ignored. With --format csv (or an
 --out ending in .csv) the columns are file,caption,score,error.
 
-Re-running with the same --out resumes: images captioned there are skipped, failed ones are retried, and every
-image keeps at most one record. The last line printed is a summary: captioned N, failed M, skipped K.
+With --format txt (only when asked for: never inferred from --out) each image gets its own UTF-8 caption file, the
+caption on one line: a/b/cat.jpg -> a/b/cat.txt, beside the image by default, or under --out DIR (a folder) with
+the image's relative path. An image that fails gets no .txt; its error record goes to captions_errors.jsonl in that
+folder (removed once no image has failed). Two images that would share a .txt (cat.jpg and cat.png) are a usage
+error.
+
+Re-running with the same --out resumes: images captioned there (txt: whose .txt exists) are skipped, failed ones
+are retried, and every image keeps at most one record. The last line printed is a summary: captioned N, failed M,
+skipped K.
 
 --attention OUTDIR also writes, per image, a PNG of each generated token's cross-attention over the image (the
 last decoder layer's, heads averaged), under OUTDIR with the image's relative path (+ .png unless it is one).
@@ -28,6 +35,7 @@ from pathlib import Path
 
 from vitkit.captioning.folder import caption_folder
 from vitkit.captioning.predictor import CaptionPipeline
+from vitkit.captioning.txt_output import errors_file
 from vitkit.cli import common
 
 PROG = "vitkit caption"
@@ -36,6 +44,8 @@ EXAMPLES = """exit status: 0 all captioned, 3 some failed, 2 usage error
 examples:
   {prog} photos/ --ckpt runs/caption_shapes/checkpoints/last.ckpt --out captions.jsonl --beam 3
   {prog} photos/ --ckpt last.ckpt --out captions.csv --beam 1 --no-recursive     # greedy, CSV, top folder only
+  {prog} photos/ --ckpt last.ckpt --format txt                  # photos/a/cat.jpg -> photos/a/cat.txt
+  {prog} photos/ --ckpt last.ckpt --format txt --out captions/  # -> captions/a/cat.txt
   {prog} photos/ --ckpt last.ckpt --attention attention/ --device cpu"""
 
 
@@ -44,15 +54,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = common.command_parser(prog, __doc__, EXAMPLES)
     common.add_folder_and_checkpoint(parser, "captioning")
     parser.add_argument("--out", help="output file (default: captions.jsonl, or captions.csv with --format csv); "
-                                      "an existing one is resumed")
-    parser.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --out's suffix, "
-                                                                     ".csv -> csv, else jsonl)")
+                                      "an existing one is resumed. With --format txt: the folder the .txt files go "
+                                      "under (default: FOLDER, each beside its image)")
+    parser.add_argument("--format", choices=("jsonl", "csv", "txt"),
+                        help="output format (default: from --out's suffix, .csv -> csv, else jsonl); txt = one "
+                             "caption file per image")
     parser.add_argument("--beam", type=common.positive,
                         help="beam width; 1 = greedy (default: the checkpoint's, else 3)")
     parser.add_argument("--max-length", type=common.positive,
                         help="longest caption in tokens, BOS and EOS included (default: the checkpoint's)")
     common.add_folder_options(parser)
-    parser.add_argument("--overwrite", action="store_true", help="start a fresh output file instead of resuming")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a fresh output file (txt: rewrite every .txt) instead of resuming")
     common.add_attention_option(parser, "token")
     return parser
 
@@ -65,7 +78,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention})
     if error is not None:
         return common.fail(prog, error)
-    out = Path(args.out or f"captions.{args.format or 'jsonl'}")
+    txt = args.format == "txt"
+    out = Path(args.out) if args.out else folder if txt else Path(f"captions.{args.format or 'jsonl'}")
     pipeline = common.load_predictor(prog, ckpt, args, CaptionPipeline, "captioning")
     if isinstance(pipeline, int):
         return pipeline
@@ -79,7 +93,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     except OSError as err:
         return common.fail(prog, f"{err.filename or out}: {err.strerror or err}")
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the captions so far are in {out}; run the same command again to resume",
+        where = f"the .txt files under {out}" if txt else out
+        print(f"{prog}: interrupted; the captions so far are in {where}; run the same command again to resume",
               file=sys.stderr)
         return 130
     failures = list(summary.failures)
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         except ValueError as err:
             return common.fail(prog, str(err))
     total = summary.captioned + summary.failed + summary.skipped
-    common.report_failures(prog, failures, f"the error records in {out}", folder=folder,
+    common.report_failures(prog, failures, f"the error records in {errors_file(out) if txt else out}", folder=folder,
                            recursive=args.recursive, no_images=total == 0)
     print(summary.line())
     return 3 if failures else 0
