@@ -13,10 +13,15 @@ from vitkit.detection.module import DetectionModule
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
-def build_module(config: str, cls: type, links: dict) -> torch.nn.Module:
+def build_module(config: str, cls: type, links: dict, encoder: dict | None = None,
+                 decoder: dict | None = None) -> torch.nn.Module:
+    """``encoder`` / ``decoder``: init_args that replace the config's (e.g. a tiny size of the same classes)."""
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
     inner = model["detector" if cls is DetectionModule else "captioner"]
     inner["init_args"].update(links)  # what the CLI links from the datamodule
+    for key, args in (("encoder", encoder), ("decoder", decoder)):
+        if args:
+            inner["init_args"][key]["init_args"].update(args)
     if cls is DetectionModule:
         model["num_classes"] = links["num_classes"]
     parser = ArgumentParser()

@@ -190,6 +190,10 @@ class CaptionDataModule(CocoLayoutDataModule):
     def eos_id(self) -> int:
         return self.tokenizer.eos_id
 
+    def train_references(self) -> dict[int, list[str]]:
+        """Every training image's reference captions, by image id (the SCST reward's corpus)."""
+        return {int(i): list(refs) for i, refs in self._dataset("train").references.items()}
+
     def use_tokenizer(self, tokenizer: CaptionTokenizer, source: str) -> None:
         """Replace the tokenizer (e.g. by a checkpoint's or rank 0's) with one of the same size and special ids.
 

@@ -20,12 +20,16 @@ import json
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.model import Captioner
+from vitkit.captioning.scst import Baseline, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.eval.caption_metrics import CaptionScorer
+from vitkit.eval.cider import CiderD
+from vitkit.eval.ptb_tokenize import python_ptb_tokenize
 from vitkit.train.guards import ConfigError
 from vitkit.train.module import TaskModule
 from vitkit.train.optim import adamw_param_groups
@@ -55,6 +59,11 @@ class CaptionModule(TaskModule):
             batch's image ids when the training batch carries them as a 4th element); "skip" drops the step (no
             weight or optimizer-state update; the step counter and the lr schedule advance). Under DDP all ranks
             skip together.
+        scst_from_epoch: from this epoch on, train by self-critical sequence training with a CIDEr-D reward instead
+            of cross-entropy (:mod:`vitkit.captioning.scst`); None = never.
+        scst_samples: sampled captions per image in an SCST step.
+        scst_baseline: "mean" (the mean reward of the image's other samples) or "greedy" (the reward of its greedy
+            caption).
     """
     def __init__(
         self,
@@ -70,17 +79,26 @@ class CaptionModule(TaskModule):
         num_samples: int = 3,
         java: bool | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
+        scst_from_epoch: int | None = None,
+        scst_samples: int = 5,
+        scst_baseline: Baseline = "mean",
     ) -> None:
         super().__init__(nonfinite)
         self.save_hyperparameters(ignore=["captioner"])
         if val_beams < 1:
             raise ValueError(f"model.val_beams must be >= 1 (1 = greedy), got {val_beams}")
+        if scst_from_epoch is not None and scst_from_epoch < 0:
+            raise ValueError(f"model.scst_from_epoch must be >= 0 or null, got {scst_from_epoch}")
+        if scst_samples < (2 if scst_baseline == "mean" else 1):
+            raise ValueError(f"model.scst_samples must be >= 2 with the mean baseline (>= 1 with greedy), "
+                             f"got {scst_samples}")
         self.captioner = captioner
         self.tokenizer: CaptionTokenizer | None = None  # from the datamodule at setup, or from a checkpoint
         self._val_entries: list[tuple[int, str, list[str]]] = []  # (image id, generated, references)
         self._scorer = None  # CaptionScorer kept across validation epochs (rank 0)
         self.last_metrics: dict[str, float] = {}
         self.last_captions: dict[int, str] = {}  # image id -> generated caption of the latest validation
+        self.cider: CiderD | None = None  # the SCST reward's statistics, built at fit start
 
     captioner_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the captioner
 
@@ -111,6 +129,23 @@ class CaptionModule(TaskModule):
         if self.tokenizer is not None and self.trainer.is_global_zero and run is not None:
             run.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(run / "tokenizer.json")
+        if self.hparams.scst_from_epoch is not None and self.cider is None:
+            dm = self.trainer.datamodule
+            if getattr(dm.hparams, "hflip_p", 0.0) > 0:
+                raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
+                                  "training image no longer matches: set data.hflip_p 0 with model.scst_from_epoch")
+            self.cider = self.build_reward(dm.train_references())
+
+    @staticmethod
+    def build_reward(references: dict[int, list[str]]) -> CiderD:
+        """The SCST reward's CIDEr-D statistics over the training references, built once (a collective call under
+        DDP: every rank must hold the same statistics, checked by digest)."""
+        cider = CiderD({i: [python_ptb_tokenize(c) for c in refs] for i, refs in references.items()})
+        digests = all_gather_objects(cider.digest())
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"SCST: the ranks built different CIDEr-D document frequencies (digests {digests}); "
+                               "every rank must read the same training captions")
+        return cider
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.captioner_config is None or self.tokenizer is None:  # not built through the CLI, or no data yet
@@ -151,14 +186,41 @@ class CaptionModule(TaskModule):
         """``(images, mask, tokens)`` or ``(images, mask, tokens, image_ids)`` -> the () loss."""
         images, mask, tokens = batch[:3]
         image_ids = batch[3] if len(batch) > 3 else None
-        logits = self.captioner(images, tokens, mask)  # (B, T, V)
-        loss = self.captioner.loss(logits, tokens)
+        if self.scst_active:
+            loss = self._scst_loss(images, mask, image_ids)
+        else:
+            logits = self.captioner(images, tokens, mask)  # (B, T, V)
+            loss = self.captioner.loss(logits, tokens)
         skipped = self.skip_nonfinite(loss, batch_idx,
                                       image_ids=None if image_ids is None else lambda: [int(i) for i in image_ids])
         if skipped is not None:
             return skipped
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
+
+    @property
+    def scst_active(self) -> bool:
+        """Whether this epoch trains by SCST."""
+        start = self.hparams.scst_from_epoch
+        return start is not None and self._trainer is not None and self.current_epoch >= start
+
+    def _scst_loss(self, images: Tensor, mask: Tensor, image_ids: list[int] | None) -> Tensor:
+        if image_ids is None:
+            raise RuntimeError("SCST needs the training batches' image ids (CaptionCollate's 4th element)")
+        hp = self.hparams
+        out = scst_step(self.captioner, images, mask, [int(i) for i in image_ids], self._reward, hp.scst_samples,
+                        hp.scst_baseline)
+        B = images.shape[0]
+        self.log("scst/reward", out.reward, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
+        self.log("scst/baseline", out.baseline, on_step=False, on_epoch=True, batch_size=B)
+        if out.greedy_reward is not None:
+            self.log("scst/greedy_reward", out.greedy_reward, on_step=False, on_epoch=True, batch_size=B)
+        return out.loss
+
+    def _reward(self, ids: Tensor, keys: list) -> np.ndarray:
+        """CIDEr-D of captions given as (R, T) token ids against their images' training references."""
+        texts = [python_ptb_tokenize(c) for c in self.tokenizer.decode_batch(ids.cpu())]
+        return self.cider.score(texts, keys)
 
     # ---------------------------------------------------------------------------------------- validation
     def generate(self, images: Tensor, mask: Tensor | None = None) -> list[str]:

@@ -1,0 +1,132 @@
+"""Self-critical sequence training (SCST): fine-tune a captioner on its own samples with a CIDEr-D reward.
+
+Rennie et al. 2017; the "new SCST" variant of ruotianluo's ImageCaptioning.pytorch and the M² Transformer. For a
+batch of B images:
+
+1. the image memory is encoded once (with gradients);
+2. ``k`` captions per image are sampled (temperature 1, no filtering) through the KV-cache decoder of
+   :mod:`vitkit.captioning.decoding`, without gradients; with ``baseline="greedy"`` one greedy caption per image
+   too;
+3. each caption's reward is its CIDEr-D against the image's training references, with document frequencies of
+   the whole training split built once (:class:`vitkit.eval.cider.CiderD`);
+4. the baseline of a sample is the mean reward of the image's other ``k - 1`` samples (``"mean"``) or the reward of
+   the image's greedy caption (``"greedy"``);
+5. one teacher-forced pass over the samples gives their token log-probabilities with gradients, and the loss is
+   ``-mean over generated tokens of (reward - baseline) * log p(token)``: captions above the baseline become more
+   likely, those below less.
+
+Log-probabilities are taken over the tokens sampling may choose (PAD and BOS are never generated), so the policy
+that is trained is the one that sampled. Under DDP each rank rewards its own images; the reward statistics come
+from the full training split on every rank (the caption module checks that their digests agree).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vitkit.captioning.decoding import greedy_decode, sample_decode
+from vitkit.captioning.model import Captioner
+
+Baseline = Literal["mean", "greedy"]
+# (token ids (R, T) of R captions, the image key of each) -> (R,) rewards
+RewardFn = Callable[[Tensor, Sequence[Hashable]], np.ndarray]
+
+
+@dataclass
+class SCSTOutput:
+    """One SCST step: the loss to minimise and what to log."""
+    loss: Tensor  # () fp32
+    reward: float  # mean reward of the samples
+    baseline: float  # mean baseline
+    greedy_reward: float | None  # mean reward of the greedy captions (greedy baseline only)
+
+
+def sequence_log_probs(logits: Tensor, seqs: Tensor, banned: Sequence[int]) -> Tensor:
+    """Log-probability of each generated token under the sampling policy.
+
+    Args:
+        logits: (R, T, V) teacher-forced logits of ``seqs``.
+        seqs: (R, T) ``[BOS] tokens [EOS] [PAD]...``.
+        banned: token ids sampling never chooses (PAD, BOS): renormalised away, as the sampler does.
+
+    Returns:
+        (R, T-1) fp32 log p(seqs[:, t+1] | seqs[:, :t+1]).
+    """
+    x = logits[:, :-1].float()  # (R, T-1, V)
+    x = x.index_fill(-1, torch.tensor(list(banned), device=x.device), float("-inf"))
+    logp = x.log_softmax(dim=-1)
+    return logp.gather(-1, seqs[:, 1:, None]).squeeze(-1)  # (R, T-1)
+
+
+def policy_gradient_loss(token_logp: Tensor, target_mask: Tensor, advantage: Tensor) -> Tensor:
+    """``-sum(advantage * log p * mask) / sum(mask)``: (R, T-1) log-probs and bool mask, (R,) advantages -> ().
+
+    Positions outside the mask (PAD after EOS, -inf under the policy) contribute nothing, not NaN."""
+    logp = token_logp.masked_fill(~target_mask, 0.0)
+    weighted = advantage[:, None].to(logp.dtype) * logp
+    return -weighted.sum() / target_mask.sum().clamp(min=1)
+
+
+def baseline_rewards(rewards: Tensor, mode: Baseline, greedy: Tensor | None = None) -> Tensor:
+    """Per-sample baselines.
+
+    Args:
+        rewards: (B, k) rewards of k samples per image.
+        mode: "mean" (the mean of the image's other samples; needs k >= 2) or "greedy".
+        greedy: (B,) rewards of the greedy captions (mode "greedy").
+
+    Returns:
+        (B, k) baselines.
+    """
+    if mode == "mean":
+        k = rewards.shape[1]
+        if k < 2:
+            raise ValueError("the mean-of-samples baseline needs at least 2 samples per image")
+        return (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+    if greedy is None:
+        raise ValueError("the greedy baseline needs the greedy captions' rewards")
+    return greedy[:, None].expand_as(rewards)
+
+
+def scst_step(captioner: Captioner, images: Tensor, mask: Tensor | None, keys: Sequence[Hashable],
+              reward: RewardFn, samples: int = 5, baseline: Baseline = "mean") -> SCSTOutput:
+    """The SCST loss of one batch (see the module docstring).
+
+    Args:
+        captioner: the model being trained.
+        images: (B, 3, H, W) normalised, zero-padded; mask: (B, H, W) True = padding.
+        keys: B image keys for the reward's references.
+        reward: scores token ids against an image key's references.
+        samples: k sampled captions per image.
+        baseline: "mean" or "greedy".
+
+    Returns:
+        The loss (with gradients through the encoder and decoder) and the mean reward and baseline.
+    """
+    B, k = images.shape[0], samples
+    memory, memory_mask, memory_pos = captioner.encode(images, mask)  # (B, N, D), (B, N) | None, (B|1, N, D)
+    rows = torch.arange(B, device=images.device).repeat_interleave(k)  # (B*k,) image of each sample
+    mem_k = memory.index_select(0, rows)  # (B*k, N, D)
+    mask_k = None if memory_mask is None else memory_mask.index_select(0, rows)
+    pos_k = memory_pos if memory_pos.shape[0] == 1 else memory_pos.index_select(0, rows)
+    with torch.no_grad():
+        seqs, _ = sample_decode(captioner, mem_k.detach(), mask_k, pos_k.detach(), max_length=captioner.max_length)
+        greedy = None
+        if baseline == "greedy":
+            gseqs, _ = greedy_decode(captioner, memory.detach(), memory_mask, memory_pos.detach(),
+                                     max_length=captioner.max_length)
+            greedy = torch.as_tensor(reward(gseqs, keys), dtype=torch.float32, device=images.device)  # (B,)
+    sample_keys = [key for key in keys for _ in range(k)]
+    r = torch.as_tensor(reward(seqs, sample_keys), dtype=torch.float32, device=images.device).view(B, k)
+    b = baseline_rewards(r, baseline, greedy)  # (B, k)
+    logits = captioner.decode_tokens(seqs, mem_k, mask_k, pos_k)  # (B*k, T, V)
+    token_logp = sequence_log_probs(logits, seqs, (captioner.pad_id, captioner.bos_id))  # (B*k, T-1)
+    target_mask = seqs[:, 1:] != captioner.pad_id  # (B*k, T-1)
+    loss = policy_gradient_loss(token_logp, target_mask, (r - b).view(-1))
+    return SCSTOutput(loss, float(r.mean()), float(b.mean()), None if greedy is None else float(greedy.mean()))
