@@ -24,6 +24,7 @@ import numpy as np
 from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
+from vitkit.captioning.grounding import load_detector_encoder
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.scst import Baseline, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer
@@ -64,6 +65,9 @@ class CaptionModule(TaskModule):
         scst_samples: sampled captions per image in an SCST step.
         scst_baseline: "mean" (the mean reward of the image's other samples) or "greedy" (the reward of its greedy
             caption).
+        from_detector: a detection checkpoint (``.ckpt`` or safetensors export) whose encoder weights the captioner's
+            encoder starts from (:mod:`vitkit.captioning.grounding`; same encoder architecture). Applied when
+            training starts; resuming (``--ckpt_path``) restores the run's own weights over it.
     """
     def __init__(
         self,
@@ -82,6 +86,7 @@ class CaptionModule(TaskModule):
         scst_from_epoch: int | None = None,
         scst_samples: int = 5,
         scst_baseline: Baseline = "mean",
+        from_detector: str | None = None,
     ) -> None:
         super().__init__(nonfinite)
         self.save_hyperparameters(ignore=["captioner"])
@@ -104,6 +109,12 @@ class CaptionModule(TaskModule):
 
     # --------------------------------------------------------------------------------------------- state
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.hparams.from_detector is not None:  # before a --ckpt_path restore overwrites it
+            try:
+                copied = load_detector_encoder(self.captioner.encoder, self.hparams.from_detector)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            self.print(f"captioner encoder: {copied} tensors from the detector {self.hparams.from_detector}")
         dm = self.trainer.datamodule if self._trainer is not None else None
         if self.tokenizer is None and dm is not None and hasattr(dm, "tokenizer"):
             self.tokenizer = dm.tokenizer
