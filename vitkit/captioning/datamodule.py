@@ -101,9 +101,12 @@ class CaptionDataModule(CocoLayoutDataModule):
         val_size: validation short side in px.
         max_size: cap on the long side in px (training and validation).
         color_jitter: brightness/contrast/saturation jitter strength (0 = off; hue is never jittered, captions
-            name colours).
-        hflip_p: probability of mirroring a training image; the caption's "left"/"right" are swapped with it
-            (captions describe positions, so a plain flip would teach wrong captions). 0 = off.
+            name colours). Opt-in: it assumes captions name colours that survive a change of that size (not "dark"
+            versus "light", not shades).
+        hflip_p: probability of mirroring a training image (0 = off, the default: label-safe). Opt-in: the
+            caption's "left"/"right" words are swapped with it, which keeps it true only if those words are its
+            sole left-right content; captions that list objects in left-to-right order without saying so, or that
+            quote text in the image, become wrong (SCST refuses it: its rewards use the stored references).
         tokenizer: path to a tokenizer.json to use; None = train one on the training captions.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
