@@ -48,7 +48,7 @@ SLOW_MODULES = frozenset({
     "test_benchmark", "test_caption_cli", "test_caption_train", "test_cli_main", "test_detect_cli",
     "test_detr_weights", "test_eval_cli", "test_export", "test_image_path", "test_precision",
     "test_reliability_checkpoints", "test_reliability_config", "test_reliability_ddp", "test_reliability_images",
-    "test_reliability_nonfinite", "test_reliability_resume", "test_train_cli",
+    "test_reliability_nonfinite", "test_reliability_resume", "test_scst_ddp", "test_train_cli",
 })
 
 
