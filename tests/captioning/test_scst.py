@@ -99,3 +99,22 @@ def test_scst_learns_a_reward(baseline):
         opt.step()
     end = expected_reward()
     assert end > start + 0.3, (start, end)
+
+
+def test_scst_step_under_bf16_autocast():
+    """bf16-mixed: sampling and the teacher-forced pass run under autocast; the loss and gradients stay finite fp32."""
+    cap = _captioner()
+    images = torch.randn(2, 3, 64, 64)
+    calls = []
+
+    def reward(ids: torch.Tensor, keys) -> np.ndarray:
+        calls.append(list(keys))
+        return (ids[:, 1:] == 5).sum(1).numpy().astype(float)
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = scst_step(cap, images, None, ["a", "b"], reward, samples=3, baseline="greedy")
+    out.loss.backward()
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert calls == [["a", "b"], ["a"] * 3 + ["b"] * 3]  # greedy captions first, then the samples, image by image
+    grads = [p.grad for p in cap.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
