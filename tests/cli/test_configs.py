@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 
-from tests.support.configs import build_module
+from tests.support.configs import CONFIGS, build_module
 from vitkit.captioning.module import CaptionModule
 from vitkit.detection.module import DetectionModule
 
@@ -26,3 +27,12 @@ def test_caption_configs_build_and_run(config):
     cap = build_module(config, CaptionModule, links).captioner.eval()
     ids, scores = cap.generate(torch.randn(1, 3, 64, 96), method="greedy")
     assert ids.shape[0] == 1 and ids[0, 0] == 1 and ids.shape[1] <= 8 and torch.isfinite(scores).all()
+
+
+def test_the_grounded_caption_recipe_matches_the_shipped_detector():
+    """caption_shapes_grounded.yaml starts from detr_shapes.yaml's encoder: the architectures must agree."""
+    grounded = yaml.safe_load((CONFIGS / "caption_shapes_grounded.yaml").read_text())
+    detector = yaml.safe_load((CONFIGS / "detr_shapes.yaml").read_text())
+    assert grounded["model"]["from_detector"].startswith("runs/detr_shapes/")
+    encoder = grounded["model"]["captioner"]["init_args"]["encoder"]
+    assert encoder == detector["model"]["detector"]["init_args"]["encoder"]
