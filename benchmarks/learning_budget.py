@@ -195,6 +195,7 @@ class BudgetCallback(L.Callback):
 
         def resize(total: int) -> None:
             install_factor(scheduler, factor_of(total, hp.warmup_steps, hp.min_lr_ratio, **options))
+            pl_module.total_steps = total  # what step-share settings (the caption module's scst_start) refer to
 
         def evaluate() -> dict[str, float]:
             restore = train_mode_restored(pl_module)

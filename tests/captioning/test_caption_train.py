@@ -199,3 +199,24 @@ def test_resume_from_last(trained):
     assert not list(folder.glob("last-v*.ckpt"))  # last.ckpt itself is refreshed
     ckpt = torch.load(folder / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["global_step"] == 6  # 2 epochs of 2 steps restored, 1 more trained
+
+
+def test_scst_switch_trains_on_the_reward_from_its_share_of_steps(tmp_path):
+    """model.scst_start 0.5 of 4 steps: 2 cross-entropy steps, then SCST steps that log their CIDEr-D reward."""
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(tmp_path / "data"),
+                 "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--model.scst_start", "0.5",
+                 "--model.scst_samples", "3", *TINY], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = (tmp_path / "runs" / "caption_shapes" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    steps = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    rewarded = sorted(int(r["step"]) for r in steps if r.get("scst/reward_step"))
+    trained = sorted(int(r["step"]) for r in steps if r.get("train/loss_step"))
+    assert rewarded == [2, 3] and trained == [0, 1, 2, 3]  # logged at each step (log_every_n_steps 1)
+
+
+def test_scst_refuses_mirrored_training_images(tmp_path):
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(tmp_path / "data"),
+                 "--trainer.max_epochs", "1", "--model.scst_start", "0.5", "--data.hflip_p", "0.5", *TINY],
+                cwd=tmp_path)
+    assert proc.returncode != 0 and "data.hflip_p 0 with model.scst_start" in proc.stderr

@@ -60,8 +60,9 @@ class CaptionModule(TaskModule):
             batch's image ids when the training batch carries them as a 4th element); "skip" drops the step (no
             weight or optimizer-state update; the step counter and the lr schedule advance). Under DDP all ranks
             skip together.
-        scst_from_epoch: from this epoch on, train by self-critical sequence training with a CIDEr-D reward instead
-            of cross-entropy (:mod:`vitkit.captioning.scst`); None = never.
+        scst_start: the share of the run's optimizer steps after which training switches from cross-entropy to
+            self-critical sequence training with a CIDEr-D reward (:mod:`vitkit.captioning.scst`): 0.7 = the last
+            30% of the lr schedule's steps, 0 = from the start (to fine-tune a trained checkpoint); None = never.
         scst_samples: sampled captions per image in an SCST step.
         scst_baseline: "mean" (the mean reward of the image's other samples) or "greedy" (the reward of its greedy
             caption).
@@ -83,7 +84,7 @@ class CaptionModule(TaskModule):
         num_samples: int = 3,
         java: bool | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
-        scst_from_epoch: int | None = None,
+        scst_start: float | None = None,
         scst_samples: int = 5,
         scst_baseline: Baseline = "mean",
         from_detector: str | None = None,
@@ -92,8 +93,9 @@ class CaptionModule(TaskModule):
         self.save_hyperparameters(ignore=["captioner"])
         if val_beams < 1:
             raise ValueError(f"model.val_beams must be >= 1 (1 = greedy), got {val_beams}")
-        if scst_from_epoch is not None and scst_from_epoch < 0:
-            raise ValueError(f"model.scst_from_epoch must be >= 0 or null, got {scst_from_epoch}")
+        if scst_start is not None and not 0.0 <= scst_start <= 1.0:
+            raise ValueError(f"model.scst_start must be in [0, 1] (a share of the training steps) or null, got "
+                             f"{scst_start}")
         if scst_samples < (2 if scst_baseline == "mean" else 1):
             raise ValueError(f"model.scst_samples must be >= 2 with the mean baseline (>= 1 with greedy), "
                              f"got {scst_samples}")
@@ -140,11 +142,11 @@ class CaptionModule(TaskModule):
         if self.tokenizer is not None and self.trainer.is_global_zero and run is not None:
             run.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(run / "tokenizer.json")
-        if self.hparams.scst_from_epoch is not None and self.cider is None:
+        if self.hparams.scst_start is not None and self.cider is None:
             dm = self.trainer.datamodule
             if getattr(dm.hparams, "hflip_p", 0.0) > 0:
                 raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
-                                  "training image no longer matches: set data.hflip_p 0 with model.scst_from_epoch")
+                                  "training image no longer matches: set data.hflip_p 0 with model.scst_start")
             self.cider = self.build_reward(dm.train_references())
 
     @staticmethod
@@ -211,9 +213,11 @@ class CaptionModule(TaskModule):
 
     @property
     def scst_active(self) -> bool:
-        """Whether this epoch trains by SCST."""
-        start = self.hparams.scst_from_epoch
-        return start is not None and self._trainer is not None and self.current_epoch >= start
+        """Whether this training step is an SCST step (past ``scst_start`` of the schedule's steps)."""
+        start = self.hparams.scst_start
+        if start is None or self._trainer is None or self.total_steps is None:
+            return False
+        return self.global_step >= round(start * self.total_steps)
 
     def _scst_loss(self, images: Tensor, mask: Tensor, image_ids: list[int] | None) -> Tensor:
         if image_ids is None:

@@ -42,6 +42,7 @@ class TaskModule(L.LightningModule):
         nonfinite: what a NaN/inf training loss does: "raise" or "skip" (a :class:`~vitkit.train.guards.ConfigError`
             otherwise).
     """
+    total_steps: int | None = None  # optimizer steps the lr schedule spans (set by configure_optimizers)
 
     def __init__(self, nonfinite: str = "raise") -> None:
         super().__init__()
@@ -97,6 +98,6 @@ class TaskModule(L.LightningModule):
         opt = adamw(self.param_groups(), lr=hp.lr, weight_decay=hp.weight_decay,
                     fused=not uses_grad_scaler(self.trainer))
         options = {k: hp[k] for k in _SCHEDULE_KEYS if k in hp}
-        sched = warmup_schedule(opt, int(self.trainer.estimated_stepping_batches), hp.warmup_steps, hp.min_lr_ratio,
-                                **options)
+        self.total_steps = int(self.trainer.estimated_stepping_batches)
+        sched = warmup_schedule(opt, self.total_steps, hp.warmup_steps, hp.min_lr_ratio, **options)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
