@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,3 +221,18 @@ def test_scst_refuses_mirrored_training_images(tmp_path):
                  "--trainer.max_epochs", "1", "--model.scst_start", "0.5", "--data.hflip_p", "0.5", *TINY],
                 cwd=tmp_path)
     assert proc.returncode != 0 and "data.hflip_p 0 with model.scst_start" in proc.stderr
+
+
+def test_command_line_model_options_beat_a_resumed_checkpoints(trained, tmp_path):
+    """--ckpt_path restores the run's hyper-parameters, but --model.* given on the command line win: a cross-entropy
+    run continues with SCST from the start of the resumed epochs."""
+    shutil.copy(trained / "runs" / "caption_shapes" / "checkpoints" / "last.ckpt", tmp_path / "xe.ckpt")
+    epochs = torch.load(tmp_path / "xe.ckpt", weights_only=True)["epoch"] + 2  # (another test may resume it first)
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(trained / "data"),
+                 "--trainer.max_epochs", str(epochs), "--trainer.check_val_every_n_epoch", "1",
+                 "--model.scst_start", "0",
+                 "--model.scst_samples", "2", *TINY, "--ckpt_path", str(tmp_path / "xe.ckpt")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "caption_shapes" / "version_0"
+    assert "scst_start: 0" in (run / "hparams.yaml").read_text()
+    assert "scst/reward_step" in (run / "metrics.csv").read_text().splitlines()[0]

@@ -101,6 +101,7 @@ class TaskCLI(LightningCLI):
         self.run_name = run_name
         self.launch_argv = launch_argv
         self.help_command = help_command
+        self.command_args = [a for a in kwargs.get("args") or [] if isinstance(a, str)]
         kwargs.setdefault("parser_class", VitkitArgumentParser)
         super().__init__(model_class or self.module_class, datamodule_class or self.datamodule_class, *args,
                          **kwargs)
@@ -144,16 +145,22 @@ class TaskCLI(LightningCLI):
         return config
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads ``--ckpt_path``'s hyper-parameters while parsing (``torch.load(weights_only=True)``); a
-        refused or unreadable file gets :func:`vitkit.utils.checkpoints.safe_load_checkpoint`'s message, not torch's."""
+        """LightningCLI reads ``--ckpt_path``'s hyper-parameters while parsing (``torch.load(weights_only=True)``) and
+        lets them override the config; ``--model.*`` options given on the command line still win (so
+        ``--ckpt_path CKPT --model.scst_start 0`` changes a resumed run). A refused or unreadable file gets
+        :func:`vitkit.utils.checkpoints.safe_load_checkpoint`'s message, not torch's."""
+        subcommand = self.config.get("subcommand")
+        explicit = {a[len("--model."):].split("=", 1)[0] for a in self.command_args if a.startswith("--model.")}
+        given = {k: self.config[subcommand]["model"][k] for k in explicit} if subcommand else {}
         try:
             super()._parse_ckpt_path()
         except Exception:  # torch's unpickling errors, or bytes that are no checkpoint at all
-            subcommand = self.config.get("subcommand")
             ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
             if ckpt:
                 safe_load_checkpoint(ckpt)  # raises a CheckpointError naming the file and the reason
             raise
+        for key, value in given.items():
+            self.config[subcommand]["model"][key] = value
 
     def instantiate_classes(self) -> None:
         """Build the data, model and trainer; a constructor's complaint (a missing data folder, a bad value) becomes
