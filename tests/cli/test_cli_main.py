@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.configs import SHIPPED
 from tests.support.mixed_images import noise
 from tests.support.tiny_checkpoints import save_detector
 
 REPO = Path(__file__).resolve().parents[2]
 VITKIT = Path(sys.executable).parent / "vitkit"
-SHIPPED = ["caption_coco", "caption_shapes", "detr_coco", "detr_r50_coco", "detr_shapes"]
 
 pytestmark = pytest.mark.skipif(not VITKIT.is_file(), reason="no vitkit script: run `pip install -e .` first")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.configs import SHIPPED
 from vitkit.cli import benchmark, main, train
 from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import SHIPPED_CONFIGS, read_config, resolve_config, shipped_configs
@@ -19,7 +20,6 @@ from vitkit.kernels.precision import CPU_BF16_ENV
 from vitkit.train.guards import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["caption_coco", "caption_shapes", "detr_coco", "detr_r50_coco", "detr_shapes"]
 
 
 # ------------------------------------------------------------------------------------------------ config lookup
