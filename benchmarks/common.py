@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import platform
 import resource
 import statistics
@@ -243,10 +244,8 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def machine_info(settings: Settings) -> dict[str, Any]:
-    """Date, machine and software facts written next to the results."""
-    import os
-
+def machine_facts(threads: int) -> dict[str, Any]:
+    """Date, CPU, load and software facts of a benchmark run on ``threads`` torch threads."""
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu_model": cpu_model(),
@@ -254,10 +253,12 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         "logical_cpus": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
-        "threads": settings.threads,
+        "threads": threads,
         "python": platform.python_version(),
-        "quick": settings.quick,
-        "reps": settings.reps,
-        "warmup": settings.warmup,
-        "malloc": settings.malloc,
     }
+
+
+def machine_info(settings: Settings) -> dict[str, Any]:
+    """Date, machine and software facts written next to the results, with the timing settings."""
+    return {**machine_facts(settings.threads), "quick": settings.quick, "reps": settings.reps,
+            "warmup": settings.warmup, "malloc": settings.malloc}

@@ -4,15 +4,11 @@ training minutes)."""
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from benchmarks.common import cpu_flags, cpu_model, require
+from benchmarks.common import machine_facts as common_machine_facts
+from benchmarks.common import require
 
 # task -> (the curve's metric, its label, the sides in plotting order with their labels)
 PANELS: dict[str, tuple[str, str, dict[str, str]]] = {
@@ -31,18 +27,8 @@ def _version(package: str) -> str | None:
 
 def machine_facts(threads: int) -> dict[str, Any]:
     """Date, CPU, thread count and library versions of this run."""
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "logical_cpus": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "threads": threads,
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "lightning": _version("lightning"),
-        "python": platform.python_version(),
-    }
+    return {**common_machine_facts(threads), "transformers": _version("transformers"),
+            "lightning": _version("lightning")}
 
 
 def table(results: dict[str, Any]) -> str:

@@ -26,7 +26,6 @@ from vitkit.cli.configs import read_config, resolve_config
 from vitkit.cli.train import own_argv, select_task
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.eval.coco_eval import evaluate_coco
-from vitkit.eval.coco_results import detection_entries
 
 EVAL_BACKEND = "pycocotools"  # the reference COCOeval, for every side
 
@@ -72,18 +71,11 @@ def caption_scores(scorer: CaptionScorer, captions: dict[int, str], references: 
 
 
 def _eval_detection(trainer: L.Trainer, module: L.LightningModule) -> dict[str, float]:
-    """The validation split through the detector and its post-processor (as DetectionModule.validation_step)."""
+    """The validation split through the detector and its post-processor (``DetectionModule.result_entries``)."""
     dm = trainer.datamodule
-    cat_ids, results = module.hparams.label_to_cat_id, []
-    for batch in dm.val_dataloader():
-        images, mask, targets = batch
-        images, mask = images.to(module.device), mask.to(module.device)
-        sizes = torch.stack([t["orig_size"] for t in targets]).to(module.device)  # (B, 2) [h, w]
-        dets = module.postprocess(module.detector(images, mask), sizes)
-        for t, d in zip(targets, dets, strict=True):
-            boxes, scores, labels = d["boxes"].float().cpu(), d["scores"].float().cpu(), d["labels"].cpu()
-            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)  # (K,)
-            results += detection_entries(boxes[finite], scores[finite], labels[finite], int(t["image_id"]), cat_ids)
+    results = []
+    for images, mask, targets in dm.val_dataloader():
+        results += module.result_entries(images.to(module.device), mask.to(module.device), targets)[0]
     return detection_metrics(results, dm.val_annotation_file)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from vitkit.captioning.predictor import CaptionPipeline
-from vitkit.captioning.txt_output import TxtOutput
+from vitkit.captioning.txt_output import TxtOutput, file_record
 from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, resolve_device, run_isolated
 from vitkit.utils.files import atomic_write
 
@@ -104,11 +104,8 @@ def _parse_jsonl(text: str, out: Path) -> tuple[list[dict[str, Any]], bool]:
     for n, line in enumerate([*lines, tail], start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not (isinstance(record, dict) and isinstance(record.get("file"), str)):
+        record = file_record(line)
+        if record is None:
             if n == len(lines) + 1:  # the unterminated last line of a killed run
                 partial = True
                 continue

@@ -28,7 +28,7 @@ from typing import Any
 
 from vitkit.utils.files import atomic_write
 
-__all__ = ["ERRORS_NAME", "TxtOutput", "errors_file", "txt_name"]
+__all__ = ["ERRORS_NAME", "TxtOutput", "errors_file", "file_record", "txt_name"]
 
 ERRORS_NAME = "captions_errors.jsonl"
 FILE_SUFFIXES = (".jsonl", ".csv", ".txt")  # an --out that does not exist yet and ends so is a file name, not a folder
@@ -63,6 +63,15 @@ def collision_error(files: Sequence[str]) -> str | None:
             "or use --format jsonl")
 
 
+def file_record(line: str) -> dict[str, Any] | None:
+    """A JSON Lines record of a caption output (a JSON object with a string ``"file"``), or None for anything else."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("file"), str) else None
+
+
 def _read_errors(path: Path) -> list[dict[str, str]]:
     """The records of an errors file (written whole and atomically, so every line is complete)."""
     if not path.is_file():
@@ -71,12 +80,8 @@ def _read_errors(path: Path) -> list[dict[str, str]]:
     for n, line in enumerate(path.read_text(encoding="utf-8", errors="surrogateescape").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if not (isinstance(record, dict) and isinstance(record.get("file"), str)
-                and isinstance(record.get("error"), str)):
+        record = file_record(line)
+        if record is None or not isinstance(record.get("error"), str):
             raise ValueError(f"{path}: line {n} is not an error record ({line[:80]!r}); fix or remove the file "
                              "(or pass --overwrite to start afresh)")
         records.append({"file": record["file"], "error": record["error"]})

@@ -185,21 +185,33 @@ class DetectionModule(TaskModule):
                 self.log(f"train/{k}", losses[k], batch_size=B)
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        images, mask, targets = batch
+    def result_entries(self, images: Tensor, mask: Tensor, targets: list[dict]) -> tuple[list[dict], int]:
+        """COCO result entries of a validation batch, and how many non-finite detections were dropped.
+
+        Args:
+            images: (B, 3, H, W); mask: (B, H, W) True = padding; targets: B dicts with ``image_id`` and
+                ``orig_size`` ([h, w]).
+        """
         outputs = self.detector(images, mask)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(images.device)  # (B, 2) [h, w]
         dets = self.postprocess(outputs, sizes)
         cat_ids = self.hparams.label_to_cat_id
+        entries, dropped = [], 0
         for t, d in zip(targets, dets, strict=True):
-            image_id = int(t["image_id"])
-            self._val_image_ids.append(image_id)
             boxes, scores, labels = d["boxes"].float().cpu(), d["scores"].float().cpu(), d["labels"].cpu()
             finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)  # (K,)
             if not bool(finite.all()):  # a diverged model: NaN boxes are no detections (COCOeval would refuse them)
-                self._val_nonfinite += int((~finite).sum())
+                dropped += int((~finite).sum())
                 boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
-            self._val_results += detection_entries(boxes, scores, labels, image_id, cat_ids)
+            entries += detection_entries(boxes, scores, labels, int(t["image_id"]), cat_ids)
+        return entries, dropped
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, mask, targets = batch
+        entries, dropped = self.result_entries(images, mask, targets)
+        self._val_image_ids += [int(t["image_id"]) for t in targets]
+        self._val_results += entries
+        self._val_nonfinite += dropped
 
     def on_validation_epoch_start(self) -> None:
         self._val_results, self._val_image_ids, self._val_nonfinite = [], [], 0
