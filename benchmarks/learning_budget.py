@@ -4,6 +4,7 @@
 - :class:`BudgetRun` drives one side through its budget: after every optimizer step it decides whether to re-size
   the lr schedule, to evaluate (a reported point) or to stop. Vitkit's Lightning runs call it from
   :class:`BudgetCallback`; the peers' plain loops call it directly.
+- :func:`budget_warmup` keeps a recipe's warmup share when its schedule is compressed into the budget.
 - :func:`install_factor` puts a new per-step lr factor into a running ``LambdaLR`` (its step counter kept), which is
   how a schedule is re-sized to the step count the budget allows.
 """
@@ -58,6 +59,15 @@ def factor_of(total_steps: int, warmup_steps: int, min_lr_ratio: float, **option
     optimizer, so the real one is not touched)."""
     dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     return warmup_schedule(dummy, total_steps, warmup_steps, min_lr_ratio, **options).lr_lambdas[0]
+
+
+def budget_warmup(warmup_steps: int, recipe_steps: int | None, total_steps: int) -> int:
+    """The warmup of a schedule re-sized to ``total_steps``: the recipe's share of its own steps (``warmup_steps`` of
+    ``recipe_steps``), so that compressing a recipe into a budget keeps the shape of its schedule; the recipe's
+    ``warmup_steps`` as they are where its length is unknown (``recipe_steps`` None)."""
+    if not recipe_steps:
+        return warmup_steps
+    return max(1, round(warmup_steps * total_steps / recipe_steps))
 
 
 def install_factor(scheduler: torch.optim.lr_scheduler.LambdaLR, factor: Callable[[int], float]) -> None:
@@ -178,11 +188,16 @@ class BudgetCallback(L.Callback):
         evaluate: ``evaluate(trainer, module) -> metrics``; called in eval mode under the trainer's validation
             precision context, without gradients.
         threads: torch intra-op threads, set again when training starts.
+        recipe_epochs: the config's own ``trainer.max_epochs``: its warmup keeps the share of the recipe's steps
+            (:func:`budget_warmup`); None keeps the config's ``warmup_steps``.
     """
 
     def __init__(self, minutes: float, eval_every: float,
-                 evaluate: Callable[[L.Trainer, L.LightningModule], dict[str, float]], threads: int) -> None:
+                 evaluate: Callable[[L.Trainer, L.LightningModule], dict[str, float]], threads: int,
+                 recipe_epochs: int | None = None) -> None:
         self.minutes, self.eval_every, self._evaluate, self.threads = minutes, eval_every, evaluate, threads
+        self.recipe_epochs = recipe_epochs
+        self.warmups: list[int] = []  # the warmup of every re-sized schedule
         self.run: BudgetRun | None = None
         self.threads_seen: int | None = None
 
@@ -192,9 +207,13 @@ class BudgetCallback(L.Callback):
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         hp = pl_module.hparams
         options = {k: hp[k] for k in ("schedule", "lr_drop") if k in hp}  # as vitkit.train.module passes them
+        steps_per_epoch = max(1, int(trainer.num_training_batches))
+        recipe_steps = self.recipe_epochs * steps_per_epoch if self.recipe_epochs else None
 
         def resize(total: int) -> None:
-            install_factor(scheduler, factor_of(total, hp.warmup_steps, hp.min_lr_ratio, **options))
+            warmup = budget_warmup(hp.warmup_steps, recipe_steps, total)
+            self.warmups.append(warmup)
+            install_factor(scheduler, factor_of(total, warmup, hp.min_lr_ratio, **options))
             pl_module.total_steps = total  # what step-share settings (the caption module's scst_start) refer to
 
         def evaluate() -> dict[str, float]:
@@ -206,8 +225,7 @@ class BudgetCallback(L.Callback):
             finally:
                 restore()
 
-        self.run = BudgetRun(self.minutes, self.eval_every, evaluate, resize,
-                             steps_per_epoch=max(1, int(trainer.num_training_batches)))
+        self.run = BudgetRun(self.minutes, self.eval_every, evaluate, resize, steps_per_epoch=steps_per_epoch)
         self.run.start()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,

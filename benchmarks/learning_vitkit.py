@@ -7,7 +7,8 @@ config's settings as they are and only these overrides, which change no training
 
 - ``seed_everything``, ``data.root`` and the shapes generator's arguments (the race's data);
 - ``trainer.max_epochs`` very large: the budget stops the run (:class:`~benchmarks.learning_budget.BudgetCallback`),
-  and the step schedule is re-sized to the budget (see :mod:`benchmarks.learning`);
+  and the step schedule is re-sized to the budget (see :mod:`benchmarks.learning`), its warmup the same share of
+  the budget's steps as the config's ``warmup_steps`` are of its own ``max_epochs`` (``budget_warmup``);
 - no validation loop, sanity check, logger, progress bar, model summary, config file or checkpoint file: the race
   evaluates with the clock paused, and writes nothing under ``runs/``.
 """
@@ -120,7 +121,8 @@ def run_vitkit(task: str, config: str | Path, data: DataSpec, minutes: float, ev
     if cli_class.task != want:
         raise ValueError(f"{path} trains {cli_class.task}, not {want}")
     evaluate = _eval_detection if task == "detection" else _eval_captions(scorer)
-    callback = BudgetCallback(minutes, eval_every, evaluate, threads)
+    recipe_epochs = (read_config(path).get("trainer") or {}).get("max_epochs")
+    callback = BudgetCallback(minutes, eval_every, evaluate, threads, recipe_epochs=recipe_epochs)
     torch.set_num_threads(threads)
     args = cli_args(path, data, seed, work_dir)
     with own_argv():
@@ -140,7 +142,8 @@ def run_vitkit(task: str, config: str | Path, data: DataSpec, minutes: float, ev
         "batch_size": int(dm.hparams.batch_size),
         "optimizer": {"name": "AdamW (vitkit.train.optim.adamw)", "lr": float(cli.model.hparams.lr),
                       "weight_decay": float(cli.model.hparams.weight_decay),
-                      "warmup_steps": int(cli.model.hparams.warmup_steps),
+                      "warmup_steps": int(cli.model.hparams.warmup_steps), "recipe_epochs": recipe_epochs,
+                      "budget_warmup_steps": callback.warmups[-1] if callback.warmups else None,
                       "min_lr_ratio": float(cli.model.hparams.min_lr_ratio),
                       "gradient_clip_val": cli.trainer.gradient_clip_val},
         **callback.run.summary(),

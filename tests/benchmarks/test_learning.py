@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import learning
-from benchmarks.learning_budget import BudgetRun, default_eval_every, factor_of, install_factor
+from benchmarks.learning_budget import BudgetRun, budget_warmup, default_eval_every, factor_of, install_factor
 
 MINUTES, EVAL_EVERY = 0.1, 0.05
 SIDES = {"detection": ("vitkit", "rtdetr"), "captions": ("vitkit", "ved")}
@@ -71,6 +71,13 @@ def test_install_factor_keeps_the_step_counter():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * (1 + math.cos(math.pi * 51 / 100)))
 
 
+def test_budget_warmup_keeps_the_recipes_share():
+    assert budget_warmup(200, 1500, 480) == 64  # caption_shapes.yaml: 200 of 20 x 75 steps, compressed to 480
+    assert budget_warmup(200, 1500, 3000) == 400  # a longer budget warms up longer
+    assert budget_warmup(200, None, 480) == 200  # the recipe's length unknown: its warmup as it is
+    assert budget_warmup(10, 10_000, 50) == 1
+
+
 @pytest.fixture(scope="module")
 def race(tmp_path_factory):
     out = tmp_path_factory.mktemp("learning_race")
@@ -99,6 +106,11 @@ def test_race_writes_the_curves_of_all_four_sides(race):
             rec = written[task][side]
             assert rec["parameters"] > 0 and rec["steps"] >= 1 and rec["step_seconds"] > 0
             assert rec["threads_seen"] == 2
+            if side == "vitkit":  # the last re-sized schedule warms up over the recipe's share of the budget's steps
+                opt = rec["optimizer"]
+                recipe_steps = opt["recipe_epochs"] * rec["steps_per_epoch"]
+                total = rec["schedule_resizes"][-1]["total_steps"]
+                assert opt["budget_warmup_steps"] == budget_warmup(opt["warmup_steps"], recipe_steps, total)
             points = rec["points"]
             assert len(points) >= 2 and points[0]["minutes"] == 0.0
             assert all(a["minutes"] < b["minutes"] and a["steps"] < b["steps"] for a, b in itertools.pairwise(points))
