@@ -283,6 +283,10 @@ def test_evaluate_caption_files_errors_name_the_file(tmp_path: Path) -> None:
         {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1]}]})
     with pytest.raises(ValueError, match=r"instances\.json: annotation 0 needs 'image_id' and 'caption'"):
         evaluate_caption_files(instances, results, java=False)
+    regions = _write(tmp_path / "regions.json", {"images": [{"id": 1}], "annotations": [  # region captions
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "caption": "a red square"}]})
+    with pytest.raises(ValueError, match=r"regions\.json: annotation 0 needs .* \(and no 'bbox'\)"):
+        evaluate_caption_files(regions, results, java=False)
 
     def bad_results(obj: Any) -> Path:
         return _write(tmp_path / "bad_results.json", obj)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vitkit.cli import benchmark, caption, detect, export, make_shapes, plot_pr, train
+from vitkit.cli import benchmark, caption, convert_vg, detect, export, make_shapes, plot_pr, train
 from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import shipped_configs
 from vitkit.version import __version__
@@ -46,6 +46,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command(export.main, "export a checkpoint as an ONNX graph or weights-only safetensors"),
     "benchmark": Command(benchmark.main, "time vitkit against its peers (needs a source checkout's benchmarks/)"),
     "make-shapes": Command(make_shapes.main, "write the synthetic shapes dataset in COCO 2017 layout"),
+    "convert-vg": Command(convert_vg.main, "convert Visual Genome region descriptions to COCO layout with captions"),
     "plot-pr": Command(plot_pr.main, "per-class precision-recall curves of a COCO results file (PNG)"),
 }
 EXAMPLES = """examples:

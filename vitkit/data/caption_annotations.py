@@ -49,6 +49,12 @@ def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -
     anns = data["annotations"]
     for k, ann in enumerate(anns):
         where = entry_name("annotations", k, ann)
+        if isinstance(ann, dict) and "bbox" in ann:  # instances files may carry region captions (issue 17)
+            errors.add("annotations with a 'bbox'", ann.get("id", k),
+                       f"annotations[{k}] needs 'image_id' and 'caption' and no 'bbox' ({where} has a field 'bbox': "
+                       "is this an instances_*.json rather than a captions_*.json file? Its 'caption' fields would "
+                       "be region phrases, not image captions)")
+            continue
         if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
             missing = "caption" if isinstance(ann, dict) and "image_id" in ann else "image_id"
             errors.add("annotations without 'image_id' or 'caption'", k,

@@ -1,5 +1,6 @@
 """Templated captions of a generated shapes image (:mod:`vitkit.data.shapes`): counts, colours, kinds, sizes and
-positions of its objects, five varied sentences per image."""
+positions of its objects, five varied sentences per image; and the phrase of each object (its instance annotation's
+``caption``), worded as the image captions describe that object."""
 
 from __future__ import annotations
 
@@ -42,6 +43,26 @@ def _size_word(area: float, height: int, width: int) -> str:
     return "small " if frac < 0.02 else "large " if frac > 0.12 else ""
 
 
+def object_phrase(kind: str, color: str, area: float, height: int, width: int, crowd: bool = False) -> str:
+    """The phrase of one annotated object, worded as the image captions word it.
+
+    Args:
+        kind: shape name ("square", "circle", "triangle", "star").
+        color: colour name.
+        area: visible pixel count of the object (its annotation's ``area``), px.
+        height: image height, px.
+        width: image width, px.
+        crowd: the object is an ``iscrowd=1`` cluster of tiny shapes (its area is not used then).
+
+    Returns:
+        "a small red triangle", "an orange star" (medium objects get no size word), "a large blue circle", or for a
+        crowd "a cluster of tiny red squares".
+    """
+    if crowd:
+        return f"a cluster of tiny {color} {kind}s"
+    return _count(1, f"{_size_word(area, height, width)}{color} {kind}")
+
+
 def shape_captions(rng: np.random.Generator, objects: list[dict[str, Any]], crowd: dict[str, Any] | None, bg: str,
               height: int, width: int) -> list[str]:
     """Five varied templated captions. ``objects``: dicts with kind, color, bbox, area (largest first)."""
@@ -63,9 +84,10 @@ def shape_captions(rng: np.random.Generator, objects: list[dict[str, Any]], crow
         by_color[f"{o['color']} {o['kind']}"] = by_color.get(f"{o['color']} {o['kind']}", 0) + 1
         by_kind[o["kind"]] = by_kind.get(o["kind"], 0) + 1
     kinds = sorted(by_kind.items(), key=lambda kv: -kv[1])  # stable: ties keep largest-first order
-    crowd_tail = f" and a cluster of tiny {crowd['color']} {crowd['kind']}s" if crowd else ""
+    crowd_phrase = object_phrase(crowd["kind"], crowd["color"], 0.0, height, width, crowd=True) if crowd else ""
+    crowd_tail = f" and {crowd_phrase}" if crowd else ""
     big = objects[0]
-    described = [_count(1, f"{_size_word(o['area'], height, width)}{o['color']} {o['kind']}") for o in objects]
+    described = [object_phrase(o["kind"], o["color"], o["area"], height, width) for o in objects]
     colors = sorted({o["color"] for o in objects})
     big_size = _size_word(big["area"], height, width).strip() or "medium"
     big_color_kind = f"{big['color']} {big['kind']}"

@@ -17,15 +17,22 @@ Content, chosen to exercise every path a real COCO-layout dataset takes:
   the visible pixel count (segment area, not box area), ``segmentation`` the visible mask as compressed RLE.
 - About 5% of the images have no objects; about 5% of the others have an ``iscrowd=1`` region (a cluster of
   tiny shapes of one class annotated as a single crowd).
+- Each instance annotation has a ``caption``, the object's phrase worded as the image captions word it: "a small
+  red triangle", "an orange star" (medium objects get no size word: the captions' rule on the visible area), "a
+  large blue circle"; a crowd region gets "a cluster of tiny red squares".
 
 Which images are empty or hold a crowd is drawn per split from ``(seed, split)``; everything else in an image
-from its own stream ``(seed, split, index)``. Files are written atomically (temporary name, then rename), so ranks that
-generate the same set concurrently cannot leave a half-written file behind.
+from its own stream ``(seed, split, index)``. Files are written atomically (temporary name, then rename), so ranks
+that generate the same set concurrently cannot leave a half-written file behind. The phrases draw no random number:
+images and captions files are byte-identical to those written before phrases existed, and an instances file is the
+earlier one plus the ``caption`` keys. So :func:`ensure_shapes` upgrades an earlier set (annotations without
+``caption``) by regenerating it with the arguments it records; readers see the same files, one gaining phrases.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import json
 import math
@@ -39,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from vitkit.data.shape_captions import shape_captions
+from vitkit.data.shape_captions import object_phrase, shape_captions
 from vitkit.utils.files import atomic_write
 
 CATEGORIES: tuple[dict[str, Any], ...] = (
@@ -224,6 +231,8 @@ def _annotation(layer: _Layer, ann_id: int, image_id: int, cat_ids: dict[str, in
         "area": float(np.count_nonzero(layer.visible)),
         "iscrowd": int(layer.crowd),
         "segmentation": {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")},
+        "caption": object_phrase(layer.kind, layer.color, float(np.count_nonzero(layer.visible)),
+                                 *layer.visible.shape, crowd=layer.crowd),  # (H, W)
     }
 
 
@@ -343,12 +352,20 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
     return paths
 
 
+def _needs_phrases(data: Any) -> bool:
+    """Whether a parsed instances file comes from before annotations carried their phrase (``caption``)."""
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    return isinstance(anns, list) and any(isinstance(a, dict) and "caption" not in a for a in anns)
+
+
 def ensure_shapes(root: str | os.PathLike, **kwargs: Any) -> dict[str, Path]:
     """Generate the shapes dataset under ``root`` unless it is already there.
 
     The set counts as present when ``root/annotations/instances_train2017.json`` exists (it is written last).
     If that file records different generator arguments than ``kwargs``, a warning says so; nothing is
-    regenerated (delete the folder to regenerate).
+    regenerated (delete the folder to regenerate). A set written before instance annotations had a ``caption``
+    is regenerated once with the arguments it records (never with ``kwargs``), with a warning: the images and the
+    captions files come out byte-identical, the instances files gain the phrases (see the module docstring).
 
     Args:
         root: dataset folder.
@@ -362,13 +379,20 @@ def ensure_shapes(root: str | os.PathLike, **kwargs: Any) -> dict[str, Path]:
         return make_shapes(root, **kwargs)
     try:
         with open(paths["instances_train"], encoding="utf-8") as f:
-            recorded = json.load(f).get("info", {}).get("generator")
+            data = json.load(f)
     except (OSError, ValueError):
-        recorded = None
+        data = None
+    info = data.get("info") if isinstance(data, dict) else None
+    recorded = info.get("generator") if isinstance(info, dict) else None
     if isinstance(recorded, dict):
         differing = {k: (recorded[k], v) for k, v in kwargs.items()
                      if v is not None and k in recorded and recorded[k] != v}
         if differing:
             warnings.warn(f"{root} holds a shapes set generated with other arguments (recorded, requested): "
                           f"{differing}; using it as is. Delete the folder to regenerate.", stacklevel=2)
+        if _needs_phrases(data) and set(recorded) <= set(inspect.signature(make_shapes).parameters) - {"root"}:
+            warnings.warn(f"{root} holds a shapes set from before instance annotations had a 'caption' (the "
+                          "object's phrase); regenerating it with its recorded arguments (same images and image "
+                          "captions, byte for byte)", stacklevel=2)
+            return make_shapes(root, **recorded)
     return paths

@@ -226,9 +226,9 @@ def _load_references(path: Path) -> dict[Any, list[str]]:
                          "(captions_val2017.json): {'images': [...], 'annotations': [{'image_id', 'caption'}, ...]}")
     gts: dict[Any, list[str]] = {}
     for k, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann:
+        if not isinstance(ann, dict) or "image_id" not in ann or "caption" not in ann or "bbox" in ann:
             keys = sorted(ann) if isinstance(ann, dict) else type(ann).__name__
-            raise ValueError(f"{path}: annotation {k} needs 'image_id' and 'caption', has {keys} "
+            raise ValueError(f"{path}: annotation {k} needs 'image_id' and 'caption' (and no 'bbox'), has {keys} "
                              "(is this an instances_*.json rather than a captions_*.json file?)")
         if not isinstance(ann["caption"], str):
             raise ValueError(f"{path}: annotation {k} (image {ann['image_id']!r}) has a non-string caption")
