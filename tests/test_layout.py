@@ -1,5 +1,6 @@
 """The package layout: imports point one way (kernels/utils -> layers -> core -> data -> eval -> viz -> train ->
-tasks -> io -> cli -> the ``vitkit`` root), no import cycle, and no file or function over the size limits."""
+tasks -> describe -> io -> cli -> the ``vitkit`` root), no import cycle, and no file or function over the size
+limits."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vitkit"
 # Lower rank = lower level. A module may import from a lower rank or from its own package; packages of the same
-# rank (the two tasks; utils and kernels) may not import each other.
+# rank (the two tasks; utils and kernels) may not import each other. ``describe`` (region captions) is built from
+# both tasks, so it sits above them.
 RANKS = {"utils": 0, "kernels": 0, "layers": 1, "core": 2, "data": 3, "eval": 4, "viz": 5, "train": 6,
-         "detection": 7, "captioning": 7, "io": 8, "cli": 9, "": 10}
+         "detection": 7, "captioning": 7, "describe": 8, "io": 9, "cli": 10, "": 11}
 # Third-party packages a function may import lazily: optional extras, or heavy modules only one path needs.
 LAZY_OK = {"onnx", "onnxruntime", "transformers", "matplotlib"}
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80

@@ -76,7 +76,8 @@ class Captioner(nn.Module):
     """Image captioning model.
 
     Args:
-        encoder: a :class:`ViTEncoder`.
+        encoder: a :class:`ViTEncoder`; None builds the text side alone, which captions memory given to it
+            (:meth:`decode_tokens`, :meth:`generate_from_memory`: region captions read the detector's objects).
         decoder: a :class:`TransformerDecoder` built with ``return_intermediate=False``.
         vocab_size: number of token ids V (``CaptionTokenizer.vocab_size``).
         max_length: longest token sequence, BOS and EOS included (size of the learned position table, and
@@ -89,7 +90,7 @@ class Captioner(nn.Module):
     """
     def __init__(
         self,
-        encoder: ViTEncoder,
+        encoder: ViTEncoder | None,
         decoder: TransformerDecoder,
         vocab_size: int,
         max_length: int = 32,
@@ -115,7 +116,8 @@ class Captioner(nn.Module):
         self.vocab_size, self.max_length = vocab_size, max_length
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.token_pos, self.label_smoothing = token_pos, label_smoothing
-        self.input_proj = nn.Linear(encoder.embed_dim, D) if encoder.embed_dim != D else nn.Identity()
+        self.input_proj = (nn.Linear(encoder.embed_dim, D) if encoder is not None and encoder.embed_dim != D
+                           else nn.Identity())
         self.pos_sine = SinePositionEncoding2D(D)
         self.token_embed = nn.Embedding(vocab_size, D, padding_idx=pad_id)
         self.pos_embed = nn.Embedding(max_length, D) if token_pos == "learned" else None
@@ -155,6 +157,9 @@ class Captioner(nn.Module):
             memory (B, N, D) at the decoder width; memory_mask (B, N) True = padding, or None when nothing is
             padded; memory_pos (B, N, D) cross-attention key positions.
         """
+        if self.encoder is None:
+            raise RuntimeError("this Captioner has no image encoder (the text side alone): give it memory "
+                               "(decode_tokens, generate_from_memory)")
         enc = self.encoder(images, mask)
         memory = self.input_proj(enc.tokens)  # (B, N, D)
         memory_mask = enc.mask if enc.mask.any() else None
@@ -278,12 +283,24 @@ class Captioner(nn.Module):
             sum of the generated tokens' log-probabilities (EOS included), divided by length ** length_penalty
             for beam search. See :mod:`vitkit.captioning.decoding`.
         """
+        return self.generate_from_memory(*self.encode(images, mask), method=method, max_length=max_length,
+                                         min_length=min_length, num_beams=num_beams, length_penalty=length_penalty,
+                                         no_repeat_ngram_size=no_repeat_ngram_size, temperature=temperature,
+                                         top_k=top_k, top_p=top_p, generator=generator)
+
+    @torch.no_grad()
+    def generate_from_memory(self, memory: Tensor, memory_mask: Tensor | None = None,
+                             memory_pos: Tensor | None = None, method: str = "greedy", max_length: int | None = None,
+                             min_length: int = 0, num_beams: int = 3, length_penalty: float = 1.0,
+                             no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
+                             top_p: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """:meth:`generate` from precomputed memory (R, N, D) (mask (R, N) True = padding, positions (R|1, N, D)):
+        one caption per row; the options and outputs are :meth:`generate`'s."""
         if method not in ("greedy", "beam", "sample"):
             raise ValueError(f"method must be greedy|beam|sample, got {method!r}")
         max_length = self.max_length if max_length is None else max_length
         if self.pos_embed is not None and max_length > self.max_length:
             raise ValueError(f"max_length {max_length} exceeds the learned position table ({self.max_length})")
-        memory, memory_mask, memory_pos = self.encode(images, mask)
         common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size)
         if method == "greedy":
             return greedy_decode(self, memory, memory_mask, memory_pos, **common)

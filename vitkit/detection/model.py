@@ -215,7 +215,8 @@ class DETR(nn.Module):
             pos = torch.cat((pos.new_zeros(B, enc.num_prefix, pos.shape[-1]), pos), dim=1)  # (B, P+h*w, D)
         return pos
 
-    def forward(self, images: Tensor, mask: Tensor | None = None, targets: list[dict] | None = None) -> dict:
+    def forward(self, images: Tensor, mask: Tensor | None = None, targets: list[dict] | None = None,
+                features: bool = False) -> dict:
         """Detect.
 
         Args:
@@ -223,6 +224,8 @@ class DETR(nn.Module):
             mask: optional (B, H, W) bool pixel padding mask, True = padding.
             targets: training targets (``labels``, normalised cxcywh ``boxes``), used only to build denoising
                 queries in training; predictions of the matching queries do not depend on them.
+            features: also return the one-to-one queries' last decoder states and the encoder's grid (for heads
+                that read objects, such as region captions).
 
         Returns:
             dict with
@@ -233,7 +236,10 @@ class DETR(nn.Module):
             - ``enc_outputs`` (two-stage): every patch token's proposal, ``pred_logits`` (B, N, C) (padding tokens
               at -1e4) and ``pred_boxes`` (B, N, 4);
             - ``dn_outputs`` (training with denoising): the denoising queries' outputs (with ``aux_outputs``) and
-              ``dn_meta``, a :class:`DenoisingMeta`.
+              ``dn_meta``, a :class:`DenoisingMeta`;
+            - with ``features``: ``hidden`` (B, Q, D) the last decoder layer's states of the one-to-one queries,
+              ``grid`` (B, D, h, w) the encoder's tokens at the decoder width (the stride of the patch source) and
+              ``grid_mask`` (B, h, w) True = padding.
         """
         enc = self.encoder(images, mask, return_stem=self.finer is not None and self.finer.lateral is not None)
         memory = self.input_proj(enc.tokens)  # (B, P+N, D)
@@ -262,13 +268,20 @@ class DETR(nn.Module):
                                          total_q - self.num_queries, memory.device)
         if dn is not None:
             queries = queries.with_denoising(dn)
-        logits, boxes = self._decode(queries, memory, mem_pos, mem_pad, attn_mask, P, levels, centres)
-        return self._outputs(logits, boxes, total_q, enc_out, dn)
+        logits, boxes, hs = self._decode(queries, memory, mem_pos, mem_pad, attn_mask, P, levels, centres)
+        out = self._outputs(logits, boxes, total_q, enc_out, dn)
+        if features:
+            (h, w), B = enc.grid, memory.shape[0]
+            out["hidden"] = hs[-1, :, n_dn:n_dn + self.num_queries]  # (B, Q, D)
+            out["grid"] = memory[:, P:P + h * w].transpose(1, 2).reshape(B, -1, h, w)  # (B, D, h, w)
+            out["grid_mask"] = mem_pad[:, P:P + h * w].reshape(B, h, w)  # (B, h, w)
+        return out
 
     def _decode(self, queries: Queries, memory: Tensor, mem_pos: Tensor | None, mem_pad: Tensor,
                 attn_mask: Tensor | None, num_prefix: int, levels: list,
-                centres: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor]:
-        """Run the decoder (with the refinement hook when refining) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4)."""
+                centres: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Run the decoder (with the refinement hook when refining) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4),
+        states (L, B, Qt, D)."""
         mem_mask = mem_pad if mem_pad.any() else None  # (B, P+N)
         refine, hook = self.parts.refine, None
         if refine is not None and self.deformable:  # deformable attention samples the grids after the prefix
@@ -281,8 +294,8 @@ class DETR(nn.Module):
         hs = self.decoder(queries.content, memory, query_pos=queries.pos, memory_pos=mem_pos,
                           memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask, hook=hook)  # (L, B, Qt, D)
         if hook is not None:
-            return hook.predictions()
-        return self.class_embed(hs), self.bbox_embed(hs).sigmoid()  # (L, B, Qt, C'), (L, B, Qt, 4)
+            return (*hook.predictions(), hs)
+        return self.class_embed(hs), self.bbox_embed(hs).sigmoid(), hs  # (L, B, Qt, C'), (L, B, Qt, 4), (L, B, Qt, D)
 
     def _outputs(self, logits: Tensor, boxes: Tensor, total_q: int, enc_out: dict | None,
                  dn: DenoisingQueries | None) -> dict:

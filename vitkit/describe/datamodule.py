@@ -1,0 +1,182 @@
+"""Lightning DataModule for region captions (issue 17): COCO-layout detection data whose annotations may carry a
+``caption`` phrase, with the caption tokenizer.
+
+It is :class:`~vitkit.detection.datamodule.CocoDataModule` (same files, checks, augmentation, ``bad_images`` policy)
+whose datasets' transforms are wrapped by :class:`~vitkit.describe.regions.RegionCaptionTransform`, so every
+training and validation target also holds, aligned with ``boxes`` / ``labels`` after the transforms (a crop that
+drops a box drops its phrase):
+
+- ``ann_ids`` (n,) int64: the COCO annotation id of each box (a non-finite loss or a wrong phrase can be traced);
+- ``captions``: n ``str | None`` (None: the annotation has no ``caption``; its box still trains the detector);
+- ``has_caption`` (n,) bool;
+- ``caption_tokens`` (n, T) long, added by the collate (:class:`~vitkit.describe.regions.RegionCaptionCollate`):
+  ``[BOS] phrase [EOS] [PAD]...``, all ``[PAD]`` where ``has_caption`` is False. Tokenising in the collate, as the
+  caption datamodule does, gives one T per batch (the longest phrase, at most ``max_length``) so a decoder can stack
+  the phrases of all boxes of a batch, and keeps the tokenizer out of the datasets.
+
+Crowd regions are not in the targets, as in detection. The tokenizer follows
+:class:`~vitkit.captioning.datamodule.CaptionDataModule`: a ``tokenizer.json`` given by ``tokenizer``, or one trained
+on the training file's phrases at first use (so the CLI can link ``vocab_size`` and the special ids into a model),
+shared from rank 0 under DDP, replaced by a checkpoint's through :meth:`DenseDataModule.use_tokenizer`; a Lightning
+module saves it as the caption module does (``tokenizer.json`` in the run folder, its JSON in every checkpoint).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torchvision.transforms import v2
+
+from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.data.collate import DropNone
+from vitkit.describe.regions import (
+    RegionCaptionCollate,
+    RegionCaptionTransform,
+    RegionIndex,
+    RegionReferences,
+    read_region_references,
+)
+from vitkit.detection.datamodule import CocoDataModule
+from vitkit.train.datamodule import data_errors
+
+TOKENIZER_MODELS = ("wordlevel", "bpe", "wordpiece")
+
+
+def set_hflip_p(transform: Any, p: float) -> None:
+    """Set the probability of the one ``v2.RandomHorizontalFlip`` inside a v2 pipeline (in place).
+
+    Raises:
+        RuntimeError: the pipeline holds no flip, or several.
+    """
+    stack, flips = [transform], []
+    while stack:
+        step = stack.pop()
+        if isinstance(step, v2.RandomHorizontalFlip):
+            flips.append(step)
+        stack += list(getattr(step, "transforms", None) or [])
+    if len(flips) != 1:
+        raise RuntimeError(f"expected one RandomHorizontalFlip in the training transforms, found {len(flips)}")
+    flips[0].p = p
+
+
+class DenseDataModule(CocoDataModule):
+    """Region-caption data: detection targets whose boxes carry their phrases, and the caption tokenizer.
+
+    Args:
+        hflip_p: probability of mirroring a training image (default 0.5, DETR's). A mirror leaves the phrases as
+            they are, which is right for phrases without left-right content ("a small red triangle": the shapes
+            set, most region phrases) and wrong for "the man on the left" or "his right hand". When ``hflip_p`` > 0
+            and training phrases say "left" or "right", :meth:`setup` warns with their count; set 0 for such data.
+        tokenizer: path to a tokenizer.json to use; None = train one on the training file's phrases.
+        vocab_size: vocabulary size of a trained tokenizer (special tokens included).
+        tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
+        max_length: longest token sequence of a phrase, BOS and EOS included; longer phrases lose their last words.
+        **kwargs: the detection settings of :class:`~vitkit.detection.datamodule.CocoDataModule` (``batch_size``,
+            scales, crop, validation size) and the root, shapes generation, loader and ``bad_images`` settings of
+            :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
+
+    Raises:
+        ValueError: a setting out of range, or an unknown ``tokenizer_model``.
+        FileNotFoundError: ``tokenizer`` names no file, or the data layout is incomplete.
+    """
+
+    def __init__(
+        self,
+        *,
+        hflip_p: float = 0.5,
+        tokenizer: str | None = None,
+        vocab_size: int = 1000,
+        tokenizer_model: str = "wordlevel",
+        max_length: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        if tokenizer_model not in TOKENIZER_MODELS:
+            raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
+        if max_length < 2:
+            raise ValueError(f"data.max_length must be >= 2 (room for BOS and EOS), got {max_length}")
+        if not 0.0 <= hflip_p <= 1.0:
+            raise ValueError(f"data.hflip_p must be in [0, 1], got {hflip_p}")
+        if tokenizer is not None and not Path(tokenizer).is_file():
+            raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tokenizer} (give a tokenizer.json, e.g. "
+                                    "runs/<config>/version_0/tokenizer.json, or leave it null to train one)")
+        super().__init__(**kwargs)
+        self._tokenizer: CaptionTokenizer | None = None
+        self._regions: dict[str, RegionIndex] = {}
+
+    def regions(self, split: str) -> RegionIndex:
+        """The split's :class:`~vitkit.describe.regions.RegionIndex` (its file read once)."""
+        if split not in self._regions:
+            with data_errors():  # a malformed file: one paragraph naming the annotation and the field, no traceback
+                self._regions[split] = RegionIndex(self.annotation_file(split), hint=self.layout)
+        return self._regions[split]
+
+    # ------------------------------------------------------------------------------------------- tokenizer
+    @property
+    def tokenizer(self) -> CaptionTokenizer:
+        """The phrase tokenizer: loaded from ``tokenizer``, or trained on the training file's phrases at first use."""
+        if self._tokenizer is None:
+            hp = self.hparams
+            if hp.tokenizer is not None:
+                try:
+                    self._tokenizer = CaptionTokenizer.from_file(hp.tokenizer)
+                except Exception as err:
+                    raise ValueError(f"data.tokenizer: cannot use {hp.tokenizer} ({type(err).__name__}: {err})") \
+                        from err
+            else:
+                self._tokenizer = CaptionTokenizer.train(self.regions("train").phrases(), vocab_size=hp.vocab_size,
+                                                         model=hp.tokenizer_model)
+        return self._tokenizer
+
+    # The caption datamodule's tokenizer interface, shared as is: the linked sizes and ids, the checkpoint's or rank
+    # 0's tokenizer replacing ours (same size and special ids), and the DDP exchange at setup.
+    vocab_size = CaptionDataModule.vocab_size
+    pad_id = CaptionDataModule.pad_id
+    bos_id = CaptionDataModule.bos_id
+    eos_id = CaptionDataModule.eos_id
+    use_tokenizer = CaptionDataModule.use_tokenizer
+    _share_rank0_tokenizer = CaptionDataModule._share_rank0_tokenizer
+
+    # ------------------------------------------------------------------------------------------ datasets
+    def setup(self, stage: str | None = None) -> None:
+        self._share_rank0_tokenizer()
+        super().setup(stage)
+        if self.train_set is not None and not isinstance(self.train_set.transforms, RegionCaptionTransform):
+            set_hflip_p(self.train_set.transforms, self.hparams.hflip_p)
+            self.train_set.transforms = RegionCaptionTransform(self.train_set.transforms, self.regions("train"))
+            self._warn_left_right()
+        if self.val_set is not None and not isinstance(self.val_set.transforms, RegionCaptionTransform):
+            self.val_set.transforms = RegionCaptionTransform(self.val_set.transforms, self.regions("val"))
+
+    def _warn_left_right(self) -> None:
+        """Warn when mirrored training images would make phrases that say "left" or "right" wrong."""
+        if self.hparams.hflip_p == 0:
+            return
+        phrases = self.regions("train").phrases()
+        sided = [c for c in phrases if swap_left_right(c) != c]
+        if sided:
+            warnings.warn(f"data.hflip_p is {self.hparams.hflip_p} but {len(sided)} of the {len(phrases)} training "
+                          f"region captions say 'left' or 'right' (e.g. {sided[0][:80]!r}); a mirrored "
+                          "image keeps its captions, which then say the wrong side. Fix: set data.hflip_p: 0",
+                          UserWarning, stacklevel=2)
+
+    @property
+    def _collate(self) -> DropNone:
+        hp = self.hparams
+        return DropNone(RegionCaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple))
+
+    def val_references(self) -> dict[int, RegionReferences]:
+        """What a region-caption evaluator needs per validation image, read from the validation annotation file.
+
+        Returns:
+            Image id -> :class:`~vitkit.describe.regions.RegionReferences` (every annotation of the image, crowd
+            regions included, in file order: ``boxes`` (n, 4) COCO xywh pixels of the original image as the file
+            gives them, ``captions`` (None where absent), ``iscrowd`` (n,) bool, ``ann_ids``, ``category_ids``), for
+            the images the validation set reads (after ``bad_images: skip`` left out missing files), in its order.
+        """
+        if self.val_set is None:  # the detection datamodule's setup: no DDP exchange, so any one rank may call this
+            super().setup("validate")
+        with data_errors():
+            return read_region_references(self.val_annotation_file, self.val_set.ids, hint=self.layout)

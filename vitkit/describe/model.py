@@ -1,0 +1,265 @@
+"""Region captions: a DETR detector whose objects are described in words by a causal text decoder.
+
+:class:`RegionCaptionHead` is the text side, :class:`RegionCaptioner` the detector and the head together (what
+inference runs). The detector is :class:`vitkit.detection.DETR` as it is; the head's text decoder is a
+:class:`vitkit.captioning.Captioner` built without an image encoder (the same ``TransformerDecoder``, KV-cache
+decoding and search strategies). Each region (a detected object, a matched query in training, or a box the user
+gives) conditions one caption through a short memory the text decoder cross-attends to (:class:`RegionMemory`):
+
+- ``"prefix"``: two tokens, the query's last decoder state and an embedding of its box;
+- ``"roi"``: those two plus ``roi_size``² RoI-aligned tokens of the encoder's grid inside the box (box-focused
+  cross-attention; each with a learned position in the RoI).
+
+Training is joint (:mod:`vitkit.describe.module`): the detection losses as they are, plus the caption
+cross-entropy of the queries that Hungarian matching assigns to objects that have a caption. Boxes given at
+inference get the state of the query whose predicted box overlaps them most, and their own box and RoI.
+
+Padding: RoI boxes are clipped to the centres of the image's own tokens, so bilinear sampling never reads a padding
+token, and a region's caption does not change when its image is batched with a larger one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_convert, box_iou, roi_align
+
+from vitkit.captioning.model import Captioner
+from vitkit.detection.model import DETR
+
+Conditioning = Literal["prefix", "roi"]
+
+
+@dataclass
+class Regions:
+    """R regions of a batch of B images.
+
+    Attributes:
+        batch: (R,) long, the image of each region.
+        boxes: (R, 4) normalised cxcywh in [0, 1], relative to the unpadded image.
+        hidden: (R, D) the detector's query state of each region.
+    """
+    batch: Tensor
+    boxes: Tensor
+    hidden: Tensor
+
+
+def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, 3, H, W) images and their (B, H, W) padding (True) -> (B, 2) float: each image's real width, height."""
+    B, _, H, W = images.shape
+    if mask is None:
+        return images.new_tensor([W, H], dtype=torch.float32).expand(B, 2)
+    return torch.stack(((~mask).any(dim=1).sum(dim=1), (~mask).any(dim=2).sum(dim=1)), dim=1).float()  # (B, 2)
+
+
+class RegionMemory(nn.Module):
+    """The text decoder's memory for each region.
+
+    Args:
+        det_dim: the detector's decoder width (query states and grid tokens).
+        dim: the text decoder's width.
+        conditioning: "prefix" or "roi" (module docstring).
+        roi_size: RoI-aligned tokens per side ("roi").
+    """
+
+    def __init__(self, det_dim: int, dim: int, conditioning: Conditioning = "roi", roi_size: int = 7) -> None:
+        super().__init__()
+        if conditioning not in ("prefix", "roi"):
+            raise ValueError(f"conditioning must be prefix|roi, got {conditioning!r}")
+        self.conditioning, self.roi_size = conditioning, roi_size
+        self.query_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
+        self.box_embed = nn.Sequential(nn.Linear(4, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.slot_pos_embed = nn.Parameter(torch.zeros(2, dim))  # query, box
+        if conditioning == "roi":
+            self.roi_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
+            self.roi_pos_embed = nn.Parameter(torch.zeros(roi_size * roi_size, dim))
+        nn.init.normal_(self.slot_pos_embed, std=0.02)
+        if conditioning == "roi":
+            nn.init.normal_(self.roi_pos_embed, std=0.02)
+
+    def forward(self, regions: Regions, grid: Tensor | None = None, token_size: Tensor | None = None) -> Tensor:
+        """Regions, the detector's grid (B, Dd, h, w) and each image's real size in tokens (B, 2) (width, height)
+        -> (R, M, D) memory (M = 2, or 2 + roi_size² with "roi")."""
+        q = self.query_proj(regions.hidden) + self.slot_pos_embed[0]  # (R, D)
+        b = self.box_embed(regions.boxes.to(q.dtype)) + self.slot_pos_embed[1]  # (R, D)
+        parts = [q[:, None], b[:, None]]
+        if self.conditioning == "roi":
+            if grid is None or token_size is None:
+                raise ValueError('conditioning "roi" needs the detector\'s grid and the images\' token sizes')
+            parts.append(self.roi_proj(self._roi_tokens(regions, grid, token_size)) + self.roi_pos_embed)
+        return torch.cat(parts, dim=1)  # (R, M, D)
+
+    def _roi_tokens(self, regions: Regions, grid: Tensor, token_size: Tensor) -> Tensor:
+        """(R, roi_size², Dd) bilinear RoI samples of the grid inside each region's box, the box clipped to the
+        centres of its image's real tokens (token i spans [i, i+1]; its centre is i + 0.5)."""
+        size = token_size.to(grid.dtype)[regions.batch].repeat(1, 2)  # (R, 4): width, height, width, height
+        xyxy = box_convert(regions.boxes.to(grid.dtype), "cxcywh", "xyxy") * size  # (R, 4) in tokens
+        lo, hi = torch.full_like(size, 0.5), torch.ceil(size) - 0.5  # centres of the first and last real tokens
+        xyxy = torch.minimum(torch.maximum(xyxy, lo), hi)
+        rois = torch.cat((regions.batch[:, None].to(grid.dtype), xyxy), dim=1)  # (R, 5)
+        feats = roi_align(grid, rois, self.roi_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        return feats.flatten(2).transpose(1, 2)  # (R, roi_size², Dd)
+
+
+def detector_outputs(detector: DETR, images: Tensor, mask: Tensor | None = None,
+                     targets: list[dict] | None = None) -> dict:
+    """The detector's outputs with ``features`` (``hidden``, ``grid``, ``grid_mask``; see :meth:`DETR.forward`) and
+    ``token_size`` (B, 2): each image's real width and height in grid tokens."""
+    out = detector(images, mask, targets, features=True)
+    out["token_size"] = real_size(images, mask) / float(detector.encoder.patch_embed.stride)  # (B, 2)
+    return out
+
+
+class RegionCaptionHead(nn.Module):
+    """The text side of region captions: region memory and a text decoder.
+
+    Args:
+        det_dim: the detector's decoder width (its query states and grid tokens).
+        text: a :class:`Captioner` built with ``encoder=None`` (its ``vocab_size`` and special ids are the
+            region tokenizer's).
+        conditioning: how a region conditions its caption: "prefix" or "roi" (module docstring).
+        roi_size: RoI-aligned tokens per side with "roi".
+        max_regions: at most this many matched regions per training batch get a caption loss (the first ones in
+            image order), which bounds the text decoder's batch.
+    """
+
+    def __init__(self, det_dim: int, text: Captioner, conditioning: Conditioning = "roi", roi_size: int = 7,
+                 max_regions: int = 64) -> None:
+        super().__init__()
+        if text.encoder is not None:
+            raise ValueError("the region caption head's text Captioner must be built with encoder=None (it reads "
+                             "the detector)")
+        self.text = text
+        self.region_memory = RegionMemory(det_dim, text.decoder.dim, conditioning, roi_size)
+        self.max_regions = max_regions
+
+    def memory(self, outputs: dict, regions: Regions) -> Tensor:
+        """(R, M, D) text memory of regions of the images behind ``outputs`` (from :meth:`forward`)."""
+        return self.region_memory(regions, outputs.get("grid"), outputs.get("token_size"))
+
+    def caption_logits(self, outputs: dict, regions: Regions, tokens: Tensor) -> Tensor:
+        """Teacher-forced (R, T, V) logits of regions' (R, T) caption ids."""
+        return self.text.decode_tokens(tokens, self.memory(outputs, regions))
+
+    def matched_regions(self, outputs: dict, indices: list[tuple[Tensor, Tensor]],
+                        has_caption: list[Tensor]) -> tuple[Regions, list[tuple[int, int]]]:
+        """Regions of the queries matched to objects that have a caption.
+
+        Args:
+            outputs: from :meth:`forward`.
+            indices: per image, (query indices, target indices) of the final layer's matching.
+            has_caption: per image, (n,) bool over its targets.
+
+        Returns:
+            The regions (predicted boxes, detached) and, per region, (image, target index), at most
+            ``max_regions``.
+        """
+        rows, qs, pairs = [], [], []
+        for b, (src, tgt) in enumerate(indices):
+            for q, t in zip(src.tolist(), tgt.tolist(), strict=True):
+                if bool(has_caption[b][t]) and len(pairs) < self.max_regions:
+                    rows.append(b)
+                    qs.append(q)
+                    pairs.append((b, t))
+        dev = outputs["pred_boxes"].device
+        batch, q = torch.tensor(rows, dtype=torch.long, device=dev), torch.tensor(qs, dtype=torch.long, device=dev)
+        return Regions(batch, outputs["pred_boxes"][batch, q].detach(), outputs["hidden"][batch, q]), pairs
+
+    @staticmethod
+    def overlapping_queries(outputs: dict, boxes: list[Tensor]) -> list[Tensor]:
+        """Per image, (n_b,) long: for each given (n_b, 4) normalised cxcywh box, the query whose predicted box
+        overlaps it most (IoU)."""
+        out = []
+        for b, given in enumerate(boxes):
+            if not len(given):
+                out.append(torch.zeros(0, dtype=torch.long, device=outputs["pred_boxes"].device))
+                continue
+            pred = box_convert(outputs["pred_boxes"][b].float(), "cxcywh", "xyxy")  # (Q, 4)
+            out.append(box_iou(box_convert(given.float(), "cxcywh", "xyxy"), pred).argmax(dim=1))  # (n_b,)
+        return out
+
+    @classmethod
+    def regions_for_boxes(cls, outputs: dict, boxes: list[Tensor]) -> Regions:
+        """Regions of given boxes (per image (n_b, 4) normalised cxcywh), each with the state of the query that
+        overlaps it most."""
+        queries = cls.overlapping_queries(outputs, boxes)
+        dev = outputs["pred_boxes"].device
+        batch = torch.cat([torch.full((len(q),), b, dtype=torch.long, device=dev) for b, q in enumerate(queries)])
+        hidden = torch.cat([outputs["hidden"][b, q] for b, q in enumerate(queries)])  # (R, D)
+        given = torch.cat([g.to(dev, outputs["pred_boxes"].dtype).reshape(-1, 4) for g in boxes])  # (R, 4)
+        return Regions(batch, given, hidden)
+
+class RegionCaptioner(nn.Module):
+    """A detector and its region caption head: detect (or take given boxes) and caption every region.
+
+    Args:
+        detector: a :class:`DETR` (any configuration).
+        head: a :class:`RegionCaptionHead` built for the detector's width.
+    """
+
+    def __init__(self, detector: DETR, head: RegionCaptionHead) -> None:
+        super().__init__()
+        self.detector, self.head = detector, head
+
+    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
+        """:func:`detector_outputs` of (B, 3, H, W) images and their (B, H, W) padding mask."""
+        return detector_outputs(self.detector, images, mask)
+
+    def query_scores(self, outputs: dict) -> tuple[Tensor, Tensor]:
+        """(B, Q) score and (B, Q) label of each query's best class (sigmoid or softmax without no-object)."""
+        logits = outputs["pred_logits"].float()
+        probs = logits.sigmoid() if self.detector.sigmoid_head else logits.softmax(-1)[..., :-1]  # (B, Q, C)
+        return probs.max(dim=-1)
+
+    def detections(self, outputs: dict, threshold: float = 0.3, max_detections: int = 50) -> list[dict[str, Tensor]]:
+        """Each image's objects: one class per query (its best), kept above ``threshold``, at most
+        ``max_detections`` by score. Per image: ``queries`` (n,) long, ``labels`` (n,), ``scores`` (n,),
+        ``boxes`` (n, 4) normalised cxcywh."""
+        scores, labels = self.query_scores(outputs)  # (B, Q)
+        out = []
+        for b in range(scores.shape[0]):
+            keep = (scores[b] >= threshold).nonzero().flatten()
+            keep = keep[scores[b, keep].argsort(descending=True, stable=True)][:max_detections]  # (n,)
+            out.append({"queries": keep, "labels": labels[b, keep], "scores": scores[b, keep],
+                        "boxes": outputs["pred_boxes"][b, keep]})
+        return out
+
+    @torch.no_grad()
+    def describe(self, images: Tensor, mask: Tensor | None = None, boxes: list[Tensor] | None = None,
+                 threshold: float = 0.3, max_detections: int = 50, **generation) -> list[dict[str, Tensor]]:
+        """Detect (or take ``boxes``) and caption every region (call ``eval()`` first).
+
+        Args:
+            images: (B, 3, H, W) normalised images, zero-padded; mask: (B, H, W) True = padding.
+            boxes: optional per image (n_b, 4) normalised cxcywh boxes to caption instead of detections.
+            threshold, max_detections: detections kept per image (:meth:`detections`; not used with ``boxes``).
+            generation: :meth:`Captioner.generate_from_memory` options (method, num_beams, max_length, ...).
+
+        Returns:
+            Per image: ``boxes`` (n, 4) normalised cxcywh, ``labels`` (n,) and ``scores`` (n,) (for given boxes: the
+            overlapping query's class and score), ``ids`` (n, T) caption token ids ``[BOS] ... [EOS] [PAD]...``.
+        """
+        outputs = self(images, mask)
+        found = self.detections(outputs, threshold, max_detections) if boxes is None else None
+        if boxes is None:
+            regions = Regions(torch.cat([torch.full_like(d["queries"], b) for b, d in enumerate(found)]),
+                              torch.cat([d["boxes"] for d in found]),
+                              torch.cat([outputs["hidden"][b, d["queries"]] for b, d in enumerate(found)]))
+        else:
+            regions = self.head.regions_for_boxes(outputs, boxes)
+            found = self._given(outputs, boxes)
+        ids = torch.zeros(0, 2, dtype=torch.long, device=images.device)
+        if len(regions.batch):
+            ids, _ = self.head.text.generate_from_memory(self.head.memory(outputs, regions), **generation)  # (R, T)
+        counts = [len(d["boxes"]) for d in found]
+        return [{**{k: d[k] for k in ("boxes", "labels", "scores")}, "ids": part}
+                for d, part in zip(found, ids.split(counts), strict=True)]
+
+    def _given(self, outputs: dict, boxes: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Given boxes with the class and score of the query that overlaps each most."""
+        scores, labels = self.query_scores(outputs)  # (B, Q)
+        return [{"boxes": given, "labels": labels[b, q], "scores": scores[b, q]}
+                for b, (given, q) in enumerate(zip(boxes, self.head.overlapping_queries(outputs, boxes), strict=True))]

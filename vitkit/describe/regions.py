@@ -1,0 +1,285 @@
+"""Region captions on the detection data path (issue 17): each box of a target keeps its annotation's phrase.
+
+The detection dataset (:class:`vitkit.data.coco.CocoDetection`) turns an image's kept non-crowd annotations into
+``boxes`` and ``labels``, and its training transforms drop the boxes that a crop leaves too thin
+(``v2.SanitizeBoundingBoxes``). The phrases must follow exactly the boxes that survive, in their order. So:
+
+1. :class:`RegionIndex` gives every row of the detection targets (:func:`~vitkit.data.annotations.check_instances`'
+   ``boxes``: kept non-crowd annotations, grouped by image, file order within one) its annotation id.
+2. :class:`RegionCaptionTransform` wraps the dataset's transforms: it puts those ids into the raw target as
+   ``ann_ids`` (n,) int64, and re-creates each ``SanitizeBoundingBoxes`` of the pipeline with a ``labels_getter``
+   that returns ``labels`` and ``ann_ids`` together, so torchvision drops both with the same mask. The transforms
+   themselves are the detection path's, unchanged. After them it looks the phrases up by id: ``captions`` (n,
+   ``str | None``) and ``has_caption`` (n,) bool.
+3. :class:`RegionCaptionCollate` pads the images as detection does and tokenises the phrases of the whole batch in
+   one call: ``caption_tokens`` (n, T) long per target, T shared by the batch (the longest sequence, at most
+   ``max_length``), ``[PAD]`` rows for boxes without a phrase.
+
+Crowd regions are not in the targets (as in detection); :func:`read_region_references` returns them, with every
+other annotation as the file gives it, for evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.data.annotations import Instances, check_instances, read_coco_json
+from vitkit.data.collate import collate_detection
+from vitkit.data.region_captions import region_captions
+
+_KEYS = ("images", "annotations", "categories")
+
+
+def _box_ann_ids(anns: list[dict[str, Any]], inst: Instances, path: Path) -> np.ndarray:
+    """(M,) int64 annotation id of each row of ``inst.boxes``.
+
+    The rows are the non-crowd annotations whose box, clipped to its image, keeps a positive width and height, sorted
+    by image id and then file order (:func:`~vitkit.data.annotations.check_instances`' rule, which does not return
+    the ids). The result is checked against the rows ``inst`` holds, so a change of that rule fails here, loudly.
+    """
+    n = len(anns)
+    ann_ids = np.fromiter((a["id"] for a in anns), np.int64, n)  # (N,)
+    image_of = np.fromiter((a["image_id"] for a in anns), np.int64, n)  # (N,)
+    crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)  # (N,)
+    x, y, w, h = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4).T  # (N,) each, px
+    width = np.fromiter((inst.images[i][1] for i in image_of.tolist()), np.float64, n)  # (N,)
+    height = np.fromiter((inst.images[i][2] for i in image_of.tolist()), np.float64, n)  # (N,)
+    corners = np.stack([np.maximum(x, 0.0), np.maximum(y, 0.0), np.minimum(x + w, width),
+                        np.minimum(y + h, height)], axis=1)  # (N, 4) xyxy px, clipped
+    kept = ~crowd & (w > 0) & (h > 0) & (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
+    rows = np.flatnonzero(kept)
+    rows = rows[np.lexsort((rows, image_of[rows]))]  # by image id, then file order
+    if len(rows) != len(inst.boxes) or not np.allclose(corners[rows], inst.boxes, atol=1e-3):
+        raise RuntimeError(f"{path}: the annotation ids of the detection boxes could not be recovered ({len(rows)} "
+                           f"rows found for {len(inst.boxes)} boxes); vitkit.data.annotations.check_instances keeps "
+                           "boxes by another rule than vitkit.describe.regions assumes")
+    return ann_ids[rows]
+
+
+class RegionIndex:
+    """The region captions of one instances file and the annotation id of each box the detection targets hold.
+
+    Reads the file twice: once through :func:`~vitkit.data.annotations.check_instances` (what detection trains on,
+    and every check of the file), once for the ``caption`` fields (:func:`~vitkit.data.region_captions.region_captions`
+    checks them).
+
+    Args:
+        path: ``instances_{split}2017.json``.
+        hint: appended to file-level errors (the expected layout).
+
+    Attributes:
+        captions: annotation id -> phrase, or None for an annotation without ``caption`` (every annotation).
+        box_ann_ids: (M,) int64 annotation id of each detection box row.
+        boxes: (M, 4) float32 xyxy px of those rows, clipped to the image size the file gives.
+        spans: image id -> (start, end) rows (absent: no box).
+
+    Raises:
+        ValueError: the file is malformed (naming the file, the annotation id and the field).
+    """
+
+    def __init__(self, path: str | os.PathLike, hint: str = "") -> None:
+        self.path = Path(path)
+        inst = check_instances(self.path, hint=hint, warn=False)  # CocoDetection issues its warnings
+        data = read_coco_json(self.path, "instances", _KEYS, hint)
+        self.captions: dict[int, str | None] = region_captions(data, self.path)
+        self.box_ann_ids = _box_ann_ids(data["annotations"], inst, self.path)
+        self.boxes, self.spans = inst.boxes, inst.spans
+
+    def phrases(self) -> list[str]:
+        """Every phrase of the file (annotations without one left out), in file order."""
+        return [c for c in self.captions.values() if c is not None]
+
+    def target_ann_ids(self, target: dict[str, Any]) -> Tensor:
+        """(n,) int64 annotation ids of a raw :class:`~vitkit.data.coco.CocoDetection` target's boxes.
+
+        Args:
+            target: ``image_id`` and ``boxes`` (n, 4) ``BoundingBoxes``, before any transform.
+
+        Raises:
+            RuntimeError: the boxes do not correspond to the file's rows of that image.
+        """
+        start, end = self.spans.get(int(target["image_id"]), (0, 0))
+        ids = torch.from_numpy(self.box_ann_ids[start:end].copy())  # (m,)
+        n = len(target["boxes"])
+        if n != end - start:  # the decoded image's size differs from the file's: CocoDetection clipped and dropped
+            height, width = target["boxes"].canvas_size
+            xyxy = torch.from_numpy(self.boxes[start:end].copy())  # (m, 4) px
+            xyxy[:, 0::2].clamp_(0, width)
+            xyxy[:, 1::2].clamp_(0, height)
+            ids = ids[(xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])]
+        if len(ids) != n:
+            raise RuntimeError(f"{self.path}: image id {int(target['image_id'])} has {n} boxes in its target but "
+                               f"{len(ids)} annotations to give them captions")
+        return ids
+
+
+def labels_and_ann_ids(inputs: Any) -> tuple[Tensor, Tensor]:
+    """``labels_getter`` of ``v2.SanitizeBoundingBoxes``: the target's ``labels`` and ``ann_ids`` (dropped together
+    with their boxes). ``inputs`` is ``(image, target)`` or the target alone."""
+    target = inputs[1] if isinstance(inputs, tuple | list) else inputs
+    return target["labels"], target["ann_ids"]
+
+
+def _steps(transform: Any) -> Iterable[tuple[list[Any] | nn.ModuleList, int]]:
+    """(list, index) of every step nested in ``transform`` (``Compose``, ``RandomChoice``, ``RandomApply``...)."""
+    children = getattr(transform, "transforms", None)
+    if isinstance(children, list | nn.ModuleList):
+        for k, child in enumerate(children):
+            yield children, k
+            yield from _steps(child)
+
+
+def carry_ann_ids(transform: Callable | None) -> Callable | None:
+    """Make every ``v2.SanitizeBoundingBoxes`` inside ``transform`` drop ``ann_ids`` with the labels (in place).
+
+    Args:
+        transform: a v2 pipeline (or None).
+
+    Returns:
+        ``transform``, its ``SanitizeBoundingBoxes`` steps replaced by ones with the same thresholds and
+        :func:`labels_and_ann_ids` as ``labels_getter``.
+
+    Raises:
+        ValueError: a ``SanitizeBoundingBoxes`` with a custom ``labels_getter`` (what else it sanitises is unknown).
+    """
+    for siblings, k in list(_steps(transform)):
+        step = siblings[k]
+        if isinstance(step, v2.SanitizeBoundingBoxes) and step.labels_getter is not labels_and_ann_ids:
+            if step.labels_getter != "default":
+                raise ValueError(f"cannot carry annotation ids through {step!r}: it has a custom labels_getter")
+            siblings[k] = v2.SanitizeBoundingBoxes(min_size=step.min_size, min_area=step.min_area,
+                                                   labels_getter=labels_and_ann_ids)
+    return transform
+
+
+class RegionCaptionTransform:
+    """Wrap a detection dataset's transforms so that each target keeps its boxes' annotation ids and phrases.
+
+    A plain picklable object (DataLoader workers run it). Set it as ``CocoDetection.transforms``.
+
+    Args:
+        transforms: the dataset's ``(image, target) -> (image, target)`` pipeline, or None; its
+            ``SanitizeBoundingBoxes`` steps are rewired by :func:`carry_ann_ids`.
+        index: the :class:`RegionIndex` of the dataset's annotation file.
+
+    Returns (when called on a raw ``(image, target)``):
+        ``(image, target)`` as ``transforms`` makes them, the target with ``ann_ids`` (n,) int64, ``captions``
+        (n ``str | None``) and ``has_caption`` (n,) bool, aligned with ``boxes`` and ``labels``.
+    """
+
+    def __init__(self, transforms: Callable | None, index: RegionIndex) -> None:
+        self.transforms, self.index = carry_ann_ids(transforms), index
+
+    def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        target = {**target, "ann_ids": self.index.target_ann_ids(target)}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        ann_ids = torch.as_tensor(target["ann_ids"]).as_subclass(Tensor).reshape(-1)  # (n,)
+        if len(ann_ids) != len(target["boxes"]):
+            raise RuntimeError(f"image id {int(target['image_id'])}: the transforms left {len(target['boxes'])} boxes "
+                               f"and {len(ann_ids)} annotation ids; a step dropped boxes without its labels_getter "
+                               "returning 'ann_ids' (see vitkit.describe.regions.carry_ann_ids)")
+        captions = [self.index.captions[i] for i in ann_ids.tolist()]
+        target.update(ann_ids=ann_ids, captions=captions,
+                      has_caption=torch.tensor([c is not None for c in captions], dtype=torch.bool))
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transforms!r}, index={self.index.path})"
+
+
+class RegionCaptionCollate:
+    """Detection collate plus the tokens of every box's phrase.
+
+    Args:
+        tokenizer: turns phrases into ids.
+        max_length: longest token sequence, BOS and EOS included (longer phrases lose their last words).
+        pad_to_multiple: round the padded height and width up to a multiple of this.
+
+    Returns (when called on B ``(image, target)`` samples of :class:`RegionCaptionTransform`'s datasets):
+        images (B, 3, Hmax, Wmax) zero-padded bottom/right; mask (B, Hmax, Wmax) bool, True = padding; the B
+        targets, each with ``caption_tokens`` (n, T) long ``[BOS] phrase [EOS] [PAD]...`` (all ``[PAD]`` where
+        ``has_caption`` is False), T the same for the whole batch (the longest sequence, 2 when no box has a phrase).
+    """
+
+    def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
+        self.tokenizer, self.max_length, self.pad_to_multiple = tokenizer, max_length, pad_to_multiple
+
+    def __call__(self, batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+        images, mask, targets = collate_detection(batch, pad_to_multiple=self.pad_to_multiple)
+        texts = [c for t in targets for c in t["captions"] if c is not None]
+        tokens = self.tokenizer.encode_batch(texts, max_length=self.max_length)  # (K, T), K phrases in the batch
+        out, start = [], 0
+        for target in targets:
+            has = target["has_caption"]  # (n,)
+            rows = tokens.new_full((len(has), tokens.shape[1]), self.tokenizer.pad_id)  # (n, T)
+            count = int(has.sum())
+            rows[has] = tokens[start:start + count]
+            start += count
+            out.append({**target, "caption_tokens": rows})
+        return images, mask, out
+
+
+@dataclass(frozen=True)
+class RegionReferences:
+    """The ground truth of one image as its annotation file gives it: every annotation, crowd regions included, in
+    file order, boxes unclipped.
+
+    Attributes:
+        ann_ids: (n,) int64 annotation ids.
+        boxes: (n, 4) float64 COCO xywh pixels of the original image.
+        category_ids: (n,) int64 COCO category ids.
+        iscrowd: (n,) bool.
+        captions: n phrases, None for an annotation without ``caption``.
+    """
+
+    ann_ids: np.ndarray
+    boxes: np.ndarray
+    category_ids: np.ndarray
+    iscrowd: np.ndarray
+    captions: list[str | None]
+
+
+def read_region_references(path: str | os.PathLike, image_ids: Iterable[int] | None = None,
+                           hint: str = "") -> dict[int, RegionReferences]:
+    """What a region-caption evaluator needs per image, read from the annotation file (not from targets).
+
+    The file's boxes and categories are taken as given: call it on a file that
+    :func:`~vitkit.data.annotations.check_instances` accepts (the datasets check theirs at construction).
+
+    Args:
+        path: ``instances_*.json``.
+        image_ids: the images to return (e.g. those a validation set reads); None = every image of the file.
+        hint: appended to file-level errors.
+
+    Returns:
+        Image id -> :class:`RegionReferences` (empty arrays for an image without annotations), in ``image_ids``
+        order (None: by image id).
+
+    Raises:
+        ValueError: the file is not JSON, lacks a top-level list, or a ``caption`` is malformed.
+    """
+    data = read_coco_json(path, "instances", _KEYS, hint)
+    captions = region_captions(data, path)
+    ids = sorted(int(im["id"]) for im in data["images"]) if image_ids is None else [int(i) for i in image_ids]
+    anns: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for ann in data["annotations"]:
+        if ann["image_id"] in anns:
+            anns[ann["image_id"]].append(ann)
+    return {i: RegionReferences(
+        ann_ids=np.asarray([a["id"] for a in mine], dtype=np.int64),
+        boxes=np.asarray([a["bbox"] for a in mine], dtype=np.float64).reshape(-1, 4),
+        category_ids=np.asarray([a["category_id"] for a in mine], dtype=np.int64),
+        iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in mine], dtype=bool),
+        captions=[captions[a["id"]] for a in mine],
+    ) for i, mine in anns.items()}
