@@ -14,7 +14,7 @@ from tests.support.configs import SHIPPED
 from vitkit.cli import benchmark, main, train
 from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import SHIPPED_CONFIGS, read_config, resolve_config, shipped_configs
-from vitkit.cli.train import CaptionCLI, DetectionCLI, select_task
+from vitkit.cli.train import CaptionCLI, DenseCLI, DetectionCLI, select_task
 from vitkit.kernels import precision as precision_mod
 from vitkit.kernels.precision import CPU_BF16_ENV
 from vitkit.train.guards import ConfigError
@@ -63,8 +63,9 @@ def test_unreadable_configs_are_config_errors(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_selects_its_task(name):
     cli = select_task(read_config(resolve_config(name)))
-    assert cli is (CaptionCLI if name.startswith("caption") else DetectionCLI)
-    assert cli.task == ("captioning" if name.startswith("caption") else "detection")
+    expected = {"caption": CaptionCLI, "dense": DenseCLI, "detr": DetectionCLI}[name.split("_")[0]]
+    assert cli is expected
+    assert cli.task == {CaptionCLI: "captioning", DenseCLI: "describe", DetectionCLI: "detection"}[expected]
 
 
 def test_task_key_and_model_section():
@@ -83,6 +84,40 @@ def test_task_key_and_model_section():
         with pytest.raises(ConfigError) as err:
             select_task(config, "my.yaml")
         assert "config my.yaml: " in str(err.value) and needle in str(err.value) and "Fix:" in str(err.value)
+
+
+def test_a_detector_with_a_text_decoder_trains_region_captions():
+    assert select_task({"model": {"detector": {}, "text": {}}}) is DenseCLI
+    assert select_task({"task": "describe", "model": {"detector": {}, "text": {}}}) is DenseCLI
+    assert select_task({"task": "describe"}) is DenseCLI
+    cases = [
+        ({"model": {"text": {}}}, "names no network"),
+        ({"model": {"detector": {}, "text": {}, "captioner": {}}}, "names two networks"),
+        ({"task": "detection", "model": {"detector": {}, "text": {}}}, "does not train model.detector and model.text"),
+        ({"task": "describe", "model": {"captioner": {}}}, "Fix: configure model.detector and model.text,"),
+    ]
+    for config, needle in cases:
+        with pytest.raises(ConfigError) as err:
+            select_task(config, "my.yaml")
+        assert "config my.yaml: " in str(err.value) and needle in str(err.value) and "Fix:" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        select_task({"model": {}})
+    assert "model.detector and model.text (describe)" in str(err.value)
+
+
+def test_the_describe_cli_is_detection_plus_the_tokenizer_links():
+    assert issubclass(DenseCLI, DetectionCLI) and "add_task_links" in DenseCLI.__dict__
+    assert (DenseCLI.task, DenseCLI.monitor, DenseCLI.networks) == ("describe", "val/AP", ("detector", "text"))
+    links = []
+
+    class Parser:
+        def link_arguments(self, source, target, **kwargs):
+            links.append((source, target))
+
+    DenseCLI.__new__(DenseCLI).add_task_links(Parser())  # no parsing: the links alone
+    assert ("data.num_classes", "model.detector.init_args.num_classes") in links
+    for name in ("vocab_size", "pad_id", "bos_id", "eos_id", "max_length"):
+        assert (f"data.{name}", f"model.text.init_args.{name}") in links
 
 
 def test_each_task_cli_adds_only_its_own_links():

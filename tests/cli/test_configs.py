@@ -8,6 +8,7 @@ import yaml
 
 from tests.support.configs import CONFIGS, build_module
 from vitkit.captioning.module import CaptionModule
+from vitkit.describe.module import DenseModule
 from vitkit.detection.module import DetectionModule
 
 
@@ -27,6 +28,30 @@ def test_caption_configs_build_and_run(config):
     cap = build_module(config, CaptionModule, links).captioner.eval()
     ids, scores = cap.generate(torch.randn(1, 3, 64, 96), method="greedy")
     assert ids.shape[0] == 1 and ids[0, 0] == 1 and ids.shape[1] <= 8 and torch.isfinite(scores).all()
+
+
+def test_the_region_caption_config_builds_and_describes_boxes():
+    text_links = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
+    module = build_module("dense_shapes.yaml", DenseModule, {"num_classes": 5}, text_links=text_links)
+    assert module.head.text.encoder is None and module.hparams.roi_size == 7
+    model = module.describer().eval()
+    boxes = [torch.tensor([[0.5, 0.5, 0.3, 0.4]])]
+    with torch.no_grad():
+        out = model.describe(torch.randn(1, 3, 128, 160), boxes=boxes, method="greedy")
+    ids = out[0]["ids"]
+    assert ids.shape[0] == 1 and ids[0, 0] == 1 and ids.shape[1] <= 8
+
+
+def test_the_region_caption_recipe_is_the_shipped_detection_recipe():
+    """dense_shapes.yaml trains detr_shapes.yaml's detector with its recipe and data, plus the text decoder."""
+    dense = yaml.safe_load((CONFIGS / "dense_shapes.yaml").read_text())
+    detr = yaml.safe_load((CONFIGS / "detr_shapes.yaml").read_text())
+    assert dense["trainer"] == detr["trainer"] and dense["seed_everything"] == detr["seed_everything"]
+    head = {"text": dense["model"].pop("text"), **{k: dense["model"].pop(k) for k in ("conditioning", "roi_size",
+                                                                                       "caption_weight")}}
+    assert dense["model"] == detr["model"] and head["conditioning"] == "roi"
+    extra = {k: dense["data"].pop(k) for k in ("hflip_p", "tokenizer_model", "vocab_size", "max_length")}
+    assert dense["data"] == detr["data"] and extra["tokenizer_model"] == "wordlevel"
 
 
 def test_the_grounded_caption_recipe_matches_the_shipped_detector():

@@ -9,9 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from vitkit.captioning import Captioner
+from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.describe.module import DenseModule, stack_caption_tokens
 from vitkit.detection import DETR
+from vitkit.train.guards import ConfigError
+from vitkit.utils.spec import SPEC_KEY, read_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,14 +55,14 @@ def _same(batch):
     return batch
 
 
-def _module(conditioning: str) -> DenseModule:
+def _module(conditioning: str, vocab_size: int = 6) -> DenseModule:
     torch.manual_seed(0)
     enc = ViTEncoder(patch_size=16, embed_dim=48, depth=1, num_heads=4, pos_embed="rope", class_token=False,
                      stem_channels=[16, 32, 48, 48])
     det = DETR(enc, TransformerDecoder(dim=48, depth=2, num_heads=4), num_classes=2, num_queries=6,
                sigmoid_head=True, box_refine=True, two_stage=True)
     text = Captioner(None, TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False),
-                     vocab_size=6, max_length=6)
+                     vocab_size=vocab_size, max_length=6)
     return DenseModule(det, text, conditioning=conditioning, roi_size=3, lr=2e-3, weight_decay=1e-4,
                        warmup_steps=10, schedule="cosine", backbone_lr_mult=1.0)
 
@@ -89,3 +92,26 @@ def test_joint_training_describes_given_boxes_by_their_object(conditioning):
             total += 1
             right += int(ids[:4].tolist() == expected.tolist())
     assert right / total >= 0.9, f"{right} of {total} given boxes described by their own square"
+
+
+def test_checkpoints_record_both_networks_and_the_tokenizer():
+    tok = CaptionTokenizer.train(["red square", "blue square"], vocab_size=50, model="wordlevel")
+    module = _module("roi", vocab_size=tok.vocab_size)
+    ckpt: dict = {}
+    module.on_save_checkpoint(ckpt)
+    assert SPEC_KEY not in ckpt  # not built through the CLI: no configs to record
+    module.tokenizer = tok
+    module.detector_config = {"class_path": "vitkit.detection.DETR", "init_args": {"num_classes": 2}}
+    module.text_config = {"class_path": "vitkit.captioning.Captioner",
+                          "init_args": {"encoder": None, "vocab_size": tok.vocab_size}}
+    module.on_save_checkpoint(ckpt)
+    spec = read_spec(ckpt)
+    assert spec.task == "describe" and spec.tokenizer == tok.to_str() and (spec.size, spec.max_size) == (800, 1333)
+    assert spec.model_config == {"detector": module.detector_config, "text": module.text_config,
+                                 "conditioning": "roi", "roi_size": 3}
+    fresh = _module("roi", vocab_size=tok.vocab_size)
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.tokenizer.to_str() == tok.to_str()
+    assert (fresh.detector_config, fresh.text_config) == (module.detector_config, module.text_config)
+    with pytest.raises(ConfigError, match="does not match the text decoder's"):
+        _module("roi", vocab_size=tok.vocab_size + 1).on_load_checkpoint(ckpt)

@@ -8,23 +8,28 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
+from vitkit.describe.module import DenseModule
 from vitkit.detection.module import DetectionModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The shipped config names, written out so that adding or losing one shows up in the CLI tests.
-SHIPPED = ["caption_coco", "caption_shapes", "caption_shapes_grounded", "detr_coco", "detr_r50_coco", "detr_shapes"]
+SHIPPED = ["caption_coco", "caption_shapes", "caption_shapes_grounded", "dense_shapes", "detr_coco", "detr_r50_coco",
+           "detr_shapes"]
 
 
 def build_module(config: str, cls: type, links: dict, encoder: dict | None = None,
-                 decoder: dict | None = None) -> torch.nn.Module:
-    """``encoder`` / ``decoder``: init_args that replace the config's (e.g. a tiny size of the same classes)."""
+                 decoder: dict | None = None, text_links: dict | None = None) -> torch.nn.Module:
+    """``encoder`` / ``decoder``: init_args that replace the config's (e.g. a tiny size of the same classes);
+    ``text_links``: what the CLI links into a region-caption config's ``model.text``."""
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
-    inner = model["detector" if cls is DetectionModule else "captioner"]
+    inner = model["detector" if issubclass(cls, DetectionModule) else "captioner"]
     inner["init_args"].update(links)  # what the CLI links from the datamodule
+    if cls is DenseModule:
+        model["text"]["init_args"].update(text_links or {})
     for key, args in (("encoder", encoder), ("decoder", decoder)):
         if args:
             inner["init_args"][key]["init_args"].update(args)
-    if cls is DetectionModule:
+    if issubclass(cls, DetectionModule):
         model["num_classes"] = links["num_classes"]
     parser = ArgumentParser()
     parser.add_argument("--m", type=cls)

@@ -33,7 +33,15 @@ def _captioning(**changes) -> InferenceSpec:
     return InferenceSpec(**fields)
 
 
-@pytest.mark.parametrize("make", [_detection, _captioning])
+def _describe(**changes) -> InferenceSpec:
+    text = {"class_path": "vitkit.captioning.Captioner", "init_args": {"encoder": None, "vocab_size": 9}}
+    fields = {"task": "describe", "model_config": {"detector": detector_config(), "text": text, "roi_size": 7},
+              "size": 32, "max_size": 64, "class_names": CLASS_NAMES, "label_to_cat_id": [1, 3, 7, 9],
+              "tokenizer": "{}", **changes}
+    return InferenceSpec(**fields)
+
+
+@pytest.mark.parametrize("make", [_detection, _captioning, _describe])
 def test_round_trips_through_checkpoints_and_safetensors_metadata(make):
     spec = make()
     ckpt: dict = {}
@@ -44,7 +52,8 @@ def test_round_trips_through_checkpoints_and_safetensors_metadata(make):
     assert all(isinstance(v, str) for v in metadata.values())
     assert spec_from_metadata(metadata) == spec
     assert read_spec({}) is None and spec_from_metadata({}) is None
-    other = {"detection": ("tokenizer", "generation"), "captioning": ("class_names", "label_to_cat_id", "num_select")}
+    other = {"detection": ("tokenizer", "generation"), "captioning": ("class_names", "label_to_cat_id", "num_select"),
+             "describe": ()}
     assert not set(other[spec.task]) & set(spec.to_dict())  # only the task's own fields are written
 
 
@@ -67,10 +76,21 @@ def test_version_unknown_missing_and_bad_fields_are_named():
             InferenceSpec.from_dict({**data, name: value}, "source")
     with pytest.raises(SpecError, match="field 'tokenizer' is required for captioning"):
         _captioning(tokenizer=None)
-    with pytest.raises(SpecError, match="field 'tokenizer' applies to captioning only"):
+    with pytest.raises(SpecError, match="field 'tokenizer' applies to captioning and describe only"):
         _detection(tokenizer="{}")
-    with pytest.raises(SpecError, match="field 'class_names' applies to detection only"):
+    with pytest.raises(SpecError, match="field 'class_names' applies to detection and describe only"):
         _captioning(class_names=["a"])
+
+
+def test_a_region_caption_spec_holds_both_networks_and_the_tokenizer():
+    spec = _describe()
+    assert set(spec.to_dict()) >= {"tokenizer", "generation", "class_names", "label_to_cat_id", "num_select"}
+    with pytest.raises(SpecError, match="field 'tokenizer' is required for describe"):
+        _describe(tokenizer=None)
+    for config in ({"class_path": "vitkit.detection.DETR", "init_args": {}}, {"detector": detector_config()},
+                   {"detector": detector_config(), "text": {"init_args": {}}}):
+        with pytest.raises(SpecError, match=r"field 'model_config' must be a \{'detector': .*'text': .* for describe"):
+            _describe(model_config=config)
     with pytest.raises(SpecError, match="metadata 'vitkit_spec': not JSON"):
         spec_from_metadata({SPEC_KEY: "{"})
 

@@ -10,20 +10,29 @@ detection validation and checkpoint checks) plus a :class:`~vitkit.describe.mode
   ``find_unused_parameters``.
 - **Validation**: COCO AP of the detections (the parent's), and the region captions of the validation split (the
   ground-truth boxes captioned as given boxes, and the detections captioned) kept for the task's metrics.
+- **Checkpoints**: the region tokenizer comes from the datamodule at setup (or from a checkpoint, whose tokenizer
+  wins) and is saved in the run folder; every checkpoint records the inference spec of task ``describe``
+  (:func:`vitkit.describe.export.checkpoint_spec`: both networks' configs, which the CLI sets as
+  ``detector_config`` and ``text_config``, the head's settings and the tokenizer).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from vitkit.captioning.model import Captioner
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.describe.export import checkpoint_spec
 from vitkit.describe.model import Conditioning, RegionCaptioner, RegionCaptionHead, detector_outputs
 from vitkit.detection.model import DETR
 from vitkit.detection.module import DetectionModule
+from vitkit.train.guards import ConfigError
 from vitkit.train.optim import adamw_param_groups
+from vitkit.utils.spec import read_spec, write_spec
 
 
 def stack_caption_tokens(targets: list[dict], pairs: list[tuple[int, int]], pad_id: int) -> Tensor:
@@ -55,8 +64,58 @@ class DenseModule(DetectionModule):
         super().__init__(detector, **detection)
         self.save_hyperparameters(ignore=["detector", "text", "loss_type"])
         self.head = RegionCaptionHead(detector.decoder.dim, text, conditioning, roi_size, max_regions)
+        self.tokenizer: CaptionTokenizer | None = None  # from the datamodule at setup, or from a checkpoint
 
     text_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the text decoder
+
+    # --------------------------------------------------------------------------------------------- state
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if self.tokenizer is None and dm is not None and hasattr(dm, "tokenizer"):
+            self.tokenizer = dm.tokenizer
+        if self.tokenizer is not None:
+            self._check_tokenizer(self.tokenizer, "the datamodule's tokenizer")
+
+    def _check_tokenizer(self, tok: CaptionTokenizer, what: str) -> None:
+        text = self.head.text
+        theirs = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
+        ours = (text.vocab_size, text.pad_id, text.bos_id, text.eos_id)
+        if theirs != ours:
+            raise ConfigError(f"{what} (vocab_size, pad, bos, eos ids) = {theirs} does not match the text decoder's "
+                              f"{ours}; leave model.text.init_args.vocab_size and the special ids out of the config "
+                              "(they are linked from data)")
+
+    def on_fit_start(self) -> None:
+        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks
+        if self.tokenizer is not None and self.logger is not None and log_dir is not None \
+                and self.trainer.is_global_zero:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save(Path(log_dir) / "tokenizer.json")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.detector_config is None or self.text_config is None or self.tokenizer is None:
+            return  # not built through the CLI, or no data yet
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
+        write_spec(checkpoint, checkpoint_spec(self.detector_config, self.text_config, self.tokenizer.to_str(),
+                                               dict(self.hparams), data_hparams))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The detection checks, both networks' configs and the checkpoint's tokenizer (it wins over the data's: a
+        re-trained BPE or WordPiece tokenizer may number tokens differently; the datamodule then uses it)."""
+        super().on_load_checkpoint(checkpoint)
+        spec = read_spec(checkpoint)
+        if spec is None or spec.task != "describe":
+            return
+        self.detector_config, self.text_config = spec.model_config["detector"], spec.model_config["text"]
+        if self.tokenizer is not None and self.tokenizer.to_str() == spec.tokenizer:
+            return
+        tokenizer = CaptionTokenizer.from_str(spec.tokenizer)
+        self._check_tokenizer(tokenizer, "the checkpoint's tokenizer")
+        self.tokenizer = tokenizer
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "use_tokenizer"):
+            dm.use_tokenizer(tokenizer, "the checkpoint")
 
     def describer(self) -> RegionCaptioner:
         """The detector and head as one inference model (a view: the same modules, not registered again)."""

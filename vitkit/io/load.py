@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from vitkit.detection.official_weights import detr_format, load_detr_weights
-from vitkit.io.tasks import TASKS
+from vitkit.io.tasks import TASKS, TaskIO
 from vitkit.kernels.precision import resolve_precision
 from vitkit.utils.checkpoints import check_stored_config, safe_load_checkpoint
 from vitkit.utils.config import instantiate
@@ -115,8 +115,20 @@ def read_source(path: Path) -> tuple[InferenceSpec, dict[str, Tensor], str]:
     state_dict = ckpt.get("state_dict")
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: no 'state_dict' with the {spec.task} network's weights")
-    prefix = TASKS[spec.task].state_prefix
+    prefix = task_io(spec, str(path)).state_prefix
     return spec, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, str(path)
+
+
+def task_io(spec: InferenceSpec, source: str) -> TaskIO:
+    """The loading and export parts of a spec's task.
+
+    Raises:
+        ValueError: a task that is recorded in checkpoints but not loaded yet (region captions, ``describe``).
+    """
+    if spec.task not in TASKS:
+        raise ValueError(f"{source}: a {spec.task} checkpoint; vitkit.load does not build {spec.task} models yet "
+                         f"(it loads {', '.join(TASKS)})")
+    return TASKS[spec.task]
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -156,7 +168,7 @@ def build_predictor(spec: InferenceSpec, state_dict: dict[str, Tensor], source: 
         WeightsMismatchError: the weights do not fit the network.
         ValueError: the config cannot be built, or the settings (tokenizer, sizes, generation) do not fit.
     """
-    task = TASKS[spec.task]
+    task = task_io(spec, source)
     where = f"{source}: '{SPEC_KEY}' model_config"
     config = check_stored_config(spec.model_config, where)
     try:

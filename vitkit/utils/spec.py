@@ -2,8 +2,9 @@
 
 An :class:`InferenceSpec` holds the task, the model config (``class_path`` / ``init_args``, what jsonargparse
 builds), the preprocessing sizes and the task's settings: class names, category ids and detections kept per image
-for detection; the tokenizer (its serialised JSON) and generation defaults for captioning. This module is the only
-one that knows where the record is stored:
+for detection; the tokenizer (its serialised JSON) and generation defaults for captioning; both for region
+captions (``describe``, whose model config holds the ``detector`` and ``text`` networks' configs). This module is
+the only one that knows where the record is stored:
 
 - in a Lightning checkpoint, as a plain dict under :data:`SPEC_KEY` (:func:`write_spec`, :func:`read_spec`); the
   Lightning modules write it in ``on_save_checkpoint``;
@@ -14,7 +15,8 @@ one that knows where the record is stored:
 part of the record: it follows from the built model's head (sigmoid or softmax). Predictions do not depend on how
 far a batch is padded, so the datamodules' ``pad_to_multiple`` is not part of it either.
 
-Version history: 1, the first record (vitkit 0.1.0).
+Version history: 1, the first record (vitkit 0.1.0); region captions (task ``describe``) added to version 1 (no
+field changed: an older vitkit refuses the task by name).
 """
 
 from __future__ import annotations
@@ -29,13 +31,20 @@ SPEC_KEY = "vitkit_spec"
 """Where the record lives: the checkpoint key and the safetensors metadata entry."""
 SPEC_VERSION = 1
 """The version this vitkit writes and reads."""
-TASKS = ("detection", "captioning")
-_TASK_FIELDS = {"detection": ("class_names", "label_to_cat_id", "num_select"),
-                "captioning": ("tokenizer", "generation")}
+TASKS = ("detection", "captioning", "describe")
+_DETECTION_FIELDS, _CAPTION_FIELDS = ("class_names", "label_to_cat_id", "num_select"), ("tokenizer", "generation")
+_TASK_FIELDS = {"detection": _DETECTION_FIELDS, "captioning": _CAPTION_FIELDS,
+                "describe": _DETECTION_FIELDS + _CAPTION_FIELDS}  # the task-specific fields each task uses
+_NETWORKS = {"describe": ("detector", "text")}  # a task of several networks: model_config holds one config each
 
 
 class SpecError(ValueError):
     """An inference spec that is missing, malformed or of another version; the message names the field."""
+
+
+def _unused_fields(task: str) -> set[str]:
+    """The task-specific fields that ``task`` does not use (they keep their defaults and are not stored)."""
+    return {name for fields_ in _TASK_FIELDS.values() for name in fields_} - set(_TASK_FIELDS[task])
 
 
 def _is_int(value: Any) -> bool:
@@ -47,15 +56,17 @@ class InferenceSpec:
     """What a checkpoint or export records for inference (see the module docstring).
 
     Attributes:
-        task: "detection" or "captioning".
-        model_config: the network's ``{"class_path": ..., "init_args": {...}}`` (a DETR or a Captioner).
+        task: "detection", "captioning" or "describe" (region captions).
+        model_config: the network's ``{"class_path": ..., "init_args": {...}}`` (a DETR or a Captioner); for
+            "describe", ``{"detector": {...}, "text": {...}, ...}``: the DETR's and the text decoder's configs (each
+            with a ``class_path``) and the region head's settings.
         size: short side in px of the preprocessed images.
         max_size: cap on the long side in px (greater than ``size``), or None.
-        class_names: detection: name per contiguous label, or None.
-        label_to_cat_id: detection: dataset category id per contiguous label, or None.
-        num_select: detection: detections kept per image by the post-processing.
-        tokenizer: captioning: the tokenizer's JSON (``CaptionTokenizer.to_str``); required for captioning.
-        generation: captioning: decoding defaults (``CaptionPipeline``'s generation options).
+        class_names: detection, describe: name per contiguous label, or None.
+        label_to_cat_id: detection, describe: dataset category id per contiguous label, or None.
+        num_select: detection, describe: detections kept per image by the post-processing.
+        tokenizer: captioning, describe: the tokenizer's JSON (``CaptionTokenizer.to_str``); required there.
+        generation: captioning, describe: decoding defaults (``CaptionPipeline``'s generation options).
         version: the record's version, :data:`SPEC_VERSION`.
 
     Raises:
@@ -88,8 +99,7 @@ class InferenceSpec:
                                  "written a later one)")
         if self.task not in TASKS:
             raise bad("task", f"must be one of {TASKS}")
-        if not isinstance(self.model_config, dict) or not isinstance(self.model_config.get("class_path"), str):
-            raise bad("model_config", "must be a {'class_path': ..., 'init_args': {...}} dict")
+        self._check_model_config(bad)
         if not _is_int(self.size) or self.size < 1:
             raise bad("size", "must be a whole number of px >= 1")
         if self.max_size is not None and (not _is_int(self.max_size) or self.max_size <= self.size):
@@ -107,22 +117,35 @@ class InferenceSpec:
             raise bad("num_select", "must be a whole number >= 1")
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             raise bad("tokenizer", "must be the tokenizer's JSON string")
-        if self.task == "captioning" and self.tokenizer is None:
-            raise bad("tokenizer", "is required for captioning (the tokenizer's JSON string)")
+        if "tokenizer" in _TASK_FIELDS[self.task] and self.tokenizer is None:
+            raise bad("tokenizer", f"is required for {self.task} (the tokenizer's JSON string)")
         if not isinstance(self.generation, dict) or not all(isinstance(k, str) for k in self.generation):
             raise bad("generation", "must be a dict of generation options")
-        other = next(t for t in TASKS if t != self.task)
         defaults = {f.name: f.default for f in fields(self)}
-        for name in _TASK_FIELDS[other]:
+        for name in _unused_fields(self.task):
             value = getattr(self, name)
             if value != (defaults[name] if name != "generation" else {}):
-                raise bad(name, f"applies to {other} only, not to a {self.task} spec")
+                users = " and ".join(t for t in TASKS if name in _TASK_FIELDS[t])
+                raise bad(name, f"applies to {users} only, not to a {self.task} spec")
+
+    def _check_model_config(self, bad: Any) -> None:
+        """One ``class_path`` / ``init_args`` dict, or for a task of several networks one such dict per network."""
+        config = self.model_config
+        networks = _NETWORKS.get(self.task)
+        if networks is None:
+            if not isinstance(config, dict) or not isinstance(config.get("class_path"), str):
+                raise bad("model_config", "must be a {'class_path': ..., 'init_args': {...}} dict")
+            return
+        if not isinstance(config, dict) or not all(isinstance(config.get(n), dict)
+                                                   and isinstance(config[n].get("class_path"), str)
+                                                   for n in networks):
+            keys = ", ".join(f"'{n}': {{'class_path': ..., 'init_args': {{...}}}}" for n in networks)
+            raise bad("model_config", f"must be a {{{keys}, ...}} dict for {self.task}")
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON types (a copy): the common fields and those of its task."""
-        other = next(t for t in TASKS if t != self.task)
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)
-                if f.name not in _TASK_FIELDS[other]}
+        unused = _unused_fields(self.task)
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in unused}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "inference spec") -> InferenceSpec:
