@@ -128,3 +128,12 @@ def test_ddp_validation_matches_single_process(trained):
             twin = next(b for b in left if b["category_id"] == a["category_id"] and abs(a["score"] - b["score"]) < 1e-3
                         and max(abs(x - y) for x, y in zip(a["bbox"], b["bbox"], strict=True)) < 0.05)
             left.remove(twin)
+
+
+def test_no_checkpointing_trains_without_the_checkpoint_callback(tmp_path):
+    """--trainer.enable_checkpointing false drops the CLI's ModelCheckpoint (Lightning refuses the pair otherwise)."""
+    proc = _run([str(REPO / "tools" / "train.py"), str(CONFIG), "--data.root", str(tmp_path / "data"),
+                 "--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing",
+                 "false", *TINY], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "runs" / "detr_shapes" / "checkpoints").exists()

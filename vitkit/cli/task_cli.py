@@ -155,6 +155,8 @@ class TaskCLI(LightningCLI):
         config["precision"], note = training_precision(config.get("precision"), config.get("accelerator", "auto"))
         if note is not None:
             rank_zero_warn(note)
+        if config.get("enable_checkpointing") is False:  # no checkpoints asked for: drop the CLI's own ModelCheckpoint
+            callbacks = [c for c in callbacks if not isinstance(c, LatestLastCheckpoint)]
         trainer = super()._instantiate_trainer(config, [*callbacks, ExactResume()])
         install_safe_checkpoint_io(trainer)
         return trainer
