@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from vitkit.captioning.preprocess import CaptionPreprocess
-from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
 from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
@@ -164,15 +164,9 @@ class CaptionDataModule(CocoLayoutDataModule):
         """The caption tokenizer: loaded from ``tokenizer``, or trained on the training captions at first use."""
         if self._tokenizer is None:
             hp = self.hparams
-            if hp.tokenizer is not None:
-                try:
-                    self._tokenizer = CaptionTokenizer.from_file(hp.tokenizer)
-                except Exception as err:
-                    raise ValueError(f"data.tokenizer: cannot use {hp.tokenizer} ({type(err).__name__}: {err})") \
-                        from err
-            else:
-                texts = [c for refs in self._dataset("train").references.values() for c in refs]
-                self._tokenizer = CaptionTokenizer.train(texts, vocab_size=hp.vocab_size, model=hp.tokenizer_model)
+            self._tokenizer = load_or_train_tokenizer(
+                hp.tokenizer, lambda: [c for refs in self._dataset("train").references.values() for c in refs],
+                hp.vocab_size, hp.tokenizer_model)
         return self._tokenizer
 
     @property

@@ -27,7 +27,7 @@ from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.grounding import load_detector_encoder
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.scst import Baseline, scst_step
-from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.eval.cider import CiderD
 from vitkit.eval.ptb_tokenize import python_ptb_tokenize
@@ -124,13 +124,9 @@ class CaptionModule(TaskModule):
             self._check_tokenizer(self.tokenizer, "the datamodule's tokenizer")
 
     def _check_tokenizer(self, tok: CaptionTokenizer, what: str) -> None:
-        c = self.captioner
-        theirs = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
-        ours = (c.vocab_size, c.pad_id, c.bos_id, c.eos_id)
-        if theirs != ours:
-            raise ConfigError(f"{what} (vocab_size, pad, bos, eos ids) = {theirs} does not match the captioner's "
-                              f"{ours}; leave model.captioner.init_args.vocab_size and the special ids out of the "
-                              "config (they are linked from data)")
+        problem = tokenizer_mismatch(tok, self.captioner, what, "captioner", "model.captioner")
+        if problem is not None:
+            raise ConfigError(problem)
 
     def _run_folder(self) -> Path | None:
         """The logger's run folder (``trainer.log_dir`` is a collective call under DDP: every rank must ask)."""

@@ -12,8 +12,9 @@ Sequences for the model are ``[BOS] tokens [EOS]``, right-padded with ``[PAD]``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -190,3 +191,33 @@ class CaptionTokenizer:
     def decode_batch(self, ids: Sequence[Sequence[int]] | Tensor) -> list[str]:
         """:meth:`decode` for each row of (B, T) ids."""
         return [self.decode(row) for row in ids]
+
+
+def load_or_train_tokenizer(path: str | Path | None, texts: Callable[[], Iterable[str]], vocab_size: int,
+                            model: str) -> CaptionTokenizer:
+    """The tokenizer at ``path`` (a ``tokenizer.json``), or one trained on ``texts()`` when ``path`` is None.
+
+    Raises:
+        ValueError: naming ``data.tokenizer`` and the file, when the file cannot be used.
+    """
+    if path is None:
+        return CaptionTokenizer.train(texts(), vocab_size=vocab_size, model=model)
+    try:
+        return CaptionTokenizer.from_file(path)
+    except Exception as err:
+        raise ValueError(f"data.tokenizer: cannot use {path} ({type(err).__name__}: {err})") from err
+
+
+def tokenizer_mismatch(tok: CaptionTokenizer, model: Any, what: str, name: str, key: str) -> str | None:
+    """The message when ``tok`` does not fit a text model's ``vocab_size`` and special ids (None when it does).
+
+    Args:
+        what: where the tokenizer comes from ("the checkpoint's tokenizer").
+        name: the model in the message ("captioner"); key: its config key ("model.captioner").
+    """
+    theirs = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
+    ours = (model.vocab_size, model.pad_id, model.bos_id, model.eos_id)
+    if theirs == ours:
+        return None
+    return (f"{what} (vocab_size, pad, bos, eos ids) = {theirs} does not match the {name}'s {ours}; leave "
+            f"{key}.init_args.vocab_size and the special ids out of the config (they are linked from data)")

@@ -245,6 +245,7 @@ class Instances:
         boxes: (M, 4) float32 xyxy pixels of the kept non-crowd annotations, clipped to their image, grouped by
             image (file order within an image).
         box_cat_ids: (M,) int64 category id of each kept box.
+        box_ann_ids: (M,) int64 annotation id of each kept box.
         spans: image id -> (start, end) rows of ``boxes`` (absent = no kept box).
         warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_instances`).
     """
@@ -253,6 +254,7 @@ class Instances:
     images: dict[int, tuple[str, int, int]]
     boxes: np.ndarray
     box_cat_ids: np.ndarray
+    box_ann_ids: np.ndarray
     spans: dict[int, tuple[int, int]]
     warnings: list[str] = field(default_factory=list)
 
@@ -356,7 +358,7 @@ def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) 
     notes = [f"{path}: " + messages[kind].format(n=len(ids), ids=format_ids(ids))
              for kind, ids in sanitised.items() if ids]
     warn_all(notes, warn)
-    return Instances(categories, images, boxes, box_cat_ids, spans, notes)
+    return Instances(categories, images, boxes, box_cat_ids, ann_ids[rows], spans, notes)
 
 
 def find_missing_images(folder: str | os.PathLike, file_names: Iterable[str]) -> set[str]:

@@ -30,7 +30,7 @@ from typing import Any
 from torchvision.transforms import v2
 
 from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
-from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
 from vitkit.data.collate import DropNone
 from vitkit.describe.regions import (
     RegionCaptionCollate,
@@ -119,15 +119,8 @@ class DenseDataModule(CocoDataModule):
         """The phrase tokenizer: loaded from ``tokenizer``, or trained on the training file's phrases at first use."""
         if self._tokenizer is None:
             hp = self.hparams
-            if hp.tokenizer is not None:
-                try:
-                    self._tokenizer = CaptionTokenizer.from_file(hp.tokenizer)
-                except Exception as err:
-                    raise ValueError(f"data.tokenizer: cannot use {hp.tokenizer} ({type(err).__name__}: {err})") \
-                        from err
-            else:
-                self._tokenizer = CaptionTokenizer.train(self.regions("train").phrases(), vocab_size=hp.vocab_size,
-                                                         model=hp.tokenizer_model)
+            self._tokenizer = load_or_train_tokenizer(hp.tokenizer, self.regions("train").phrases, hp.vocab_size,
+                                                      hp.tokenizer_model)
         return self._tokenizer
 
     # The caption datamodule's tokenizer interface, shared as is: the linked sizes and ids, the checkpoint's or rank

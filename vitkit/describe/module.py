@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from vitkit.captioning.model import Captioner
-from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
 from vitkit.describe.export import checkpoint_spec
 from vitkit.describe.model import Conditioning, RegionCaptioner, RegionCaptionHead, detector_outputs
 from vitkit.detection.model import DETR
@@ -77,13 +77,9 @@ class DenseModule(DetectionModule):
             self._check_tokenizer(self.tokenizer, "the datamodule's tokenizer")
 
     def _check_tokenizer(self, tok: CaptionTokenizer, what: str) -> None:
-        text = self.head.text
-        theirs = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
-        ours = (text.vocab_size, text.pad_id, text.bos_id, text.eos_id)
-        if theirs != ours:
-            raise ConfigError(f"{what} (vocab_size, pad, bos, eos ids) = {theirs} does not match the text decoder's "
-                              f"{ours}; leave model.text.init_args.vocab_size and the special ids out of the config "
-                              "(they are linked from data)")
+        problem = tokenizer_mismatch(tok, self.head.text, what, "text decoder", "model.text")
+        if problem is not None:
+            raise ConfigError(problem)
 
     def on_fit_start(self) -> None:
         log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks

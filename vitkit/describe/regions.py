@@ -33,37 +33,11 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.data.annotations import Instances, check_instances, read_coco_json
+from vitkit.data.annotations import check_instances, read_coco_json
 from vitkit.data.collate import collate_detection
 from vitkit.data.region_captions import region_captions
 
 _KEYS = ("images", "annotations", "categories")
-
-
-def _box_ann_ids(anns: list[dict[str, Any]], inst: Instances, path: Path) -> np.ndarray:
-    """(M,) int64 annotation id of each row of ``inst.boxes``.
-
-    The rows are the non-crowd annotations whose box, clipped to its image, keeps a positive width and height, sorted
-    by image id and then file order (:func:`~vitkit.data.annotations.check_instances`' rule, which does not return
-    the ids). The result is checked against the rows ``inst`` holds, so a change of that rule fails here, loudly.
-    """
-    n = len(anns)
-    ann_ids = np.fromiter((a["id"] for a in anns), np.int64, n)  # (N,)
-    image_of = np.fromiter((a["image_id"] for a in anns), np.int64, n)  # (N,)
-    crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)  # (N,)
-    x, y, w, h = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4).T  # (N,) each, px
-    width = np.fromiter((inst.images[i][1] for i in image_of.tolist()), np.float64, n)  # (N,)
-    height = np.fromiter((inst.images[i][2] for i in image_of.tolist()), np.float64, n)  # (N,)
-    corners = np.stack([np.maximum(x, 0.0), np.maximum(y, 0.0), np.minimum(x + w, width),
-                        np.minimum(y + h, height)], axis=1)  # (N, 4) xyxy px, clipped
-    kept = ~crowd & (w > 0) & (h > 0) & (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
-    rows = np.flatnonzero(kept)
-    rows = rows[np.lexsort((rows, image_of[rows]))]  # by image id, then file order
-    if len(rows) != len(inst.boxes) or not np.allclose(corners[rows], inst.boxes, atol=1e-3):
-        raise RuntimeError(f"{path}: the annotation ids of the detection boxes could not be recovered ({len(rows)} "
-                           f"rows found for {len(inst.boxes)} boxes); vitkit.data.annotations.check_instances keeps "
-                           "boxes by another rule than vitkit.describe.regions assumes")
-    return ann_ids[rows]
 
 
 class RegionIndex:
@@ -92,7 +66,7 @@ class RegionIndex:
         inst = check_instances(self.path, hint=hint, warn=False)  # CocoDetection issues its warnings
         data = read_coco_json(self.path, "instances", _KEYS, hint)
         self.captions: dict[int, str | None] = region_captions(data, self.path)
-        self.box_ann_ids = _box_ann_ids(data["annotations"], inst, self.path)
+        self.box_ann_ids = inst.box_ann_ids
         self.boxes, self.spans = inst.boxes, inst.spans
 
     def phrases(self) -> list[str]:
