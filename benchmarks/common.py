@@ -101,6 +101,23 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
     return times
 
 
+def synchronized(fns: dict[str, Callable[[], Any]], device: str | torch.device) -> dict[str, Callable[[], Any]]:
+    """The same callables, each waiting for ``device`` to finish its queued kernels before it returns (cuda runs
+    asynchronously: without this :func:`time_interleaved` would time the kernel launches). On the CPU: unchanged."""
+    if torch.device(device).type != "cuda":
+        return fns
+
+    def wrap(fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call() -> Any:
+            out = fn()
+            torch.cuda.synchronize(device)
+            return out
+
+        return call
+
+    return {name: wrap(fn) for name, fn in fns.items()}
+
+
 def fault_fields(faults: dict[str, list[int]], vitkit: str, peer: str = "peer") -> dict[str, float]:
     """``vitkit_minor_faults`` / ``peer_minor_faults``: median minor page faults per timed call, where counted."""
     out = {}

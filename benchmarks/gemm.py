@@ -1,7 +1,8 @@
 """(g) The machine's GEMM peak, measured in the same run: the yardstick for the achieved FLOP/s of (a)-(c).
 
 ``gemm_bf16``: median time of an N x N x N bf16 ``torch.matmul`` (N = 4096; 256 with ``--quick``), as TFLOP/s
-(2 N^3 FLOPs). ``gemm_fp32`` is the same in fp32, for reference. No peer: ``peer`` is None.
+(2 N^3 FLOPs). ``gemm_fp32`` is the same in fp32, for reference. No peer: ``peer`` is None. :func:`measure` does
+the same on any device (``benchmarks/gpu_check.py`` uses it on cuda).
 """
 
 from __future__ import annotations
@@ -10,24 +11,28 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Settings, record, time_interleaved
+from benchmarks.common import Settings, record, synchronized, time_interleaved
 
 
 def run(settings: Settings) -> list[dict[str, Any]]:
-    n = 256 if settings.quick else 4096
-    g = torch.Generator().manual_seed(settings.seed)
-    a32, b32 = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    return measure(256 if settings.quick else 4096, "cpu", max(settings.reps, 5), max(settings.warmup, 2),
+                   settings.seed, settings.threads)
+
+
+def measure(n: int, device: str | torch.device, reps: int, warmup: int, seed: int = 0,
+            threads: int | None = None) -> list[dict[str, Any]]:
+    """``gemm_bf16`` and ``gemm_fp32`` records of an n x n x n matmul on ``device`` (cuda: synchronised timing)."""
+    g = torch.Generator().manual_seed(seed)
+    a32, b32 = (torch.randn(n, n, generator=g).to(device) for _ in range(2))
     a16, b16 = a32.bfloat16(), b32.bfloat16()
     out16, out32 = torch.empty_like(a16), torch.empty_like(a32)
-    times = time_interleaved(
-        {"bf16": lambda: torch.matmul(a16, b16, out=out16), "fp32": lambda: torch.matmul(a32, b32, out=out32)},
-        reps=max(settings.reps, 5), warmup=max(settings.warmup, 2),
-    )
+    fns = {"bf16": lambda: torch.matmul(a16, b16, out=out16), "fp32": lambda: torch.matmul(a32, b32, out=out32)}
+    times = time_interleaved(synchronized(fns, device), reps=reps, warmup=warmup)
     flop = 2 * n**3
     out = []
     for dtype in ("bf16", "fp32"):
         rec = record(f"gemm_{dtype}", times[dtype], None, None, dtype=dtype, shape=[n, n, n],
-                     threads=settings.threads, gflop=flop / 1e9)
+                     threads=threads, gflop=flop / 1e9, device=str(device))
         rec["vitkit_tflops"] = flop / rec["vitkit_s"] / 1e12
         rec["note"] = "torch.matmul, the yardstick for (g); vitkit_s is the matmul time"
         out.append(rec)

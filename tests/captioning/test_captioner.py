@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.support.devices import on_devices
 from vitkit.captioning import Captioner, CaptionTokenizer
 from vitkit.core import TransformerDecoder, ViTEncoder
 
@@ -116,11 +117,12 @@ def test_state_reorder_selects_rows(perturb):
 
 
 # ------------------------------------------------------------------------------------------ padding invariance
+@on_devices
 @pytest.mark.parametrize("enc_pos,token_pos", [("sine", "learned"), ("rope", "rope"), ("learned", "learned")])
-def test_padding_invariance(enc_pos, token_pos, perturb):
-    model = tiny_captioner(enc_pos=enc_pos, token_pos=token_pos, perturb=perturb)
-    small, images, mask = padded_pair()
-    tokens = random_tokens(2, 6)
+def test_padding_invariance(enc_pos, token_pos, perturb, device):
+    model = tiny_captioner(enc_pos=enc_pos, token_pos=token_pos, perturb=perturb).to(device)
+    small, images, mask = (t.to(device) for t in padded_pair())
+    tokens = random_tokens(2, 6).to(device)
     with torch.no_grad():
         alone, batched = model(small, tokens[:1]), model(images, tokens, mask)[:1]
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)

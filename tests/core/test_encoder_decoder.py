@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.devices import on_devices
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.layers import PatchEmbed
 
@@ -66,11 +67,12 @@ def test_encoder_rejects_bad_options():
         ViTEncoder(PatchEmbed(16, 3, 32), embed_dim=48, depth=1, num_heads=4)
 
 
+@on_devices
 @pytest.mark.parametrize("pos_embed", ["learned", "sine", "rope"])
 @pytest.mark.parametrize("pos_mode", ["input", "qk"])
-def test_encoder_padding_invariance(perturb, pos_embed, pos_mode):
-    enc = perturb(tiny_encoder(pos_embed=pos_embed, pos_mode=pos_mode, reg_tokens=1))
-    small, images, mask = padded_pair()
+def test_encoder_padding_invariance(perturb, pos_embed, pos_mode, device):
+    enc = perturb(tiny_encoder(pos_embed=pos_embed, pos_mode=pos_mode, reg_tokens=1)).to(device)
+    small, images, mask = (t.to(device) for t in padded_pair())
     with torch.no_grad():
         alone = enc(small)  # grid 7 x 6
         batched = enc(images, mask)  # grid 10 x 13

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from tests.support.devices import on_devices
 from vitkit.detection import HungarianMatcher
 
 NUM_CLASSES = 3
@@ -91,13 +92,15 @@ def test_one_image_without_targets() -> None:
         assert len(set(src.tolist())) == len(src) and sorted(tgt.tolist()) == list(range(len(tgt)))
 
 
+@on_devices
 @pytest.mark.parametrize("sigmoid", [False, True])
-def test_bf16_inputs_match_fp32(sigmoid: bool) -> None:
+def test_bf16_inputs_match_fp32(sigmoid: bool, device: str) -> None:
     outputs, targets = _make_batch([4, 3], num_queries=5, sigmoid=sigmoid, seed=7)
-    bf16 = {k: v.bfloat16() for k, v in outputs.items()}
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    bf16 = {k: v.to(device).bfloat16() for k, v in outputs.items()}
     fp32 = {k: v.float() for k, v in bf16.items()}  # the same values, exactly representable
     matcher = HungarianMatcher(sigmoid=sigmoid)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         got = matcher(bf16, targets)
     for (s1, t1), (s2, t2) in zip(got, matcher(fp32, targets), strict=True):
         assert torch.equal(s1, s2) and torch.equal(t1, t2)

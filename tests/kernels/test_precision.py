@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import box_convert
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from tests.support.devices import on_devices
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.detection import DETR, HungarianMatcher, PostProcess, SetCriterion
 from vitkit.detection.predictor import Detector
@@ -80,11 +81,12 @@ def test_folding_skips_a_batchnorm_whose_producer_is_not_certain():
     assert isinstance(seq[0], FrozenBatchNorm2d) and isinstance(block.bn2, FrozenBatchNorm2d)
 
 
-def test_bf16_precision_folds_casts_and_detector_outputs_float32():
+@on_devices
+def test_bf16_precision_folds_casts_and_detector_outputs_float32(device):
     pe = BackbonePatchEmbed("resnet18", embed_dim=32, frozen_bn=True)
     enc = ViTEncoder(pe, embed_dim=32, depth=1, num_heads=4, class_token=False)
     model = DETR(enc, TransformerDecoder(dim=32, depth=1, num_heads=4), num_classes=3, num_queries=5).eval()
-    _random_bn_stats(model)
+    _random_bn_stats(model).to(device)
     det = Detector(model, PostProcess())
     x = torch.randn(1, 3, 64, 64)
     mask = torch.zeros(1, 64, 64, dtype=torch.bool)
@@ -127,13 +129,15 @@ def _coco_results(det: Detector, images: torch.Tensor) -> list[dict]:
     size = images.shape[-1]
     with torch.no_grad():
         out = det.run(images, torch.zeros(images.shape[0], size, size, dtype=torch.bool))
-        dets = det.postprocess(out, torch.tensor([[size, size]] * images.shape[0]))
+        sizes = torch.tensor([[size, size]] * images.shape[0], device=out["pred_boxes"].device)
+        dets = det.postprocess(out, sizes)
     return [{"image_id": i, "category_id": int(lab) + 1, "score": float(s),
              "bbox": box_convert(b[None], "xyxy", "xywh")[0].tolist()}
             for i, d in enumerate(dets) for b, s, lab in zip(d["boxes"], d["scores"], d["labels"], strict=True)]
 
 
-def test_bf16_inference_moves_ap_by_at_most_half_a_point(tmp_path, one_thread):
+@on_devices
+def test_bf16_inference_moves_ap_by_at_most_half_a_point(tmp_path, one_thread, device):
     """The issue's accuracy guard on a model that has learned: deformable multi-scale DETR as in
     configs/detr_shapes.yaml, trained on 400 fresh batches of toy rectangles, then evaluated in fp32 and in bf16
     on 320 unseen images (~480 boxes, so one box crossing an IoU threshold moves AP by ~0.02 points)."""
@@ -141,10 +145,12 @@ def test_bf16_inference_moves_ap_by_at_most_half_a_point(tmp_path, one_thread):
                      stem_channels=[8, 16, 32, 32])
     model = DETR(enc, TransformerDecoder(dim=64, depth=2, num_heads=4), num_classes=3, num_queries=10,
                  sigmoid_head=True, box_refine=True, two_stage=True, multiscale=True, cross_attn="deformable")
+    model.to(device)
     crit = SetCriterion(3, HungarianMatcher(sigmoid=True), sigmoid_head=True, sigmoid_loss="varifocal")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for step in range(400):
         images, targets, _ = _toy_set(8, seed=step)
+        images, targets = images.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
         loss = crit(model(images, None, targets), targets)["loss"]
         opt.zero_grad()
         loss.backward()

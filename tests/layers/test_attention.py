@@ -7,13 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.support.devices import on_devices
 from vitkit.layers import KVCache, MultiheadAttention, RoPE2D, apply_rope
 
 D, H = 32, 4
 
 
-def pair() -> tuple[MultiheadAttention, nn.MultiheadAttention]:
-    """vitkit attention and torch's reference with the same (perturbed) weights, both in eval mode."""
+def pair(device: str = "cpu") -> tuple[MultiheadAttention, nn.MultiheadAttention]:
+    """vitkit attention and torch's reference with the same (perturbed) weights, both in eval mode, on ``device``."""
     ours = MultiheadAttention(D, H).eval()
     ref = nn.MultiheadAttention(D, H, batch_first=True).eval()
     with torch.no_grad():
@@ -25,11 +26,11 @@ def pair() -> tuple[MultiheadAttention, nn.MultiheadAttention]:
         ours.qkv.bias.copy_(ref.in_proj_bias)
         ours.proj.weight.copy_(ref.out_proj.weight)
         ours.proj.bias.copy_(ref.out_proj.bias)
-    return ours, ref
+    return ours.to(device), ref.to(device)
 
 
-def padding(B: int, T: int, lengths: list[int]) -> torch.Tensor:
-    return torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]  # (B, T), True = padding
+def padding(B: int, T: int, lengths: list[int], device: str = "cpu") -> torch.Tensor:
+    return (torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]).to(device)  # (B, T), True = padding
 
 
 def manual_attention(attn: MultiheadAttention, q_in, k_in, v_in, bias=None, rope=None):
@@ -46,10 +47,11 @@ def manual_attention(attn: MultiheadAttention, q_in, k_in, v_in, bias=None, rope
     return attn.proj(out)
 
 
+@on_devices
 @pytest.mark.parametrize("kind", ["self", "detr_qk", "cross", "cross_kv_differ"])
-def test_matches_torch_multihead_attention(kind):
-    ours, ref = pair()
-    x, pos, mem, mem2 = torch.randn(2, 7, D), torch.randn(2, 7, D), torch.randn(2, 9, D), torch.randn(2, 9, D)
+def test_matches_torch_multihead_attention(kind, device):
+    ours, ref = pair(device)
+    x, pos, mem, mem2 = (torch.randn(2, n, D).to(device) for n in (7, 7, 9, 9))
     if kind == "self":
         q, k, v = x, x, x
     elif kind == "detr_qk":
@@ -59,7 +61,7 @@ def test_matches_torch_multihead_attention(kind):
         q, k, v = x, mem, mem
     else:
         q, k, v = x, mem, mem2
-    kpm = padding(2, k.shape[1], [k.shape[1], 4])
+    kpm = padding(2, k.shape[1], [k.shape[1], 4], device)
     with torch.no_grad():
         out = ours(q, k, v, key_padding_mask=kpm)
         expected = ref(q, k, v, key_padding_mask=kpm, need_weights=False)[0]
@@ -72,26 +74,28 @@ def test_default_key_and_value_is_self_attention():
     torch.testing.assert_close(ours(x), ours(x, x.clone(), x.clone()), atol=1e-6, rtol=1e-6)
 
 
-def test_key_padding_mask_blocks_padded_keys():
-    attn, _ = pair()
-    x, mem = torch.randn(2, 5, D), torch.randn(2, 8, D)
-    kpm = padding(2, 8, [8, 3])
+@on_devices
+def test_key_padding_mask_blocks_padded_keys(device):
+    attn, _ = pair(device)
+    x, mem = torch.randn(2, 5, D).to(device), torch.randn(2, 8, D).to(device)
+    kpm = padding(2, 8, [8, 3], device)
     mem2 = mem.clone()
-    mem2[1, 3:] = torch.randn(5, D) * 10
+    mem2[1, 3:] = torch.randn(5, D).to(device) * 10
     torch.testing.assert_close(attn(x, mem, key_padding_mask=kpm), attn(x, mem2, key_padding_mask=kpm))
     assert not torch.allclose(attn(x, mem), attn(x, mem2))
 
 
-def test_causal_ignores_future_tokens():
-    attn, _ = pair()
-    x = torch.randn(2, 6, D)
+@on_devices
+def test_causal_ignores_future_tokens(device):
+    attn, _ = pair(device)
+    x = torch.randn(2, 6, D).to(device)
     x2 = x.clone()
-    x2[:, 4:] = torch.randn(2, 2, D)
+    x2[:, 4:] = torch.randn(2, 2, D).to(device)
     out, out2 = attn(x, is_causal=True), attn(x2, is_causal=True)
     torch.testing.assert_close(out[:, :4], out2[:, :4], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(out[:, 4:], out2[:, 4:])
     # Also through the explicit-mask path (a key padding mask forces it).
-    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    kpm = torch.zeros(2, 6, dtype=torch.bool, device=device)
     torch.testing.assert_close(attn(x, is_causal=True, key_padding_mask=kpm), out, atol=1e-6, rtol=1e-6)
 
 
@@ -121,26 +125,28 @@ def test_attn_bias_matches_manual_reference():
                                manual_attention(attn, x, mem, mem, bias=masked_bias), atol=1e-5, rtol=1e-5)
 
 
-def test_fully_masked_row_is_finite():
+@on_devices
+def test_fully_masked_row_is_finite(device):
     # vitkit lets a query with no visible key attend to all keys (its output is padding anyway), so the
     # result is finite on every SDPA backend; torch's CPU kernel alone would return zeros for such a row.
-    attn, _ = pair()
-    x, mem = torch.randn(2, 4, D, requires_grad=True), torch.randn(2, 6, D)
-    out = attn(x, mem, key_padding_mask=torch.ones(2, 6, dtype=torch.bool))
+    attn, _ = pair(device)
+    x, mem = torch.randn(2, 4, D, device=device, requires_grad=True), torch.randn(2, 6, D).to(device)
+    out = attn(x, mem, key_padding_mask=torch.ones(2, 6, dtype=torch.bool, device=device))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, attn(x, mem), atol=1e-6, rtol=1e-6)
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(attn.qkv.weight.grad).all()
-    blocked = torch.zeros(1, 1, 4, 6, dtype=torch.bool)
+    blocked = torch.zeros(1, 1, 4, 6, dtype=torch.bool, device=device)
     blocked[..., 2, :] = True  # one query row sees nothing; the float-bias path
-    out = attn(x, mem, attn_mask=blocked, attn_bias=torch.zeros(1, 1, 4, 6))
+    out = attn(x, mem, attn_mask=blocked, attn_bias=torch.zeros(1, 1, 4, 6, device=device))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, attn(x, mem), atol=1e-6, rtol=1e-6)
 
 
-def test_kv_cache_token_by_token_equals_full_causal():
-    attn, _ = pair()
-    x = torch.randn(2, 7, D)
+@on_devices
+def test_kv_cache_token_by_token_equals_full_causal(device):
+    attn, _ = pair(device)
+    x = torch.randn(2, 7, D).to(device)
     full = attn(x, is_causal=True)
     cache = KVCache()
     steps = [attn(x[:, t : t + 1], is_causal=True, cache=cache) for t in range(7)]
@@ -148,15 +154,16 @@ def test_kv_cache_token_by_token_equals_full_causal():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_kv_cache_chunked_prefill_equals_full_causal():
-    attn, _ = pair()
-    x = torch.randn(2, 7, D)
+@on_devices
+def test_kv_cache_chunked_prefill_equals_full_causal(device):
+    attn, _ = pair(device)
+    x = torch.randn(2, 7, D).to(device)
     full = attn(x, is_causal=True)
     cache = KVCache()
     out = torch.cat([attn(x[:, :3], is_causal=True, cache=cache), attn(x[:, 3:], is_causal=True, cache=cache)], 1)
     torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
     # with a key padding mask over all keys so far (token 1 of row 1 is padding)
-    kpm = torch.zeros(2, 7, dtype=torch.bool)
+    kpm = torch.zeros(2, 7, dtype=torch.bool, device=device)
     kpm[1, 1] = True
     full = attn(x, is_causal=True, key_padding_mask=kpm)
     assert not torch.allclose(full[1, 2:], attn(x, is_causal=True)[1, 2:], atol=1e-4)
@@ -166,19 +173,20 @@ def test_kv_cache_chunked_prefill_equals_full_causal():
     torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5)
 
 
-def test_static_cache_reused_and_reorder():
-    attn, _ = pair()
-    mem = torch.randn(3, 6, D)
-    kpm = padding(3, 6, [6, 2, 4])
+@on_devices
+def test_static_cache_reused_and_reorder(device):
+    attn, _ = pair(device)
+    mem = torch.randn(3, 6, D).to(device)
+    kpm = padding(3, 6, [6, 2, 4], device)
     cache = KVCache(static=True)
-    q1, q2 = torch.randn(3, 2, D), torch.randn(3, 1, D)
+    q1, q2 = torch.randn(3, 2, D).to(device), torch.randn(3, 1, D).to(device)
     out1 = attn(q1, mem, key_padding_mask=kpm, cache=cache)
     k0 = cache.k
     out2 = attn(q2, mem, key_padding_mask=kpm, cache=cache)
     assert cache.k is k0 and cache.length == 6, "a static cache is filled once"
     torch.testing.assert_close(out1, attn(q1, mem, key_padding_mask=kpm), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(out2, attn(q2, mem, key_padding_mask=kpm), atol=1e-6, rtol=1e-6)
-    index = torch.tensor([2, 0, 0, 1])
+    index = torch.tensor([2, 0, 0, 1], device=device)
     cache.reorder(index)
     assert torch.equal(cache.k, k0[index]) and cache.k.shape[0] == 4
     out3 = attn(q2[index], mem[index], key_padding_mask=kpm[index], cache=cache)

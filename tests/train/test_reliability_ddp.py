@@ -30,6 +30,7 @@ from torch.utils.data import DistributedSampler
 
 from tests.support.coco_gt import make_gt, make_results
 from tests.support.configs import build_module
+from tests.support.devices import on_devices
 from vitkit.captioning.module import CaptionModule
 from vitkit.detection.module import DetectionModule
 from vitkit.eval import evaluate_coco, gather_image_ids, gather_results
@@ -101,26 +102,30 @@ def _batch(seed: int, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[
     return images, mask, targets
 
 
-def _training_step(module: DetectionModule, detector: nn.Module, seed: int) -> None:
+def _training_step(module: DetectionModule, detector: nn.Module, seed: int, device: str = "cpu") -> None:
     images, mask, targets = _batch(seed)
+    images, mask = images.to(device), mask.to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     module.criterion(detector(images, mask, targets), targets)["loss"].backward()
 
 
+@on_devices
 @pytest.mark.parametrize("config", ["detr_shapes.yaml", "detr_coco.yaml", "detr_r50_coco.yaml"])
-def test_every_trainable_parameter_gets_a_gradient(config, one_thread):
+def test_every_trainable_parameter_gets_a_gradient(config, one_thread, device):
     """What ``strategy: ddp`` needs (DDP's reducer waits for a gradient of every parameter that requires one)."""
-    module = build_module(config, DetectionModule, {"num_classes": 4}).train()
-    _training_step(module, module.detector, seed=0)
+    module = build_module(config, DetectionModule, {"num_classes": 4}).train().to(device)
+    _training_step(module, module.detector, seed=0, device=device)
     missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"{config}: no gradient for {missing}"
 
 
+@on_devices
 @pytest.mark.parametrize("config", ["caption_shapes.yaml", "caption_coco.yaml"])
-def test_every_trainable_caption_parameter_gets_a_gradient(config, one_thread):
+def test_every_trainable_caption_parameter_gets_a_gradient(config, one_thread, device):
     links = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
-    module = build_module(config, CaptionModule, links).train()
-    images, mask, _ = _batch(seed=0)
-    tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]])  # (B, T), padded with pad_id
+    module = build_module(config, CaptionModule, links).train().to(device)
+    images, mask, _ = (t.to(device) if isinstance(t, torch.Tensor) else t for t in _batch(seed=0))
+    tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]], device=device)  # (B, T), padded with pad_id
     module.captioner.loss(module.captioner(images, tokens, mask), tokens).backward()
     missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"{config}: no gradient for {missing}"
