@@ -30,9 +30,11 @@ def test_caption_configs_build_and_run(config):
     assert ids.shape[0] == 1 and ids[0, 0] == 1 and ids.shape[1] <= 8 and torch.isfinite(scores).all()
 
 
-def test_the_region_caption_config_builds_and_describes_boxes():
+@pytest.mark.parametrize("config", ["dense_shapes.yaml", "dense_vg.yaml"])
+def test_the_region_caption_configs_build_and_describe_boxes(config):
     text_links = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
-    module = build_module("dense_shapes.yaml", DenseModule, {"num_classes": 5}, text_links=text_links)
+    encoder = {"pretrained": False} if config == "dense_vg.yaml" else None  # no download in tests
+    module = build_module(config, DenseModule, {"num_classes": 5}, encoder=encoder, text_links=text_links)
     assert module.head.text.encoder is None and module.hparams.roi_size == 7
     model = module.describer().eval()
     boxes = [torch.tensor([[0.5, 0.5, 0.3, 0.4]])]
@@ -47,11 +49,25 @@ def test_the_region_caption_recipe_is_the_shipped_detection_recipe():
     dense = yaml.safe_load((CONFIGS / "dense_shapes.yaml").read_text())
     detr = yaml.safe_load((CONFIGS / "detr_shapes.yaml").read_text())
     assert dense["trainer"] == detr["trainer"] and dense["seed_everything"] == detr["seed_everything"]
-    head = {"text": dense["model"].pop("text"), **{k: dense["model"].pop(k) for k in ("conditioning", "roi_size",
-                                                                                       "caption_weight")}}
+    head = {"text": dense["model"].pop("text"),
+            **{k: dense["model"].pop(k) for k in ("conditioning", "roi_size", "caption_weight",
+                                                  "dense_eval_max_detections")}}
     assert dense["model"] == detr["model"] and head["conditioning"] == "roi"
     extra = {k: dense["data"].pop(k) for k in ("hflip_p", "tokenizer_model", "vocab_size", "max_length")}
     assert dense["data"] == detr["data"] and extra["tokenizer_model"] == "wordlevel"
+
+
+def test_the_visual_genome_recipe_is_sized_like_grits_vit_b_dense_captioning():
+    """ViT-B/16 at 1024 px, 8 GPUs x 8 images = GRiT's 64 per step, lr 8e-5, 1000 warmup steps, 180k steps, on the
+    layout vitkit convert-vg writes."""
+    vg = yaml.safe_load((CONFIGS / "dense_vg.yaml").read_text())
+    trainer, model, data = vg["trainer"], vg["model"], vg["data"]
+    assert trainer["devices"] * data["batch_size"] == 64 and trainer["max_steps"] == 180_000
+    assert (model["lr"], model["warmup_steps"], model["schedule"]) == (8.0e-5, 1000, "cosine")
+    encoder = model["detector"]["init_args"]["encoder"]["init_args"]
+    assert encoder["model_name"].startswith("vit_base_patch16_")
+    assert data["train_max_size"] == data["val_max_size"] == 1024 and data["root"] == "data/vg"
+    assert data["hflip_p"] == 0.0 and "Time: an estimate" in (CONFIGS / "dense_vg.yaml").read_text()
 
 
 def test_the_grounded_caption_recipe_matches_the_shipped_detector():

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import vitkit
 from vitkit.captioning import CaptionTokenizer
+from vitkit.describe.predictor import Describer
 from vitkit.utils.spec import SPEC_KEY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,6 +59,8 @@ def test_train_writes_a_describe_checkpoint_with_both_networks_and_the_tokenizer
         (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id, 16)
     assert ckpt["state_dict"]["head.text.token_embed.weight"].shape[0] == tok.vocab_size
 
-    # vitkit.load does not build region captioners yet: it says so by name.
-    with pytest.raises(ValueError, match=r"a describe checkpoint; vitkit\.load does not build describe models yet"):
-        vitkit.load(run / "checkpoints" / "last.ckpt")
+    # vitkit.load builds the region captioner of the trained checkpoint: a Describer whose captions are strings.
+    describer = vitkit.load(run / "checkpoints" / "last.ckpt")
+    assert isinstance(describer, Describer) and describer.class_names == spec["class_names"]
+    out = describer.describe(torch.rand(3, 96, 128), threshold=0.0, max_detections=2, num_beams=1)[0]
+    assert out["boxes"].shape == (2, 4) and len(out["captions"]) == 2

@@ -13,8 +13,8 @@ from vitkit.detection.module import DetectionModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The shipped config names, written out so that adding or losing one shows up in the CLI tests.
-SHIPPED = ["caption_coco", "caption_shapes", "caption_shapes_grounded", "dense_shapes", "detr_coco", "detr_r50_coco",
-           "detr_shapes"]
+SHIPPED = ["caption_coco", "caption_shapes", "caption_shapes_grounded", "dense_shapes", "dense_vg", "detr_coco",
+           "detr_r50_coco", "detr_shapes"]
 
 
 def build_module(config: str, cls: type, links: dict, encoder: dict | None = None,

@@ -24,7 +24,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,8 @@ from vitkit.captioning.txt_output import TxtOutput, file_record
 from vitkit.data.folder import ImageFolder, folder_batches, progress_bar, resolve_device, run_isolated
 from vitkit.utils.files import atomic_write
 
-__all__ = ["CaptionOutput", "FolderCaptionSummary", "caption_folder", "output_format", "resolve_device"]
+__all__ = ["CaptionOutput", "FolderCaptionSummary", "caption_folder", "output_format", "resolve_device",
+           "resume_output"]
 
 OUTPUT_FORMATS = ("jsonl", "csv", "txt")
 CSV_COLUMNS = ("file", "caption", "score", "error")
@@ -205,22 +206,24 @@ def _caption_batch(pipeline: CaptionPipeline, good: dict[str, Any],
     return {f: {"file": f, "error": r} if isinstance(r, str) else r for f, r in results.items()}
 
 
-def _resume(output: CaptionOutput, files: list[str], overwrite: bool) -> list[int]:
+def resume_output(output: CaptionOutput, files: list[str], overwrite: bool,
+                  is_done: Callable[[dict[str, Any]], bool] = _is_done) -> list[int]:
     """Prepare ``output`` for a run over ``files``: read its earlier records (none with ``overwrite``), drop the
     error records of the files to redo, repeated successes and a partial last line, and create it if missing.
+    ``is_done`` tells a finished record (default: a caption and no error; ``vitkit describe`` passes its own).
 
     Returns:
         The indices into ``files`` still to caption (not captioned in ``output``), in listing order.
     """
     previous, partial = ([], False) if overwrite else output.read()
-    done = {r["file"] for r in previous if _is_done(r)}
+    done = {r["file"] for r in previous if is_done(r)}
     todo = [i for i, f in enumerate(files) if f not in done]
     retry = {files[i] for i in todo}
     kept, seen = [], set()
     for r in previous:  # drop retried files' errors and repeated successes; keep records of unlisted files
-        if r["file"] in retry or (_is_done(r) and r["file"] in seen):
+        if r["file"] in retry or (is_done(r) and r["file"] in seen):
             continue
-        if _is_done(r):
+        if is_done(r):
             seen.add(r["file"])
         kept.append(r)
     if overwrite or partial or len(kept) != len(previous):
@@ -236,7 +239,7 @@ def _open_output(out: str | os.PathLike, fmt: str | None, files: list[str],
         output = TxtOutput(out)
         return output, output.resume(files, overwrite)
     output = CaptionOutput(out, fmt)
-    return output, _resume(output, files, overwrite)
+    return output, resume_output(output, files, overwrite)
 
 
 def caption_folder(

@@ -38,6 +38,16 @@ from vitkit.utils.distributed import all_gather_objects
 from vitkit.utils.spec import read_spec, write_spec
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+Entry = tuple[int, str, list[str]]  # (image id, generated caption, references)
+
+
+def unique_entries(per_rank: list[list[Entry]]) -> list[Entry]:
+    """Every rank's validation entries, one per image id (the first copy: DistributedSampler repeats images to even
+    out the ranks), by image id."""
+    unique: dict[int, Entry] = {}
+    for e in (e for rank in per_rank for e in rank):
+        unique.setdefault(e[0], e)
+    return [unique[i] for i in sorted(unique)]
 
 
 class CaptionModule(TaskModule):
@@ -254,11 +264,7 @@ class CaptionModule(TaskModule):
 
     def _gather_entries(self) -> list[tuple[int, str, list[str]]]:
         """Every rank's (image id, caption, references), one per image (a collective call under DDP)."""
-        entries = [e for rank in all_gather_objects(self._val_entries) for e in rank]
-        unique: dict[int, tuple[int, str, list[str]]] = {}
-        for e in entries:  # DistributedSampler repeats images to even out the ranks: keep the first copy
-            unique.setdefault(e[0], e)
-        return [unique[i] for i in sorted(unique)]
+        return unique_entries(all_gather_objects(self._val_entries))
 
     def score(self, captions: dict[int, str], references: dict[int, list[str]]) -> dict[str, float]:
         """COCO caption metrics of ``captions`` against ``references`` (the METEOR process is kept between calls)."""

@@ -96,22 +96,30 @@ def baseline_rewards(rewards: Tensor, mode: Baseline, greedy: Tensor | None = No
 
 def scst_step(captioner: Captioner, images: Tensor, mask: Tensor | None, keys: Sequence[Hashable],
               reward: RewardFn, samples: int = 5, baseline: Baseline = "mean") -> SCSTOutput:
-    """The SCST loss of one batch (see the module docstring).
+    """The SCST loss of one batch of images (see the module docstring): :func:`scst_memory_step` on the captioner's
+    own encoding of (B, 3, H, W) normalised, zero-padded ``images`` ((B, H, W) ``mask``, True = padding)."""
+    return scst_memory_step(captioner, *captioner.encode(images, mask), keys, reward, samples, baseline)
+
+
+def scst_memory_step(captioner: Captioner, memory: Tensor, memory_mask: Tensor | None, memory_pos: Tensor,
+                     keys: Sequence[Hashable], reward: RewardFn, samples: int = 5,
+                     baseline: Baseline = "mean") -> SCSTOutput:
+    """The SCST loss of one batch given its text memory (a captioner's encoding, or a detector's objects).
 
     Args:
-        captioner: the model being trained.
-        images: (B, 3, H, W) normalised, zero-padded; mask: (B, H, W) True = padding.
+        captioner: the model being trained (its text side decodes).
+        memory: (B, N, D) with gradients; memory_mask: (B, N) True = padding, or None; memory_pos: (B|1, N, D).
         keys: B image keys for the reward's references.
         reward: scores token ids against an image key's references.
         samples: k sampled captions per image.
         baseline: "mean" or "greedy".
 
     Returns:
-        The loss (with gradients through the encoder and decoder) and the mean reward and baseline.
+        The loss (with gradients through the memory and the decoder) and the mean reward and baseline.
     """
-    B, k = images.shape[0], samples
-    memory, memory_mask, memory_pos = captioner.encode(images, mask)  # (B, N, D), (B, N) | None, (B|1, N, D)
-    rows = torch.arange(B, device=images.device).repeat_interleave(k)  # (B*k,) image of each sample
+    B, k = memory.shape[0], samples
+    device = memory.device
+    rows = torch.arange(B, device=device).repeat_interleave(k)  # (B*k,) image of each sample
     mem_k = memory.index_select(0, rows)  # (B*k, N, D)
     mask_k = None if memory_mask is None else memory_mask.index_select(0, rows)
     pos_k = memory_pos if memory_pos.shape[0] == 1 else memory_pos.index_select(0, rows)
@@ -121,9 +129,9 @@ def scst_step(captioner: Captioner, images: Tensor, mask: Tensor | None, keys: S
         if baseline == "greedy":
             gseqs, _ = greedy_decode(captioner, memory.detach(), memory_mask, memory_pos.detach(),
                                      max_length=captioner.max_length)
-            greedy = torch.as_tensor(reward(gseqs, keys), dtype=torch.float32, device=images.device)  # (B,)
+            greedy = torch.as_tensor(reward(gseqs, keys), dtype=torch.float32, device=device)  # (B,)
     sample_keys = [key for key in keys for _ in range(k)]
-    r = torch.as_tensor(reward(seqs, sample_keys), dtype=torch.float32, device=images.device).view(B, k)
+    r = torch.as_tensor(reward(seqs, sample_keys), dtype=torch.float32, device=device).view(B, k)
     b = baseline_rewards(r, baseline, greedy)  # (B, k)
     logits = captioner.decode_tokens(seqs, mem_k, mask_k, pos_k)  # (B*k, T, V)
     token_logp = sequence_log_probs(logits, seqs, (captioner.pad_id, captioner.bos_id))  # (B*k, T-1)

@@ -15,8 +15,11 @@
     outputs  memory (B, N, D), memory_mask (B, N) bool True = padding, memory_pos (B, N, D)
     Decoding (greedy / beam search with a KV cache) stays in PyTorch: vitkit.io.export.decode_memory(pipe, memory,
     memory_mask, memory_pos) captions from these arrays with the checkpoint's CaptionPipeline.
+--format onnx, region-caption (describe) checkpoint: its detector, the graph of a detection checkpoint above (default
+    out <stem>.detector.onnx). The region caption head (RoI memory, KV-cached text decoding) is not exported to ONNX:
+    caption regions in PyTorch (vitkit.load(CKPT).describe), or export the whole model with --format safetensors.
 --format safetensors: the model's weights, its config and inference settings (and tokenizer) as metadata;
-    vitkit.io.export.load_safetensors(PATH) rebuilds the Detector / CaptionPipeline.
+    vitkit.io.export.load_safetensors(PATH) rebuilds the Detector / CaptionPipeline / Describer.
 
 Without --dynamic the graph takes exactly --batch x --size (default: 1 x the checkpoint's longest preprocessed side,
 squared, which holds every preprocessed image after padding); --dynamic makes batch, height and width free.
@@ -41,7 +44,8 @@ from vitkit.io.export import ExportReport, export_checkpoint
 PROG = "vitkit export"
 TOLERANCE = 1e-3
 EXAMPLES = """Detector: images -> boxes/scores/labels with post-processing. Captioner: the encoder only; decoding stays
-in PyTorch (vitkit.io.export.decode_memory). Exit status: 0 ok, 1 check over 1e-3, 2 usage error.
+in PyTorch (vitkit.io.export.decode_memory). Region captioner (describe): the detector only; the region caption head
+is not exported to ONNX. Exit status: 0 ok, 1 check over 1e-3, 2 usage error.
 
 examples:
   {prog} runs/detr_shapes/checkpoints/last.ckpt                      # static graph, last.onnx beside it
@@ -55,7 +59,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("ckpt", help="training checkpoint (.ckpt written by vitkit train / tools/train.py)")
     parser.add_argument("--format", choices=("onnx", "safetensors"), default="onnx", help="default: onnx")
     parser.add_argument("--out", help="output file (default: next to CKPT, <stem>.onnx, <stem>.encoder.onnx for a "
-                                      "captioner, or <stem>.safetensors)")
+                                      "captioner, <stem>.detector.onnx for a region captioner, or "
+                                      "<stem>.safetensors)")
     parser.add_argument("--dynamic", action="store_true", help="ONNX: dynamic batch, height and width")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 16 (default: 17)")
     parser.add_argument("--batch", type=positive, default=None, help="ONNX: batch of the traced (static) graph "
@@ -76,7 +81,8 @@ def _onnx_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _report(report: ExportReport, prog: str) -> int:
     """Print what was written and the check's differences; 1 when they exceed :data:`TOLERANCE`, else 0."""
-    what = {"detection": "detector", "captioning": "caption encoder"}[report.task]
+    describe = "detector of a region captioner" if report.format == "onnx" else "region captioner"
+    what = {"detection": "detector", "captioning": "caption encoder", "describe": describe}[report.task]
     if report.format == "onnx":
         B, H, W = report.trace_shape
         shape = "dynamic batch/height/width" if report.dynamic else f"static {B}x3x{H}x{W}"
@@ -84,6 +90,8 @@ def _report(report: ExportReport, prog: str) -> int:
               f"{', '.join(report.outputs)})")
     else:
         print(f"wrote {report.path} ({what} weights + config; vitkit.io.export.load_safetensors rebuilds it)")
+    for note in report.notes:
+        print(f"{prog}: note: {note}")
     worst = 0.0
     for shape, diffs in report.checks.items():
         relevant = {k: v for k, v in diffs.items() if k != "boxes_px"}

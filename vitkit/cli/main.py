@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vitkit.cli import benchmark, caption, convert_vg, detect, export, make_shapes, plot_pr, train
+from vitkit.cli import benchmark, caption, convert_vg, describe, detect, export, make_shapes, plot_pr, train
 from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import shipped_configs
 from vitkit.version import __version__
@@ -43,6 +43,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command(eval_command.main, "COCO mAP of a results file or a checkpoint; COCO caption metrics"),
     "detect": Command(detect.main, "detect objects in every image of a folder (COCO results JSON)"),
     "caption": Command(caption.main, "caption every image of a folder (JSON Lines or CSV, resumable)"),
+    "describe": Command(describe.main, "detect and caption each object of every image of a folder (JSON Lines)"),
     "export": Command(export.main, "export a checkpoint as an ONNX graph or weights-only safetensors"),
     "benchmark": Command(benchmark.main, "time vitkit against its peers (needs a source checkout's benchmarks/)"),
     "make-shapes": Command(make_shapes.main, "write the synthetic shapes dataset in COCO 2017 layout"),
@@ -55,6 +56,7 @@ EXAMPLES = """examples:
   vitkit eval detr_shapes --ckpt runs/detr_shapes/checkpoints/last.ckpt
   vitkit detect photos/ --ckpt runs/detr_shapes/checkpoints/last.ckpt --out dets.json --draw drawn/
   vitkit caption photos/ --ckpt runs/caption_shapes/checkpoints/last.ckpt --out captions.jsonl
+  vitkit describe photos/ --ckpt runs/dense_shapes/checkpoints/last.ckpt --out regions.jsonl --draw drawn/
   vitkit export runs/detr_shapes/checkpoints/last.ckpt --format onnx --dynamic
   vitkit benchmark --quick --threads 1"""
 

@@ -93,6 +93,8 @@ class DenseCLI(DetectionCLI):
         """The detector's config with the class count and the text decoder's with the tokenizer's values."""
         super().record_network_config()
         self.model.text_config = tokenizer_config(self.network_config(self.text_key), self.datamodule)
+        if self.model.image_head is not None:
+            self.model.image_decoder_config = self.network_config("image_decoder")
 
 
 TASK_CLIS: dict[str, type[TaskCLI]] = {cli.task: cli for cli in (DetectionCLI, CaptionCLI, DenseCLI)}

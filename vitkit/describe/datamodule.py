@@ -31,6 +31,7 @@ from torchvision.transforms import v2
 
 from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
 from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
+from vitkit.data.caption_annotations import check_captions
 from vitkit.data.collate import DropNone
 from vitkit.describe.regions import (
     RegionCaptionCollate,
@@ -73,7 +74,13 @@ class DenseDataModule(CocoDataModule):
         tokenizer: path to a tokenizer.json to use; None = train one on the training file's phrases.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
-        max_length: longest token sequence of a phrase, BOS and EOS included; longer phrases lose their last words.
+        max_length: longest token sequence of a phrase (and of an image caption), BOS and EOS included; longer ones
+            lose their last words.
+        image_captions: also caption whole images: read ``annotations/captions_{split}2017.json`` beside the
+            instances files (the COCO layout; the generated shapes set writes both), train the tokenizer on the
+            phrases and those captions, and give every target ``image_captions`` (and the collate
+            ``image_caption_tokens``, one caption drawn at random). Mirroring then needs ``hflip_p: 0`` when
+            captions say "left" or "right" (the shapes captions do).
         **kwargs: the detection settings of :class:`~vitkit.detection.datamodule.CocoDataModule` (``batch_size``,
             scales, crop, validation size) and the root, shapes generation, loader and ``bad_images`` settings of
             :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
@@ -91,6 +98,7 @@ class DenseDataModule(CocoDataModule):
         vocab_size: int = 1000,
         tokenizer_model: str = "wordlevel",
         max_length: int = 16,
+        image_captions: bool = False,
         **kwargs: Any,
     ) -> None:
         if tokenizer_model not in TOKENIZER_MODELS:
@@ -105,6 +113,7 @@ class DenseDataModule(CocoDataModule):
         super().__init__(**kwargs)
         self._tokenizer: CaptionTokenizer | None = None
         self._regions: dict[str, RegionIndex] = {}
+        self._image_captions: dict[str, dict[int, list[str]]] = {}
 
     def regions(self, split: str) -> RegionIndex:
         """The split's :class:`~vitkit.describe.regions.RegionIndex` (its file read once)."""
@@ -113,13 +122,37 @@ class DenseDataModule(CocoDataModule):
                 self._regions[split] = RegionIndex(self.annotation_file(split), hint=self.layout)
         return self._regions[split]
 
+    def image_captions(self, split: str) -> dict[int, list[str]] | None:
+        """The split's image captions (image id -> captions; the file read once), or None without
+        ``image_captions``.
+
+        Raises:
+            FileNotFoundError: no captions file, naming it and the option.
+        """
+        if not self.hparams.image_captions:
+            return None
+        if split not in self._image_captions:
+            path = self.root / "annotations" / f"captions_{split}2017.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"data.image_captions is true but there is no image captions file {path}: "
+                                        "add the COCO captions file beside the instances file, or set "
+                                        "data.image_captions: false\n" + self.layout)
+            with data_errors():
+                self._image_captions[split] = check_captions(path, hint=self.layout).captions
+        return self._image_captions[split]
+
+    def _train_texts(self) -> list[str]:
+        """What a trained tokenizer learns from: the training phrases, and the training image captions if used."""
+        images = self.image_captions("train") or {}
+        return self.regions("train").phrases() + [c for caps in images.values() for c in caps]
+
     # ------------------------------------------------------------------------------------------- tokenizer
     @property
     def tokenizer(self) -> CaptionTokenizer:
         """The phrase tokenizer: loaded from ``tokenizer``, or trained on the training file's phrases at first use."""
         if self._tokenizer is None:
             hp = self.hparams
-            self._tokenizer = load_or_train_tokenizer(hp.tokenizer, self.regions("train").phrases, hp.vocab_size,
+            self._tokenizer = load_or_train_tokenizer(hp.tokenizer, self._train_texts, hp.vocab_size,
                                                       hp.tokenizer_model)
         return self._tokenizer
 
@@ -138,20 +171,22 @@ class DenseDataModule(CocoDataModule):
         super().setup(stage)
         if self.train_set is not None and not isinstance(self.train_set.transforms, RegionCaptionTransform):
             set_hflip_p(self.train_set.transforms, self.hparams.hflip_p)
-            self.train_set.transforms = RegionCaptionTransform(self.train_set.transforms, self.regions("train"))
+            self.train_set.transforms = RegionCaptionTransform(self.train_set.transforms, self.regions("train"),
+                                                               self.image_captions("train"))
             self._warn_left_right()
         if self.val_set is not None and not isinstance(self.val_set.transforms, RegionCaptionTransform):
-            self.val_set.transforms = RegionCaptionTransform(self.val_set.transforms, self.regions("val"))
+            self.val_set.transforms = RegionCaptionTransform(self.val_set.transforms, self.regions("val"),
+                                                             self.image_captions("val"))
 
     def _warn_left_right(self) -> None:
         """Warn when mirrored training images would make phrases that say "left" or "right" wrong."""
         if self.hparams.hflip_p == 0:
             return
-        phrases = self.regions("train").phrases()
+        phrases = self._train_texts()
         sided = [c for c in phrases if swap_left_right(c) != c]
         if sided:
             warnings.warn(f"data.hflip_p is {self.hparams.hflip_p} but {len(sided)} of the {len(phrases)} training "
-                          f"region captions say 'left' or 'right' (e.g. {sided[0][:80]!r}); a mirrored "
+                          f"captions say 'left' or 'right' (e.g. {sided[0][:80]!r}); a mirrored "
                           "image keeps its captions, which then say the wrong side. Fix: set data.hflip_p: 0",
                           UserWarning, stacklevel=2)
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, box_iou, roi_align
 
 from vitkit.captioning.model import Captioner
+from vitkit.describe.image_head import ImageCaptionHead, query_probs
 from vitkit.detection.model import DETR
 
 Conditioning = Literal["prefix", "roi"]
@@ -198,11 +199,12 @@ class RegionCaptioner(nn.Module):
     Args:
         detector: a :class:`DETR` (any configuration).
         head: a :class:`RegionCaptionHead` built for the detector's width.
+        image_head: an optional :class:`~vitkit.describe.image_head.ImageCaptionHead` (one caption per image).
     """
 
-    def __init__(self, detector: DETR, head: RegionCaptionHead) -> None:
+    def __init__(self, detector: DETR, head: RegionCaptionHead, image_head: ImageCaptionHead | None = None) -> None:
         super().__init__()
-        self.detector, self.head = detector, head
+        self.detector, self.head, self.image_head = detector, head, image_head
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         """:func:`detector_outputs` of (B, 3, H, W) images and their (B, H, W) padding mask."""
@@ -210,9 +212,7 @@ class RegionCaptioner(nn.Module):
 
     def query_scores(self, outputs: dict) -> tuple[Tensor, Tensor]:
         """(B, Q) score and (B, Q) label of each query's best class (sigmoid or softmax without no-object)."""
-        logits = outputs["pred_logits"].float()
-        probs = logits.sigmoid() if self.detector.sigmoid_head else logits.softmax(-1)[..., :-1]  # (B, Q, C)
-        return probs.max(dim=-1)
+        return query_probs(outputs["pred_logits"], self.detector.sigmoid_head).max(dim=-1)
 
     def detections(self, outputs: dict, threshold: float = 0.3, max_detections: int = 50) -> list[dict[str, Tensor]]:
         """Each image's objects: one class per query (its best), kept above ``threshold``, at most
@@ -240,9 +240,12 @@ class RegionCaptioner(nn.Module):
 
         Returns:
             Per image: ``boxes`` (n, 4) normalised cxcywh, ``labels`` (n,) and ``scores`` (n,) (for given boxes: the
-            overlapping query's class and score), ``ids`` (n, T) caption token ids ``[BOS] ... [EOS] [PAD]...``.
+            overlapping query's class and score), ``ids`` (n, T) caption token ids ``[BOS] ... [EOS] [PAD]...``;
+            with an image caption head, also ``caption_ids`` (T,): the image's caption.
         """
-        outputs = self(images, mask)
+        head_dtype = next(self.head.parameters()).dtype  # a bf16 detector may feed an fp32 head (roi_align)
+        outputs = {k: v.to(head_dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
+                   for k, v in self(images, mask).items()}
         found = self.detections(outputs, threshold, max_detections) if boxes is None else None
         if boxes is None:
             regions = Regions(torch.cat([torch.full_like(d["queries"], b) for b, d in enumerate(found)]),
@@ -255,8 +258,18 @@ class RegionCaptioner(nn.Module):
         if len(regions.batch):
             ids, _ = self.head.text.generate_from_memory(self.head.memory(outputs, regions), **generation)  # (R, T)
         counts = [len(d["boxes"]) for d in found]
-        return [{**{k: d[k] for k in ("boxes", "labels", "scores")}, "ids": part}
-                for d, part in zip(found, ids.split(counts), strict=True)]
+        out = [{**{k: d[k] for k in ("boxes", "labels", "scores")}, "ids": part}
+               for d, part in zip(found, ids.split(counts), strict=True)]
+        if self.image_head is not None:
+            for d, row in zip(out, self.image_caption_ids(outputs, **generation), strict=True):
+                d["caption_ids"] = row  # (T,)
+        return out
+
+    def image_caption_ids(self, outputs: dict, **generation) -> Tensor:
+        """(B, T) caption ids of whole images from :meth:`forward`'s outputs (``generation``:
+        :meth:`Captioner.generate_from_memory`'s options); needs an image caption head."""
+        probs = query_probs(outputs["pred_logits"], self.detector.sigmoid_head)  # (B, Q, C)
+        return self.image_head.generate(self.image_head.memory(outputs, probs), **generation)[0]
 
     def _given(self, outputs: dict, boxes: list[Tensor]) -> list[dict[str, Tensor]]:
         """Given boxes with the class and score of the query that overlaps each most."""

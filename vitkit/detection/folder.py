@@ -189,22 +189,30 @@ def _label_font() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def _draw(detector: Detector, folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None,
-          det: dict[str, Tensor], draw_dir: str | os.PathLike | None) -> str | None:
-    """Decode ``folder/file`` again (the batch holds it resized and normalised), draw ``det`` on it and save it under
-    ``draw_dir`` (nothing when that is None). Returns None, or why drawing failed."""
-    if draw_dir is None:
-        return None
-    labels = det["labels"].tolist()
+def draw_file(folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None, boxes: Tensor,
+              labels: list[int], names: list[str], scores: list[float], draw_dir: str | os.PathLike) -> str | None:
+    """Decode ``folder/file`` again (a batch holds it resized and normalised), draw the labelled boxes on it
+    (:func:`draw_detections`) and save it under ``draw_dir`` at :func:`draw_path` of ``file``. Returns None, or why
+    drawing failed."""
     dest = Path(draw_dir) / draw_path(file)
     try:
-        pixels = draw_detections(load_rgb(Path(folder) / file, size_hint=size_hint), det["boxes"], labels,
-                                 detector.label_text(labels), det["scores"].tolist())  # (3, H, W) uint8
+        pixels = draw_detections(load_rgb(Path(folder) / file, size_hint=size_hint), boxes, labels, names,
+                                 scores)  # (3, H, W) uint8
         dest.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(dest)  # format from the suffix
     except (ImageReadError, OSError, ValueError) as err:
         return f"drawing failed: {type(err).__name__}: {err}"
     return None
+
+
+def _draw(detector: Detector, folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None,
+          det: dict[str, Tensor], draw_dir: str | os.PathLike | None) -> str | None:
+    """:func:`draw_file` of a detection result, labelled with the class names (nothing when ``draw_dir`` is None)."""
+    if draw_dir is None:
+        return None
+    labels = det["labels"].tolist()
+    return draw_file(folder, file, size_hint, det["boxes"], labels, detector.label_text(labels),
+                     det["scores"].tolist(), draw_dir)
 
 
 def _check_options(folder: str | os.PathLike, out: Path, score_threshold: float,

@@ -11,7 +11,7 @@ sigmoid: ``sigmoid_loss``); data formats stay in the datamodule and COCO scoring
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +60,12 @@ class DetectionModule(TaskModule):
         loss_type: removed (the loss follows ``detector.sigmoid_head``); any value is a ConfigError that names
             ``model.sigmoid_loss``.
     """
+
+    # Constructor arguments kept out of ``hparams``: the networks (saved as weights) and removed options. Lightning's
+    # ``save_hyperparameters`` reads every ``__init__`` frame up the call chain, so the one call here also records a
+    # subclass's arguments; a subclass extends this tuple with its own networks instead of calling it again.
+    hparams_ignore: ClassVar[tuple[str, ...]] = ("detector", "loss_type")
+
     def __init__(
         self,
         detector: DETR,
@@ -92,7 +98,7 @@ class DetectionModule(TaskModule):
         super().__init__(nonfinite)
         if loss_type is not None:
             raise ConfigError(_removed_loss_type(loss_type))
-        self.save_hyperparameters(ignore=["detector", "loss_type"])
+        self.save_hyperparameters(ignore=list(self.hparams_ignore))
         if num_classes is not None and num_classes != detector.num_classes:
             raise ValueError(
                 f"model.num_classes: the data has {num_classes} classes but the detector was built for "
@@ -185,6 +191,10 @@ class DetectionModule(TaskModule):
                 self.log(f"train/{k}", losses[k], batch_size=B)
         return loss
 
+    def validation_forward(self, images: Tensor, mask: Tensor) -> dict:
+        """The detector's outputs of a validation batch (a subclass may ask for more and keep them for its metrics)."""
+        return self.detector(images, mask)
+
     def result_entries(self, images: Tensor, mask: Tensor, targets: list[dict]) -> tuple[list[dict], int]:
         """COCO result entries of a validation batch, and how many non-finite detections were dropped.
 
@@ -192,7 +202,7 @@ class DetectionModule(TaskModule):
             images: (B, 3, H, W); mask: (B, H, W) True = padding; targets: B dicts with ``image_id`` and
                 ``orig_size`` ([h, w]).
         """
-        outputs = self.detector(images, mask)
+        outputs = self.validation_forward(images, mask)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(images.device)  # (B, 2) [h, w]
         dets = self.postprocess(outputs, sizes)
         cat_ids = self.hparams.label_to_cat_id

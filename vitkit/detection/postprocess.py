@@ -68,7 +68,24 @@ class PostProcess(nn.Module):
                 scores, query = scores.topk(min(self.num_select, scores.shape[1]), dim=1)  # (B, K)
                 labels = labels.gather(1, query)
             boxes = boxes.gather(1, query.unsqueeze(-1).expand(-1, -1, 4))  # (B, K, 4)
-            h, w = target_sizes.to(boxes).unbind(-1)  # (B,)
-            scale = torch.stack([w, h, w, h], dim=-1)[:, None]  # (B, 1, 4)
-            boxes = (boxes * scale).clamp(min=torch.zeros_like(scale), max=scale)
+            boxes = to_pixels(boxes, target_sizes[:, None])
         return scores, labels.to(torch.int64), boxes
+
+
+def _scale(sizes: Tensor, like: Tensor) -> Tensor:
+    """(..., 2) [h, w] sizes -> (..., 4) [w, h, w, h] in ``like``'s dtype and device."""
+    h, w = sizes.to(like).unbind(-1)
+    return torch.stack([w, h, w, h], dim=-1)
+
+
+def to_pixels(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """Normalised xyxy boxes (..., 4) -> xyxy pixels clamped to the image, for [h, w] ``sizes`` (..., 2) that
+    broadcast with them (the user-boundary boxes of :class:`PostProcess` and the region captioner)."""
+    scale = _scale(sizes, boxes)  # (..., 4)
+    return (boxes * scale).clamp(min=torch.zeros_like(scale), max=scale)
+
+
+def from_pixels(boxes: Tensor, sizes: Tensor) -> Tensor:
+    """xyxy pixel boxes (..., 4) of images of [h, w] ``sizes`` (..., 2) -> normalised cxcywh (the model's form),
+    not clamped."""
+    return box_convert(boxes / _scale(sizes, boxes).clamp(min=1), "xyxy", "cxcywh")

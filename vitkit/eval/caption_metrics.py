@@ -43,12 +43,13 @@ logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
-_JAVA_HINT = ("METEOR and the reference PTB tokenizer need a Java runtime: install a JRE 8 or newer "
-              "(e.g. `apt-get install default-jre-headless`, or `conda install openjdk`) so that `java` is on PATH")
+JAVA_HINT = ("METEOR and the reference PTB tokenizer need a Java runtime: install a JRE 8 or newer "
+             "(e.g. `apt-get install default-jre-headless`, or `conda install openjdk`) so that `java` is on PATH")
 _NOTIFIED: set[str] = set()  # one-per-process messages already given (only de-duplicates messages)
 
 
-def _warn_once(key: str, message: str) -> None:
+def warn_once(key: str, message: str) -> None:
+    """Warn with ``message`` the first time ``key`` is seen in this process (the caller's caller is blamed)."""
     if key not in _NOTIFIED:
         _NOTIFIED.add(key)
         warnings.warn(message, stacklevel=3)
@@ -103,13 +104,13 @@ class CaptionScorer:
         self._meteor: Meteor | None = None
         if not self.java:
             reason = "Java was not found on PATH" if java is None else "Java was disabled (java=False)"
-            _warn_once("no-java", f"METEOR skipped: {reason}. {_JAVA_HINT}. Captions are tokenised with vitkit's "
+            warn_once("no-java", f"METEOR skipped: {reason}. {JAVA_HINT}. Captions are tokenised with vitkit's "
                                   "Python approximation of the PTB tokenizer meanwhile.")
         else:
             try:  # starts loading now, so tokenisation and the other metrics overlap with the JVM start-up
                 self._meteor = Meteor()
             except OSError as exc:
-                warnings.warn(f"METEOR skipped: could not start Java ({exc}). {_JAVA_HINT}.", stacklevel=2)
+                warnings.warn(f"METEOR skipped: could not start Java ({exc}). {JAVA_HINT}.", stacklevel=2)
         if "spice" not in _NOTIFIED:
             _NOTIFIED.add("spice")
             logger.info("SPICE is not computed: pycocoevalcap's SPICE downloads Stanford CoreNLP at first use, "

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from pycocoevalcap.meteor.meteor import Meteor
 
-from vitkit.eval.caption_metrics import _JAVA_HINT, _warn_once
+from vitkit.eval.caption_metrics import JAVA_HINT, warn_once
 from vitkit.eval.ptb_tokenize import java_available
 
 __all__ = ["FALLBACK_BACKEND", "IOU_THRESHOLDS", "METEOR_THRESHOLDS", "RegionGroundTruth", "RegionPredictions",
@@ -308,10 +308,10 @@ def _score_pairs(meteor: str | MeteorFn, candidates: list[str],
         raise ValueError(f"meteor must be 'auto', 'java', 'fallback' or a function, got {meteor!r}")
     java = meteor != "fallback" and java_available()
     if meteor == "java" and not java:
-        raise RuntimeError(f"meteor='java', but Java was not found on PATH. {_JAVA_HINT}")
+        raise RuntimeError(f"meteor='java', but Java was not found on PATH. {JAVA_HINT}")
     if meteor == "auto" and not java:
-        _warn_once("dense-caption-no-java", f"dense-caption METEOR: Java was not found on PATH, so the scores use "
-                                            f"{FALLBACK_BACKEND} (not comparable with METEOR). {_JAVA_HINT}")
+        warn_once("dense-caption-no-java", f"dense-caption METEOR: Java was not found on PATH, so the scores use "
+                                            f"{FALLBACK_BACKEND} (not comparable with METEOR). {JAVA_HINT}")
     if java:
         try:
             return java_meteor(candidates, references), "java"

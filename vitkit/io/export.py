@@ -1,12 +1,16 @@
 """Deployment exports of a checkpoint: ONNX graphs (detector, caption encoder) and weights-only safetensors.
 
+A region-caption (``describe``) checkpoint exports its detector to ONNX (the region caption head is not exported to
+ONNX; the report's ``notes`` say so) and its whole model to safetensors.
+
 - ONNX: :func:`export_onnx` (:mod:`vitkit.io.onnx_export`); what each graph takes and returns is in
   :mod:`vitkit.detection.export` and :mod:`vitkit.captioning.export` (caption decoding from the encoder's outputs:
   :func:`decode_memory`).
 - Safetensors: :func:`export_safetensors` writes the network's state dict (tied weights stored once) with the
   inference spec (:class:`~vitkit.utils.spec.InferenceSpec`: model config, preprocessing, class names and ids,
   tokenizer, generation defaults) in its metadata; :func:`load_safetensors` (or :func:`vitkit.load`) rebuilds the
-  :class:`~vitkit.detection.predictor.Detector` / :class:`~vitkit.captioning.predictor.CaptionPipeline`.
+  :class:`~vitkit.detection.predictor.Detector` / :class:`~vitkit.captioning.predictor.CaptionPipeline` /
+  :class:`~vitkit.describe.predictor.Describer`.
 - :func:`export_checkpoint`: either, from a checkpoint (what ``tools/export.py`` runs).
 
 Exports work on copies: the caller's predictor is not moved, cast or switched to eval mode.
@@ -64,7 +68,8 @@ def export_safetensors(model: nn.Module, config: dict[str, Any], out: str | Path
     """Write a loaded predictor's weights and inference spec as a weights-only safetensors file.
 
     Args:
-        model: a :class:`~vitkit.detection.predictor.Detector` or :class:`~vitkit.captioning.predictor.CaptionPipeline`
+        model: a :class:`~vitkit.detection.predictor.Detector`, :class:`~vitkit.captioning.predictor.CaptionPipeline`
+            or :class:`~vitkit.describe.predictor.Describer`
             (not changed: a CPU copy of its network is saved).
         config: the network's ``{"class_path", "init_args"}`` config (see :func:`read_checkpoint_config`); the spec
             records it with the predictor's current settings.
@@ -88,9 +93,10 @@ def export_checkpoint(ckpt: str | Path, format: str = "onnx", out: str | Path | 
 
     Args:
         ckpt: a checkpoint loadable by :func:`vitkit.load`.
-        format: "onnx" (detector with post-processing, or caption encoder) or "safetensors" (weights + spec).
-        out: output file; default next to the checkpoint: ``<stem>.onnx`` (a captioner: ``<stem>.encoder.onnx``)
-            or ``<stem>.safetensors``.
+        format: "onnx" (detector with post-processing, caption encoder, or a region captioner's detector) or
+            "safetensors" (weights + spec).
+        out: output file; default next to the checkpoint: ``<stem>.onnx`` (a captioner: ``<stem>.encoder.onnx``, a
+            region captioner: ``<stem>.detector.onnx``) or ``<stem>.safetensors``.
         **onnx_options: :func:`export_onnx` keyword arguments (dynamic, opset, batch, size, check).
 
     Raises:

@@ -2,11 +2,13 @@
 
 Every source is read into the same two things, an :class:`~vitkit.utils.spec.InferenceSpec` and a state dict, and
 :func:`build_predictor` turns them into the predictor: it is the only place a
-:class:`~vitkit.detection.predictor.Detector` or :class:`~vitkit.captioning.predictor.CaptionPipeline` is built
-from stored files, so the checks and errors are the same whatever the source.
+:class:`~vitkit.detection.predictor.Detector`, :class:`~vitkit.captioning.predictor.CaptionPipeline` or
+:class:`~vitkit.describe.predictor.Describer` is built from stored files, so the checks and errors are the same
+whatever the source.
 
 - a Lightning ``.ckpt`` (``torch.load(weights_only=True)``): the spec under ``vitkit_spec``, the weights under
-  ``state_dict`` with the Lightning module's prefix (``detector.``, ``captioner.``);
+  ``state_dict`` with the Lightning module's prefix (``detector.``, ``captioner.``; region captions keep
+  ``detector.`` and ``head.``, the names the network uses);
 - a ``.safetensors`` export (:func:`vitkit.io.export.export_safetensors`): the spec in its metadata;
 - official DETR weights (a facebookresearch/detr ``.pth``, Hugging Face DETR safetensors / bin, or a folder with
   config.json): :func:`vitkit.detection.official_weights.load_detr_weights`.
@@ -41,6 +43,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
 
     - a detection checkpoint or export: a :class:`vitkit.detection.predictor.Detector`;
     - a captioning checkpoint or export: a :class:`vitkit.captioning.predictor.CaptionPipeline`;
+    - a region-caption (``describe``) checkpoint or export: a :class:`vitkit.describe.predictor.Describer`
+      (``.describe(images)``, ``.describe(images, boxes=...)``);
     - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
       with config.json): a DETR-R50 :class:`~vitkit.detection.predictor.Detector`
       (:mod:`vitkit.detection.official_weights`).
@@ -115,18 +119,20 @@ def read_source(path: Path) -> tuple[InferenceSpec, dict[str, Tensor], str]:
     state_dict = ckpt.get("state_dict")
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: no 'state_dict' with the {spec.task} network's weights")
-    prefix = task_io(spec, str(path)).state_prefix
-    return spec, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, str(path)
+    task = task_io(spec, str(path))
+    prefix, keys = task.state_prefix, task.state_keys
+    return spec, {k[len(prefix):]: v for k, v in state_dict.items()
+                  if k.startswith(prefix) and (not keys or k[len(prefix):].split(".", 1)[0] in keys)}, str(path)
 
 
 def task_io(spec: InferenceSpec, source: str) -> TaskIO:
     """The loading and export parts of a spec's task.
 
     Raises:
-        ValueError: a task that is recorded in checkpoints but not loaded yet (region captions, ``describe``).
+        ValueError: a task this vitkit does not load (the spec's check lets only known tasks through).
     """
     if spec.task not in TASKS:
-        raise ValueError(f"{source}: a {spec.task} checkpoint; vitkit.load does not build {spec.task} models yet "
+        raise ValueError(f"{source}: a {spec.task} checkpoint; vitkit.load does not build {spec.task} models "
                          f"(it loads {', '.join(TASKS)})")
     return TASKS[spec.task]
 
@@ -172,7 +178,7 @@ def build_predictor(spec: InferenceSpec, state_dict: dict[str, Tensor], source: 
     where = f"{source}: '{SPEC_KEY}' model_config"
     config = check_stored_config(spec.model_config, where)
     try:
-        net = instantiate(config, task.network_class)
+        net = task.build(config) if task.build is not None else instantiate(config, task.network_class)
     except Exception as err:
         raise ValueError(f"{where}: cannot build the {task.network_class.__name__} ({type(err).__name__}: "
                          f"{err})"[:2000]) from err

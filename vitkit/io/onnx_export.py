@@ -49,12 +49,13 @@ class ExportReport:
 
     Attributes:
         path: the written file.
-        task: "detection" or "captioning".
+        task: "detection", "captioning" or "describe" (the checkpoint's task; a describe export is its detector).
         format: "onnx" or "safetensors".
         inputs, outputs: graph input/output names (ONNX).
         trace_shape: (B, H, W) of the dummy batch the graph was traced with (ONNX).
         dynamic: batch, height and width are dynamic axes (ONNX).
         checks: per checked input shape "BxHxW", the largest differences against vitkit eager (fp32).
+        notes: what the export leaves out of the model (region captions: the caption head is not in the graph).
     """
     path: Path
     task: str
@@ -64,6 +65,7 @@ class ExportReport:
     trace_shape: tuple[int, int, int] | None = None
     dynamic: bool = False
     checks: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def default_trace_size(model: nn.Module) -> tuple[int, int]:
@@ -101,7 +103,9 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
 
     A :class:`~vitkit.detection.predictor.Detector` becomes images -> boxes/scores/labels
     (:class:`~vitkit.detection.export.DetectorExport`); a :class:`~vitkit.captioning.predictor.CaptionPipeline`
-    becomes its caption encoder (:class:`~vitkit.captioning.export.CaptionEncoderExport`).
+    becomes its caption encoder (:class:`~vitkit.captioning.export.CaptionEncoderExport`); a
+    :class:`~vitkit.describe.predictor.Describer` becomes the graph of its detector (the region caption head is not
+    exported; the report's ``notes`` say so).
 
     Args:
         model: the loaded predictor; it is not changed (a copy is moved to the CPU in fp32 and traced).
@@ -122,7 +126,10 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
         ValueError: an opset below 16, a model that cannot be exported, or a trace size too small.
     """
     _check_options(opset, batch, check)
-    task = task_of(model)
+    task = origin = task_of(model)
+    if task.onnx_part is not None:  # a task whose graph is one part of it: the part's task exports it
+        model = task.onnx_part(model)
+        task = task_of(model)
     model = copy.deepcopy(model).to("cpu").float().eval()
     wrapper = task.graph(model)
     stride = trace_stride(task.network(model).encoder)
@@ -141,9 +148,12 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
         torch.onnx.export(wrapper, inputs, str(out), dynamo=False, opset_version=opset, input_names=task.inputs,
                           output_names=task.outputs, dynamic_axes=task.dynamic_axes if dynamic else None,
                           do_constant_folding=True)
-    _write_metadata(out, _metadata(model, task, dynamic, (batch, height, width)))
-    report = ExportReport(out, task.name, "onnx", list(task.inputs), list(task.outputs), (batch, height, width),
-                          dynamic)
+    meta = _metadata(model, task, dynamic, (batch, height, width))
+    if origin is not task:
+        meta.update(vitkit_checkpoint_task=origin.name, vitkit_not_exported=origin.onnx_note)
+    _write_metadata(out, meta)
+    report = ExportReport(out, origin.name, "onnx", list(task.inputs), list(task.outputs), (batch, height, width),
+                          dynamic, notes=[origin.onnx_note] if origin.onnx_note else [])
     if check:
         report.checks[f"{batch}x{height}x{width}"] = check_onnx(out, wrapper, inputs, reference)
         if dynamic:

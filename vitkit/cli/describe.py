@@ -1,0 +1,127 @@
+"""Find the objects of every image in a folder and caption each, with a region-caption checkpoint: ``vitkit describe``
+(``tools/describe.py``).
+
+    vitkit describe FOLDER --ckpt CKPT [--out regions.jsonl] [--draw OUTDIR] [--boxes FILE [--annotations GT]]
+        [--threshold 0.5] [--max-detections N] [--beam 3] [--max-length L] [--batch-size 8]
+        [--recursive | --no-recursive] [--device auto|cpu|cuda] [--workers 2] [--overwrite]
+
+Writes one JSON object per image, in sorted path order: {"file": path relative to FOLDER, "width", "height",
+"boxes": [[x0, y0, x1, y1], ...] in pixels of the upright original image, "labels", "label_names", "category_ids",
+"scores", "captions": one per box}, plus "caption" where the model has an image-caption head.
+
+--boxes FILE captions the boxes FILE gives instead of detecting: a COCO results JSON, [{"image_id" or "file_name",
+"bbox": [x, y, w, h], ...}] in pixels (other keys are ignored; every box is captioned; labels and scores are those
+of the query whose box overlaps it most). Images are matched by "file_name" (the path relative to FOLDER, or the
+bare file name when it is unique in FOLDER), or by "image_id": with --annotations GT, GT's image ids (a COCO
+instances file of the folder's split); without, the files of FOLDER numbered 1, 2, ... in sorted path order, which
+are the ids `vitkit detect FOLDER --out dets.json` gives without --annotations: `--boxes dets.json` captions its
+detections as they are. Boxes of images that are not in FOLDER are left out with a warning.
+
+--draw OUTDIR writes each image with its boxes drawn under OUTDIR, each labelled "class: caption score" (same
+relative path; .png/.jpg/.jpeg inputs keep their name, others get .png appended).
+
+Bad files are handled as `vitkit detect` does: a file that cannot be read (or described) is reported on stderr and
+skipped, the others are written; the failures of the run are also listed in OUT_STEM.errors.jsonl. Re-running with
+the same --out resumes as `vitkit caption` does: images already in OUT are skipped, failed ones are retried
+(--overwrite starts afresh). The last line printed is a summary: described N, failed M, skipped K.
+
+Exit status: 0 when every image was described, 3 when some failed, 2 for a usage error (a missing folder, checkpoint
+or file, a bad option, a checkpoint of another task), 130 when interrupted (re-run to resume). A thin shell over
+vitkit.describe.folder.describe_folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vitkit.cli import common
+from vitkit.describe.folder import describe_folder
+from vitkit.describe.predictor import Describer
+
+PROG = "vitkit describe"
+EXAMPLES = """exit status: 0 all described, 3 some failed, 2 usage error
+
+examples:
+  {prog} photos/ --ckpt runs/dense_shapes/checkpoints/last.ckpt --out regions.jsonl --draw drawn/
+  {prog} photos/ --ckpt last.ckpt --boxes dets.json     # the boxes of `vitkit detect photos/ --out dets.json`
+  {prog} data/shapes/val2017 --ckpt last.ckpt --boxes gt_boxes.json --annotations instances_val2017.json
+  {prog} photos/ --ckpt last.ckpt --threshold 0.7 --beam 1 --device cpu"""
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The options of ``describe``."""
+    parser = common.command_parser(prog, __doc__, EXAMPLES)
+    common.add_folder_and_checkpoint(parser, "region-caption (describe)")
+    parser.add_argument("--out", default="regions.jsonl",
+                        help="JSON Lines file to write (default: regions.jsonl); an existing one is resumed")
+    parser.add_argument("--draw", metavar="OUTDIR", help="write the images with their boxes and captions drawn under "
+                                                         "OUTDIR")
+    parser.add_argument("--boxes", metavar="FILE",
+                        help="COCO results JSON ([{image_id or file_name, bbox: [x, y, w, h]}], px) whose boxes are "
+                             "captioned instead of detections; file_name: path relative to FOLDER (or a unique bare "
+                             "name); image_id: --annotations' ids, else FOLDER's files numbered 1, 2, ... in sorted "
+                             "order (the ids of `vitkit detect` without --annotations)")
+    parser.add_argument("--annotations", metavar="GT", help="COCO instances JSON of the folder's split: the image ids "
+                                                            "of --boxes entries")
+    parser.add_argument("--threshold", type=common.probability, default=0.5,
+                        help="keep detections whose best class scores at least this (default: 0.5; not used with "
+                             "--boxes)")
+    parser.add_argument("--max-detections", type=common.positive,
+                        help="at most this many detections per image (default: the checkpoint's num_select)")
+    parser.add_argument("--beam", type=common.positive, help="beam width; 1 = greedy (default: the checkpoint's, "
+                                                             "else 3)")
+    parser.add_argument("--max-length", type=common.positive,
+                        help="longest caption in tokens, BOS and EOS included (default: the checkpoint's)")
+    common.add_folder_options(parser)
+    parser.add_argument("--overwrite", action="store_true", help="start a fresh output file instead of resuming")
+    return parser
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """The first missing file or misused option, or None."""
+    error = common.folder_usage_error(Path(args.folder), Path(args.ckpt), {"--draw": args.draw})
+    if error is not None:
+        return error
+    for flag, path in (("--boxes", args.boxes), ("--annotations", args.annotations)):
+        if path is not None and not Path(path).is_file():
+            return f"{flag} file not found: {path}"
+    if args.annotations is not None and args.boxes is None:
+        return "--annotations gives the image ids of --boxes entries; pass --boxes FILE too"
+    return None
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Describe the folder and print the summary: the exit status (see the module docstring).
+    ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
+    args = build_parser(prog).parse_args(argv)
+    error = _usage_error(args)
+    if error is not None:
+        return common.fail(prog, error)
+    folder = Path(args.folder)
+    describer = common.load_predictor(prog, Path(args.ckpt), args, Describer, "region-caption (describe)")
+    if isinstance(describer, int):
+        return describer
+    generation = {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}
+    try:
+        summary = describe_folder(describer, folder, args.out, boxes_file=args.boxes, annotations=args.annotations,
+                                  threshold=args.threshold, max_detections=args.max_detections,
+                                  batch_size=args.batch_size, recursive=args.recursive, num_workers=args.workers,
+                                  overwrite=args.overwrite, progress=sys.stderr.isatty(), draw_dir=args.draw,
+                                  **generation)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        return common.fail(prog, str(err))
+    except OSError as err:
+        return common.fail(prog, f"{err.filename or args.out}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; the regions so far are in {args.out}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    for warning in summary.warnings:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    total = summary.described + summary.failed + summary.skipped
+    common.report_failures(prog, summary.failures, f"{summary.errors}", folder=folder, recursive=args.recursive,
+                           no_images=total == 0)
+    print(summary.line())
+    return 3 if summary.failures else 0
