@@ -7,7 +7,7 @@ import torch
 
 from vitkit.captioning import Captioner
 from vitkit.core import TransformerDecoder, ViTEncoder
-from vitkit.describe.model import RegionCaptioner, RegionCaptionHead, Regions, real_size
+from vitkit.describe.model import RegionCaptioner, RegionCaptionHead, Regions, box_features, real_size
 from vitkit.detection import DETR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -129,3 +129,11 @@ def test_the_text_side_must_have_no_image_encoder():
         RegionCaptionHead(32, with_encoder)
     with pytest.raises(RuntimeError, match="no image encoder"):
         model.head.text.encode(torch.zeros(1, 3, 32, 32))
+
+
+def test_box_features_add_log_sizes_so_area_is_linear():
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.1], [0.3, 0.7, 0.0, 1.0]])  # (2, 4) cxcywh, the second degenerate
+    f = box_features(boxes)
+    assert f.shape == (2, 6) and torch.equal(f[:, :4], boxes)
+    torch.testing.assert_close(f[0, 4:].sum().exp(), torch.tensor(0.02))  # log w + log h = log of the box's area
+    assert torch.isfinite(f).all() and f[1, 4] == torch.tensor(1e-3).log()

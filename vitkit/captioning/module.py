@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
@@ -150,15 +150,16 @@ class CaptionModule(TaskModule):
             self.tokenizer.save(run / "tokenizer.json")
         if self.hparams.scst_start is not None and self.cider is None:
             dm = self.trainer.datamodule
-            if getattr(dm.hparams, "hflip_p", 0.0) > 0:
-                raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
-                                  "training image no longer matches: set data.hflip_p 0 with model.scst_start")
-            self.cider = self.build_reward(dm.train_references())
+            self.cider = self.build_reward(dm.train_references(), dm)
 
     @staticmethod
-    def build_reward(references: dict[int, list[str]]) -> CiderD:
+    def build_reward(references: dict[int, list[str]], datamodule: Any = None) -> CiderD:
         """The SCST reward's CIDEr-D statistics over the training references, built once (a collective call under
-        DDP: every rank must hold the same statistics, checked by digest)."""
+        DDP: every rank must hold the same statistics, checked by digest). A ``datamodule`` that mirrors training
+        images (``hflip_p`` > 0) is refused: a mirrored image no longer matches its stored references."""
+        if getattr(getattr(datamodule, "hparams", None), "hflip_p", 0.0) > 0:
+            raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
+                              "training image no longer matches: set data.hflip_p 0 with model.scst_start")
         cider = CiderD({i: [python_ptb_tokenize(c) for c in refs] for i, refs in references.items()})
         digests = all_gather_objects(cider.digest())
         if len(set(digests)) > 1:

@@ -50,18 +50,9 @@ class ImageCaptionSteps:
         if self.image_head is None or self.hparams.scst_start is None or self.image_cider is not None:
             return
         dm = self.trainer.datamodule
-        if getattr(dm.hparams, "hflip_p", 0.0) > 0:
-            raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
-                              "training image no longer matches: set data.hflip_p 0 with model.scst_start")
-        self.image_cider = CaptionModule.build_reward(dm.image_captions("train"))
+        self.image_cider = CaptionModule.build_reward(dm.image_captions("train"), dm)
 
-    @property
-    def scst_active(self) -> bool:
-        """Whether this training step trains the image captions by SCST (past ``scst_start`` of the steps)."""
-        start = self.hparams.scst_start
-        if start is None or self._trainer is None or self.total_steps is None:
-            return False
-        return self.global_step >= round(start * self.total_steps)
+    scst_active = CaptionModule.scst_active  # past scst_start x the schedule's steps: image captions train by SCST
 
     def image_caption_loss(self, outputs: dict, targets: list[dict]) -> Tensor:
         """The image captions' cross-entropy (or SCST loss) of a training batch; a zero reaching every head

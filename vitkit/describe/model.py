@@ -56,6 +56,17 @@ def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
     return torch.stack(((~mask).any(dim=1).sum(dim=1), (~mask).any(dim=2).sum(dim=1)), dim=1).float()  # (B, 2)
 
 
+def box_features(boxes: Tensor) -> Tensor:
+    """(R, 4) normalised cxcywh boxes -> (R, 6) fp32 ``cx, cy, w, h, log w, log h``.
+
+    The logs make a box's area a linear function of its features (log w + log h), so a size word ("small" below 2%
+    of the image, "large" above 12%) is a threshold one linear layer can draw; from cxcywh alone the embedding has to
+    learn a product. Widths and heights are clamped at 1e-3 (a tenth of a pixel of a 100 px image).
+    """
+    boxes = boxes.float()
+    return torch.cat((boxes, boxes[:, 2:].clamp(min=1e-3).log()), dim=1)
+
+
 class RegionMemory(nn.Module):
     """The text decoder's memory for each region.
 
@@ -72,7 +83,7 @@ class RegionMemory(nn.Module):
             raise ValueError(f"conditioning must be prefix|roi, got {conditioning!r}")
         self.conditioning, self.roi_size = conditioning, roi_size
         self.query_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
-        self.box_embed = nn.Sequential(nn.Linear(4, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.box_embed = nn.Sequential(nn.Linear(6, dim), nn.GELU(), nn.Linear(dim, dim))  # of box_features
         self.slot_pos_embed = nn.Parameter(torch.zeros(2, dim))  # query, box
         if conditioning == "roi":
             self.roi_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
@@ -85,7 +96,7 @@ class RegionMemory(nn.Module):
         """Regions, the detector's grid (B, Dd, h, w) and each image's real size in tokens (B, 2) (width, height)
         -> (R, M, D) memory (M = 2, or 2 + roi_size² with "roi")."""
         q = self.query_proj(regions.hidden) + self.slot_pos_embed[0]  # (R, D)
-        b = self.box_embed(regions.boxes.to(q.dtype)) + self.slot_pos_embed[1]  # (R, D)
+        b = self.box_embed(box_features(regions.boxes).to(q.dtype)) + self.slot_pos_embed[1]  # (R, D)
         parts = [q[:, None], b[:, None]]
         if self.conditioning == "roi":
             if grid is None or token_size is None:
