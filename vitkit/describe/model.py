@@ -259,9 +259,7 @@ class RegionCaptioner(nn.Module):
                    for k, v in self(images, mask).items()}
         found = self.detections(outputs, threshold, max_detections) if boxes is None else None
         if boxes is None:
-            regions = Regions(torch.cat([torch.full_like(d["queries"], b) for b, d in enumerate(found)]),
-                              torch.cat([d["boxes"] for d in found]),
-                              torch.cat([outputs["hidden"][b, d["queries"]] for b, d in enumerate(found)]))
+            regions = self.detection_regions(outputs, found)
         else:
             regions = self.head.regions_for_boxes(outputs, boxes)
             found = self._given(outputs, boxes)
@@ -275,6 +273,13 @@ class RegionCaptioner(nn.Module):
             for d, row in zip(out, self.image_caption_ids(outputs, **generation), strict=True):
                 d["caption_ids"] = row  # (T,)
         return out
+
+    @staticmethod
+    def detection_regions(outputs: dict, found: list[dict[str, Tensor]]) -> Regions:
+        """The regions of :meth:`detections`' results (each its query's state and predicted box), image by image."""
+        return Regions(torch.cat([torch.full_like(d["queries"], b) for b, d in enumerate(found)]),
+                       torch.cat([d["boxes"] for d in found]),
+                       torch.cat([outputs["hidden"][b, d["queries"]] for b, d in enumerate(found)]))
 
     def image_caption_ids(self, outputs: dict, **generation) -> Tensor:
         """(B, T) caption ids of whole images from :meth:`forward`'s outputs (``generation``:

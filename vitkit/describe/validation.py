@@ -119,11 +119,10 @@ def _regions(captioner: RegionCaptioner, outputs: dict, found: list[dict[str, Te
     """The detections' regions (each its query's state and box, as :meth:`RegionCaptioner.describe` builds them)
     followed by the given boxes' (:meth:`RegionCaptionHead.regions_for_boxes`), of the first ``len(found)`` images."""
     given_regions = captioner.head.regions_for_boxes(outputs, given)
-    batch = [torch.full_like(d["queries"], b) for b, d in enumerate(found)]
-    hidden = [outputs["hidden"][b, d["queries"]] for b, d in enumerate(found)]
-    return Regions(torch.cat([*batch, given_regions.batch]),
-                   torch.cat([*(d["boxes"] for d in found), given_regions.boxes.to(outputs["pred_boxes"].dtype)]),
-                   torch.cat([*hidden, given_regions.hidden]))
+    detected = captioner.detection_regions(outputs, found)
+    return Regions(torch.cat([detected.batch, given_regions.batch]),
+                   torch.cat([detected.boxes, given_regions.boxes.to(outputs["pred_boxes"].dtype)]),
+                   torch.cat([detected.hidden, given_regions.hidden]))
 
 
 @torch.no_grad()
