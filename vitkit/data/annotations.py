@@ -287,13 +287,16 @@ def _sanitise_boxes(anns: list[dict[str, Any]], ann_ids: np.ndarray, image_of: n
     return kept, (x0, y0, x1, y1), sanitised, max_overflow
 
 
-def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Instances:
+def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True,
+                    data: dict[str, Any] | None = None) -> Instances:
     """Read a COCO instances file, raise on what cannot be trained on, sanitise the rest (see the module docstring).
 
     Args:
         path: ``instances_*.json``.
         hint: appended to file-level errors (the expected layout).
         warn: issue the sanitising warnings (always also returned in ``Instances.warnings``).
+        data: the file already parsed by :func:`read_coco_json` (not changed), so a caller that reads other fields
+            of it parses it once; None reads ``path``.
 
     Returns:
         The checked :class:`Instances`.
@@ -302,7 +305,8 @@ def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True) 
         ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
     """
     path = Path(path)
-    data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
+    if data is None:
+        data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
     errors = Problems(path)
 
     categories = _check_categories(path, data["categories"])

@@ -44,9 +44,9 @@ _KEYS = ("images", "annotations", "categories")
 class RegionIndex:
     """The region captions of one instances file and the annotation id of each box the detection targets hold.
 
-    Reads the file twice: once through :func:`~vitkit.data.annotations.check_instances` (what detection trains on,
-    and every check of the file), once for the ``caption`` fields (:func:`~vitkit.data.region_captions.region_captions`
-    checks them).
+    Parses the file once, for :func:`~vitkit.data.annotations.check_instances` (what detection trains on, and every
+    check of the file) and for the ``caption`` fields (:func:`~vitkit.data.region_captions.region_captions` checks
+    them).
 
     Args:
         path: ``instances_{split}2017.json``.
@@ -64,8 +64,8 @@ class RegionIndex:
 
     def __init__(self, path: str | os.PathLike, hint: str = "") -> None:
         self.path = Path(path)
-        inst = check_instances(self.path, hint=hint, warn=False)  # CocoDetection issues its warnings
         data = read_coco_json(self.path, "instances", _KEYS, hint)
+        inst = check_instances(self.path, hint=hint, warn=False, data=data)  # CocoDetection issues its warnings
         self.captions: dict[int, str | None] = region_captions(data, self.path)
         self.box_ann_ids = inst.box_ann_ids
         self.boxes, self.spans = inst.boxes, inst.spans
