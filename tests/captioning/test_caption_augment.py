@@ -57,7 +57,8 @@ def _centres(image: torch.Tensor) -> dict[str, tuple[float, int]]:
 
 def _datamodule(config: str | None, root) -> CaptionDataModule:
     data = {} if config is None else yaml.safe_load((CONFIGS / config).read_text())["data"]
-    data = {k: v for k, v in data.items() if k not in ("root", "generate_shapes", "num_workers")}
+    # object_labels: the boxes ride along untouched by the transforms (tests/captioning/test_object_tokens.py)
+    data = {k: v for k, v in data.items() if k not in ("root", "generate_shapes", "num_workers", "object_labels")}
     return CaptionDataModule(**{**data, "root": str(root), "num_workers": 0})
 
 

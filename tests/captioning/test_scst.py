@@ -16,9 +16,10 @@ TINY_DECODER = {"dim": 32, "depth": 1, "num_heads": 2}
 
 
 def _captioner():
-    """The shipped recipe's captioner at a tiny size."""
+    """The shipped recipe's captioner at a tiny size (without the training-only object head)."""
     torch.manual_seed(0)
-    return build_module("caption_shapes.yaml", CaptionModule, LINKS, TINY_ENCODER, TINY_DECODER).captioner.train()
+    return build_module("caption_shapes.yaml", CaptionModule, LINKS, TINY_ENCODER, TINY_DECODER,
+                        object_classes=None).captioner.train()
 
 
 def test_mean_baseline_is_the_other_samples_mean():

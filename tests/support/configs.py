@@ -18,9 +18,11 @@ SHIPPED = ["caption_coco", "caption_shapes", "caption_shapes_grounded", "dense_s
 
 
 def build_module(config: str, cls: type, links: dict, encoder: dict | None = None,
-                 decoder: dict | None = None, text_links: dict | None = None) -> torch.nn.Module:
+                 decoder: dict | None = None, text_links: dict | None = None,
+                 object_classes: int | None = 4) -> torch.nn.Module:
     """``encoder`` / ``decoder``: init_args that replace the config's (e.g. a tiny size of the same classes);
-    ``text_links``: what the CLI links into a region-caption config's ``model.text``."""
+    ``text_links``: what the CLI links into a region-caption config's ``model.text``; ``object_classes``: what it
+    links from a caption config's ``data.object_labels`` (None: the object-token loss off, no head)."""
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
     inner = model["detector" if issubclass(cls, DetectionModule) else "captioner"]
     inner["init_args"].update(links)  # what the CLI links from the datamodule
@@ -31,6 +33,9 @@ def build_module(config: str, cls: type, links: dict, encoder: dict | None = Non
             inner["init_args"][key]["init_args"].update(args)
     if issubclass(cls, DetectionModule):
         model["num_classes"] = links["num_classes"]
+    elif model.get("object_weight"):
+        model["object_classes"] = object_classes
+        model["object_weight"] = model["object_weight"] if object_classes else 0.0
     parser = ArgumentParser()
     parser.add_argument("--m", type=cls)
     cfg = parser.parse_object({"m": {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": model}})

@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
+from torchvision.ops import box_convert
 
 from tests.support.coco_gt import make_gt, make_results
 from tests.support.configs import build_module
@@ -124,9 +125,11 @@ def test_every_trainable_parameter_gets_a_gradient(config, one_thread, device):
 def test_every_trainable_caption_parameter_gets_a_gradient(config, one_thread, device):
     links = {"vocab_size": 50, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
     module = build_module(config, CaptionModule, links).train().to(device)
-    images, mask, _ = (t.to(device) if isinstance(t, torch.Tensor) else t for t in _batch(seed=0))
+    images, mask, targets = (t.to(device) if isinstance(t, torch.Tensor) else t for t in _batch(seed=0))
     tokens = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]], device=device)  # (B, T), padded with pad_id
-    module.captioner.loss(module.captioner(images, tokens, mask), tokens).backward()
+    objects = [{"boxes": box_convert(t["boxes"], "cxcywh", "xyxy"), "labels": t["labels"]} for t in targets]
+    module.log = lambda *args, **kwargs: None  # no trainer
+    module.training_step((images, mask, tokens, [0, 1], objects), 0).backward()
     missing = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"{config}: no gradient for {missing}"
 

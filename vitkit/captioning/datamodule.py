@@ -24,8 +24,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from vitkit.captioning.object_tokens import WithObjects, mirror_objects
 from vitkit.captioning.preprocess import CaptionPreprocess
 from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
+from vitkit.data.annotations import Instances, check_instances
 from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
@@ -56,11 +58,12 @@ class _MirrorWithCaption(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, str, int]:
-        image, caption, image_id = self.dataset[index]
+    def __getitem__(self, index: int) -> tuple:
+        image, caption, image_id, *objects = self.dataset[index]  # objects: [Objects | None] with object labels
         if self.p > 0 and float(torch.rand(())) < self.p:
             image, caption = image.flip(-1), swap_left_right(caption)  # (3, H, W) mirrored along W
-        return image, caption, image_id
+            objects = [mirror_objects(o) for o in objects]
+        return image, caption, image_id, *objects
 
 
 class CaptionCollate:
@@ -74,15 +77,17 @@ class CaptionCollate:
     Returns (when called on B ``(image, caption, image_id)`` samples):
         images (B, 3, H, W) zero-padded bottom/right; mask (B, H, W) bool, True = padding; tokens (B, T) long
         ``[BOS] caption [EOS] [PAD]...`` (right-padded); image_ids (B ints, the COCO ids: a non-finite loss names
-        them).
+        them); and, for samples that carry a 4th element (``data.object_labels``), the B objects
+        (:mod:`vitkit.captioning.object_tokens`).
     """
     def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
         self.tokenizer, self.max_length, self.pad_to_multiple = tokenizer, max_length, pad_to_multiple
 
-    def __call__(self, batch: Sequence[tuple[Tensor, str, int]]) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+    def __call__(self, batch: Sequence[tuple]) -> tuple:
         images, mask = pad_images([s[0] for s in batch], pad_to_multiple=self.pad_to_multiple)
         tokens = self.tokenizer.encode_batch([s[1] for s in batch], max_length=self.max_length)  # (B, T)
-        return images, mask, tokens, [int(s[2]) for s in batch]
+        out = (images, mask, tokens, [int(s[2]) for s in batch])
+        return (*out, [s[3] for s in batch]) if len(batch[0]) > 3 else out
 
 
 def collate_caption_eval(batch: Sequence[tuple[Tensor, list[str], int]],
@@ -107,6 +112,9 @@ class CaptionDataModule(CocoLayoutDataModule):
             caption's "left"/"right" words are swapped with it, which keeps it true only if those words are its
             sole left-right content; captions that list objects in left-to-right order without saying so, or that
             quote text in the image, become wrong (SCST refuses it: its rewards use the stored references).
+        object_labels: also read ``instances_train2017.json`` (COCO layout, beside the captions file) and give each
+            training image its boxes and labels, for the captioner's object-token loss (``model.object_weight``,
+            :mod:`vitkit.captioning.object_tokens`). Validation and inference never use them.
         tokenizer: path to a tokenizer.json to use; None = train one on the training captions.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
@@ -125,6 +133,7 @@ class CaptionDataModule(CocoLayoutDataModule):
         max_size: int = 384,
         color_jitter: float = 0.0,
         hflip_p: float = 0.0,
+        object_labels: bool = False,
         tokenizer: str | None = None,
         vocab_size: int = 1000,
         tokenizer_model: str = "wordlevel",
@@ -149,6 +158,7 @@ class CaptionDataModule(CocoLayoutDataModule):
         self._tokenizer: CaptionTokenizer | None = None
         self._datasets: dict[str, Any] = {}
         self.train_set = self.val_set = None
+        self._instances: Instances | None = None
 
     # ------------------------------------------------------------------------------------------- tokenizer
     def _dataset(self, split: str):
@@ -168,6 +178,24 @@ class CaptionDataModule(CocoLayoutDataModule):
                 hp.tokenizer, lambda: [c for refs in self._dataset("train").references.values() for c in refs],
                 hp.vocab_size, hp.tokenizer_model)
         return self._tokenizer
+
+    @property
+    def instances(self) -> Instances | None:
+        """The training split's checked instances file (``object_labels``), read at first use; else None."""
+        if self.hparams.object_labels and self._instances is None:
+            path = self._dataset("train").ann_file.parent / "instances_train2017.json"
+            hint = (" (data.object_labels reads the COCO instances file beside the captions file; set it false for a "
+                    "captions-only dataset)")
+            with data_errors():
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: no such file{hint}")
+                self._instances = check_instances(path, hint=hint)
+        return self._instances
+
+    @property
+    def num_object_classes(self) -> int | None:
+        """The instances file's category count (``object_labels``), linked into ``model.object_classes``."""
+        return len(self.instances.categories) if self.instances is not None else None
 
     @property
     def vocab_size(self) -> int:
@@ -237,8 +265,10 @@ class CaptionDataModule(CocoLayoutDataModule):
             train = self._dataset("train")
             train.transforms = self._transforms(train=True)
             # an unreadable image is replaced by the next readable one (batches keep their size, DDP ranks their steps)
-            self.train_set = _MirrorWithCaption(SubstituteBad(train) if self.hparams.bad_images == "skip" else train,
-                                                self.hparams.hflip_p)
+            train = SubstituteBad(train) if self.hparams.bad_images == "skip" else train
+            if self.instances is not None:
+                train = WithObjects(train, self.instances)
+            self.train_set = _MirrorWithCaption(train, self.hparams.hflip_p)
         if self.val_set is None:
             self.val_set = self._dataset("val")
             self.val_set.transforms = self._transforms(train=False)

@@ -157,13 +157,20 @@ class Captioner(nn.Module):
             memory (B, N, D) at the decoder width; memory_mask (B, N) True = padding, or None when nothing is
             padded; memory_pos (B, N, D) cross-attention key positions.
         """
+        memory, memory_mask, memory_pos, _ = self.encode_with_grid(images, mask)
+        return memory, memory_mask, memory_pos
+
+    def encode_with_grid(self, images: Tensor, mask: Tensor | None = None
+                         ) -> tuple[Tensor, Tensor | None, Tensor, tuple[int, int]]:
+        """:meth:`encode` plus the patch grid (h, w): the memory's last h*w rows are the grid's tokens, row-major,
+        after the encoder's ``num_prefix`` prefix tokens."""
         if self.encoder is None:
             raise RuntimeError("this Captioner has no image encoder (the text side alone): give it memory "
                                "(decode_tokens, generate_from_memory)")
         enc = self.encoder(images, mask)
         memory = self.input_proj(enc.tokens)  # (B, N, D)
         memory_mask = enc.mask if enc.mask.any() else None
-        return memory, memory_mask, self._memory_pos(enc)
+        return memory, memory_mask, self._memory_pos(enc), enc.grid
 
     # -------------------------------------------------------------------------------------------- text side
     def _embed(self, tokens: Tensor, start: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:

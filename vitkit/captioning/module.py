@@ -26,6 +26,7 @@ from torch import Tensor
 from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.grounding import load_detector_encoder
 from vitkit.captioning.model import Captioner
+from vitkit.captioning.object_tokens import ObjectTokenHead
 from vitkit.captioning.scst import Baseline, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
 from vitkit.eval.caption_metrics import CaptionScorer
@@ -79,6 +80,11 @@ class CaptionModule(TaskModule):
         from_detector: a detection checkpoint (``.ckpt`` or safetensors export) whose encoder weights the captioner's
             encoder starts from (:mod:`vitkit.captioning.grounding`; same encoder architecture). Applied when
             training starts; resuming (``--ckpt_path``) restores the run's own weights over it.
+        object_classes: the training data's category count (linked from ``data.num_object_classes``: set with
+            ``data.object_labels``); None = no object labels.
+        object_weight: weight of the object-token loss (:mod:`vitkit.captioning.object_tokens`): every memory token
+            is classified into the category of the smallest box holding it, or background, in the cross-entropy
+            steps (not in SCST steps). 0 = off. Needs ``data.object_labels: true``. The head is training-only.
     """
     def __init__(
         self,
@@ -98,6 +104,8 @@ class CaptionModule(TaskModule):
         scst_samples: int = 5,
         scst_baseline: Baseline = "mean",
         from_detector: str | None = None,
+        object_classes: int | None = None,
+        object_weight: float = 0.0,
     ) -> None:
         super().__init__(nonfinite)
         self.save_hyperparameters(ignore=["captioner"])
@@ -109,7 +117,11 @@ class CaptionModule(TaskModule):
         if scst_samples < (2 if scst_baseline == "mean" else 1):
             raise ValueError(f"model.scst_samples must be >= 2 with the mean baseline (>= 1 with greedy), "
                              f"got {scst_samples}")
+        if object_weight < 0 or (object_weight > 0 and not object_classes):
+            raise ConfigError(f"model.object_weight ({object_weight}) must be >= 0, and > 0 needs object labels: set "
+                              "data.object_labels: true (it reads instances_train2017.json beside the captions)")
         self.captioner = captioner
+        self.object_head = (ObjectTokenHead(captioner.decoder.dim, object_classes) if object_weight > 0 else None)
         self.tokenizer: CaptionTokenizer | None = None  # from the datamodule at setup, or from a checkpoint
         self._val_entries: list[tuple[int, str, list[str]]] = []  # (image id, generated, references)
         self._scorer = None  # CaptionScorer kept across validation epochs (rank 0)
@@ -203,14 +215,25 @@ class CaptionModule(TaskModule):
         return self.captioner(images, tokens, mask)
 
     def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        """``(images, mask, tokens)`` or ``(images, mask, tokens, image_ids)`` -> the () loss."""
+        """``(images, mask, tokens)``, ``(images, mask, tokens, image_ids)`` or, with object labels, ``(images, mask,
+        tokens, image_ids, objects)`` -> the () loss."""
         images, mask, tokens = batch[:3]
         image_ids = batch[3] if len(batch) > 3 else None
         if self.scst_active:
             loss = self._scst_loss(images, mask, image_ids)
+            if self.object_head is not None:  # unused here: keep it in the graph, as DDP's reducer expects
+                loss = loss + 0.0 * sum(p.sum() for p in self.object_head.parameters())
         else:
-            logits = self.captioner(images, tokens, mask)  # (B, T, V)
+            memory, memory_mask, memory_pos, grid = self.captioner.encode_with_grid(images, mask)
+            logits = self.captioner.decode_tokens(tokens, memory, memory_mask, memory_pos)  # (B, T, V)
             loss = self.captioner.loss(logits, tokens)
+            if self.object_head is not None:
+                if len(batch) < 5:
+                    raise RuntimeError("model.object_weight > 0 needs training batches with objects: set "
+                                       "data.object_labels: true")
+                objects = self.object_head.loss(memory, self.captioner.encoder.num_prefix, grid, mask, batch[4])
+                self.log("train/object_loss", objects, on_step=True, on_epoch=True, batch_size=images.shape[0])
+                loss = loss + self.hparams.object_weight * objects
         skipped = self.skip_nonfinite(loss, batch_idx,
                                       image_ids=None if image_ids is None else lambda: [int(i) for i in image_ids])
         if skipped is not None:
@@ -307,4 +330,7 @@ class CaptionModule(TaskModule):
     def param_groups(self) -> list[dict]:
         """AdamW groups of the captioner: the image encoder at ``encoder_lr_mult`` (the schedule is cosine)."""
         hp = self.hparams
-        return adamw_param_groups(self.captioner, hp.lr, hp.weight_decay, "encoder.", hp.encoder_lr_mult)
+        groups = adamw_param_groups(self.captioner, hp.lr, hp.weight_decay, "encoder.", hp.encoder_lr_mult)
+        if self.object_head is not None:
+            groups += adamw_param_groups(self.object_head, hp.lr, hp.weight_decay)
+        return groups

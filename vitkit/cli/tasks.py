@@ -65,8 +65,10 @@ class CaptionCLI(TaskCLI):
     monitor, ckpt_filename = "val/CIDEr", "epoch{epoch:03d}-cider{val/CIDEr:.3f}"
 
     def add_task_links(self, parser: LightningArgumentParser) -> None:
-        """The tokenizer's vocabulary size and special ids, and the data's ``max_length``, into the captioner."""
+        """The tokenizer's vocabulary size and special ids, and the data's ``max_length``, into the captioner; the
+        object labels' category count into the module."""
         link_tokenizer(parser, self.network_key)
+        parser.link_arguments("data.num_object_classes", "model.object_classes", apply_on="instantiate")
 
     def record_network_config(self) -> None:
         """The captioner's config with the tokenizer's values and ``max_length``."""
