@@ -98,8 +98,12 @@ def test_train_writes_checkpoint_with_config_and_tokenizer(trained, one_thread):
     pipe = vitkit.load(run / "checkpoints" / "last.ckpt")
     files = sorted((trained / "data" / "val2017").glob("*.jpg"))[:2]
     assert [type(r["caption"]) for r in pipe.caption([str(f) for f in files], method="greedy")] == [str, str]
-    # ... and teacher-forced logits agree with a second load through the Lightning module's state dict.
-    module = CaptionModule(instantiate(config, Captioner))
+    # ... and teacher-forced logits agree with a second load through the Lightning module's state dict (which holds
+    # the recipe's training-only object head: the pipeline above ignored it).
+    hp = ckpt["hyper_parameters"]
+    assert hp["object_classes"] == 4 and any(k.startswith("object_head.") for k in ckpt["state_dict"])
+    module = CaptionModule(instantiate(config, Captioner), object_classes=hp["object_classes"],
+                           object_weight=hp["object_weight"])
     module.load_state_dict(ckpt["state_dict"])
     tokens = tok.encode_batch(["a red circle", "two shapes on a gray background"])  # (2, T)
     with torch.no_grad():
