@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from vitkit.data.annotations import Instances
+from vitkit.data.collate import real_size
 
 IGNORE = -100  # target of a padding token, or of any token of an image the instances file does not list
 Objects = dict[str, Tensor]  # {"boxes": (n, 4) xyxy in [0, 1] of the image, "labels": (n,) long}
@@ -32,7 +33,7 @@ class WithObjects(Dataset):
     """Training items ``(image, caption, image_id)`` -> ``(image, caption, image_id, objects)``.
 
     Args:
-        dataset: the caption training set (items may be None: an unreadable image, passed through).
+        dataset: the caption training set (unreadable images already replaced: ``SubstituteBad``).
         instances: the checked instances file of the same images (:func:`~vitkit.data.annotations.check_instances`).
 
     ``objects`` is an :data:`Objects` dict of the image's kept (non-crowd) boxes, labels in the order of
@@ -58,11 +59,8 @@ class WithObjects(Dataset):
         labels = torch.tensor([self.label_of[int(c)] for c in inst.box_cat_ids[start:end]], dtype=torch.long)
         return {"boxes": boxes.view(-1, 4), "labels": labels}
 
-    def __getitem__(self, index: int) -> tuple[Any, str, int, Objects | None] | None:
-        item = self.dataset[index]
-        if item is None:
-            return None
-        image, caption, image_id = item
+    def __getitem__(self, index: int) -> tuple[Any, str, int, Objects | None]:
+        image, caption, image_id = self.dataset[index]
         return image, caption, image_id, self.objects(int(image_id))
 
 
@@ -93,14 +91,13 @@ def token_targets(objects: list[Objects | None], grid: tuple[int, int], pixel_ma
     dev = pixel_mask.device
     cy = ((torch.arange(h, device=dev) + 0.5) * (H / h)).view(h, 1)  # (h, 1) px of the padded frame
     cx = ((torch.arange(w, device=dev) + 0.5) * (W / w)).view(1, w)  # (1, w)
-    heights = (~pixel_mask[:, :, 0]).sum(1)  # (B,) unpadded image heights
-    widths = (~pixel_mask[:, 0, :]).sum(1)  # (B,)
+    widths, heights = real_size(pixel_mask[:, None], pixel_mask).unbind(1)  # (B,) each, px of the real image
     out = torch.full((B, h, w), background, dtype=torch.long, device=dev)
     for b, obj in enumerate(objects):
         if obj is None:
             out[b] = IGNORE
             continue
-        scale = torch.stack([widths[b], heights[b], widths[b], heights[b]]).to(obj["boxes"])
+        scale = torch.stack([widths[b], heights[b], widths[b], heights[b]]).to(obj["boxes"])  # (4,)
         boxes = obj["boxes"].to(dev) * scale  # (n, 4) px
         if len(boxes):
             order = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).argsort()  # smallest first

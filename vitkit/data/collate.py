@@ -39,6 +39,14 @@ def pad_images(images: Sequence[Tensor], pad_to_multiple: int = 1) -> tuple[Tens
     return batch, mask
 
 
+def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, 3, H, W) images and their (B, H, W) padding (True) -> (B, 2) float: each image's real width, height."""
+    B, _, H, W = images.shape
+    if mask is None:
+        return images.new_tensor([W, H], dtype=torch.float32).expand(B, 2)
+    return torch.stack(((~mask).any(dim=1).sum(dim=1), (~mask).any(dim=2).sum(dim=1)), dim=1).float()  # (B, 2)
+
+
 def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]],
                       pad_to_multiple: int = 1) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """Collate ``(image, target)`` samples for detection.

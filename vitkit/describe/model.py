@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torchvision.ops import box_convert, box_iou, roi_align
 
 from vitkit.captioning.model import Captioner
+from vitkit.data.collate import real_size
 from vitkit.describe.image_head import ImageCaptionHead, query_probs
 from vitkit.detection.model import DETR
 
@@ -46,14 +47,6 @@ class Regions:
     batch: Tensor
     boxes: Tensor
     hidden: Tensor
-
-
-def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
-    """(B, 3, H, W) images and their (B, H, W) padding (True) -> (B, 2) float: each image's real width, height."""
-    B, _, H, W = images.shape
-    if mask is None:
-        return images.new_tensor([W, H], dtype=torch.float32).expand(B, 2)
-    return torch.stack(((~mask).any(dim=1).sum(dim=1), (~mask).any(dim=2).sum(dim=1)), dim=1).float()  # (B, 2)
 
 
 def box_features(boxes: Tensor) -> Tensor:
