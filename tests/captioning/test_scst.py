@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from tests.support.configs import build_module
+from vitkit.captioning import CaptionTokenizer
 from vitkit.captioning.module import CaptionModule
-from vitkit.captioning.scst import baseline_rewards, policy_gradient_loss, scst_step, sequence_log_probs
+from vitkit.captioning.scst import (
+    baseline_rewards,
+    caption_rewards,
+    policy_gradient_loss,
+    reward_corpus,
+    scst_step,
+    sequence_log_probs,
+)
 
 LINKS = {"vocab_size": 12, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
 TINY_ENCODER = {"stem_channels": [8, 16], "embed_dim": 32, "depth": 1, "num_heads": 2}
@@ -119,3 +127,20 @@ def test_scst_step_under_bf16_autocast():
     assert calls == [["a", "b"], ["a"] * 3 + ["b"] * 3]  # greedy captions first, then the samples, image by image
     grads = [p.grad for p in cap.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_reward_pays_for_a_complete_ending():
+    """The end word: a caption cut short loses the n-grams of its references' ending; one that ran to max_length
+    (no EOS) gets no end word, and its reward is CIDEr-D of its words alone."""
+    refs = {1: ["A green square on a gray background.", "a single green square on a gray background"],
+            2: ["a red circle on a brown background", "a red circle"], 3: ["two shapes on a beige background"]}
+    texts = [c for rs in refs.values() for c in rs] + ["a green square on a gray"]
+    tok = CaptionTokenizer.train(texts, vocab_size=60, model="wordlevel")
+    cider = reward_corpus(refs)
+    ended = tok.encode_batch(["a green square on a gray background", "a green square on a gray"], max_length=12)
+    full, cut = caption_rewards(cider, tok, ended, [1, 1])
+    assert full > cut > 0
+    truncated = torch.tensor([[tok.bos_id, *tok.encode("a green square on")]])  # sampling stopped at max_length
+    expected = cider.score(["a green square on"], [1])
+    np.testing.assert_allclose(caption_rewards(cider, tok, truncated, [1]), expected)
+    assert "background <eos>" in " ".join(" ".join(g) for g in cider.document_frequency)  # references end with it

@@ -2,9 +2,10 @@
 
 The datamodule owns the caption tokenizer: it loads ``tokenizer`` (a tokenizer.json) or trains one on the training
 captions the first time it is asked for, so the CLI can link ``vocab_size`` and the special ids into the model
-right after instantiation. Training batches hold one random reference per image (drawn anew every epoch by
-:class:`~vitkit.data.coco_captions.CocoCaptions`) tokenised in the collate function, and the image ids (a non-finite
-loss names them); validation batches hold the images, all their references and their image ids.
+right after instantiation. Training batches hold one random reference per image, or ``captions_per_image`` of them
+(drawn anew every epoch by :class:`~vitkit.data.coco_captions.CocoCaptions`), tokenised in the collate function, and
+the image ids (a non-finite loss names them); validation batches hold the images, all their references and their
+image ids.
 
 Unreadable images follow ``bad_images`` as in :class:`vitkit.detection.datamodule.CocoDataModule`: with "skip", a
 training item is replaced by the next readable one, a validation item is left out (the caption metrics then cover
@@ -61,7 +62,9 @@ class _MirrorWithCaption(Dataset):
     def __getitem__(self, index: int) -> tuple:
         image, caption, image_id, *objects = self.dataset[index]  # objects: [Objects | None] with object labels
         if self.p > 0 and float(torch.rand(())) < self.p:
-            image, caption = image.flip(-1), swap_left_right(caption)  # (3, H, W) mirrored along W
+            caption = (swap_left_right(caption) if isinstance(caption, str)
+                       else tuple(swap_left_right(c) for c in caption))  # one reference, or captions_per_image
+            image = image.flip(-1)  # (3, H, W) mirrored along W
             objects = [mirror_objects(o) for o in objects]
         return image, caption, image_id, *objects
 
@@ -74,18 +77,19 @@ class CaptionCollate:
         max_length: longest token sequence, BOS and EOS included (longer captions are truncated).
         pad_to_multiple: round the padded height and width up to a multiple of this.
 
-    Returns (when called on B ``(image, caption, image_id)`` samples):
-        images (B, 3, H, W) zero-padded bottom/right; mask (B, H, W) bool, True = padding; tokens (B, T) long
-        ``[BOS] caption [EOS] [PAD]...`` (right-padded); image_ids (B ints, the COCO ids: a non-finite loss names
-        them); and, for samples that carry a 4th element (``data.object_labels``), the B objects
-        (:mod:`vitkit.captioning.object_tokens`).
+    Returns (when called on B ``(image, caption, image_id)`` samples; ``caption`` one string, or a tuple of k):
+        images (B, 3, H, W) zero-padded bottom/right; mask (B, H, W) bool, True = padding; tokens (B*k, T) long
+        ``[BOS] caption [EOS] [PAD]...`` (right-padded; an image's k captions in consecutive rows); image_ids (B
+        ints, the COCO ids: a non-finite loss names them); and, for samples that carry a 4th element
+        (``data.object_labels``), the B objects (:mod:`vitkit.captioning.object_tokens`).
     """
     def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
         self.tokenizer, self.max_length, self.pad_to_multiple = tokenizer, max_length, pad_to_multiple
 
     def __call__(self, batch: Sequence[tuple]) -> tuple:
         images, mask = pad_images([s[0] for s in batch], pad_to_multiple=self.pad_to_multiple)
-        tokens = self.tokenizer.encode_batch([s[1] for s in batch], max_length=self.max_length)  # (B, T)
+        captions = [c for s in batch for c in ((s[1],) if isinstance(s[1], str) else s[1])]
+        tokens = self.tokenizer.encode_batch(captions, max_length=self.max_length)  # (B*k, T)
         out = (images, mask, tokens, [int(s[2]) for s in batch])
         return (*out, [s[3] for s in batch]) if len(batch[0]) > 3 else out
 
@@ -112,6 +116,9 @@ class CaptionDataModule(CocoLayoutDataModule):
             caption's "left"/"right" words are swapped with it, which keeps it true only if those words are its
             sole left-right content; captions that list objects in left-to-right order without saying so, or that
             quote text in the image, become wrong (SCST refuses it: its rewards use the stored references).
+        captions_per_image: references per training image and step (ruotianluo's ``seq_per_img``): the encoder
+            runs once and the decoder learns k of the image's captions (drawn without repeats while it has k; a
+            random one each epoch with 1).
         object_labels: also read ``instances_train2017.json`` (COCO layout, beside the captions file) and give each
             training image its boxes and labels, for the captioner's object-token loss (``model.object_weight``,
             :mod:`vitkit.captioning.object_tokens`). Validation and inference never use them.
@@ -133,6 +140,7 @@ class CaptionDataModule(CocoLayoutDataModule):
         max_size: int = 384,
         color_jitter: float = 0.0,
         hflip_p: float = 0.0,
+        captions_per_image: int = 1,
         object_labels: bool = False,
         tokenizer: str | None = None,
         vocab_size: int = 1000,
@@ -144,6 +152,8 @@ class CaptionDataModule(CocoLayoutDataModule):
             raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
         if max_length < 2:
             raise ValueError(f"data.max_length must be >= 2 (room for BOS and EOS), got {max_length}")
+        if captions_per_image < 1:
+            raise ValueError(f"data.captions_per_image must be >= 1, got {captions_per_image}")
         if not 0.0 <= hflip_p <= 1.0:
             raise ValueError(f"data.hflip_p must be in [0, 1], got {hflip_p}")
         sizes = [train_size] if isinstance(train_size, int) else list(train_size)
@@ -166,7 +176,8 @@ class CaptionDataModule(CocoLayoutDataModule):
         if split not in self._datasets:
             with data_errors():  # a malformed file or a missing image (bad_images: fail): one paragraph, no traceback
                 self._datasets[split] = CocoCaptions(self.root, split, train=split == "train",
-                                                     bad_images=self.hparams.bad_images)
+                                                     bad_images=self.hparams.bad_images,
+                                                     captions_per_item=self.hparams.captions_per_image)
         return self._datasets[split]
 
     @property

@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.grounding import load_detector_encoder
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.object_tokens import ObjectTokenHead
-from vitkit.captioning.scst import Baseline, scst_step
+from vitkit.captioning.scst import Baseline, caption_rewards, reward_corpus, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.eval.cider import CiderD
-from vitkit.eval.ptb_tokenize import python_ptb_tokenize
 from vitkit.train.guards import ConfigError
 from vitkit.train.module import TaskModule
 from vitkit.train.optim import adamw_param_groups
@@ -49,6 +49,16 @@ def unique_entries(per_rank: list[list[Entry]]) -> list[Entry]:
     for e in (e for rank in per_rank for e in rank):
         unique.setdefault(e[0], e)
     return [unique[i] for i in sorted(unique)]
+
+
+def per_caption_rows(images: int, captions: int, device: torch.device | None = None) -> Tensor | None:
+    """The image row of each of ``captions`` token rows, k = captions / images consecutive rows per image
+    (``data.captions_per_image``): (B*k,) long, for indexing the (B, ...) memory; None when k = 1."""
+    if captions % images:
+        raise ValueError(f"a training batch has {images} images and {captions} caption rows: every image needs the "
+                         "same number of captions (data.captions_per_image)")
+    k = captions // images
+    return None if k == 1 else torch.arange(images, device=device).repeat_interleave(k)
 
 
 class CaptionModule(TaskModule):
@@ -172,7 +182,7 @@ class CaptionModule(TaskModule):
         if getattr(getattr(datamodule, "hparams", None), "hflip_p", 0.0) > 0:
             raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
                               "training image no longer matches: set data.hflip_p 0 with model.scst_start")
-        cider = CiderD({i: [python_ptb_tokenize(c) for c in refs] for i, refs in references.items()})
+        cider = reward_corpus(references)
         digests = all_gather_objects(cider.digest())
         if len(set(digests)) > 1:
             raise RuntimeError(f"SCST: the ranks built different CIDEr-D document frequencies (digests {digests}); "
@@ -225,7 +235,10 @@ class CaptionModule(TaskModule):
                 loss = loss + 0.0 * sum(p.sum() for p in self.object_head.parameters())
         else:
             memory, memory_mask, memory_pos, grid = self.captioner.encode_with_grid(images, mask)
-            logits = self.captioner.decode_tokens(tokens, memory, memory_mask, memory_pos)  # (B, T, V)
+            rows = per_caption_rows(images.shape[0], tokens.shape[0], images.device)  # (B*k,) each caption's image
+            memory_rows = [m if m is None or m.shape[0] == 1 or rows is None else m[rows]
+                           for m in (memory, memory_mask, memory_pos)]  # (B*k, N, D), (B*k, N), (B*k|1, N, D)
+            logits = self.captioner.decode_tokens(tokens, *memory_rows)  # (B*k, T, V)
             loss = self.captioner.loss(logits, tokens)
             if self.object_head is not None:
                 if len(batch) < 5:
@@ -264,8 +277,7 @@ class CaptionModule(TaskModule):
 
     def _reward(self, ids: Tensor, keys: list) -> np.ndarray:
         """CIDEr-D of captions given as (R, T) token ids against their images' training references."""
-        texts = [python_ptb_tokenize(c) for c in self.tokenizer.decode_batch(ids.cpu())]
-        return self.cider.score(texts, keys)
+        return caption_rewards(self.cider, self.tokenizer, ids, keys)
 
     # ---------------------------------------------------------------------------------------- validation
     def generate(self, images: Tensor, mask: Tensor | None = None) -> list[str]:

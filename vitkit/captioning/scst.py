@@ -15,6 +15,12 @@ batch of B images:
    ``-mean over generated tokens of (reward - baseline) * log p(token)``: captions above the baseline become more
    likely, those below less.
 
+The reward reads an end word (``<eos>``) after every reference and after every sampled caption that ended (emitted
+EOS), as ruotianluo's implementation scores the end token: n-grams such as "gray background <eos>" then pay for a
+complete ending, and a caption cut short ("a green square on a gray") loses them. Without it SCST learns to stop
+early, since dropping a frequent, low-idf final word barely lowers CIDEr-D. A caption that ran to ``max_length``
+gets no end word.
+
 Log-probabilities are taken over the tokens sampling may choose (PAD and BOS are never generated), so the policy
 that is trained is the one that sampled. Under DDP each rank rewards its own images; the reward statistics come
 from the full training split on every rank (the caption module checks that their digests agree).
@@ -22,7 +28,7 @@ from the full training split on every rank (the caption module checks that their
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,10 +38,30 @@ from torch import Tensor
 
 from vitkit.captioning.decoding import greedy_decode, sample_decode
 from vitkit.captioning.model import Captioner
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.eval.cider import CiderD
+from vitkit.eval.ptb_tokenize import python_ptb_tokenize
 
 Baseline = Literal["mean", "greedy"]
 # (token ids (R, T) of R captions, the image key of each) -> (R,) rewards
 RewardFn = Callable[[Tensor, Sequence[Hashable]], np.ndarray]
+
+
+END_WORD = "<eos>"  # PTB tokenisation never yields it (it drops "<" and ">")
+
+
+def reward_corpus(references: Mapping[Hashable, Sequence[str]]) -> CiderD:
+    """The reward's CIDEr-D statistics: every reference PTB-tokenised, with the end word appended."""
+    return CiderD({key: [f"{python_ptb_tokenize(c)} {END_WORD}" for c in refs] for key, refs in references.items()})
+
+
+def caption_rewards(cider: CiderD, tokenizer: CaptionTokenizer, ids: Tensor, keys: Sequence[Hashable]) -> np.ndarray:
+    """CIDEr-D of (R, T) caption token ids against their keys' references in ``cider`` (:func:`reward_corpus`);
+    a caption that emitted EOS ends with the end word. Returns (R,) float64."""
+    ended = (ids == tokenizer.eos_id).any(dim=1).tolist()
+    texts = [python_ptb_tokenize(c) + (f" {END_WORD}" if end else "")
+             for c, end in zip(tokenizer.decode_batch(ids.cpu()), ended, strict=True)]
+    return cider.score(texts, keys)
 
 
 @dataclass

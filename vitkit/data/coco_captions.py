@@ -10,10 +10,11 @@ file, the entry and the field; blank captions are dropped with one counted warni
 is found at construction and an unreadable one when read; ``bad_images`` says what happens (see
 :class:`CocoCaptions` and :mod:`vitkit.data.bad_images`).
 
-Training items carry one reference caption drawn at random on every access (COCO has about 5 per image), so
-each epoch sees a different mix. The draw uses torch's global generator: ``torch.manual_seed`` /
-``lightning.seed_everything`` make it reproducible, and DataLoader workers, which torch seeds one by one, draw
-different but reproducible captions.
+Training items carry one reference caption drawn at random on every access (COCO has about 5 per image), so each
+epoch sees a different mix; with ``captions_per_item`` k > 1 they carry k of them (a random order of the image's
+references, cycled where it has fewer than k), so one pass of the image encoder serves k captions. The draw uses
+torch's global generator: ``torch.manual_seed`` / ``lightning.seed_everything`` make it reproducible, and DataLoader
+workers, which torch seeds one by one, draw different but reproducible captions.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class CocoCaptions(CocoImageSet):
         split: "train" or "val" (any ``NAME`` with ``NAME2017/`` and ``captions_NAME2017.json`` works).
         train: training items (one random reference) or evaluation items (all references and the image id);
             None = ``split == "train"``.
+        captions_per_item: references in a training item: 1 = one string, k > 1 = a tuple of k strings.
         transforms: a callable on the (3, H, W) uint8 ``tv_tensors.Image`` (e.g. a torchvision ``v2`` pipeline).
         ann_file: caption file overriding ``root/annotations/captions_{split}2017.json``.
         img_folder: image folder overriding ``root/{split}2017``.
@@ -54,7 +56,8 @@ class CocoCaptions(CocoImageSet):
             list); the message names the file, the entry and the field.
         ImageReadError: with ``bad_images="fail"``, an image file is missing (naming the file, image id and field).
 
-    Items: with ``train``, ``(image, caption, image_id)``; else ``(image, references, image_id)``. ``image`` is what
+    Items: with ``train``, ``(image, caption, image_id)`` (``caption`` a tuple of ``captions_per_item`` strings when
+    that is > 1); else ``(image, references, image_id)``. ``image`` is what
     ``transforms`` makes of the uint8 (3, H, W) image (unchanged without transforms), ``caption`` one raw
     reference string, ``references`` all of the image's raw references (list of str), ``image_id`` the COCO id.
     Images without any caption are left out (with a warning). With ``bad_images="skip"``, ``None`` for an
@@ -65,9 +68,13 @@ class CocoCaptions(CocoImageSet):
 
     def __init__(self, root: str | os.PathLike, split: str = "train", train: bool | None = None,
                  transforms: Any = None, ann_file: str | os.PathLike | None = None,
-                 img_folder: str | os.PathLike | None = None, bad_images: str = "fail") -> None:
+                 img_folder: str | os.PathLike | None = None, bad_images: str = "fail",
+                 captions_per_item: int = 1) -> None:
+        if captions_per_item < 1:
+            raise ValueError(f"captions_per_item must be >= 1, got {captions_per_item}")
         self._locate(root, split, ann_file, img_folder, bad_images)
         self.train = split == "train" if train is None else train
+        self.captions_per_item = captions_per_item
         self.transforms = transforms
         checked = check_captions(self.ann_file, hint=self.layout_hint, warn=False)
         for note in checked.warnings:
@@ -94,7 +101,15 @@ class CocoCaptions(CocoImageSet):
         """The image file of item ``index``."""
         return self.img_folder / self._files[self.ids[index]]
 
-    def __getitem__(self, index: int) -> tuple[Any, str, int] | tuple[Any, list[str], int] | None:
+    def _draw(self, refs: list[str]) -> str | tuple[str, ...]:
+        """A training item's references: one at random, or ``captions_per_item`` in a random order (cycled)."""
+        k = self.captions_per_item
+        if k == 1:
+            return refs[int(torch.randint(len(refs), ()))]
+        order = torch.randperm(len(refs)).tolist()
+        return tuple(refs[order[i % len(refs)]] for i in range(k))
+
+    def __getitem__(self, index: int) -> tuple[Any, str | tuple[str, ...], int] | tuple[Any, list[str], int] | None:
         image_id = self.ids[index]
         pil = self._read(index, self.image_path(index))
         if pil is None:
@@ -104,7 +119,7 @@ class CocoCaptions(CocoImageSet):
             image = self.transforms(image)
         refs = self._captions[image_id]
         if self.train:
-            return image, refs[int(torch.randint(len(refs), ()))], image_id
+            return image, self._draw(refs), image_id
         return image, list(refs), image_id
 
     def __repr__(self) -> str:

@@ -16,10 +16,9 @@ import torch
 from torch import Tensor
 
 from vitkit.captioning.module import CaptionModule, unique_entries
-from vitkit.captioning.scst import scst_memory_step
+from vitkit.captioning.scst import caption_rewards, scst_memory_step
 from vitkit.describe.image_head import ImageCaptionHead, Memory, query_probs
 from vitkit.eval.caption_metrics import CaptionScorer
-from vitkit.eval.ptb_tokenize import python_ptb_tokenize
 from vitkit.train.guards import ConfigError
 from vitkit.utils.distributed import all_gather_objects
 
@@ -76,8 +75,7 @@ class ImageCaptionSteps:
 
     def _image_reward(self, ids: Tensor, keys: list) -> np.ndarray:
         """CIDEr-D of (R, T) caption ids against their images' training captions."""
-        texts = [python_ptb_tokenize(c) for c in self.tokenizer.decode_batch(ids.cpu())]
-        return self.image_cider.score(texts, keys)
+        return caption_rewards(self.image_cider, self.tokenizer, ids, keys)
 
     # ---------------------------------------------------------------------------------------- validation
     def image_caption_validation_step(self, outputs: dict, targets: list[dict]) -> None:
