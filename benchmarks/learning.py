@@ -38,7 +38,7 @@ Budget rules, the same for every side (:mod:`benchmarks.learning_budget`):
   is rebuilt for that total (step counter kept). Vitkit's factor is its own ``warmup_schedule`` with the config's
   ``min_lr_ratio`` and ``schedule`` (what ``TaskModule.configure_optimizers`` builds from
   ``trainer.estimated_stepping_batches``), and a warmup that keeps the recipe's share: the config's ``warmup_steps``
-  over its ``max_epochs`` of steps, times the estimated total (200 of 1500 steps in caption_shapes.yaml: 13%); its
+  over its ``max_epochs`` of steps, times the estimated total (200 of 1125 steps in caption_shapes.yaml: 18%); its
   ``trainer.max_epochs`` is set very large and the budget stops it. The
   estimate is also the module's ``total_steps``, which the caption recipe's ``model.scst_start`` share refers to.
 - Metrics: detection: COCO AP and AP50 from :func:`vitkit.eval.coco_eval.evaluate_coco` (reference pycocotools,

@@ -72,7 +72,7 @@ def test_install_factor_keeps_the_step_counter():
 
 
 def test_budget_warmup_keeps_the_recipes_share():
-    assert budget_warmup(200, 1500, 480) == 64  # caption_shapes.yaml: 200 of 20 x 75 steps, compressed to 480
+    assert budget_warmup(200, 1500, 480) == 64  # a recipe warming up 200 of 20 x 75 steps, compressed to 480
     assert budget_warmup(200, 1500, 3000) == 400  # a longer budget warms up longer
     assert budget_warmup(200, None, 480) == 200  # the recipe's length unknown: its warmup as it is
     assert budget_warmup(10, 10_000, 50) == 1
