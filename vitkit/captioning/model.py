@@ -33,6 +33,26 @@ from vitkit.layers import KVCache, SinePositionEncoding2D
 from vitkit.layers.pos_embed import RoPE1D
 
 
+def per_caption_rows(images: int, captions: int, device: torch.device | None = None) -> Tensor | None:
+    """The image row of each of ``captions`` caption rows, k = captions / images consecutive rows per image
+    (``data.captions_per_image``, or SCST's samples): (B*k,) long, for :func:`memory_rows`; None when k = 1."""
+    if captions % images:
+        raise ValueError(f"a training batch has {images} images and {captions} caption rows: every image needs the "
+                         "same number of captions (data.captions_per_image)")
+    k = captions // images
+    return None if k == 1 else torch.arange(images, device=device).repeat_interleave(k)
+
+
+def memory_rows(memory: Tensor, memory_mask: Tensor | None, memory_pos: Tensor | None,
+                rows: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Rows of a decoder memory (B, N, D), its (B, N) mask and (B|1, N, D) positions: ``rows`` (B,) bool or (R,)
+    long indices; None = all, as they are. Positions shared by the batch (1, N, D) stay shared."""
+    if rows is None:
+        return memory, memory_mask, memory_pos
+    return (memory[rows], None if memory_mask is None else memory_mask[rows],
+            memory_pos if memory_pos is None or memory_pos.shape[0] == 1 else memory_pos[rows])
+
+
 @dataclass
 class DecodeState:
     """Incremental-decoding state of R rows (images, or beams of images).

@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.grounding import load_detector_encoder
-from vitkit.captioning.model import Captioner
+from vitkit.captioning.model import Captioner, memory_rows, per_caption_rows
 from vitkit.captioning.object_tokens import ObjectTokenHead
 from vitkit.captioning.scst import Baseline, caption_rewards, reward_corpus, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
@@ -49,16 +48,6 @@ def unique_entries(per_rank: list[list[Entry]]) -> list[Entry]:
     for e in (e for rank in per_rank for e in rank):
         unique.setdefault(e[0], e)
     return [unique[i] for i in sorted(unique)]
-
-
-def per_caption_rows(images: int, captions: int, device: torch.device | None = None) -> Tensor | None:
-    """The image row of each of ``captions`` token rows, k = captions / images consecutive rows per image
-    (``data.captions_per_image``): (B*k,) long, for indexing the (B, ...) memory; None when k = 1."""
-    if captions % images:
-        raise ValueError(f"a training batch has {images} images and {captions} caption rows: every image needs the "
-                         "same number of captions (data.captions_per_image)")
-    k = captions // images
-    return None if k == 1 else torch.arange(images, device=device).repeat_interleave(k)
 
 
 class CaptionModule(TaskModule):
@@ -236,9 +225,8 @@ class CaptionModule(TaskModule):
         else:
             memory, memory_mask, memory_pos, grid = self.captioner.encode_with_grid(images, mask)
             rows = per_caption_rows(images.shape[0], tokens.shape[0], images.device)  # (B*k,) each caption's image
-            memory_rows = [m if m is None or m.shape[0] == 1 or rows is None else m[rows]
-                           for m in (memory, memory_mask, memory_pos)]  # (B*k, N, D), (B*k, N), (B*k|1, N, D)
-            logits = self.captioner.decode_tokens(tokens, *memory_rows)  # (B*k, T, V)
+            logits = self.captioner.decode_tokens(tokens, *memory_rows(memory, memory_mask, memory_pos, rows))
+            # logits: (B*k, T, V)
             loss = self.captioner.loss(logits, tokens)
             if self.object_head is not None:
                 if len(batch) < 5:

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from vitkit.captioning.decoding import greedy_decode, sample_decode
-from vitkit.captioning.model import Captioner
+from vitkit.captioning.model import Captioner, memory_rows, per_caption_rows
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.eval.cider import CiderD
 from vitkit.eval.ptb_tokenize import python_ptb_tokenize
@@ -145,10 +145,8 @@ def scst_memory_step(captioner: Captioner, memory: Tensor, memory_mask: Tensor |
     """
     B, k = memory.shape[0], samples
     device = memory.device
-    rows = torch.arange(B, device=device).repeat_interleave(k)  # (B*k,) image of each sample
-    mem_k = memory.index_select(0, rows)  # (B*k, N, D)
-    mask_k = None if memory_mask is None else memory_mask.index_select(0, rows)
-    pos_k = memory_pos if memory_pos.shape[0] == 1 else memory_pos.index_select(0, rows)
+    rows = per_caption_rows(B, B * k, device)  # (B*k,) image of each sample; None with one sample
+    mem_k, mask_k, pos_k = memory_rows(memory, memory_mask, memory_pos, rows)  # (B*k, N, D), (B*k, N), (B*k|1, N, D)
     with torch.no_grad():
         seqs, _ = sample_decode(captioner, mem_k.detach(), mask_k, pos_k.detach(), max_length=captioner.max_length)
         greedy = None

@@ -15,18 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vitkit.captioning.model import memory_rows
 from vitkit.captioning.module import CaptionModule, unique_entries
 from vitkit.captioning.scst import caption_rewards, scst_memory_step
 from vitkit.describe.image_head import ImageCaptionHead, Memory, query_probs
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.train.guards import ConfigError
 from vitkit.utils.distributed import all_gather_objects
-
-
-def select_rows(memory: Memory, keep: Tensor) -> Memory:
-    """The rows ``keep`` ((B,) bool) of a text memory."""
-    tokens, mask, pos = memory
-    return tokens[keep], None if mask is None else mask[keep], pos if pos.shape[0] == 1 else pos[keep]
 
 
 class ImageCaptionSteps:
@@ -64,7 +59,7 @@ class ImageCaptionSteps:
         keep = tokens[:, 0] == text.bos_id  # (B,) images with a caption
         if not bool(keep.any()):
             return sum(p.sum() for p in self.image_head.parameters()) * 0.0
-        memory = select_rows(self.image_memory(outputs), keep)
+        memory = memory_rows(*self.image_memory(outputs), keep)
         if not self.scst_active:
             return self.image_head.loss(memory, tokens[keep])
         hp = self.hparams
