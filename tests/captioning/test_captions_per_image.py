@@ -10,7 +10,8 @@ import torch
 
 from vitkit.captioning import Captioner
 from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
-from vitkit.captioning.module import CaptionModule, per_caption_rows
+from vitkit.captioning.model import per_caption_rows
+from vitkit.captioning.module import CaptionModule
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.shapes import make_shapes

@@ -184,3 +184,30 @@ def test_decoder_pos_mode_input_vs_qk():
     assert not torch.allclose(qk(tgt, mem, query_pos=qpos), inp(tgt, mem, query_pos=qpos), atol=1e-3)
     torch.testing.assert_close(inp(tgt, mem, query_pos=qpos), inp(tgt + qpos, mem))
     torch.testing.assert_close(qk(tgt, mem), inp(tgt, mem))
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_decoder_memory_groups_match_copied_memory(perturb, norm_first):
+    """g target rows per memory row (an image's captions) give what g copies of the memory give, gradients too."""
+    dec = perturb(tiny_decoder(norm_first=norm_first)).train()
+    g = 3
+    tgt, mem, mpos = torch.randn(2 * g, 5, D), torch.randn(2, 12, D), torch.randn(2, 12, D)
+    qpos = torch.randn(2 * g, 5, D)
+    mkpm = torch.zeros(2, 12, dtype=torch.bool)
+    mkpm[1, 8:] = True
+    mem.requires_grad_(True)
+    kw = dict(query_pos=qpos, is_causal=True)
+    grouped = dec(tgt, mem, memory_pos=mpos, memory_key_padding_mask=mkpm, memory_groups=g, **kw)
+    copied = dec(tgt, mem.repeat_interleave(g, 0), memory_pos=mpos.repeat_interleave(g, 0),
+                 memory_key_padding_mask=mkpm.repeat_interleave(g, 0), **kw)
+    torch.testing.assert_close(grouped, copied, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(grouped)
+    (grad_grouped,) = torch.autograd.grad((grouped * weights).sum(), mem)
+    (grad_copied,) = torch.autograd.grad((copied * weights).sum(), mem)
+    torch.testing.assert_close(grad_grouped, grad_copied, atol=1e-5, rtol=1e-5)
+    # the rows are tied to their own memory row: swapping the two memories changes the output
+    assert not torch.allclose(dec(tgt, mem.flip(0), memory_pos=mpos.flip(0), memory_groups=g, **kw), grouped)
+    with pytest.raises(ValueError, match="memory_groups"):
+        dec(tgt[:5], mem, memory_groups=g)
+    with pytest.raises(ValueError, match="memory_groups"):
+        dec(tgt, mem, memory_groups=g, caches=dec.init_cache())

@@ -33,13 +33,19 @@ from vitkit.layers import KVCache, SinePositionEncoding2D
 from vitkit.layers.pos_embed import RoPE1D
 
 
-def per_caption_rows(images: int, captions: int, device: torch.device | None = None) -> Tensor | None:
-    """The image row of each of ``captions`` caption rows, k = captions / images consecutive rows per image
-    (``data.captions_per_image``, or SCST's samples): (B*k,) long, for :func:`memory_rows`; None when k = 1."""
+def captions_per_image(images: int, captions: int) -> int:
+    """k, the number of caption rows per image in a batch of ``images`` images and ``captions`` caption rows (an
+    image's k captions in consecutive rows: ``data.captions_per_image``, or SCST's samples)."""
     if captions % images:
         raise ValueError(f"a training batch has {images} images and {captions} caption rows: every image needs the "
                          "same number of captions (data.captions_per_image)")
-    k = captions // images
+    return captions // images
+
+
+def per_caption_rows(images: int, captions: int, device: torch.device | None = None) -> Tensor | None:
+    """The image row of each of ``captions`` caption rows (:func:`captions_per_image`' layout): (B*k,) long, for
+    :func:`memory_rows`; None when k = 1."""
+    k = captions_per_image(images, captions)
     return None if k == 1 else torch.arange(images, device=device).repeat_interleave(k)
 
 
@@ -210,15 +216,18 @@ class Captioner(nn.Module):
 
         Args:
             tokens: (B, T) ids, BOS first, right-padded.
-            memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B|1, N, D).
+            memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B|1, N, D). Or the memory of M
+                images with B = M*k: an image's k captions in consecutive token rows (:func:`captions_per_image`'
+                layout) then share its memory row, whose cross-attention keys and values are computed once.
 
         Returns:
             (B, T, V) logits; row t predicts token t+1 (rows at padding positions are not meaningful).
         """
+        groups = captions_per_image(memory.shape[0], tokens.shape[0])
         x, rope = self._embed(tokens, 0)
         # Right padding only: a real token never sees a later pad under the causal mask, so no key mask needed.
         h = self.decoder(x, memory, memory_pos=memory_pos, memory_key_padding_mask=memory_mask, is_causal=True,
-                         rope=rope)  # (B, T, D)
+                         rope=rope, memory_groups=groups)  # (B, T, D)
         return self.lm_head(h)  # (B, T, V)
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.grounding import load_detector_encoder
-from vitkit.captioning.model import Captioner, memory_rows, per_caption_rows
+from vitkit.captioning.model import Captioner
 from vitkit.captioning.object_tokens import ObjectTokenHead
 from vitkit.captioning.scst import Baseline, caption_rewards, reward_corpus, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
@@ -224,9 +224,8 @@ class CaptionModule(TaskModule):
                 loss = loss + 0.0 * sum(p.sum() for p in self.object_head.parameters())
         else:
             memory, memory_mask, memory_pos, grid = self.captioner.encode_with_grid(images, mask)
-            rows = per_caption_rows(images.shape[0], tokens.shape[0], images.device)  # (B*k,) each caption's image
-            logits = self.captioner.decode_tokens(tokens, *memory_rows(memory, memory_mask, memory_pos, rows))
-            # logits: (B*k, T, V)
+            # tokens: (B*k, T), an image's k captions in consecutive rows: they share its memory row
+            logits = self.captioner.decode_tokens(tokens, memory, memory_mask, memory_pos)  # (B*k, T, V)
             loss = self.captioner.loss(logits, tokens)
             if self.object_head is not None:
                 if len(batch) < 5:

@@ -157,7 +157,7 @@ def scst_memory_step(captioner: Captioner, memory: Tensor, memory_mask: Tensor |
     sample_keys = [key for key in keys for _ in range(k)]
     r = torch.as_tensor(reward(seqs, sample_keys), dtype=torch.float32, device=device).view(B, k)
     b = baseline_rewards(r, baseline, greedy)  # (B, k)
-    logits = captioner.decode_tokens(seqs, mem_k, mask_k, pos_k)  # (B*k, T, V)
+    logits = captioner.decode_tokens(seqs, memory, memory_mask, memory_pos)  # (B*k, T, V): k rows per memory row
     token_logp = sequence_log_probs(logits, seqs, (captioner.pad_id, captioner.bos_id))  # (B*k, T-1)
     target_mask = seqs[:, 1:] != captioner.pad_id  # (B*k, T-1)
     loss = policy_gradient_loss(token_logp, target_mask, (r - b).view(-1))

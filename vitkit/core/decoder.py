@@ -109,6 +109,7 @@ class TransformerDecoder(nn.Module):
         cross_attn_bias: Tensor | None = None,
         caches: list[tuple[KVCache, KVCache]] | None = None,
         hook: DecoderHook | None = None,
+        memory_groups: int = 1,
     ) -> Tensor:
         """Decode.
 
@@ -125,15 +126,22 @@ class TransformerDecoder(nn.Module):
             cross_attn_bias: additive cross-attention bias, broadcastable to (B, H, Q, N).
             caches: from :meth:`init_cache`, for incremental decoding (tgt then holds only new tokens).
             hook: a :class:`DecoderHook` called before and after every layer (None: none).
+            memory_groups: g > 1 = ``tgt`` has B = M*g rows, every g consecutive ones reading the same row of an
+                (M, N, D) ``memory`` (mask (M, N), positions (M|1, N, D)), whose keys and values are then projected
+                once per memory row (:meth:`~vitkit.layers.blocks.DecoderBlock.forward`).
 
         Returns:
             (L, B, Q, D) normalised outputs of every layer if ``return_intermediate``, else (B, Q, D).
         """
         x = tgt
+        if tgt.shape[0] != memory.shape[0] * memory_groups:
+            raise ValueError(f"{tgt.shape[0]} target rows do not match {memory.shape[0]} memory rows x "
+                             f"memory_groups={memory_groups}")
         if query_pos is not None and self.pos_mode == "input":
             x, query_pos = x + query_pos, None
         outs = []
-        given = {"query_pos": query_pos, "cross_attn_bias": cross_attn_bias, "cross_attn_kwargs": None}
+        given = {"query_pos": query_pos, "cross_attn_bias": cross_attn_bias, "cross_attn_kwargs": None,
+                 "memory_groups": memory_groups}
         for i, layer in enumerate(self.layers):
             cache, cross_cache = caches[i] if caches is not None else (None, None)
             per_layer = given if hook is None else {**given, **_checked(hook.before_layer(i, x))}

@@ -135,6 +135,7 @@ class DecoderBlock(_BlockBase):
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
         cross_attn_kwargs: dict | None = None,
+        memory_groups: int = 1,
     ) -> Tensor:
         """Decode one layer.
 
@@ -152,6 +153,9 @@ class DecoderBlock(_BlockBase):
             cache, cross_cache: KV caches for incremental decoding (self: growing, cross: static).
             cross_attn_kwargs: extra keyword arguments for a replaced ``cross_attn`` module (e.g. the reference
                 boxes of :class:`vitkit.layers.deformable.MSDeformableAttention`).
+            memory_groups: g > 1 = every g consecutive rows of ``tgt`` (B = M*g) read the same row of an (M, N, D)
+                ``memory``: their queries attend to it as one (M, g*Q) batch, so its keys and values are projected
+                once per memory row (several captions of one image). Not with caches or a cross-attention bias.
 
         Returns:
             (B, Q, D).
@@ -160,16 +164,25 @@ class DecoderBlock(_BlockBase):
                   rope=rope, cache=cache)
         ca = dict(key_padding_mask=memory_key_padding_mask, attn_bias=cross_attn_bias, cache=cross_cache,
                   **(cross_attn_kwargs or {}))
+        if memory_groups > 1 and (cross_cache is not None or cross_attn_bias is not None or cross_attn_kwargs):
+            raise ValueError("memory_groups > 1 works without a cross-attention cache, bias or extra arguments")
         if self.norm_first:
             h = self.norm1(tgt)
             qk = _with_pos(h, query_pos)
             tgt = tgt + self._branch1(self.attn(qk, qk, h, **sa))
             h = self.norm2(tgt)
-            tgt = tgt + self._branch2(self.cross_attn(_with_pos(h, query_pos), _with_pos(memory, memory_pos),
-                                                  memory, **ca))
+            tgt = tgt + self._branch2(self._cross(_with_pos(h, query_pos), memory, memory_pos, memory_groups, ca))
             return tgt + self._branch3(self.mlp(self.norm3(tgt)))
         qk = _with_pos(tgt, query_pos)
         tgt = self.norm1(tgt + self._branch1(self.attn(qk, qk, tgt, **sa)))
-        tgt = self.norm2(tgt + self._branch2(self.cross_attn(_with_pos(tgt, query_pos),
-                                                         _with_pos(memory, memory_pos), memory, **ca)))
+        tgt = self.norm2(tgt + self._branch2(self._cross(_with_pos(tgt, query_pos), memory, memory_pos,
+                                                         memory_groups, ca)))
         return self.norm3(tgt + self._branch3(self.mlp(tgt)))
+
+    def _cross(self, q: Tensor, memory: Tensor, memory_pos: Tensor | None, groups: int, ca: dict) -> Tensor:
+        """Cross-attention of (B, Q, D) queries to (B / groups, N, D) memory -> (B, Q, D)."""
+        B, Q, D = q.shape
+        if groups > 1:  # cross-attention has no mask between queries: g rows' queries can share one memory row
+            q = q.reshape(B // groups, groups * Q, D)  # (M, g*Q, D)
+        out = self.cross_attn(q, _with_pos(memory, memory_pos), memory, **ca)
+        return out.reshape(B, Q, D)
