@@ -60,13 +60,15 @@ def test_patch_embed_partially_padded_patch_is_real():
     assert torch.equal(tok_mask[0], torch.tensor([[False, True], [True, False]]))
 
 
-def test_conv_stem_shapes_and_padding_invariance():
+@pytest.mark.parametrize("depths", [None, [1, 2]])
+def test_conv_stem_shapes_and_padding_invariance(depths):
     torch.manual_seed(0)
-    pe = PatchEmbed(patch_size=8, embed_dim=16, stem_channels=[8, 12]).eval()  # 2 stride-2 convs, 2x2 proj
+    pe = PatchEmbed(patch_size=8, embed_dim=16, stem_channels=[8, 12], stem_depths=depths).eval()  # 2x2 proj
     assert pe.proj.kernel_size == (2, 2) and len(pe.stem) == 2
     assert pe.stem_strides == {2: 8, 4: 12}
+    assert [len(b) for b in pe.stem_blocks] == (depths or [0, 0])
     with torch.no_grad():  # non-trivial BatchNorm statistics, so padding would leak if not re-zeroed
-        for layer in pe.stem:
+        for layer in [*pe.stem, *(b for blocks in pe.stem_blocks for b in blocks)]:
             layer[1].running_mean.uniform_(-1, 1)
             layer[1].bias.uniform_(0.5, 1)
     img = torch.randn(1, 3, 37, 50)
@@ -84,6 +86,21 @@ def test_conv_stem_shapes_and_padding_invariance():
 def test_conv_stem_deeper_than_the_patch_is_an_error():
     with pytest.raises(ValueError, match="stem_channels"):
         PatchEmbed(patch_size=4, embed_dim=8, stem_channels=[8, 8, 8])
+    with pytest.raises(ValueError, match="stem_depths"):
+        PatchEmbed(patch_size=4, embed_dim=8, stem_channels=[8, 8], stem_depths=[1])
+
+
+def test_stem_depths_add_stride_1_layers_and_keep_the_old_keys():
+    plain = PatchEmbed(patch_size=8, embed_dim=16, stem_channels=[8, 12])
+    deep = PatchEmbed(patch_size=8, embed_dim=16, stem_channels=[8, 12], stem_depths=[0, 1])
+    extra = set(deep.state_dict()) - set(plain.state_dict())
+    assert set(plain.state_dict()) <= set(deep.state_dict())  # a checkpoint without the option keeps its key names
+    assert extra and all(k.startswith("stem_blocks.1.0.") for k in extra)
+    x = torch.randn(2, 3, 32, 24)
+    with torch.no_grad():
+        deep.load_state_dict(plain.state_dict(), strict=False)
+        assert not torch.allclose(deep(x)[0], plain(x)[0])  # the added layer is really applied
+        assert deep(x)[0].shape == plain(x)[0].shape == (2, 4, 3, 16)
 
 
 @pytest.mark.parametrize("shape", [(2, 17, 16), (2, 16, 17), (1, 16, 16), (2, 1, 16, 16)])

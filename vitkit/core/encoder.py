@@ -55,6 +55,7 @@ class ViTEncoder(nn.Module):
         patch_size: conv patch side.
         patch_bias: bias on the conv patchify (CLIP-style pre-norm towers have none).
         stem_channels: optional conv stem for the built ``PatchEmbed`` (3x3 stride-2 conv-BN-ReLU layers).
+        stem_depths: stride-1 conv-BN-ReLU layers after each stem layer (``PatchEmbed``'s ``stem_depths``).
         in_chans: image channels.
         img_size: reference image size; sets the learned table's grid (img_size // patch_size).
         embed_dim: width D.
@@ -86,6 +87,7 @@ class ViTEncoder(nn.Module):
         patch_size: int = 16,
         patch_bias: bool = True,
         stem_channels: list[int] | None = None,
+        stem_depths: list[int] | None = None,
         in_chans: int = 3,
         img_size: int | tuple[int, int] = 224,
         embed_dim: int = 768,
@@ -119,7 +121,7 @@ class ViTEncoder(nn.Module):
         if pos_mode not in ("input", "qk"):
             raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
         self.patch_embed = patch_embed or PatchEmbed(patch_size, in_chans, embed_dim, bias=patch_bias,
-                                                         stem_channels=stem_channels)
+                                                         stem_channels=stem_channels, stem_depths=stem_depths)
         D = self.patch_embed.embed_dim
         if embed_dim != D:
             raise ValueError(f"patch source width {D} != embed_dim {embed_dim}")

@@ -32,6 +32,11 @@ def _pixel_mask(images: Tensor, mask: Tensor | None) -> Tensor:
     return mask.bool()
 
 
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """A 3x3 conv (no bias) + BatchNorm + ReLU: one stem layer."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
 class PatchEmbed(nn.Module):
     """Conv patchify: (B, C, H, W) -> tokens (B, h, w, D) with h = ceil(H / p), w = ceil(W / p).
 
@@ -45,6 +50,8 @@ class PatchEmbed(nn.Module):
             conv + BatchNorm + ReLU per entry, then ``proj`` covers the remaining stride (a 1x1 conv when the
             stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
             over padding are re-zeroed after every stem layer, so padding never leaks into real tokens.
+        stem_depths: per stride-2 stem layer, how many 3x3 stride-1 conv-BN-ReLU layers of the same width follow it
+            (None = none): capacity at a fine stride, e.g. ``[0, 1, 1, 0]`` for small objects' shapes.
     """
     def __init__(
         self,
@@ -54,6 +61,7 @@ class PatchEmbed(nn.Module):
         bias: bool = True,
         norm_layer: type[nn.Module] | None = None,
         stem_channels: list[int] | None = None,
+        stem_depths: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -63,10 +71,15 @@ class PatchEmbed(nn.Module):
         if patch_size % (2 ** len(stem_channels)):
             raise ValueError(f"stem_channels: {len(stem_channels)} stride-2 layers do not divide patch_size "
                              f"{patch_size}; use at most log2(patch_size) entries")
+        depths = list(stem_depths) if stem_depths is not None else [0] * len(stem_channels)
+        if len(depths) != len(stem_channels) or min(depths, default=0) < 0:
+            raise ValueError(f"stem_depths {stem_depths} needs one count >= 0 per stem_channels entry "
+                             f"({len(stem_channels)})")
         self.stem = nn.ModuleList()
-        for c in stem_channels:
-            self.stem.append(nn.Sequential(nn.Conv2d(in_chans, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
-                                           nn.ReLU(inplace=True)))
+        self.stem_blocks = nn.ModuleList()  # (stride-1 layers after stem layer i), empty lists without any
+        for c, depth in zip(stem_channels, depths, strict=True):
+            self.stem.append(_conv_bn_relu(in_chans, c, stride=2))
+            self.stem_blocks.append(nn.ModuleList(_conv_bn_relu(c, c, stride=1) for _ in range(depth)))
             in_chans = c
         k = patch_size // 2 ** len(stem_channels)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=k, stride=k, bias=bias)
@@ -105,9 +118,11 @@ class PatchEmbed(nn.Module):
         x = images
         valid = (~mask).unsqueeze(1).to(images.dtype)  # (B, 1, H', W')
         maps = {}
-        for i, layer in enumerate(self.stem):
+        for i, (layer, blocks) in enumerate(zip(self.stem, self.stem_blocks, strict=True)):
             valid = F.max_pool2d(valid, kernel_size=2, stride=2)  # (B, 1, H'/2^i, W'/2^i): any real pixel
             x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
+            for block in blocks:
+                x = block(x) * valid.to(x.dtype)
             maps[2 ** (i + 1)] = (x, valid.squeeze(1) == 0)
         x = self.proj(x)  # (B, D, h, w)
         x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
