@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "caption_shapes.yaml"
 ENC = "--model.captioner.init_args.encoder.init_args."
 DEC = "--model.captioner.init_args.decoder.init_args."
-TINY = [ENC + "stem_channels", "[8, 16]", ENC + "embed_dim", "32", ENC + "depth", "1", ENC + "num_heads", "2",
+TINY = [ENC + "stem_channels", "[8, 16]", ENC + "stem_depths", "[0, 0]", ENC + "embed_dim", "32", ENC + "depth", "1",
+        ENC + "num_heads", "2",
         DEC + "dim", "32", DEC + "depth", "1", DEC + "num_heads", "2",
         "--data.shapes_train", "16", "--data.shapes_val", "4", "--data.num_workers", "0", "--data.batch_size", "8",
         "--data.train_size", "96", "--data.val_size", "96", "--data.max_size", "160",

@@ -12,7 +12,7 @@ from vitkit.captioning.module import CaptionModule
 from vitkit.detection.module import DetectionModule
 from vitkit.train.guards import ConfigError
 
-ENCODER = {"stem_channels": [8, 16], "embed_dim": 32, "depth": 1, "num_heads": 2}
+ENCODER = {"stem_channels": [8, 16], "stem_depths": [0, 0], "embed_dim": 32, "depth": 1, "num_heads": 2}
 CAPTION_LINKS = {"vocab_size": 12, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
 
 

@@ -19,7 +19,7 @@ from vitkit.captioning.scst import (
 )
 
 LINKS = {"vocab_size": 12, "pad_id": 0, "bos_id": 1, "eos_id": 2, "max_length": 8}
-TINY_ENCODER = {"stem_channels": [8, 16], "embed_dim": 32, "depth": 1, "num_heads": 2}
+TINY_ENCODER = {"stem_channels": [8, 16], "stem_depths": [0, 0], "embed_dim": 32, "depth": 1, "num_heads": 2}
 TINY_DECODER = {"dim": 32, "depth": 1, "num_heads": 2}
 
 
