@@ -120,9 +120,10 @@ class PatchEmbed(nn.Module):
         maps = {}
         for i, (layer, blocks) in enumerate(zip(self.stem, self.stem_blocks, strict=True)):
             valid = F.max_pool2d(valid, kernel_size=2, stride=2)  # (B, 1, H'/2^i, W'/2^i): any real pixel
-            x = layer(x) * valid.to(x.dtype)  # (B, c_i, H'/2^i, W'/2^i), zero over padding
+            keep = valid.to(x.dtype)  # (B, 1, H'/2^i, W'/2^i), 1 over real pixels
+            x = layer(x) * keep  # (B, c_i, H'/2^i, W'/2^i), zero over padding
             for block in blocks:
-                x = block(x) * valid.to(x.dtype)
+                x = block(x) * keep
             maps[2 ** (i + 1)] = (x, valid.squeeze(1) == 0)
         x = self.proj(x)  # (B, D, h, w)
         x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
