@@ -38,9 +38,10 @@ Budget rules, the same for every side (:mod:`benchmarks.learning_budget`):
   is rebuilt for that total (step counter kept). Vitkit's factor is its own ``warmup_schedule`` with the config's
   ``min_lr_ratio`` and ``schedule`` (what ``TaskModule.configure_optimizers`` builds from
   ``trainer.estimated_stepping_batches``), and a warmup that keeps the recipe's share: the config's ``warmup_steps``
-  over its ``max_epochs`` of steps, times the estimated total (200 of 1125 steps in caption_shapes.yaml: 18%); its
-  ``trainer.max_epochs`` is set very large and the budget stops it. The
-  estimate is also the module's ``total_steps``, which the caption recipe's ``model.scst_start`` share refers to.
+  over its ``max_epochs`` of steps, times the estimated total; its ``trainer.max_epochs`` is set very large and the
+  budget stops it. The estimate is also the module's ``total_steps``, which the caption recipe's step shares
+  (``model.scst_start``, ``model.low_res_until``) refer to. Cheaper low-resolution steps early make the first
+  estimates high; the later ones, from the mean step time so far, bring them down.
 - Metrics: detection: COCO AP and AP50 from :func:`vitkit.eval.coco_eval.evaluate_coco` (reference pycocotools,
   on the original val annotation file, every val image). Captions: BLEU-4 and CIDEr-D from vitkit's
   :class:`~vitkit.eval.caption_metrics.CaptionScorer` (one scorer for all sides; ``--java``) on the val split;

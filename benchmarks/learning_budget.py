@@ -214,7 +214,7 @@ class BudgetCallback(L.Callback):
             warmup = budget_warmup(hp.warmup_steps, recipe_steps, total)
             self.warmups.append(warmup)
             install_factor(scheduler, factor_of(total, warmup, hp.min_lr_ratio, **options))
-            pl_module.total_steps = total  # what step-share settings (the caption module's scst_start) refer to
+            pl_module.total_steps = total  # what step shares (the caption module's scst_start, low_res_until) refer to
 
         def evaluate() -> dict[str, float]:
             restore = train_mode_restored(pl_module)

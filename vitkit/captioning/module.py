@@ -29,6 +29,7 @@ from vitkit.captioning.model import Captioner
 from vitkit.captioning.object_tokens import ObjectTokenHead
 from vitkit.captioning.scst import Baseline, caption_rewards, reward_corpus, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
+from vitkit.data.collate import rescale_batch
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.eval.cider import CiderD
 from vitkit.train.guards import ConfigError
@@ -36,6 +37,7 @@ from vitkit.train.module import TaskModule
 from vitkit.train.optim import adamw_param_groups
 from vitkit.utils.distributed import all_gather_objects
 from vitkit.utils.spec import read_spec, write_spec
+from vitkit.viz.recording import grid_stride
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 Entry = tuple[int, str, list[str]]  # (image id, generated caption, references)
@@ -84,6 +86,11 @@ class CaptionModule(TaskModule):
         object_weight: weight of the object-token loss (:mod:`vitkit.captioning.object_tokens`): every memory token
             is classified into the category of the smallest box holding it, or background, in the cross-entropy
             steps (not in SCST steps). 0 = off. Needs ``data.object_labels: true``. The head is training-only.
+        low_res_scale: progressive resizing: the training images' side factor (e.g. 0.67) in the steps before
+            ``low_res_until``; each batch is downscaled in the training step (boxes of the object labels are
+            normalised, so they still fit). Steps there cost about ``low_res_scale ** 2`` of a full one, so a budget
+            holds more of them; later steps, SCST and validation see the full size. None = off.
+        low_res_until: the share of the lr schedule's steps after which training images keep their full size.
     """
     def __init__(
         self,
@@ -105,6 +112,8 @@ class CaptionModule(TaskModule):
         from_detector: str | None = None,
         object_classes: int | None = None,
         object_weight: float = 0.0,
+        low_res_scale: float | None = None,
+        low_res_until: float = 0.5,
     ) -> None:
         super().__init__(nonfinite)
         self.save_hyperparameters(ignore=["captioner"])
@@ -116,6 +125,9 @@ class CaptionModule(TaskModule):
         if scst_samples < (2 if scst_baseline == "mean" else 1):
             raise ValueError(f"model.scst_samples must be >= 2 with the mean baseline (>= 1 with greedy), "
                              f"got {scst_samples}")
+        if low_res_scale is not None and not (0.0 < low_res_scale <= 1.0 and 0.0 <= low_res_until <= 1.0):
+            raise ConfigError(f"model.low_res_scale ({low_res_scale}) must be in (0, 1] and model.low_res_until "
+                              f"({low_res_until}) in [0, 1]")
         if object_weight < 0 or (object_weight > 0 and not object_classes):
             raise ConfigError(f"model.object_weight ({object_weight}) must be >= 0, and > 0 needs object labels: set "
                               "data.object_labels: true (it reads instances_train2017.json beside the captions)")
@@ -218,6 +230,7 @@ class CaptionModule(TaskModule):
         tokens, image_ids, objects)`` -> the () loss."""
         images, mask, tokens = batch[:3]
         image_ids = batch[3] if len(batch) > 3 else None
+        images, mask = self.train_inputs(images, mask)
         if self.scst_active:
             loss = self._scst_loss(images, mask, image_ids)
             if self.object_head is not None:  # unused here: keep it in the graph, as DDP's reducer expects
@@ -244,10 +257,16 @@ class CaptionModule(TaskModule):
     @property
     def scst_active(self) -> bool:
         """Whether this training step is an SCST step (past ``scst_start`` of the schedule's steps)."""
-        start = self.hparams.scst_start
-        if start is None or self._trainer is None or self.total_steps is None:
-            return False
-        return self.global_step >= round(start * self.total_steps)
+        return self.reached(self.hparams.scst_start)
+
+    def train_inputs(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """This step's training images: downscaled by ``low_res_scale`` before ``low_res_until`` of the lr schedule's
+        steps; full size where there is no schedule (outside a fit)."""
+        hp = self.hparams
+        scheduled = self._trainer is not None and self.total_steps is not None
+        if hp.low_res_scale in (None, 1.0) or not scheduled or self.reached(hp.low_res_until):
+            return images, mask
+        return rescale_batch(images, mask, hp.low_res_scale, int(grid_stride(self.captioner.encoder)))
 
     def _scst_loss(self, images: Tensor, mask: Tensor, image_ids: list[int] | None) -> Tensor:
         if image_ids is None:

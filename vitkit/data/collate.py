@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -46,6 +47,30 @@ def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
         return images.new_tensor([W, H], dtype=torch.float32).expand(B, 2)
     return torch.stack(((~mask).any(dim=1).sum(dim=1), (~mask).any(dim=2).sum(dim=1)), dim=1).float()  # (B, 2)
 
+
+
+def rescale_batch(images: Tensor, mask: Tensor | None, scale: float,
+                  pad_to_multiple: int = 1) -> tuple[Tensor, Tensor]:
+    """Resize every image of a padded batch by ``scale`` (its real region, antialiased bilinear) and pad them again.
+
+    Boxes normalised to their image (DETR targets, object-token labels) stay valid; pixel boxes would need scaling.
+
+    Args:
+        images: (B, C, H, W) zero-padded batch.
+        mask: (B, H, W) True = padding, or None (no padding).
+        scale: the side factor, > 0 (0.5 = half the height and width).
+        pad_to_multiple: as :func:`pad_images`.
+
+    Returns:
+        images (B, C, H', W') and mask (B, H', W'), each real side ``max(1, round(scale * side))``.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    sizes = real_size(images, mask).long().tolist()  # B x [w, h]
+    resized = [F.interpolate(img[None, :, :h, :w], size=(max(1, round(scale * h)), max(1, round(scale * w))),
+                             mode="bilinear", antialias=True, align_corners=False)[0]
+               for img, (w, h) in zip(images, sizes, strict=True)]
+    return pad_images(resized, pad_to_multiple)
 
 def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]],
                       pad_to_multiple: int = 1) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:

@@ -83,6 +83,14 @@ class TaskModule(L.LightningModule):
             for p in self.parameters():
                 p.grad = None
 
+    def reached(self, share: float | None) -> bool:
+        """Whether this step is at or past ``share`` (in [0, 1]) of the lr schedule's steps; False for None, or
+        before :meth:`configure_optimizers` has set ``total_steps``. Recipe phases (SCST, low-resolution steps) are
+        shares, so they follow the schedule wherever it is stretched or shortened."""
+        if share is None or self._trainer is None or self.total_steps is None:
+            return False
+        return self.global_step >= round(share * self.total_steps)
+
     # ------------------------------------------------------------------------------------------- optimiser
     def param_groups(self) -> list[dict]:
         """The AdamW parameter groups of the task's model (see :func:`vitkit.train.optim.adamw_param_groups`)."""
