@@ -88,8 +88,8 @@ class CaptionModule(TaskModule):
             steps (not in SCST steps). 0 = off. Needs ``data.object_labels: true``. The head is training-only.
         low_res_scale: progressive resizing: the training images' side factor (e.g. 0.67) in the steps before
             ``low_res_until``; each batch is downscaled in the training step (boxes of the object labels are
-            normalised, so they still fit). Steps there cost about ``low_res_scale ** 2`` of a full one, so a budget
-            holds more of them; later steps, SCST and validation see the full size. None = off.
+            normalised, so they still fit). Those steps cost less (about half of a full one at 2/3 on the shapes
+            recipe), so a budget holds more of them; later steps, SCST and validation see the full size. None = off.
         low_res_until: the share of the lr schedule's steps after which training images keep their full size.
     """
     def __init__(

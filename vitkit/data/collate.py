@@ -48,7 +48,6 @@ def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
     return torch.stack(((~mask).any(dim=1).sum(dim=1), (~mask).any(dim=2).sum(dim=1)), dim=1).float()  # (B, 2)
 
 
-
 def rescale_batch(images: Tensor, mask: Tensor | None, scale: float,
                   pad_to_multiple: int = 1) -> tuple[Tensor, Tensor]:
     """Resize every image of a padded batch by ``scale`` (its real region, antialiased bilinear) and pad them again.
