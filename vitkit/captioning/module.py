@@ -263,8 +263,7 @@ class CaptionModule(TaskModule):
         """This step's training images: downscaled by ``low_res_scale`` before ``low_res_until`` of the lr schedule's
         steps; full size where there is no schedule (outside a fit)."""
         hp = self.hparams
-        scheduled = self._trainer is not None and self.total_steps is not None
-        if hp.low_res_scale in (None, 1.0) or not scheduled or self.reached(hp.low_res_until):
+        if hp.low_res_scale in (None, 1.0) or not self.scheduled or self.reached(hp.low_res_until):
             return images, mask
         return rescale_batch(images, mask, hp.low_res_scale, int(grid_stride(self.captioner.encoder)))
 

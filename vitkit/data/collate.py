@@ -71,6 +71,7 @@ def rescale_batch(images: Tensor, mask: Tensor | None, scale: float,
                for img, (w, h) in zip(images, sizes, strict=True)]
     return pad_images(resized, pad_to_multiple)
 
+
 def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]],
                       pad_to_multiple: int = 1) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
     """Collate ``(image, target)`` samples for detection.

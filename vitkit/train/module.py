@@ -83,11 +83,16 @@ class TaskModule(L.LightningModule):
             for p in self.parameters():
                 p.grad = None
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether this module is in a fit whose lr schedule is sized (:meth:`configure_optimizers` has run)."""
+        return self._trainer is not None and self.total_steps is not None
+
     def reached(self, share: float | None) -> bool:
         """Whether this step is at or past ``share`` (in [0, 1]) of the lr schedule's steps; False for None, or
-        before :meth:`configure_optimizers` has set ``total_steps``. Recipe phases (SCST, low-resolution steps) are
-        shares, so they follow the schedule wherever it is stretched or shortened."""
-        if share is None or self._trainer is None or self.total_steps is None:
+        outside a :attr:`scheduled` fit. Recipe phases (SCST, low-resolution steps) are shares, so they follow the
+        schedule wherever it is stretched or shortened."""
+        if share is None or not self.scheduled:
             return False
         return self.global_step >= round(share * self.total_steps)
 
