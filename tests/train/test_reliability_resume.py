@@ -16,6 +16,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils.data import RandomSampler
+
+from vitkit.data.bad_images import SkippingDataLoader
+from vitkit.data.sampling import GroupedBatchSampler
+from vitkit.train.resume import EpochRandomSampler, make_resumable
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"
@@ -92,11 +97,13 @@ def test_resume_after_kill_mid_epoch_is_bit_exact(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ DDP shuffle seed
-def _ddp_epoch(monkeypatch, seed: int, pl_global_seed: int, skip: int, rank: int) -> list[list[int]]:
+def _ddp_epoch(monkeypatch, seed: int, pl_global_seed: int, skip: int, rank: int,
+               groups: list[int] | None = None) -> list[list[int]]:
     """Rank ``rank``'s batches (dataset indices) of epoch 1 from batch ``skip`` on, for a run whose ExactResume seed is
     ``seed`` in a process whose ``PL_GLOBAL_SEED`` is ``pl_global_seed``, with the DistributedSampler Lightning puts
-    in under DDP (2 ranks), built and swapped in by Lightning's own functions."""
-    from lightning.fabric.utilities.data import _replace_dunder_methods
+    in under DDP (2 ranks), built and swapped in by Lightning's own functions. ``groups``: the items' groups for a
+    loader of aspect-ratio grouped batches (made resumable as the training CLI makes a datamodule's loader)."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
     from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
     from lightning.pytorch.trainer.states import RunningStage
     from lightning.pytorch.utilities.data import _update_dataloader
@@ -108,12 +115,19 @@ def _ddp_epoch(monkeypatch, seed: int, pl_global_seed: int, skip: int, rank: int
     resume = ExactResume(seed=seed)  # as restored from the checkpoint
     resume.position = lambda: (1, skip)  # epoch 1, ``skip`` of its batches already trained
     with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
-        loader = ResumableDataLoader(list(range(40)), batch_size=4, shuffle=True, resume=resume, collate_fn=list)
+        if groups is None:
+            loader = ResumableDataLoader(list(range(40)), batch_size=4, shuffle=True, resume=resume, collate_fn=list)
+        else:
+            data = list(range(40))
+            plain = SkippingDataLoader(data, batch_sampler=GroupedBatchSampler(RandomSampler(data), 4, False, groups),
+                                       collate_fn=list)
+            loader = make_resumable(plain, resume)
+            assert type(loader.batch_sampler.sampler) is EpochRandomSampler  # the run's seed draws the order
     sampler = _get_distributed_sampler(loader, shuffle=True, overfit_batches=0, mode=RunningStage.TRAINING,
                                        num_replicas=2, rank=rank)
     assert type(sampler) is DistributedSampler and sampler.seed == pl_global_seed  # what Lightning does
     loader = _update_dataloader(loader, sampler, mode=RunningStage.TRAINING)
-    loader.sampler.set_epoch(1)  # as Lightning does at the epoch start
+    _set_sampler_epoch(loader, 1)  # as Lightning does at the epoch start
     return [list(batch) for batch in loader]
 
 
@@ -128,6 +142,19 @@ def test_ddp_resume_shuffles_with_the_runs_seed_not_pl_global_seed(monkeypatch):
         resumed = _ddp_epoch(monkeypatch, seed, 999, 2, rank)  # another PL_GLOBAL_SEED, 2 batches already done
         assert resumed == straight[rank][2:]
     assert _ddp_epoch(monkeypatch, seed + 1, seed, 0, 0) != straight[0]  # the run's seed decides the order
+
+
+def test_grouped_batches_resume_exactly_and_shard_one_permutation_under_ddp(monkeypatch):
+    """Aspect-ratio grouped batches (data.aspect_ratio_groups) keep what plain ones have: the ranks shard one
+    permutation, as many batches each, and a resumed epoch goes on with the same batches."""
+    groups = [(i * 7) % 3 for i in range(40)]
+    straight = {rank: _ddp_epoch(monkeypatch, 1234, 1234, 0, rank, groups) for rank in (0, 1)}
+    assert sorted(i for rank in (0, 1) for batch in straight[rank] for i in batch) == list(range(40))
+    for rank in (0, 1):
+        assert len(straight[rank]) == 5
+        assert sum(len({groups[i] for i in batch}) > 1 for batch in straight[rank]) <= 2  # end-of-epoch leftovers
+        assert _ddp_epoch(monkeypatch, 1234, 999, 2, rank, groups) == straight[rank][2:]
+    assert _ddp_epoch(monkeypatch, 1235, 1234, 0, 0, groups) != straight[0]
 
 
 class _Tiny(L.LightningModule):

@@ -77,7 +77,7 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -143,10 +143,10 @@ def entry_name(name: str, index: int, entry: Any) -> str:
 
 
 def _is_bbox(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
+    return isinstance(value, list) and len(value) == 4 and all(is_number(v) for v in value)
 
 
-_CHECKS = {"int": is_int, "str": lambda v: isinstance(v, str) and v != "", "size": lambda v: _is_number(v) and v > 0,
+_CHECKS = {"int": is_int, "str": lambda v: isinstance(v, str) and v != "", "size": lambda v: is_number(v) and v > 0,
            "bbox": _is_bbox}
 _EXPECTED = {"int": "an integer", "str": "a non-empty string", "size": "a positive number of pixels",
              "bbox": "4 finite numbers [x, y, width, height]"}

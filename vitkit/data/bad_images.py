@@ -117,7 +117,7 @@ class BadImageLog:
         return f"{type(self).__name__}(name={self.name!r}, bad={self.count()} of {self.size})"
 
 
-def _find(dataset: Any, match: Callable[[Any], bool]) -> Any:
+def find_wrapped(dataset: Any, match: Callable[[Any], bool]) -> Any:
     """The first dataset in a chain of wrappers (each holding the next as ``.dataset``) that ``match``es, or None."""
     for _ in range(16):
         if dataset is None or match(dataset):
@@ -162,9 +162,9 @@ class SkippingDataLoader(DataLoader):
     """
 
     def __iter__(self) -> Iterator[Any]:
-        source = _find(self.dataset, lambda d: isinstance(getattr(d, "bad_image_log", None), BadImageLog))
+        source = find_wrapped(self.dataset, lambda d: isinstance(getattr(d, "bad_image_log", None), BadImageLog))
         log: BadImageLog | None = None if source is None else source.bad_image_log
-        substituted = _find(self.dataset, lambda d: isinstance(d, SubstituteBad)) is not None
+        substituted = find_wrapped(self.dataset, lambda d: isinstance(d, SubstituteBad)) is not None
         try:
             last = len(self)  # Lightning stops after len(loader) batches without exhausting the iterator
         except TypeError:

@@ -14,6 +14,7 @@ from vitkit.data.annotations import (
     entry_name,
     format_ids,
     is_int,
+    is_number,
     read_coco_json,
     warn_all,
 )
@@ -26,11 +27,14 @@ class Captions:
     Attributes:
         files: image id -> file name, for every image of the file.
         captions: image id -> its non-blank captions in file order (empty list for an image without one).
+        sizes: image id -> (width, height), for the images whose entry gives both as positive numbers (they are
+            optional in a captions file).
         warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_captions`).
     """
 
     files: dict[int, str]
     captions: dict[int, list[str]]
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -43,6 +47,8 @@ def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -
     errors = Problems(path)
     imgs = checked_images(errors, data["images"], {"id": "int", "file_name": "str"})
     files = {int(im["id"]): im["file_name"] for im in imgs}
+    sizes = {int(im["id"]): (im["width"], im["height"]) for im in imgs
+             if all(is_number(im.get(k)) and im[k] > 0 for k in ("width", "height"))}
 
     captions: dict[int, list[str]] = {image_id: [] for image_id in files}
     blank: list[int] = []
@@ -86,4 +92,4 @@ def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -
         notes.append(f"{path}: dropped {len(blank)} blank captions (ids {format_ids(blank)}); they would teach the "
                      "model to stop at once")
     warn_all(notes, warn)
-    return Captions(files, captions, notes)
+    return Captions(files, captions, sizes, notes)

@@ -115,6 +115,11 @@ class CocoDetection(CocoImageSet):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def annotated_size(self, index: int) -> tuple[int, int]:
+        """Item ``index``'s (width, height) from the instances file."""
+        _, width, height = self._images[self.ids[index]]
+        return width, height
+
     def image_path(self, index: int) -> Path:
         """The image file of item ``index``."""
         return self.img_folder / self._images[self.ids[index]][0]

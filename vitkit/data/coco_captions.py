@@ -79,7 +79,7 @@ class CocoCaptions(CocoImageSet):
         checked = check_captions(self.ann_file, hint=self.layout_hint, warn=False)
         for note in checked.warnings:
             warnings.warn(note, AnnotationWarning, stacklevel=2)
-        self._files, captions = checked.files, checked.captions
+        self._files, self._sizes, captions = checked.files, checked.sizes, checked.captions
         uncaptioned = [image_id for image_id, refs in captions.items() if not refs]
         if uncaptioned:
             warnings.warn(f"{self.ann_file}: {len(uncaptioned)} image(s) have no caption and are left out, "
@@ -96,6 +96,10 @@ class CocoCaptions(CocoImageSet):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def annotated_size(self, index: int) -> tuple[int, int] | None:
+        """Item ``index``'s (width, height) from the caption file, None where its image entry gives none."""
+        return self._sizes.get(self.ids[index])
 
     def image_path(self, index: int) -> Path:
         """The image file of item ``index``."""

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from vitkit.data.annotations import AnnotationWarning, find_missing_images, format_ids
 from vitkit.data.bad_images import BadImageLog, check_policy
-from vitkit.data.images import ImageReadError, load_rgb
+from vitkit.data.images import ImageReadError, image_size, load_rgb
 
 
 def layout_hint(kind: str) -> str:
@@ -80,6 +80,21 @@ class CocoImageSet(Dataset):
                 raise ValueError(f"{self.ann_file}: none of its {len(ids)} image files is in {self.img_folder}")
         self.bad_image_log = BadImageLog(len(kept), str(self.ann_file))
         return kept
+
+    def annotated_size(self, index: int) -> tuple[int, int] | None:
+        """Item ``index``'s (width, height) as its annotation file gives it, or None where it gives none (each
+        subclass reads its own file)."""
+        raise NotImplementedError
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of every item, for batching alike-shaped images (:mod:`vitkit.data.sampling`): the
+        annotation file's ``width`` and ``height``, else the image file's header (no decode); 1.0 for a file that
+        cannot be opened (its item reports that when read)."""
+        ratios = []
+        for index in range(len(self)):
+            size = self.annotated_size(index) or image_size(self.image_path(index))
+            ratios.append(size[0] / size[1] if size is not None and min(size) > 0 else 1.0)
+        return ratios
 
     def _read(self, index: int, path: Path, size_hint: tuple[int, int] | None = None) -> Image.Image | None:
         """Item ``index``'s image through :func:`~vitkit.data.images.load_rgb`; under "skip", None for an image

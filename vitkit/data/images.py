@@ -111,3 +111,20 @@ def load_rgb(path: str | os.PathLike, size_hint: tuple[int, int] | None = None) 
         raise
     except Exception as exc:  # decoders raise OSError, ValueError, SyntaxError, EOFError, struct.error, ...
         raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int] | None:
+    """An image file's upright (width, height) from its header, without decoding the pixels (EXIF orientations
+    5-8, a quarter turn, swap the two); None when the file cannot be opened as an image."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # the EXIF Orientation tag
+            except Exception:  # a malformed EXIF block: load_rgb keeps the stored orientation too
+                turned = False
+    except MemoryError:
+        raise
+    except Exception:
+        return None
+    return (height, width) if turned else (width, height)

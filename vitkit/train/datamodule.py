@@ -9,10 +9,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from vitkit.data.bad_images import SkippingDataLoader, check_policy
+from vitkit.data.bad_images import SkippingDataLoader, check_policy, find_wrapped
 from vitkit.data.images import ImageReadError
+from vitkit.data.sampling import GroupedBatchSampler, aspect_ratio_groups
 from vitkit.data.shapes import ensure_shapes
 from vitkit.train.guards import ConfigError
 
@@ -57,6 +58,10 @@ class CocoLayoutDataModule(L.LightningDataModule):
         val_batch_size: validation batch size (default: ``batch_size``).
         num_workers: loader worker processes.
         pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
+        aspect_ratio_groups: batch images of alike aspect ratio (:mod:`vitkit.data.sampling`; torchvision's
+            ``--aspect-ratio-group-factor``, 3 there): that many bins per doubling of width / height, from the
+            annotation files' sizes. Less padding per batch, so cheaper steps; training batches stay random within
+            a group. Validation batches are grouped in file order. 0 = off (plain random batches, as DETR's).
         bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
             naming it, and counted) or "fail" (stop at the first one: missing files at setup, unreadable ones when
             read).
@@ -79,11 +84,15 @@ class CocoLayoutDataModule(L.LightningDataModule):
         num_workers: int = 2,
         pad_to_multiple: int = 1,
         bad_images: str = "skip",
+        aspect_ratio_groups: int = 0,
     ) -> None:
         super().__init__()
         # Lightning reads every __init__ frame up the call chain: this records the subclass's arguments as well
         self.save_hyperparameters()
         check_policy(bad_images, "data.bad_images")
+        if aspect_ratio_groups < 0:
+            raise ConfigError(f"data.aspect_ratio_groups must be >= 0 (bins per doubling of the aspect ratio; 0 = "
+                              f"plain random batches), got {aspect_ratio_groups}")
         self.root = Path(root)
         if generate_shapes:
             ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
@@ -111,12 +120,22 @@ class CocoLayoutDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, collate_fn: Callable, train: bool) -> DataLoader:
         """A loader that leaves out the items a dataset returns as None (unreadable images under "skip");
-        training: ``batch_size``, shuffled; validation: ``val_batch_size`` (default ``batch_size``), in order."""
+        training: ``batch_size``, shuffled; validation: ``val_batch_size`` (default ``batch_size``), in order. With
+        ``aspect_ratio_groups``, each batch is drawn from one aspect-ratio group."""
         hp = self.hparams
         batch_size = hp.batch_size if train else hp.val_batch_size or hp.batch_size
-        return SkippingDataLoader(dataset, batch_size=batch_size, shuffle=train, num_workers=hp.num_workers,
-                                  collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
-                                  persistent_workers=hp.num_workers > 0)
+        settings = dict(num_workers=hp.num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=hp.num_workers > 0)
+        if not hp.aspect_ratio_groups:
+            return SkippingDataLoader(dataset, batch_size=batch_size, shuffle=train, **settings)
+        sized = find_wrapped(dataset, lambda d: hasattr(d, "aspect_ratios"))
+        if sized is None:
+            raise ConfigError(f"data.aspect_ratio_groups needs a dataset that knows its images' sizes; "
+                              f"{type(dataset).__name__} does not: set data.aspect_ratio_groups 0")
+        groups = aspect_ratio_groups(sized.aspect_ratios(), hp.aspect_ratio_groups)
+        sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
+        return SkippingDataLoader(dataset, batch_sampler=GroupedBatchSampler(sampler, batch_size, False, groups),
+                                  **settings)
 
     def annotation_file(self, split: str) -> Path:
         return self.root / "annotations" / f"{self.kind}_{split}2017.json"

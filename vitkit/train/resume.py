@@ -19,8 +19,10 @@ a function of something the checkpoint holds:
   the checkpoint holds the seed and Lightning's loop counters.
 
 On the CPU with a fixed seed the final weights of an interrupted-and-resumed run equal the uninterrupted run's bit
-for bit (``tests/train/test_reliability_resume.py``). Not covered: a train loader that is not a plain map-style
-``DataLoader`` (a custom batch sampler, an ``IterableDataset``) keeps Lightning's behaviour, with a warning; GPU
+for bit (``tests/train/test_reliability_resume.py``). Aspect-ratio grouped batches
+(:class:`~vitkit.data.sampling.GroupedBatchSampler`) are covered: their sampler is swapped like a plain loader's.
+Not covered: a train loader that is not a map-style ``DataLoader`` with a plain or grouped batch sampler (another
+custom batch sampler, an ``IterableDataset``) keeps Lightning's behaviour, with a warning; GPU
 kernels that are not deterministic make GPU runs differ with or without a resume.
 """
 
@@ -46,6 +48,8 @@ from torch.utils.data import (
     RandomSampler,
     SequentialSampler,
 )
+
+from vitkit.data.sampling import GroupedBatchSampler
 
 _MASK64 = (1 << 64) - 1
 
@@ -195,6 +199,9 @@ class ResumableDataLoader(DataLoader):
         self._resume = resume
         if shuffle and sampler is None:
             sampler, shuffle = EpochRandomSampler(dataset, self._seed), None
+        grouped = kwargs.get("batch_sampler")
+        if isinstance(grouped, GroupedBatchSampler) and type(grouped.sampler) is RandomSampler:
+            kwargs["batch_sampler"] = grouped.with_sampler(EpochRandomSampler(dataset, self._seed))
         super().__init__(dataset, *args, shuffle=shuffle, sampler=sampler, **kwargs)
 
     def _seed(self) -> int:
@@ -238,15 +245,20 @@ def make_resumable(loader: Any, resume: ExactResume) -> Any:
     other loaders come back unchanged, with a warning that a mid-epoch resume is not exact for them."""
     if isinstance(loader, ResumableDataLoader):
         return loader
+    batches = getattr(loader, "batch_sampler", None)
+    grouped = type(batches) is GroupedBatchSampler  # its own sampler draws the order
+    sampler = batches.sampler if grouped else getattr(loader, "sampler", None)
     plain = (isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset)
-             and loader.batch_size is not None and type(loader.batch_sampler) is BatchSampler
-             and type(loader.sampler) in (RandomSampler, SequentialSampler)
-             and not getattr(loader.sampler, "replacement", False)
-             and getattr(loader.sampler, "_num_samples", None) is None)
+             and (grouped or (loader.batch_size is not None and type(batches) is BatchSampler))
+             and type(sampler) in (RandomSampler, SequentialSampler)
+             and not getattr(sampler, "replacement", False)
+             and getattr(sampler, "_num_samples", None) is None)
     if plain:
-        kwargs = dict(batch_size=loader.batch_size, shuffle=isinstance(loader.sampler, RandomSampler),
-                      num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                      drop_last=loader.drop_last, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
+        batching = (dict(batch_sampler=batches) if grouped else
+                    dict(batch_size=loader.batch_size, shuffle=isinstance(sampler, RandomSampler),
+                         drop_last=loader.drop_last))
+        kwargs = dict(**batching, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                       multiprocessing_context=loader.multiprocessing_context, generator=loader.generator,
                       persistent_workers=loader.persistent_workers, pin_memory_device=loader.pin_memory_device)
         if loader.num_workers > 0:
