@@ -72,3 +72,29 @@ def test_low_res_settings_are_checked():
     for bad in ({"low_res_scale": 0.0}, {"low_res_scale": 1.5}, {"low_res_scale": 0.5, "low_res_until": 1.2}):
         with pytest.raises(ConfigError, match="low_res"):
             _module(**bad)
+
+
+def test_batch_scales_resize_each_step_by_one_drawn_factor():
+    module = _module(batch_scales=[0.5, 1.5])
+    images, mask = torch.randn(2, 3, 32, 48), torch.zeros(2, 32, 48, dtype=torch.bool)
+    mask[1, 24:] = True  # image 1 is 24 px high
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        out, out_mask = module.train_inputs(images, mask)
+        sizes = real_size(out, out_mask).tolist()
+        factor = sizes[0][0] / 48
+        assert factor in (0.5, 1.5) and sizes == [[48 * factor, 32 * factor], [48 * factor, 24 * factor]]
+        torch.manual_seed(seed)
+        assert torch.equal(module.train_inputs(images, mask)[0], out)  # the step's seeded RNG decides
+        seen.add(factor)
+    assert seen == {0.5, 1.5}
+    module = _module(batch_scales=[2.0], low_res_scale=0.25, low_res_until=0.5)  # the two multiply
+    module.total_steps = 10
+    module._trainer = SimpleNamespace(global_step=0, current_epoch=0)
+    assert real_size(*module.train_inputs(images, mask)).tolist() == [[24.0, 16.0], [24.0, 12.0]]
+    module._trainer = SimpleNamespace(global_step=5, current_epoch=0)
+    assert real_size(*module.train_inputs(images, mask)).tolist() == [[96.0, 64.0], [96.0, 48.0]]
+    for bad in ([], [1.0, 0.0]):
+        with pytest.raises(ConfigError, match="batch_scales"):
+            _module(batch_scales=bad)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
@@ -91,6 +92,11 @@ class CaptionModule(TaskModule):
             normalised, so they still fit). Those steps cost less (about half of a full one at 2/3 on the shapes
             recipe), so a budget holds more of them; later steps, SCST and validation see the full size. None = off.
         low_res_until: the share of the lr schedule's steps after which training images keep their full size.
+        batch_scales: multi-scale training, one scale per batch: each training step resizes its batch by a side
+            factor drawn uniformly from this list (e.g. ``[0.83, 0.92, 1.0, 1.08, 1.17]``), times ``low_res_scale``
+            before ``low_res_until``. The batch's images keep sharing one scale, so none is padded up to a larger
+            one, as a per-image ``data.train_size`` list does (a batch of 8 then pads to about its largest scale).
+            Label-safe for captions that word sizes as shares of the image and positions as its thirds. None = off.
     """
     def __init__(
         self,
@@ -114,6 +120,7 @@ class CaptionModule(TaskModule):
         object_weight: float = 0.0,
         low_res_scale: float | None = None,
         low_res_until: float = 0.5,
+        batch_scales: list[float] | None = None,
     ) -> None:
         super().__init__(nonfinite)
         self.save_hyperparameters(ignore=["captioner"])
@@ -128,6 +135,9 @@ class CaptionModule(TaskModule):
         if low_res_scale is not None and not (0.0 < low_res_scale <= 1.0 and 0.0 <= low_res_until <= 1.0):
             raise ConfigError(f"model.low_res_scale ({low_res_scale}) must be in (0, 1] and model.low_res_until "
                               f"({low_res_until}) in [0, 1]")
+        if batch_scales is not None and (not batch_scales or min(batch_scales) <= 0):
+            raise ConfigError(f"model.batch_scales must be a non-empty list of side factors > 0 (e.g. [0.83, 1.0, "
+                              f"1.17]) or null, got {batch_scales}")
         if object_weight < 0 or (object_weight > 0 and not object_classes):
             raise ConfigError(f"model.object_weight ({object_weight}) must be >= 0, and > 0 needs object labels: set "
                               "data.object_labels: true (it reads instances_train2017.json beside the captions)")
@@ -260,12 +270,16 @@ class CaptionModule(TaskModule):
         return self.reached(self.hparams.scst_start)
 
     def train_inputs(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """This step's training images: downscaled by ``low_res_scale`` before ``low_res_until`` of the lr schedule's
-        steps; full size where there is no schedule (outside a fit)."""
+        """This step's training images: resized by a factor drawn from ``batch_scales`` (the step's random numbers,
+        which :class:`~vitkit.train.resume.ExactResume` seeds), and downscaled by ``low_res_scale`` before
+        ``low_res_until`` of the lr schedule's steps (never where there is no schedule, outside a fit)."""
         hp = self.hparams
-        if hp.low_res_scale in (None, 1.0) or not self.scheduled or self.reached(hp.low_res_until):
+        scale = 1.0 if not hp.batch_scales else hp.batch_scales[int(torch.randint(len(hp.batch_scales), ()))]
+        if hp.low_res_scale is not None and self.scheduled and not self.reached(hp.low_res_until):
+            scale *= hp.low_res_scale
+        if scale == 1.0:
             return images, mask
-        return rescale_batch(images, mask, hp.low_res_scale, int(grid_stride(self.captioner.encoder)))
+        return rescale_batch(images, mask, scale, int(grid_stride(self.captioner.encoder)))
 
     def _scst_loss(self, images: Tensor, mask: Tensor, image_ids: list[int] | None) -> Tensor:
         if image_ids is None:
