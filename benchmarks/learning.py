@@ -53,10 +53,11 @@ Budget rules, the same for every side (:mod:`benchmarks.learning_budget`):
 What is not equal between the sides (read the numbers with it): vitkit trains at its config's precision
 (bf16-mixed where the CPU has native bf16, else the CLI's 32-true fallback, recorded as ``precision``) while the peers
 train in fp32 unless ``--peer-precision bf16-mixed``; vitkit's recipes were tuned on this data set, the peers' lrs are
-their usual ones, untuned; vitkit resizes multi-scale (short side 160-224 for detection, 192 for captions) with a
-padding mask, the peers see one fixed letterboxed square (RT-DETR's own recipe is multi-scale around 640 px, with
-EMA); vitkit's steps carry Lightning's per-step hooks, logging and its exact-resume seeding. The sides run one after
-the other, so a change in machine load hits one side only: run on an otherwise idle machine.
+their usual ones, untuned; vitkit resizes multi-scale (short side 160-224: per image for detection, per batch for
+captions) with a padding mask and batches images of alike aspect ratio (captions), the peers see one fixed
+letterboxed square (RT-DETR's own recipe is multi-scale around 640 px, with EMA); vitkit's steps carry Lightning's
+per-step hooks, logging and its exact-resume seeding. The sides run one after the other, so a change in machine
+load hits one side only: run on an otherwise idle machine.
 
 Writes ``--json-out`` (machine, settings, per task and side: the curve of points, parameter count, step time,
 epochs, optimizer and model settings) and ``--plot`` (PNG: AP and CIDEr-D against training minutes), and prints a

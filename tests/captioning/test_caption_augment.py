@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.support.configs import CONFIGS
 from vitkit.captioning.datamodule import CaptionDataModule
+from vitkit.data.collate import rescale_batch
 
 COLOURS = {"red": (230, 30, 30), "blue": (30, 30, 230)}
 
@@ -67,6 +68,10 @@ def test_default_transforms_keep_left_to_right_captions_true(config, tmp_path):
     captions = _ordered_set(tmp_path)
     dm = _datamodule(config, tmp_path)
     dm.setup("fit")
+    model = {} if config is None else yaml.safe_load((CONFIGS / config).read_text())["model"]
+    # the training step's per-batch rescale (model.batch_scales, model.low_res_scale), each factor and the smallest
+    scales = model.get("batch_scales") or [1.0]
+    factors = sorted({1.0, *scales, min(scales) * (model.get("low_res_scale") or 1.0)})
     torch.manual_seed(0)
     for _ in range(8):  # every random draw of the training transforms
         for index in range(len(dm.train_set)):
@@ -75,10 +80,12 @@ def test_default_transforms_keep_left_to_right_captions_true(config, tmp_path):
             assert all(c == expected for c in ((drawn,) if isinstance(drawn, str) else drawn))  # never rewritten
             caption = expected
             first, second = caption.split()[1], caption.split()[5]
-            centres = _centres(image)
-            square = 36 * 36 * image.shape[-1] * image.shape[-2] / (h * w)  # a square's pixels at this scale
-            assert min(centres["red"][1], centres["blue"][1]) > 0.7 * square, centres  # both squares whole
-            assert centres[first][0] < centres[second][0], (caption, centres)  # still in the named order
+            for factor in factors:
+                scaled = rescale_batch(image[None], None, factor)[0][0]
+                centres = _centres(scaled)
+                square = 36 * 36 * scaled.shape[-1] * scaled.shape[-2] / (h * w)  # a square's pixels at this scale
+                assert min(centres["red"][1], centres["blue"][1]) > 0.7 * square, centres  # both squares whole
+                assert centres[first][0] < centres[second][0], (caption, centres)  # still in the named order
 
 
 def test_mirroring_is_opt_in_and_swaps_the_position_words(tmp_path):
