@@ -89,12 +89,16 @@ class CocoImageSet(Dataset):
     def aspect_ratios(self) -> list[float]:
         """Width / height of every item, for batching alike-shaped images (:mod:`vitkit.data.sampling`): the
         annotation file's ``width`` and ``height``, else the image file's header (no decode); 1.0 for a file that
-        cannot be opened (its item reports that when read)."""
-        ratios = []
-        for index in range(len(self)):
-            size = self.annotated_size(index) or image_size(self.image_path(index))
-            ratios.append(size[0] / size[1] if size is not None and min(size) > 0 else 1.0)
-        return ratios
+        cannot be opened (its item reports that when read). Read once: Lightning builds a fit's loaders more than
+        once (the step estimate, then the fit), and header reads of a large set add up."""
+        ratios = self.__dict__.get("_aspect_ratios")
+        if ratios is None:
+            ratios = []
+            for index in range(len(self)):
+                size = self.annotated_size(index) or image_size(self.image_path(index))
+                ratios.append(size[0] / size[1] if size is not None and min(size) > 0 else 1.0)
+            self._aspect_ratios = ratios
+        return list(ratios)
 
     def _read(self, index: int, path: Path, size_hint: tuple[int, int] | None = None) -> Image.Image | None:
         """Item ``index``'s image through :func:`~vitkit.data.images.load_rgb`; under "skip", None for an image
