@@ -104,6 +104,23 @@ def test_missing_data_folder_explains_the_layout(tmp_path, train_in_process):
     assert "instances_train2017.json" in proc.stderr and "cocodataset.org" in proc.stderr
 
 
+def test_a_users_folder_without_annotations_is_left_untouched(tmp_path, train_in_process):
+    """Issue 30: COCO-named photos, no annotation files yet, the shipped shapes recipe (generate_shapes: true).
+    The run stops with an error naming the missing file; every file stays byte-identical and nothing is added."""
+    root = tmp_path / "mine"
+    photos = {Path("train2017/000000000009.jpg"): b"\xff\xd8 a user's photo",
+              Path("val2017/000000000139.jpg"): b"\xff\xd8 another"}
+    for rel, data in photos.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    before = sorted(p for p in root.rglob("*"))
+    proc = train_in_process(str(CONFIG), "--data.root", str(root))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "instances_train2017.json" in proc.stderr and "touched nothing" in proc.stderr
+    assert sorted(p for p in root.rglob("*")) == before
+    assert all((root / rel).read_bytes() == data for rel, data in photos.items())
+
+
 def test_ddp_validation_matches_single_process(trained):
     """2 CPU processes (gloo) on 7 val images (not divisible by 2) give the single-process COCO stats."""
     ckpt = trained / "runs" / "detr_shapes" / "checkpoints" / "last.ckpt"

@@ -4,8 +4,10 @@ Two models: vanilla DETR (every convergence switch off) and the shapes default (
 detector, 4 classes). Weights are not taken from an init (a refactor may create modules in another order): every
 state-dict entry is filled from a generator seeded by the CRC32 of its *pre-refactor* key, so the same values land
 on the same parameters whatever the module tree looks like now (``RENAMES`` maps today's keys to those names).
-``tests/support/detr_reference.safetensors`` holds the inputs and outputs computed by the code at be9918b;
-``python -m tests.support.detr_reference`` rewrites it (only ever do that on purpose).
+``tests/support/detr_reference_<KIND>.safetensors`` hold the outputs computed by the code at be9918b on each CPU
+kind (``torch.backends.cpu.get_cpu_capability()``: AVX2 on an AVX2-only EPYC, AVX512 on an AVX-512 bf16 EPYC):
+float kernels differ between kinds in the last bit, so bit-identity holds per kind. ``python -m
+tests.support.detr_reference`` writes the file of the running kind (only ever do that on purpose, from be9918b).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from pathlib import Path
 import torch
 import yaml
 
-REFERENCE = Path(__file__).parent / "detr_reference.safetensors"
+RECORDED_KIND = "AVX2"  # the first recording; other kinds are compared with it when they have none of their own
+
+
+def reference_file(kind: str) -> Path:
+    """The saved outputs of CPU kind ``kind`` (a ``get_cpu_capability()`` value)."""
+    return Path(__file__).parent / f"detr_reference_{kind}.safetensors"
+
+
 SHAPES_CONFIG = Path(__file__).parents[2] / "configs" / "detr_shapes.yaml"
 # today's state-dict key prefix -> the key prefix at be9918b (empty while nothing was renamed)
 RENAMES: dict[str, str] = {}
@@ -117,6 +126,6 @@ if __name__ == "__main__":
     tensors = {}
     for kind in ("vanilla", "shapes"):
         tensors.update({f"{kind}.{k}": v for k, v in run(build(kind, instantiate, DETR)).items()})
-    REFERENCE.parent.mkdir(exist_ok=True)
-    save_file(tensors, REFERENCE)
-    print(len(tensors), "tensors ->", REFERENCE)
+    out = reference_file(torch.backends.cpu.get_cpu_capability())
+    save_file(tensors, out)
+    print(len(tensors), "tensors ->", out)

@@ -21,6 +21,9 @@ Content, chosen to exercise every path a real COCO-layout dataset takes:
   red triangle", "an orange star" (medium objects get no size word: the captions' rule on the visible area), "a
   large blue circle"; a crowd region gets "a cluster of tiny red squares".
 
+Generation claims only a new or empty folder (or one holding this generator's ``.vitkit-shapes.json`` marker,
+written before any image): a folder with anything else in it raises :class:`NotAShapesFolder` and is left untouched.
+
 Which images are empty or hold a crowd is drawn per split from ``(seed, split)``; everything else in an image
 from its own stream ``(seed, split, index)``. Files are written atomically (temporary name, then rename), so ranks
 that generate the same set concurrently cannot leave a half-written file behind. The phrases draw no random number:
@@ -48,6 +51,13 @@ from pycocotools import mask as mask_utils
 
 from vitkit.data.shape_captions import object_phrase, shape_captions
 from vitkit.utils.files import atomic_write
+
+MARKER = ".vitkit-shapes.json"
+
+
+class NotAShapesFolder(FileExistsError):
+    """Raised by :func:`make_shapes` for a folder that holds files the generator did not write."""
+
 
 CATEGORIES: tuple[dict[str, Any], ...] = (
     {"id": 1, "name": "square", "supercategory": "shape"},
@@ -278,7 +288,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
     """Write the synthetic shapes dataset in COCO 2017 layout under ``root``.
 
     Args:
-        root: output folder (created; existing files of the same names are overwritten).
+        root: output folder: new, empty, or written by this generator before (its marker file present).
         num_train: images in train2017.
         num_val: images in val2017.
         image_size: nominal side in px; each image's height and width are drawn independently from
@@ -295,10 +305,14 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
     Returns:
         Paths: ``root``, ``train_images``, ``val_images``, ``instances_train``, ``instances_val``,
         ``captions_train``, ``captions_val``.
+
+    Raises:
+        NotAShapesFolder: ``root`` holds other files and no marker; nothing is written.
     """
     jitter = _check_arguments(image_size, size_jitter, min_objects, max_objects, empty_fraction, crowd_fraction)
 
     paths = _paths(Path(root))
+    _claim(paths["root"])
     paths["annotations"] = paths["instances_train"].parent
     for key in ("train_images", "val_images", "annotations"):
         paths[key].mkdir(parents=True, exist_ok=True)
@@ -308,6 +322,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
               "seed": seed, "min_objects": min_objects, "max_objects": max_objects,
               "empty_fraction": empty_fraction, "crowd_fraction": crowd_fraction, "jpeg_quality": jpeg_quality}
     info = {"description": "vitkit synthetic shapes (COCO 2017 layout)", "version": "1.0", "generator": params}
+    atomic_write(paths["root"] / MARKER, json.dumps(info).encode("utf-8"))
 
     outputs: dict[str, dict[str, Any]] = {}
     next_image_id, next_ann_id, next_cap_id = 1, 1, 1
@@ -350,6 +365,21 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
     for key in ("captions_val", "instances_val", "captions_train", "instances_train"):
         atomic_write(paths[key], json.dumps(outputs[key]).encode("utf-8"))
     return paths
+
+
+def _claim(root: Path) -> None:
+    """Create ``root`` for the generator, or refuse a folder holding files it did not write."""
+    if root.exists() and not root.is_dir():
+        raise NotAShapesFolder(f"{root} is a file, not a folder; nothing was written")
+    if not root.exists() or (root / MARKER).is_file() or not any(root.iterdir()):
+        root.mkdir(parents=True, exist_ok=True)
+        return
+    found = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    example = found[0] if found else next(iter(root.iterdir())).name
+    raise NotAShapesFolder(
+        f"{root} is not empty (it holds {len(found)} files, e.g. {example}) and has no "
+        f"annotations/instances_train2017.json; the shapes generator writes only into a new or empty folder and "
+        f"touched nothing here")
 
 
 def _needs_phrases(data: Any) -> bool:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampl
 from vitkit.data.bad_images import SkippingDataLoader, check_policy, find_wrapped
 from vitkit.data.images import ImageReadError
 from vitkit.data.sampling import GroupedBatchSampler, aspect_ratio_groups
-from vitkit.data.shapes import ensure_shapes
+from vitkit.data.shapes import NotAShapesFolder, ensure_shapes
 from vitkit.train.guards import ConfigError
 
 _LAYOUT = """expected layout under {{root}}:
@@ -95,8 +95,13 @@ class CocoLayoutDataModule(L.LightningDataModule):
                               f"plain random batches), got {aspect_ratio_groups}")
         self.root = Path(root)
         if generate_shapes:
-            ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
-                          seed=shapes_seed)
+            try:
+                ensure_shapes(self.root, num_train=shapes_train, num_val=shapes_val, image_size=shapes_size,
+                              seed=shapes_seed)
+            except NotAShapesFolder as err:
+                raise ConfigError(f"data.root: {err}. Fix: add the annotation files (missing: "
+                                  f"{self.annotation_file('train')}), or set data.root to a new folder for the "
+                                  f"generated shapes set\n" + self.layout) from err
         self._check_layout()
 
     @property
