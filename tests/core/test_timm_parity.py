@@ -58,3 +58,13 @@ def test_from_timm_rejects_non_vit():
         ViTEncoder.from_timm(nn.Linear(4, 4))
     with pytest.raises(TypeError):
         ViTEncoder.from_timm(timm.create_model("resnet10t", pretrained=False))
+
+
+@pytest.mark.parametrize("kwargs,what", [({"init_values": 1e-5}, "layer scale"), ({"qk_norm": True}, "qk_norm"),
+                                         ({"qkv_bias": False}, "without bias"),
+                                         ({"embed_norm_layer": "layernorm"}, "patch-embedding norm"),
+                                         ({"pos_embed": "none"}, "position table"), ({"act_layer": "silu"}, "SiLU")])
+def test_from_timm_refuses_what_the_encoder_does_not_implement(kwargs, what):
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, **kwargs)
+    with pytest.raises(NotImplementedError, match=what):
+        ViTEncoder.from_timm(model)

@@ -35,7 +35,7 @@ def test_vit_encoder_starts_from_a_local_timm_file(tmp_path):
 
 def test_cnn_patch_source_starts_from_a_local_timm_file(tmp_path):
     ref, path = _saved(tmp_path, "resnet18")
-    pe = BackbonePatchEmbed("resnet18", embed_dim=None, pretrained_file=path, frozen_bn=False).eval()
+    pe = BackbonePatchEmbed("resnet18", embed_dim=32, pretrained_file=path, frozen_bn=False).eval()
     torch.testing.assert_close(pe.body.conv1.weight, ref.conv1.weight)
     torch.testing.assert_close(pe.body.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
 

@@ -1,6 +1,5 @@
 """DetectionModule: the loss, the matching cost and the post-processing follow the detector's head (softmax:
-cross-entropy; sigmoid: ``model.sigmoid_loss``), in the shipped configs too; a config that still sets the removed
-``model.loss_type`` gets a config error naming what replaces it."""
+cross-entropy; sigmoid: ``model.sigmoid_loss``), in the shipped configs too."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ from jsonargparse import ArgumentParser
 from tests.support.tiny_checkpoints import detector_config
 from vitkit.detection import DETR
 from vitkit.detection.module import DetectionModule
-from vitkit.train.guards import ConfigError
 from vitkit.utils.config import instantiate
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -56,21 +54,9 @@ def test_the_head_decides_loss_matching_and_scores(sigmoid_head: bool, sigmoid_l
                                          ("detr_r50_coco.yaml", "ce")])
 def test_shipped_configs_keep_their_loss(config: str, loss: str) -> None:
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
-    assert "loss_type" not in model
     module = _from_config(model)
     assert module.criterion.loss_type == loss and module.postprocess.sigmoid is (loss != "ce")
     if config == "detr_shapes.yaml":  # the varifocal recipe, unchanged: alpha 0.75, class weight and cost 2
         crit = module.criterion
         assert (crit.focal_alpha, crit.weight_dict["loss_ce"], crit.matcher.cost_class) == (0.75, 2.0, 2.0)
 
-
-@pytest.mark.parametrize("old,fix", [("varifocal", "model.sigmoid_loss: varifocal"),
-                                     ("ce", "delete model.loss_type")])
-def test_the_removed_loss_type_key_names_its_replacement(old: str, fix: str) -> None:
-    model = yaml.safe_load((CONFIGS / "detr_shapes.yaml").read_text())["model"]
-    model["loss_type"] = old
-    with pytest.raises(ConfigError, match=r"model\.loss_type was removed") as err:
-        _from_config(model)
-    assert fix in str(err.value) and "model.sigmoid_loss" in str(err.value)
-    with pytest.raises(ConfigError, match=r"model\.sigmoid_loss"):
-        DetectionModule(_detector(), loss_type=old)  # the Python API says the same

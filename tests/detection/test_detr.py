@@ -8,6 +8,7 @@ from torchvision.ops import box_convert, box_iou
 
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.detection import DETR, HungarianMatcher, PostProcess, SetCriterion
+from vitkit.detection.queries import token_centres
 from vitkit.layers import BackbonePatchEmbed
 
 
@@ -19,8 +20,7 @@ def vit_detr(num_classes: int = 4, dim: int = 64, stem: list[int] | None = None,
 
 
 TWO_STAGE = {"sigmoid_head": True, "box_refine": True, "two_stage": True}
-FULL = {**TWO_STAGE, "box_rpb": True}
-MULTISCALE = {**FULL, "multiscale": True, "stem": [8, 16, 32, 32]}  # the stride-8 stem map feeds the finer grid
+MULTISCALE = {**TWO_STAGE, "multiscale": True, "stem": [8, 16, 32, 32]}  # the stride-8 stem map feeds the finer grid
 # Stride 8/16/32 grids read by deformable cross-attention (RT-DETR's decoder layout).
 DEFORMABLE = {**TWO_STAGE, "multiscale": True, "coarse_level": True, "cross_attn": "deformable",
               "stem": [8, 16, 32, 32]}
@@ -28,7 +28,7 @@ DEFORMABLE = {**TWO_STAGE, "multiscale": True, "coarse_level": True, "cross_attn
 
 @pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True}, {"box_refine": True},
                                 {"sigmoid_head": True, "box_refine": True, "num_queries_one2many": 20},
-                                {**TWO_STAGE, "num_queries_one2many": 20}, FULL, MULTISCALE, DEFORMABLE])
+                                {**TWO_STAGE, "num_queries_one2many": 20}, TWO_STAGE, MULTISCALE, DEFORMABLE])
 def test_outputs_follow_the_switches(kw):
     m = vit_detr(**kw)
     x = torch.randn(2, 3, 64, 80)
@@ -61,8 +61,8 @@ def test_one2many_queries_do_not_change_one2one_predictions():
     torch.testing.assert_close(with_o2m, without, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE, FULL, MULTISCALE,
-                                {**FULL, "multiscale": True}, DEFORMABLE,
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True}, TWO_STAGE, MULTISCALE,
+                                {**TWO_STAGE, "multiscale": True}, DEFORMABLE,
                                 {"sigmoid_head": True, "box_refine": True, "cross_attn": "deformable"}])
 def test_predictions_do_not_change_when_batched_with_a_larger_image(kw):
     m = vit_detr(**kw).eval()
@@ -85,8 +85,6 @@ def test_deformable_cross_attention_replaces_global_attention_in_every_layer():
     assert "decoder.layers.0.cross_attn.sampling_offsets.weight" in m.state_dict()  # Deformable DETR's names
     with pytest.raises(ValueError, match="needs box_refine"):
         vit_detr(cross_attn="deformable")
-    with pytest.raises(ValueError, match="box_rpb"):
-        vit_detr(**FULL, cross_attn="deformable")
     with pytest.raises(ValueError, match=r"global\|deformable"):
         vit_detr(**TWO_STAGE, cross_attn="local")
 
@@ -105,6 +103,17 @@ def test_two_stage_needs_refinement_and_sigmoid_head():
         vit_detr(two_stage=True, sigmoid_head=True)
     with pytest.raises(ValueError, match="two_stage needs box_refine"):
         vit_detr(two_stage=True, box_refine=True)
+
+
+def test_token_centres_are_relative_to_the_unpadded_grid():
+    pad = torch.zeros(2, 3, 4, dtype=torch.bool)
+    pad[1, :, 2:] = True  # image 1: 2 real columns
+    pad[1, 2:, :] = True  # ... and 2 real rows
+    cx, cy = token_centres(pad.flatten(1), (3, 4))
+    torch.testing.assert_close(cx[0], torch.tensor([0.125, 0.375, 0.625, 0.875]))
+    torch.testing.assert_close(cy[0], torch.tensor([1 / 6, 0.5, 5 / 6]))
+    torch.testing.assert_close(cx[1, :2], torch.tensor([0.25, 0.75]))
+    torch.testing.assert_close(cy[1, :2], torch.tensor([0.25, 0.75]))
 
 
 def test_two_stage_proposals_start_at_grid_anchors_of_the_unpadded_image():
@@ -213,7 +222,7 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     torch.manual_seed(0)
     images, targets = _toy_batch()
     m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid, two_stage=two_stage,
-                 box_rpb=two_stage, num_denoising=20 if two_stage else 0)
+                 num_denoising=20 if two_stage else 0)
     crit = SetCriterion(3, HungarianMatcher(sigmoid=sigmoid), sigmoid_head=sigmoid, sigmoid_loss="varifocal",
                         eos_coef=0.1)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
@@ -237,7 +246,8 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
         assert torch.equal(d["labels"][order][best], t["labels"])  # ...with its class
 
 
-@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True, "num_denoising": 8}, FULL, DEFORMABLE])
+@pytest.mark.parametrize("kw", [{}, {"sigmoid_head": True, "box_refine": True, "num_denoising": 8}, TWO_STAGE,
+                                DEFORMABLE])
 def test_transformer_decoder_forward_runs_for_every_config(kw):
     m = vit_detr(**kw).train()
     calls = []
@@ -249,10 +259,10 @@ def test_transformer_decoder_forward_runs_for_every_config(kw):
 
 
 def test_parts_keep_the_historic_state_dict_keys():
-    keys = set(vit_detr(**FULL, num_denoising=8).state_dict())
+    keys = set(vit_detr(**TWO_STAGE, num_denoising=8).state_dict())
     for key in ("class_embed.weight", "bbox_embed.1.layers.2.weight", "ref_point_head.layers.1.bias",
                 "enc_output.0.weight", "enc_output.1.weight", "enc_score_head.bias", "enc_bbox_head.layers.2.weight",
-                "box_rpb.1.mlp_x.0.weight", "dn_label_embed.weight"):
+                "dn_label_embed.weight"):
         assert key in keys, key
     assert not any(k.startswith(("parts.", "query_embed", "refpoint_embed")) for k in keys)
     keys = set(vit_detr(sigmoid_head=True, box_refine=True).state_dict())
@@ -262,6 +272,6 @@ def test_parts_keep_the_historic_state_dict_keys():
 def test_a_refused_config_leaves_the_decoder_untouched():
     dec = TransformerDecoder(dim=64, depth=2, num_heads=4)
     enc = ViTEncoder(patch_size=16, embed_dim=64, depth=1, num_heads=4, class_token=False)
-    with pytest.raises(ValueError, match="box_rpb"):
-        DETR(enc, dec, num_classes=3, **FULL, cross_attn="deformable")
+    with pytest.raises(ValueError, match="two_stage needs"):  # deformable asked for, with a refused two_stage
+        DETR(enc, dec, num_classes=3, box_refine=True, two_stage=True, cross_attn="deformable")
     assert all(type(layer.cross_attn).__name__ == "MultiheadAttention" for layer in dec.layers)

@@ -1,4 +1,4 @@
-"""MultiheadAttention: parity with nn.MultiheadAttention, masks, bias hook, KV cache, RoPE."""
+"""MultiheadAttention: parity with nn.MultiheadAttention, masks, KV cache, RoPE."""
 
 from __future__ import annotations
 
@@ -106,23 +106,9 @@ def test_bool_attn_mask_equals_neg_inf_bias():
     blocked[..., 0] = False  # keep one key per row
     bias = torch.zeros(2, 1, 5, 6).masked_fill(blocked, float("-inf"))
     out = attn(x, mem, attn_mask=blocked)
-    torch.testing.assert_close(out, attn(x, mem, attn_bias=bias), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(out, manual_attention(attn, x, mem, mem, bias=bias), atol=1e-5, rtol=1e-5)
     with pytest.raises(TypeError):
         attn(x, mem, attn_mask=bias)
-
-
-def test_attn_bias_matches_manual_reference():
-    attn, _ = pair()
-    x, mem = torch.randn(2, 5, D), torch.randn(2, 6, D)
-    bias = torch.randn(2, H, 5, 6) * 2
-    out = attn(x, mem, attn_bias=bias)
-    assert not torch.allclose(out, attn(x, mem), atol=1e-3)
-    torch.testing.assert_close(out, manual_attention(attn, x, mem, mem, bias=bias), atol=1e-5, rtol=1e-5)
-    kpm = padding(2, 6, [6, 4])
-    masked_bias = bias.masked_fill(kpm[:, None, None, :], float("-inf"))
-    torch.testing.assert_close(attn(x, mem, attn_bias=bias, key_padding_mask=kpm),
-                               manual_attention(attn, x, mem, mem, bias=masked_bias), atol=1e-5, rtol=1e-5)
 
 
 @on_devices
@@ -137,8 +123,8 @@ def test_fully_masked_row_is_finite(device):
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(attn.qkv.weight.grad).all()
     blocked = torch.zeros(1, 1, 4, 6, dtype=torch.bool, device=device)
-    blocked[..., 2, :] = True  # one query row sees nothing; the float-bias path
-    out = attn(x, mem, attn_mask=blocked, attn_bias=torch.zeros(1, 1, 4, 6, device=device))
+    blocked[..., 2, :] = True  # one query row sees nothing; the attn_mask path
+    out = attn(x, mem, attn_mask=blocked)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, attn(x, mem), atol=1e-6, rtol=1e-6)
 

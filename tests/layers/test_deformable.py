@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.support.devices import on_devices
+from vitkit.layers import KVCache
 from vitkit.layers.deformable import MSDeformableAttention, valid_ratios
 
 
@@ -83,9 +84,9 @@ def test_padding_values_are_never_read(device):
 
 def test_global_attention_arguments_are_refused():
     m = _identity_attention()
-    with pytest.raises(ValueError, match="attn_bias"):
+    with pytest.raises(ValueError, match="cache"):
         m(torch.zeros(1, 1, 4), value=torch.zeros(1, 16, 4), reference=torch.full((1, 1, 4), 0.5), shapes=[(4, 4)],
-          ratios=torch.ones(1, 1, 2), attn_bias=torch.zeros(1))
+          ratios=torch.ones(1, 1, 2), cache=KVCache(static=True))
 
 
 @on_devices

@@ -123,12 +123,6 @@ def test_backbone_shapes_and_stride(backbone):
     assert mask.shape == (2, 2, 3) and not mask.any()
 
 
-def test_backbone_no_projection_keeps_channels():
-    m = BackbonePatchEmbed("resnet18", embed_dim=None).eval()
-    tokens, _ = m(torch.randn(1, 3, 64, 64))
-    assert tokens.shape == (1, 2, 2, 512) and m.embed_dim == 512
-
-
 def test_backbone_mask_nearest_resized(backbone):
     # 64 x 96 -> 2 x 3; nearest samples pixel rows (0, 32) and cols (0, 32, 64).
     mask = torch.zeros(2, 64, 96, dtype=torch.bool)
@@ -176,10 +170,3 @@ def test_backbone_channels_last_same_output(backbone):
     with torch.no_grad():
         torch.testing.assert_close(cl.eval()(x)[0], backbone.eval()(x)[0], atol=1e-4, rtol=1e-4)
 
-
-def test_backbone_out_index_picks_an_earlier_stage():
-    m = BackbonePatchEmbed("resnet18", embed_dim=32, out_index=-2, frozen_bn=False).eval()
-    assert m.stride == 16 and m.num_channels == 256
-    assert not hasattr(m.body, "layer4")  # later stages are not built
-    tokens, mask = m(torch.randn(1, 3, 96, 128))
-    assert tokens.shape == (1, 6, 8, 32) and mask.shape == (1, 6, 8)

@@ -69,9 +69,8 @@ def test_recorded_weights_reproduce_the_attention_output():
     q, mem = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
     pad = torch.zeros(2, 7, dtype=torch.bool)
     pad[1, 5:] = True
-    bias = torch.randn(2, 4, 3, 7)
     with viz.AttentionRecorder(m) as rec, torch.no_grad():
-        out = m(q, mem + 1, mem, key_padding_mask=pad, attn_bias=bias)  # keys carry positions, values do not
+        out = m(q, mem + 1, mem, key_padding_mask=pad)  # keys carry positions, values do not
     (w,) = rec.weights
     assert w.shape == (2, 4, 3, 7)
     assert torch.allclose(w.sum(-1), torch.ones(2, 4, 3), atol=1e-6) and (w[1, :, :, 5:] == 0).all()

@@ -2,7 +2,7 @@
 
 It returns every layer's output, each passed through the shared final norm (as DETR does for its auxiliary
 losses), or only the last when ``return_intermediate=False``. ``query_pos`` is added to q/k in every layer
-(DETR's object queries), or once at the input with ``pos_mode="input"``.
+(DETR's object queries).
 
 A task can steer the stack layer by layer without knowing its loop: ``forward(..., hook=...)`` takes any object
 with the two methods of :class:`DecoderHook` (a detector's iterative box refinement is one). The decoder itself
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from vitkit.layers import DecoderBlock, KVCache
 
 # The per-layer arguments a hook may set (see DecoderHook.before_layer).
-HOOK_KEYS = frozenset({"query_pos", "cross_attn_bias", "cross_attn_kwargs"})
+HOOK_KEYS = frozenset({"query_pos", "cross_attn_kwargs"})
 
 
 class DecoderHook(Protocol):
@@ -29,9 +29,8 @@ class DecoderHook(Protocol):
         """Arguments for layer ``index`` given its input states x (B, Q, D).
 
         Returns:
-            any of ``query_pos`` (B|1, Q, D), ``cross_attn_bias`` (broadcastable to (B, H, Q, N)) and
-            ``cross_attn_kwargs`` (a dict for a replaced cross-attention module); they replace the values given to
-            ``forward`` for this layer (``pos_mode`` does not apply to them).
+            any of ``query_pos`` (B|1, Q, D) and ``cross_attn_kwargs`` (a dict for a replaced cross-attention
+            module); they replace the values given to ``forward`` for this layer.
         """
         ...
 
@@ -51,10 +50,8 @@ class TransformerDecoder(nn.Module):
         mlp_ratio: MLP width multiple.
         dropout, attn_drop, drop_path: regularisation (drop path grows linearly to ``drop_path``).
         norm_first: pre-norm (True) or post-norm (False, DETR).
-        final_norm: shared LayerNorm on each returned output.
         return_intermediate: return all layers' outputs (L, B, Q, D) instead of the last (B, Q, D).
-        pos_mode: "qk" adds ``query_pos`` in every layer, "input" once before the first.
-        layer_scale, qkv_bias, qk_norm, act, norm_eps: block settings.
+        act, norm_eps: block settings (MLP activation name, LayerNorm eps; the shared final norm's eps too).
     """
     def __init__(
         self,
@@ -67,28 +64,20 @@ class TransformerDecoder(nn.Module):
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
         norm_first: bool = True,
-        final_norm: bool = True,
         return_intermediate: bool = True,
-        pos_mode: str = "qk",
-        layer_scale: float | None = None,
-        qkv_bias: bool = True,
-        qk_norm: bool = False,
         act: str = "gelu",
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        if pos_mode not in ("input", "qk"):
-            raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
-        self.dim, self.depth, self.pos_mode, self.num_heads = dim, depth, pos_mode, num_heads
+        self.dim, self.depth, self.num_heads = dim, depth, num_heads
         self.return_intermediate = return_intermediate
         dpr = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
         self.layers = nn.ModuleList(
-            DecoderBlock(dim, num_heads, mlp_dim=mlp_dim, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
-                         attn_drop=attn_drop, drop_path=dpr[i], layer_scale=layer_scale, norm_first=norm_first,
-                         qk_norm=qk_norm, act=act, norm_eps=norm_eps)
+            DecoderBlock(dim, num_heads, mlp_dim=mlp_dim, mlp_ratio=mlp_ratio, dropout=dropout, attn_drop=attn_drop,
+                         drop_path=dpr[i], norm_first=norm_first, act=act, norm_eps=norm_eps)
             for i in range(depth)
         )
-        self.norm = nn.LayerNorm(dim, eps=norm_eps) if final_norm else nn.Identity()
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
 
     def init_cache(self) -> list[tuple[KVCache, KVCache]]:
         """Fresh (self, cross) KV caches, one pair per layer, for incremental decoding."""
@@ -106,7 +95,6 @@ class TransformerDecoder(nn.Module):
         self_attn_mask: Tensor | None = None,
         is_causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
-        cross_attn_bias: Tensor | None = None,
         caches: list[tuple[KVCache, KVCache]] | None = None,
         hook: DecoderHook | None = None,
         memory_groups: int = 1,
@@ -123,7 +111,6 @@ class TransformerDecoder(nn.Module):
             self_attn_mask: bool mask for self-attention, True = masked out.
             is_causal: causal self-attention.
             rope: (sin, cos) for self-attention q/k.
-            cross_attn_bias: additive cross-attention bias, broadcastable to (B, H, Q, N).
             caches: from :meth:`init_cache`, for incremental decoding (tgt then holds only new tokens).
             hook: a :class:`DecoderHook` called before and after every layer (None: none).
             memory_groups: g > 1 = ``tgt`` has B = M*g rows, every g consecutive ones reading the same row of an
@@ -137,11 +124,8 @@ class TransformerDecoder(nn.Module):
         if tgt.shape[0] != memory.shape[0] * memory_groups:
             raise ValueError(f"{tgt.shape[0]} target rows do not match {memory.shape[0]} memory rows x "
                              f"memory_groups={memory_groups}")
-        if query_pos is not None and self.pos_mode == "input":
-            x, query_pos = x + query_pos, None
         outs = []
-        given = {"query_pos": query_pos, "cross_attn_bias": cross_attn_bias, "cross_attn_kwargs": None,
-                 "memory_groups": memory_groups}
+        given = {"query_pos": query_pos, "cross_attn_kwargs": None, "memory_groups": memory_groups}
         for i, layer in enumerate(self.layers):
             cache, cross_cache = caches[i] if caches is not None else (None, None)
             per_layer = given if hook is None else {**given, **_checked(hook.before_layer(i, x))}

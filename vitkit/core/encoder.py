@@ -5,7 +5,7 @@ registers) first, then the patch tokens in row-major grid order, and a key paddi
 ``forward_features(images)`` returns just the (B, N, D) tokens, equal to timm's ``forward_features`` for
 weights loaded by :meth:`ViTEncoder.from_timm`.
 
-Positional encodings: ``pos_embed`` in {"learned", "sine", "rope", "none"}; ``pos_mode`` "input" adds
+Positional encodings: ``pos_embed`` in {"learned", "sine", "rope"}; ``pos_mode`` "input" adds
 learned/sine encodings once to the patch tokens (ViT), "qk" adds them to q and k in every block (DETR).
 RoPE always acts inside attention. Padding-aware: an image's tokens over its real area do not depend on
 how much padding the batch adds (conv patch source).
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from vitkit.core.timm_vit import encoder_from_timm
 from vitkit.layers import EncoderBlock, LearnedPositionEncoding2D, PatchEmbed, RoPE2D, SinePositionEncoding2D
@@ -63,9 +62,7 @@ class ViTEncoder(nn.Module):
         num_heads: attention heads.
         mlp_ratio: MLP width multiple (ignored when ``mlp_dim`` is set).
         mlp_dim: MLP hidden width.
-        qkv_bias: bias on q/k/v.
-        qk_norm: per-head LayerNorm on q and k.
-        pos_embed: "learned" | "sine" | "rope" | "none".
+        pos_embed: "learned" | "sine" | "rope".
         pos_mode: "input" (add once) or "qk" (add to q/k in every block) for learned/sine encodings.
         class_token: prepend a learned class token.
         reg_tokens: number of register tokens after the class token.
@@ -74,11 +71,9 @@ class ViTEncoder(nn.Module):
         norm_first: pre-norm blocks (ViT) or post-norm (DETR).
         final_norm: LayerNorm after the blocks.
         dropout, attn_drop, drop_path: regularisation; drop path grows linearly to ``drop_path``.
-        layer_scale: LayerScale init value, or None.
         act: MLP activation name.
         norm_eps: LayerNorm eps.
-        rope_base, rope_normalize: :class:`RoPE2D` settings.
-        grad_checkpointing: recompute blocks in backward to save memory (training only).
+        rope_base: :class:`RoPE2D`'s period base.
     """
     def __init__(
         self,
@@ -95,8 +90,6 @@ class ViTEncoder(nn.Module):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         mlp_dim: int | None = None,
-        qkv_bias: bool = True,
-        qk_norm: bool = False,
         pos_embed: str = "learned",
         pos_mode: str = "input",
         class_token: bool = True,
@@ -108,16 +101,13 @@ class ViTEncoder(nn.Module):
         dropout: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        layer_scale: float | None = None,
         act: str = "gelu",
         norm_eps: float = 1e-6,
         rope_base: float = 100.0,
-        rope_normalize: bool = True,
-        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        if pos_embed not in ("learned", "sine", "rope", "none"):
-            raise ValueError(f"pos_embed must be learned|sine|rope|none, got {pos_embed!r}")
+        if pos_embed not in ("learned", "sine", "rope"):
+            raise ValueError(f"pos_embed must be learned|sine|rope, got {pos_embed!r}")
         if pos_mode not in ("input", "qk"):
             raise ValueError(f"pos_mode must be input|qk, got {pos_mode!r}")
         self.patch_embed = patch_embed or PatchEmbed(patch_size, in_chans, embed_dim, bias=patch_bias,
@@ -139,18 +129,16 @@ class ViTEncoder(nn.Module):
             self.pos = LearnedPositionEncoding2D(D, (img[0] // stride, img[1] // stride), num_prefix=npos)
         elif pos_embed == "sine":
             self.pos = SinePositionEncoding2D(D)
-        elif pos_embed == "rope":
-            self.rope = RoPE2D(D // num_heads, base=rope_base, normalize_coords=rope_normalize)
+        else:
+            self.rope = RoPE2D(D // num_heads, base=rope_base)
         self.norm_pre = nn.LayerNorm(D, eps=norm_eps) if pre_norm else nn.Identity()
         dpr = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
         self.blocks = nn.ModuleList(
-            EncoderBlock(D, num_heads, mlp_dim=mlp_dim, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, dropout=dropout,
-                         attn_drop=attn_drop, drop_path=dpr[i], layer_scale=layer_scale, norm_first=norm_first,
-                         qk_norm=qk_norm, act=act, norm_eps=norm_eps)
+            EncoderBlock(D, num_heads, mlp_dim=mlp_dim, mlp_ratio=mlp_ratio, dropout=dropout, attn_drop=attn_drop,
+                         drop_path=dpr[i], norm_first=norm_first, act=act, norm_eps=norm_eps)
             for i in range(depth)
         )
         self.norm = nn.LayerNorm(D, eps=norm_eps) if final_norm else nn.Identity()
-        self.grad_checkpointing = grad_checkpointing
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -205,10 +193,7 @@ class ViTEncoder(nn.Module):
         x = self.norm_pre(x)
         kpm = key_mask if key_mask.any() else None
         for blk in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, block_pos, kpm, rope, use_reentrant=False)
-            else:
-                x = blk(x, block_pos, kpm, rope)
+            x = blk(x, block_pos, kpm, rope)
         x = self.norm(x)
         return EncoderOutput(x, key_mask, block_pos, (h, w), self.num_prefix, stem)
 

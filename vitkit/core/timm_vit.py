@@ -1,13 +1,15 @@
 """timm ``VisionTransformer`` -> :class:`vitkit.core.ViTEncoder` (architecture and weights).
 
-vitkit's encoder uses timm's parameter names below the top level (``blocks.N.attn.qkv``, ``mlp.fc1``,
-``ls1.gamma``, ...), so the conversion renames only ``pos_embed`` and drops the classifier (``head``,
-``fc_norm``). Features vitkit does not implement are refused with a message rather than approximated.
+vitkit's encoder uses timm's parameter names below the top level (``blocks.N.attn.qkv``, ``mlp.fc1``, ...), so
+the conversion renames only ``pos_embed`` and drops the classifier (``head``, ``fc_norm``). The families it
+converts are those the parity tests cover (ViT / DeiT / MAE, register tokens, CLIP's pre-norm, SigLIP's tanh
+GELU); features vitkit does not implement (layer scale, qk norm, q/k/v without bias, a patch norm, no position
+table) are refused with a message rather than approximated.
 """
 
 from __future__ import annotations
 
-from timm.layers import LayerScale, Mlp
+from timm.layers import Mlp
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -21,9 +23,8 @@ def _act_name(act: nn.Module) -> str:
     timm_names = {"GELU": "gelu", "GELUTanh": "gelu_tanh"}
     if type(act).__module__.startswith("timm.") and type(act).__name__ in timm_names:
         return timm_names[type(act).__name__]
-    for name, cls in (("relu", nn.ReLU), ("silu", nn.SiLU)):
-        if isinstance(act, cls):
-            return name
+    if isinstance(act, nn.ReLU):
+        return "relu"
     raise NotImplementedError(f"timm MLP activation {type(act).__name__} is not supported by ViTEncoder")
 
 
@@ -50,6 +51,11 @@ def encoder_from_timm(cls: type, model: nn.Module):
     _require(isinstance(blk.attn.norm, nn.Identity), "attention scale_norm")
     _require(pe.patch_size[0] == pe.patch_size[1], "a non-square patch")
     _require(isinstance(blk.norm1, nn.LayerNorm), "a non-LayerNorm norm layer")
+    _require(isinstance(blk.ls1, nn.Identity), "layer scale")
+    _require(isinstance(blk.attn.q_norm, nn.Identity), "qk_norm")
+    _require(blk.attn.qkv.bias is not None, "q/k/v projections without bias")
+    _require(isinstance(pe.norm, nn.Identity), "a patch-embedding norm")
+    _require(model.pos_embed is not None, "a model without a learned position table")
     enc = cls(
         patch_size=pe.patch_size[0],
         patch_bias=pe.proj.bias is not None,
@@ -59,20 +65,15 @@ def encoder_from_timm(cls: type, model: nn.Module):
         depth=len(model.blocks),
         num_heads=blk.attn.num_heads,
         mlp_dim=blk.mlp.fc1.out_features,
-        qkv_bias=blk.attn.qkv.bias is not None,
-        qk_norm=not isinstance(blk.attn.q_norm, nn.Identity),
-        pos_embed="learned" if model.pos_embed is not None else "none",
+        pos_embed="learned",
         class_token=model.cls_token is not None,
         reg_tokens=model.num_reg_tokens,
         no_embed_class=model.no_embed_class,
         pre_norm=not isinstance(model.norm_pre, nn.Identity),
         final_norm=not isinstance(model.norm, nn.Identity),
-        layer_scale=1e-5 if isinstance(blk.ls1, LayerScale) else None,
         act=_act_name(blk.mlp.act),
         norm_eps=blk.norm1.eps,
     )
-    if not isinstance(pe.norm, nn.Identity):
-        enc.patch_embed.norm = nn.LayerNorm(model.embed_dim, eps=pe.norm.eps)
     state = {}
     for k, v in model.state_dict().items():
         if k.startswith(_HEAD_KEYS):

@@ -17,7 +17,7 @@ Differences from the reference (DETR's SetCriterion):
 - All loss math runs in float32 with autocast off, so bf16 training stays finite.
 - Hybrid matching: an optional ``one2many`` output branch is matched with every target repeated
   ``one2many_k`` times; its losses are normalised by ``num_boxes * one2many_k`` (the repeated target count, as
-  H-DETR does) and weighted by ``one2many_weight``.
+  H-DETR does).
 - Returned values are already weighted; ``loss`` is their sum. Diagnostics (``diagnostic_keys``) are detached
   and not part of ``loss``.
 """
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from vitkit.detection.box_ops import cxcywh_to_xyxy, paired_box_iou
-from vitkit.detection.matcher import HungarianMatcher
+from vitkit.detection.matcher import FOCAL_GAMMA, HungarianMatcher
 from vitkit.utils.distributed import is_distributed, world_size
 
 SIGMOID_LOSSES = ("focal", "varifocal")
@@ -67,10 +67,8 @@ class SetCriterion(nn.Module):
         sigmoid_head: the detector's head kind (``DETR.sigmoid_head``): True = C sigmoid logits, trained with
             ``sigmoid_loss``; False = C+1 softmax logits (last = no-object), trained with cross-entropy.
         sigmoid_loss: the classification loss of a sigmoid head, "focal" or "varifocal"; unused by softmax heads.
-        focal_alpha: alpha of the focal / varifocal loss.
-        focal_gamma: gamma of the focal / varifocal loss.
+        focal_alpha: alpha of the focal / varifocal loss (gamma is :data:`FOCAL_GAMMA`).
         one2many_k: times each target is repeated when matching the ``one2many`` branch.
-        one2many_weight: extra factor on every one-to-many loss.
         enc_one2many_k: times each target is repeated when matching the two-stage encoder proposals
             (``enc_outputs``); 1 is one-to-one. Every token is a proposal, so repeating gives the encoder
             several positives per object, as dense detectors have.
@@ -87,9 +85,7 @@ class SetCriterion(nn.Module):
         sigmoid_head: bool = False,
         sigmoid_loss: str = "focal",
         focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
         one2many_k: int = 6,
-        one2many_weight: float = 1.0,
         enc_one2many_k: int = 1,
     ) -> None:
         super().__init__()
@@ -101,8 +97,8 @@ class SetCriterion(nn.Module):
         self.num_classes, self.matcher = num_classes, matcher
         self.loss_type = sigmoid_loss if sigmoid_head else "ce"  # "ce", "focal" or "varifocal"
         self.weight_dict = {**DEFAULT_WEIGHTS, **(weight_dict or {})}
-        self.eos_coef, self.focal_alpha, self.focal_gamma = eos_coef, focal_alpha, focal_gamma
-        self.one2many_k, self.one2many_weight, self.enc_one2many_k = one2many_k, one2many_weight, enc_one2many_k
+        self.eos_coef, self.focal_alpha = eos_coef, focal_alpha
+        self.one2many_k, self.enc_one2many_k = one2many_k, enc_one2many_k
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
@@ -116,10 +112,10 @@ class SetCriterion(nn.Module):
         onehot = torch.zeros_like(logits)  # (B, Q, C)
         onehot[idx[0], idx[1], labels] = 1.0
         if self.loss_type == "focal":
-            return sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum") / nb
+            return sigmoid_focal_loss(logits, onehot, self.focal_alpha, FOCAL_GAMMA, reduction="sum") / nb
         score = torch.zeros_like(logits)  # IoU-valued targets, (B, Q, C)
         score[idx[0], idx[1], labels] = ious
-        weight = self.focal_alpha * logits.sigmoid().detach() ** self.focal_gamma * (1 - onehot) + score
+        weight = self.focal_alpha * logits.sigmoid().detach() ** FOCAL_GAMMA * (1 - onehot) + score
         return F.binary_cross_entropy_with_logits(logits, score, weight=weight, reduction="sum") / nb
 
     def _layer_losses(self, out: dict, targets: list[dict], indices: list, nb: Tensor, diag: bool) -> dict:
@@ -179,12 +175,12 @@ class SetCriterion(nn.Module):
         """
         device = outputs["pred_logits"].device
         nb = average_num_boxes(targets, device)
-        branches = [("", outputs, 1, 1.0)]
+        branches = [("", outputs, 1)]
         if "one2many" in outputs and self.one2many_k > 0:
-            branches.append(("_o2m", outputs["one2many"], self.one2many_k, self.one2many_weight))
+            branches.append(("_o2m", outputs["one2many"], self.one2many_k))
         result: dict[str, Tensor] = {}
         with torch.autocast(device.type, enabled=False):
-            for tag, branch, rep, factor in branches:
+            for tag, branch, rep in branches:
                 aux = branch.get("aux_outputs", [])
                 layers = [(tag, branch, rep)] + [(f"{tag}_{i}", a, rep) for i, a in enumerate(aux)]
                 if "enc_outputs" in branch:
@@ -196,7 +192,7 @@ class SetCriterion(nn.Module):
                         if key in self.diagnostic_keys:
                             result[key] = value
                         else:
-                            result[key + suffix] = value * self.weight_dict[key] * factor
+                            result[key + suffix] = value * self.weight_dict[key]
             if "dn_outputs" in outputs:
                 dn = outputs["dn_outputs"]
                 meta = dn["dn_meta"]

@@ -19,6 +19,7 @@ from vitkit.detection.box_ops import cxcywh_to_xyxy
 
 # Replaces NaN/inf costs; far above any real cost (class <= ~10, L1 <= 4 x 5, GIoU <= 2 x 2).
 _BIG_COST = 1e8
+FOCAL_GAMMA = 2.0  # gamma of the focal class cost here and of SetCriterion's focal / varifocal losses
 
 
 class HungarianMatcher(nn.Module):
@@ -29,8 +30,7 @@ class HungarianMatcher(nn.Module):
         cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
         cost_giou: weight of -GIoU.
         sigmoid: sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
-        focal_alpha: focal cost alpha.
-        focal_gamma: focal cost gamma.
+        focal_alpha: focal cost alpha (gamma is :data:`FOCAL_GAMMA`).
     """
 
     def __init__(
@@ -40,11 +40,10 @@ class HungarianMatcher(nn.Module):
         cost_giou: float = 2.0,
         sigmoid: bool = False,
         focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.sigmoid, self.focal_alpha, self.focal_gamma = sigmoid, focal_alpha, focal_gamma
+        self.sigmoid, self.focal_alpha = sigmoid, focal_alpha
 
     def _class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(N, C[+1]) logits, (T,) labels -> (N, T) class cost."""
@@ -52,8 +51,8 @@ class HungarianMatcher(nn.Module):
             return -logits.softmax(-1)[:, labels]
         p = logits.sigmoid()
         # -log(p) = softplus(-x), -log(1-p) = softplus(x): stable for large |x|.
-        pos = self.focal_alpha * (1 - p) ** self.focal_gamma * F.softplus(-logits)
-        neg = (1 - self.focal_alpha) * p**self.focal_gamma * F.softplus(logits)
+        pos = self.focal_alpha * (1 - p) ** FOCAL_GAMMA * F.softplus(-logits)
+        neg = (1 - self.focal_alpha) * p**FOCAL_GAMMA * F.softplus(logits)
         return (pos - neg)[:, labels]
 
     @torch.no_grad()

@@ -14,13 +14,11 @@ serves pre- and post-norm. The convergence options are switches, all off for van
   DETR two-stage / RT-DETR): every patch token scores the classes and regresses a box around its grid anchor;
   the top-scoring tokens' boxes become the decoder's initial anchors and their (detached) features its
   content queries. Every token's proposal is supervised (``enc_outputs``; see ``SetCriterion.enc_one2many_k``);
-- ``box_rpb`` (needs ``box_refine``): a box relative position bias on every cross-attention layer (Plain
-  DETR's BoxRPB, :mod:`vitkit.detection.box_rpb`), computed from the layer's reference boxes;
 - ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
   (DINO / RT-DETR, :mod:`vitkit.detection.denoising`), with known assignments (``dn_outputs``);
 - ``multiscale``: a second memory grid at half the encoder's stride (:mod:`vitkit.core.pyramid`), with a
-  learned level embedding on the memory positions (global cross-attention only); two-stage proposals, anchors
-  (half the size) and BoxRPB cover both grids;
+  learned level embedding on the memory positions (global cross-attention only); two-stage proposals and
+  anchors (half the size) cover both grids;
 - ``coarse_level``: one more grid at twice the encoder's stride (anchors twice the size);
 - ``cross_attn="deformable"`` (needs ``box_refine``): multi-scale deformable cross-attention
   (:mod:`vitkit.layers.deformable`) in place of global attention: each query samples a few points per head
@@ -44,7 +42,6 @@ from torch import Tensor, nn
 from vitkit.core.decoder import TransformerDecoder
 from vitkit.core.encoder import ViTEncoder
 from vitkit.core.pyramid import CoarserLevel, FinerLevel
-from vitkit.detection.box_rpb import BoxRPB, check_box_rpb, token_centres
 from vitkit.detection.denoising import DenoisingQueries, query_attention_mask
 from vitkit.detection.heads import MLP, PRIOR_LOGIT
 from vitkit.detection.queries import DenoisingSource, LearnedAnchors, LearnedQueries, Queries, TwoStageSelection
@@ -77,13 +74,8 @@ class DETR(nn.Module):
         sigmoid_head: C sigmoid logits (focal-style) instead of C+1 softmax logits with a no-object class.
         box_refine: anchor-box queries with per-layer iterative refinement.
         num_queries_one2many: extra one-to-many queries used in training only (0 = off).
-        aux_loss: return the earlier layers' predictions as ``aux_outputs``.
-        memory_pos: positions for the cross-attention keys: "auto" uses the encoder's per-layer positions when
-            it has them (DETR) and a 2D sine encoding of the grid otherwise; "sine"; or "none". Deformable
-            cross-attention reads none (its samples are placed by the reference boxes).
         two_stage: initial queries selected from encoder proposals (see the module docstring).
         anchor_size: width and height of the two-stage grid anchors, as a fraction of the image.
-        box_rpb: box relative position bias in cross-attention.
         num_denoising: denoising query budget per batch in training (0 = off).
         dn_label_noise: label flip rate x 2 for denoising queries.
         dn_box_noise: box jitter scale for denoising queries.
@@ -102,11 +94,8 @@ class DETR(nn.Module):
         sigmoid_head: bool = False,
         box_refine: bool = False,
         num_queries_one2many: int = 0,
-        aux_loss: bool = True,
-        memory_pos: str = "auto",
         two_stage: bool = False,
         anchor_size: float = 0.1,
-        box_rpb: bool = False,
         num_denoising: int = 0,
         dn_label_noise: float = 0.5,
         dn_box_noise: float = 1.0,
@@ -117,13 +106,9 @@ class DETR(nn.Module):
     ) -> None:
         super().__init__()
         # Each switch's rules live with its part; all are checked before the decoder is touched.
-        if memory_pos not in ("auto", "sine", "none"):
-            raise ValueError(f"memory_pos must be auto|sine|none, got {memory_pos!r}")
         if two_stage:
             TwoStageSelection.check(box_refine, sigmoid_head)
         check_cross_attn(cross_attn, box_refine)
-        if box_rpb:
-            check_box_rpb(box_refine, cross_attn)
         if num_denoising:
             DenoisingSource.check(box_refine)
         if not decoder.return_intermediate:
@@ -133,8 +118,7 @@ class DETR(nn.Module):
         # The constructor's flags, as given (the parts keep what they use).
         self.num_classes, self.num_queries = num_classes, num_queries
         self.num_queries_one2many = num_queries_one2many
-        self.sigmoid_head, self.box_refine, self.aux_loss = sigmoid_head, box_refine, aux_loss
-        self.memory_pos = memory_pos
+        self.sigmoid_head, self.box_refine = sigmoid_head, box_refine
         self.two_stage, self.anchor_size = two_stage, anchor_size
         self.num_denoising, self.dn_label_noise, self.dn_box_noise = num_denoising, dn_label_noise, dn_box_noise
         self.input_proj = nn.Linear(encoder.embed_dim, D) if encoder.embed_dim != D else nn.Identity()
@@ -148,19 +132,18 @@ class DETR(nn.Module):
         # The level embedding is added to the memory positions, which only global cross-attention reads (deformable
         # attention locates its samples from the reference boxes): no unused parameter for DDP to wait on.
         self.level_embed = None
-        if (multiscale or coarse_level) and not self.deformable and memory_pos != "none":
+        if (multiscale or coarse_level) and not self.deformable:
             self.level_embed = nn.Parameter(torch.zeros(1 + multiscale + coarse_level, D))
         if self.deformable:
             use_deformable_cross_attention(decoder, 1 + multiscale + coarse_level, num_points)
         self.pos_sine = SinePositionEncoding2D(D)
-        self._build_parts(D, num_classes, num_queries + num_queries_one2many, decoder, box_rpb)
+        self._build_parts(D, num_classes, num_queries + num_queries_one2many, decoder)
         self._reset_parameters()
 
-    def _build_parts(self, D: int, num_classes: int, total_q: int, decoder: TransformerDecoder,
-                     box_rpb: bool) -> None:
+    def _build_parts(self, D: int, num_classes: int, total_q: int, decoder: TransformerDecoder) -> None:
         """Create the heads and parts in a fixed order (the order of random initialisation) and register their
-        modules under the historic names (``query_embed``, ``class_embed``, ``bbox_embed``, ``enc_*``,
-        ``box_rpb``, ``dn_label_embed``, ``refpoint_embed``, ``ref_point_head``)."""
+        modules under their state-dict names (``query_embed``, ``class_embed``, ``bbox_embed``, ``enc_*``,
+        ``dn_label_embed``, ``refpoint_embed``, ``ref_point_head``)."""
         parts = DETRParts()
         if self.two_stage:
             self.query_embed = None
@@ -170,7 +153,6 @@ class DETR(nn.Module):
         self.bbox_embed = MLP(D, D, 4, 3)
         if self.two_stage:
             parts.two_stage = self._register(TwoStageSelection(D, num_classes))
-        self.box_rpb = nn.ModuleList(BoxRPB(decoder.num_heads, D) for _ in range(decoder.depth)) if box_rpb else None
         if self.num_denoising:
             parts.denoising = self._register(DenoisingSource(num_classes, D, self.num_denoising, self.dn_label_noise,
                                                              self.dn_box_noise))
@@ -179,7 +161,7 @@ class DETR(nn.Module):
                 self.refpoint_embed = None
             else:
                 parts.anchors = self._register(LearnedAnchors(total_q))
-            parts.refine = self._register(BoxRefinement(D, decoder.depth, self.bbox_embed, self.box_rpb))
+            parts.refine = self._register(BoxRefinement(D, decoder.depth, self.bbox_embed))
         self.parts = parts
 
     def _register(self, part: nn.Module) -> nn.Module:
@@ -195,17 +177,13 @@ class DETR(nn.Module):
             if part is not None:
                 part.reset_parameters()
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
-        # Checkpoints written before deformable / position-free models stopped creating ``level_embed`` hold one
-        # (zeros, never trained: nothing read it); drop it so they still load strictly.
-        if self.level_embed is None:
-            state_dict.pop(prefix + "level_embed", None)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def _memory_pos(self, enc, mask: Tensor) -> Tensor | None:
-        if self.memory_pos == "none" or self.deformable:  # deformable cross-attention reads no memory positions
+        """Cross-attention key positions (B, P+N, D): the encoder's per-block positions when it has them at the
+        decoder width (DETR), else a 2D sine encoding of the grid (zeros for prefix tokens); None with deformable
+        cross-attention (it reads no key positions)."""
+        if self.deformable:
             return None
-        if self.memory_pos == "auto" and enc.pos is not None and enc.pos.shape[-1] == self.decoder.dim:
+        if enc.pos is not None and enc.pos.shape[-1] == self.decoder.dim:
             return enc.pos
         B = mask.shape[0]
         h, w = enc.grid
@@ -249,15 +227,9 @@ class DETR(nn.Module):
         if self.finer is not None or self.coarser is not None:
             memory, mem_pad, mem_pos = self._add_levels(enc, memory, mem_pad, mem_pos, levels)
         total_q = self.num_queries + (self.num_queries_one2many if self.training else 0)
-        centres = None  # per level: token centres (B, w), (B, h) relative to the unpadded image
-        if self.two_stage or self.box_rpb is not None:
-            centres, start = [], enc.num_prefix
-            for (h, w), _ in levels:
-                centres.append(token_centres(mem_pad[:, start:start + h * w], (h, w)))
-                start += h * w
         P, enc_out = enc.num_prefix, None
         if self.parts.two_stage is not None:
-            queries, enc_out = self.parts.two_stage(memory[:, P:], mem_pad[:, P:], levels, centres, total_q)
+            queries, enc_out = self.parts.two_stage(memory[:, P:], mem_pad[:, P:], levels, total_q)
         else:
             queries = self.parts.learned(memory.shape[0], total_q, memory.dtype, self.parts.anchors)
         dn = None
@@ -268,7 +240,7 @@ class DETR(nn.Module):
                                          total_q - self.num_queries, memory.device)
         if dn is not None:
             queries = queries.with_denoising(dn)
-        logits, boxes, hs = self._decode(queries, memory, mem_pos, mem_pad, attn_mask, P, levels, centres)
+        logits, boxes, hs = self._decode(queries, memory, mem_pos, mem_pad, attn_mask, P, levels)
         out = self._outputs(logits, boxes, total_q, enc_out, dn)
         if features:
             (h, w), B = enc.grid, memory.shape[0]
@@ -278,8 +250,7 @@ class DETR(nn.Module):
         return out
 
     def _decode(self, queries: Queries, memory: Tensor, mem_pos: Tensor | None, mem_pad: Tensor,
-                attn_mask: Tensor | None, num_prefix: int, levels: list,
-                centres: list[tuple[Tensor, Tensor]] | None) -> tuple[Tensor, Tensor, Tensor]:
+                attn_mask: Tensor | None, num_prefix: int, levels: list) -> tuple[Tensor, Tensor, Tensor]:
         """Run the decoder (with the refinement hook when refining) -> logits (L, B, Qt, C'), boxes (L, B, Qt, 4),
         states (L, B, Qt, D)."""
         mem_mask = mem_pad if mem_pad.any() else None  # (B, P+N)
@@ -290,7 +261,7 @@ class DETR(nn.Module):
             hook = refine.hook(self.class_embed, queries.boxes, memory.dtype, grid_pad=mem_pad, shapes=shapes)
             mem_pos, mem_mask = None, mem_pad
         elif refine is not None:
-            hook = refine.hook(self.class_embed, queries.boxes, memory.dtype, centres, num_prefix)
+            hook = refine.hook(self.class_embed, queries.boxes, memory.dtype)
         hs = self.decoder(queries.content, memory, query_pos=queries.pos, memory_pos=mem_pos,
                           memory_key_padding_mask=mem_mask, self_attn_mask=attn_mask, hook=hook)  # (L, B, Qt, D)
         if hook is not None:
@@ -341,8 +312,6 @@ class DETR(nn.Module):
         return memory, mem_pad, (torch.cat(poss, dim=1) if mem_pos is not None else None)
 
     def _pack(self, logits: Tensor, boxes: Tensor) -> dict:
-        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b}
-                                  for a, b in zip(logits[:-1], boxes[:-1], strict=True)]
-        return out
+        """Every layer's (L, B, Q, .) predictions -> the last layer's and the earlier layers' ``aux_outputs``."""
+        aux = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1], strict=True)]
+        return {"pred_logits": logits[-1], "pred_boxes": boxes[-1], "aux_outputs": aux}

@@ -14,7 +14,7 @@ import warnings
 from typing import ClassVar, Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
 from vitkit.detection.export import checkpoint_spec
@@ -24,7 +24,7 @@ from vitkit.eval.coco_results import detection_entries
 from vitkit.eval.gather import gather_image_ids, gather_results
 from vitkit.train.guards import ConfigError
 from vitkit.train.module import TaskModule
-from vitkit.train.optim import adamw_param_groups, remap_optimizer_state, remap_scheduler_state
+from vitkit.train.optim import adamw_param_groups
 from vitkit.utils.spec import read_spec, write_spec
 
 
@@ -57,14 +57,12 @@ class DetectionModule(TaskModule):
         nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step and the
             batch's image ids; "skip" drops the step (no weight or optimizer-state update; the step counter and the
             lr schedule advance), with a warning naming the same. Under DDP all ranks skip together.
-        loss_type: removed (the loss follows ``detector.sigmoid_head``); any value is a ConfigError that names
-            ``model.sigmoid_loss``.
     """
 
-    # Constructor arguments kept out of ``hparams``: the networks (saved as weights) and removed options. Lightning's
+    # Constructor arguments kept out of ``hparams``: the networks (saved as weights). Lightning's
     # ``save_hyperparameters`` reads every ``__init__`` frame up the call chain, so the one call here also records a
     # subclass's arguments; a subclass extends this tuple with its own networks instead of calling it again.
-    hparams_ignore: ClassVar[tuple[str, ...]] = ("detector", "loss_type")
+    hparams_ignore: ClassVar[tuple[str, ...]] = ("detector",)
 
     def __init__(
         self,
@@ -93,11 +91,8 @@ class DetectionModule(TaskModule):
         class_names: list[str] | None = None,
         label_to_cat_id: list[int] | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
-        loss_type: str | None = None,
     ) -> None:
         super().__init__(nonfinite)
-        if loss_type is not None:
-            raise ConfigError(_removed_loss_type(loss_type))
         self.save_hyperparameters(ignore=list(self.hparams_ignore))
         if num_classes is not None and num_classes != detector.num_classes:
             raise ValueError(
@@ -132,29 +127,9 @@ class DetectionModule(TaskModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._check_checkpoint_classes(checkpoint)
-        self._drop_stale_level_embed(checkpoint)
         spec = read_spec(checkpoint)
         if spec is not None:
             self.detector_config = spec.model_config
-
-    def _drop_stale_level_embed(self, checkpoint: dict) -> None:
-        """Load a checkpoint saved when deformable detectors still created ``level_embed`` (zeros, never read, the
-        reason DDP needed ``find_unused_parameters``): drop its weight and, for a resume, its AdamW slot. It was the
-        detector's first parameter, which also decided the order of the AdamW groups."""
-        weights = checkpoint.get("state_dict") or {}
-        has_own = getattr(self.detector, "level_embed", None) is not None
-        if has_own or weights.pop("detector.level_embed", None) is None:
-            return
-        old = nn.Module()  # the layout the optimizer state was saved with: level_embed first, then the rest
-        old.level_embed = nn.Parameter(torch.zeros(1, 1))  # 2-D like the real one, so in the same group
-        for name, child in self.detector.named_children():
-            old.add_module(name, child)
-        old_groups = [g["params"] for g in self._param_groups(old)]
-        new_groups = [g["params"] for g in self._param_groups(self.detector)]
-        for opt in checkpoint.get("optimizer_states") or []:
-            order = remap_optimizer_state(opt, old_groups, new_groups)
-            for sched in (checkpoint.get("lr_schedulers") or []) if order is not None else []:
-                remap_scheduler_state(sched, order)  # base lrs are per group (one optimizer here)
 
     def _check_checkpoint_classes(self, checkpoint: dict) -> None:
         """A checkpoint trained on another class count cannot be resumed or evaluated on this data: say so (naming
@@ -244,22 +219,8 @@ class DetectionModule(TaskModule):
             self.log(f"val/{k}", float(res.stats[k]), prog_bar=k in ("AP", "AP50"))
         self._val_results, self._val_image_ids = [], []
 
-    def _param_groups(self, detector: nn.Module) -> list[dict]:
-        hp = self.hparams
-        return adamw_param_groups(detector, hp.lr, hp.weight_decay, "encoder.patch_embed.", hp.backbone_lr_mult)
-
     def param_groups(self) -> list[dict]:
         """AdamW groups of the detector: the patch source (CNN backbone or conv patchify) at ``backbone_lr_mult``."""
-        return self._param_groups(self.detector)
+        hp = self.hparams
+        return adamw_param_groups(self.detector, hp.lr, hp.weight_decay, "encoder.patch_embed.", hp.backbone_lr_mult)
 
-
-def _removed_loss_type(value: str) -> str:
-    """The message for a config that still sets ``model.loss_type`` (replaced by ``model.sigmoid_loss``)."""
-    if value == "ce":
-        fix = ("delete model.loss_type: a softmax head (model.detector.init_args.sigmoid_head: false, the default) "
-               "trains with cross-entropy")
-    else:
-        fix = (f"replace model.loss_type: {value} with model.sigmoid_loss: {value} (focal or varifocal), for a "
-               "detector with model.detector.init_args.sigmoid_head: true")
-    return (f"model.loss_type was removed: the classification loss follows the detector's head (softmax: "
-            f"cross-entropy; sigmoid: model.sigmoid_loss). Fix: {fix}")

@@ -47,6 +47,25 @@ class Queries:
         return Queries(content, None, boxes)
 
 
+def token_centres(pad: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Token centres relative to each image's unpadded extent.
+
+    Args:
+        pad: (B, h*w) token padding mask (True = padding), padding on the right/bottom.
+        grid: (h, w).
+
+    Returns:
+        cx (B, w) and cy (B, h) in [0, 1] over real tokens (> 1 over padding columns/rows).
+    """
+    h, w = grid
+    grid_pad = pad.reshape(-1, h, w)  # (B, h, w)
+    valid_h = (~grid_pad[:, :, 0]).sum(1).clamp(min=1).float()  # (B,) real token rows
+    valid_w = (~grid_pad[:, 0, :]).sum(1).clamp(min=1).float()  # (B,) real token columns
+    cx = (torch.arange(w, device=pad.device) + 0.5) / valid_w[:, None]  # (B, w)
+    cy = (torch.arange(h, device=pad.device) + 0.5) / valid_h[:, None]  # (B, h)
+    return cx, cy
+
+
 class LearnedAnchors(nn.Module):
     """One learned anchor box per query (DAB-DETR), stored as logits in ``refpoint_embed`` (Q, 4).
 
@@ -118,23 +137,23 @@ class TwoStageSelection(nn.Module):
         nn.init.constant_(self.enc_score_head.bias, PRIOR_LOGIT)
         zero_last_layer(self.enc_bbox_head)
 
-    def forward(self, tokens: Tensor, pad: Tensor, levels: list, centres: list,
-                count: int) -> tuple[Queries, dict[str, Tensor]]:
+    def forward(self, tokens: Tensor, pad: Tensor, levels: list, count: int) -> tuple[Queries, dict[str, Tensor]]:
         """Select ``count`` queries from the grid tokens of every level.
 
         Args:
-            tokens: (B, N, D) grid tokens of all levels (no prefix tokens).
-            pad: (B, N) True = padding.
-            levels: per level ((h, w), anchor size as a fraction of the image).
-            centres: per level, token centres cx (B, w) and cy (B, h) relative to the unpadded image.
+            tokens: (B, N, D) grid tokens of all levels (no prefix tokens), each level row-major.
+            pad: (B, N) True = padding (on the right/bottom of each level's grid).
+            levels: per level ((h, w), anchor size as a fraction of the image), in memory order.
             count: queries to select.
 
         Returns:
             :class:`Queries` with detached content (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], and every token's
             proposal: ``pred_logits`` (B, N, C) with padding tokens at -1e4, ``pred_boxes`` (B, N, 4).
         """
-        anchors = []
-        for ((h, w), size), (cx, cy) in zip(levels, centres, strict=True):  # cx (B, w), cy (B, h)
+        anchors, start = [], 0
+        for (h, w), size in levels:
+            cx, cy = token_centres(pad[:, start:start + h * w], (h, w))  # (B, w), (B, h)
+            start += h * w
             cx, cy = cx[:, None, :].expand(-1, h, -1).flatten(1), cy[:, :, None].expand(-1, -1, w).flatten(1)
             wh = torch.full_like(cx, size)  # (B, h*w)
             anchors.append(torch.stack((cx, cy, wh, wh), dim=-1))  # (B, h*w, 4)

@@ -1,12 +1,11 @@
-"""Iterative box refinement as a decoder hook (DAB-DETR anchors, Deformable DETR refinement, Plain DETR's BoxRPB).
+"""Iterative box refinement as a decoder hook (DAB-DETR anchors, Deformable DETR refinement).
 
 :class:`BoxRefinement` owns the parameters: ``ref_point_head`` (the MLP that turns a sine embedding of each query's
-current box into its query position), one box head per layer (``bbox_embed.{i}``) and, with ``box_rpb``, one
-:class:`~vitkit.detection.box_rpb.BoxRPB` per layer. For each forward it hands
+current box into its query position) and one box head per layer (``bbox_embed.{i}``). For each forward it hands
 :class:`~vitkit.core.TransformerDecoder` a :class:`RefinementHook`, which the decoder calls around every layer:
 
-- before the layer: the query positions from the current boxes, the BoxRPB bias over the memory, or the
-  reference boxes and level layout that deformable cross-attention samples around;
+- before the layer: the query positions from the current boxes and, for deformable cross-attention, the
+  reference boxes and level layout it samples around;
 - after the layer (its normalised output): class logits, refined boxes ``sigmoid(logit(box) + head(out))``, and
   the boxes, detached, become the next layer's references.
 
@@ -24,12 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from vitkit.core.decoder import TransformerDecoder
-from vitkit.detection.box_rpb import memory_bias
 from vitkit.detection.heads import MLP, inverse_sigmoid, zero_last_layer
 from vitkit.layers.deformable import MSDeformableAttention, valid_ratios
 
 
-def box_sine_embed(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+def box_sine_embed(boxes: Tensor, dim: int) -> Tensor:
     """(B, Q, 4) cxcywh in [0, 1] -> (B, Q, dim) sine embedding, dim/4 channels per coordinate.
 
     Uses the same scale (2*pi) and frequencies as :class:`SinePositionEncoding2D`, in (y, x, w, h) order so the
@@ -37,7 +35,7 @@ def box_sine_embed(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Ten
     """
     n = dim // 4
     i = torch.arange(n, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / n)  # (n,)
+    dim_t = 10000.0 ** (2 * torch.div(i, 2, rounding_mode="floor") / n)  # (n,)
     coords = boxes.float()[..., [1, 0, 2, 3]] * 2 * math.pi  # (B, Q, 4)
     pos = coords[..., None] / dim_t  # (B, Q, 4, n)
     pos = torch.stack((pos[..., 0::2].sin(), pos[..., 1::2].cos()), dim=-1).flatten(-2)  # (B, Q, 4, n)
@@ -70,28 +68,21 @@ class RefinementHook:
         class_embed: the detector's class head.
         boxes: (B, Q, 4) initial anchors, cxcywh in [0, 1].
         dtype: dtype of the query positions (the memory's).
-        centres: per memory grid, token centres (BoxRPB only).
-        num_prefix: prefix tokens before the grids in the memory (BoxRPB only).
         deform_ctx: ``shapes`` and ``ratios`` of the levels for deformable cross-attention, else None.
     """
     def __init__(self, refine: BoxRefinement, class_embed: nn.Module, boxes: Tensor, dtype: torch.dtype,
-                 centres: list[tuple[Tensor, Tensor]] | None = None, num_prefix: int = 0,
                  deform_ctx: dict[str, Any] | None = None) -> None:
-        self.refine, self.class_embed, self.dtype = refine, class_embed, dtype
-        self.centres, self.num_prefix, self.deform_ctx = centres, num_prefix, deform_ctx
+        self.refine, self.class_embed, self.dtype, self.deform_ctx = refine, class_embed, dtype, deform_ctx
         self.ref = boxes  # the current layer's reference boxes (B, Q, 4)
         self.logits: list[Tensor] = []
         self.boxes: list[Tensor] = []
 
     def before_layer(self, index: int, x: Tensor) -> dict[str, Any]:
-        """Query positions (B, Q, D), the BoxRPB bias (B, H, Q, N) or the deformable sampling context."""
+        """Query positions (B, Q, D) and, for deformable cross-attention, its sampling context."""
         ref = self.ref
         query_pos = self.refine.ref_point_head(box_sine_embed(ref, self.refine.dim).to(self.dtype))  # (B, Q, D)
-        bias = None
-        if self.refine.box_rpb is not None:
-            bias = memory_bias(self.refine.box_rpb[index], ref, self.centres, self.num_prefix)  # (B, H, Q, P+N)
         kw = None if self.deform_ctx is None else {**self.deform_ctx, "reference": ref}
-        return {"query_pos": query_pos, "cross_attn_bias": bias, "cross_attn_kwargs": kw}
+        return {"query_pos": query_pos, "cross_attn_kwargs": kw}
 
     def after_layer(self, index: int, out: Tensor) -> None:
         """Predict from the layer's normalised output (B, Q, D); the refined boxes, detached, are the next refs."""
@@ -106,42 +97,37 @@ class RefinementHook:
 
 
 class BoxRefinement(nn.Module):
-    """Per-layer box refinement from anchor boxes: ``ref_point_head``, ``bbox_embed`` (one head per layer) and,
-    optionally, ``box_rpb`` (one BoxRPB per layer).
+    """Per-layer box refinement from anchor boxes: ``ref_point_head`` and ``bbox_embed`` (one head per layer).
 
     Args:
         dim: width D.
         depth: decoder layers L.
         head: the box head each layer starts from (copied L times).
-        box_rpb: L :class:`~vitkit.detection.box_rpb.BoxRPB` modules, or None.
     """
-    def __init__(self, dim: int, depth: int, head: MLP, box_rpb: nn.ModuleList | None = None) -> None:
+    def __init__(self, dim: int, depth: int, head: MLP) -> None:
         super().__init__()
         self.dim = dim
         self.ref_point_head = MLP(dim, dim, dim, 2)
         # Deformable DETR: one box head per layer when refining.
         self.bbox_embed = nn.ModuleList(copy.deepcopy(head) for _ in range(depth))
-        self.box_rpb = box_rpb
 
     def reset_parameters(self) -> None:
         """Zero box heads: each layer starts by keeping its reference boxes."""
         for head in self.bbox_embed:
             zero_last_layer(head)
 
-    def hook(self, class_embed: nn.Module, boxes: Tensor, dtype: torch.dtype,
-             centres: list[tuple[Tensor, Tensor]] | None = None, num_prefix: int = 0,
-             grid_pad: Tensor | None = None, shapes: list[tuple[int, int]] | None = None) -> RefinementHook:
+    def hook(self, class_embed: nn.Module, boxes: Tensor, dtype: torch.dtype, grid_pad: Tensor | None = None,
+             shapes: list[tuple[int, int]] | None = None) -> RefinementHook:
         """A fresh :class:`RefinementHook` for one forward.
 
         Args:
             class_embed: the detector's class head.
             boxes: (B, Q, 4) initial anchors.
             dtype: the memory's dtype.
-            centres, num_prefix: token centres per grid and prefix length, for BoxRPB.
             grid_pad, shapes: for deformable cross-attention, the (B, N) padding of the grids (no prefix) and
                 their (h, w); None for global attention.
         """
         ctx = None
         if shapes is not None:
             ctx = {"shapes": shapes, "ratios": valid_ratios(grid_pad, shapes)}
-        return RefinementHook(self, class_embed, boxes, dtype, centres, num_prefix, ctx)
+        return RefinementHook(self, class_embed, boxes, dtype, ctx)

@@ -9,7 +9,6 @@ when query, key and value are the same tensor (ViT self-attention), one for q an
 Masks follow the toolkit convention, True = masked out:
 - ``key_padding_mask`` (B, Tk);
 - ``attn_mask`` bool, broadcastable to (B, heads, Tq, Tk);
-- ``attn_bias`` float, added to the scores (the hook for relative-position biases such as BoxRPB);
 - ``is_causal``: query i sees keys <= i (offset by the cached length when decoding with a cache).
 
 :class:`KVCache` holds a layer's keys and values for incremental decoding. A ``static`` cache (for
@@ -60,21 +59,15 @@ class MultiheadAttention(nn.Module):
     Args:
         dim: model width D (queries, keys and values all have width D).
         num_heads: heads; D must divide evenly.
-        qkv_bias: bias on the input projection.
         attn_drop: dropout on attention weights (training only).
         proj_drop: dropout after the output projection.
-        qk_norm: LayerNorm on q and k per head (timm's ``qk_norm``).
-        norm_eps: eps of the qk norms.
     """
-    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, qk_norm: bool = False, norm_eps: float = 1e-6) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -108,7 +101,6 @@ class MultiheadAttention(nn.Module):
         *,
         key_padding_mask: Tensor | None = None,
         attn_mask: Tensor | None = None,
-        attn_bias: Tensor | None = None,
         is_causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
         rope_k: tuple[Tensor, Tensor] | None = None,
@@ -122,7 +114,6 @@ class MultiheadAttention(nn.Module):
             value: (B, Tk, D); defaults to ``key``.
             key_padding_mask: (B, Tk) bool, True = padding. With a growing cache it covers all keys so far.
             attn_mask: bool, broadcastable to (B, H, Tq, Tk), True = masked out.
-            attn_bias: float, broadcastable to (B, H, Tq, Tk), added to the scores.
             is_causal: mask keys after each query (aligned to the end when a cache holds earlier keys).
             rope: (sin, cos) each (B|1, N, head_dim) rotating the last N query tokens (and keys, unless
                 ``rope_k`` is given).
@@ -147,7 +138,7 @@ class MultiheadAttention(nn.Module):
                 # stored contiguous: SDPA reads (B, H, T, hd) views of the projections far slower at every later step
                 cache.k, cache.v = k, v = k.contiguous(), v.contiguous()
         past = self._past(q, k, is_causal, cache)
-        mask = self._build_mask(q, k, key_padding_mask, attn_mask, attn_bias, is_causal, past)
+        mask = self._build_mask(q, k, key_padding_mask, attn_mask, is_causal, past)
         causal_fast = is_causal and mask is None and past == 0 and q.shape[2] > 1
         if q.shape[2] == 1 and q.device.type == "cpu" and not (self.training and self.attn_drop > 0):
             out = single_query_attention(q, k, v, mask)  # a decoding step
@@ -181,23 +172,23 @@ class MultiheadAttention(nn.Module):
         else:
             key = query if a["key"] is None else a["key"]
             k = self._keys(packed.linear(self.qkv, key, self.dim, 2 * self.dim), a["rope"], a["rope_k"])
-        mask = self._build_mask(q, k, a["key_padding_mask"], a["attn_mask"], a["attn_bias"], is_causal,
+        mask = self._build_mask(q, k, a["key_padding_mask"], a["attn_mask"], is_causal,
                                 self._past(q, k, is_causal, cache))
         if mask is None and is_causal and q.shape[2] > 1:  # SDPA's own causal mask
             mask = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool, device=q.device).tril()
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)  # (B, H, Tq, Tk)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+            scores = scores.masked_fill(~mask, float("-inf"))
         return scores.softmax(-1)
 
     def _queries(self, q: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Projected queries (B, Tq, D) -> normalised, rotated heads (B, H, Tq, hd)."""
-        q = self.q_norm(self._heads(q))
+        """Projected queries (B, Tq, D) -> rotated heads (B, H, Tq, hd)."""
+        q = self._heads(q)
         return q if rope is None else apply_rope(q, rope)
 
     def _keys(self, k: Tensor, rope: tuple[Tensor, Tensor] | None, rope_k: tuple[Tensor, Tensor] | None) -> Tensor:
-        """Projected new keys (B, Tk, D) -> normalised, rotated heads (B, H, Tk, hd)."""
-        k = self.k_norm(self._heads(k))
+        """Projected new keys (B, Tk, D) -> rotated heads (B, H, Tk, hd)."""
+        k = self._heads(k)
         if rope is not None or rope_k is not None:
             k = apply_rope(k, rope_k if rope_k is not None else rope)
         return k
@@ -210,17 +201,17 @@ class MultiheadAttention(nn.Module):
 
     @staticmethod
     def _build_mask(q: Tensor, k: Tensor, key_padding_mask: Tensor | None, attn_mask: Tensor | None,
-                    attn_bias: Tensor | None, is_causal: bool, past: int) -> Tensor | None:
-        """Combine masks into one SDPA mask (bool: True = attend, or float additive), or None."""
+                    is_causal: bool, past: int) -> Tensor | None:
+        """Combine masks into one bool SDPA mask (True = attend, broadcastable to (B, H, Tq, Tk)), or None."""
         Tq, Tk = q.shape[2], k.shape[2]
         blocked = None  # bool, True = masked out, broadcastable to (B, H, Tq, Tk)
         if key_padding_mask is not None:
             blocked = key_padding_mask[:, None, None, :].bool()  # (B, 1, 1, Tk)
         if attn_mask is not None:
             if attn_mask.dtype != torch.bool:
-                raise TypeError("attn_mask must be bool (True = masked out); pass additive masks as attn_bias")
+                raise TypeError("attn_mask must be bool (True = masked out)")
             blocked = attn_mask if blocked is None else blocked | attn_mask
-        needs_causal = is_causal and (blocked is not None or attn_bias is not None or past > 0) and Tq > 1
+        needs_causal = is_causal and (blocked is not None or past > 0) and Tq > 1
         if needs_causal:
             i = torch.arange(Tq, device=q.device)[:, None] + past
             j = torch.arange(Tk, device=q.device)[None, :]
@@ -229,9 +220,4 @@ class MultiheadAttention(nn.Module):
         if blocked is not None:
             # A query row with every key masked would give NaN; let it see all keys (its output is padding).
             blocked = blocked & ~blocked.all(dim=-1, keepdim=True)
-        if attn_bias is None:
-            return None if blocked is None else ~blocked
-        bias = attn_bias.to(q.dtype)
-        if blocked is not None:
-            bias = bias.masked_fill(blocked, float("-inf"))
-        return bias
+        return None if blocked is None else ~blocked

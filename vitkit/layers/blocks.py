@@ -3,13 +3,13 @@
 ``norm_first=True`` is the ViT layout (x + f(norm(x))); ``norm_first=False`` is DETR's (norm(x + f(x))).
 Positional embeddings passed as ``pos`` / ``query_pos`` / ``memory_pos`` are added to queries and keys of
 that attention (never to values), which is the DETR way; a stack that adds them once at its input simply
-passes None here. Submodule names (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``, ``norm1..3``,
-``ls1.gamma``) follow timm so reference weights map directly.
+passes None here. Submodule names (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``, ``norm1..3``) follow
+timm so reference weights map directly.
 """
 
 from __future__ import annotations
 
-from timm.layers import DropPath, LayerScale
+from timm.layers import DropPath
 from torch import Tensor, nn
 
 from vitkit.layers.attention import KVCache, MultiheadAttention
@@ -19,12 +19,11 @@ ACTIVATIONS: dict[str, type[nn.Module] | object] = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "relu": nn.ReLU,
-    "silu": nn.SiLU,
 }
 
 
 def make_act(name: str):
-    """Activation constructor by name (gelu, gelu_tanh, relu, silu)."""
+    """Activation constructor by name (gelu, gelu_tanh, relu)."""
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
     return ACTIVATIONS[name]
@@ -35,28 +34,19 @@ def _with_pos(x: Tensor, pos: Tensor | None) -> Tensor:
 
 
 class _BlockBase(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int | None, mlp_ratio: float, qkv_bias: bool,
-                 dropout: float, attn_drop: float, qk_norm: bool, act: str, norm_eps: float,
-                 norm_first: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int | None, mlp_ratio: float, dropout: float,
+                 attn_drop: float, act: str, norm_eps: float, norm_first: bool) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.attn = MultiheadAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                       proj_drop=dropout, qk_norm=qk_norm, norm_eps=norm_eps)
+        self.attn = MultiheadAttention(dim, num_heads, attn_drop=attn_drop, proj_drop=dropout)
         hidden = mlp_dim if mlp_dim is not None else int(dim * mlp_ratio)
         self.mlp = Mlp(dim, hidden, act_layer=make_act(act), drop=dropout)
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
 
-    def _branch1(self, x: Tensor) -> Tensor:
-        return self.drop_path1(self.ls1(x))
-
-    def _branch2(self, x: Tensor) -> Tensor:
-        return self.drop_path2(self.ls2(x))
-
-    def _residuals(self, n: int, dim: int, layer_scale: float | None, drop_path: float) -> None:
-        """Create ls{i} (LayerScale) and drop_path{i} (DropPath) for branches 1..n, timm's names."""
+    def _residuals(self, n: int, drop_path: float) -> None:
+        """Create drop_path{i} (DropPath) for the residual branches 1..n, timm's names."""
         for i in range(1, n + 1):
-            setattr(self, f"ls{i}", LayerScale(dim, layer_scale) if layer_scale else nn.Identity())
             setattr(self, f"drop_path{i}", DropPath(drop_path) if drop_path > 0 else nn.Identity())
 
 
@@ -68,56 +58,45 @@ class EncoderBlock(_BlockBase):
         num_heads: attention heads.
         mlp_dim: MLP hidden width (overrides ``mlp_ratio``).
         mlp_ratio: MLP hidden width as a multiple of D.
-        qkv_bias: bias on q/k/v projections.
         dropout: dropout after attention and in the MLP.
         attn_drop: dropout on attention weights.
         drop_path: stochastic depth rate of the residual branches.
-        layer_scale: LayerScale init value, or None for none.
         norm_first: pre-norm (ViT) if True, post-norm (DETR) if False.
-        qk_norm: per-head LayerNorm on q and k.
         act: MLP activation name.
         norm_eps: LayerNorm eps.
     """
     def __init__(self, dim: int, num_heads: int, mlp_dim: int | None = None, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale: float | None = None, norm_first: bool = True, qk_norm: bool = False,
+                 dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_first: bool = True,
                  act: str = "gelu", norm_eps: float = 1e-6) -> None:
-        super().__init__(dim, num_heads, mlp_dim, mlp_ratio, qkv_bias, dropout, attn_drop, qk_norm, act,
-                         norm_eps, norm_first)
-        self._residuals(2, dim, layer_scale, drop_path)
+        super().__init__(dim, num_heads, mlp_dim, mlp_ratio, dropout, attn_drop, act, norm_eps, norm_first)
+        self._residuals(2, drop_path)
 
     def forward(self, x: Tensor, pos: Tensor | None = None, key_padding_mask: Tensor | None = None,
-                rope: tuple[Tensor, Tensor] | None = None, attn_bias: Tensor | None = None) -> Tensor:
+                rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Args: x (B, N, D); pos (B|1, N, D) added to q/k; key_padding_mask (B, N); rope for q/k.
 
         Returns: (B, N, D).
         """
-        kw = dict(key_padding_mask=key_padding_mask, rope=rope, attn_bias=attn_bias)
+        kw = dict(key_padding_mask=key_padding_mask, rope=rope)
         if self.norm_first:
             h = self.norm1(x)
             qk = _with_pos(h, pos)
-            x = x + self._branch1(self.attn(qk, qk, h, **kw))
-            return x + self._branch2(self.mlp(self.norm2(x)))
+            x = x + self.drop_path1(self.attn(qk, qk, h, **kw))
+            return x + self.drop_path2(self.mlp(self.norm2(x)))
         qk = _with_pos(x, pos)
-        x = self.norm1(x + self._branch1(self.attn(qk, qk, x, **kw)))
-        return self.norm2(x + self._branch2(self.mlp(x)))
+        x = self.norm1(x + self.drop_path1(self.attn(qk, qk, x, **kw)))
+        return self.norm2(x + self.drop_path2(self.mlp(x)))
 
 
 class DecoderBlock(_BlockBase):
     """Self-attention -> cross-attention to memory -> MLP. Arguments as :class:`EncoderBlock`."""
     def __init__(self, dim: int, num_heads: int, mlp_dim: int | None = None, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale: float | None = None, norm_first: bool = True, qk_norm: bool = False,
+                 dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_first: bool = True,
                  act: str = "gelu", norm_eps: float = 1e-6) -> None:
-        super().__init__(dim, num_heads, mlp_dim, mlp_ratio, qkv_bias, dropout, attn_drop, qk_norm, act,
-                         norm_eps, norm_first)
-        self.cross_attn = MultiheadAttention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
-                                             proj_drop=dropout, qk_norm=qk_norm, norm_eps=norm_eps)
+        super().__init__(dim, num_heads, mlp_dim, mlp_ratio, dropout, attn_drop, act, norm_eps, norm_first)
+        self.cross_attn = MultiheadAttention(dim, num_heads, attn_drop=attn_drop, proj_drop=dropout)
         self.norm3 = nn.LayerNorm(dim, eps=norm_eps)
-        self._residuals(3, dim, layer_scale, drop_path)
-
-    def _branch3(self, x: Tensor) -> Tensor:
-        return self.drop_path3(self.ls3(x))
+        self._residuals(3, drop_path)
 
     def forward(
         self,
@@ -131,7 +110,6 @@ class DecoderBlock(_BlockBase):
         self_attn_mask: Tensor | None = None,
         is_causal: bool = False,
         rope: tuple[Tensor, Tensor] | None = None,
-        cross_attn_bias: Tensor | None = None,
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
         cross_attn_kwargs: dict | None = None,
@@ -149,35 +127,33 @@ class DecoderBlock(_BlockBase):
             self_attn_mask: bool (Q, Q) or broadcastable, True = masked out.
             is_causal: causal self-attention (captioning).
             rope: (sin, cos) for self-attention q/k (1D token positions for captioning).
-            cross_attn_bias: additive bias on cross-attention scores, broadcastable to (B, H, Q, N).
             cache, cross_cache: KV caches for incremental decoding (self: growing, cross: static).
             cross_attn_kwargs: extra keyword arguments for a replaced ``cross_attn`` module (e.g. the reference
                 boxes of :class:`vitkit.layers.deformable.MSDeformableAttention`).
             memory_groups: g > 1 = every g consecutive rows of ``tgt`` (B = M*g) read the same row of an (M, N, D)
                 ``memory``: their queries attend to it as one (M, g*Q) batch, so its keys and values are projected
-                once per memory row (several captions of one image). Not with caches or a cross-attention bias.
+                once per memory row (several captions of one image). Not with caches or ``cross_attn_kwargs``.
 
         Returns:
             (B, Q, D).
         """
         sa = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=self_attn_mask, is_causal=is_causal,
                   rope=rope, cache=cache)
-        ca = dict(key_padding_mask=memory_key_padding_mask, attn_bias=cross_attn_bias, cache=cross_cache,
-                  **(cross_attn_kwargs or {}))
-        if memory_groups > 1 and (cross_cache is not None or cross_attn_bias is not None or cross_attn_kwargs):
-            raise ValueError("memory_groups > 1 works without a cross-attention cache, bias or extra arguments")
+        ca = dict(key_padding_mask=memory_key_padding_mask, cache=cross_cache, **(cross_attn_kwargs or {}))
+        if memory_groups > 1 and (cross_cache is not None or cross_attn_kwargs):
+            raise ValueError("memory_groups > 1 works without a cross-attention cache or extra arguments")
         if self.norm_first:
             h = self.norm1(tgt)
             qk = _with_pos(h, query_pos)
-            tgt = tgt + self._branch1(self.attn(qk, qk, h, **sa))
+            tgt = tgt + self.drop_path1(self.attn(qk, qk, h, **sa))
             h = self.norm2(tgt)
-            tgt = tgt + self._branch2(self._cross(_with_pos(h, query_pos), memory, memory_pos, memory_groups, ca))
-            return tgt + self._branch3(self.mlp(self.norm3(tgt)))
+            tgt = tgt + self.drop_path2(self._cross(_with_pos(h, query_pos), memory, memory_pos, memory_groups, ca))
+            return tgt + self.drop_path3(self.mlp(self.norm3(tgt)))
         qk = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self._branch1(self.attn(qk, qk, tgt, **sa)))
-        tgt = self.norm2(tgt + self._branch2(self._cross(_with_pos(tgt, query_pos), memory, memory_pos,
-                                                         memory_groups, ca)))
-        return self.norm3(tgt + self._branch3(self.mlp(tgt)))
+        tgt = self.norm1(tgt + self.drop_path1(self.attn(qk, qk, tgt, **sa)))
+        tgt = self.norm2(tgt + self.drop_path2(self._cross(_with_pos(tgt, query_pos), memory, memory_pos,
+                                                           memory_groups, ca)))
+        return self.norm3(tgt + self.drop_path3(self.mlp(tgt)))
 
     def _cross(self, q: Tensor, memory: Tensor, memory_pos: Tensor | None, groups: int, ca: dict) -> Tensor:
         """Cross-attention of (B, Q, D) queries to (B / groups, N, D) memory -> (B, Q, D)."""

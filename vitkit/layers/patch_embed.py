@@ -5,7 +5,7 @@ Two sources share one interface, ``forward(images, mask=None) -> (tokens (B,h,w,
 - :class:`PatchEmbed`: the ViT conv patchify. Images of any size are zero-padded on the right/bottom to a
   multiple of the patch size; a token is padding only when every pixel under it is padding.
 - :class:`BackbonePatchEmbed`: the last stage of a timm CNN (``features_only``), e.g. a ResNet-50 as in
-  DETR, optionally followed by a 1x1 projection (DETR's ``input_proj``). The pixel mask is resized to the
+  DETR, followed by a 1x1 projection (DETR's ``input_proj``). The pixel mask is resized to the
   feature grid with nearest interpolation, as DETR does.
 
 Masks are ``True`` where there is padding.
@@ -45,7 +45,6 @@ class PatchEmbed(nn.Module):
         in_chans: image channels.
         embed_dim: token width D.
         bias: whether the projection has a bias.
-        norm_layer: optional norm applied to the tokens (e.g. ``nn.LayerNorm``).
         stem_channels: optional convolutional stem ("early convolutions", Xiao et al. 2021): one 3x3 stride-2
             conv + BatchNorm + ReLU per entry, then ``proj`` covers the remaining stride (a 1x1 conv when the
             stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
@@ -59,7 +58,6 @@ class PatchEmbed(nn.Module):
         in_chans: int = 3,
         embed_dim: int = 768,
         bias: bool = True,
-        norm_layer: type[nn.Module] | None = None,
         stem_channels: list[int] | None = None,
         stem_depths: list[int] | None = None,
     ) -> None:
@@ -83,7 +81,6 @@ class PatchEmbed(nn.Module):
             in_chans = c
         k = patch_size // 2 ** len(stem_channels)
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=k, stride=k, bias=bias)
-        self.norm = norm_layer(embed_dim) if norm_layer is not None else nn.Identity()
 
     @property
     def stem_strides(self) -> dict[int, int]:
@@ -125,8 +122,7 @@ class PatchEmbed(nn.Module):
             for block in blocks:
                 x = block(x) * keep
             maps[2 ** (i + 1)] = (x, valid.squeeze(1) == 0)
-        x = self.proj(x)  # (B, D, h, w)
-        x = self.norm(x.permute(0, 2, 3, 1))  # (B, h, w, D)
+        x = self.proj(x).permute(0, 2, 3, 1)  # (B, h, w, D)
         k = p // 2 ** len(self.stem)
         valid = F.max_pool2d(valid.float(), kernel_size=k, stride=k)  # (B, 1, h, w)
         return x, valid.squeeze(1) == 0, maps
@@ -137,7 +133,7 @@ class BackbonePatchEmbed(nn.Module):
 
     Args:
         model_name: any timm model that supports ``features_only`` (e.g. ``resnet50``).
-        embed_dim: output width D; a 1x1 conv projects the stage's channels to it. ``None`` keeps them.
+        embed_dim: output width D; a 1x1 conv projects the last stage's channels to it.
         pretrained: load timm's pretrained weights (needs the network or a local cache; a failed download says how
             to continue offline).
         pretrained_file: a local ``.safetensors`` / ``.pth`` of the timm model's weights (offline; wins over
@@ -147,27 +143,22 @@ class BackbonePatchEmbed(nn.Module):
         freeze_at: freeze parameters up to feature level ``freeze_at`` (detectron2 convention: for a ResNet
             1 = the stem, 2 = stem + layer1, which is DETR's recipe).
         channels_last: run the CNN in channels_last memory format (faster on CPU and GPU).
-        out_index: which feature level becomes the tokens (timm ``out_indices``): -1 = the last stage (stride 32
-            on a ResNet), -2 = the one before (stride 16), ... Stages after it are not built.
         **timm_kwargs: extra keyword arguments for ``timm.create_model``.
     """
     def __init__(
         self,
         model_name: str = "resnet50",
-        embed_dim: int | None = 256,
+        embed_dim: int = 256,
         pretrained: bool = False,
         pretrained_file: str | None = None,
         frozen_bn: bool = True,
         freeze_at: int = 0,
         channels_last: bool = False,
-        out_index: int = -1,
         **timm_kwargs,
     ) -> None:
         super().__init__()
-
-
-        self.body = create_timm_model(model_name, pretrained, pretrained_file, features_only=True,
-                                      out_indices=(out_index,), **timm_kwargs)
+        self.body = create_timm_model(model_name, pretrained, pretrained_file, features_only=True, out_indices=(-1,),
+                                      **timm_kwargs)
         if frozen_bn:
             self.body = freeze_batch_norm_2d(self.body)
             fuse_frozen_batchnorm_into_conv(self.body)  # same weights and state_dict; no per-map BN pass
@@ -175,8 +166,8 @@ class BackbonePatchEmbed(nn.Module):
         self.stride = info.reduction()[-1]
         num_channels = info.channels()[-1]
         self.num_channels = num_channels
-        self.embed_dim = embed_dim if embed_dim is not None else num_channels
-        self.input_proj = nn.Conv2d(num_channels, embed_dim, 1) if embed_dim is not None else nn.Identity()
+        self.embed_dim = embed_dim
+        self.input_proj = nn.Conv2d(num_channels, embed_dim, 1)
         self.channels_last = channels_last
         if freeze_at > 0:
             # detectron2's convention over timm's feature_info: freeze every child module up to and

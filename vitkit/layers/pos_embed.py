@@ -6,9 +6,8 @@
 - :class:`LearnedPositionEncoding2D`: a learned absolute table on a reference grid (the ViT way), resampled
   bicubically (fp32, antialiased, as timm does) to each image's *unpadded* grid, zeros over padding. The
   parameter ``pos_embed`` has timm's layout (1, P + gh*gw, D), P prefix rows when prefix tokens carry one.
-- :class:`RoPE2D`: axial rotary embedding for q/k inside attention (DINOv3/EVA style). No weights;
-  coordinates are patch centres normalised to [-1, 1] over the unpadded extent (or raw patch indices),
-  periods ``base ** (2i / (head_dim/2))``, and optional train-time shift / jitter / rescale.
+- :class:`RoPE2D`: axial rotary embedding for q/k inside attention (DINOv3 style). No weights; coordinates
+  are patch centres normalised to [-1, 1] over the unpadded extent, periods ``base ** (2i / (head_dim/2))``.
 - :class:`RoPE1D`: rotary embedding of 1D token positions (text tokens of a causal decoder).
 
 All grids are (B, h, w, D); masks are (B, h, w) with True = padding.
@@ -32,21 +31,19 @@ def _valid_extent(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class SinePositionEncoding2D(nn.Module):
-    """DETR's 2D sine encoding.
+    """DETR's 2D sine encoding (temperature 10000, coordinates normalised to (0, 2*pi]).
 
     Args:
-        dim: total channels D (even); D/2 for y and D/2 for x.
-        temperature: frequency base.
-        normalize: normalise coordinates by the unpadded extent.
-        scale: range of the normalised coordinates (2*pi).
+        dim: total channels D (divisible by 4); D/2 for y and D/2 for x.
     """
 
-    def __init__(self, dim: int = 256, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float = 2 * math.pi, eps: float = 1e-6) -> None:
+    temperature, scale, eps = 10000.0, 2 * math.pi, 1e-6
+
+    def __init__(self, dim: int = 256) -> None:
         super().__init__()
         if dim % 4:
             raise ValueError(f"SinePositionEncoding2D needs dim divisible by 4, got {dim}")
-        self.dim, self.temperature, self.normalize, self.scale, self.eps = dim, temperature, normalize, scale, eps
+        self.dim = dim
 
     def forward(self, mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """Encode a grid.
@@ -61,9 +58,8 @@ class SinePositionEncoding2D(nn.Module):
         not_mask = (~mask).float()
         y = not_mask.cumsum(1)  # (B, h, w)
         x = not_mask.cumsum(2)  # (B, h, w)
-        if self.normalize:
-            y = y / (y[:, -1:, :] + self.eps) * self.scale
-            x = x / (x[:, :, -1:] + self.eps) * self.scale
+        y = y / (y[:, -1:, :] + self.eps) * self.scale
+        x = x / (x[:, :, -1:] + self.eps) * self.scale
         n = self.dim // 2
         i = torch.arange(n, dtype=torch.float32, device=mask.device)
         dim_t = self.temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / n)  # (D/2,)
@@ -90,15 +86,13 @@ class LearnedPositionEncoding2D(nn.Module):
         dim: channels D.
         grid_size: reference grid (gh, gw) the table is stored at (224/16 -> (14, 14)).
         num_prefix: prefix rows (class/register tokens) stored in front of the grid, timm-style.
-        init_std: std of the truncated-normal init.
     """
 
-    def __init__(self, dim: int, grid_size: tuple[int, int] = (14, 14), num_prefix: int = 0,
-                 init_std: float = 0.02) -> None:
+    def __init__(self, dim: int, grid_size: tuple[int, int] = (14, 14), num_prefix: int = 0) -> None:
         super().__init__()
         self.dim, self.grid_size, self.num_prefix = dim, tuple(grid_size), num_prefix
         self.pos_embed = nn.Parameter(torch.zeros(1, num_prefix + self.grid_size[0] * self.grid_size[1], dim))
-        nn.init.trunc_normal_(self.pos_embed, std=init_std)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     @property
     def prefix(self) -> Tensor | None:
@@ -153,56 +147,35 @@ class RoPE2D(nn.Module):
     """Axial 2D rotary position embedding (no weights).
 
     The first half of each rotated pair of channels carries y, the second x: angles
-    ``2*pi*coord / period`` with ``period_i = base ** (2i / (head_dim/2))``, i < head_dim/4.
+    ``2*pi*coord / period`` with ``period_i = base ** (2i / (head_dim/2))``, i < head_dim/4, and coordinates the
+    patch centres in [-1, 1] over each image's unpadded extent (DINOv3).
 
     Args:
         head_dim: per-head channels (divisible by 4).
         base: period base (DINOv3 uses 100).
-        normalize_coords: True -> patch centres in [-1, 1] over each image's unpadded extent (DINOv3);
-            False -> raw patch indices (EVA-style), so angles grow with the grid.
-        shift: train-time max uniform shift of the coordinates (DINOv3 augmentation), or None.
-        jitter: train-time max scale factor (>= 1) per axis: coordinates are scaled by a log-uniform
-            factor in [1/jitter, jitter], independently for y and x; None = off.
-        rescale: train-time max scale factor (>= 1) shared by both axes, log-uniform in [1/rescale, rescale].
     """
 
-    def __init__(self, head_dim: int, base: float = 100.0, normalize_coords: bool = True,
-                 shift: float | None = None, jitter: float | None = None, rescale: float | None = None) -> None:
+    def __init__(self, head_dim: int, base: float = 100.0) -> None:
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"RoPE2D needs head_dim divisible by 4, got {head_dim}")
-        for name, v in (("jitter", jitter), ("rescale", rescale)):
-            if v is not None and v < 1:
-                raise ValueError(f"RoPE2D {name} is a max scale factor and must be >= 1, got {v}")
-        self.head_dim, self.base, self.normalize_coords = head_dim, base, normalize_coords
-        self.shift, self.jitter, self.rescale = shift, jitter, rescale
+        self.head_dim, self.base = head_dim, base
         q = head_dim // 4
         self.register_buffer("periods", base ** (2 * torch.arange(q, dtype=torch.float32) / (head_dim // 2)),
                              persistent=False)
 
     def coords(self, mask: Tensor) -> Tensor:
-        """(B, h, w) padding mask -> (B, h*w, 2) (y, x) coordinates."""
+        """(B, h, w) padding mask -> (B, h*w, 2) (y, x) coordinates in [-1, 1] over the unpadded extent."""
         B, h, w = mask.shape
         dev = mask.device
         ys = torch.arange(h, device=dev, dtype=torch.float32) + 0.5
         xs = torch.arange(w, device=dev, dtype=torch.float32) + 0.5
         ys = ys.view(1, h, 1).expand(B, h, w)  # (B, h, w)
         xs = xs.view(1, 1, w).expand(B, h, w)
-        if self.normalize_coords:
-            rows, cols = _valid_extent(mask)
-            ys = 2 * ys / rows.clamp(min=1).view(B, 1, 1) - 1
-            xs = 2 * xs / cols.clamp(min=1).view(B, 1, 1) - 1
-        c = torch.stack((ys, xs), dim=-1).reshape(B, h * w, 2)  # (B, h*w, 2)
-        if self.training:
-            if self.shift:
-                c = c + torch.empty(B, 1, 2, device=dev).uniform_(-self.shift, self.shift)
-            if self.jitter:
-                j = math.log(self.jitter)
-                c = c * torch.empty(B, 1, 2, device=dev).uniform_(-j, j).exp()
-            if self.rescale:
-                r = math.log(self.rescale)
-                c = c * torch.empty(B, 1, 1, device=dev).uniform_(-r, r).exp()
-        return c
+        rows, cols = _valid_extent(mask)
+        ys = 2 * ys / rows.clamp(min=1).view(B, 1, 1) - 1
+        xs = 2 * xs / cols.clamp(min=1).view(B, 1, 1) - 1
+        return torch.stack((ys, xs), dim=-1).reshape(B, h * w, 2)  # (B, h*w, 2)
 
     def forward(self, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Build (sin, cos) for a grid.
