@@ -103,13 +103,14 @@ def test_batching_does_not_change_captions(pipe, folder):
 
 def test_generation_defaults_and_bad_options(model_files, tmp_path):
     _, model, tokenizer = model_files
-    # CaptionModule's validation settings: length penalty and max length taken, val_beams (speed) not
-    hp = {"val_beams": 1, "val_length_penalty": 0.6, "val_max_length": 6, "min_length": True, "lr": 0.1}
+    # CaptionModule's validation decoding (val_beams, for speed) is not an inference default
+    hp = {"val_beams": 1, "lr": 0.1}
     pipe = vitkit.load(save_captioner(tmp_path / "val.ckpt", model, tokenizer, hyper_parameters=hp))
-    assert pipe.generation == {"method": "beam", "num_beams": 3, "max_length": 6, "min_length": 0,
-                               "length_penalty": 0.6, "no_repeat_ngram_size": 0}  # a bool is not a length
-    hp = {**hp, "max_length": 7, "generation": {"num_beams": 1, "max_length": 5}}
-    pipe = vitkit.load(save_captioner(tmp_path / "gen.ckpt", model, tokenizer, hyper_parameters=hp))
+    assert pipe.generation == {"method": "beam", "num_beams": 3, "max_length": None, "min_length": 0,
+                               "length_penalty": 1.0, "no_repeat_ngram_size": 0}
+    # defaults a spec records (an export of a pipeline holds them) are taken
+    generation = {"num_beams": 1, "max_length": 5}
+    pipe = vitkit.load(save_captioner(tmp_path / "gen.ckpt", model, tokenizer, spec_changes={"generation": generation}))
     assert pipe.generation_options() == {**pipe.generation, "method": "greedy", "num_beams": 1, "max_length": 5}
     with pytest.raises(ValueError, match="exceeds this captioner's limit of 8"):
         pipe.caption(torch.zeros(3, 8, 8, dtype=torch.uint8), max_length=9)

@@ -30,7 +30,7 @@ TINY = [ENC + "stem_channels", "[8, 16]", ENC + "stem_depths", "[0, 0]", ENC + "
         DEC + "dim", "32", DEC + "depth", "1", DEC + "num_heads", "2",
         "--data.shapes_train", "16", "--data.shapes_val", "4", "--data.num_workers", "0", "--data.batch_size", "8",
         "--data.train_size", "96", "--data.val_size", "96", "--data.max_size", "160",
-        "--model.java", "false", "--model.num_samples", "4", "--model.val_beams", "1", "--trainer.precision", "32",
+        "--model.java", "false", "--model.val_beams", "1", "--trainer.precision", "32",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.log_every_n_steps", "1", "--trainer.limit_train_batches", "2"]
 

@@ -15,12 +15,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: one torch thread
 PAD, BOS, EOS = 0, 1, 2
 
 
-def tiny_captioner(token_pos: str = "learned", enc_pos: str = "sine", enc_dim: int = 32, vocab_size: int = 16,
-                   max_length: int = 10, perturb=None, **kw) -> Captioner:
+def tiny_captioner(enc_pos: str = "sine", enc_dim: int = 32, vocab_size: int = 16, max_length: int = 10,
+                   perturb=None, **kw) -> Captioner:
     enc = ViTEncoder(patch_size=8, embed_dim=enc_dim, depth=1, num_heads=2, class_token=kw.pop("class_token", False),
-                     pos_embed=enc_pos, pos_mode=kw.pop("pos_mode", "input"))
+                     pos_embed=enc_pos)
     dec = TransformerDecoder(dim=32, depth=2, num_heads=2, return_intermediate=False)
-    model = Captioner(enc, dec, vocab_size=vocab_size, max_length=max_length, token_pos=token_pos, **kw).eval()
+    model = Captioner(enc, dec, vocab_size=vocab_size, max_length=max_length, **kw).eval()
     if perturb is not None:
         perturb(model, std=0.1)
         with torch.no_grad():
@@ -55,7 +55,7 @@ def test_rejects_intermediate_decoder_and_bad_options():
         Captioner(enc, TransformerDecoder(dim=32, depth=1, num_heads=2), vocab_size=10)
     dec = TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False)
     with pytest.raises(ValueError, match="token_pos"):
-        Captioner(enc, dec, vocab_size=10, token_pos="sine")
+        Captioner(enc, dec, vocab_size=10, token_pos="rope")
     with pytest.raises(ValueError, match="must differ"):
         Captioner(enc, dec, vocab_size=10, pad_id=0, bos_id=0)
 
@@ -66,26 +66,21 @@ def test_width_projection_and_memory_positions():
     memory, memory_mask, memory_pos = model.encode(torch.randn(2, 3, 16, 24))
     assert memory.shape == memory_pos.shape == (2, 1 + 6, 32) and memory_mask is None
     assert torch.equal(memory_pos[:, 0], torch.zeros(2, 32))  # class token: no position
+    grid = model.pos_sine(torch.zeros(2, 2, 3, dtype=torch.bool)).reshape(2, 6, 32)  # (B, h*w, D) of the 2 x 3 grid
+    assert torch.equal(memory_pos[:, 1:], grid)  # the grid tokens: 2D sine positions
     assert model(torch.randn(2, 3, 16, 24), random_tokens(2, 5)).shape == (2, 5, 16)
-    # An encoder with per-block positions of the decoder width hands them over.
-    qk = tiny_captioner(pos_mode="qk")
-    assert isinstance(qk.input_proj, torch.nn.Identity)
-    images = torch.randn(2, 3, 16, 24)
-    assert torch.equal(qk.encode(images)[2], qk.encoder(images).pos)
+    assert isinstance(tiny_captioner().input_proj, torch.nn.Identity)  # same width: no projection
 
 
 def test_learned_positions_limit_length():
     model = tiny_captioner(max_length=6)
     with pytest.raises(ValueError, match="max_length=6"):
         model(torch.randn(1, 3, 16, 16), random_tokens(1, 7))
-    rope = tiny_captioner(token_pos="rope", max_length=6)
-    assert rope(torch.randn(1, 3, 16, 16), random_tokens(1, 9)).shape == (1, 9, 16)
 
 
 # -------------------------------------------------------------------------------------------------- KV cache
-@pytest.mark.parametrize("token_pos", ["learned", "rope"])
-def test_incremental_decoding_matches_teacher_forcing(token_pos, perturb):
-    model = tiny_captioner(token_pos=token_pos, perturb=perturb)
+def test_incremental_decoding_matches_teacher_forcing(perturb):
+    model = tiny_captioner(perturb=perturb)
     _, images, mask = padded_pair()  # memory padding on row 0
     tokens = random_tokens(2, 8)
     with torch.no_grad():
@@ -118,9 +113,9 @@ def test_state_reorder_selects_rows(perturb):
 
 # ------------------------------------------------------------------------------------------ padding invariance
 @on_devices
-@pytest.mark.parametrize("enc_pos,token_pos", [("sine", "learned"), ("rope", "rope"), ("learned", "learned")])
-def test_padding_invariance(enc_pos, token_pos, perturb, device):
-    model = tiny_captioner(enc_pos=enc_pos, token_pos=token_pos, perturb=perturb).to(device)
+@pytest.mark.parametrize("enc_pos", ["sine", "rope", "learned"])
+def test_padding_invariance(enc_pos, perturb, device):
+    model = tiny_captioner(enc_pos=enc_pos, perturb=perturb).to(device)
     small, images, mask = (t.to(device) for t in padded_pair())
     tokens = random_tokens(2, 6).to(device)
     with torch.no_grad():
@@ -160,15 +155,12 @@ def test_tied_weights_share_storage():
     clone.load_state_dict(tied.state_dict())
     assert clone.lm_head.weight.data_ptr() == clone.token_embed.weight.data_ptr()
     assert torch.equal(clone.lm_head.weight, tied.token_embed.weight)
-    untied = tiny_captioner(tie_weights=False)
-    assert untied.lm_head.weight.data_ptr() != untied.token_embed.weight.data_ptr()
     assert torch.equal(tied.lm_head.weight[PAD], torch.zeros(32))  # the padding row starts at zero
 
 
 # -------------------------------------------------------------------------------------------------- learning
 @pytest.mark.slow  # learns: the full suite runs it, the fast tier leaves it out
-@pytest.mark.parametrize("token_pos", ["learned", "rope"])
-def test_memorises_captions_of_solid_colour_images(token_pos):
+def test_memorises_captions_of_solid_colour_images():
     colours = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0),
                "white": (1.0, 1.0, 1.0)}
     captions = [f"A {name} image." if i % 2 else f"a {name} square" for i, name in enumerate(colours)]
@@ -179,7 +171,7 @@ def test_memorises_captions_of_solid_colour_images(token_pos):
     enc = ViTEncoder(patch_size=8, embed_dim=32, depth=1, num_heads=2, class_token=False, pos_embed="sine")
     dec = TransformerDecoder(dim=32, depth=2, num_heads=2, return_intermediate=False)
     model = Captioner(enc, dec, tok.vocab_size, max_length=8, pad_id=tok.pad_id, bos_id=tok.bos_id,
-                      eos_id=tok.eos_id, token_pos=token_pos, label_smoothing=0.0)
+                      eos_id=tok.eos_id, label_smoothing=0.0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for _ in range(300):  # ~160 steps to reach the threshold

@@ -103,7 +103,7 @@ def test_head_learns_which_tokens_hold_which_object():
         objects.append({"boxes": torch.tensor([[x, y, x + 16, y + 16]]) / 32.0, "labels": torch.tensor([label])})
     mask = torch.zeros(8, 32, 32, dtype=torch.bool)
     encoder = ViTEncoder(patch_size=8, embed_dim=32, depth=1, num_heads=2, pos_embed="sine", class_token=False)
-    head = ObjectTokenHead(32, 2, background_weight=1.0)
+    head = ObjectTokenHead(32, 2)
     opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)
     for _ in range(60):
         enc = encoder(images, mask)

@@ -33,11 +33,9 @@ def _captioner():
 def test_mean_baseline_is_the_other_samples_mean():
     r = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
     expected = torch.tensor([[4.0, 3.5, 1.5], [1.5, 1.5, 0.0]])
-    torch.testing.assert_close(baseline_rewards(r, "mean"), expected)
-    torch.testing.assert_close(baseline_rewards(r, "greedy", torch.tensor([2.0, 1.0])),
-                               torch.tensor([[2.0, 2.0, 2.0], [1.0, 1.0, 1.0]]))
+    torch.testing.assert_close(baseline_rewards(r), expected)
     with pytest.raises(ValueError, match="at least 2"):
-        baseline_rewards(r[:, :1], "mean")
+        baseline_rewards(r[:, :1])
 
 
 def test_gradient_step_prefers_the_caption_above_the_baseline():
@@ -47,7 +45,7 @@ def test_gradient_step_prefers_the_caption_above_the_baseline():
     images = torch.randn(1, 3, 64, 64)
     seqs = torch.tensor([[1, 5, 6, 7, 2, 0], [1, 8, 9, 2, 0, 0]])  # A, B: [BOS] tokens [EOS] [PAD]
     rewards = torch.tensor([[1.5, 0.5]])  # (B=1, k=2): the mean baseline is the other sample's reward
-    advantage = (rewards - baseline_rewards(rewards, "mean")).view(-1)  # (+1, -1)
+    advantage = (rewards - baseline_rewards(rewards)).view(-1)  # (+1, -1)
 
     def logp() -> torch.Tensor:
         memory, mmask, mpos = cap.encode(images.expand(2, -1, -1, -1))
@@ -81,8 +79,7 @@ def test_padding_after_eos_contributes_nothing():
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("baseline", ["mean", "greedy"])
-def test_scst_learns_a_reward(baseline):
+def test_scst_learns_a_reward():
     """A reward for the share of token 5 in a caption: a few SCST steps make token 5 more likely."""
     cap = _captioner()
     images = torch.randn(2, 3, 64, 64)
@@ -102,7 +99,7 @@ def test_scst_learns_a_reward(baseline):
     start = expected_reward()
     opt = torch.optim.Adam(cap.parameters(), lr=3e-3)
     for _ in range(25):
-        out = scst_step(cap, images, None, [0, 1], reward, samples=4, baseline=baseline)
+        out = scst_step(cap, images, None, [0, 1], reward, samples=4)
         opt.zero_grad()
         out.loss.backward()
         opt.step()
@@ -121,10 +118,10 @@ def test_scst_step_under_bf16_autocast():
         return (ids[:, 1:] == 5).sum(1).numpy().astype(float)
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = scst_step(cap, images, None, ["a", "b"], reward, samples=3, baseline="greedy")
+        out = scst_step(cap, images, None, ["a", "b"], reward, samples=3)
     out.loss.backward()
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
-    assert calls == [["a", "b"], ["a"] * 3 + ["b"] * 3]  # greedy captions first, then the samples, image by image
+    assert calls == [["a"] * 3 + ["b"] * 3]  # the samples, image by image
     grads = [p.grad for p in cap.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
 

@@ -1,5 +1,5 @@
 """Region captions: the shapes generator's per-object phrases (wording, consistency with the categories and the image
-captions, unchanged bytes otherwise, the upgrade of an earlier set) and the reader of ``caption`` fields."""
+captions, unchanged bytes otherwise) and the reader of ``caption`` fields."""
 
 from __future__ import annotations
 
@@ -95,25 +95,6 @@ def test_images_and_captions_are_unchanged_by_the_phrases(shapes: dict[str, Path
     for path in shapes["root"].rglob("*"):
         if path.is_file():
             assert path.read_bytes() == (again["root"] / path.relative_to(shapes["root"])).read_bytes(), path
-
-
-def test_ensure_shapes_upgrades_a_set_without_phrases(shapes: dict[str, Path], tmp_path: Path) -> None:
-    root = tmp_path / "old"
-    paths = make_shapes(root, **SMALL)
-    for key in ("instances_val", "instances_train"):  # what the generator wrote before phrases existed
-        data = _load(paths[key])
-        for ann in data["annotations"]:
-            del ann["caption"]
-        paths[key].write_text(json.dumps(data))
-    with (pytest.warns(UserWarning, match="before instance annotations had a 'caption'.*recorded arguments"),
-          pytest.warns(UserWarning, match="other arguments")):
-        ensure_shapes(root, num_train=99)  # other arguments: the set keeps its recorded ones
-    for path in shapes["root"].rglob("*"):
-        if path.is_file():
-            assert path.read_bytes() == (root / path.relative_to(shapes["root"])).read_bytes(), path
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ensure_shapes(root, **SMALL)  # upgraded once: nothing more to do
 
 
 def test_ensure_shapes_leaves_a_set_it_did_not_write_alone(shapes: dict[str, Path], tmp_path: Path) -> None:

@@ -135,7 +135,7 @@ def greedy_decode(model: Stepper, memory: Tensor, memory_mask: Tensor | None = N
 
     Args:
         model: the step interface (a Captioner).
-        memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B|1, N, D).
+        memory: (B, N, D); memory_mask: (B, N) True = padding, or None; memory_pos: (B, N, D), or None.
         max_length, min_length, no_repeat_ngram_size: see the module docstring.
 
     Returns:

@@ -3,7 +3,8 @@ that graph's outputs.
 
 The spec (:func:`checkpoint_spec` from training, :func:`predictor_spec` from a loaded
 :class:`~vitkit.captioning.predictor.CaptionPipeline`) holds the captioner config, the validation preprocessing
-sizes, the tokenizer JSON and the generation defaults.
+sizes, the tokenizer JSON and the generation defaults (none from training: inference decodes with
+:data:`~vitkit.captioning.predictor.DEFAULT_GENERATION`).
 
 The ONNX graph is the caption encoder (:class:`CaptionEncoderExport`): ``images``, ``mask`` -> ``memory``
 (B, N, D), ``memory_mask`` (B, N) bool True = padding, ``memory_pos`` (B, N, D) cross-attention key positions: what
@@ -20,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 from vitkit.captioning.decoding import beam_search, greedy_decode, sample_decode
-from vitkit.captioning.predictor import GENERATION_KEYS
 from vitkit.core.trace import check_traceable, dummy_inputs, pad_to_multiple, trace_multiple
 from vitkit.kernels.precision import model_dtype
 from vitkit.utils.spec import InferenceSpec
@@ -29,29 +29,9 @@ INPUTS, OUTPUTS = ["images", "mask"], ["memory", "memory_mask", "memory_pos"]
 DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
                 **{name: {0: "batch", 1: "tokens"} for name in OUTPUTS}}
 DEFAULT_SIZE = 224
-# CaptionModule's validation decoding settings, except val_beams: validation decodes greedily for speed, inference
-# keeps beam search unless told otherwise
-_MODULE_GENERATION = {"val_length_penalty": "length_penalty", "val_max_length": "max_length"}
 
 
 # ------------------------------------------------------------------------------------------------ the spec
-def generation_defaults(hparams: Mapping[str, Any]) -> dict[str, Any]:
-    """Decoding defaults from a captioning module's hyper-parameters.
-
-    ``val_length_penalty`` and ``val_max_length`` (CaptionModule's validation settings), overridden by keys named
-    like ``Captioner.generate``'s options, overridden by a ``generation`` dict of them; values of the wrong type
-    (a bool where a length is expected) are left out.
-    """
-    gen = {target: hparams[source] for source, target in _MODULE_GENERATION.items()
-           if hparams.get(source) is not None}
-    gen.update({k: v for k, v in hparams.items() if v is not None})
-    nested = hparams.get("generation")
-    if isinstance(nested, Mapping):
-        gen.update(nested)
-    return {k: v for k, v in gen.items() if k in GENERATION_KEYS and isinstance(v, GENERATION_KEYS[k])
-            and not isinstance(v, bool)}
-
-
 def checkpoint_spec(config: dict[str, Any], tokenizer: str, hparams: Mapping[str, Any],
                     data_hparams: Mapping[str, Any]) -> InferenceSpec:
     """The spec a training checkpoint records.
@@ -59,14 +39,15 @@ def checkpoint_spec(config: dict[str, Any], tokenizer: str, hparams: Mapping[str
     Args:
         config: the captioner's resolved ``class_path`` / ``init_args``.
         tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``).
-        hparams: CaptionModule's hyper-parameters (see :func:`generation_defaults`).
+        hparams: CaptionModule's hyper-parameters; none of them enters the spec (validation's ``val_beams`` is
+            not an inference default).
         data_hparams: the datamodule's: short side ``val_size`` (default 224), long side cap ``val_max_size`` or
             ``max_size`` (default 2 x ``val_size``).
     """
     size = int(data_hparams.get("val_size") or DEFAULT_SIZE)
     max_size = data_hparams.get("val_max_size") or data_hparams.get("max_size") or 2 * size
     return InferenceSpec(task="captioning", model_config=config, size=size, max_size=int(max_size),
-                         tokenizer=tokenizer, generation=generation_defaults(hparams))
+                         tokenizer=tokenizer)
 
 
 def predictor_spec(pipe: nn.Module, config: dict[str, Any]) -> InferenceSpec:

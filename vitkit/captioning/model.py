@@ -1,10 +1,9 @@
 """Captioner: ViTEncoder -> causal TransformerDecoder over caption tokens -> next-token logits.
 
 The encoder's tokens (projected to the decoder width when the two differ) are the decoder's memory; the
-cross-attention keys get the encoder's per-block positions when it has them (``pos_mode="qk"``) and a 2D
-sine encoding of the patch grid otherwise, as in :class:`~vitkit.detection.DETR`. Caption tokens get learned
-1D positions added at the input, or 1D RoPE inside self-attention (``token_pos``). The output projection is
-tied to the token embedding by default (GPT-2 / the original Transformer).
+cross-attention keys get a 2D sine encoding of the patch grid (zero for the encoder's prefix tokens), as in
+:class:`~vitkit.detection.DETR`. Caption tokens get learned 1D positions added at the input. The output projection
+is tied to the token embedding (GPT-2 / the original Transformer).
 
 Two ways to run the decoder:
 
@@ -30,7 +29,6 @@ from vitkit.captioning.decoding import beam_search, greedy_decode, sample_decode
 from vitkit.core.decoder import TransformerDecoder
 from vitkit.core.encoder import EncoderOutput, ViTEncoder
 from vitkit.layers import KVCache, SinePositionEncoding2D
-from vitkit.layers.pos_embed import RoPE1D
 
 
 def captions_per_image(images: int, captions: int) -> int:
@@ -51,12 +49,12 @@ def per_caption_rows(images: int, captions: int, device: torch.device | None = N
 
 def memory_rows(memory: Tensor, memory_mask: Tensor | None, memory_pos: Tensor | None,
                 rows: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Rows of a decoder memory (B, N, D), its (B, N) mask and (B|1, N, D) positions: ``rows`` (B,) bool or (R,)
-    long indices; None = all, as they are. Positions shared by the batch (1, N, D) stay shared."""
+    """Rows of a decoder memory (B, N, D), its (B, N) mask and (B, N, D) positions (either may be None): ``rows`` (R,)
+    long indices into B, or None = all, as they are."""
     if rows is None:
         return memory, memory_mask, memory_pos
     return (memory[rows], None if memory_mask is None else memory_mask[rows],
-            memory_pos if memory_pos is None or memory_pos.shape[0] == 1 else memory_pos[rows])
+            None if memory_pos is None else memory_pos[rows])
 
 
 @dataclass
@@ -67,8 +65,8 @@ class DecodeState:
         caches: one (self-attention KVCache, static cross-attention KVCache) pair per decoder layer.
         memory: (R, N, D) decoder memory; only read until the first step has filled the cross caches.
         memory_mask: (R, N) True = padding, or None.
-        memory_pos: (R|1, N, D) cross-attention key positions; dropped after the first step (the cached keys
-            already hold them).
+        memory_pos: (R, N, D) cross-attention key positions, or None; dropped after the first step (the cached
+            keys already hold them).
         length: tokens fed so far, i.e. the position of the next token.
     """
     caches: list[tuple[KVCache, KVCache]]
@@ -94,7 +92,7 @@ class DecodeState:
         self.memory = self.memory.index_select(0, index)
         if self.memory_mask is not None:
             self.memory_mask = self.memory_mask.index_select(0, index)
-        if self.memory_pos is not None and self.memory_pos.shape[0] > 1:
+        if self.memory_pos is not None:
             self.memory_pos = self.memory_pos.index_select(0, index)
 
 
@@ -107,12 +105,16 @@ class Captioner(nn.Module):
         decoder: a :class:`TransformerDecoder` built with ``return_intermediate=False``.
         vocab_size: number of token ids V (``CaptionTokenizer.vocab_size``).
         max_length: longest token sequence, BOS and EOS included (size of the learned position table, and
-            the default generation limit).
+            the generation limit).
         pad_id, bos_id, eos_id: special token ids (distinct).
-        token_pos: "learned" (absolute positions added to the token embeddings) or "rope" (1D rotary
-            positions in self-attention; no length limit from the model).
-        tie_weights: share the output projection's weight with the token embedding.
+        token_pos: "learned", the one kind of token positions (absolute, added to the token embeddings).
         label_smoothing: label smoothing of the training loss.
+
+    The output projection shares the token embedding's weight.
+
+    Raises:
+        ValueError: a decoder with ``return_intermediate=True``, another ``token_pos``, special ids that are not
+            distinct, or ``max_length`` < 2.
     """
     def __init__(
         self,
@@ -124,15 +126,14 @@ class Captioner(nn.Module):
         bos_id: int = 1,
         eos_id: int = 2,
         token_pos: str = "learned",
-        tie_weights: bool = True,
         label_smoothing: float = 0.1,
     ) -> None:
         super().__init__()
         if decoder.return_intermediate:
             raise ValueError("Captioner needs a TransformerDecoder with return_intermediate=False (it predicts "
                              "tokens from the last layer only)")
-        if token_pos not in ("learned", "rope"):
-            raise ValueError(f"token_pos must be learned|rope, got {token_pos!r}")
+        if token_pos != "learned":
+            raise ValueError(f"token_pos must be learned, got {token_pos!r}")
         if len({pad_id, bos_id, eos_id}) != 3:
             raise ValueError(f"pad_id, bos_id and eos_id must differ, got {pad_id}, {bos_id}, {eos_id}")
         if max_length < 2:
@@ -146,24 +147,20 @@ class Captioner(nn.Module):
                            else nn.Identity())
         self.pos_sine = SinePositionEncoding2D(D)
         self.token_embed = nn.Embedding(vocab_size, D, padding_idx=pad_id)
-        self.pos_embed = nn.Embedding(max_length, D) if token_pos == "learned" else None
-        self.rope = RoPE1D(D // decoder.num_heads) if token_pos == "rope" else None
+        self.pos_embed = nn.Embedding(max_length, D)
         self.lm_head = nn.Linear(D, vocab_size, bias=False)
         self._reset_parameters()
-        if tie_weights:
-            self.lm_head.weight = self.token_embed.weight
+        self.lm_head.weight = self.token_embed.weight
 
     def _reset_parameters(self) -> None:
-        for emb in (self.token_embed, self.pos_embed, self.lm_head):
-            if emb is not None:
-                nn.init.normal_(emb.weight, std=0.02)
+        for emb in (self.token_embed, self.pos_embed):
+            nn.init.normal_(emb.weight, std=0.02)
         with torch.no_grad():
             self.token_embed.weight[self.pad_id].zero_()
 
     # ------------------------------------------------------------------------------------------- image side
     def _memory_pos(self, enc: EncoderOutput) -> Tensor:
-        if enc.pos is not None and enc.pos.shape[-1] == self.decoder.dim:
-            return enc.pos
+        """(B, P + h*w, D) cross-attention key positions: 2D sine of the grid, zero for the P prefix tokens."""
         B = enc.tokens.shape[0]
         h, w = enc.grid
         grid_mask = enc.mask[:, enc.num_prefix:].reshape(B, h, w)  # (B, h, w)
@@ -199,16 +196,18 @@ class Captioner(nn.Module):
         return memory, memory_mask, self._memory_pos(enc), enc.grid
 
     # -------------------------------------------------------------------------------------------- text side
-    def _embed(self, tokens: Tensor, start: int) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """(B, T) ids at positions start..start+T-1 -> (B, T, D) inputs and the RoPE (sin, cos) or None."""
+    def _embed(self, tokens: Tensor, start: int) -> Tensor:
+        """(B, T) ids at positions start..start+T-1 -> (B, T, D) inputs.
+
+        Raises:
+            ValueError: start + T exceeds ``max_length`` (the learned position table).
+        """
         T = tokens.shape[1]
-        positions = torch.arange(start, start + T, device=tokens.device)
-        x = self.token_embed(tokens)  # (B, T, D)
-        if self.pos_embed is None:
-            return x, self.rope(positions)
         if start + T > self.max_length:
             raise ValueError(f"{start + T} tokens exceed the learned position table (max_length={self.max_length})")
-        return x + self.pos_embed(positions).to(x.dtype), None  # (B, T, D)
+        positions = torch.arange(start, start + T, device=tokens.device)
+        x = self.token_embed(tokens)  # (B, T, D)
+        return x + self.pos_embed(positions).to(x.dtype)  # (B, T, D)
 
     def decode_tokens(self, tokens: Tensor, memory: Tensor, memory_mask: Tensor | None = None,
                       memory_pos: Tensor | None = None) -> Tensor:
@@ -216,7 +215,7 @@ class Captioner(nn.Module):
 
         Args:
             tokens: (B, T) ids, BOS first, right-padded.
-            memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B|1, N, D). Or the memory of M
+            memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B, N, D). Or the memory of M
                 images with B = M*k: an image's k captions in consecutive token rows (:func:`captions_per_image`'
                 layout) then share its memory row, whose cross-attention keys and values are computed once.
 
@@ -224,10 +223,10 @@ class Captioner(nn.Module):
             (B, T, V) logits; row t predicts token t+1 (rows at padding positions are not meaningful).
         """
         groups = captions_per_image(memory.shape[0], tokens.shape[0])
-        x, rope = self._embed(tokens, 0)
+        x = self._embed(tokens, 0)
         # Right padding only: a real token never sees a later pad under the causal mask, so no key mask needed.
         h = self.decoder(x, memory, memory_pos=memory_pos, memory_key_padding_mask=memory_mask, is_causal=True,
-                         rope=rope, memory_groups=groups)  # (B, T, D)
+                         memory_groups=groups)  # (B, T, D)
         return self.lm_head(h)  # (B, T, V)
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -276,9 +275,9 @@ class Captioner(nn.Module):
         """
         if tokens.dim() == 1:
             tokens = tokens[:, None]  # (R, 1)
-        x, rope = self._embed(tokens, state.length)
+        x = self._embed(tokens, state.length)
         h = self.decoder(x, state.memory, memory_pos=state.memory_pos, memory_key_padding_mask=state.memory_mask,
-                         is_causal=True, rope=rope, caches=state.caches)  # (R, T, D)
+                         is_causal=True, caches=state.caches)  # (R, T, D)
         state.length += tokens.shape[1]
         state.memory_pos = None  # the cross caches now hold the positioned keys
         return self.lm_head(h[:, -1])  # (R, V)
@@ -330,12 +329,12 @@ class Captioner(nn.Module):
                              min_length: int = 0, num_beams: int = 3, length_penalty: float = 1.0,
                              no_repeat_ngram_size: int = 0, temperature: float = 1.0, top_k: int = 0,
                              top_p: float = 1.0, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """:meth:`generate` from precomputed memory (R, N, D) (mask (R, N) True = padding, positions (R|1, N, D)):
-        one caption per row; the options and outputs are :meth:`generate`'s."""
+        """:meth:`generate` from precomputed memory (R, N, D) (mask (R, N) True = padding, positions (R, N, D), or
+        None each): one caption per row; the options and outputs are :meth:`generate`'s."""
         if method not in ("greedy", "beam", "sample"):
             raise ValueError(f"method must be greedy|beam|sample, got {method!r}")
         max_length = self.max_length if max_length is None else max_length
-        if self.pos_embed is not None and max_length > self.max_length:
+        if max_length > self.max_length:
             raise ValueError(f"max_length {max_length} exceeds the learned position table ({self.max_length})")
         common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size)
         if method == "greedy":

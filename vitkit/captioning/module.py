@@ -9,7 +9,7 @@ once and kept across validation epochs. The latest validation captions are writt
 caption results (``val_captions.json``, scorable with ``tools/eval.py --captions-results``).
 
 The tokenizer comes from the datamodule (or from a checkpoint) and is saved in every checkpoint with the resolved
-captioner config, the validation preprocessing and decoding settings, as the inference spec
+captioner config and the validation preprocessing, as the inference spec
 (:mod:`vitkit.utils.spec`), so a checkpoint alone rebuilds a captioning model. The non-finite loss guard, the
 optimiser and schedule and gradient clipping are the tasks' shared ones (:class:`vitkit.train.module.TaskModule`).
 """
@@ -25,10 +25,9 @@ import torch
 from torch import Tensor
 
 from vitkit.captioning.export import checkpoint_spec
-from vitkit.captioning.grounding import load_detector_encoder
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.object_tokens import ObjectTokenHead
-from vitkit.captioning.scst import Baseline, caption_rewards, reward_corpus, scst_step
+from vitkit.captioning.scst import caption_rewards, reward_corpus, scst_step
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
 from vitkit.data.collate import rescale_batch
 from vitkit.eval.caption_metrics import CaptionScorer
@@ -41,6 +40,7 @@ from vitkit.utils.spec import read_spec, write_spec
 from vitkit.viz.recording import grid_stride
 
 _PRINTED_METRICS = ("Bleu_1", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+_PRINTED_SAMPLES = 3  # sample captions printed after each validation
 Entry = tuple[int, str, list[str]]  # (image id, generated caption, references)
 
 
@@ -63,10 +63,8 @@ class CaptionModule(TaskModule):
         weight_decay: AdamW weight decay; norms, biases, embeddings and tokens get none.
         warmup_steps: linear warmup steps.
         min_lr_ratio: final lr / peak lr of the cosine schedule.
-        val_beams: 1 = greedy validation decoding, > 1 = beam search with that many beams.
-        val_length_penalty: beam search length penalty.
-        val_max_length: longest generated sequence (BOS and EOS included); None = the captioner's ``max_length``.
-        num_samples: sample captions printed after each validation.
+        val_beams: 1 = greedy validation decoding, > 1 = beam search with that many beams (length penalty 1, up to
+            the captioner's ``max_length``).
         java: use Java for METEOR and the PTB tokenizer; None = when ``java`` is on PATH (see
             :func:`vitkit.eval.caption_metrics.caption_metrics`).
         nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step (and the
@@ -76,12 +74,8 @@ class CaptionModule(TaskModule):
         scst_start: the share of the run's optimizer steps after which training switches from cross-entropy to
             self-critical sequence training with a CIDEr-D reward (:mod:`vitkit.captioning.scst`): 0.7 = the last
             30% of the lr schedule's steps, 0 = from the start (to fine-tune a trained checkpoint); None = never.
-        scst_samples: sampled captions per image in an SCST step.
-        scst_baseline: "mean" (the mean reward of the image's other samples) or "greedy" (the reward of its greedy
-            caption).
-        from_detector: a detection checkpoint (``.ckpt`` or safetensors export) whose encoder weights the captioner's
-            encoder starts from (:mod:`vitkit.captioning.grounding`; same encoder architecture). Applied when
-            training starts; resuming (``--ckpt_path``) restores the run's own weights over it.
+        scst_samples: sampled captions per image in an SCST step (>= 2); each sample's baseline is the mean reward of
+            the image's other samples.
         object_classes: the training data's category count (linked from ``data.num_object_classes``: set with
             ``data.object_labels``); None = no object labels.
         object_weight: weight of the object-token loss (:mod:`vitkit.captioning.object_tokens`): every memory token
@@ -107,15 +101,10 @@ class CaptionModule(TaskModule):
         warmup_steps: int = 200,
         min_lr_ratio: float = 0.01,
         val_beams: int = 1,
-        val_length_penalty: float = 1.0,
-        val_max_length: int | None = None,
-        num_samples: int = 3,
         java: bool | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
         scst_start: float | None = None,
         scst_samples: int = 5,
-        scst_baseline: Baseline = "mean",
-        from_detector: str | None = None,
         object_classes: int | None = None,
         object_weight: float = 0.0,
         low_res_scale: float | None = None,
@@ -129,9 +118,9 @@ class CaptionModule(TaskModule):
         if scst_start is not None and not 0.0 <= scst_start <= 1.0:
             raise ValueError(f"model.scst_start must be in [0, 1] (a share of the training steps) or null, got "
                              f"{scst_start}")
-        if scst_samples < (2 if scst_baseline == "mean" else 1):
-            raise ValueError(f"model.scst_samples must be >= 2 with the mean baseline (>= 1 with greedy), "
-                             f"got {scst_samples}")
+        if scst_samples < 2:
+            raise ValueError(f"model.scst_samples must be >= 2 (each sample's baseline is the mean reward of the "
+                             f"image's other samples), got {scst_samples}")
         if low_res_scale is not None and not (0.0 < low_res_scale <= 1.0 and 0.0 <= low_res_until <= 1.0):
             raise ConfigError(f"model.low_res_scale ({low_res_scale}) must be in (0, 1] and model.low_res_until "
                               f"({low_res_until}) in [0, 1]")
@@ -154,12 +143,6 @@ class CaptionModule(TaskModule):
 
     # --------------------------------------------------------------------------------------------- state
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.from_detector is not None:  # before a --ckpt_path restore overwrites it
-            try:
-                copied = load_detector_encoder(self.captioner.encoder, self.hparams.from_detector)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
-            self.print(f"captioner encoder: {copied} tensors from the detector {self.hparams.from_detector}")
         dm = self.trainer.datamodule if self._trainer is not None else None
         if self.tokenizer is None and dm is not None and hasattr(dm, "tokenizer"):
             self.tokenizer = dm.tokenizer
@@ -284,14 +267,11 @@ class CaptionModule(TaskModule):
     def _scst_loss(self, images: Tensor, mask: Tensor, image_ids: list[int] | None) -> Tensor:
         if image_ids is None:
             raise RuntimeError("SCST needs the training batches' image ids (CaptionCollate's 4th element)")
-        hp = self.hparams
-        out = scst_step(self.captioner, images, mask, [int(i) for i in image_ids], self._reward, hp.scst_samples,
-                        hp.scst_baseline)
+        out = scst_step(self.captioner, images, mask, [int(i) for i in image_ids], self._reward,
+                        self.hparams.scst_samples)
         B = images.shape[0]
         self.log("scst/reward", out.reward, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
         self.log("scst/baseline", out.baseline, on_step=False, on_epoch=True, batch_size=B)
-        if out.greedy_reward is not None:
-            self.log("scst/greedy_reward", out.greedy_reward, on_step=False, on_epoch=True, batch_size=B)
         return out.loss
 
     def _reward(self, ids: Tensor, keys: list) -> np.ndarray:
@@ -303,10 +283,8 @@ class CaptionModule(TaskModule):
         """Caption a batch with the validation decoding settings: (B, 3, H, W) -> B strings."""
         if self.tokenizer is None:
             raise RuntimeError("CaptionModule has no tokenizer: train it through the CLI or load a checkpoint")
-        hp = self.hparams
-        method = "greedy" if hp.val_beams == 1 else "beam"
-        ids, _ = self.captioner.generate(images, mask, method=method, num_beams=hp.val_beams,
-                                         length_penalty=hp.val_length_penalty, max_length=hp.val_max_length)
+        beams = self.hparams.val_beams
+        ids, _ = self.captioner.generate(images, mask, method="greedy" if beams == 1 else "beam", num_beams=beams)
         return self.tokenizer.decode_batch(ids.cpu())
 
     def on_validation_epoch_start(self) -> None:
@@ -348,7 +326,7 @@ class CaptionModule(TaskModule):
                 self._write_captions(run / "val_captions.json", entries)
             line = "  ".join(f"{k} {metrics[k]:.4f}" for k in _PRINTED_METRICS if k in metrics)
             self.print(f"epoch {self.current_epoch} val ({len(entries)} images): {line}")
-            for i, c, r in entries[: self.hparams.num_samples]:
+            for i, c, r in entries[:_PRINTED_SAMPLES]:
                 self.print(f"  image {i}: {c!r}  (reference: {r[0]!r})")
 
     @staticmethod

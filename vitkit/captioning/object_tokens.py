@@ -26,6 +26,7 @@ from vitkit.data.annotations import Instances
 from vitkit.data.collate import real_size
 
 IGNORE = -100  # target of a padding token, or of any token of an image the instances file does not list
+BACKGROUND_WEIGHT = 0.2  # cross-entropy weight of background tokens (most tokens are background)
 Objects = dict[str, Tensor]  # {"boxes": (n, 4) xyxy in [0, 1] of the image, "labels": (n,) long}
 
 
@@ -115,16 +116,15 @@ class ObjectTokenHead(nn.Module):
 
     Args:
         dim: memory width D.
-        num_classes: C categories (label C = background).
-        background_weight: cross-entropy weight of background tokens (most tokens are background).
+        num_classes: C categories (label C = background, weighted :data:`BACKGROUND_WEIGHT` in the loss).
     """
 
-    def __init__(self, dim: int, num_classes: int, background_weight: float = 0.2) -> None:
+    def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.proj = nn.Linear(dim, num_classes + 1)
         weight = torch.ones(num_classes + 1)
-        weight[num_classes] = background_weight
+        weight[num_classes] = BACKGROUND_WEIGHT
         self.register_buffer("class_weight", weight, persistent=False)
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -85,10 +85,11 @@ def caption_attention(pipeline: nn.Module, image: str | os.PathLike | Image.Imag
     return CaptionAttention(shown, tok.decode(seq), [_token_text(tok, t) for t in seq[1:]], maps.numpy())
 
 
-def plot_caption_attention(att: CaptionAttention, path: str | os.PathLike, cols: int = 5) -> Path:
-    """Save a PNG: the image titled with the caption, then one small heatmap per generated token, titled with it."""
+def plot_caption_attention(att: CaptionAttention, path: str | os.PathLike) -> Path:
+    """Save a PNG: the image titled with the caption, then one small heatmap per generated token, titled with it,
+    in rows of 5 panels."""
     H, W = att.image.shape[:2]
-    fig, axes = grid_figure(1 + len(att.tokens), cols, H / W)
+    fig, axes = grid_figure(1 + len(att.tokens), 5, H / W)
     image_axes(axes[0], att.image, "\n".join(textwrap.wrap(att.caption or "(empty caption)", 34)))
     for t, token in enumerate(att.tokens):
         image_axes(axes[t + 1], att.image, f"{t + 1}: {token}")

@@ -110,11 +110,11 @@ class CaptionPipeline(nn.Module):
                 raise ValueError(f"num_beams must be >= 1, got {opts['num_beams']}")
             if opts["num_beams"] == 1:
                 opts["method"] = "greedy"
-        limit = self.captioner.max_length if getattr(self.captioner, "pos_embed", None) is not None else None
+        limit = self.captioner.max_length
         if opts["max_length"] is not None:
             if opts["max_length"] < 2:
                 raise ValueError(f"max_length must be >= 2 tokens (BOS and EOS count), got {opts['max_length']}")
-            if limit is not None and opts["max_length"] > limit:
+            if opts["max_length"] > limit:
                 raise ValueError(f"max_length {opts['max_length']} exceeds this captioner's limit of {limit} tokens "
                                  "(BOS and EOS included)")
         return opts

@@ -5,12 +5,10 @@ batch of B images:
 
 1. the image memory is encoded once (with gradients);
 2. ``k`` captions per image are sampled (temperature 1, no filtering) through the KV-cache decoder of
-   :mod:`vitkit.captioning.decoding`, without gradients; with ``baseline="greedy"`` one greedy caption per image
-   too;
+   :mod:`vitkit.captioning.decoding`, without gradients;
 3. each caption's reward is its CIDEr-D against the image's training references, with document frequencies of
    the whole training split built once (:class:`vitkit.eval.cider.CiderD`);
-4. the baseline of a sample is the mean reward of the image's other ``k - 1`` samples (``"mean"``) or the reward of
-   the image's greedy caption (``"greedy"``);
+4. the baseline of a sample is the mean reward of the image's other ``k - 1`` samples;
 5. one teacher-forced pass over the samples gives their token log-probabilities with gradients, and the loss is
    ``-mean over generated tokens of (reward - baseline) * log p(token)``: captions above the baseline become more
    likely, those below less.
@@ -30,19 +28,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vitkit.captioning.decoding import greedy_decode, sample_decode
+from vitkit.captioning.decoding import sample_decode
 from vitkit.captioning.model import Captioner, memory_rows, per_caption_rows
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.eval.cider import CiderD
 from vitkit.eval.ptb_tokenize import python_ptb_tokenize
 
-Baseline = Literal["mean", "greedy"]
 # (token ids (R, T) of R captions, the image key of each) -> (R,) rewards
 RewardFn = Callable[[Tensor, Sequence[Hashable]], np.ndarray]
 
@@ -70,7 +66,6 @@ class SCSTOutput:
     loss: Tensor  # () fp32
     reward: float  # mean reward of the samples
     baseline: float  # mean baseline
-    greedy_reward: float | None  # mean reward of the greedy captions (greedy baseline only)
 
 
 def sequence_log_probs(logits: Tensor, seqs: Tensor, banned: Sequence[int]) -> Tensor:
@@ -99,66 +94,50 @@ def policy_gradient_loss(token_logp: Tensor, target_mask: Tensor, advantage: Ten
     return -weighted.sum() / target_mask.sum().clamp(min=1)
 
 
-def baseline_rewards(rewards: Tensor, mode: Baseline, greedy: Tensor | None = None) -> Tensor:
-    """Per-sample baselines.
+def baseline_rewards(rewards: Tensor) -> Tensor:
+    """Per-sample baselines: the mean reward of the image's other samples.
 
     Args:
         rewards: (B, k) rewards of k samples per image.
-        mode: "mean" (the mean of the image's other samples; needs k >= 2) or "greedy".
-        greedy: (B,) rewards of the greedy captions (mode "greedy").
 
     Returns:
         (B, k) baselines.
+
+    Raises:
+        ValueError: k < 2.
     """
-    if mode == "mean":
-        k = rewards.shape[1]
-        if k < 2:
-            raise ValueError("the mean-of-samples baseline needs at least 2 samples per image")
-        return (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
-    if greedy is None:
-        raise ValueError("the greedy baseline needs the greedy captions' rewards")
-    return greedy[:, None].expand_as(rewards)
+    k = rewards.shape[1]
+    if k < 2:
+        raise ValueError("the mean-of-samples baseline needs at least 2 samples per image")
+    return (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
 
 
 def scst_step(captioner: Captioner, images: Tensor, mask: Tensor | None, keys: Sequence[Hashable],
-              reward: RewardFn, samples: int = 5, baseline: Baseline = "mean") -> SCSTOutput:
-    """The SCST loss of one batch of images (see the module docstring): :func:`scst_memory_step` on the captioner's
-    own encoding of (B, 3, H, W) normalised, zero-padded ``images`` ((B, H, W) ``mask``, True = padding)."""
-    return scst_memory_step(captioner, *captioner.encode(images, mask), keys, reward, samples, baseline)
-
-
-def scst_memory_step(captioner: Captioner, memory: Tensor, memory_mask: Tensor | None, memory_pos: Tensor,
-                     keys: Sequence[Hashable], reward: RewardFn, samples: int = 5,
-                     baseline: Baseline = "mean") -> SCSTOutput:
-    """The SCST loss of one batch given its text memory (a captioner's encoding, or a detector's objects).
+              reward: RewardFn, samples: int = 5) -> SCSTOutput:
+    """The SCST loss of one batch of images (see the module docstring).
 
     Args:
-        captioner: the model being trained (its text side decodes).
-        memory: (B, N, D) with gradients; memory_mask: (B, N) True = padding, or None; memory_pos: (B|1, N, D).
+        captioner: the model being trained.
+        images: (B, 3, H, W) normalised, zero-padded; mask: (B, H, W) True = padding, or None.
         keys: B image keys for the reward's references.
         reward: scores token ids against an image key's references.
-        samples: k sampled captions per image.
-        baseline: "mean" or "greedy".
+        samples: k >= 2 sampled captions per image.
 
     Returns:
-        The loss (with gradients through the memory and the decoder) and the mean reward and baseline.
+        The loss (with gradients through the encoder and the decoder) and the mean reward and baseline.
     """
+    memory, memory_mask, memory_pos = captioner.encode(images, mask)  # (B, N, D), (B, N) | None, (B, N, D)
     B, k = memory.shape[0], samples
     device = memory.device
     rows = per_caption_rows(B, B * k, device)  # (B*k,) image of each sample; None with one sample
-    mem_k, mask_k, pos_k = memory_rows(memory, memory_mask, memory_pos, rows)  # (B*k, N, D), (B*k, N), (B*k|1, N, D)
+    mem_k, mask_k, pos_k = memory_rows(memory, memory_mask, memory_pos, rows)  # (B*k, N, D), (B*k, N), (B*k, N, D)
     with torch.no_grad():
         seqs, _ = sample_decode(captioner, mem_k.detach(), mask_k, pos_k.detach(), max_length=captioner.max_length)
-        greedy = None
-        if baseline == "greedy":
-            gseqs, _ = greedy_decode(captioner, memory.detach(), memory_mask, memory_pos.detach(),
-                                     max_length=captioner.max_length)
-            greedy = torch.as_tensor(reward(gseqs, keys), dtype=torch.float32, device=device)  # (B,)
     sample_keys = [key for key in keys for _ in range(k)]
     r = torch.as_tensor(reward(seqs, sample_keys), dtype=torch.float32, device=device).view(B, k)
-    b = baseline_rewards(r, baseline, greedy)  # (B, k)
+    b = baseline_rewards(r)  # (B, k)
     logits = captioner.decode_tokens(seqs, memory, memory_mask, memory_pos)  # (B*k, T, V): k rows per memory row
     token_logp = sequence_log_probs(logits, seqs, (captioner.pad_id, captioner.bos_id))  # (B*k, T-1)
     target_mask = seqs[:, 1:] != captioner.pad_id  # (B*k, T-1)
     loss = policy_gradient_loss(token_logp, target_mask, (r - b).view(-1))
-    return SCSTOutput(loss, float(r.mean()), float(b.mean()), None if greedy is None else float(greedy.mean()))
+    return SCSTOutput(loss, float(r.mean()), float(b.mean()))

@@ -77,15 +77,13 @@ class CaptionTokenizer:
 
     # ------------------------------------------------------------------------------------------- building
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 1000, model: str = "bpe",
-              min_frequency: int = 1) -> CaptionTokenizer:
+    def train(cls, texts: Iterable[str], vocab_size: int = 1000, model: str = "bpe") -> CaptionTokenizer:
         """Train a tokenizer on caption texts.
 
         Args:
             texts: training captions (any iterable, read once).
             vocab_size: upper bound on the vocabulary, special tokens included.
             model: "bpe" (byte-pair merges inside words), "wordpiece" or "wordlevel" (whole words).
-            min_frequency: minimum count for a merge (bpe/wordpiece) or a word (wordlevel).
 
         Returns:
             A tokenizer with ``[PAD]``, ``[BOS]``, ``[EOS]``, ``[UNK]`` at ids 0..3.
@@ -93,7 +91,7 @@ class CaptionTokenizer:
         tok, trainer_cls = _build(model)
         tok.normalizer = caption_normalizer()
         tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        kw = dict(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS))
+        kw = dict(vocab_size=vocab_size, min_frequency=1, special_tokens=list(SPECIAL_TOKENS))
         if model == "bpe":
             kw["end_of_word_suffix"] = _BPE_SUFFIX
         if model == "wordpiece":

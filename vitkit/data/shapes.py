@@ -28,14 +28,12 @@ Which images are empty or hold a crowd is drawn per split from ``(seed, split)``
 from its own stream ``(seed, split, index)``. Files are written atomically (temporary name, then rename), so ranks
 that generate the same set concurrently cannot leave a half-written file behind. The phrases draw no random number:
 images and captions files are byte-identical to those written before phrases existed, and an instances file is the
-earlier one plus the ``caption`` keys. So :func:`ensure_shapes` upgrades an earlier set (annotations without
-``caption``) by regenerating it with the arguments it records; readers see the same files, one gaining phrases.
+earlier one plus the ``caption`` keys.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import json
 import math
@@ -303,8 +301,7 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
         jpeg_quality: JPEG quality (4:4:4 chroma, so small shapes keep their colour).
 
     Returns:
-        Paths: ``root``, ``train_images``, ``val_images``, ``instances_train``, ``instances_val``,
-        ``captions_train``, ``captions_val``.
+        Paths: ``root``, ``{train,val}_images``, ``instances_{train,val}``, ``captions_{train,val}``.
 
     Raises:
         NotAShapesFolder: ``root`` holds other files and no marker; nothing is written.
@@ -313,10 +310,8 @@ def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 10
 
     paths = _paths(Path(root))
     _claim(paths["root"])
-    paths["annotations"] = paths["instances_train"].parent
-    for key in ("train_images", "val_images", "annotations"):
-        paths[key].mkdir(parents=True, exist_ok=True)
-    del paths["annotations"]
+    for folder in (paths["train_images"], paths["val_images"], paths["instances_train"].parent):
+        folder.mkdir(parents=True, exist_ok=True)
     cat_ids = {c["name"]: c["id"] for c in CATEGORIES}
     params = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "size_jitter": jitter,
               "seed": seed, "min_objects": min_objects, "max_objects": max_objects,
@@ -382,20 +377,12 @@ def _claim(root: Path) -> None:
         f"touched nothing here")
 
 
-def _needs_phrases(data: Any) -> bool:
-    """Whether a parsed instances file comes from before annotations carried their phrase (``caption``)."""
-    anns = data.get("annotations") if isinstance(data, dict) else None
-    return isinstance(anns, list) and any(isinstance(a, dict) and "caption" not in a for a in anns)
-
-
 def ensure_shapes(root: str | os.PathLike, **kwargs: Any) -> dict[str, Path]:
     """Generate the shapes dataset under ``root`` unless it is already there.
 
     The set counts as present when ``root/annotations/instances_train2017.json`` exists (it is written last).
     If that file records different generator arguments than ``kwargs``, a warning says so; nothing is
-    regenerated (delete the folder to regenerate). A set written before instance annotations had a ``caption``
-    is regenerated once with the arguments it records (never with ``kwargs``), with a warning: the images and the
-    captions files come out byte-identical, the instances files gain the phrases (see the module docstring).
+    regenerated (delete the folder to regenerate).
 
     Args:
         root: dataset folder.
@@ -420,9 +407,4 @@ def ensure_shapes(root: str | os.PathLike, **kwargs: Any) -> dict[str, Path]:
         if differing:
             warnings.warn(f"{root} holds a shapes set generated with other arguments (recorded, requested): "
                           f"{differing}; using it as is. Delete the folder to regenerate.", stacklevel=2)
-        if _needs_phrases(data) and set(recorded) <= set(inspect.signature(make_shapes).parameters) - {"root"}:
-            warnings.warn(f"{root} holds a shapes set from before instance annotations had a 'caption' (the "
-                          "object's phrase); regenerating it with its recorded arguments (same images and image "
-                          "captions, byte for byte)", stacklevel=2)
-            return make_shapes(root, **recorded)
     return paths
