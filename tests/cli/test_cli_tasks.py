@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from tests.support.configs import SHIPPED
-from vitkit.cli import benchmark, main, train
 from vitkit.cli import eval as eval_command
+from vitkit.cli import main, train
 from vitkit.cli.configs import SHIPPED_CONFIGS, read_config, resolve_config, shipped_configs
-from vitkit.cli.train import CaptionCLI, DenseCLI, DetectionCLI, select_task
+from vitkit.cli.train import CaptionCLI, DescribeCLI, DetectionCLI, select_task
 from vitkit.kernels import precision as precision_mod
 from vitkit.kernels.precision import CPU_BF16_ENV
 from vitkit.train.guards import ConfigError
@@ -63,9 +63,9 @@ def test_unreadable_configs_are_config_errors(tmp_path):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_selects_its_task(name):
     cli = select_task(read_config(resolve_config(name)))
-    expected = {"caption": CaptionCLI, "dense": DenseCLI, "detr": DetectionCLI}[name.split("_")[0]]
+    expected = {"caption": CaptionCLI, "describe": DescribeCLI, "detr": DetectionCLI}[name.split("_")[0]]
     assert cli is expected
-    assert cli.task == {CaptionCLI: "captioning", DenseCLI: "describe", DetectionCLI: "detection"}[expected]
+    assert cli.task == {CaptionCLI: "captioning", DescribeCLI: "describe", DetectionCLI: "detection"}[expected]
 
 
 def test_task_key_and_model_section():
@@ -86,10 +86,10 @@ def test_task_key_and_model_section():
         assert "config my.yaml: " in str(err.value) and needle in str(err.value) and "Fix:" in str(err.value)
 
 
-def test_a_detector_with_a_text_decoder_trains_region_captions():
-    assert select_task({"model": {"detector": {}, "text": {}}}) is DenseCLI
-    assert select_task({"task": "describe", "model": {"detector": {}, "text": {}}}) is DenseCLI
-    assert select_task({"task": "describe"}) is DenseCLI
+def test_a_detector_with_a_text_decoder_trains_describe():
+    assert select_task({"model": {"detector": {}, "text": {}}}) is DescribeCLI
+    assert select_task({"task": "describe", "model": {"detector": {}, "text": {}}}) is DescribeCLI
+    assert select_task({"task": "describe"}) is DescribeCLI
     cases = [
         ({"model": {"text": {}}}, "names no network"),
         ({"model": {"detector": {}, "text": {}, "captioner": {}}}, "names two networks"),
@@ -106,15 +106,15 @@ def test_a_detector_with_a_text_decoder_trains_region_captions():
 
 
 def test_the_describe_cli_is_detection_plus_the_tokenizer_links():
-    assert issubclass(DenseCLI, DetectionCLI) and "add_task_links" in DenseCLI.__dict__
-    assert (DenseCLI.task, DenseCLI.monitor, DenseCLI.networks) == ("describe", "val/AP", ("detector", "text"))
+    assert issubclass(DescribeCLI, DetectionCLI) and "add_task_links" in DescribeCLI.__dict__
+    assert (DescribeCLI.task, DescribeCLI.monitor, DescribeCLI.networks) == ("describe", "val/AP", ("detector", "text"))
     links = []
 
     class Parser:
         def link_arguments(self, source, target, **kwargs):
             links.append((source, target))
 
-    DenseCLI.__new__(DenseCLI).add_task_links(Parser())  # no parsing: the links alone
+    DescribeCLI.__new__(DescribeCLI).add_task_links(Parser())  # no parsing: the links alone
     assert ("data.num_classes", "model.detector.init_args.num_classes") in links
     for name in ("vocab_size", "pad_id", "bos_id", "eos_id", "max_length"):
         assert (f"data.{name}", f"model.text.init_args.{name}") in links
@@ -162,7 +162,7 @@ def test_eval_of_a_checkpoint_needs_a_detection_config(tmp_path, capsys):
 def test_help_lists_every_command_with_examples(capsys):
     assert main.main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("train", "eval", "detect", "caption", "export", "benchmark", "make-shapes", "plot-pr"):
+    for name in ("train", "eval", "detect", "caption", "describe", "export", "make-shapes", "plot-pr"):
         assert f"\n  {name} " in out
     assert "examples:\n  vitkit train detr_shapes" in out and ", ".join(SHIPPED) in out
     assert main.main([]) == 2 and "usage: vitkit COMMAND" in capsys.readouterr().err
@@ -199,13 +199,6 @@ def test_train_gets_the_whole_command_line_for_ddp_relaunch(monkeypatch):
     assert main.main() == 0
     assert seen == {"argv": ["detr_shapes", "--trainer.devices", "2"], "prog": "vitkit train",
                     "launch_argv": ["/venv/bin/vitkit", "train", "detr_shapes", "--trainer.devices", "2"]}
-
-
-def test_benchmark_without_a_checkout_says_what_it_needs(monkeypatch, capsys):
-    monkeypatch.setattr(benchmark, "find_benchmarks", lambda: None)  # as in a plain `pip install vitkit`
-    assert main.main(["benchmark", "--quick"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("vitkit benchmark: error: ") and "source checkout" in err and "pip install -e" in err
 
 
 def test_tools_are_thin_shims():

@@ -68,7 +68,8 @@ def test_describe_writes_good_images_skips_a_corrupt_one_resumes_and_draws(ckpt,
         assert n == 2 and len(r["labels"]) == len(r["scores"]) == len(r["captions"]) == len(r["category_ids"]) == n
         assert all(name in CLASS_NAMES for name in r["label_names"]) and all(isinstance(c, str) for c in r["captions"])
         assert all(0 <= x0 <= x1 <= r["width"] and 0 <= y0 <= y1 <= r["height"] for x0, y0, x1, y1 in r["boxes"])
-        assert "caption" not in r  # no image-caption head in this model
+        assert set(r) == {"file", "width", "height", "boxes", "labels", "label_names", "category_ids", "scores",
+                          "captions"}
         assert Image.open(drawn / r["file"]).size == (r["width"], r["height"])
     assert not (drawn / "bad.png").exists()
     assert [e["file"] for e in _records(tmp_path / "regions.errors.jsonl")] == ["bad.png"]
@@ -125,7 +126,7 @@ def test_usage_errors_name_the_problem(ckpt, folder, tmp_path, capfd):
     assert result.returncode == 2 and "entry [0] needs 'bbox'" in result.stderr
     detector = save_detector(tmp_path / "det.ckpt")
     result = _run(capfd, folder, "--ckpt", detector, "--out", tmp_path / "o.jsonl", *FAST)
-    assert result.returncode == 2 and "not a region-caption (describe) one" in result.stderr
+    assert result.returncode == 2 and "not a describe one" in result.stderr
     result = _run(capfd, folder, "--ckpt", ckpt, "--annotations", bad, *FAST)
     assert result.returncode == 2 and "pass --boxes FILE too" in result.stderr
     assert "describe" in COMMANDS

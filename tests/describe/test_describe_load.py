@@ -1,4 +1,4 @@
-"""``vitkit.load`` of a region-caption (describe) checkpoint: the Describer's outputs at the user boundary, given
+"""``vitkit.load`` of a describe checkpoint: the Describer's outputs at the user boundary, given
 boxes, the safetensors round trip and the ONNX export of its detector."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_load_describes_paths_pil_images_and_tensors(describer, tmp_path):
         assert r["label_names"] == [CLASS_NAMES[j] for j in r["labels"].tolist()]
         assert r["category_ids"] == [CAT_IDS[j] for j in r["labels"].tolist()]
         assert len(r["captions"]) == n and all(isinstance(c, str) for c in r["captions"])
-        assert "caption" not in r  # this model has no image-caption head
+        assert set(r) == {"boxes", "scores", "labels", "label_names", "category_ids", "captions"}
     # One image alone: the same as in the batch (padding does not change it), and a threshold keeps fewer.
     alone = describer.describe(images[1], threshold=0.0, max_detections=3, num_beams=1)[0]
     torch.testing.assert_close(alone["boxes"], out[1]["boxes"], atol=1e-4, rtol=0)
@@ -137,7 +137,7 @@ def test_onnx_export_is_the_detector_and_matches_it(describer, ckpt, tmp_path, c
     assert ckpt.with_suffix(".detector.onnx").is_file()
 
 
-def test_only_the_region_captioners_weights_are_read(ckpt, tmp_path):
+def test_only_the_describe_models_weights_are_read(ckpt, tmp_path):
     """Other modules of the training module (its criterion's buffers, say) are left out; a missing region head
     weight is an error naming it."""
     data = torch.load(ckpt, weights_only=True)
@@ -159,21 +159,3 @@ def test_bf16_runs_the_detector_in_bf16_and_the_caption_head_in_fp32(ckpt, descr
     a, b = (m.describe(image, threshold=0.0, max_detections=2, num_beams=1)[0] for m in (describer, fast))
     assert b["boxes"].dtype == b["scores"].dtype == torch.float32 and len(b["captions"]) == 2
     torch.testing.assert_close(a["boxes"], b["boxes"], atol=1.0, rtol=0)
-
-
-def test_an_image_caption_head_is_rebuilt_and_captions_each_image(tmp_path):
-    """A checkpoint whose spec records an image decoder: every image gets a ``caption`` too, the head's greedy
-    caption of the same detector outputs; its weights are required."""
-    path = save_describer(tmp_path / "image.ckpt", image_head=True)
-    model = vitkit.load(path)
-    assert model.model.image_head is not None and model.model.image_head.num_objects == 3
-    images = [_image(30, 50, 1), _image(44, 40, 2)]
-    out = model.describe(images, threshold=0.0, max_detections=2, num_beams=1)
-    assert all(isinstance(r["caption"], str) and len(r["captions"]) == 2 for r in out)
-    alone = model.describe(images[1], threshold=0.0, max_detections=2, num_beams=1)[0]
-    assert alone["caption"] == out[1]["caption"]  # batching with a larger image does not change it
-    data = torch.load(path, weights_only=True)
-    del data["state_dict"]["image_head.grid_proj.1.weight"]
-    torch.save(data, tmp_path / "missing.ckpt")
-    with pytest.raises(WeightsMismatchError, match=r"missing: image_head\.grid_proj\.1\.weight"):
-        vitkit.load(tmp_path / "missing.ckpt")

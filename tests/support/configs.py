@@ -8,25 +8,25 @@ import torch
 import yaml
 from jsonargparse import ArgumentParser
 
-from vitkit.describe.module import DenseModule
+from vitkit.describe.module import DescribeModule
 from vitkit.detection.module import DetectionModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The shipped config names, written out so that adding or losing one shows up in the CLI tests.
-SHIPPED = ["caption_coco", "caption_shapes", "caption_shapes_grounded", "dense_shapes", "dense_vg", "detr_coco",
-           "detr_r50_coco", "detr_shapes"]
+SHIPPED = ["caption_coco", "caption_shapes", "describe_shapes", "describe_vg", "detr_coco", "detr_r50_coco",
+           "detr_shapes"]
 
 
 def build_module(config: str, cls: type, links: dict, encoder: dict | None = None,
                  decoder: dict | None = None, text_links: dict | None = None,
                  object_classes: int | None = 4) -> torch.nn.Module:
     """``encoder`` / ``decoder``: init_args that replace the config's (e.g. a tiny size of the same classes);
-    ``text_links``: what the CLI links into a region-caption config's ``model.text``; ``object_classes``: what it
+    ``text_links``: what the CLI links into a describe config's ``model.text``; ``object_classes``: what it
     links from a caption config's ``data.object_labels`` (None: the object-token loss off, no head)."""
     model = yaml.safe_load((CONFIGS / config).read_text())["model"]
     inner = model["detector" if issubclass(cls, DetectionModule) else "captioner"]
     inner["init_args"].update(links)  # what the CLI links from the datamodule
-    if cls is DenseModule:
+    if cls is DescribeModule:
         model["text"]["init_args"].update(text_links or {})
     for key, args in (("encoder", encoder), ("decoder", decoder)):
         if args:

@@ -12,8 +12,8 @@ from lightning.pytorch.cli import LightningArgumentParser
 from vitkit.captioning.datamodule import CaptionDataModule
 from vitkit.captioning.module import CaptionModule
 from vitkit.cli.task_cli import TaskCLI
-from vitkit.describe.datamodule import DenseDataModule
-from vitkit.describe.module import DenseModule
+from vitkit.describe.datamodule import DescribeDataModule
+from vitkit.describe.module import DescribeModule
 from vitkit.detection.datamodule import CocoDataModule
 from vitkit.detection.module import DetectionModule
 
@@ -75,16 +75,16 @@ class CaptionCLI(TaskCLI):
         self.model.captioner_config = tokenizer_config(self.network_config(), self.datamodule)
 
 
-class DenseCLI(DetectionCLI):
-    """Region captions: :class:`DenseModule` on :class:`DenseDataModule`, best checkpoints by the detection
-    validation's ``val/AP`` (dense-caption metrics are not logged yet).
+class DescribeCLI(DetectionCLI):
+    """Describe (detect, then caption each object): :class:`DescribeModule` on :class:`DescribeDataModule`, best
+    checkpoints by the detection validation's ``val/AP`` (``val/describe_mAP`` is logged beside it).
 
     The detection links, plus the region tokenizer's vocabulary size, special ids and ``max_length`` into the text
     decoder (``model.text``), as :class:`CaptionCLI` links them into the captioner.
     """
 
     task, text_key, networks = "describe", "text", ("detector", "text")
-    module_class, datamodule_class = DenseModule, DenseDataModule
+    module_class, datamodule_class = DescribeModule, DescribeDataModule
 
     def add_task_links(self, parser: LightningArgumentParser) -> None:
         """The detection links and the tokenizer's values into ``model.text``."""
@@ -95,8 +95,6 @@ class DenseCLI(DetectionCLI):
         """The detector's config with the class count and the text decoder's with the tokenizer's values."""
         super().record_network_config()
         self.model.text_config = tokenizer_config(self.network_config(self.text_key), self.datamodule)
-        if self.model.image_head is not None:
-            self.model.image_decoder_config = self.network_config("image_decoder")
 
 
-TASK_CLIS: dict[str, type[TaskCLI]] = {cli.task: cli for cli in (DetectionCLI, CaptionCLI, DenseCLI)}
+TASK_CLIS: dict[str, type[TaskCLI]] = {cli.task: cli for cli in (DetectionCLI, CaptionCLI, DescribeCLI)}

@@ -3,13 +3,13 @@
 CONFIG is a YAML path or a shipped config's name (:func:`vitkit.cli.configs.resolve_config`). The task follows from
 the config (:func:`select_task`): a top-level ``task:`` key when it has one, else the network its ``model`` section
 names, ``model.detector`` (detection), ``model.captioner`` (captioning) or ``model.detector`` and ``model.text``
-(region captions, ``describe``). Each task is a LightningCLI subclass of :class:`~vitkit.cli.task_cli.TaskCLI`
-(:mod:`vitkit.cli.tasks`) that adds its own links: :class:`DetectionCLI` links the class count, names and category
-ids from the data into the model; :class:`CaptionCLI` links the tokenizer's vocabulary size, special ids and
-``max_length``; :class:`DenseCLI` does both, the tokenizer's values into the text decoder.
-The run folder is ``runs/<config name>/`` (CSV logs, ``config.yaml``, ``checkpoints/``; for captioning also
-``tokenizer.json``), and each checkpoint carries the resolved model config (and the tokenizer) so that
-:func:`vitkit.load` rebuilds the model without the YAML.
+(``describe``: detect, then caption each object). Each task is a LightningCLI subclass of
+:class:`~vitkit.cli.task_cli.TaskCLI` (:mod:`vitkit.cli.tasks`) that adds its own links: :class:`DetectionCLI` links
+the class count, names and category ids from the data into the model; :class:`CaptionCLI` links the tokenizer's
+vocabulary size, special ids and ``max_length``; :class:`DescribeCLI` does both, the tokenizer's values into the
+text decoder. The run folder is ``runs/<config name>/`` (CSV logs, ``config.yaml``, ``checkpoints/``; for
+captioning also ``tokenizer.json``), and each checkpoint carries the resolved model config (and the tokenizer) so
+that :func:`vitkit.load` rebuilds the model without the YAML.
 
 Reliability (issue 7): checkpoints are written atomically and read with ``weights_only=True`` only
 (:mod:`vitkit.train.checkpoint_io`); ``last.ckpt`` is also refreshed every ``checkpoint.last_every_n_train_steps``
@@ -32,12 +32,12 @@ from typing import Any
 from vitkit.cli.config_errors import weights_mismatch_message
 from vitkit.cli.configs import read_config, resolve_config, shipped_configs
 from vitkit.cli.task_cli import PROG, TaskCLI
-from vitkit.cli.tasks import CAPTION_LINKS, TASK_CLIS, CaptionCLI, DenseCLI, DetectionCLI
+from vitkit.cli.tasks import CAPTION_LINKS, TASK_CLIS, CaptionCLI, DescribeCLI, DetectionCLI
 from vitkit.data.images import ImageReadError
 from vitkit.train.guards import ConfigError, NonFiniteLossError
 from vitkit.utils.checkpoints import CheckpointError
 
-__all__ = ["CAPTION_LINKS", "PROG", "TASK_CLIS", "CaptionCLI", "DenseCLI", "DetectionCLI", "TaskCLI", "main",
+__all__ = ["CAPTION_LINKS", "PROG", "TASK_CLIS", "CaptionCLI", "DescribeCLI", "DetectionCLI", "TaskCLI", "main",
            "own_argv", "select_task"]
 
 EXAMPLES = """examples:
@@ -63,7 +63,7 @@ def select_task(config: Mapping[str, Any], source: str | Path = "CONFIG") -> typ
 
     The task is the config's top-level ``task`` key when it has one (``detection``, ``captioning``, ``describe``);
     otherwise the networks its ``model`` section configures: ``model.detector`` trains detection,
-    ``model.captioner`` captioning, ``model.detector`` and ``model.text`` region captions (describe).
+    ``model.captioner`` captioning, ``model.detector`` and ``model.text`` describe.
 
     Args:
         config: the config file's top level (:func:`vitkit.cli.configs.read_config`).

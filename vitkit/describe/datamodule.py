@@ -1,5 +1,5 @@
-"""Lightning DataModule for region captions (issue 17): COCO-layout detection data whose annotations may carry a
-``caption`` phrase, with the caption tokenizer.
+"""Lightning DataModule of describe (detect, then caption each object; issue 17): COCO-layout detection data whose
+annotations may carry a ``caption`` phrase, with the caption tokenizer.
 
 It is :class:`~vitkit.detection.datamodule.CocoDataModule` (same files, checks, augmentation, ``bad_images`` policy)
 whose datasets' transforms are wrapped by :class:`~vitkit.describe.regions.RegionCaptionTransform`, so every
@@ -17,7 +17,7 @@ drops a box drops its phrase):
 Crowd regions are not in the targets, as in detection. The tokenizer follows
 :class:`~vitkit.captioning.datamodule.CaptionDataModule`: a ``tokenizer.json`` given by ``tokenizer``, or one trained
 on the training file's phrases at first use (so the CLI can link ``vocab_size`` and the special ids into a model),
-shared from rank 0 under DDP, replaced by a checkpoint's through :meth:`DenseDataModule.use_tokenizer`; a Lightning
+shared from rank 0 under DDP, replaced by a checkpoint's through :meth:`DescribeDataModule.use_tokenizer`; a Lightning
 module saves it as the caption module does (``tokenizer.json`` in the run folder, its JSON in every checkpoint).
 """
 
@@ -31,7 +31,6 @@ from torchvision.transforms import v2
 
 from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
 from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
-from vitkit.data.caption_annotations import check_captions
 from vitkit.data.collate import DropNone
 from vitkit.describe.regions import (
     RegionCaptionCollate,
@@ -63,8 +62,8 @@ def set_hflip_p(transform: Any, p: float) -> None:
     flips[0].p = p
 
 
-class DenseDataModule(CocoDataModule):
-    """Region-caption data: detection targets whose boxes carry their phrases, and the caption tokenizer.
+class DescribeDataModule(CocoDataModule):
+    """Describe data: detection targets whose boxes carry their phrases, and the caption tokenizer.
 
     Args:
         hflip_p: probability of mirroring a training image (default 0.5, DETR's). A mirror leaves the phrases as
@@ -74,13 +73,7 @@ class DenseDataModule(CocoDataModule):
         tokenizer: path to a tokenizer.json to use; None = train one on the training file's phrases.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
-        max_length: longest token sequence of a phrase (and of an image caption), BOS and EOS included; longer ones
-            lose their last words.
-        image_captions: also caption whole images: read ``annotations/captions_{split}2017.json`` beside the
-            instances files (the COCO layout; the generated shapes set writes both), train the tokenizer on the
-            phrases and those captions, and give every target ``image_captions`` (and the collate
-            ``image_caption_tokens``, one caption drawn at random). Mirroring then needs ``hflip_p: 0`` when
-            captions say "left" or "right" (the shapes captions do).
+        max_length: longest token sequence of a phrase, BOS and EOS included; longer ones lose their last words.
         **kwargs: the detection settings of :class:`~vitkit.detection.datamodule.CocoDataModule` (``batch_size``,
             scales, crop, validation size) and the root, shapes generation, loader and ``bad_images`` settings of
             :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
@@ -98,7 +91,6 @@ class DenseDataModule(CocoDataModule):
         vocab_size: int = 1000,
         tokenizer_model: str = "wordlevel",
         max_length: int = 16,
-        image_captions: bool = False,
         **kwargs: Any,
     ) -> None:
         if tokenizer_model not in TOKENIZER_MODELS:
@@ -113,7 +105,6 @@ class DenseDataModule(CocoDataModule):
         super().__init__(**kwargs)
         self._tokenizer: CaptionTokenizer | None = None
         self._regions: dict[str, RegionIndex] = {}
-        self._image_captions: dict[str, dict[int, list[str]]] = {}
 
     def regions(self, split: str) -> RegionIndex:
         """The split's :class:`~vitkit.describe.regions.RegionIndex` (its file read once)."""
@@ -122,37 +113,13 @@ class DenseDataModule(CocoDataModule):
                 self._regions[split] = RegionIndex(self.annotation_file(split), hint=self.layout)
         return self._regions[split]
 
-    def image_captions(self, split: str) -> dict[int, list[str]] | None:
-        """The split's image captions (image id -> captions; the file read once), or None without
-        ``image_captions``.
-
-        Raises:
-            FileNotFoundError: no captions file, naming it and the option.
-        """
-        if not self.hparams.image_captions:
-            return None
-        if split not in self._image_captions:
-            path = self.root / "annotations" / f"captions_{split}2017.json"
-            if not path.is_file():
-                raise FileNotFoundError(f"data.image_captions is true but there is no image captions file {path}: "
-                                        "add the COCO captions file beside the instances file, or set "
-                                        "data.image_captions: false\n" + self.layout)
-            with data_errors():
-                self._image_captions[split] = check_captions(path, hint=self.layout).captions
-        return self._image_captions[split]
-
-    def _train_texts(self) -> list[str]:
-        """What a trained tokenizer learns from: the training phrases, and the training image captions if used."""
-        images = self.image_captions("train") or {}
-        return self.regions("train").phrases() + [c for caps in images.values() for c in caps]
-
     # ------------------------------------------------------------------------------------------- tokenizer
     @property
     def tokenizer(self) -> CaptionTokenizer:
         """The phrase tokenizer: loaded from ``tokenizer``, or trained on the training file's phrases at first use."""
         if self._tokenizer is None:
             hp = self.hparams
-            self._tokenizer = load_or_train_tokenizer(hp.tokenizer, self._train_texts, hp.vocab_size,
+            self._tokenizer = load_or_train_tokenizer(hp.tokenizer, self.regions("train").phrases, hp.vocab_size,
                                                       hp.tokenizer_model)
         return self._tokenizer
 
@@ -171,18 +138,16 @@ class DenseDataModule(CocoDataModule):
         super().setup(stage)
         if self.train_set is not None and not isinstance(self.train_set.transforms, RegionCaptionTransform):
             set_hflip_p(self.train_set.transforms, self.hparams.hflip_p)
-            self.train_set.transforms = RegionCaptionTransform(self.train_set.transforms, self.regions("train"),
-                                                               self.image_captions("train"))
+            self.train_set.transforms = RegionCaptionTransform(self.train_set.transforms, self.regions("train"))
             self._warn_left_right()
         if self.val_set is not None and not isinstance(self.val_set.transforms, RegionCaptionTransform):
-            self.val_set.transforms = RegionCaptionTransform(self.val_set.transforms, self.regions("val"),
-                                                             self.image_captions("val"))
+            self.val_set.transforms = RegionCaptionTransform(self.val_set.transforms, self.regions("val"))
 
     def _warn_left_right(self) -> None:
         """Warn when mirrored training images would make phrases that say "left" or "right" wrong."""
         if self.hparams.hflip_p == 0:
             return
-        phrases = self._train_texts()
+        phrases = self.regions("train").phrases()
         sided = [c for c in phrases if swap_left_right(c) != c]
         if sided:
             warnings.warn(f"data.hflip_p is {self.hparams.hflip_p} but {len(sided)} of the {len(phrases)} training "
@@ -196,7 +161,7 @@ class DenseDataModule(CocoDataModule):
         return DropNone(RegionCaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple))
 
     def val_references(self) -> dict[int, RegionReferences]:
-        """What a region-caption evaluator needs per validation image, read from the validation annotation file.
+        """What the describe evaluation needs per validation image, read from the validation annotation file.
 
         Returns:
             Image id -> :class:`~vitkit.describe.regions.RegionReferences` (every annotation of the image, crowd

@@ -16,9 +16,9 @@ It is the folder tools' machinery put together, not a third copy of it:
 One record per described image, in listing order: ``{"file": path relative to the folder (POSIX), "width", "height"
 (the decoded, upright image), "boxes": [[x0, y0, x1, y1], ...] (pixels of that image), "labels": [contiguous
 label, ...], "label_names": [...] and "category_ids": [...] (when the checkpoint has them), "scores": [...],
-"captions": [...]}`` plus ``"caption"`` where the model has an image-caption head. Images that fail get no record:
-they are listed in the summary and in ``<out stem>.errors.jsonl`` (``{"file", "error"}`` lines, the failures of the
-latest run; removed when there are none), and retried by the next run.
+"captions": [...]}``. Images that fail get no record: they are listed in the summary and in
+``<out stem>.errors.jsonl`` (``{"file", "error"}`` lines, the failures of the latest run; removed when there are
+none), and retried by the next run.
 
 Given boxes (``boxes_file``, COCO results format: a JSON list of ``{"image_id" or "file_name", "bbox": [x, y, w,
 h], ...}`` in pixels of the upright image) are captioned instead of detections; other keys (``score``,
@@ -155,8 +155,6 @@ def _record(describer: Describer, file: str, size: tuple[int, int], result: dict
     if describer.label_to_cat_id:
         record["category_ids"] = result["category_ids"]
     record.update(scores=[round(s, 6) for s in result["scores"].tolist()], captions=result["captions"])
-    if "caption" in result:
-        record["caption"] = result["caption"]
     return record
 
 

@@ -1,14 +1,13 @@
-"""Region captions: a DETR detector whose objects are described in words by a causal text decoder.
+"""The describe network (detect, then caption each object): a DETR detector whose objects are described in words
+by a causal text decoder.
 
-:class:`RegionCaptionHead` is the text side, :class:`RegionCaptioner` the detector and the head together (what
+:class:`RegionCaptionHead` is the text side, :class:`DescribeModel` the detector and the head together (what
 inference runs). The detector is :class:`vitkit.detection.DETR` as it is; the head's text decoder is a
 :class:`vitkit.captioning.Captioner` built without an image encoder (the same ``TransformerDecoder``, KV-cache
 decoding and search strategies). Each region (a detected object, a matched query in training, or a box the user
 gives) conditions one caption through a short memory the text decoder cross-attends to (:class:`RegionMemory`):
-
-- ``"prefix"``: two tokens, the query's last decoder state and an embedding of its box;
-- ``"roi"``: those two plus ``roi_size``² RoI-aligned tokens of the encoder's grid inside the box (box-focused
-  cross-attention; each with a learned position in the RoI).
+the query's last decoder state, an embedding of its box, and ``roi_size``² RoI-aligned tokens of the encoder's grid
+inside the box (box-focused cross-attention; each with a learned position in the RoI).
 
 Training is joint (:mod:`vitkit.describe.module`): the detection losses as they are, plus the caption
 cross-entropy of the queries that Hungarian matching assigns to objects that have a caption. Boxes given at
@@ -21,7 +20,6 @@ token, and a region's caption does not change when its image is batched with a l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +27,7 @@ from torchvision.ops import box_convert, box_iou, roi_align
 
 from vitkit.captioning.model import Captioner
 from vitkit.data.collate import real_size
-from vitkit.describe.image_head import ImageCaptionHead, query_probs
 from vitkit.detection.model import DETR
-
-Conditioning = Literal["prefix", "roi"]
 
 
 @dataclass
@@ -60,42 +55,39 @@ def box_features(boxes: Tensor) -> Tensor:
     return torch.cat((boxes, boxes[:, 2:].clamp(min=1e-3).log()), dim=1)
 
 
+def query_probs(logits: Tensor, sigmoid: bool) -> Tensor:
+    """(B, Q, C) class probabilities of (B, Q, C[+1]) logits: sigmoid, or softmax without the no-object column."""
+    logits = logits.float()
+    return logits.sigmoid() if sigmoid else logits.softmax(-1)[..., :-1]
+
+
 class RegionMemory(nn.Module):
-    """The text decoder's memory for each region.
+    """The text decoder's memory for each region: its query state, its box and RoI-aligned grid tokens of the box.
 
     Args:
         det_dim: the detector's decoder width (query states and grid tokens).
         dim: the text decoder's width.
-        conditioning: "prefix" or "roi" (module docstring).
-        roi_size: RoI-aligned tokens per side ("roi").
+        roi_size: RoI-aligned tokens per side.
     """
 
-    def __init__(self, det_dim: int, dim: int, conditioning: Conditioning = "roi", roi_size: int = 7) -> None:
+    def __init__(self, det_dim: int, dim: int, roi_size: int = 7) -> None:
         super().__init__()
-        if conditioning not in ("prefix", "roi"):
-            raise ValueError(f"conditioning must be prefix|roi, got {conditioning!r}")
-        self.conditioning, self.roi_size = conditioning, roi_size
+        self.roi_size = roi_size
         self.query_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
         self.box_embed = nn.Sequential(nn.Linear(6, dim), nn.GELU(), nn.Linear(dim, dim))  # of box_features
         self.slot_pos_embed = nn.Parameter(torch.zeros(2, dim))  # query, box
-        if conditioning == "roi":
-            self.roi_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
-            self.roi_pos_embed = nn.Parameter(torch.zeros(roi_size * roi_size, dim))
+        self.roi_proj = nn.Sequential(nn.LayerNorm(det_dim), nn.Linear(det_dim, dim))
+        self.roi_pos_embed = nn.Parameter(torch.zeros(roi_size * roi_size, dim))
         nn.init.normal_(self.slot_pos_embed, std=0.02)
-        if conditioning == "roi":
-            nn.init.normal_(self.roi_pos_embed, std=0.02)
+        nn.init.normal_(self.roi_pos_embed, std=0.02)
 
-    def forward(self, regions: Regions, grid: Tensor | None = None, token_size: Tensor | None = None) -> Tensor:
+    def forward(self, regions: Regions, grid: Tensor, token_size: Tensor) -> Tensor:
         """Regions, the detector's grid (B, Dd, h, w) and each image's real size in tokens (B, 2) (width, height)
-        -> (R, M, D) memory (M = 2, or 2 + roi_size² with "roi")."""
+        -> (R, 2 + roi_size², D) memory."""
         q = self.query_proj(regions.hidden) + self.slot_pos_embed[0]  # (R, D)
         b = self.box_embed(box_features(regions.boxes).to(q.dtype)) + self.slot_pos_embed[1]  # (R, D)
-        parts = [q[:, None], b[:, None]]
-        if self.conditioning == "roi":
-            if grid is None or token_size is None:
-                raise ValueError('conditioning "roi" needs the detector\'s grid and the images\' token sizes')
-            parts.append(self.roi_proj(self._roi_tokens(regions, grid, token_size)) + self.roi_pos_embed)
-        return torch.cat(parts, dim=1)  # (R, M, D)
+        roi = self.roi_proj(self._roi_tokens(regions, grid, token_size)) + self.roi_pos_embed  # (R, roi_size², D)
+        return torch.cat((q[:, None], b[:, None], roi), dim=1)  # (R, 2 + roi_size², D)
 
     def _roi_tokens(self, regions: Regions, grid: Tensor, token_size: Tensor) -> Tensor:
         """(R, roi_size², Dd) bilinear RoI samples of the grid inside each region's box, the box clipped to the
@@ -119,31 +111,30 @@ def detector_outputs(detector: DETR, images: Tensor, mask: Tensor | None = None,
 
 
 class RegionCaptionHead(nn.Module):
-    """The text side of region captions: region memory and a text decoder.
+    """The text side of describe: region memory and a text decoder.
 
     Args:
         det_dim: the detector's decoder width (its query states and grid tokens).
         text: a :class:`Captioner` built with ``encoder=None`` (its ``vocab_size`` and special ids are the
             region tokenizer's).
-        conditioning: how a region conditions its caption: "prefix" or "roi" (module docstring).
-        roi_size: RoI-aligned tokens per side with "roi".
+        roi_size: RoI-aligned tokens per side.
         max_regions: at most this many matched regions per training batch get a caption loss (the first ones in
             image order), which bounds the text decoder's batch.
     """
 
-    def __init__(self, det_dim: int, text: Captioner, conditioning: Conditioning = "roi", roi_size: int = 7,
-                 max_regions: int = 64) -> None:
+    def __init__(self, det_dim: int, text: Captioner, roi_size: int = 7, max_regions: int = 64) -> None:
         super().__init__()
         if text.encoder is not None:
             raise ValueError("the region caption head's text Captioner must be built with encoder=None (it reads "
                              "the detector)")
         self.text = text
-        self.region_memory = RegionMemory(det_dim, text.decoder.dim, conditioning, roi_size)
+        self.region_memory = RegionMemory(det_dim, text.decoder.dim, roi_size)
         self.max_regions = max_regions
 
     def memory(self, outputs: dict, regions: Regions) -> Tensor:
-        """(R, M, D) text memory of regions of the images behind ``outputs`` (from :meth:`forward`)."""
-        return self.region_memory(regions, outputs.get("grid"), outputs.get("token_size"))
+        """(R, 2 + roi_size², D) text memory of regions of the images behind ``outputs`` (:func:`detector_outputs`:
+        ``hidden``, ``grid``, ``token_size``)."""
+        return self.region_memory(regions, outputs["grid"], outputs["token_size"])
 
     def caption_logits(self, outputs: dict, regions: Regions, tokens: Tensor) -> Tensor:
         """Teacher-forced (R, T, V) logits of regions' (R, T) caption ids."""
@@ -197,18 +188,18 @@ class RegionCaptionHead(nn.Module):
         given = torch.cat([g.to(dev, outputs["pred_boxes"].dtype).reshape(-1, 4) for g in boxes])  # (R, 4)
         return Regions(batch, given, hidden)
 
-class RegionCaptioner(nn.Module):
+
+class DescribeModel(nn.Module):
     """A detector and its region caption head: detect (or take given boxes) and caption every region.
 
     Args:
         detector: a :class:`DETR` (any configuration).
         head: a :class:`RegionCaptionHead` built for the detector's width.
-        image_head: an optional :class:`~vitkit.describe.image_head.ImageCaptionHead` (one caption per image).
     """
 
-    def __init__(self, detector: DETR, head: RegionCaptionHead, image_head: ImageCaptionHead | None = None) -> None:
+    def __init__(self, detector: DETR, head: RegionCaptionHead) -> None:
         super().__init__()
-        self.detector, self.head, self.image_head = detector, head, image_head
+        self.detector, self.head = detector, head
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         """:func:`detector_outputs` of (B, 3, H, W) images and their (B, H, W) padding mask."""
@@ -244,8 +235,7 @@ class RegionCaptioner(nn.Module):
 
         Returns:
             Per image: ``boxes`` (n, 4) normalised cxcywh, ``labels`` (n,) and ``scores`` (n,) (for given boxes: the
-            overlapping query's class and score), ``ids`` (n, T) caption token ids ``[BOS] ... [EOS] [PAD]...``;
-            with an image caption head, also ``caption_ids`` (T,): the image's caption.
+            overlapping query's class and score), ``ids`` (n, T) caption token ids ``[BOS] ... [EOS] [PAD]...``.
         """
         head_dtype = next(self.head.parameters()).dtype  # a bf16 detector may feed an fp32 head (roi_align)
         outputs = {k: v.to(head_dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
@@ -260,12 +250,8 @@ class RegionCaptioner(nn.Module):
         if len(regions.batch):
             ids, _ = self.head.text.generate_from_memory(self.head.memory(outputs, regions), **generation)  # (R, T)
         counts = [len(d["boxes"]) for d in found]
-        out = [{**{k: d[k] for k in ("boxes", "labels", "scores")}, "ids": part}
-               for d, part in zip(found, ids.split(counts), strict=True)]
-        if self.image_head is not None:
-            for d, row in zip(out, self.image_caption_ids(outputs, **generation), strict=True):
-                d["caption_ids"] = row  # (T,)
-        return out
+        return [{**{k: d[k] for k in ("boxes", "labels", "scores")}, "ids": part}
+                for d, part in zip(found, ids.split(counts), strict=True)]
 
     @staticmethod
     def detection_regions(outputs: dict, found: list[dict[str, Tensor]]) -> Regions:
@@ -273,12 +259,6 @@ class RegionCaptioner(nn.Module):
         return Regions(torch.cat([torch.full_like(d["queries"], b) for b, d in enumerate(found)]),
                        torch.cat([d["boxes"] for d in found]),
                        torch.cat([outputs["hidden"][b, d["queries"]] for b, d in enumerate(found)]))
-
-    def image_caption_ids(self, outputs: dict, **generation) -> Tensor:
-        """(B, T) caption ids of whole images from :meth:`forward`'s outputs (``generation``:
-        :meth:`Captioner.generate_from_memory`'s options); needs an image caption head."""
-        probs = query_probs(outputs["pred_logits"], self.detector.sigmoid_head)  # (B, Q, C)
-        return self.image_head.generate(self.image_head.memory(outputs, probs), **generation)[0]
 
     def _given(self, outputs: dict, boxes: list[Tensor]) -> list[dict[str, Tensor]]:
         """Given boxes with the class and score of the query that overlaps each most."""

@@ -1,4 +1,5 @@
-"""DenseModule: joint training of a DETR detector and its region caption head (region captions, issue 17).
+"""DescribeModule: joint training of a DETR detector and its region caption head (describe: detect, then caption
+each object; issue 17).
 
 It is :class:`vitkit.detection.module.DetectionModule` (the same criterion, matcher, optimiser groups, schedule,
 detection validation and checkpoint checks) plus a :class:`~vitkit.describe.model.RegionCaptionHead`:
@@ -9,35 +10,32 @@ detection validation and checkpoint checks) plus a :class:`~vitkit.describe.mode
   without any captioned match still touches every head parameter (a zero term), so DDP needs no
   ``find_unused_parameters``.
 - **Validation**: COCO AP of the detections (the parent's, ``val/AP`` ...) and, with a datamodule that gives
-  ``val_references`` and a tokenizer, the region-caption metrics of :mod:`vitkit.describe.validation`:
-  ``val/dense_mAP`` (DenseCap's dense-captioning mAP of the detections above ``dense_eval_threshold`` and their
-  greedy captions; annotations without a phrase are ignored like crowd regions), ``val/region_CIDEr`` (CIDEr-D of
-  the ground-truth boxes captioned as given boxes) and ``val/region_attr_acc`` (the share of correctly detected
+  ``val_references`` and a tokenizer, the describe metrics of :mod:`vitkit.describe.validation`:
+  ``val/describe_mAP`` (DenseCap's dense-captioning mAP of the detections above ``describe_eval_threshold`` and
+  their greedy captions; annotations without a phrase are ignored like crowd regions), ``val/region_CIDEr`` (CIDEr-D
+  of the ground-truth boxes captioned as given boxes) and ``val/region_attr_acc`` (the share of correctly detected
   objects whose caption is their phrase). Each step keeps plain per-image records; the epoch end gathers them across
   ranks as the detection results are gathered (one rank's copy per image) and scores them once, METEOR in one Java
-  process. ``dense_eval_max_images`` bounds the cost on large validation splits.
+  process (or a named fallback without Java). ``describe_eval_max_images`` bounds the cost on large validation
+  splits.
 - **Checkpoints**: the region tokenizer comes from the datamodule at setup (or from a checkpoint, whose tokenizer
   wins) and is saved in the run folder; every checkpoint records the inference spec of task ``describe``
-  (:func:`vitkit.describe.export.checkpoint_spec`: both networks' configs, which the CLI sets as
+  (:func:`vitkit.describe.spec.checkpoint_spec`: both networks' configs, which the CLI sets as
   ``detector_config`` and ``text_config``, the head's settings and the tokenizer).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from vitkit.captioning.model import Captioner
-from vitkit.captioning.scst import Baseline
 from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
-from vitkit.core.decoder import TransformerDecoder
-from vitkit.describe.export import checkpoint_spec
-from vitkit.describe.image_head import ImageCaptionHead, image_captioner
-from vitkit.describe.image_steps import ImageCaptionSteps
-from vitkit.describe.model import Conditioning, RegionCaptioner, RegionCaptionHead, detector_outputs
+from vitkit.describe.model import DescribeModel, RegionCaptionHead, detector_outputs
+from vitkit.describe.spec import checkpoint_spec
 from vitkit.describe.validation import per_rank_cap, region_metrics, region_records
 from vitkit.detection.model import DETR
 from vitkit.detection.module import DetectionModule
@@ -57,65 +55,48 @@ def stack_caption_tokens(targets: list[dict], pairs: list[tuple[int, int]], pad_
     return out
 
 
-class DenseModule(ImageCaptionSteps, DetectionModule):
-    """Train and validate a detector with region captions.
+class DescribeModule(DetectionModule):
+    """Train and validate a detector that captions each object it finds.
 
     Args:
         detector: the DETR (its class count is linked from the data, as for detection).
         text: the region caption text decoder, a :class:`Captioner` built with ``encoder: null`` (its vocabulary
             size and special ids are linked from the datamodule's region tokenizer).
-        conditioning: "prefix" or "roi" (:mod:`vitkit.describe.model`).
-        roi_size: RoI-aligned tokens per side with "roi".
+        roi_size: RoI-aligned tokens per side of each region's memory (:mod:`vitkit.describe.model`).
         max_regions: captioned regions per training batch, at most.
         caption_weight: weight of the caption cross-entropy in the total loss.
-        image_decoder: an optional second text decoder (a :class:`~vitkit.core.TransformerDecoder` with
-            ``return_intermediate: false``) that captions whole images from the detector's grid and top objects
-            (:mod:`vitkit.describe.image_head`; needs ``data.image_captions: true``): it is wrapped in a
-            :class:`Captioner` with ``text``'s vocabulary, ``max_length``, special ids, token positions and label
-            smoothing (one tokenizer serves both). None = region captions only.
-        num_objects: the image caption head's objects per image.
-        image_caption_weight: weight of the image caption loss in the total loss.
-        val_beams: image captions' validation decoding: 1 = greedy, > 1 = beam search with that many beams.
-        scst_start, scst_samples, scst_baseline: SCST of the image captions on a CIDEr-D reward for the steps after
-            ``scst_start`` x the schedule's steps (:class:`~vitkit.captioning.module.CaptionModule`'s options).
-        java: use Java for the image captions' METEOR and PTB tokenizer; None = when ``java`` is on PATH.
-        dense_eval_threshold: lowest detection score kept for the region-caption validation (a low one: the dense
+        describe_eval_threshold: lowest detection score kept for the describe validation (a low one: the describe
             mAP needs the tail; GRiT tests at 0.02).
-        dense_eval_max_detections: at most this many detections per image (by score) are captioned for it.
-        dense_eval_max_images: caption at most this many validation images per validation (split over the ranks);
+        describe_eval_max_detections: at most this many detections per image (by score) are captioned for it.
+        describe_eval_max_images: caption at most this many validation images per validation (split over the ranks);
             None = the whole split. The detection AP always covers the whole split.
-        dense_meteor: METEOR of the dense mAP: "auto" (Java METEOR 1.5, or a named fallback with one warning without
-            Java), "java" (fails without Java) or "fallback".
         **detection: :class:`DetectionModule`'s options (losses, matcher costs, optimiser, schedule, ...).
+
+    Raises:
+        ValueError: ``describe_eval_max_detections`` < 1 or ``describe_eval_max_images`` < 0.
     """
 
-    def __init__(self, detector: DETR, text: Captioner, conditioning: Conditioning = "roi", roi_size: int = 7,
-                 max_regions: int = 64, caption_weight: float = 1.0, image_decoder: TransformerDecoder | None = None,
-                 num_objects: int = 10, image_caption_weight: float = 1.0, val_beams: int = 1,
-                 scst_start: float | None = None, scst_samples: int = 5, scst_baseline: Baseline = "mean",
-                 java: bool | None = None, dense_eval_threshold: float = 0.02, dense_eval_max_detections: int = 100,
-                 dense_eval_max_images: int | None = None, dense_meteor: Literal["auto", "java", "fallback"] = "auto",
+    def __init__(self, detector: DETR, text: Captioner, roi_size: int = 7, max_regions: int = 64,
+                 caption_weight: float = 1.0, describe_eval_threshold: float = 0.02,
+                 describe_eval_max_detections: int = 100, describe_eval_max_images: int | None = None,
                  **detection: Any) -> None:
         super().__init__(detector, **detection)  # its save_hyperparameters records these arguments too
-        if dense_eval_max_detections < 1 or (dense_eval_max_images is not None and dense_eval_max_images < 0):
-            raise ValueError("model.dense_eval_max_detections must be >= 1 and model.dense_eval_max_images >= 0 "
-                             f"(or null), got {dense_eval_max_detections} and {dense_eval_max_images}")
-        self.head = RegionCaptionHead(detector.decoder.dim, text, conditioning, roi_size, max_regions)
-        self.image_head = (None if image_decoder is None else ImageCaptionHead(
-            detector.decoder.dim, detector.num_classes, image_captioner(text, image_decoder), num_objects))
-        self._init_image_captions()
+        max_images = describe_eval_max_images
+        if describe_eval_max_detections < 1 or (max_images is not None and max_images < 0):
+            raise ValueError("model.describe_eval_max_detections must be >= 1 and model.describe_eval_max_images >= 0 "
+                             f"(or null), got {describe_eval_max_detections} and {max_images}")
+        self.head = RegionCaptionHead(detector.decoder.dim, text, roi_size, max_regions)
         self.tokenizer: CaptionTokenizer | None = None  # from the datamodule at setup, or from a checkpoint
-        self._dense_records: list[dict] = []  # this validation's region captions, one record per image
-        self._dense_references: tuple[Path, dict] | None = None  # (val file, its references), read once
-        self.last_dense: dict | None = None  # region_metrics of the latest validation epoch
+        self._describe_records: list[dict] = []  # this validation's region captions, one record per image
+        self._describe_references: tuple[Path, dict] | None = None  # (val file, its references), read once
+        self.last_describe: dict | None = None  # region_metrics of the latest validation epoch
         self._val_outputs: dict | None = None  # the current validation batch's detector outputs
 
     # The networks are saved as weights, not hyper-parameters (DetectionModule's one save_hyperparameters call reads
     # these arguments too: Lightning collects every __init__ frame up the call chain).
-    hparams_ignore: ClassVar[tuple[str, ...]] = (*DetectionModule.hparams_ignore, "text", "image_decoder")
+    hparams_ignore: ClassVar[tuple[str, ...]] = (*DetectionModule.hparams_ignore, "text")
 
     text_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the text decoder
-    image_decoder_config: dict | None = None  # set by the CLI with model.image_decoder: its resolved config
 
     # --------------------------------------------------------------------------------------------- state
     def setup(self, stage: str) -> None:
@@ -127,8 +108,6 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
 
     def _check_tokenizer(self, tok: CaptionTokenizer, what: str) -> None:
         problem = tokenizer_mismatch(tok, self.head.text, what, "text decoder", "model.text")
-        if problem is None and self.image_head is not None:
-            problem = tokenizer_mismatch(tok, self.image_head.text, what, "image text decoder", "model.image_decoder")
         if problem is not None:
             raise ConfigError(problem)
 
@@ -138,10 +117,6 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
                 and self.trainer.is_global_zero:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(Path(log_dir) / "tokenizer.json")
-        self.setup_image_reward()
-
-    def teardown(self, stage: str) -> None:
-        self.close_caption_scorer()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.detector_config is None or self.text_config is None or self.tokenizer is None:
@@ -149,7 +124,7 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
         write_spec(checkpoint, checkpoint_spec(self.detector_config, self.text_config, self.tokenizer.to_str(),
-                                               dict(self.hparams), data_hparams, self.image_decoder_config))
+                                               dict(self.hparams), data_hparams))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """The detection checks, both networks' configs and the checkpoint's tokenizer (it wins over the data's: a
@@ -159,7 +134,6 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
         if spec is None or spec.task != "describe":
             return
         self.detector_config, self.text_config = spec.model_config["detector"], spec.model_config["text"]
-        self.image_decoder_config = spec.model_config.get("image_decoder")
         if self.tokenizer is not None and self.tokenizer.to_str() == spec.tokenizer:
             return
         tokenizer = CaptionTokenizer.from_str(spec.tokenizer)
@@ -169,9 +143,9 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
         if dm is not None and hasattr(dm, "use_tokenizer"):
             dm.use_tokenizer(tokenizer, "the checkpoint")
 
-    def describer(self) -> RegionCaptioner:
+    def describer(self) -> DescribeModel:
         """The detector and head as one inference model (a view: the same modules, not registered again)."""
-        return RegionCaptioner(self.detector, self.head, self.image_head)
+        return DescribeModel(self.detector, self.head)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, mask, targets = batch
@@ -179,10 +153,6 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
         losses = self.criterion(outputs, targets)
         caption = self.caption_loss(outputs, targets)
         loss = losses["loss"] + self.hparams.caption_weight * caption
-        if self.image_head is not None:
-            image_caption = self.image_caption_loss(outputs, targets)
-            loss = loss + self.hparams.image_caption_weight * image_caption
-            self.log("train/loss_image_caption", image_caption, prog_bar=True, batch_size=images.shape[0])
         skipped = self.skip_nonfinite(loss, batch_idx, image_ids=lambda: [int(t["image_id"]) for t in targets])
         if skipped is not None:
             return skipped
@@ -208,8 +178,8 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
         return text.loss(self.head.caption_logits(outputs, regions, tokens), tokens)
 
     # ------------------------------------------------------------------------------------------ validation
-    def _dense_datamodule(self) -> Any:
-        """The datamodule when it can score region captions (validation references and a tokenizer), else None."""
+    def _describe_datamodule(self) -> Any:
+        """The datamodule when it can score the captions (validation references and a tokenizer), else None."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         if dm is None or not hasattr(dm, "val_references") or self.tokenizer is None:
             return None
@@ -217,25 +187,23 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._dense_records = []
+        self._describe_records = []
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        """The detection results (the parent's), the image captions (with an image head), then the region captions
-        of the batch's first images while this rank's share of ``dense_eval_max_images`` lasts."""
+        """The detection results (the parent's), then the region captions of the batch's first images while this
+        rank's share of ``describe_eval_max_images`` lasts."""
         super().validation_step(batch, batch_idx)  # its forward is validation_forward: the outputs are kept
         outputs, self._val_outputs = self._val_outputs, None
         targets = batch[2]
-        if self.image_head is not None:
-            self.image_caption_validation_step(outputs, targets)
-        if self.trainer.sanity_checking or self._dense_datamodule() is None:
+        if self.trainer.sanity_checking or self._describe_datamodule() is None:
             return
         hp = self.hparams
-        room = per_rank_cap(hp.dense_eval_max_images, self.trainer.world_size) - len(self._dense_records)
+        room = per_rank_cap(hp.describe_eval_max_images, self.trainer.world_size) - len(self._describe_records)
         k = int(min(room, len(targets)))
         if k > 0:
-            self._dense_records += region_records(self.describer().eval(), self.tokenizer, outputs, targets[:k],
-                                                  hp.label_to_cat_id, hp.dense_eval_threshold,
-                                                  hp.dense_eval_max_detections)
+            self._describe_records += region_records(self.describer().eval(), self.tokenizer, outputs, targets[:k],
+                                                     hp.label_to_cat_id, hp.describe_eval_threshold,
+                                                     hp.describe_eval_max_detections)
 
     def validation_forward(self, images: Tensor, mask: Tensor) -> dict:
         """The detector's outputs with the features the region head reads, kept for :meth:`validation_step` (one
@@ -244,38 +212,34 @@ class DenseModule(ImageCaptionSteps, DetectionModule):
         return self._val_outputs
 
     def on_validation_epoch_end(self) -> None:
-        """The detection AP (the parent's), then ``val/dense_mAP``, ``val/region_CIDEr`` and ``val/region_attr_acc``
-        of the gathered region captions (every rank gathers, scores and logs the same values)."""
+        """The detection AP (the parent's), then ``val/describe_mAP``, ``val/region_CIDEr`` and
+        ``val/region_attr_acc`` of the gathered region captions (every rank gathers, scores and logs the same
+        values)."""
         super().on_validation_epoch_end()
-        if self.image_head is not None:
-            self.image_caption_epoch_end()
-        dm = self._dense_datamodule()
+        dm = self._describe_datamodule()
         if self.trainer.sanity_checking or dm is None:
             return
-        records = gather_results(self._dense_records, [r["image_id"] for r in self._dense_records])  # collective
-        self._dense_records = []
-        metrics = region_metrics(records, self._val_references(dm), meteor=self.hparams.dense_meteor)
-        self.last_dense = metrics
-        for key in ("dense_mAP", "region_CIDEr", "region_attr_acc"):
+        records = gather_results(self._describe_records, [r["image_id"] for r in self._describe_records])  # collective
+        self._describe_records = []
+        metrics = region_metrics(records, self._val_references(dm))
+        self.last_describe = metrics
+        for key in ("describe_mAP", "region_CIDEr", "region_attr_acc"):
             self.log(f"val/{key}", metrics[key])
         if self.trainer.is_global_zero and self.trainer.state.fn == "fit":
             right, judged = metrics["attr_counts"]
-            self.print(f"region captions of {len(records)} val images: dense-caption mAP {metrics['dense_mAP']:.4f} "
-                       f"(METEOR: {metrics['dense'].get('meteor_backend')}), region CIDEr-D "
+            self.print(f"region captions of {len(records)} val images: describe mAP {metrics['describe_mAP']:.4f} "
+                       f"(METEOR: {metrics['describe_map'].get('meteor_backend')}), region CIDEr-D "
                        f"{metrics['region_CIDEr']:.4f}, attributes right {right}/{judged}")
 
     def _val_references(self, dm: Any) -> dict:
         """The datamodule's validation references, read once per annotation file."""
         path = Path(dm.val_annotation_file)
-        if self._dense_references is None or self._dense_references[0] != path:
-            self._dense_references = (path, dm.val_references())
-        return self._dense_references[1]
+        if self._describe_references is None or self._describe_references[0] != path:
+            self._describe_references = (path, dm.val_references())
+        return self._describe_references[1]
 
     def param_groups(self) -> list[dict]:
         """The detector's AdamW groups (patch source at ``backbone_lr_mult``), then the head's (no decay on norms,
         biases and embeddings)."""
         hp = self.hparams
-        groups = self._param_groups(self.detector) + adamw_param_groups(self.head, hp.lr, hp.weight_decay)
-        if self.image_head is not None:
-            groups += adamw_param_groups(self.image_head, hp.lr, hp.weight_decay)
-        return groups
+        return super().param_groups() + adamw_param_groups(self.head, hp.lr, hp.weight_decay)

@@ -1,8 +1,8 @@
-"""Describer: a :class:`~vitkit.describe.model.RegionCaptioner` with its preprocessing, tokenizer and settings.
+"""Describer: a :class:`~vitkit.describe.model.DescribeModel` with its preprocessing, tokenizer and settings.
 
-:func:`vitkit.load` returns one for a region-caption (``describe``) checkpoint::
+:func:`vitkit.load` returns one for a describe (detect, then caption each object) checkpoint::
 
-    model = vitkit.load("runs/dense_shapes/checkpoints/last.ckpt")   # a Describer
+    model = vitkit.load("runs/describe_shapes/checkpoints/last.ckpt")   # a Describer
     model.describe(["a.jpg", "b.png"])             # detect, and caption every object found
     model.describe("a.jpg", boxes=[[10, 20, 50, 60]])   # caption the given xyxy pixel boxes
 
@@ -33,7 +33,7 @@ from torchvision.ops import box_convert
 
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.describe.model import RegionCaptioner
+from vitkit.describe.model import DescribeModel
 from vitkit.detection.postprocess import PostProcess, from_pixels, to_pixels
 from vitkit.detection.predictor import Detector
 from vitkit.kernels.precision import apply_precision, model_dtype
@@ -65,7 +65,7 @@ class Describer(nn.Module):
     """Images in; boxes, classes, scores and a caption per box out.
 
     Args:
-        model: the region captioner (a DETR and its region caption head).
+        model: the describe network (a DETR and its region caption head).
         tokenizer: the region tokenizer it was trained with.
         class_names: name per contiguous label, or None.
         label_to_cat_id: dataset category id per contiguous label, or None.
@@ -77,7 +77,7 @@ class Describer(nn.Module):
         ValueError: the tokenizer does not fit the text decoder, or an unknown generation option.
     """
 
-    def __init__(self, model: RegionCaptioner, tokenizer: CaptionTokenizer, class_names: Sequence[str] | None = None,
+    def __init__(self, model: DescribeModel, tokenizer: CaptionTokenizer, class_names: Sequence[str] | None = None,
                  label_to_cat_id: Sequence[int] | None = None, num_select: int = 100, size: int = 800,
                  max_size: int | None = 1333, generation: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -164,9 +164,6 @@ class Describer(nn.Module):
                         "category_ids": [self.label_to_cat_id[j] for j in labels.tolist()] if self.label_to_cat_id
                         else labels.tolist(),
                         "captions": self.tokenizer.decode_batch(d["ids"].cpu()) if len(labels) else []})
-        for record, d in zip(out, found, strict=True):
-            if "caption_ids" in d:  # the model has an image caption head
-                record["caption"] = self.tokenizer.decode(d["caption_ids"].cpu())
         return out
 
     @torch.no_grad()
@@ -189,7 +186,7 @@ class Describer(nn.Module):
             One dict per image: ``boxes`` (n, 4) float32 xyxy pixels (given boxes come back as given), ``scores``
             (n,), ``labels`` (n,) contiguous labels (for given boxes: the class and score of the query whose box
             overlaps it most), ``label_names`` (n names, or the labels as text), ``category_ids`` (n dataset ids),
-            ``captions`` (n strings); and ``caption`` (str) where the model has an image-caption head.
+            ``captions`` (n strings).
 
         Raises:
             ImageReadError: a path cannot be read.

@@ -1,4 +1,5 @@
-"""Region captions on the detection data path (issue 17): each box of a target keeps its annotation's phrase.
+"""Describe's data path (detect, then caption each object; issue 17): each box of a detection target keeps its
+annotation's phrase.
 
 The detection dataset (:class:`vitkit.data.coco.CocoDetection`) turns an image's kept non-crowd annotations into
 ``boxes`` and ``labels``, and its training transforms drop the boxes that a crop leaves too thin
@@ -22,8 +23,7 @@ other annotation as the file gives it, for evaluation.
 from __future__ import annotations
 
 import os
-import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,19 +146,14 @@ class RegionCaptionTransform:
         transforms: the dataset's ``(image, target) -> (image, target)`` pipeline, or None; its
             ``SanitizeBoundingBoxes`` steps are rewired by :func:`carry_ann_ids`.
         index: the :class:`RegionIndex` of the dataset's annotation file.
-        image_captions: image id -> the image's captions (a COCO captions file), to caption whole images too;
-            None = region phrases only.
 
     Returns (when called on a raw ``(image, target)``):
         ``(image, target)`` as ``transforms`` makes them, the target with ``ann_ids`` (n,) int64, ``captions``
-        (n ``str | None``) and ``has_caption`` (n,) bool, aligned with ``boxes`` and ``labels``; with
-        ``image_captions``, also ``image_captions``: the image's captions (an empty list when it has none).
+        (n ``str | None``) and ``has_caption`` (n,) bool, aligned with ``boxes`` and ``labels``.
     """
 
-    def __init__(self, transforms: Callable | None, index: RegionIndex,
-                 image_captions: Mapping[int, list[str]] | None = None) -> None:
+    def __init__(self, transforms: Callable | None, index: RegionIndex) -> None:
         self.transforms, self.index = carry_ann_ids(transforms), index
-        self.image_captions = image_captions
 
     def __call__(self, image: Any, target: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         target = {**target, "ann_ids": self.index.target_ann_ids(target)}
@@ -172,8 +167,6 @@ class RegionCaptionTransform:
         captions = [self.index.captions[i] for i in ann_ids.tolist()]
         target.update(ann_ids=ann_ids, captions=captions,
                       has_caption=torch.tensor([c is not None for c in captions], dtype=torch.bool))
-        if self.image_captions is not None:
-            target["image_captions"] = list(self.image_captions.get(int(target["image_id"]), []))
         return image, target
 
     def __repr__(self) -> str:
@@ -192,8 +185,6 @@ class RegionCaptionCollate:
         images (B, 3, Hmax, Wmax) zero-padded bottom/right; mask (B, Hmax, Wmax) bool, True = padding; the B
         targets, each with ``caption_tokens`` (n, T) long ``[BOS] phrase [EOS] [PAD]...`` (all ``[PAD]`` where
         ``has_caption`` is False), T the same for the whole batch (the longest sequence, 2 when no box has a phrase).
-        Targets with ``image_captions`` also get ``image_caption_tokens`` (T',) long: one of the image's captions,
-        drawn at random on every call (all ``[PAD]`` for an image without one), T' shared by the batch.
     """
 
     def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
@@ -211,19 +202,7 @@ class RegionCaptionCollate:
             rows[has] = tokens[start:start + count]
             start += count
             out.append({**target, "caption_tokens": rows})
-        if out and "image_captions" in out[0]:
-            self._add_image_caption_tokens(out)
         return images, mask, out
-
-    def _add_image_caption_tokens(self, targets: list[dict[str, Any]]) -> None:
-        """One randomly drawn caption per target as ``image_caption_tokens`` (T',) (in place)."""
-        has = [bool(t["image_captions"]) for t in targets]
-        texts = [random.choice(t["image_captions"]) for t, h in zip(targets, has, strict=True) if h]
-        tokens = self.tokenizer.encode_batch(texts or [""], max_length=self.max_length)  # (K, T')
-        rows = iter(tokens)
-        for target, h in zip(targets, has, strict=True):
-            target["image_caption_tokens"] = next(rows) if h else tokens.new_full(tokens.shape[1:],
-                                                                                  self.tokenizer.pad_id)
 
 
 @dataclass(frozen=True)
@@ -248,7 +227,7 @@ class RegionReferences:
 
 def read_region_references(path: str | os.PathLike, image_ids: Iterable[int] | None = None,
                            hint: str = "") -> dict[int, RegionReferences]:
-    """What a region-caption evaluator needs per image, read from the annotation file (not from targets).
+    """What the describe evaluation needs per image, read from the annotation file (not from targets).
 
     The file's boxes and categories are taken as given: call it on a file that
     :func:`~vitkit.data.annotations.check_instances` accepts (the datasets check theirs at construction).

@@ -1,7 +1,7 @@
-"""Region-caption metrics of a validation split (issue 17): what :class:`~vitkit.describe.module.DenseModule` logs
-beside the detection AP.
+"""The describe metrics of a validation split (describe: detect, then caption each object; issue 17): what
+:class:`~vitkit.describe.module.DescribeModule` logs beside the detection AP.
 
-Per validation image, :func:`region_records` runs the inference path of :meth:`RegionCaptioner.describe` (greedy
+Per validation image, :func:`region_records` runs the inference path of :meth:`DescribeModel.describe` (greedy
 decoding) on the validation batch's detector outputs, for detections and for given boxes in one decoding call, and
 keeps plain Python values (so the records gather across ranks like COCO results):
 
@@ -12,12 +12,13 @@ keeps plain Python values (so the records gather across ranks like COCO results)
 
 :func:`region_metrics` turns the records of the whole split into:
 
-- ``dense_mAP``: :func:`~vitkit.eval.dense_caption.dense_caption_map` of the detections and their captions against
+- ``describe_mAP``: :func:`~vitkit.eval.describe_map.evaluate_describe` of the detections and their captions against
   the annotation file's regions (every annotation of the evaluated images, boxes as the file gives them). Its
   ground truth is class-agnostic, as DenseCap's. **Annotations without a phrase are ignored like crowd regions**
   (:func:`ground_truth_regions`): never a region to find, and a detection that lies inside one (intersection over
   the detection's area at the IoU threshold) and matches no phrase-carrying region counts neither as a true nor as
-  a false positive. METEOR is Java METEOR 1.5, started once per call, or the named fallback without Java.
+  a false positive. METEOR is Java METEOR 1.5, started once per call, or the named fallback (with one warning)
+  without Java.
 - ``region_CIDEr``: CIDEr-D of the given-box captions against their phrases, each region one document of the IDF
   statistics (pycocoevalcap's ``Cider`` on these pairs, PTB-tokenised in Python); NaN without any phrase.
 - ``region_attr_acc``: the share of correctly detected objects whose caption is their phrase. Detections are
@@ -39,10 +40,10 @@ from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.describe.model import RegionCaptioner, Regions
+from vitkit.describe.model import DescribeModel, Regions
 from vitkit.describe.regions import RegionReferences
 from vitkit.eval.cider import CiderD
-from vitkit.eval.dense_caption import RegionGroundTruth, RegionPredictions, dense_caption_map
+from vitkit.eval.describe_map import RegionGroundTruth, RegionPredictions, evaluate_describe
 from vitkit.eval.ptb_tokenize import python_ptb_tokenize
 
 __all__ = ["attribute_accuracy", "ground_truth_regions", "match_detections", "normalize_phrase", "per_rank_cap",
@@ -101,7 +102,7 @@ def attribute_accuracy(captions: Sequence[str], phrases: Sequence[str | None],
 
 
 def ground_truth_regions(ref: RegionReferences) -> RegionGroundTruth:
-    """The dense-caption ground truth of one image: an annotation without a phrase becomes a crowd region (ignored,
+    """The describe-mAP ground truth of one image: an annotation without a phrase becomes a crowd region (ignored,
     see the module docstring), with an empty caption that is never read."""
     missing = np.array([c is None for c in ref.captions], dtype=bool)
     return RegionGroundTruth(ref.boxes, [c or "" for c in ref.captions], iscrowd=ref.iscrowd | missing)
@@ -114,9 +115,9 @@ def _to_xywh_pixels(boxes: Tensor, orig_size: Tensor) -> list[list[float]]:
     return torch.cat((xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]), dim=1).tolist()
 
 
-def _regions(captioner: RegionCaptioner, outputs: dict, found: list[dict[str, Tensor]],
+def _regions(captioner: DescribeModel, outputs: dict, found: list[dict[str, Tensor]],
              given: list[Tensor]) -> Regions:
-    """The detections' regions (each its query's state and box, as :meth:`RegionCaptioner.describe` builds them)
+    """The detections' regions (each its query's state and box, as :meth:`DescribeModel.describe` builds them)
     followed by the given boxes' (:meth:`RegionCaptionHead.regions_for_boxes`), of the first ``len(found)`` images."""
     given_regions = captioner.head.regions_for_boxes(outputs, given)
     detected = captioner.detection_regions(outputs, found)
@@ -126,12 +127,12 @@ def _regions(captioner: RegionCaptioner, outputs: dict, found: list[dict[str, Te
 
 
 @torch.no_grad()
-def region_records(captioner: RegionCaptioner, tokenizer: CaptionTokenizer, outputs: dict, targets: list[dict],
+def region_records(captioner: DescribeModel, tokenizer: CaptionTokenizer, outputs: dict, targets: list[dict],
                    label_to_cat_id: Sequence[int] | None, threshold: float,
                    max_detections: int) -> list[dict[str, Any]]:
     """Region captions of the first ``len(targets)`` images of a validation batch, one record per image.
 
-    The inference path of :meth:`RegionCaptioner.describe` (its detections, given boxes, greedy decoding) on the
+    The inference path of :meth:`DescribeModel.describe` (its detections, given boxes, greedy decoding) on the
     batch's detector outputs, with the detections and the given boxes decoded together in one call.
 
     Args:
@@ -141,7 +142,7 @@ def region_records(captioner: RegionCaptioner, tokenizer: CaptionTokenizer, outp
         targets: validation targets of the batch's first images (``image_id``, ``orig_size`` [h, w], ``boxes``
             (n, 4) normalised cxcywh, ``ann_ids``, ``captions``, ``has_caption``).
         label_to_cat_id: contiguous label -> COCO category id (None: the labels are the ids).
-        threshold, max_detections: the detections kept per image (:meth:`RegionCaptioner.detections`).
+        threshold, max_detections: the detections kept per image (:meth:`DescribeModel.detections`).
 
     Returns:
         Per image: ``image_id``; the detections' ``boxes`` (COCO xywh px), ``scores``, ``category_ids`` and
@@ -194,30 +195,30 @@ def _image_attribute_counts(record: Mapping[str, Any], ref: RegionReferences) ->
     return attribute_accuracy(record["captions"], [ref.captions[k] for k in keep], pairs)
 
 
-def region_metrics(records: Sequence[Mapping[str, Any]], references: Mapping[int, RegionReferences],
-                   meteor: str = "auto") -> dict[str, Any]:
-    """The region-caption metrics of a validation split (see the module docstring).
+def region_metrics(records: Sequence[Mapping[str, Any]],
+                   references: Mapping[int, RegionReferences]) -> dict[str, Any]:
+    """The describe metrics of a validation split (see the module docstring).
 
     Args:
         records: :func:`region_records` of every evaluated image (each image once).
-        references: image id -> its annotations (:meth:`DenseDataModule.val_references`); every record's image.
-        meteor: the METEOR scorer of :func:`dense_caption_map` (``"auto"``, ``"java"`` or ``"fallback"``).
+        references: image id -> its annotations (:meth:`DescribeDataModule.val_references`); every record's image.
 
     Returns:
-        ``dense_mAP``, ``region_CIDEr`` and ``region_attr_acc`` (floats), ``attr_counts`` (right, judged) and
-        ``dense`` (the whole :func:`dense_caption_map` result).
+        ``describe_mAP``, ``region_CIDEr`` and ``region_attr_acc`` (floats), ``attr_counts`` (right, judged) and
+        ``describe_map`` (the whole :func:`evaluate_describe` result).
     """
     ground_truth = {r["image_id"]: ground_truth_regions(references[r["image_id"]]) for r in records}
     predictions = {r["image_id"]: RegionPredictions(np.asarray(r["boxes"], dtype=np.float64).reshape(-1, 4),
                                                     r["scores"], r["captions"]) for r in records}
-    dense = dense_caption_map(ground_truth, predictions, meteor=meteor) if records else {"map": float("nan")}
+    result = evaluate_describe(ground_truth, predictions) if records else {"map": float("nan")}
     right = judged = 0
     for r in records:
         a, b = _image_attribute_counts(r, references[r["image_id"]])
         right, judged = right + a, judged + b
     given = [((r["image_id"], ann_id), caption, phrase) for r in records for ann_id, caption, phrase in r["given"]]
-    return {"dense_mAP": float(dense["map"]), "region_CIDEr": region_cider(given),
-            "region_attr_acc": right / judged if judged else 0.0, "attr_counts": (right, judged), "dense": dense}
+    return {"describe_mAP": float(result["map"]), "region_CIDEr": region_cider(given),
+            "region_attr_acc": right / judged if judged else 0.0, "attr_counts": (right, judged),
+            "describe_map": result}
 
 
 def per_rank_cap(max_images: int | None, world_size: int) -> float:

@@ -1,9 +1,9 @@
-"""Evaluation: COCO detection mAP through COCOeval (faster-coco-eval or pycocotools), dense-caption mAP, DDP
-gathering."""
+"""Evaluation: COCO detection mAP through COCOeval (faster-coco-eval or pycocotools), the describe mAP (DenseCap's
+dense-captioning mAP), DDP gathering."""
 
 from vitkit.eval.coco_eval import BACKENDS, STAT_KEYS, CocoEvalResult, evaluate_coco, format_summary, load_gt
 from vitkit.eval.coco_results import load_results, validate_results
-from vitkit.eval.dense_caption import RegionGroundTruth, RegionPredictions, dense_caption_map
+from vitkit.eval.describe_map import RegionGroundTruth, RegionPredictions, evaluate_describe
 from vitkit.eval.gather import gather_image_ids, gather_results, merge_rank_results
 
 __all__ = [
@@ -12,8 +12,8 @@ __all__ = [
     "CocoEvalResult",
     "RegionGroundTruth",
     "RegionPredictions",
-    "dense_caption_map",
     "evaluate_coco",
+    "evaluate_describe",
     "format_summary",
     "gather_image_ids",
     "gather_results",

@@ -1,7 +1,7 @@
 """Deployment exports of a checkpoint: ONNX graphs (detector, caption encoder) and weights-only safetensors.
 
-A region-caption (``describe``) checkpoint exports its detector to ONNX (the region caption head is not exported to
-ONNX; the report's ``notes`` say so) and its whole model to safetensors.
+A describe (detect, then caption each object) checkpoint exports its detector to ONNX (the region caption head is
+not exported to ONNX; the report's ``notes`` say so) and its whole model to safetensors.
 
 - ONNX: :func:`export_onnx` (:mod:`vitkit.io.onnx_export`); what each graph takes and returns is in
   :mod:`vitkit.detection.export` and :mod:`vitkit.captioning.export` (caption decoding from the encoder's outputs:
@@ -93,10 +93,10 @@ def export_checkpoint(ckpt: str | Path, format: str = "onnx", out: str | Path | 
 
     Args:
         ckpt: a checkpoint loadable by :func:`vitkit.load`.
-        format: "onnx" (detector with post-processing, caption encoder, or a region captioner's detector) or
+        format: "onnx" (detector with post-processing, caption encoder, or a describe model's detector) or
             "safetensors" (weights + spec).
         out: output file; default next to the checkpoint: ``<stem>.onnx`` (a captioner: ``<stem>.encoder.onnx``, a
-            region captioner: ``<stem>.detector.onnx``) or ``<stem>.safetensors``.
+            describe model: ``<stem>.detector.onnx``) or ``<stem>.safetensors``.
         **onnx_options: :func:`export_onnx` keyword arguments (dynamic, opset, batch, size, check).
 
     Raises:

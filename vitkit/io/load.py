@@ -7,7 +7,7 @@ Every source is read into the same two things, an :class:`~vitkit.utils.spec.Inf
 whatever the source.
 
 - a Lightning ``.ckpt`` (``torch.load(weights_only=True)``): the spec under ``vitkit_spec``, the weights under
-  ``state_dict`` with the Lightning module's prefix (``detector.``, ``captioner.``; region captions keep
+  ``state_dict`` with the Lightning module's prefix (``detector.``, ``captioner.``; describe keeps
   ``detector.`` and ``head.``, the names the network uses);
 - a ``.safetensors`` export (:func:`vitkit.io.export.export_safetensors`): the spec in its metadata;
 - official DETR weights (a facebookresearch/detr ``.pth``, Hugging Face DETR safetensors / bin, or a folder with
@@ -43,7 +43,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
 
     - a detection checkpoint or export: a :class:`vitkit.detection.predictor.Detector`;
     - a captioning checkpoint or export: a :class:`vitkit.captioning.predictor.CaptionPipeline`;
-    - a region-caption (``describe``) checkpoint or export: a :class:`vitkit.describe.predictor.Describer`
+    - a describe (detect, then caption each object) checkpoint or export: a :class:`vitkit.describe.predictor.Describer`
       (``.describe(images)``, ``.describe(images, boxes=...)``);
     - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
       with config.json): a DETR-R50 :class:`~vitkit.detection.predictor.Detector`

@@ -13,12 +13,12 @@ from typing import Any
 from torch import nn
 
 import vitkit.captioning.export as caption_export
-import vitkit.describe.export as describe_export
+import vitkit.describe.spec as describe_spec
 import vitkit.detection.export as detection_export
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.describe.model import RegionCaptioner
+from vitkit.describe.model import DescribeModel
 from vitkit.describe.predictor import Describer
 from vitkit.detection.model import DETR
 from vitkit.detection.postprocess import PostProcess
@@ -49,7 +49,7 @@ class TaskIO:
         onnx_metadata: predictor -> the task's entries of the graph's metadata.
         onnx_suffix: the default suffix of the graph file.
         build: (checked model config) -> the network; None: ``instantiate(config, network_class)``.
-        onnx_part: predictor -> the predictor of another task that ONNX export writes instead (region captions: the
+        onnx_part: predictor -> the predictor of another task that ONNX export writes instead (describe: the
             detector alone), or None; the graph fields above are then that task's.
         onnx_note: what the ONNX export leaves out, said with the export (or "").
         state_keys: the network's top-level module names whose weights are read from a ``.ckpt`` (after the prefix);
@@ -129,15 +129,15 @@ TASKS: dict[str, TaskIO] = {
         inputs=caption_export.INPUTS, outputs=caption_export.OUTPUTS, dynamic_axes=caption_export.DYNAMIC_AXES,
         trace_inputs=caption_export.trace_inputs, check_trace=_no_check, compare=caption_export.compare,
         onnx_metadata=caption_export.onnx_metadata, onnx_suffix=".encoder.onnx"),
-    # DenseModule's detector, region head and image caption head keep their names in RegionCaptioner: no prefix to
-    # strip; other modules of the Lightning module (its criterion, post-processing) are not part of this network.
+    # DescribeModule's detector and region head keep their names in DescribeModel: no prefix to strip; other
+    # modules of the Lightning module (its criterion, post-processing) are not part of this network.
     "describe": TaskIO(
-        name="describe", network_class=RegionCaptioner, predictor_class=Describer, state_prefix="",
+        name="describe", network_class=DescribeModel, predictor_class=Describer, state_prefix="",
         predictor=_describer, network=lambda describer: describer.model,
-        predictor_spec=describe_export.predictor_spec, onnx_suffix=".detector.onnx",
-        build=describe_export.build_network,
+        predictor_spec=describe_spec.predictor_spec, onnx_suffix=".detector.onnx",
+        build=describe_spec.build_network,
         onnx_part=lambda describer: describer.detector, onnx_note=DESCRIBE_ONNX_NOTE,
-        state_keys=("detector", "head", "image_head"),
+        state_keys=("detector", "head"),
         **_DETECTION_GRAPH),
 }
 

@@ -2,9 +2,9 @@
 
 An :class:`InferenceSpec` holds the task, the model config (``class_path`` / ``init_args``, what jsonargparse
 builds), the preprocessing sizes and the task's settings: class names, category ids and detections kept per image
-for detection; the tokenizer (its serialised JSON) and generation defaults for captioning; both for region
-captions (``describe``, whose model config holds the ``detector`` and ``text`` networks' configs). This module is
-the only one that knows where the record is stored:
+for detection; the tokenizer (its serialised JSON) and generation defaults for captioning; both for ``describe``
+(detect, then caption each object; its model config holds the ``detector`` and ``text`` networks' configs). This
+module is the only one that knows where the record is stored:
 
 - in a Lightning checkpoint, as a plain dict under :data:`SPEC_KEY` (:func:`write_spec`, :func:`read_spec`); the
   Lightning modules write it in ``on_save_checkpoint``;
@@ -15,8 +15,8 @@ the only one that knows where the record is stored:
 part of the record: it follows from the built model's head (sigmoid or softmax). Predictions do not depend on how
 far a batch is padded, so the datamodules' ``pad_to_multiple`` is not part of it either.
 
-Version history: 1, the first record (vitkit 0.1.0); region captions (task ``describe``) added to version 1 (no
-field changed: an older vitkit refuses the task by name).
+Version history: 1, the first record (vitkit 0.1.0); task ``describe`` (detect, then caption each object) added to
+version 1 (no field changed: an older vitkit refuses the task by name).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class InferenceSpec:
     """What a checkpoint or export records for inference (see the module docstring).
 
     Attributes:
-        task: "detection", "captioning" or "describe" (region captions).
+        task: "detection", "captioning" or "describe" (detect, then caption each object).
         model_config: the network's ``{"class_path": ..., "init_args": {...}}`` (a DETR or a Captioner); for
             "describe", ``{"detector": {...}, "text": {...}, ...}``: the DETR's and the text decoder's configs (each
             with a ``class_path``) and the region head's settings.

@@ -1,5 +1,5 @@
-"""Region captions on the detection data path: every box keeps its own phrase through flips, resizes and crops that
-drop boxes; boxes without a phrase still train; the tokenizer; the evaluation references."""
+"""Describe's data path (detection data whose boxes carry phrases): every box keeps its own phrase through flips,
+resizes and crops that drop boxes; boxes without a phrase still train; the tokenizer; the evaluation references."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from vitkit.data import CocoDetection, make_shapes
 from vitkit.data.shapes import COLORS
 from vitkit.describe import RegionCaptionTransform, RegionIndex
-from vitkit.describe.datamodule import DenseDataModule
+from vitkit.describe.datamodule import DescribeDataModule
 from vitkit.describe.regions import labels_and_ann_ids
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ SMALL = {"batch_size": 2, "num_workers": 0, "train_scales": [64, 80], "train_max
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 + 4 shapes images (half of them with a crowd region); every other annotation loses its caption."""
-    paths = make_shapes(tmp_path_factory.mktemp("dense"), num_train=8, num_val=4, image_size=96, seed=0,
+    paths = make_shapes(tmp_path_factory.mktemp("describe"), num_train=8, num_val=4, image_size=96, seed=0,
                         crowd_fraction=0.5)
     for split in ("train", "val"):
         path = paths[f"instances_{split}"]
@@ -48,8 +48,8 @@ def _file(root: Path, split: str) -> dict[str, Any]:
     return json.loads((root / "annotations" / f"instances_{split}2017.json").read_text())
 
 
-def _dm(root: Path, **kwargs: Any) -> DenseDataModule:
-    return DenseDataModule(root=str(root), **{**SMALL, **kwargs})
+def _dm(root: Path, **kwargs: Any) -> DescribeDataModule:
+    return DescribeDataModule(root=str(root), **{**SMALL, **kwargs})
 
 
 def _by_image(data: dict[str, Any]) -> dict[int, list[dict[str, Any]]]:

@@ -1,4 +1,4 @@
-"""Region-caption training as a user runs it: tools/train.py on dense_shapes.yaml (a tiny model, 2 steps), the
+"""Describe training as a user runs it: tools/train.py on describe_shapes.yaml (a tiny model, 2 steps), the
 checkpoint's inference spec (both networks, the linked tokenizer values, the tokenizer) and the logged caption loss."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from vitkit.describe.predictor import Describer
 from vitkit.utils.spec import SPEC_KEY
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "dense_shapes.yaml"
+CONFIG = REPO / "configs" / "describe_shapes.yaml"
 DET = "--model.detector.init_args."
 ENC, DEC, TEXT = DET + "encoder.init_args.", DET + "decoder.init_args.", "--model.text.init_args.decoder.init_args."
 TINY = [ENC + "stem_channels", "[8, 16, 32, 32]", ENC + "embed_dim", "32", ENC + "depth", "1", ENC + "num_heads", "2",
@@ -37,16 +37,16 @@ def test_train_writes_a_describe_checkpoint_with_both_networks_and_the_tokenizer
                            str(tmp_path / "data"), *TINY], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "runs" / "dense_shapes"
+    run = tmp_path / "runs" / "describe_shapes"
     metrics = (run / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert "train/loss_caption_step" in metrics and "val/AP" in metrics
+    assert "train/loss_caption_step" in metrics and "val/AP" in metrics and "val/describe_mAP" in metrics
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
     spec = ckpt[SPEC_KEY]
     assert (spec["task"], spec["size"], spec["max_size"]) == ("describe", 96, 160)
     assert spec["class_names"] == ["square", "circle", "triangle", "star"] and spec["label_to_cat_id"] == [1, 3, 7, 9]
     config = spec["model_config"]
-    assert (config["conditioning"], config["roi_size"]) == ("roi", 3)
+    assert config["roi_size"] == 3 and "conditioning" not in config
     assert config["detector"]["class_path"] == "vitkit.detection.DETR"
     assert config["detector"]["init_args"]["num_classes"] == 4
     text = config["text"]["init_args"]
@@ -59,7 +59,7 @@ def test_train_writes_a_describe_checkpoint_with_both_networks_and_the_tokenizer
         (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id, 16)
     assert ckpt["state_dict"]["head.text.token_embed.weight"].shape[0] == tok.vocab_size
 
-    # vitkit.load builds the region captioner of the trained checkpoint: a Describer whose captions are strings.
+    # vitkit.load builds the describe model of the trained checkpoint: a Describer whose captions are strings.
     describer = vitkit.load(run / "checkpoints" / "last.ckpt")
     assert isinstance(describer, Describer) and describer.class_names == spec["class_names"]
     out = describer.describe(torch.rand(3, 96, 128), threshold=0.0, max_detections=2, num_beams=1)[0]

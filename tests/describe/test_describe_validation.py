@@ -1,5 +1,5 @@
-"""Region-caption validation metrics: the attribute match on hand cases, uncaptioned annotations ignored in the dense
-mAP, and a short validation run of a tiny DenseModule that logs the three metrics beside the detection AP."""
+"""Describe validation metrics: the attribute match on hand cases, uncaptioned annotations ignored in the describe
+mAP, and a short validation run of a tiny DescribeModule that logs the three metrics beside the detection AP."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch
 from vitkit.captioning import Captioner
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.data import make_shapes
-from vitkit.describe.datamodule import DenseDataModule
-from vitkit.describe.module import DenseModule
+from vitkit.describe.datamodule import DescribeDataModule
+from vitkit.describe.module import DescribeModule
 from vitkit.describe.regions import RegionReferences
 from vitkit.describe.validation import (
     attribute_accuracy,
@@ -27,8 +27,8 @@ from vitkit.describe.validation import (
     region_cider,
 )
 from vitkit.detection import DETR
-from vitkit.eval import dense_caption
-from vitkit.eval.dense_caption import RegionGroundTruth, RegionPredictions, dense_caption_map
+from vitkit.eval import describe_map
+from vitkit.eval.describe_map import RegionGroundTruth, RegionPredictions, evaluate_describe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -66,7 +66,7 @@ def test_attribute_accuracy_compares_normalised_phrases_of_captioned_matches():
 
 
 # ------------------------------------------------------------------------------------ uncaptioned annotations
-def test_uncaptioned_annotations_are_ignored_in_the_dense_map_not_false_positives():
+def test_uncaptioned_annotations_are_ignored_in_the_describe_map_not_false_positives():
     """One captioned box found with its phrase, and a higher-scored detection of an annotation without a phrase:
     ignored (AP 1); had the annotation been dropped from the ground truth, that detection would be a false
     positive ranked first (AP 0.5 at every threshold)."""
@@ -76,10 +76,10 @@ def test_uncaptioned_annotations_are_ignored_in_the_dense_map_not_false_positive
     gt = ground_truth_regions(ref)
     assert gt.iscrowd.tolist() == [False, True]
     pred = RegionPredictions([[0, 0, 10, 10], [50, 50, 20, 20]], [0.5, 0.9], ["a red square", "a blue star"])
-    result = dense_caption_map({7: gt}, {7: pred}, meteor=_exact, merge_iou=None)
+    result = evaluate_describe({7: gt}, {7: pred}, meteor=_exact, merge_iou=None)
     assert result["map"] == pytest.approx(1.0) and result["num_regions"] == 1
     dropped = RegionGroundTruth([[0, 0, 10, 10]], ["a red square"])
-    assert dense_caption_map({7: dropped}, {7: pred}, meteor=_exact, merge_iou=None)["map"] == pytest.approx(0.5)
+    assert evaluate_describe({7: dropped}, {7: pred}, meteor=_exact, merge_iou=None)["map"] == pytest.approx(0.5)
 
 
 def test_region_cider_and_the_per_rank_image_cap():
@@ -98,7 +98,7 @@ SMALL = {"batch_size": 2, "num_workers": 0, "train_scales": [64], "train_max_siz
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory):
     """4 + 3 shapes images, half with a crowd region; every third annotation loses its caption."""
-    paths = make_shapes(tmp_path_factory.mktemp("dense_val"), num_train=4, num_val=3, image_size=80, seed=1,
+    paths = make_shapes(tmp_path_factory.mktemp("describe_val"), num_train=4, num_val=3, image_size=80, seed=1,
                         crowd_fraction=0.5)
     for split in ("train", "val"):
         path = paths[f"instances_{split}"]
@@ -109,7 +109,7 @@ def root(tmp_path_factory: pytest.TempPathFactory):
     return paths["root"]
 
 
-def _module(dm: DenseDataModule, **kwargs) -> DenseModule:
+def _module(dm: DescribeDataModule, **kwargs) -> DescribeModule:
     torch.manual_seed(0)
     tok = dm.tokenizer
     enc = ViTEncoder(patch_size=16, embed_dim=32, depth=1, num_heads=2, pos_embed="rope", class_token=False)
@@ -117,13 +117,13 @@ def _module(dm: DenseDataModule, **kwargs) -> DenseModule:
                sigmoid_head=True)
     text = Captioner(None, TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False),
                      vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, max_length=8)
-    return DenseModule(det, text, roi_size=2, label_to_cat_id=dm.label_to_cat_id, class_names=dm.class_names,
-                       eval_backend="pycocotools", **kwargs)
+    return DescribeModule(det, text, roi_size=2, label_to_cat_id=dm.label_to_cat_id, class_names=dm.class_names,
+                          eval_backend="pycocotools", **kwargs)
 
 
-def test_validation_logs_detection_ap_and_the_three_region_caption_metrics(root, monkeypatch):
+def test_validation_logs_detection_ap_and_the_three_describe_metrics(root, monkeypatch):
     """An untrained tiny model on 3 val images (crowd regions, uncaptioned annotations): val/AP as before, plus
-    val/dense_mAP, val/region_CIDEr and val/region_attr_acc; METEOR runs once per validation (a stand-in counts the
+    val/describe_mAP, val/region_CIDEr and val/region_attr_acc; METEOR runs once per validation (a stand-in counts the
     calls), every val image is described, and the module records no network as a hyper-parameter."""
     calls = []
 
@@ -131,38 +131,39 @@ def test_validation_logs_detection_ap_and_the_three_region_caption_metrics(root,
         calls.append(len(candidates))
         return [0.5] * len(candidates)
 
-    monkeypatch.setattr(dense_caption, "java_available", lambda: True)
-    monkeypatch.setattr(dense_caption, "java_meteor", fake_java)
-    dm = DenseDataModule(root=str(root), **SMALL)
+    monkeypatch.setattr(describe_map, "java_available", lambda: True)
+    monkeypatch.setattr(describe_map, "java_meteor", fake_java)
+    dm = DescribeDataModule(root=str(root), **SMALL)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*is an instance of `nn.Module`.*")
-        module = _module(dm, dense_meteor="java", dense_eval_threshold=0.0, dense_eval_max_detections=5)
-    assert "text" not in module.hparams and module.hparams.dense_eval_max_detections == 5
+        module = _module(dm, describe_eval_threshold=0.0, describe_eval_max_detections=5)
+    assert "text" not in module.hparams and module.hparams.describe_eval_max_detections == 5
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     for _ in range(2):
         metrics = trainer.validate(module, datamodule=dm, verbose=False)[0]
     assert calls and len(calls) == 2  # one METEOR call per validation
     assert "val/AP" in metrics
-    for key in ("val/dense_mAP", "val/region_attr_acc"):
+    for key in ("val/describe_mAP", "val/region_attr_acc"):
         assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
     assert metrics["val/region_CIDEr"] >= 0.0
-    dense = module.last_dense
-    assert dense["dense"]["num_images"] == 3 and dense["dense"]["num_predictions"] == 15
-    assert dense["dense"]["meteor_backend"] == "java"
+    result = module.last_describe["describe_map"]
+    assert result["num_images"] == 3 and result["num_predictions"] == 15
+    assert result["meteor_backend"] == "java"
     refs = dm.val_references()
     captioned = sum(c is not None for r in refs.values() for c, crowd in zip(r.captions, r.iscrowd, strict=True)
                     if not crowd)
-    assert dense["dense"]["num_regions"] <= captioned  # uncaptioned annotations are no regions to find
+    assert result["num_regions"] <= captioned  # uncaptioned annotations are no regions to find
 
 
-def test_dense_eval_max_images_bounds_the_described_images(root):
-    dm = DenseDataModule(root=str(root), **SMALL)
-    module = _module(dm, dense_meteor="fallback", dense_eval_max_images=1)
+def test_describe_eval_max_images_bounds_the_described_images(root, monkeypatch):
+    monkeypatch.setattr(describe_map, "java_available", lambda: False)  # the fallback scorer: no Java start
+    dm = DescribeDataModule(root=str(root), **SMALL)
+    module = _module(dm, describe_eval_max_images=1)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's one-line notice, Lightning's loader hints
         trainer.validate(module, datamodule=dm, verbose=False)
-    assert module.last_dense["dense"]["num_images"] == 1
+    assert module.last_describe["describe_map"]["num_images"] == 1
     assert module.last_eval is not None  # the detection AP still covers the split

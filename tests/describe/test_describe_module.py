@@ -1,4 +1,4 @@
-"""DenseModule: joint detection + region-caption training on generated squares; given boxes are described by what
+"""DescribeModule: joint detection + caption training on generated squares; given boxes are described by what
 they hold."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from vitkit.captioning import Captioner
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.core import TransformerDecoder, ViTEncoder
-from vitkit.describe.module import DenseModule, stack_caption_tokens
+from vitkit.describe.module import DescribeModule, stack_caption_tokens
 from vitkit.detection import DETR
 from vitkit.train.guards import ConfigError
 from vitkit.utils.spec import SPEC_KEY, read_spec
@@ -55,7 +55,7 @@ def _same(batch):
     return batch
 
 
-def _module(conditioning: str, vocab_size: int = 6) -> DenseModule:
+def _module(vocab_size: int = 6) -> DescribeModule:
     torch.manual_seed(0)
     enc = ViTEncoder(patch_size=16, embed_dim=48, depth=1, num_heads=4, pos_embed="rope", class_token=False,
                      stem_channels=[16, 32, 48, 48])
@@ -63,8 +63,8 @@ def _module(conditioning: str, vocab_size: int = 6) -> DenseModule:
                sigmoid_head=True, box_refine=True, two_stage=True)
     text = Captioner(None, TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False),
                      vocab_size=vocab_size, max_length=6)
-    return DenseModule(det, text, conditioning=conditioning, roi_size=3, lr=2e-3, weight_decay=1e-4,
-                       warmup_steps=10, schedule="cosine", backbone_lr_mult=1.0)
+    return DescribeModule(det, text, roi_size=3, lr=2e-3, weight_decay=1e-4, warmup_steps=10, schedule="cosine",
+                          backbone_lr_mult=1.0)
 
 
 def test_stack_caption_tokens_pads_the_matched_rows():
@@ -73,11 +73,10 @@ def test_stack_caption_tokens_pads_the_matched_rows():
     assert out.tolist() == [[1, 4, 2], [1, 2, 0]]
 
 
-@pytest.mark.parametrize("conditioning", ["prefix", "roi"])
-def test_joint_training_describes_given_boxes_by_their_object(conditioning):
+def test_joint_training_describes_given_boxes_by_their_object():
     """About 150 steps: the caption loss falls, and each ground-truth box given at inference gets the caption of
     the square it holds."""
-    module = _module(conditioning)
+    module = _module()
     train = _batches(150, 8, seed=0)
     trainer = L.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0)
@@ -96,7 +95,7 @@ def test_joint_training_describes_given_boxes_by_their_object(conditioning):
 
 def test_checkpoints_record_both_networks_and_the_tokenizer():
     tok = CaptionTokenizer.train(["red square", "blue square"], vocab_size=50, model="wordlevel")
-    module = _module("roi", vocab_size=tok.vocab_size)
+    module = _module(vocab_size=tok.vocab_size)
     ckpt: dict = {}
     module.on_save_checkpoint(ckpt)
     assert SPEC_KEY not in ckpt  # not built through the CLI: no configs to record
@@ -108,10 +107,10 @@ def test_checkpoints_record_both_networks_and_the_tokenizer():
     spec = read_spec(ckpt)
     assert spec.task == "describe" and spec.tokenizer == tok.to_str() and (spec.size, spec.max_size) == (800, 1333)
     assert spec.model_config == {"detector": module.detector_config, "text": module.text_config,
-                                 "conditioning": "roi", "roi_size": 3}
-    fresh = _module("roi", vocab_size=tok.vocab_size)
+                                 "roi_size": 3}
+    fresh = _module(vocab_size=tok.vocab_size)
     fresh.on_load_checkpoint(ckpt)
     assert fresh.tokenizer.to_str() == tok.to_str()
     assert (fresh.detector_config, fresh.text_config) == (module.detector_config, module.text_config)
     with pytest.raises(ConfigError, match="does not match the text decoder's"):
-        _module("roi", vocab_size=tok.vocab_size + 1).on_load_checkpoint(ckpt)
+        _module(vocab_size=tok.vocab_size + 1).on_load_checkpoint(ckpt)

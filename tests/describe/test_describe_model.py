@@ -1,4 +1,5 @@
-"""RegionCaptioner: region memory (prefix / RoI), padding invariance, matched and given regions, detections."""
+"""DescribeModel: region memory (query, box and RoI tokens), padding invariance, matched and given regions,
+detections."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from vitkit.captioning import Captioner
 from vitkit.core import TransformerDecoder, ViTEncoder
-from vitkit.describe.model import RegionCaptioner, RegionCaptionHead, Regions, box_features, real_size
+from vitkit.describe.model import DescribeModel, RegionCaptionHead, Regions, box_features, real_size
 from vitkit.detection import DETR
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,14 +16,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TWO_STAGE = {"sigmoid_head": True, "box_refine": True, "two_stage": True}
 
 
-def region_captioner(conditioning: str = "roi", **kw) -> RegionCaptioner:
+def describe_model(**kw) -> DescribeModel:
     torch.manual_seed(0)
     enc = ViTEncoder(patch_size=16, embed_dim=32, depth=1, num_heads=2, pos_embed="rope", class_token=False,
                      stem_channels=[8, 16, 32, 32])
     det = DETR(enc, TransformerDecoder(dim=32, depth=2, num_heads=2), num_classes=3, num_queries=8, **TWO_STAGE, **kw)
     text = Captioner(None, TransformerDecoder(dim=24, depth=1, num_heads=2, return_intermediate=False),
                      vocab_size=12, max_length=8)
-    model = RegionCaptioner(det, RegionCaptionHead(32, text, conditioning=conditioning, roi_size=3))
+    model = DescribeModel(det, RegionCaptionHead(32, text, roi_size=3))
     for p in model.head.region_memory.parameters():  # non-trivial slot and RoI embeddings
         torch.nn.init.normal_(p, std=0.5)
     return model.eval()
@@ -44,9 +45,8 @@ def test_real_size_reads_the_padding_mask():
     assert real_size(x, None).tolist() == [[128.0, 96.0], [128.0, 96.0]]
 
 
-@pytest.mark.parametrize("conditioning", ["prefix", "roi"])
-def test_region_captions_do_not_change_when_batched_with_a_larger_image(conditioning):
-    model = region_captioner(conditioning)
+def test_region_captions_do_not_change_when_batched_with_a_larger_image():
+    model = describe_model()
     x, mask = _padded_pair()
     boxes = [torch.tensor([[0.5, 0.5, 1.0, 1.0], [0.9, 0.8, 0.2, 0.4]]), torch.tensor([[0.3, 0.3, 0.2, 0.2]])]
     alone = x[:1, :, :80, :96]  # image 0 padded to a multiple of 16 only
@@ -63,8 +63,8 @@ def test_region_captions_do_not_change_when_batched_with_a_larger_image(conditio
 
 
 def test_roi_memory_reads_the_box():
-    """Two boxes on different halves of one image get different RoI tokens; the prefix tokens do not see it."""
-    model = region_captioner("roi")
+    """Two boxes on different halves of one image get different RoI tokens; the query token does not see it."""
+    model = describe_model()
     x, mask = _padded_pair()
     with torch.no_grad():
         out = model(x, mask)
@@ -77,7 +77,7 @@ def test_roi_memory_reads_the_box():
 
 
 def test_given_boxes_take_the_state_of_the_query_that_overlaps_them_most():
-    model = region_captioner()
+    model = describe_model()
     x, mask = _padded_pair()
     with torch.no_grad():
         out = model(x, mask)
@@ -92,7 +92,7 @@ def test_given_boxes_take_the_state_of_the_query_that_overlaps_them_most():
 
 
 def test_matched_regions_keep_captioned_objects_up_to_the_cap():
-    model = region_captioner()
+    model = describe_model()
     model.head.max_regions = 2
     x, mask = _padded_pair()
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_matched_regions_keep_captioned_objects_up_to_the_cap():
 
 
 def test_detections_are_the_confident_queries_by_score():
-    model = region_captioner()
+    model = describe_model()
     x, mask = _padded_pair()
     with torch.no_grad():
         out = model(x, mask)
@@ -122,7 +122,7 @@ def test_detections_are_the_confident_queries_by_score():
 
 
 def test_the_text_side_must_have_no_image_encoder():
-    model = region_captioner()
+    model = describe_model()
     enc = ViTEncoder(patch_size=16, embed_dim=24, depth=1, num_heads=2)
     with_encoder = Captioner(enc, TransformerDecoder(dim=24, depth=1, num_heads=2, return_intermediate=False), 12)
     with pytest.raises(ValueError, match="encoder=None"):

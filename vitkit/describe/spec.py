@@ -1,13 +1,13 @@
-"""Region captions' part of checkpoints: the inference spec a training checkpoint records (task ``describe``).
+"""The inference spec of describe (detect, then caption each object; task ``describe``) in checkpoints and exports.
 
 The spec's model config holds both networks' resolved configs, ``detector`` (the DETR, with the data's class count)
 and ``text`` (the :class:`~vitkit.captioning.Captioner` built with ``encoder: null``, with the tokenizer's values),
-and the region head's ``conditioning`` and ``roi_size`` (with an image caption head, also its ``image_decoder`` config
-and ``num_objects``); beside it the validation preprocessing sizes, the class names
-and category ids, ``num_select`` and the tokenizer JSON. :func:`vitkit.load` rebuilds the network from it
-(:func:`build_network`) and returns a :class:`~vitkit.describe.predictor.Describer`; :func:`predictor_spec` records a
-loaded one's settings (safetensors export). ONNX export takes the detector alone (:attr:`Describer.detector`): the
-region caption head (RoI memory and KV-cached text decoding) is not exported to ONNX.
+and the region head's ``roi_size``; beside it the validation preprocessing sizes, the class names and category ids,
+``num_select`` and the tokenizer JSON. :func:`checkpoint_spec` builds it for a training checkpoint;
+:func:`vitkit.load` rebuilds the network from it (:func:`build_network`) and returns a
+:class:`~vitkit.describe.predictor.Describer`; :func:`predictor_spec` records a loaded one's settings (safetensors
+export). ONNX export takes the detector alone (:attr:`Describer.detector`): the region caption head (RoI memory and
+KV-cached text decoding) is not exported to ONNX.
 """
 
 from __future__ import annotations
@@ -18,34 +18,28 @@ from typing import Any
 from torch import nn
 
 from vitkit.captioning.model import Captioner
-from vitkit.core.decoder import TransformerDecoder
-from vitkit.describe.image_head import ImageCaptionHead, image_captioner
-from vitkit.describe.model import RegionCaptioner, RegionCaptionHead
+from vitkit.describe.model import DescribeModel, RegionCaptionHead
 from vitkit.detection.export import DEFAULT_MAX_SIZE, DEFAULT_SIZE
 from vitkit.detection.model import DETR
 from vitkit.utils.config import instantiate
 from vitkit.utils.spec import InferenceSpec
 
-HEAD_KEYS = ("conditioning", "roi_size")  # DenseModule hyper-parameters that shape the region head
-IMAGE_HEAD_KEYS = ("num_objects",)  # ... and the image caption head, recorded with its ``image_decoder``
+HEAD_KEYS = ("roi_size",)  # DescribeModule hyper-parameters that shape the region head
 
 
 def checkpoint_spec(detector: dict[str, Any], text: dict[str, Any], tokenizer: str, hparams: Mapping[str, Any],
-                    data_hparams: Mapping[str, Any], image_decoder: dict[str, Any] | None = None) -> InferenceSpec:
-    """The spec a region-caption training checkpoint records.
+                    data_hparams: Mapping[str, Any]) -> InferenceSpec:
+    """The spec a describe training checkpoint records.
 
     Args:
         detector: the DETR's resolved ``class_path`` / ``init_args``.
         text: the text decoder's resolved ``class_path`` / ``init_args``.
         tokenizer: the region tokenizer's JSON (``CaptionTokenizer.to_str``).
-        hparams: DenseModule's hyper-parameters (``conditioning``, ``roi_size``, ``class_names``,
-            ``label_to_cat_id``, ``num_select``).
+        hparams: DescribeModule's hyper-parameters (``roi_size``, ``class_names``, ``label_to_cat_id``,
+            ``num_select``).
         data_hparams: the datamodule's (``val_size``, ``val_max_size`` in px); CocoDataModule's defaults when absent.
-        image_decoder: the image caption head's text decoder config (``TransformerDecoder``), or None without one.
     """
     head = {key: hparams[key] for key in HEAD_KEYS if key in hparams}
-    if image_decoder is not None:
-        head.update(image_decoder=image_decoder, **{key: hparams[key] for key in IMAGE_HEAD_KEYS if key in hparams})
     return InferenceSpec(task="describe", model_config={"detector": detector, "text": text, **head},
                          size=int(data_hparams.get("val_size", DEFAULT_SIZE)),
                          max_size=data_hparams.get("val_max_size", DEFAULT_MAX_SIZE),
@@ -53,24 +47,19 @@ def checkpoint_spec(detector: dict[str, Any], text: dict[str, Any], tokenizer: s
                          num_select=int(hparams.get("num_select", 100)), tokenizer=tokenizer)
 
 
-def build_network(config: dict[str, Any]) -> RegionCaptioner:
-    """The region captioner of a spec's (checked) model config: the DETR, the text decoder and the head settings.
+def build_network(config: dict[str, Any]) -> DescribeModel:
+    """The describe network of a spec's (checked) model config: the DETR, the text decoder and the head settings.
 
     Raises:
         ValueError: a key other than ``detector``, ``text`` and :data:`HEAD_KEYS`, or a network that cannot be built.
     """
-    known = ("detector", "text", *HEAD_KEYS, "image_decoder", *IMAGE_HEAD_KEYS)
+    known = ("detector", "text", *HEAD_KEYS)
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise ValueError(f"unknown describe model_config key(s) {unknown}; known: {', '.join(known)}")
     detector, text = instantiate(config["detector"], DETR), instantiate(config["text"], Captioner)
     head = RegionCaptionHead(detector.decoder.dim, text, **{k: config[k] for k in HEAD_KEYS if k in config})
-    image_head = None
-    if config.get("image_decoder") is not None:
-        decoder = instantiate(config["image_decoder"], TransformerDecoder)
-        image_head = ImageCaptionHead(detector.decoder.dim, detector.num_classes, image_captioner(text, decoder),
-                                      **{k: config[k] for k in IMAGE_HEAD_KEYS if k in config})
-    return RegionCaptioner(detector, head, image_head)
+    return DescribeModel(detector, head)
 
 
 def predictor_spec(describer: nn.Module, config: dict[str, Any]) -> InferenceSpec:

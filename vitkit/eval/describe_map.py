@@ -1,4 +1,5 @@
-"""Dense-captioning mAP (region captions, issue 17): the metric of DenseCap (Johnson et al., CVPR 2016).
+"""The describe mAP (describe: detect, then caption each object; issue 17): DenseCap's dense-captioning mAP
+(Johnson et al., CVPR 2016).
 
 It follows DenseCap's ``DenseCaptioningEvaluator`` (jcjohnson/densecap ``eval/eval_utils.lua``, ``merge_boxes`` in
 ``densecap/box_utils.lua``, METEOR via ``eval/meteor_bridge.py``); GRiT reports it by running that Lua code.
@@ -59,7 +60,7 @@ from vitkit.eval.caption_metrics import JAVA_HINT, warn_once
 from vitkit.eval.ptb_tokenize import java_available
 
 __all__ = ["FALLBACK_BACKEND", "IOU_THRESHOLDS", "METEOR_THRESHOLDS", "RegionGroundTruth", "RegionPredictions",
-           "dense_caption_map", "java_meteor", "meteor_fallback", "normalize_caption"]
+           "evaluate_describe", "java_meteor", "meteor_fallback", "normalize_caption"]
 
 IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 METEOR_THRESHOLDS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
@@ -96,7 +97,7 @@ class RegionGroundTruth:
     """Ground-truth regions of one image.
 
     Args:
-        boxes: (N, 4) boxes in pixels, COCO xywh unless ``dense_caption_map(box_format="xyxy")``; N may be 0.
+        boxes: (N, 4) boxes in pixels, COCO xywh unless ``evaluate_describe(box_format="xyxy")``; N may be 0.
         captions: N caption strings, one per box.
         iscrowd: (N,) crowd flags (COCO's ``iscrowd``); None = no crowd region.
     """
@@ -298,7 +299,7 @@ def meteor_fallback(candidate: str, references: Sequence[str]) -> float:
 
 def _score_pairs(meteor: str | MeteorFn, candidates: list[str],
                  references: list[list[str]]) -> tuple[list[float], str]:
-    """(scores, backend name) of the pairs under the ``meteor`` choice of :func:`dense_caption_map`."""
+    """(scores, backend name) of the pairs under the ``meteor`` choice of :func:`evaluate_describe`."""
     if callable(meteor):
         scores = [float(s) for s in meteor(candidates, references)]
         if len(scores) != len(candidates):
@@ -310,15 +311,15 @@ def _score_pairs(meteor: str | MeteorFn, candidates: list[str],
     if meteor == "java" and not java:
         raise RuntimeError(f"meteor='java', but Java was not found on PATH. {JAVA_HINT}")
     if meteor == "auto" and not java:
-        warn_once("dense-caption-no-java", f"dense-caption METEOR: Java was not found on PATH, so the scores use "
-                                            f"{FALLBACK_BACKEND} (not comparable with METEOR). {JAVA_HINT}")
+        warn_once("describe-map-no-java", f"describe mAP METEOR: Java was not found on PATH, so the scores use "
+                                           f"{FALLBACK_BACKEND} (not comparable with METEOR). {JAVA_HINT}")
     if java:
         try:
             return java_meteor(candidates, references), "java"
         except (OSError, RuntimeError) as exc:
             if meteor == "java":
                 raise
-            warnings.warn(f"dense-caption METEOR: Java METEOR failed ({exc}); the scores use {FALLBACK_BACKEND} "
+            warnings.warn(f"describe mAP METEOR: Java METEOR failed ({exc}); the scores use {FALLBACK_BACKEND} "
                           "(not comparable with METEOR)", stacklevel=3)
     return [meteor_fallback(c, r) for c, r in zip(candidates, references, strict=True)], FALLBACK_BACKEND
 
@@ -337,10 +338,10 @@ def _average_precision(tp: np.ndarray, fp: np.ndarray, npos: int) -> float:
     return float(np.where(reached, best_after[np.minimum(first, len(recall) - 1)], 0.0).mean())
 
 
-def dense_caption_map(ground_truth: Mapping[Any, RegionGroundTruth], predictions: Mapping[Any, RegionPredictions],
+def evaluate_describe(ground_truth: Mapping[Any, RegionGroundTruth], predictions: Mapping[Any, RegionPredictions],
                       meteor: Literal["auto", "java", "fallback"] | MeteorFn = "auto", merge_iou: float | None = 0.7,
                       box_format: Literal["xywh", "xyxy"] = "xywh") -> dict[str, Any]:
-    """Dense-captioning mAP of region predictions, as DenseCap computes it (see the module docstring).
+    """The describe mAP of region predictions: DenseCap's dense-captioning mAP (see the module docstring).
 
     Args:
         ground_truth: image id -> its regions; every image listed is evaluated (one without predictions only adds
@@ -381,7 +382,7 @@ def dense_caption_map(ground_truth: Mapping[Any, RegionGroundTruth], predictions
     rank = np.argsort(-scores, kind="stable")
     iou, ok, crowd, meteor_scores = iou[rank], ok[rank], crowd[rank], meteor_scores[rank]
     if npos == 0:
-        warnings.warn("dense_caption_map: the ground truth holds no (non-crowd) region, so AP is undefined (NaN)",
+        warnings.warn("evaluate_describe: the ground truth holds no (non-crowd) region, so AP is undefined (NaN)",
                       stacklevel=2)
     ap, det_ap = {}, {}
     for u in IOU_THRESHOLDS:

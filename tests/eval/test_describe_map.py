@@ -1,4 +1,5 @@
-"""Dense-captioning mAP: hand-computed cases with an injected METEOR, the real Java METEOR, the no-Java fallback.
+"""The describe mAP (DenseCap's dense-captioning mAP): hand-computed cases with an injected METEOR, the real Java
+METEOR, the no-Java fallback.
 
 How to read the expected APs: AP is the mean, over the reference's 100 recall points t (0, 0.01, ..., 0.99 added
 up in float64), of the highest precision at recall >= t. A recall of exactly 0.5 reaches the first 50 points (the
@@ -16,14 +17,14 @@ import pytest
 import torch
 
 from vitkit.eval import caption_metrics as cm
-from vitkit.eval import dense_caption as dc
-from vitkit.eval.dense_caption import (
+from vitkit.eval import describe_map as dc
+from vitkit.eval.describe_map import (
     FALLBACK_BACKEND,
     IOU_THRESHOLDS,
     METEOR_THRESHOLDS,
     RegionGroundTruth,
     RegionPredictions,
-    dense_caption_map,
+    evaluate_describe,
     java_meteor,
     meteor_fallback,
 )
@@ -71,19 +72,19 @@ def test_image_without_regions_gives_false_positives_that_rank():
     # every threshold. Ranked below instead (score 0.5), the TP comes first: precision 1 at recall 1 -> AP = 1.
     truth = {1: gt([CAR], ["a red car"]), 2: gt(np.zeros((0, 4)), [])}
     high = {1: pred([CAR], [0.9], ["a red car"]), 2: pred([[50, 50, 20, 20]], [0.95], ["a dog"])}
-    result = dense_caption_map(truth, high, meteor=FakeMeteor())
+    result = evaluate_describe(truth, high, meteor=FakeMeteor())
     expect_aps(result, {u: [0.5] * 6 for u in IOU_THRESHOLDS})
     assert result["det_ap"] == {f"iou{u:g}": pytest.approx(0.5) for u in IOU_THRESHOLDS}
     assert (result["num_images"], result["num_regions"], result["num_predictions"]) == (2, 1, 2)
     assert result["meteor_backend"] == "custom:fake"
     low = {1: high[1], 2: pred([[50, 50, 20, 20]], [0.5], ["a dog"])}
-    assert dense_caption_map(truth, low, meteor=FakeMeteor())["map"] == pytest.approx(1.0)
+    assert evaluate_describe(truth, low, meteor=FakeMeteor())["map"] == pytest.approx(1.0)
 
 
 def test_no_region_at_all_is_undefined():
     truth = {1: gt(np.zeros((0, 4)), [])}
     with pytest.warns(UserWarning, match="no \\(non-crowd\\) region"):
-        result = dense_caption_map(truth, {1: pred([CAR], [0.9], ["a car"])}, meteor=FakeMeteor())
+        result = evaluate_describe(truth, {1: pred([CAR], [0.9], ["a car"])}, meteor=FakeMeteor())
     assert math.isnan(result["map"]) and math.isnan(result["det_map"])
 
 
@@ -98,7 +99,7 @@ def test_prediction_inside_a_crowd_region_is_ignored():
     preds = {7: pred([[110, 10, 20, 20], [150, 0, 100, 100], CAR], [0.95, 0.9, 0.8],
                      ["people", "a crowd", "a red car"])}
     fake = FakeMeteor()
-    result = dense_caption_map(truth, preds, meteor=fake)
+    result = evaluate_describe(truth, preds, meteor=fake)
     expect_aps(result, {0.3: [1.0] * 6, 0.4: [1.0] * 6, 0.5: [1.0] * 6, 0.6: [0.5] * 6, 0.7: [0.5] * 6})
     assert result["det_map"] == pytest.approx((3 * 1.0 + 2 * 0.5) / 5)
     assert result["num_regions"] == 1
@@ -114,7 +115,7 @@ def test_box_matches_but_caption_is_wrong():
     truth = {3: gt([CAR, [20, 0, 10, 10]], ["a red car", "a tall tree"])}
     preds = {3: pred([CAR, [20, 0, 10, 5]], [0.9, 0.8], ["a blue car", "a tall tree"])}
     fake = FakeMeteor({"a blue car": 0.12})
-    result = dense_caption_map(truth, preds, meteor=fake)
+    result = evaluate_describe(truth, preds, meteor=fake)
     good, bad = [1.0] * 3 + [0.25] * 3, [0.5] * 3 + [0.0] * 3
     expect_aps(result, {0.3: good, 0.4: good, 0.5: good, 0.6: bad, 0.7: bad})
     assert result["map"] == pytest.approx((3 * 3.75 + 2 * 1.5) / 30)  # 0.475
@@ -128,7 +129,7 @@ def test_duplicate_on_one_region_is_a_false_positive_even_with_the_better_captio
     truth = {1: gt([CAR], ["a red car"])}
     preds = {1: pred([CAR, CAR], [0.8, 0.9], ["a red car", "a blue car"])}  # given out of score order
     fake = FakeMeteor({"a blue car": 0.12})
-    result = dense_caption_map(truth, preds, meteor=fake)
+    result = evaluate_describe(truth, preds, meteor=fake)
     expect_aps(result, {u: [1.0] * 3 + [0.0] * 3 for u in IOU_THRESHOLDS})
     assert result["det_map"] == pytest.approx(1.0)
     assert fake.calls == [[("a blue car", ["a red car"])]]  # the duplicate is never scored
@@ -139,7 +140,7 @@ def test_a_region_is_taken_whatever_the_iou_threshold():
     # u <= 0.4: P1 TP, P2 FP -> AP 1.  u >= 0.5: P1 below u, P2 a duplicate: both FP -> AP 0.
     truth = {1: gt([CAR], ["a red car"])}
     preds = {1: pred([[0, 0, 10, 4], CAR], [0.9, 0.8], ["a red car", "a red car"])}
-    result = dense_caption_map(truth, preds, meteor=FakeMeteor())
+    result = evaluate_describe(truth, preds, meteor=FakeMeteor())
     assert result["det_ap"] == {"iou0.3": 1.0, "iou0.4": 1.0, "iou0.5": 0.0, "iou0.6": 0.0, "iou0.7": 0.0}
     assert result["map"] == pytest.approx(0.4)
 
@@ -151,10 +152,10 @@ def test_overlapping_regions_merge_with_all_their_captions():
     truth = {1: gt([CAR, [0, 0, 10, 9]], ["a red car", "red vehicle"])}
     preds = {1: pred([CAR], [0.9], ["red vehicle"])}
     fake = FakeMeteor()
-    merged = dense_caption_map(truth, preds, meteor=fake)
+    merged = evaluate_describe(truth, preds, meteor=fake)
     assert merged["map"] == pytest.approx(1.0) and merged["num_regions"] == 1
     assert fake.calls == [[("red vehicle", ["a red car", "red vehicle"])]]
-    apart = dense_caption_map(truth, preds, meteor=FakeMeteor(), merge_iou=None)
+    apart = evaluate_describe(truth, preds, meteor=FakeMeteor(), merge_iou=None)
     assert apart["map"] == 0.0 and apart["det_map"] == pytest.approx(0.5) and apart["num_regions"] == 2
 
 
@@ -162,28 +163,28 @@ def test_merging_is_greedy_not_transitive():
     # x = 0, 1, 2, 3 (10x10 boxes): neighbours overlap by 9/11 >= 0.7, two apart by 8/12 < 0.7. Boxes 1 and 2 have
     # three partners each; the first (1) takes {0, 1, 2}, box 3 stays alone: 2 regions.
     truth = {1: gt([[x, 0, 10, 10] for x in range(4)], ["a", "b", "c", "d"])}
-    assert dense_caption_map(truth, {}, meteor=FakeMeteor())["num_regions"] == 2
+    assert evaluate_describe(truth, {}, meteor=FakeMeteor())["num_regions"] == 2
 
 
 def test_tensors_and_xyxy_give_the_same_result():
     truth = {1: gt([CAR, [20, 0, 10, 10]], ["a red car", "a tall tree"])}
     preds = {1: pred([CAR, [20, 0, 10, 5]], [0.9, 0.8], ["a blue car", "a tall tree"])}
-    expected = dense_caption_map(truth, preds, meteor=FakeMeteor({"a blue car": 0.12}))
+    expected = evaluate_describe(truth, preds, meteor=FakeMeteor({"a blue car": 0.12}))
     xyxy = torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 5]])
     truth_xyxy = {1: RegionGroundTruth(torch.tensor([[0.0, 0, 10, 10], [20, 0, 30, 10]]), ["a red car", "a tall tree"])}
     preds_xyxy = {1: RegionPredictions(xyxy, torch.tensor([0.9, 0.8]), ["a blue car", "a tall tree"])}
-    got = dense_caption_map(truth_xyxy, preds_xyxy, meteor=FakeMeteor({"a blue car": 0.12}), box_format="xyxy")
+    got = evaluate_describe(truth_xyxy, preds_xyxy, meteor=FakeMeteor({"a blue car": 0.12}), box_format="xyxy")
     assert got == expected
 
 
 def test_bad_inputs_are_refused():
     truth = {1: gt([CAR], ["a red car"])}
     with pytest.raises(ValueError, match="missing from ground_truth"):
-        dense_caption_map(truth, {2: pred([CAR], [0.9], ["x"])}, meteor=FakeMeteor())
+        evaluate_describe(truth, {2: pred([CAR], [0.9], ["x"])}, meteor=FakeMeteor())
     with pytest.raises(ValueError, match="captions for 1 boxes"):
         gt([CAR], ["a", "b"])
     with pytest.raises(ValueError, match="meteor must be"):
-        dense_caption_map(truth, {1: pred([CAR], [0.9], ["x"])}, meteor="bleu")
+        evaluate_describe(truth, {1: pred([CAR], [0.9], ["x"])}, meteor="bleu")
 
 
 def test_fallback_scorer_values():
@@ -200,16 +201,16 @@ def test_without_java_auto_warns_once_and_uses_the_fallback(monkeypatch):
     truth = {1: gt([CAR, [20, 0, 10, 10]], ["a red car", "a tall tree"])}
     preds = {1: pred([CAR, [20, 0, 10, 10]], [0.9, 0.8], ["a red car", "green apples"])}
     with pytest.warns(UserWarning, match="Java was not found") as record:
-        result = dense_caption_map(truth, preds)
+        result = evaluate_describe(truth, preds)
     assert len([w for w in record if "Java was not found" in str(w.message)]) == 1
     assert result["meteor_backend"] == FALLBACK_BACKEND
     # fallback METEOR: exact caption 1 - 0.5/27 > 0.25, unrelated 0 -> at every threshold P1 TP, P2 FP -> AP 0.5
     assert result["map"] == pytest.approx(0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second evaluation stays quiet
-        assert dense_caption_map(truth, preds, meteor="auto")["meteor_backend"] == FALLBACK_BACKEND
+        assert evaluate_describe(truth, preds, meteor="auto")["meteor_backend"] == FALLBACK_BACKEND
     with pytest.raises(RuntimeError, match="Java was not found"):
-        dense_caption_map(truth, preds, meteor="java")
+        evaluate_describe(truth, preds, meteor="java")
 
 
 def test_with_java_auto_routes_all_pairs_to_java_meteor(monkeypatch):
@@ -218,7 +219,7 @@ def test_with_java_auto_routes_all_pairs_to_java_meteor(monkeypatch):
     monkeypatch.setattr(dc, "java_meteor", lambda c, r: calls.append((c, r)) or [1.0] * len(c))
     truth = {1: gt([CAR], ["a red car"]), 2: gt([CAR], ["a tall tree"])}
     preds = {1: pred([CAR], [0.9], ["a red car"]), 2: pred([CAR], [0.8], ["a tree"])}
-    result = dense_caption_map(truth, preds)
+    result = evaluate_describe(truth, preds)
     assert result["meteor_backend"] == "java" and result["map"] == pytest.approx(1.0)
     assert calls == [(["a red car", "a tree"], [["a red car"], ["a tall tree"]])]
 
