@@ -103,7 +103,7 @@ def pycocotools_stats(gt_path: str | Path, results: list[dict[str, Any]]) -> np.
 
 def vitkit_stats(gt_path: str | Path, results: list[dict[str, Any]]) -> np.ndarray:
     """vitkit's COCO evaluation (faster-coco-eval backend, the default) -> 12 stats in COCOeval's order."""
-    from vitkit.eval.coco_eval import STAT_KEYS, evaluate_coco
+    from vitkit.eval import STAT_KEYS, evaluate_coco
 
     res = evaluate_coco(gt_path, results)
     return np.asarray([res.stats[k] for k in STAT_KEYS], dtype=np.float64)
@@ -116,7 +116,7 @@ def compare_stats(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     faster-coco-eval computes a precision as tp / (tp + fp), pycocotools as tp / (tp + fp + eps), so stats can
     differ by ~1e-16 (see :mod:`vitkit.eval.coco_eval`); ``stats_identical`` is strict and reports that.
     """
-    from vitkit.eval.coco_eval import STAT_KEYS, format_summary
+    from vitkit.eval import STAT_KEYS, format_summary
 
     def summary(x: np.ndarray) -> str:
         return format_summary(dict(zip(STAT_KEYS, x.tolist(), strict=True)))

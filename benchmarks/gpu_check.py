@@ -5,9 +5,10 @@ short still leaves what it measured):
 
 1. **env**: versions (torch, torchvision, timm, lightning, transformers, ...), the GPU, and which optional packages
    are missing. ``--wheels DIR`` first installs the wheels in DIR (``pip install --no-index --no-deps --target``,
-   put on ``sys.path`` and ``PYTHONPATH``); ``python -m benchmarks.gpu_wheels .whl`` fetches them here: jsonargparse
-   (+ docstring-parser, typeshed-client, importlib-resources; ``import vitkit`` needs it), pycocotools and
-   faster-coco-eval (the bf16 AP guard), pycocoevalcap without its Java jars (the caption module imports it).
+   put first on ``PYTHONPATH``; the check then starts afresh in a new interpreter that sees them);
+   ``python -m benchmarks.gpu_wheels .whl`` fetches them here: jsonargparse (+ docstring-parser, typeshed-client,
+   importlib-resources; the training code needs it), pycocotools and faster-coco-eval (the bf16 AP guard),
+   pycocoevalcap without its Java jars (the caption module imports it).
 2. **tests**: ``pytest -m device -k <device>``, the device-parametrised subset (tests/support/devices.py): attention
    masks and the KV cache, deformable attention, the matcher under bf16, padding invariance, one detection and one
    caption training step, bf16 inference with its AP guard; pass/fail counts and the failures' messages.
@@ -23,7 +24,7 @@ tests/benchmarks/test_gpu_check.py). Through the device tool, from the repositor
 
     python -m benchmarks.gpu_wheels .whl          # here, once
     # device tool: carry [".whl"], command:
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --wheels .whl --out $OUT
+    PYTHONUNBUFFERED=1 python3 -m benchmarks.gpu_check --wheels .whl --out $OUT
 """
 
 from __future__ import annotations
@@ -43,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script: the benchmarks package sits in the repository root
-    sys.path.insert(0, str(REPO_ROOT))
+WHEELS_TARGET = Path(tempfile.gettempdir()) / "vitkit_gpu_check_site"
 
 VERSIONS = ("torch", "torchvision", "timm", "lightning", "transformers", "onnxruntime", "numpy", "scipy", "pytest")
 OPTIONAL = ("jsonargparse", "docstring_parser", "typeshed_client", "pycocotools", "faster_coco_eval", "pycocoevalcap")
@@ -55,12 +55,12 @@ TARGETS = {"gpu_detr_train": (">= 1.5x HF DETR (bf16 autocast)", 1.5), "gpu_detr
 
 
 def install_wheels(folder: Path, target: Path) -> None:
-    """pip-install every wheel in ``folder`` into ``target`` (no index, no dependencies) and put it on the paths."""
+    """pip-install every wheel in ``folder`` into ``target`` (no index, no dependencies) and put it first on
+    ``PYTHONPATH`` (for the interpreter :func:`main` restarts, and its subprocesses)."""
     wheels = sorted(str(p) for p in folder.glob("*.whl"))
     if wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
                         "--no-cache-dir", "--upgrade", "--target", str(target), *wheels], check=True)
-    sys.path.insert(0, str(target))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(target), os.environ.get("PYTHONPATH")) if p)
 
 
@@ -152,8 +152,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.wheels:
-        install_wheels(args.wheels, Path(tempfile.gettempdir()) / "vitkit_gpu_check_site")
+    if args.wheels and str(WHEELS_TARGET) not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        install_wheels(args.wheels, WHEELS_TARGET)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # start afresh with the wheels on PYTHONPATH (this restart sees them there and installs nothing)
+        os.execv(sys.executable, [sys.executable, "-m", "benchmarks.gpu_check",
+                                  *(sys.argv[1:] if argv is None else argv)])
     import torch
 
     from benchmarks import gpu_report
@@ -227,4 +232,6 @@ def _measure(args: argparse.Namespace, device: str, start: float, skip: set[str]
 
 
 if __name__ == "__main__":
+    if not __package__:  # run as a file: the benchmarks package is found from the repository root only
+        sys.exit("gpu_check: run it as a module from the repository root: python -m benchmarks.gpu_check ...")
     main()

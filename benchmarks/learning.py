@@ -83,7 +83,7 @@ from benchmarks.common import require
 from benchmarks.learning_budget import BudgetRun, default_eval_every, factor_of, install_factor, train_mode_restored
 from benchmarks.learning_output import machine_facts, plot, table
 from benchmarks.learning_vitkit import DataSpec, caption_scores, count_parameters, detection_metrics, run_vitkit
-from vitkit.data.shapes import ensure_shapes
+from vitkit.data import ensure_shapes
 from vitkit.eval.caption_metrics import CaptionScorer
 
 TASKS = ("detection", "captions")

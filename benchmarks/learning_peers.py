@@ -35,9 +35,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from benchmarks.common import require
+from vitkit.captioning import CaptionTokenizer
 from vitkit.captioning.datamodule import swap_left_right
-from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.data.coco import CocoDetection
+from vitkit.data import CocoDetection
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.eval.coco_files import read_json
 from vitkit.eval.coco_results import detection_entries

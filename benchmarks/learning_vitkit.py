@@ -1,32 +1,40 @@
-"""Vitkit's sides of the learning race: a run config trained exactly as ``python tools/train.py CONFIG`` trains it,
-inside a training budget, and evaluated at the reported minutes.
+"""Vitkit's sides of the learning race: a run config trained by the ``vitkit train`` command itself, inside a
+training budget, and evaluated at the reported minutes.
 
-The run goes through the training command's own LightningCLI class (:func:`vitkit.cli.train.select_task`: the same
-LightningModule, datamodule, links, optimizer, schedule, precision fallback, exact-resume callback), with the
+The run is ``vitkit train CONFIG`` (:func:`vitkit.cli.main.main`, in this process: the same LightningModule,
+datamodule, links, optimizer, schedule, precision fallback, exact-resume callback as a user's run), with the
 config's settings as they are and only these overrides, which change no training computation:
 
 - ``seed_everything``, ``data.root`` and the shapes generator's arguments (the race's data);
-- ``trainer.max_epochs`` very large: the budget stops the run (:class:`~benchmarks.learning_budget.BudgetCallback`),
-  and the step schedule is re-sized to the budget (see :mod:`benchmarks.learning`), its warmup the same share of
-  the budget's steps as the config's ``warmup_steps`` are of its own ``max_epochs`` (``budget_warmup``);
-- no validation loop, sanity check, logger, progress bar, model summary, config file or checkpoint file: the race
-  evaluates with the clock paused, and writes nothing under ``runs/``.
+- ``trainer.max_epochs`` very large: the budget stops the run (:class:`RaceCallback`, added with
+  ``--trainer.callbacks+=``), and the step schedule is re-sized to the budget (see :mod:`benchmarks.learning`), its
+  warmup the same share of the budget's steps as the config's ``warmup_steps`` are of its own ``max_epochs``
+  (``budget_warmup``);
+- no validation loop, sanity check, logger, progress bar, model summary or checkpoint file: the race evaluates
+  with the clock paused, and writes nothing under ``runs/`` (the resolved config goes to the scratch folder).
+
+The callback writes what the race records and what the peer takes over (``race.json``, and the caption
+datamodule's ``tokenizer.json``) into the scratch folder; :func:`run_vitkit` reads them back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import yaml
 
 from benchmarks.learning_budget import BudgetCallback
-from vitkit.cli.configs import read_config, resolve_config
-from vitkit.cli.train import own_argv, select_task
+from vitkit.captioning import CaptionTokenizer
+from vitkit.cli.main import main as vitkit_command
+from vitkit.eval import evaluate_coco
 from vitkit.eval.caption_metrics import CaptionScorer
-from vitkit.eval.coco_eval import evaluate_coco
 
 EVAL_BACKEND = "pycocotools"  # the reference COCOeval, for every side
 
@@ -40,9 +48,10 @@ class DataSpec:
     shapes: dict[str, int] | None = None
 
 
-def cli_args(config: Path, data: DataSpec, seed: int, work_dir: Path) -> list[str]:
-    """The ``fit`` arguments of a race run: the config, then the overrides listed in the module docstring."""
-    args = ["fit", "--config", str(config), f"--seed_everything={seed}", f"--data.root={data.root}"]
+def train_args(config: str | Path, data: DataSpec, seed: int, work_dir: Path) -> list[str]:
+    """The ``vitkit train`` arguments of a race run: the config, then the overrides listed in the module docstring
+    (the budget callback is added by :func:`run_vitkit`)."""
+    args = [str(config), f"--seed_everything={seed}", f"--data.root={data.root}"]
     if data.shapes is not None:
         args += [f"--data.shapes_train={data.shapes['num_train']}", f"--data.shapes_val={data.shapes['num_val']}",
                  f"--data.shapes_size={data.shapes['image_size']}", f"--data.shapes_seed={data.shapes['seed']}"]
@@ -83,20 +92,90 @@ def _eval_detection(trainer: L.Trainer, module: L.LightningModule) -> dict[str, 
 def _eval_captions(scorer: CaptionScorer):
     def evaluate(trainer: L.Trainer, module: L.LightningModule) -> dict[str, float]:
         """The validation split captioned as the config's validation does (``model.val_beams``) and greedily."""
-        dm, hp = trainer.datamodule, module.hparams
+        dm = trainer.datamodule
         val_caps: dict[int, str] = {}
         greedy_caps: dict[int, str] = {}
         references: dict[int, list[str]] = {}
         for images, mask, refs, image_ids in dm.val_dataloader():
             images, mask = images.to(module.device), mask.to(module.device)
             val_caps.update(zip(image_ids, module.generate(images, mask), strict=True))
-            ids, _ = module.captioner.generate(images, mask, method="greedy", max_length=hp.val_max_length)
+            ids, _ = module.captioner.generate(images, mask, method="greedy")  # up to the captioner's max_length
             greedy_caps.update(zip(image_ids, module.tokenizer.decode_batch(ids.cpu()), strict=True))
             references.update(zip(image_ids, refs, strict=True))
         return {**caption_scores(scorer, val_caps, references),
                 **caption_scores(scorer, greedy_caps, references, prefix="greedy_")}
 
     return evaluate
+
+
+class RaceCallback(BudgetCallback):
+    """The budget callback of a vitkit side, built by ``vitkit train`` from ``--trainer.callbacks+=`` (so its
+    arguments are plain values): evaluates the ``task`` with the clock paused, and at the end of the fit writes
+    ``out_dir/race.json`` (the side's record and what its peer takes over) and, for captions, the datamodule's
+    tokenizer as ``out_dir/tokenizer.json``.
+
+    Args:
+        task: "detection" or "captions" (the config's task: :func:`run_vitkit` checks it first).
+        minutes, eval_every, threads, recipe_epochs: as :class:`~benchmarks.learning_budget.BudgetCallback`.
+        out_dir: where the record goes (the run's scratch folder).
+        java: Java for the caption scorer (None: whether ``java`` is on PATH).
+    """
+
+    def __init__(self, task: str, minutes: float, eval_every: float, threads: int, out_dir: str,
+                 recipe_epochs: int | None = None, java: bool | None = None) -> None:
+        if task not in ("detection", "captions"):
+            raise ValueError(f"task {task!r}: 'detection' or 'captions'")
+        self.scorer = CaptionScorer(java) if task == "captions" else None
+        evaluate = _eval_detection if task == "detection" else _eval_captions(self.scorer)
+        super().__init__(minutes, eval_every, evaluate, threads, recipe_epochs=recipe_epochs)
+        self.task, self.out_dir = task, Path(out_dir)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+        if self.run is None or not self.run.points:
+            return
+        dm, hp = trainer.datamodule, pl_module.hparams
+        network = pl_module.detector if self.task == "detection" else pl_module.captioner
+        record = {
+            "parameters": count_parameters(network),
+            "precision": str(trainer.precision),
+            "threads_seen": self.threads_seen,
+            "batch_size": int(dm.hparams.batch_size),
+            "optimizer": {"name": "AdamW (vitkit.train.optim.adamw)", "lr": float(hp.lr),
+                          "weight_decay": float(hp.weight_decay), "warmup_steps": int(hp.warmup_steps),
+                          "recipe_epochs": self.recipe_epochs,
+                          "budget_warmup_steps": self.warmups[-1] if self.warmups else None,
+                          "min_lr_ratio": float(hp.min_lr_ratio), "gradient_clip_val": trainer.gradient_clip_val},
+            **self.run.summary(),
+        }
+        handoff: dict[str, Any] = {"batch_size": int(dm.hparams.batch_size), "num_workers": int(dm.hparams.num_workers)}
+        if self.task == "captions":
+            record["val_beams"] = int(hp.val_beams)
+            handoff.update(max_length=int(dm.hparams.max_length), hflip_p=float(dm.hparams.hflip_p))
+            dm.tokenizer.save(self.out_dir / "tokenizer.json")
+        else:
+            handoff["num_classes"] = int(dm.num_classes)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "race.json").write_text(json.dumps({"record": record, "handoff": handoff}, indent=1) + "\n")
+
+
+def vitkit_train(args: list[str]) -> str:
+    """``vitkit train ARGS`` in this process, through the public command (:func:`vitkit.cli.main.main`): what it
+    printed on stdout.
+
+    Raises:
+        RuntimeError: the command failed (its status; its message is on stderr).
+    """
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            status = vitkit_command(["train", *args])
+    except SystemExit as stop:  # the parser's and --print_config's way out
+        status = stop.code
+    if status not in (0, None):
+        raise RuntimeError(f"vitkit train {' '.join(args)}: exit status {status} (the reason is on stderr)")
+    return out.getvalue()
 
 
 def run_vitkit(task: str, config: str | Path, data: DataSpec, minutes: float, eval_every: float, seed: int,
@@ -107,51 +186,33 @@ def run_vitkit(task: str, config: str | Path, data: DataSpec, minutes: float, ev
         task: "detection" or "captions" (must be the config's task).
         config: a run config path or a shipped config's name.
         data, minutes, eval_every, seed, threads: the race's settings.
-        work_dir: a scratch folder (the trainer's root; nothing is written there by default).
-        scorer: the caption scorer (captions only).
+        work_dir: a scratch folder (the trainer's root, the resolved config, the record the callback writes).
+        scorer: the caption scorer of the race (captions only): the side scores with one of the same kind (its
+            ``java`` setting), built by its callback.
 
     Returns:
         The side's record (curve, parameters, step time, settings) and what its peer takes over from the resolved
         config: ``batch_size``, ``num_workers``; detection: ``num_classes``; captions: the datamodule's
         ``tokenizer``, ``max_length`` and ``hflip_p``.
     """
-    path = resolve_config(config)
-    cli_class = select_task(read_config(path), path)
+    resolved = yaml.safe_load(vitkit_train([str(config), "--print_config"]))  # nothing trained
     want = "captioning" if task == "captions" else task
-    if cli_class.task != want:
-        raise ValueError(f"{path} trains {cli_class.task}, not {want}")
-    evaluate = _eval_detection if task == "detection" else _eval_captions(scorer)
-    recipe_epochs = (read_config(path).get("trainer") or {}).get("max_epochs")
-    callback = BudgetCallback(minutes, eval_every, evaluate, threads, recipe_epochs=recipe_epochs)
+    if resolved.get("task") != want:
+        raise ValueError(f"{config} trains {resolved.get('task')}, not {want}")
+    recipe_epochs = (resolved.get("trainer") or {}).get("max_epochs")
+    callback = {"class_path": "benchmarks.learning_vitkit.RaceCallback",
+                "init_args": {"task": task, "minutes": minutes, "eval_every": eval_every, "threads": threads,
+                              "out_dir": str(work_dir), "recipe_epochs": recipe_epochs,
+                              "java": None if scorer is None else scorer.java}}
+    args = train_args(config, data, seed, work_dir)
     torch.set_num_threads(threads)
-    args = cli_args(path, data, seed, work_dir)
-    with own_argv():
-        cli = cli_class(run_name=path.stem, args=args, save_config_callback=None,
-                        trainer_defaults={"callbacks": [callback]})
-    if callback.run is None or not callback.run.points:
+    (work_dir / "race.json").unlink(missing_ok=True)
+    vitkit_train([*args, f"--trainer.callbacks+={json.dumps(callback)}"])
+    if not (work_dir / "race.json").is_file():
         raise RuntimeError(f"vitkit {task}: training ended before the budget was spent (no point recorded)")
-    network = cli.model.detector if task == "detection" else cli.model.captioner
-    dm = cli.datamodule
-    record = {
-        "side": "vitkit",
-        "config": str(path),
-        "cli_args": args,
-        "parameters": count_parameters(network),
-        "precision": str(cli.trainer.precision),
-        "threads_seen": callback.threads_seen,
-        "batch_size": int(dm.hparams.batch_size),
-        "optimizer": {"name": "AdamW (vitkit.train.optim.adamw)", "lr": float(cli.model.hparams.lr),
-                      "weight_decay": float(cli.model.hparams.weight_decay),
-                      "warmup_steps": int(cli.model.hparams.warmup_steps), "recipe_epochs": recipe_epochs,
-                      "budget_warmup_steps": callback.warmups[-1] if callback.warmups else None,
-                      "min_lr_ratio": float(cli.model.hparams.min_lr_ratio),
-                      "gradient_clip_val": cli.trainer.gradient_clip_val},
-        **callback.run.summary(),
-    }
-    handoff: dict[str, Any] = {"batch_size": int(dm.hparams.batch_size), "num_workers": int(dm.hparams.num_workers)}
+    written = json.loads((work_dir / "race.json").read_text())
+    record = {"side": "vitkit", "config": str(config), "cli_args": ["train", *args], **written["record"]}
+    handoff = written["handoff"]
     if task == "captions":
-        record["val_beams"] = int(cli.model.hparams.val_beams)
-        handoff.update(tokenizer=dm.tokenizer, max_length=int(dm.hparams.max_length), hflip_p=float(dm.hparams.hflip_p))
-    else:
-        handoff["num_classes"] = int(dm.num_classes)
+        handoff["tokenizer"] = CaptionTokenizer.from_file(work_dir / "tokenizer.json")
     return record, handoff

@@ -1,4 +1,22 @@
-"""Run selected workloads, attach (g) FLOP/s and the issue's targets, write JSON and a markdown table.
+"""Benchmark vitkit against its peers (issue 5), side by side in one process: select the workloads, run them, attach
+(g) FLOP/s and the issue's targets, write JSON and a markdown table. The command line, from the repository root
+of a source checkout (the benchmarks are not installed with the package; peers: ``pip install -e ".[bench]"``)::
+
+    python -m benchmarks.runner [--only detr_infer,vit_forward,...] [--reps 5] [--warmup 2] [--threads N]
+        [--quick] [--json-out FILE] [--md-out FILE] [--note TEXT] [--profile-dir DIR] [--malloc default|retain]
+
+Each workload builds vitkit's model and its peer (random weights) with the same inputs and thread count, warms up,
+then times them interleaved and reports medians; speedup = peer_s / vitkit_s. --json-out writes the list of
+records, --md-out a markdown table with the date, CPU model, torch version and threads. --quick uses tiny sizes (a
+smoke test; its numbers mean nothing). --profile-dir writes each timed variant's top ops (torch.profiler, one extra
+run) as text files. --malloc retain keeps freed memory in glibc's heap for the whole process (both sides): by
+default every allocation of 32 MiB or more is mapped afresh and page-faulted on each call, which in a VM can cost a
+large share of an fp32 peer's time (the records carry each side's median minor page faults per call). A missing
+peer is a one-line error and exit status 2, before anything runs.
+
+On a CPU shared with other busy processes use --threads 1: OpenMP threads that spin at barriers while another
+process holds their core make multi-threaded runs several times slower (OMP_WAIT_POLICY=PASSIVE in the
+environment helps, but one thread was still faster on a 2-core machine with 2 other busy processes).
 
 Workload groups (``--only`` names):
 
@@ -20,7 +38,9 @@ a peak measured in the same run.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +48,15 @@ from typing import Any
 import torch
 
 from benchmarks import caption, coco, detr, gemm, vit
-from benchmarks.common import MissingPeerError, Settings, check_target, machine_info
+from benchmarks.common import MissingPeerError, Settings, check_target, machine_info, retain_freed_memory
+
+PROG = "python -m benchmarks.runner"
+EXAMPLES = """run from the repository root of a source checkout; peers: pip install -e '.[bench]'
+
+examples:
+  {prog} --quick --threads 1                                     # a smoke test of every workload
+  {prog} --only detr_infer,vit_forward --json-out bench.json --md-out bench.md
+  {prog} --only coco_eval --reps 3 --note 'taken on a busy CPU'"""
 
 # name -> (function, peer modules it needs)
 WORKLOADS: dict[str, tuple[Callable[[Settings], list[dict[str, Any]]], tuple[str, ...]]] = {
@@ -212,5 +240,92 @@ def markdown(records: list[dict[str, Any]], info: dict[str, Any], note: str | No
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["TARGETS", "WORKLOADS", "MissingPeerError", "check_peers", "machine_info", "markdown", "resolve", "run",
-           "write_json"]
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The command line's options."""
+    p = argparse.ArgumentParser(prog=prog, description="vitkit vs peers, measured side by side.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=EXAMPLES.format(prog=prog))
+    p.add_argument("--only", help=f"comma-separated workloads (default: all): {', '.join(WORKLOADS)}")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per variant (default 5; 2 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up runs per variant (default 2; 1 with --quick)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch threads for every variant (default: torch's default here, %(default)s)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile'd vitkit variants (DETR inference; inductor with freezing)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", help="write the records as a JSON list to this file")
+    p.add_argument("--md-out", help="write the markdown table to this file")
+    p.add_argument("--note", help="a line to put at the top of the markdown (e.g. 'taken on a busy CPU')")
+    p.add_argument("--profile-dir", help="write torch.profiler top-op tables of every variant here")
+    p.add_argument("--malloc", choices=("default", "retain"), default="default",
+                   help="glibc malloc behaviour for the whole run, vitkit and peers alike: 'default' maps each "
+                        "allocation of 32 MiB or more afresh (page-faulted on every call); 'retain' keeps freed "
+                        "memory in the heap (benchmarks.common.retain_freed_memory)")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings | None:
+    """The run's settings from the parsed options, or None for bad numbers."""
+    reps = args.reps if args.reps is not None else (2 if args.quick else 5)
+    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    if reps < 1 or warmup < 0 or args.threads < 1:
+        return None
+    return Settings(reps=reps, warmup=warmup, threads=args.threads, quick=args.quick, seed=args.seed,
+                    compile=args.compile, malloc=args.malloc,
+                    profile_dir=Path(args.profile_dir) if args.profile_dir else None)
+
+
+def report(args: argparse.Namespace, names: list[str], settings: Settings) -> None:
+    """Run the workloads, then print the markdown table and write --json-out / --md-out."""
+    info = machine_info(settings)
+    print(f"[benchmark] {info['cpu_model']}, torch {info['torch']}, {settings.threads} thread(s), "
+          f"reps {settings.reps}, warm-up {settings.warmup}{', quick' if args.quick else ''}: {', '.join(names)}")
+    records = run(names, settings)
+    for r in records:
+        r.setdefault("threads", settings.threads)
+        r["malloc"] = settings.malloc
+        if args.note:
+            r["run_note"] = args.note
+    if args.json_out:
+        write_json(records, args.json_out)
+    md = markdown(records, info, args.note)
+    if args.md_out:
+        Path(args.md_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.md_out).write_text(md)
+    print(md, end="")
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Run the chosen workloads and report them.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+        prog: the command, for usage and error messages.
+
+    Returns:
+        The exit status: 0 done, 2 bad options or a missing peer.
+    """
+    args = build_parser(prog).parse_args(argv)
+    settings = settings_from(args)
+    if settings is None:
+        print(f"{prog}: error: --reps and --threads must be >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    try:
+        names = resolve(args.only)
+        check_peers(names)
+    except (ValueError, MissingPeerError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if args.malloc == "retain" and not retain_freed_memory():
+        print(f"{prog}: error: --malloc retain needs glibc (mallopt); this C library refused it", file=sys.stderr)
+        return 2
+    report(args, names, settings)
+    return 0
+
+
+__all__ = ["TARGETS", "WORKLOADS", "MissingPeerError", "build_parser", "check_peers", "machine_info", "main",
+           "markdown", "resolve", "run", "write_json"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,7 @@ RANKS = {"utils": 0, "kernels": 0, "layers": 1, "core": 2, "data": 3, "eval": 4,
          "detection": 7, "captioning": 7, "describe": 8, "io": 9, "cli": 10, "": 11}
 # Third-party packages a function may import lazily: optional extras, or heavy modules only one path needs.
 LAZY_OK = {"onnx", "onnxruntime", "transformers", "matplotlib"}
-MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
+MAX_FILE_LINES, MAX_FUNCTION_LINES = 450, 80  # a concept that needs more is one file still
 
 
 def _module_name(path: Path) -> str:
@@ -61,6 +61,21 @@ def _imports(path: Path) -> list[tuple[str, int, bool]]:
 FILES = sorted(PACKAGE.rglob("*.py"))
 
 
+def _deferred_by_cli(path: Path, line: int) -> bool:
+    """Whether an import inside a function of ``vitkit/cli`` is marked ``# heavy:`` (on it, or on a comment above
+    its import block): a command imports its task after parsing, so ``vitkit COMMAND --help`` loads no torch."""
+    if path.parent.name != "cli":
+        return False
+    lines = path.read_text().splitlines()
+    for i in range(line - 1, -1, -1):
+        text = lines[i].strip()
+        if "# heavy:" in text:
+            return True
+        if not text.startswith(("from ", "import ", "#")):
+            return False
+    return False
+
+
 def test_imports_point_one_way_and_vitkit_imports_sit_at_module_level():
     wrong = []
     for path in FILES:
@@ -69,7 +84,7 @@ def test_imports_point_one_way_and_vitkit_imports_sit_at_module_level():
             if not (target == "vitkit" or target.startswith("vitkit.")):
                 continue
             where = f"{path.relative_to(PACKAGE.parent)}:{line} imports {target}"
-            if in_function:
+            if in_function and not _deferred_by_cli(path, line):
                 wrong.append(f"{where} inside a function (vitkit imports belong at module level)")
                 continue
             src, dst = _package(mine), _package(target)
@@ -106,8 +121,8 @@ def test_no_import_cycle_between_modules():
 
 def test_function_local_imports_load_optional_dependencies_only():
     lazy = sorted({f"{path.relative_to(PACKAGE.parent)}: {target}" for path in FILES
-                   for target, _, in_function in _imports(path)
-                   if in_function and target.split(".")[0] not in LAZY_OK})
+                   for target, line, in_function in _imports(path)
+                   if in_function and target.split(".")[0] not in LAZY_OK and not _deferred_by_cli(path, line)})
     assert not lazy, "\n".join(lazy)
 
 

@@ -1,4 +1,5 @@
-"""The GPU check's CPU dry run (issue 18): ``benchmarks/gpu_check.py --tiny`` end to end, so the script cannot rot.
+"""The GPU check's CPU dry run (issue 18): ``python -m benchmarks.gpu_check --tiny`` end to end, so the script
+cannot rot.
 
 It runs as a user would (a subprocess from the repository root) at tiny sizes on the CPU, without torch.compile
 (inductor on the CPU would take minutes) and with the test subset narrowed to the matcher's bf16 case; then the JSON
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_tiny_dry_run_writes_every_section(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("OUT", None)
-    cmd = [sys.executable, "benchmarks/gpu_check.py", "--tiny", "--device", "cpu", "--no-compile", "--out",
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--tiny", "--device", "cpu", "--no-compile", "--out",
            str(tmp_path), "--tests-path", "tests/detection/test_matcher.py", "--tests-k", "test_bf16_inputs_match_fp32"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,5 +1,6 @@
-"""Smoke tests of the benchmark harness (tools/benchmark.py over benchmarks/): record format, markdown, a clear
-error when a peer is missing, and the synthetic COCO set's stats agreeing across the two eval backends.
+"""Smoke tests of the benchmark harness (``python -m benchmarks.runner`` from the repository root, a checkout tool):
+record format, markdown, a clear error when a peer is missing or an option is wrong, and the synthetic COCO set's
+stats agreeing across the two eval backends.
 
 No timing assertions: benchmarks are not tests (DESIGN.md section 7); these only check that the harness runs.
 """
@@ -16,12 +17,12 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOL = ROOT / "tools" / "benchmark.py"
+RUNNER = [sys.executable, "-m", "benchmarks.runner"]  # as a user runs it, from the repository root
 RECORD_KEYS = {"workload", "vitkit_s", "peer", "peer_s", "speedup"}
 
 
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([*RUNNER, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=300)
 
 
@@ -78,14 +79,22 @@ def test_missing_transformers_is_a_clear_error(tmp_path):
     assert "[benchmark] coco_eval" not in p.stdout  # nothing ran
 
 
-def test_workload_selection(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
+def test_workload_selection():
     from benchmarks.runner import resolve
 
     assert resolve("coco_eval") == ["coco_eval"]
     assert resolve("vit_forward,detr_infer") == ["gemm", "detr_infer", "vit_forward"]  # (g) needs the GEMM peak
     with pytest.raises(ValueError, match="unknown workload"):
         resolve("nope")
+
+
+@pytest.mark.parametrize("args", [["--reps", "0"], ["--warmup", "-1"], ["--threads", "0"], ["--only", "nope"]])
+def test_bad_options_are_a_one_line_error(args, capsys):
+    from benchmarks.runner import PROG, main
+
+    assert main(args) == 2  # in process: nothing runs before the options are checked
+    err = capsys.readouterr().err
+    assert err.startswith(f"{PROG}: error: ") and err.count("\n") == 1
 
 
 def test_quick_caption_generates_the_same_token_count_on_both_sides(tmp_path):
@@ -102,8 +111,7 @@ def test_quick_caption_generates_the_same_token_count_on_both_sides(tmp_path):
         assert not any(r["eos_generated"].values())
 
 
-def test_synthetic_coco_same_stats_on_both_backends(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is a top-level folder, not part of the vitkit package
+def test_synthetic_coco_same_stats_on_both_backends(tmp_path):
     from benchmarks.coco import compare_stats, pycocotools_stats, synthetic_coco, vitkit_stats
 
     gt, results = synthetic_coco(num_images=30, dets_per_image=20, seed=0)

@@ -33,9 +33,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitkit.captioning.folder import caption_folder
-from vitkit.captioning.predictor import CaptionPipeline
-from vitkit.captioning.txt_output import errors_file
 from vitkit.cli import common
 
 PROG = "vitkit caption"
@@ -74,6 +71,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Caption the folder and print the summary: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
+    # heavy: imported after parsing so --help stays fast
+    from vitkit.captioning.folder import caption_folder
+    from vitkit.captioning.predictor import CaptionPipeline
+    from vitkit.captioning.txt_output import errors_file
+
     folder, ckpt = Path(args.folder), Path(args.ckpt)
     error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention})
     if error is not None:

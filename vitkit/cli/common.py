@@ -1,6 +1,9 @@
 """What the commands share: the parser with its examples, argument types, FOLDER/--ckpt, the options for reading a
 folder of images, --attention, the checks of FOLDER/--ckpt/output folders before any checkpoint is loaded, loading
-the task's predictor, and the report of the images that failed."""
+the task's predictor, and the report of the images that failed.
+
+The parser pieces import nothing heavy, so that ``vitkit COMMAND --help`` needs no torch: the helpers that run
+after parsing import torch, the data readers and :func:`vitkit.load` when they are called."""
 
 from __future__ import annotations
 
@@ -9,10 +12,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from vitkit.cli.attention_folders import attention_folder
-from vitkit.data.folder import IMAGE_EXTENSIONS, overwrite_error, resolve_device
-from vitkit.io.load import load
 
 MAX_LISTED_FAILURES = 10  # failed files listed on stderr; the rest are counted
 
@@ -82,6 +81,8 @@ def fail(prog: str, message: str) -> int:
 
 def folder_usage_error(folder: Path | None, ckpt: Path, picture_dirs: dict[str, str | None]) -> str | None:
     """The first problem with FOLDER, --ckpt and picture output folders (flag -> path), or None."""
+    from vitkit.data.folder import overwrite_error  # heavy: imported after parsing so --help stays fast
+
     if folder is not None:
         if not folder.exists():
             return f"image folder not found: {folder}"
@@ -96,6 +97,9 @@ def folder_usage_error(folder: Path | None, ckpt: Path, picture_dirs: dict[str, 
 def load_predictor(prog: str, ckpt: Path, args: argparse.Namespace, expected: type, task: str) -> Any | int:
     """``vitkit.load(ckpt)`` on ``args.device`` at ``args.precision``, or the exit status 2 (the reason printed) when
     that fails or the checkpoint is not of the ``task`` the command runs (the predictor is not an ``expected``)."""
+    from vitkit.data.folder import resolve_device  # heavy: imported after parsing so --help stays fast
+    from vitkit.io.load import load
+
     try:
         predictor = load(ckpt, map_location=resolve_device(args.device), precision=args.precision)
     except (FileNotFoundError, ValueError) as err:
@@ -114,6 +118,8 @@ def attention_pictures(model: Any, folder: Path, out_dir: str, failures: Sequenc
     Raises:
         ValueError: as :func:`~vitkit.cli.attention_folders.attention_folder` (e.g. OUTDIR is the image folder).
     """
+    from vitkit.cli.attention_folders import attention_folder  # heavy: imported after parsing so --help stays fast
+
     _, attention_failures = attention_folder(model, folder, out_dir, progress=sys.stderr.isatty(), **options)
     known = {f for f, _ in failures}
     return [*failures, *((f, reason) for f, reason in attention_failures if f not in known)]
@@ -124,6 +130,8 @@ def report_failures(prog: str, failures: Sequence[tuple[str, str]], see: str, *,
     """On stderr: a warning when the folder held no image (``no_images``), then the first
     :data:`MAX_LISTED_FAILURES` failures and how many more there are (``see``: where they are all recorded)."""
     if no_images:
+        from vitkit.data.folder import IMAGE_EXTENSIONS  # heavy: imported after parsing so --help stays fast
+
         print(f"{prog}: warning: no image files in {folder} (looked for {' '.join(e[1:] for e in IMAGE_EXTENSIONS)}"
               f"{'' if recursive else ', subfolders not searched'})", file=sys.stderr)
     for file, reason in failures[:MAX_LISTED_FAILURES]:

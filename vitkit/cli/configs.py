@@ -2,6 +2,9 @@
 
 ``vitkit train detr_shapes``, ``vitkit train detr_shapes.yaml`` and ``vitkit train path/to/my.yaml`` all work: a
 config argument is a path when such a file exists, else the name of a shipped config (:func:`resolve_config`).
+
+Light on purpose: ``vitkit --help`` lists :func:`shipped_configs`, so this module imports no torch; the errors'
+class (:class:`vitkit.train.guards.ConfigError`) is imported where one is raised.
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from vitkit.train.guards import ConfigError
 
 SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # package data: vitkit/configs/
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -43,6 +44,8 @@ def resolve_config(config: str | Path) -> Path:
         shipped = SHIPPED_CONFIGS / f"{stem}.yaml"
         if shipped.is_file():
             return shipped
+    from vitkit.train.guards import ConfigError  # heavy: torch; imported on the error path so --help stays fast
+
     what = "not a file" if path.exists() else "no such file"
     raise ConfigError(f"config {config}: {what}, and no shipped config has that name. Fix: give the path of a YAML "
                       f"config, or one of the shipped names: {', '.join(shipped_configs())}")
@@ -54,6 +57,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: the file cannot be read, is not YAML, or does not hold a mapping of keys.
     """
+    from vitkit.train.guards import ConfigError  # heavy: torch; imported when a config is read, not for --help
+
     try:
         with open(path) as f:
             data = yaml.safe_load(f)

@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 
 from vitkit.cli.common import command_parser, fail, positive, probability
-from vitkit.data.annotations import is_int
-from vitkit.data.region_captions import MAX_CAPTION_CHARS
-from vitkit.data.visual_genome import DEFAULT_VAL_FRACTION, convert_visual_genome
 
 PROG = "vitkit convert-vg"
+# the defaults of vitkit.data.visual_genome / vitkit.data.region_captions, named here so --help imports no torch
+# (tests/cli/test_cli_main.py checks that they agree)
+DEFAULT_VAL_FRACTION = 0.05
+MAX_CAPTION_CHARS = 500
 EXAMPLES = """examples:
   {prog} --regions vg/region_descriptions.json --images vg/image_data.json --out data/vg
   {prog} --regions vg/region_descriptions.json --images vg/image_data.json --out data/vg --val-ids val_ids.txt
@@ -55,6 +56,8 @@ def read_ids(path: str | Path) -> list[int]:
     Raises:
         ValueError: naming the file and the first entry that is not an integer.
     """
+    from vitkit.data.annotations import is_int  # heavy: imported after parsing so --help stays fast
+
     text = Path(path).read_text(encoding="utf-8")
     try:
         values = json.loads(text) if text.lstrip().startswith("[") else text.replace(",", " ").split()
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Convert and print the counts: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
+    from vitkit.data.visual_genome import convert_visual_genome  # heavy: imported after parsing so --help stays fast
+
     for path in (args.regions, args.images, args.val_ids):
         if path is not None and not Path(path).is_file():
             return fail(prog, f"file not found: {path}")

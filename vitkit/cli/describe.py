@@ -1,4 +1,4 @@
-"""Find the objects of every image in a folder and caption each, with a region-caption checkpoint: ``vitkit describe``
+"""Find the objects of every image in a folder and caption each, with a describe checkpoint: ``vitkit describe``
 (``tools/describe.py``).
 
     vitkit describe FOLDER --ckpt CKPT [--out regions.jsonl] [--draw OUTDIR] [--boxes FILE [--annotations GT]]
@@ -7,7 +7,7 @@
 
 Writes one JSON object per image, in sorted path order: {"file": path relative to FOLDER, "width", "height",
 "boxes": [[x0, y0, x1, y1], ...] in pixels of the upright original image, "labels", "label_names", "category_ids",
-"scores", "captions": one per box}, plus "caption" where the model has an image-caption head.
+"scores", "captions": one per box}.
 
 --boxes FILE captions the boxes FILE gives instead of detecting: a COCO results JSON, [{"image_id" or "file_name",
 "bbox": [x, y, w, h], ...}] in pixels (other keys are ignored; every box is captioned; labels and scores are those
@@ -37,14 +37,12 @@ import sys
 from pathlib import Path
 
 from vitkit.cli import common
-from vitkit.describe.folder import describe_folder
-from vitkit.describe.predictor import Describer
 
 PROG = "vitkit describe"
 EXAMPLES = """exit status: 0 all described, 3 some failed, 2 usage error
 
 examples:
-  {prog} photos/ --ckpt runs/dense_shapes/checkpoints/last.ckpt --out regions.jsonl --draw drawn/
+  {prog} photos/ --ckpt runs/describe_shapes/checkpoints/last.ckpt --out regions.jsonl --draw drawn/
   {prog} photos/ --ckpt last.ckpt --boxes dets.json     # the boxes of `vitkit detect photos/ --out dets.json`
   {prog} data/shapes/val2017 --ckpt last.ckpt --boxes gt_boxes.json --annotations instances_val2017.json
   {prog} photos/ --ckpt last.ckpt --threshold 0.7 --beam 1 --device cpu"""
@@ -53,7 +51,7 @@ examples:
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """The options of ``describe``."""
     parser = common.command_parser(prog, __doc__, EXAMPLES)
-    common.add_folder_and_checkpoint(parser, "region-caption (describe)")
+    common.add_folder_and_checkpoint(parser, "describe")
     parser.add_argument("--out", default="regions.jsonl",
                         help="JSON Lines file to write (default: regions.jsonl); an existing one is resumed")
     parser.add_argument("--draw", metavar="OUTDIR", help="write the images with their boxes and captions drawn under "
@@ -96,11 +94,15 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Describe the folder and print the summary: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
+    # heavy: imported after parsing so --help stays fast
+    from vitkit.describe.folder import describe_folder
+    from vitkit.describe.predictor import Describer
+
     error = _usage_error(args)
     if error is not None:
         return common.fail(prog, error)
     folder = Path(args.folder)
-    describer = common.load_predictor(prog, Path(args.ckpt), args, Describer, "region-caption (describe)")
+    describer = common.load_predictor(prog, Path(args.ckpt), args, Describer, "describe")
     if isinstance(describer, int):
         return describer
     generation = {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}

@@ -29,10 +29,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vitkit.cli import common
-from vitkit.detection.folder import annotation_size_hints, detect_folder
-from vitkit.detection.predictor import Detector
+
+if TYPE_CHECKING:
+    from vitkit.detection.predictor import Detector
 
 PROG = "vitkit detect"
 EXAMPLES = """exit status: 0 all detected, 3 some failed, 2 usage error
@@ -60,6 +62,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 def _attention(args: argparse.Namespace, detector: Detector, folder: Path,
                failures: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Write the --attention pictures; returns the failures with those of the pictures added."""
+    from vitkit.detection.folder import annotation_size_hints  # heavy: imported after parsing so --help stays fast
+
     sizes = {}
     if args.annotations is not None:  # decode in the annotation file's orientation, as detect_folder did
         sizes = annotation_size_hints(args.annotations, folder, args.recursive)
@@ -71,6 +75,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Detect the folder and print the summary: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
+    # heavy: imported after parsing so --help stays fast
+    from vitkit.detection.folder import detect_folder
+    from vitkit.detection.predictor import Detector
+
     folder, ckpt = Path(args.folder), Path(args.ckpt)
     error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention, "--draw": args.draw})
     if error is not None:

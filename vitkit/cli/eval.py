@@ -34,13 +34,9 @@ from typing import Any
 
 from vitkit.cli.common import fail
 from vitkit.cli.configs import resolve_config
-from vitkit.cli.validate import validate_checkpoint, validate_weights
-from vitkit.eval.caption_metrics import evaluate_caption_files
-from vitkit.eval.coco_eval import BACKENDS, evaluate_coco, load_gt
-from vitkit.train.guards import ConfigError
-from vitkit.utils.checkpoints import CheckpointError
 
 PROG = "vitkit eval"
+BACKENDS = ("faster", "pycocotools")  # vitkit.eval.coco_eval.BACKENDS, named here so --help needs no COCO import
 EXAMPLES = """modes: --annotations GT --results RES (a results file) | CONFIG --ckpt CKPT (a checkpoint) |
 --captions-gt GT --captions-results RES (caption metrics)
 
@@ -86,6 +82,8 @@ def evaluate_results_file(args: argparse.Namespace, prog: str = PROG) -> int:
     """Results mode: evaluate a results JSON against an annotation JSON; print the summary, write --json-out."""
     if args.annotations is None or args.results is None:
         return fail(prog, "give both --annotations GT.json and --results RES.json (or CONFIG --ckpt CKPT)")
+    from vitkit.eval.coco_eval import evaluate_coco, load_gt  # heavy: imported after parsing so --help stays fast
+
     try:
         gt = load_gt(args.annotations, args.backend)
         res = evaluate_coco(gt, args.results, backend=args.backend)
@@ -100,6 +98,9 @@ def evaluate_captions(args: argparse.Namespace, prog: str = PROG) -> int:
     if args.captions_gt is None or args.captions_results is None:
         return fail(prog, "caption evaluation needs both --captions-gt captions_val2017.json and --captions-results "
                            "RES.json")
+    # heavy: imported after parsing so --help stays fast
+    from vitkit.eval.caption_metrics import evaluate_caption_files
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")  # e.g. pycocoevalcap's unclosed-file ResourceWarnings
         warnings.simplefilter("always", UserWarning)  # vitkit's notes (METEOR skipped, tokenizer fallback)
@@ -123,6 +124,11 @@ def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str], prog: st
     source = args.weights if args.weights is not None else args.ckpt
     if args.config is None or source is None or (args.ckpt and args.weights):
         return fail(prog, "evaluating a checkpoint needs CONFIG and one of --ckpt CKPT or --weights WEIGHTS")
+    # heavy: imported after parsing so --help stays fast
+    from vitkit.cli.validate import validate_checkpoint, validate_weights
+    from vitkit.train.guards import ConfigError
+    from vitkit.utils.checkpoints import CheckpointError
+
     try:
         config = resolve_config(args.config)
     except ConfigError as e:

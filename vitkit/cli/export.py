@@ -36,10 +36,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitkit.cli.common import command_parser, fail, folder_usage_error, positive
-from vitkit.io.export import ExportReport, export_checkpoint
+
+if TYPE_CHECKING:
+    from vitkit.io.export import ExportReport
 
 PROG = "vitkit export"
 TOLERANCE = 1e-3
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Export the checkpoint and print what was written: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
+    from vitkit.io.export import export_checkpoint  # heavy: imported after parsing so --help stays fast
+
     ckpt = Path(args.ckpt)
     error = folder_usage_error(None, ckpt, {})
     if error is not None:

@@ -3,26 +3,25 @@
 Each command is the ``main(argv, prog)`` of a module of this package, which ``tools/<name>.py`` also runs; they
 take the same options either way. ``vitkit`` alone or ``vitkit --help`` lists the commands with examples, and
 ``vitkit COMMAND --help`` gives a command's options and examples.
+
+The table below names each command's module as a string: only the dispatched command's module is imported
+(:func:`importlib.import_module`), so ``vitkit --help`` and ``vitkit --version`` import no command and no torch.
+The command modules in turn build their parsers from light imports and load torch and the task packages after
+parsing, so ``vitkit COMMAND --help`` stays fast too (``train`` excepted: LightningCLI builds its parser from the
+classes). ``python -m benchmarks.cli_startup`` times both.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from vitkit.cli import benchmark, caption, convert_vg, describe, detect, export, make_shapes, plot_pr, train
-from vitkit.cli import eval as eval_command
 from vitkit.cli.configs import shipped_configs
 from vitkit.version import __version__
 
 PROG = "vitkit"
-
-
-def _train(argv: list[str], prog: str) -> int:
-    """``train``, told the command line that Lightning's DDP launcher re-runs to start the other ranks."""
-    return train.main(argv, prog, launch_argv=[sys.argv[0], "train", *argv])
 
 
 @dataclass(frozen=True)
@@ -30,35 +29,50 @@ class Command:
     """One subcommand.
 
     Attributes:
-        run: ``(argv, prog) -> exit status``.
+        module: the module whose ``main(argv, prog) -> exit status`` runs it, imported only when it is dispatched.
         summary: one line for ``vitkit --help``.
+        relaunch: its ``main`` also takes ``launch_argv``, the command line that Lightning's DDP launcher re-runs
+            to start the other ranks (``train``).
     """
 
-    run: Callable[[list[str], str], int]
+    module: str
     summary: str
+    relaunch: bool = False
+
+    def run(self, argv: list[str], prog: str, launch_argv: list[str]) -> int:
+        """Import the command's module and run its ``main`` on ``argv``: the exit status. ``launch_argv`` is the
+        whole command line (``vitkit COMMAND ARGS``), passed on to a ``relaunch`` command."""
+        command = importlib.import_module(self.module)
+        if self.relaunch:
+            return command.main(argv, prog, launch_argv=launch_argv)
+        return command.main(argv, prog)
 
 
 COMMANDS: dict[str, Command] = {
-    "train": Command(_train, "train a model from a run config: a YAML path or a shipped config's name"),
-    "eval": Command(eval_command.main, "COCO mAP of a results file or a checkpoint; COCO caption metrics"),
-    "detect": Command(detect.main, "detect objects in every image of a folder (COCO results JSON)"),
-    "caption": Command(caption.main, "caption every image of a folder (JSON Lines or CSV, resumable)"),
-    "describe": Command(describe.main, "detect and caption each object of every image of a folder (JSON Lines)"),
-    "export": Command(export.main, "export a checkpoint as an ONNX graph or weights-only safetensors"),
-    "benchmark": Command(benchmark.main, "time vitkit against its peers (needs a source checkout's benchmarks/)"),
-    "make-shapes": Command(make_shapes.main, "write the synthetic shapes dataset in COCO 2017 layout"),
-    "convert-vg": Command(convert_vg.main, "convert Visual Genome region descriptions to COCO layout with captions"),
-    "plot-pr": Command(plot_pr.main, "per-class precision-recall curves of a COCO results file (PNG)"),
+    "train": Command("vitkit.cli.train", "train a model from a run config: a YAML path or a shipped config's name",
+                     relaunch=True),
+    "eval": Command("vitkit.cli.eval", "COCO mAP of a results file or a checkpoint; COCO caption metrics"),
+    "detect": Command("vitkit.cli.detect", "detect objects in every image of a folder (COCO results JSON)"),
+    "caption": Command("vitkit.cli.caption", "caption every image of a folder (JSON Lines or CSV, resumable)"),
+    "describe": Command("vitkit.cli.describe",
+                        "detect and caption each object of every image of a folder (JSON Lines)"),
+    "export": Command("vitkit.cli.export", "export a checkpoint as an ONNX graph or weights-only safetensors"),
+    "make-shapes": Command("vitkit.cli.make_shapes", "write the synthetic shapes dataset in COCO 2017 layout"),
+    "convert-vg": Command("vitkit.cli.convert_vg",
+                          "convert Visual Genome region descriptions to COCO layout with captions"),
+    "plot-pr": Command("vitkit.cli.plot_pr", "per-class precision-recall curves of a COCO results file (PNG)"),
 }
+# commands that went, and where their work is done now
+MOVED = {"benchmark": "the benchmarks are a source checkout's tool: run `python -m benchmarks.runner --help` in the "
+                      "repository root"}
 EXAMPLES = """examples:
   vitkit train detr_shapes                                    # the shipped shapes detector (CPU, 12-20 min)
   vitkit train my_config.yaml --data.root data/coco --trainer.max_epochs 50
   vitkit eval detr_shapes --ckpt runs/detr_shapes/checkpoints/last.ckpt
   vitkit detect photos/ --ckpt runs/detr_shapes/checkpoints/last.ckpt --out dets.json --draw drawn/
   vitkit caption photos/ --ckpt runs/caption_shapes/checkpoints/last.ckpt --out captions.jsonl
-  vitkit describe photos/ --ckpt runs/dense_shapes/checkpoints/last.ckpt --out regions.jsonl --draw drawn/
-  vitkit export runs/detr_shapes/checkpoints/last.ckpt --format onnx --dynamic
-  vitkit benchmark --quick --threads 1"""
+  vitkit describe photos/ --ckpt runs/describe_shapes/checkpoints/last.ckpt --out regions.jsonl --draw drawn/
+  vitkit export runs/detr_shapes/checkpoints/last.ckpt --format onnx --dynamic"""
 
 
 def help_text() -> str:
@@ -94,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = f" ({MOVED[name]})" if name in MOVED else f" (did you mean '{close[0]}'?)" if close else ""
         print(f"{PROG}: error: unknown command '{name}'{hint}; the commands are {', '.join(COMMANDS)} (see "
               f"`{PROG} --help`)", file=sys.stderr)
         return 2
-    return COMMANDS[name].run(rest, f"{PROG} {name}")
+    return COMMANDS[name].run(rest, f"{PROG} {name}", launch_argv=[sys.argv[0], name, *rest])
 
 
 if __name__ == "__main__":

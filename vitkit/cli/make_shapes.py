@@ -8,8 +8,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from vitkit.data.shapes import make_shapes
-
 PROG = "vitkit make-shapes"
 EXAMPLES = """examples:
   {prog} data/shapes                                  # 600 train + 100 val images, as detr_shapes expects
@@ -40,6 +38,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         0.
     """
     args = build_parser(prog).parse_args(argv)
+    from vitkit.data.shapes import make_shapes  # heavy: imported after parsing so --help stays fast
+
     start = time.perf_counter()
     paths = make_shapes(args.root, num_train=args.train, num_val=args.val, image_size=args.size, seed=args.seed)
     print(f"wrote {args.train} train + {args.val} val images in {time.perf_counter() - start:.1f} s")

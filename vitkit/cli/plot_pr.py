@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 from vitkit.cli.common import command_parser
-from vitkit.viz import coco_precision, plot_pr_curves
 
 PROG = "vitkit plot-pr"
 EXAMPLES = """examples:
@@ -46,6 +45,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         if not Path(path).is_file():
             print(f"{prog}: error: file not found: {path}", file=sys.stderr)
             return 2
+    from vitkit.viz import coco_precision, plot_pr_curves  # heavy: imported after parsing so --help stays fast
+
     try:
         precision, meta = coco_precision(args.annotations, args.results, backend=args.backend)
         out = plot_pr_curves(precision, args.out, rec_thrs=meta["rec_thrs"], iou_thrs=meta["iou_thrs"],
