@@ -26,8 +26,9 @@ from tests.support.mixed_images import make_mixed_folder as _make_folder
 from tests.support.mixed_images import noise as _noise
 from tests.support.tiny_checkpoints import CAPTIONER_CONFIG, SENTENCES, VAL_SIZE, save_captioner, tiny_captioner
 from vitkit.captioning import Captioner, CaptionTokenizer
-from vitkit.captioning.folder import CaptionOutput, caption_folder, resolve_device
+from vitkit.captioning.folder import CaptionOutput, caption_folder
 from vitkit.captioning.predictor import CaptionPipeline
+from vitkit.data.folder import resolve_device
 from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomShortestSideResize, resized_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -156,7 +157,7 @@ def test_load_refuses_pickled_code_and_unknown_checkpoints(tmp_path, model_files
 def test_caption_folder_records_order_exif_and_first_frame(pipe, folder, tmp_path):
     out = tmp_path / "c.jsonl"
     summary = caption_folder(pipe, folder, out, batch_size=5, method="greedy")
-    assert (summary.captioned, summary.failed, summary.skipped) == (len(GOOD), len(BAD), 0)
+    assert (summary.done, summary.failed, summary.skipped) == (len(GOOD), len(BAD), 0)
     records = _jsonl(out)
     assert [r["file"] for r in records] == sorted(GOOD + BAD)
     by_file = {r["file"]: r for r in records}
@@ -174,7 +175,7 @@ def test_caption_folder_records_order_exif_and_first_frame(pipe, folder, tmp_pat
         assert by_file[f]["score"] == pytest.approx(expected["score"], abs=1e-4)
 
     flat = caption_folder(pipe, folder, tmp_path / "flat.jsonl", recursive=False, method="greedy")
-    assert flat.captioned == len([f for f in GOOD if "/" not in f])
+    assert flat.done == len([f for f in GOOD if "/" not in f])
 
 
 def test_caption_folder_isolates_a_failing_image(pipe, folder, tmp_path, monkeypatch):
@@ -191,7 +192,7 @@ def test_caption_folder_isolates_a_failing_image(pipe, folder, tmp_path, monkeyp
     summary = caption_folder(pipe, folder, out, batch_size=len(GOOD) + len(BAD), method="greedy")
     failed = {f for f, _ in summary.failures} - set(BAD)
     assert failed == {"thin.png"}
-    assert summary.captioned == len(GOOD) - 1
+    assert summary.done == len(GOOD) - 1
     assert "simulated" in {r["file"]: r for r in _jsonl(out)}["thin.png"]["error"]
 
 
@@ -208,7 +209,7 @@ def test_resume_csv_with_partial_last_line(pipe, folder, tmp_path):
     tiny = next(line for line in lines if line.startswith("tiny.png,"))
     out.write_text("".join(line for line in lines if line is not tiny) + tiny[: len(tiny) // 2])
     again = caption_folder(pipe, folder, out, method="greedy")
-    assert (again.captioned, again.failed, again.skipped) == (1, len(BAD), len(GOOD) - 1)
+    assert (again.done, again.failed, again.skipped) == (1, len(BAD), len(GOOD) - 1)
     rows2 = list(csv.DictReader(io.StringIO(out.read_text())))
     assert sorted(r["file"] for r in rows2) == sorted(GOOD + BAD)  # one row per image, the partial one gone
     new, old = {r["file"]: r for r in rows2}["tiny.png"], {r["file"]: r for r in rows}["tiny.png"]

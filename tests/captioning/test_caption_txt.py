@@ -18,10 +18,9 @@ from tests.support.cli import run_main
 from tests.support.mixed_images import BAD, GOOD, make_mixed_folder, noise
 from tests.support.tiny_checkpoints import SENTENCES, save_captioner, tiny_captioner
 from vitkit.captioning import CaptionTokenizer
-from vitkit.captioning import txt_output as txt_output_module
-from vitkit.captioning.folder import CaptionOutput, caption_folder, output_format
+from vitkit.captioning import folder as caption_folder_module
+from vitkit.captioning.folder import ERRORS_NAME, CaptionOutput, caption_folder, output_format, txt_name
 from vitkit.captioning.predictor import CaptionPipeline
-from vitkit.captioning.txt_output import ERRORS_NAME, txt_name
 from vitkit.cli.caption import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +109,7 @@ def test_txt_resume_skips_existing_files_and_supersedes_error_records(pipe, ckpt
     images = make_mixed_folder(tmp_path / "images")
     run = dict(fmt="txt", method="greedy", batch_size=4)
     first = caption_folder(pipe, images, images, **run)
-    assert (first.captioned, first.failed, first.skipped) == (len(GOOD), len(BAD), 0)
+    assert (first.done, first.failed, first.skipped) == (len(GOOD), len(BAD), 0)
     stamps, b_caption = _stamps(images, GOOD), (images / "sub" / "B.txt").read_text()
 
     # delete one .txt: the re-run (the CLI) recreates only that one, the failed images are retried and fail again
@@ -127,20 +126,20 @@ def test_txt_resume_skips_existing_files_and_supersedes_error_records(pipe, ckpt
     # a bad file fixed: its record goes, the others stay; all fixed: the errors file is removed
     noise(16, 16, 40).save(images / "empty.jpg", format="JPEG")
     fixed = caption_folder(pipe, images, images, **run)
-    assert (fixed.captioned, fixed.failed, fixed.skipped) == (1, len(BAD) - 1, len(GOOD))
+    assert (fixed.done, fixed.failed, fixed.skipped) == (1, len(BAD) - 1, len(GOOD))
     assert (images / "empty.txt").is_file()
     assert [r["file"] for r in _jsonl(images / ERRORS_NAME)] == [f for f in BAD if f != "empty.jpg"]
     for seed, name in enumerate(BAD[1:]):
         noise(16, 16, 41 + seed).save(images / name, format="PNG")
     done = caption_folder(pipe, images, images, **run)
-    assert (done.captioned, done.failed, done.failures) == (len(BAD) - 1, 0, [])
+    assert (done.done, done.failed, done.failures) == (len(BAD) - 1, 0, [])
     assert not (images / ERRORS_NAME).exists()
 
     # --overwrite redoes every image; one that fails now loses its old .txt and gets an error record
     (images / "A.txt").write_text("stale\n")
     (images / "fake.png").write_text("not an image any more")
     redo = caption_folder(pipe, images, images, overwrite=True, **run)
-    assert (redo.captioned, redo.failed, redo.skipped) == (len(GOOD) + len(BAD) - 1, 1, 0)
+    assert (redo.done, redo.failed, redo.skipped) == (len(GOOD) + len(BAD) - 1, 1, 0)
     assert (images / "A.txt").read_text() != "stale\n" and not (images / "fake.txt").exists()
     assert [r["file"] for r in _jsonl(images / ERRORS_NAME)] == ["fake.png"]
 
@@ -149,9 +148,9 @@ def test_error_records_of_unlisted_images_are_kept(pipe, tmp_path):
     images = _small_folder(tmp_path / "images", ["a.png", "sub/b.png"])
     (images / "sub" / "bad.png").write_bytes(b"")
     first = caption_folder(pipe, images, images, fmt="txt", method="greedy")
-    assert (first.captioned, first.failed) == (2, 1)
+    assert (first.done, first.failed) == (2, 1)
     flat = caption_folder(pipe, images, images, fmt="txt", method="greedy", recursive=False)
-    assert (flat.captioned, flat.failed, flat.skipped) == (0, 0, 1)
+    assert (flat.done, flat.failed, flat.skipped) == (0, 0, 1)
     assert [r["file"] for r in _jsonl(images / ERRORS_NAME)] == ["sub/bad.png"]  # not listed: left as it was
 
 
@@ -201,7 +200,7 @@ def test_txt_is_chosen_explicitly_and_out_is_a_folder(ckpt, tmp_path, capfd, mon
 def test_an_interrupted_write_leaves_no_partial_txt_and_resumes(ckpt, tmp_path, capfd, monkeypatch):
     images = _small_folder(tmp_path / "images", ["a.png", "b.png", "c.png"])
     written: list[Path] = []
-    real_atomic_write, real_replace = txt_output_module.atomic_write, os.replace
+    real_atomic_write, real_replace = caption_folder_module.atomic_write, os.replace
 
     def spy(path, data, *args, **kwargs):
         written.append(Path(path))
@@ -212,7 +211,7 @@ def test_an_interrupted_write_leaves_no_partial_txt_and_resumes(ckpt, tmp_path, 
             raise KeyboardInterrupt
         return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(txt_output_module, "atomic_write", spy)
+    monkeypatch.setattr(caption_folder_module, "atomic_write", spy)
     monkeypatch.setattr(os, "replace", killed_at_b)
     args = (str(images), "--ckpt", str(ckpt), "--format", "txt", "--batch-size", "1", "--workers", "0")
     proc = run_main(main, args, capfd)

@@ -17,7 +17,7 @@ from tests.support.cli import run_main
 from tests.support.tiny_checkpoints import CLASS_NAMES, save_detector
 from tests.support.tiny_describe import save_describer
 from vitkit.cli import describe
-from vitkit.cli.main import COMMANDS
+from vitkit.cli.main import commands
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,7 +129,7 @@ def test_usage_errors_name_the_problem(ckpt, folder, tmp_path, capfd):
     assert result.returncode == 2 and "not a describe one" in result.stderr
     result = _run(capfd, folder, "--ckpt", ckpt, "--annotations", bad, *FAST)
     assert result.returncode == 2 and "pass --boxes FILE too" in result.stderr
-    assert "describe" in COMMANDS
+    assert "describe" in commands()
 
 
 @pytest.mark.slow

@@ -21,8 +21,10 @@ from PIL import Image
 import vitkit
 from tests.support.mixed_images import BAD, GOOD, make_mixed_folder
 from tests.support.tiny_checkpoints import CAT_IDS, CLASS_NAMES, save_detector
+from vitkit.data.folder import match_files
 from vitkit.data.images import load_rgb
-from vitkit.detection.folder import detect_folder, draw_path, match_files
+from vitkit.detection.folder import detect_folder
+from vitkit.viz.draw import draw_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,11 +77,11 @@ def _ground_truth(folder: Path, path: Path, leave_out: str) -> Path:
 def test_detect_folder_numbers_files_and_matches_predict(det, folder, tmp_path):
     out = tmp_path / "dets.json"
     summary = detect_folder(det, folder, out, score_threshold=0.0, batch_size=5)
-    assert (summary.detected, summary.failed, summary.boxes) == (len(GOOD), len(BAD), NUM_QUERIES * len(GOOD))
+    assert (summary.done, summary.failed, summary.items) == (len(GOOD), len(BAD), NUM_QUERIES * len(GOOD))
     assert [f for f, _ in summary.failures] == BAD and all(reason for _, reason in summary.failures)
     listing = sorted(GOOD + BAD)
-    sidecar = json.loads(summary.image_ids.read_text())["images"]
-    assert summary.image_ids == tmp_path / "dets.images.json"
+    sidecar = json.loads(summary.failures_file.read_text())["images"]
+    assert summary.failures_file == tmp_path / "dets.images.json"
     assert [(e["id"], e["file_name"]) for e in sidecar] == [(i + 1, f) for i, f in enumerate(listing)]
     by_file = {e["file_name"]: e for e in sidecar}
     assert all("error" in by_file[f] and "width" not in by_file[f] for f in BAD)
@@ -101,7 +103,7 @@ def test_detect_folder_numbers_files_and_matches_predict(det, folder, tmp_path):
         assert all(0 <= x0 <= x1 <= width and 0 <= y0 <= y1 <= height for x0, y0, x1, y1 in xyxy)
 
     high = detect_folder(det, folder / "sub", tmp_path / "high.json", score_threshold=1.0)
-    assert (high.detected, high.boxes) == (2, 0) and json.loads((tmp_path / "high.json").read_text()) == []
+    assert (high.done, high.items) == (2, 0) and json.loads((tmp_path / "high.json").read_text()) == []
 
 
 def test_annotation_ids_and_names():

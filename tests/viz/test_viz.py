@@ -23,11 +23,11 @@ import vitkit
 from tests.support.tiny_checkpoints import DEFORMABLE, detector_config, lightning_checkpoint, save_detector
 from vitkit import viz
 from vitkit.captioning import Captioner, CaptionTokenizer
-from vitkit.captioning import pictures as caption_pictures
-from vitkit.captioning.export import checkpoint_spec as caption_spec
+from vitkit.captioning import attention_maps as caption_pictures
 from vitkit.captioning.predictor import CaptionPipeline
-from vitkit.detection import pictures as detection_pictures
-from vitkit.detection.export import checkpoint_spec as detection_spec
+from vitkit.captioning.spec import checkpoint_spec as caption_spec
+from vitkit.detection import attention_maps as detection_pictures
+from vitkit.detection.spec import checkpoint_spec as detection_spec
 from vitkit.layers import KVCache, MultiheadAttention
 from vitkit.utils.config import instantiate
 

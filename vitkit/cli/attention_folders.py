@@ -10,12 +10,12 @@ from typing import Any
 
 from torch import nn
 
-from vitkit.captioning.pictures import caption_attention, plot_caption_attention
+from vitkit.captioning.attention_maps import caption_attention, plot_caption_attention
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.data.folder import ImageFolder, overwrite_error, progress_bar
-from vitkit.detection.folder import draw_path
-from vitkit.detection.pictures import detection_attention, plot_detection_attention
+from vitkit.detection.attention_maps import detection_attention, plot_detection_attention
 from vitkit.detection.predictor import Detector
+from vitkit.viz.draw import draw_path
 
 
 def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -23,7 +23,7 @@ def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str |
                      score_threshold: float = 0.5, progress: bool = False,
                      **generation: Any) -> tuple[int, list[tuple[str, str]]]:
     """Write the attention picture of every readable image of ``folder`` under ``out_dir`` (same relative path,
-    named by :func:`~vitkit.detection.folder.draw_path` keeping only ``.png``: ``a.png`` stays, ``a.jpg`` becomes
+    named by :func:`~vitkit.viz.draw.draw_path` keeping only ``.png``: ``a.png`` stays, ``a.jpg`` becomes
     ``a.jpg.png``).
 
     Args:

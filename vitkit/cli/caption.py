@@ -22,8 +22,9 @@ skipped K.
 --attention OUTDIR also writes, per image, a PNG of each generated token's cross-attention over the image (the
 last decoder layer's, heads averaged), under OUTDIR with the image's relative path (+ .png unless it is one).
 
-Exit status: 0 when every image has a caption, 3 when some failed (their error records say why), 2 for a usage
-error (a missing folder or checkpoint, a bad option or output file), 130 when interrupted (re-run to resume).
+Exit status (the folder commands' one rule, vitkit.cli.common.finish): 0 when every image has a caption, 3 when
+some failed (their error records say why), 2 for a usage error (a missing folder or checkpoint, a bad option or
+output file), 130 when interrupted (re-run to resume).
 A thin shell over vitkit.captioning.folder.caption_folder.
 """
 
@@ -74,40 +75,19 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     # heavy: imported after parsing so --help stays fast
     from vitkit.captioning.folder import caption_folder
     from vitkit.captioning.predictor import CaptionPipeline
-    from vitkit.captioning.txt_output import errors_file
 
-    folder, ckpt = Path(args.folder), Path(args.ckpt)
-    error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention})
-    if error is not None:
-        return common.fail(prog, error)
-    txt = args.format == "txt"
+    folder, txt = Path(args.folder), args.format == "txt"
     out = Path(args.out) if args.out else folder if txt else Path(f"captions.{args.format or 'jsonl'}")
-    pipeline = common.load_predictor(prog, ckpt, args, CaptionPipeline, "captioning")
+    pipeline = common.folder_predictor(prog, args, CaptionPipeline, "captioning", {"--attention": args.attention})
     if isinstance(pipeline, int):
         return pipeline
-    generation = {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}
-    try:
-        summary = caption_folder(pipeline, folder, out, fmt=args.format, batch_size=args.batch_size,
-                                 recursive=args.recursive, num_workers=args.workers, overwrite=args.overwrite,
-                                 progress=sys.stderr.isatty(), **generation)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        return common.fail(prog, str(err))
-    except OSError as err:
-        return common.fail(prog, f"{err.filename or out}: {err.strerror or err}")
-    except KeyboardInterrupt:
-        where = f"the .txt files under {out}" if txt else out
-        print(f"{prog}: interrupted; the captions so far are in {where}; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    failures = list(summary.failures)
-    if args.attention is not None:
-        try:
-            failures = common.attention_pictures(pipeline, folder, args.attention, failures, recursive=args.recursive,
-                                                 **generation)
-        except ValueError as err:
-            return common.fail(prog, str(err))
-    total = summary.captioned + summary.failed + summary.skipped
-    common.report_failures(prog, failures, f"the error records in {errors_file(out) if txt else out}", folder=folder,
-                           recursive=args.recursive, no_images=total == 0)
-    print(summary.line())
-    return 3 if failures else 0
+    generation = common.generation_options(args)
+    summary = common.run_folder_command(prog, lambda: caption_folder(
+        pipeline, folder, out, fmt=args.format, batch_size=args.batch_size, recursive=args.recursive,
+        num_workers=args.workers, overwrite=args.overwrite, progress=sys.stderr.isatty(), **generation), out,
+        f"the captions so far are in {f'the .txt files under {out}' if txt else out}; run the same command again to "
+        "resume")
+    if isinstance(summary, int):
+        return summary
+    return common.finish(prog, summary, folder, args.recursive, args.attention and (lambda: common.attention_pictures(
+        pipeline, folder, args.attention, recursive=args.recursive, **generation)))

@@ -1,6 +1,12 @@
 """What the commands share: the parser with its examples, argument types, FOLDER/--ckpt, the options for reading a
 folder of images, --attention, the checks of FOLDER/--ckpt/output folders before any checkpoint is loaded, loading
-the task's predictor, and the report of the images that failed.
+the task's predictor, and running a folder command to its end: errors, interruption, the report of the images
+that failed, the summary line and the exit status.
+
+The folder commands (``detect``, ``caption``, ``describe``) share one exit-status rule (:func:`finish`): 0 when
+every listed image is done (already done counts) and its pictures written, 3 when any failed (listed on stderr and
+in the output's failures file), 2 for a usage error (a missing folder, checkpoint or file, a bad option or output
+file, a checkpoint of another task), 130 when interrupted.
 
 The parser pieces import nothing heavy, so that ``vitkit COMMAND --help`` needs no torch: the helpers that run
 after parsing import torch, the data readers and :func:`vitkit.load` when they are called."""
@@ -9,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +100,22 @@ def folder_usage_error(folder: Path | None, ckpt: Path, picture_dirs: dict[str, 
     return next((e for e in errors if e is not None), None)
 
 
-def load_predictor(prog: str, ckpt: Path, args: argparse.Namespace, expected: type, task: str) -> Any | int:
-    """``vitkit.load(ckpt)`` on ``args.device`` at ``args.precision``, or the exit status 2 (the reason printed) when
-    that fails or the checkpoint is not of the ``task`` the command runs (the predictor is not an ``expected``)."""
+def folder_predictor(prog: str, args: argparse.Namespace, expected: type, task: str, pictures: dict[str, str | None],
+                     files: dict[str, str | None] | None = None) -> Any | int:
+    """The predictor of a folder command: ``vitkit.load(args.ckpt)`` on ``args.device`` at ``args.precision``, or
+    the exit status 2 (the first problem printed). Checked before anything is loaded: FOLDER and --ckpt, the picture
+    folders ``pictures`` (flag -> path, :func:`folder_usage_error`), and that each input file of ``files`` (what it
+    is -> path or None, e.g. "annotation file") exists; then that the checkpoint loads and is of the ``task`` the
+    command runs (the predictor is an ``expected``)."""
     from vitkit.data.folder import resolve_device  # heavy: imported after parsing so --help stays fast
     from vitkit.io.load import load
 
+    ckpt = Path(args.ckpt)
+    error = folder_usage_error(Path(args.folder), ckpt, pictures) or next(
+        (f"{what} not found: {path}" for what, path in (files or {}).items() if path and not Path(path).is_file()),
+        None)
+    if error:
+        return fail(prog, error)
     try:
         predictor = load(ckpt, map_location=resolve_device(args.device), precision=args.precision)
     except (FileNotFoundError, ValueError) as err:
@@ -109,27 +125,59 @@ def load_predictor(prog: str, ckpt: Path, args: argparse.Namespace, expected: ty
     return predictor
 
 
-def attention_pictures(model: Any, folder: Path, out_dir: str, failures: Sequence[tuple[str, str]],
-                       **options: Any) -> list[tuple[str, str]]:
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The caption decoding options of --beam and --max-length (None: the checkpoint's default)."""
+    return {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}
+
+
+def run_folder_command(prog: str, run: Callable[[], Any], out: object, interrupted: str) -> Any | int:
+    """``run()`` (a folder run, returning its summary), or the exit status when it stops: 2 for a usage error (a
+    missing file, a bad option or output file; the reason printed), 130 when interrupted (``interrupted`` printed:
+    what became of the output)."""
+    try:
+        return run()
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        return fail(prog, str(err))
+    except OSError as err:
+        return fail(prog, f"{err.filename or out}: {err.strerror or err}")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+
+
+def attention_pictures(model: Any, folder: Path, out_dir: str, **options: Any) -> list[tuple[str, str]]:
     """Write the --attention pictures (:func:`vitkit.cli.attention_folders.attention_folder`; ``options`` are its
-    keyword arguments)
-    and return ``failures`` plus the images that failed there and not before (one entry per file).
+    keyword arguments) and return the images that failed there.
 
     Raises:
         ValueError: as :func:`~vitkit.cli.attention_folders.attention_folder` (e.g. OUTDIR is the image folder).
     """
     from vitkit.cli.attention_folders import attention_folder  # heavy: imported after parsing so --help stays fast
 
-    _, attention_failures = attention_folder(model, folder, out_dir, progress=sys.stderr.isatty(), **options)
-    known = {f for f, _ in failures}
-    return [*failures, *((f, reason) for f, reason in attention_failures if f not in known)]
+    return attention_folder(model, folder, out_dir, progress=sys.stderr.isatty(), **options)[1]
 
 
-def report_failures(prog: str, failures: Sequence[tuple[str, str]], see: str, *, folder: Path, recursive: bool,
-                    no_images: bool) -> None:
-    """On stderr: a warning when the folder held no image (``no_images``), then the first
-    :data:`MAX_LISTED_FAILURES` failures and how many more there are (``see``: where they are all recorded)."""
-    if no_images:
+def finish(prog: str, summary: Any, folder: Path, recursive: bool,
+           attention: Callable[[], list[tuple[str, str]]] | None = None) -> int:
+    """End a folder command: print the summary's warnings; run ``attention`` when given (the --attention pictures,
+    :func:`attention_pictures`: their failures join the run's, one entry per file); report the failures on stderr
+    (a warning first when the folder held no image; the first :data:`MAX_LISTED_FAILURES`, then how many more and
+    where all are listed: ``summary.failures_file``); print ``summary.line()`` last.
+
+    Returns:
+        The exit status: 0 when nothing failed, 3 when an image failed (in the run or its pictures), 2 when the
+        attention pictures cannot be written at all.
+    """
+    for warning in summary.warnings:
+        print(f"{prog}: warning: {warning}", file=sys.stderr)
+    failures = list(summary.failures)
+    if attention:
+        try:
+            known = {f for f, _ in failures}
+            failures += [(f, reason) for f, reason in attention() if f not in known]
+        except ValueError as err:
+            return fail(prog, str(err))
+    if summary.total == 0:
         from vitkit.data.folder import IMAGE_EXTENSIONS  # heavy: imported after parsing so --help stays fast
 
         print(f"{prog}: warning: no image files in {folder} (looked for {' '.join(e[1:] for e in IMAGE_EXTENSIONS)}"
@@ -137,4 +185,7 @@ def report_failures(prog: str, failures: Sequence[tuple[str, str]], see: str, *,
     for file, reason in failures[:MAX_LISTED_FAILURES]:
         print(f"{prog}: failed: {file}: {reason}", file=sys.stderr)
     if len(failures) > MAX_LISTED_FAILURES:
-        print(f"{prog}: ... and {len(failures) - MAX_LISTED_FAILURES} more failures; see {see}", file=sys.stderr)
+        print(f"{prog}: ... and {len(failures) - MAX_LISTED_FAILURES} more failures; see {summary.failures_file}",
+              file=sys.stderr)
+    print(summary.line())
+    return 3 if failures else 0

@@ -21,13 +21,13 @@ detections as they are. Boxes of images that are not in FOLDER are left out with
 relative path; .png/.jpg/.jpeg inputs keep their name, others get .png appended).
 
 Bad files are handled as `vitkit detect` does: a file that cannot be read (or described) is reported on stderr and
-skipped, the others are written; the failures of the run are also listed in OUT_STEM.errors.jsonl. Re-running with
-the same --out resumes as `vitkit caption` does: images already in OUT are skipped, failed ones are retried
-(--overwrite starts afresh). The last line printed is a summary: described N, failed M, skipped K.
+skipped, the others are written; the failed images are also listed in OUT_STEM.errors.jsonl (until they are done).
+Re-running with the same --out resumes as `vitkit caption` does: images already in OUT are skipped, failed ones are
+retried (--overwrite starts afresh). The last line printed is a summary: described N, failed M, skipped K.
 
-Exit status: 0 when every image was described, 3 when some failed, 2 for a usage error (a missing folder, checkpoint
-or file, a bad option, a checkpoint of another task), 130 when interrupted (re-run to resume). A thin shell over
-vitkit.describe.folder.describe_folder.
+Exit status (the folder commands' one rule, vitkit.cli.common.finish): 0 when every image was described, 3 when
+some failed, 2 for a usage error (a missing folder, checkpoint or file, a bad option, a checkpoint of another task),
+130 when interrupted (re-run to resume). A thin shell over vitkit.describe.folder.describe_folder.
 """
 
 from __future__ import annotations
@@ -77,19 +77,6 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def _usage_error(args: argparse.Namespace) -> str | None:
-    """The first missing file or misused option, or None."""
-    error = common.folder_usage_error(Path(args.folder), Path(args.ckpt), {"--draw": args.draw})
-    if error is not None:
-        return error
-    for flag, path in (("--boxes", args.boxes), ("--annotations", args.annotations)):
-        if path is not None and not Path(path).is_file():
-            return f"{flag} file not found: {path}"
-    if args.annotations is not None and args.boxes is None:
-        return "--annotations gives the image ids of --boxes entries; pass --boxes FILE too"
-    return None
-
-
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Describe the folder and print the summary: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
@@ -98,32 +85,19 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     from vitkit.describe.folder import describe_folder
     from vitkit.describe.predictor import Describer
 
-    error = _usage_error(args)
-    if error is not None:
-        return common.fail(prog, error)
+    if args.annotations is not None and args.boxes is None:
+        return common.fail(prog, "--annotations gives the image ids of --boxes entries; pass --boxes FILE too")
     folder = Path(args.folder)
-    describer = common.load_predictor(prog, Path(args.ckpt), args, Describer, "describe")
+    describer = common.folder_predictor(prog, args, Describer, "describe", {"--draw": args.draw},
+                                        {"--boxes file": args.boxes, "--annotations file": args.annotations})
     if isinstance(describer, int):
         return describer
-    generation = {"method": "beam" if args.beam else None, "num_beams": args.beam, "max_length": args.max_length}
-    try:
-        summary = describe_folder(describer, folder, args.out, boxes_file=args.boxes, annotations=args.annotations,
-                                  threshold=args.threshold, max_detections=args.max_detections,
-                                  batch_size=args.batch_size, recursive=args.recursive, num_workers=args.workers,
-                                  overwrite=args.overwrite, progress=sys.stderr.isatty(), draw_dir=args.draw,
-                                  **generation)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        return common.fail(prog, str(err))
-    except OSError as err:
-        return common.fail(prog, f"{err.filename or args.out}: {err.strerror or err}")
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; the regions so far are in {args.out}; run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    for warning in summary.warnings:
-        print(f"{prog}: warning: {warning}", file=sys.stderr)
-    total = summary.described + summary.failed + summary.skipped
-    common.report_failures(prog, summary.failures, f"{summary.errors}", folder=folder, recursive=args.recursive,
-                           no_images=total == 0)
-    print(summary.line())
-    return 3 if summary.failures else 0
+    generation = common.generation_options(args)
+    summary = common.run_folder_command(prog, lambda: describe_folder(
+        describer, folder, args.out, boxes_file=args.boxes, annotations=args.annotations, threshold=args.threshold,
+        max_detections=args.max_detections, batch_size=args.batch_size, recursive=args.recursive,
+        num_workers=args.workers, overwrite=args.overwrite, progress=sys.stderr.isatty(), draw_dir=args.draw,
+        **generation), args.out, f"the regions so far are in {args.out}; run the same command again to resume")
+    if isinstance(summary, int):
+        return summary
+    return common.finish(prog, summary, folder, args.recursive)

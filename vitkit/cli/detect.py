@@ -19,9 +19,10 @@ Image files are found by extension (jpg jpeg png bmp gif webp tif tiff, any lett
 ignored. A file that cannot be read is reported and the run goes on. The last line printed is a summary:
 detected N, failed M (K boxes).
 
-Exit status: 0 when every image was detected, 3 when some failed (listed on stderr, and in the sidecar), 2 for a
-usage error (a missing folder, checkpoint or annotation file, a bad option), 130 when interrupted (nothing is
-written). A thin shell over vitkit.detection.folder.detect_folder.
+Exit status (the folder commands' one rule, vitkit.cli.common.finish): 0 when every image was detected, 3 when
+some failed (listed on stderr, and in the sidecar), 2 for a usage error (a missing folder, checkpoint or annotation
+file, a bad option), 130 when interrupted (nothing is written). A thin shell over
+vitkit.detection.folder.detect_folder.
 """
 
 from __future__ import annotations
@@ -29,12 +30,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vitkit.cli import common
-
-if TYPE_CHECKING:
-    from vitkit.detection.predictor import Detector
 
 PROG = "vitkit detect"
 EXAMPLES = """exit status: 0 all detected, 3 some failed, 2 usage error
@@ -59,56 +56,32 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def _attention(args: argparse.Namespace, detector: Detector, folder: Path,
-               failures: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Write the --attention pictures; returns the failures with those of the pictures added."""
-    from vitkit.detection.folder import annotation_size_hints  # heavy: imported after parsing so --help stays fast
-
-    sizes = {}
-    if args.annotations is not None:  # decode in the annotation file's orientation, as detect_folder did
-        sizes = annotation_size_hints(args.annotations, folder, args.recursive)
-    return common.attention_pictures(detector, folder, args.attention, failures, recursive=args.recursive,
-                                     size_hints=sizes, score_threshold=args.score_threshold)
-
-
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Detect the folder and print the summary: the exit status (see the module docstring).
     ``argv`` defaults to ``sys.argv[1:]``; ``prog`` names the command in messages."""
     args = build_parser(prog).parse_args(argv)
     # heavy: imported after parsing so --help stays fast
+    from vitkit.data.folder import folder_image_ids, list_images
     from vitkit.detection.folder import detect_folder
     from vitkit.detection.predictor import Detector
 
-    folder, ckpt = Path(args.folder), Path(args.ckpt)
-    error = common.folder_usage_error(folder, ckpt, {"--attention": args.attention, "--draw": args.draw})
-    if error is not None:
-        return common.fail(prog, error)
-    if args.annotations is not None and not Path(args.annotations).is_file():
-        return common.fail(prog, f"annotation file not found: {args.annotations}")
-    detector = common.load_predictor(prog, ckpt, args, Detector, "detection")
+    folder = Path(args.folder)
+    detector = common.folder_predictor(prog, args, Detector, "detection", {"--attention": args.attention,
+                                                                           "--draw": args.draw},
+                                       {"annotation file": args.annotations})
     if isinstance(detector, int):
         return detector
-    try:
-        summary = detect_folder(detector, folder, args.out, annotations=args.annotations,
-                                score_threshold=args.score_threshold, batch_size=args.batch_size,
-                                recursive=args.recursive, num_workers=args.workers, progress=sys.stderr.isatty(),
-                                draw_dir=args.draw)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
-        return common.fail(prog, str(err))
-    except OSError as err:
-        return common.fail(prog, f"{err.filename or args.out}: {err.strerror or err}")
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    for warning in summary.warnings:
-        print(f"{prog}: warning: {warning}", file=sys.stderr)
-    failures = list(summary.failures)
-    if args.attention is not None:
-        try:
-            failures = _attention(args, detector, folder, failures)
-        except ValueError as err:
-            return common.fail(prog, str(err))
-    common.report_failures(prog, failures, f"the errors in {summary.image_ids}", folder=folder,
-                           recursive=args.recursive, no_images=not failures and summary.detected == 0)
-    print(summary.line())
-    return 3 if failures else 0
+    summary = common.run_folder_command(prog, lambda: detect_folder(
+        detector, folder, args.out, annotations=args.annotations, score_threshold=args.score_threshold,
+        batch_size=args.batch_size, recursive=args.recursive, num_workers=args.workers, progress=sys.stderr.isatty(),
+        draw_dir=args.draw), args.out, "nothing was written")
+    if isinstance(summary, int):
+        return summary
+
+    def attention() -> list[tuple[str, str]]:  # images decoded in the annotation file's orientation, as detected
+        files = [p.as_posix() for p in list_images(folder, args.recursive)]
+        return common.attention_pictures(detector, folder, args.attention, recursive=args.recursive,
+                                         score_threshold=args.score_threshold,
+                                         size_hints=folder_image_ids(files, args.annotations)[1])
+
+    return common.finish(prog, summary, folder, args.recursive, attention if args.attention else None)

@@ -1,4 +1,4 @@
-"""Folders of images for inference tools: listing, a Dataset that never stops on a bad file, batching.
+"""Folders of images for inference tools: listing, a Dataset that never stops on a bad file, batching, image ids.
 
 Files are decoded by :func:`vitkit.data.images.load_rgb` (the one image reader: first frame, EXIF orientation
 applied, 16-bit and float data scaled rather than clipped, transparency composited over white), which raises
@@ -6,14 +6,16 @@ applied, 16-bit and float data scaled rather than clipped, transparency composit
 so one unreadable file costs one output line, and :func:`collate_folder` batches the readable ones with a padding
 mask.
 
-The folder tools (``tools/caption.py``, ``tools/detect.py``) share the rest of their file handling from here:
-:func:`folder_batches` (a DataLoader yielding ``(files, good, errors)`` per batch in listing order),
-:func:`run_isolated` (a batch that fails is retried image by image, so one image costs only its own record),
-:func:`resolve_device` and :func:`progress_bar`.
+The folder runner (:mod:`vitkit.data.folder_runner`, behind ``vitkit detect``, ``caption`` and ``describe``) is
+built from the rest: :func:`folder_batches` (a DataLoader yielding ``(files, good, errors)`` per batch in listing
+order), :func:`run_isolated` (a batch that fails is retried image by image, so one image costs only its own
+record), :func:`resolve_device`, :func:`progress_bar`, and :func:`folder_image_ids` (the COCO image id of each
+listed file: an annotation file's, else the files numbered in listing order).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -166,6 +168,25 @@ def _collate_with_files(batch: list[dict[str, Any]]) -> tuple[list[str], dict[st
     return [r["file"] for r in batch], good, errors
 
 
+def check_loader_options(batch_size: int, num_workers: int) -> None:
+    """Raise ValueError for a batch size below 1 or a negative number of DataLoader workers."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"number of workers must be >= 0, got {num_workers}")
+
+
+def check_picture_options(folder: str | os.PathLike, draw_dir: str | os.PathLike | None, threshold: float,
+                          name: str = "threshold") -> None:
+    """Raise ValueError for a ``threshold`` (called ``name`` in the message) outside [0, 1], or a --draw folder
+    ``draw_dir`` that is the image folder (:func:`overwrite_error`)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {threshold}")
+    error = overwrite_error("--draw", draw_dir, folder)
+    if error is not None:
+        raise ValueError(error)
+
+
 def overwrite_error(flag: str, out_dir: str | os.PathLike | None, folder: str | os.PathLike) -> str | None:
     """The error when pictures written under ``out_dir`` (given as option ``flag``) would replace the images of
     ``folder``; None when they would not (or no ``out_dir`` is given)."""
@@ -180,11 +201,11 @@ def folder_batches(dataset: ImageFolder, indices: Sequence[int] | None = None, b
 
     Each batch is ``(files, good, errors)``: the batch's files in order, :func:`collate_folder`'s batch of the
     readable images (None when none is) and the error records.
+
+    Raises:
+        ValueError: a batch size below 1 or a negative worker count.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"number of workers must be >= 0, got {num_workers}")
+    check_loader_options(batch_size, num_workers)
     data = dataset if indices is None else Subset(dataset, list(indices))
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=_collate_with_files, pin_memory=pin_memory)
@@ -197,30 +218,92 @@ def unpadded(images: Tensor, mask: Tensor, i: int) -> tuple[Tensor, Tensor]:
     return images[i: i + 1, :, :h, :w], mask[i: i + 1, :h, :w]
 
 
-def run_isolated(fn: Callable[[Tensor, Tensor, list[str]], list[Any]], good: dict[str, Any],
-                 what: str) -> dict[str, Any]:
-    """Run ``fn(images, mask, files)`` on a batch from :func:`collate_folder`; if it raises (e.g. out of memory),
-    run it on each image alone, so one image the model cannot handle costs only its own result.
+def run_isolated(fn: Callable[[dict[str, Any]], list[Any]], good: dict[str, Any], what: str) -> dict[str, Any]:
+    """Run ``fn(batch)`` on a batch from :func:`collate_folder`; if it raises (e.g. out of memory), run it on each
+    image alone, so one image the model cannot handle costs only its own result.
 
     Args:
-        fn: maps a batch (B, 3, H, W), its mask (B, H, W) and its B files to B results.
-        good: the ``good`` batch of :func:`collate_folder` (``images``, ``mask``, ``files``).
-        what: the step's name for error messages (e.g. "detection").
+        fn: maps a batch (``images`` (B, 3, H, W), ``mask`` (B, H, W), ``files`` and ``sizes``: B names and decoded
+            (h, w)) to B results.
+        good: the ``good`` batch of :func:`collate_folder`.
+        what: the step's name for error messages (e.g. "detecting").
 
     Returns:
         {file: result}, or {file: ``"<what> failed: <error>"`` (a str)} for an image that failed alone; check
         with :func:`isinstance` against the result type.
     """
-    images, mask, files = good["images"], good["mask"], good["files"]
+    files = good["files"]
     try:
-        return dict(zip(files, fn(images, mask, files), strict=True))
+        return dict(zip(files, fn(good), strict=True))
     except Exception as err:  # the model failed on the batch: isolate the culprit
         if isinstance(err, torch.cuda.OutOfMemoryError):
             torch.cuda.empty_cache()
         if len(files) == 1:
             return {files[0]: f"{what} failed: {type(err).__name__}: {err}"}
     out: dict[str, Any] = {}
-    for i, file in enumerate(files):
-        image, image_mask = unpadded(images, mask, i)
-        out.update(run_isolated(fn, {"images": image, "mask": image_mask, "files": [file]}, what))
+    for i, (file, size) in enumerate(zip(files, good["sizes"], strict=True)):
+        image, image_mask = unpadded(good["images"], good["mask"], i)
+        out.update(run_isolated(fn, {"images": image, "mask": image_mask, "files": [file], "sizes": [size]}, what))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ image ids
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON content of the file ``path`` (``what`` it is, for errors: "annotation file").
+
+    Raises:
+        FileNotFoundError: no file ("<what> not found: <path>"); ValueError: not JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def match_files(files: Sequence[str], names: Mapping[str, Any]) -> dict[str, str]:
+    """Listed file -> its name among ``names`` (e.g. an annotation file's ``file_name``s): the relative path, else
+    the bare file name when no other listed file has that name. Files without a match are left out."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[Path(f).name] = counts.get(Path(f).name, 0) + 1
+    out = {}
+    for f in files:
+        if f in names:
+            out[f] = f
+        elif Path(f).name in names and counts[Path(f).name] == 1:
+            out[f] = Path(f).name
+    return out
+
+
+def folder_image_ids(files: Sequence[str], annotations: str | os.PathLike | None = None
+                     ) -> tuple[dict[str, int], dict[str, tuple[int, int]], set[int] | None]:
+    """The COCO image id of each listed file (relative POSIX paths, listing order).
+
+    With ``annotations`` (a COCO instances file of the folder's split): its ids for the files it lists (its
+    ``file_name``s matched by :func:`match_files`), their (width, height) (``size_hints`` of :class:`ImageFolder`)
+    and the file's category ids. Without: the files numbered 1, 2, ... in listing order, unreadable ones included
+    (so a file's id does not depend on which other files could be read), no sizes, and None.
+
+    Raises:
+        FileNotFoundError: no annotation file.
+        ValueError: not JSON, or no ``images`` list of entries with ``id`` and ``file_name``.
+    """
+    if annotations is None:
+        return {f: i for i, f in enumerate(files, start=1)}, {}, None
+    data = read_json(annotations, "annotation file")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise ValueError(f"{annotations}: not a COCO annotation file (no 'images' list)")
+    ids, sizes = {}, {}
+    for i, im in enumerate(data["images"]):
+        if not (isinstance(im, dict) and isinstance(im.get("file_name"), str) and isinstance(im.get("id"), int)):
+            raise ValueError(f"{annotations}: images[{i}] needs an integer 'id' and a 'file_name'")
+        name = Path(im["file_name"]).as_posix().removeprefix("./")
+        ids[name] = im["id"]
+        if isinstance(im.get("width"), int) and isinstance(im.get("height"), int):
+            sizes[name] = (im["width"], im["height"])
+    cats = {c["id"] for c in data.get("categories") or [] if isinstance(c, dict) and isinstance(c.get("id"), int)}
+    matched = match_files(files, ids)
+    return {f: ids[n] for f, n in matched.items()}, {f: sizes[n] for f, n in matched.items() if n in sizes}, cats

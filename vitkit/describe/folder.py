@@ -1,24 +1,16 @@
-"""Describe every image of a folder into a JSON Lines file, resumably: the engine of ``vitkit describe``.
-
-It is the folder tools' machinery put together, not a third copy of it:
-
-- files, decoding, batching and bad files as in ``vitkit detect`` / ``vitkit caption`` (:mod:`vitkit.data.folder`:
-  image extensions in any letter case, sorted POSIX order, :func:`~vitkit.data.images.load_rgb`, the detector's
-  own preprocessing; an unreadable file becomes a failure with its reason and the run goes on; a batch the model
-  fails on is retried image by image);
-- the output file and resuming as in ``vitkit caption`` (:class:`~vitkit.captioning.folder.CaptionOutput`,
-  :func:`~vitkit.captioning.folder.resume_output`): records are appended and flushed batch by batch; a rerun with the
-  same ``out`` skips the images described there and retries the others; a partial last line (a killed run) is
-  dropped;
-- the pictures as in ``vitkit detect`` (:func:`~vitkit.detection.folder.draw_file`, the same output names), each box
-  labelled ``"class: caption score"``.
+"""Describe every image of a folder into a JSON Lines file, resumably: the library side of ``vitkit describe``, what
+describing gives the folder runner (:mod:`vitkit.data.folder_runner`; the output resumes as a
+:class:`~vitkit.data.folder_runner.RecordFile`). Images are preprocessed by the detector's own preprocessing; the
+pictures are drawn as ``vitkit detect`` draws them (:func:`~vitkit.viz.draw.draw_file`), each box labelled
+``"class: caption score"``.
 
 One record per described image, in listing order: ``{"file": path relative to the folder (POSIX), "width", "height"
 (the decoded, upright image), "boxes": [[x0, y0, x1, y1], ...] (pixels of that image), "labels": [contiguous
 label, ...], "label_names": [...] and "category_ids": [...] (when the checkpoint has them), "scores": [...],
 "captions": [...]}``. Images that fail get no record: they are listed in the summary and in
-``<out stem>.errors.jsonl`` (``{"file", "error"}`` lines, the failures of the latest run; removed when there are
-none), and retried by the next run.
+``<out stem>.errors.jsonl`` (``{"file", "error"}`` lines of the listed images that failed, plus those of images
+this run did not list; a :func:`~vitkit.data.folder_runner.failure_log`, removed when empty), and retried by the
+next run.
 
 Given boxes (``boxes_file``, COCO results format: a JSON list of ``{"image_id" or "file_name", "bbox": [x, y, w,
 h], ...}`` in pixels of the upright image) are captioned instead of detections; other keys (``score``,
@@ -26,9 +18,10 @@ h], ...}`` in pixels of the upright image) are captioned instead of detections; 
 
 - by ``file_name``: the path relative to the folder, or the bare file name when no other listed file has it (as
   ``vitkit detect --annotations`` matches an annotation file's names);
-- by ``image_id``: with ``annotations`` (a COCO instances file of the folder's split), that file's ids; without, the
-  listed files numbered 1, 2, ... in sorted order, unreadable ones included: the ids ``vitkit detect`` gives without
-  ``--annotations`` (its ``<out stem>.images.json`` lists them), so its results file can be passed as it is.
+- by ``image_id``: :func:`vitkit.data.folder.folder_image_ids`, the ids ``vitkit detect`` gives: with
+  ``annotations`` (a COCO instances file of the folder's split), that file's ids; without, the listed files numbered
+  1, 2, ... in sorted order, unreadable ones included (its ``<out stem>.images.json`` lists them), so its results
+  file can be passed as it is.
 
 Entries whose image is not in the folder are left out with a warning; a listed image without entries gets a record
 with no boxes.
@@ -38,52 +31,17 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vitkit.captioning.folder import CaptionOutput, resume_output
-from vitkit.data.folder import ImageFolder, folder_batches, overwrite_error, progress_bar, run_isolated
+from vitkit.data.folder import ImageFolder, check_picture_options, folder_image_ids, match_files, read_json
+from vitkit.data.folder_runner import FolderSummary, FolderTask, RecordFile, run_folder
 from vitkit.describe.predictor import Describer
-from vitkit.detection.folder import annotation_ids, draw_file, match_files
-from vitkit.utils.files import atomic_write
-
-
-@dataclass
-class FolderDescribeSummary:
-    """What a :func:`describe_folder` run did.
-
-    Attributes:
-        described: images described in this run; failed: images that failed in this run; skipped: listed images
-            already described in the output file (not redone); regions: boxes written in this run.
-        seconds: wall time; out: the output file; errors: the file listing this run's failures.
-        failures: (file, reason) of each failed image, in listing order.
-        warnings: things the user should know (e.g. given boxes of images that are not in the folder).
-    """
-    described: int = 0
-    failed: int = 0
-    skipped: int = 0
-    regions: int = 0
-    seconds: float = 0.0
-    out: Path = Path()
-    errors: Path = Path()
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def line(self) -> str:
-        """The one-line summary the CLI prints last."""
-        return (f"described {self.described}, failed {self.failed}, skipped {self.skipped} (already done) "
-                f"({self.regions} regions) in {self.seconds:.1f} s; output: {self.out}")
-
-
-def errors_path(out: str | os.PathLike) -> Path:
-    """Where a run's failures go: ``regions.jsonl`` -> ``regions.errors.jsonl``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.errors.jsonl")
+from vitkit.viz.draw import draw_file
 
 
 def is_described(record: dict[str, Any]) -> bool:
@@ -108,9 +66,9 @@ def _entry_box(entry: Any, i: int, path: Path) -> tuple[Any, Tensor]:
     return key, torch.tensor([x, y, x + w, y + h])
 
 
-def read_boxes(path: str | os.PathLike, files: list[str], annotations: str | os.PathLike | None = None
-               ) -> tuple[dict[str, Tensor], int]:
-    """The given boxes of each listed file (see the module docstring for how entries find their image).
+def read_boxes(path: str | os.PathLike, files: list[str], image_ids: dict[str, int]) -> tuple[dict[str, Tensor], int]:
+    """The given boxes of each listed file (see the module docstring for how entries find their image; ``image_ids``:
+    file -> image id, :func:`~vitkit.data.folder.folder_image_ids`).
 
     Returns:
         {file: (n, 4) float32 xyxy px} for the files that have entries, and the number of entries left out (their
@@ -119,21 +77,13 @@ def read_boxes(path: str | os.PathLike, files: list[str], annotations: str | os.
     Raises:
         FileNotFoundError: no file; ValueError: not JSON, not a list, or a malformed entry (naming its index).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"boxes file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    path, data = Path(path), read_json(path, "boxes file")
     if not isinstance(data, list):
         raise ValueError(f"{path}: not a COCO results file (a JSON list of {{'image_id' or 'file_name', 'bbox'}})")
     entries = [_entry_box(e, i, path) for i, e in enumerate(data)]
     names = match_files(files, {k: 0 for k, _ in entries if isinstance(k, str)})  # listed file -> name in the file
     by_key: dict[Any, str] = {name: f for f, name in names.items()}
-    ids = annotation_ids(annotations, files)[0] if annotations is not None else \
-        {f: i for i, f in enumerate(files, start=1)}
-    by_key.update({i: f for f, i in ids.items()})
+    by_key.update({i: f for f, i in image_ids.items()})
     boxes: dict[str, list[Tensor]] = {}
     missing = 0
     for key, box in entries:
@@ -158,29 +108,34 @@ def _record(describer: Describer, file: str, size: tuple[int, int], result: dict
     return record
 
 
-def _check_options(folder: str | os.PathLike, out: Path, threshold: float, draw_dir: str | os.PathLike | None) -> None:
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'regions.jsonl'}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    error = overwrite_error("--draw", draw_dir, folder)
-    if error is not None:
-        raise ValueError(error)
+def describe_task(describer: Describer, given: dict[str, Tensor] | None, threshold: float = 0.5,
+                  max_detections: int | None = None, draw: Callable[[dict[str, Any]], str | None] | None = None,
+                  **generation: Any) -> FolderTask:
+    """Describing as a :class:`~vitkit.data.folder_runner.FolderTask`: records as the module docstring says.
 
+    Args:
+        describer: the predictor. given: {file: (n, 4) xyxy px} boxes to caption instead of detections, or None.
+        threshold, max_detections: detections kept per image (not used with ``given``).
+        draw: a record -> None or why drawing failed; None: nothing drawn.
+        **generation: caption decoding options (method, num_beams, max_length, ...); None takes the default.
+    """
+    options = describer.captions.generation_options(**generation)
 
-def _write_errors(path: Path, failures: list[tuple[str, str]]) -> None:
-    if not failures:
-        path.unlink(missing_ok=True)
-        return
-    text = "".join(json.dumps({"file": f, "error": e}, ensure_ascii=False) + "\n" for f, e in failures)
-    atomic_write(path, text.encode("utf-8", errors="surrogateescape"))
+    def predict(batch: dict[str, Any]) -> list[dict[str, Any]]:
+        files, sizes = batch["files"], batch["sizes"]
+        boxes = None if given is None else [given.get(f, torch.zeros(0, 4)) for f in files]
+        results = describer.describe_batch(batch["images"], batch["mask"], torch.tensor(sizes), boxes, threshold,
+                                           max_detections, **options)  # sizes (B, 2) [h, w]
+        return [_record(describer, f, size, r) for f, size, r in zip(files, sizes, results, strict=True)]
+
+    return FolderTask("described", "describing", predict, draw, items=("boxes", "regions"))
 
 
 def describe_folder(describer: Describer, folder: str | os.PathLike, out: str | os.PathLike, *,
                     boxes_file: str | os.PathLike | None = None, annotations: str | os.PathLike | None = None,
                     threshold: float = 0.5, max_detections: int | None = None, batch_size: int = 8,
                     recursive: bool = True, num_workers: int = 0, overwrite: bool = False, progress: bool = False,
-                    draw_dir: str | os.PathLike | None = None, **generation: Any) -> FolderDescribeSummary:
+                    draw_dir: str | os.PathLike | None = None, **generation: Any) -> FolderSummary:
     """Describe the images of ``folder`` into the JSON Lines file ``out`` (see the module docstring).
 
     Args:
@@ -189,67 +144,37 @@ def describe_folder(describer: Describer, folder: str | os.PathLike, out: str | 
         boxes_file: a COCO results JSON whose boxes are captioned instead of detections; annotations: a COCO
             instances file whose image ids (and orientation) its ``image_id`` entries refer to.
         threshold, max_detections: detections kept per image (:meth:`Describer.describe`; not used with boxes).
-        batch_size, recursive, num_workers, progress: as :func:`vitkit.captioning.folder.caption_folder`.
+        batch_size, recursive, num_workers, progress: as :func:`vitkit.data.folder_runner.run_folder`.
         overwrite: start a fresh output file instead of resuming.
         draw_dir: also write each image with its boxes and captions drawn under this folder.
         **generation: caption decoding options (method, num_beams, max_length, ...); None takes the default.
+
+    Returns:
+        A :class:`~vitkit.data.folder_runner.FolderSummary` (``items``: regions; ``failures_file``: the errors file).
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``folder``, ``boxes_file`` or ``annotations`` is missing.
         ValueError: a bad option, ``out`` is a folder or not an output of this tool, a malformed boxes file.
     """
-    start, out = time.perf_counter(), Path(out)
-    _check_options(folder, out, threshold, draw_dir)
-    options = describer.captions.generation_options(**generation)
+    out = Path(out)
+    output = RecordFile(out, is_described, "describe", "regions.jsonl", out.with_name(f"{out.stem}.errors.jsonl"))
+    check_picture_options(folder, draw_dir, threshold)
     dataset = ImageFolder(folder, transform=describer.detector.preprocessing, recursive=recursive)
     files = [p.as_posix() for p in dataset.files]
-    summary = FolderDescribeSummary(out=out, errors=errors_path(out))
-    if annotations is not None:
-        dataset.size_hints = annotation_ids(annotations, files)[1]
-    given = None
+    image_ids, dataset.size_hints, _ = folder_image_ids(files, annotations)
+    given, warnings = None, []
     if boxes_file is not None:
-        given, missing = read_boxes(boxes_file, files, annotations)
+        given, missing = read_boxes(boxes_file, files, image_ids)
         if missing:
-            summary.warnings.append(f"{missing} boxes of {boxes_file} name images that are not in {folder} "
-                                    "(left out)")
-    output = CaptionOutput(out, "jsonl")
-    todo = resume_output(output, files, overwrite, is_done=is_described)
-    summary.skipped = len(files) - len(todo)
-    device = next(describer.model.parameters()).device
-    sizes: dict[str, tuple[int, int]] = {}
+            warnings.append(f"{missing} boxes of {boxes_file} name images that are not in {folder} (left out)")
 
-    def describe(images: Tensor, mask: Tensor, batch_files: list[str]) -> list[dict[str, Any]]:
-        target = torch.tensor([sizes[f] for f in batch_files])  # (B, 2) [h, w]
-        boxes = None if given is None else [given.get(f, torch.zeros(0, 4)) for f in batch_files]
-        return describer.describe_batch(images, mask, target, boxes, threshold, max_detections, **options)
+    def draw(r: dict[str, Any]) -> str | None:
+        names = describer.detector.label_text(r["labels"])
+        return draw_file(folder, r["file"], dataset.size_hints.get(r["file"]), r["boxes"], r["labels"],
+                         [f"{n}: {c}" for n, c in zip(names, r["captions"], strict=True)], r["scores"], draw_dir)
 
-    with progress_bar("describing", progress) as bar:
-        task = bar.add_task("describing", total=len(todo))
-        for batch_files, good, errors in folder_batches(dataset, todo, batch_size=batch_size, num_workers=num_workers,
-                                                        pin_memory=device.type == "cuda"):
-            failed = {r["file"]: r["error"] for r in errors}
-            records = []
-            if good is not None:
-                sizes.update(zip(good["files"], good["sizes"], strict=True))
-                for file, result in run_isolated(describe, good, "describing").items():
-                    if isinstance(result, str):
-                        failed[file] = result
-                        continue
-                    record = _record(describer, file, sizes[file], result)
-                    error = None if draw_dir is None else draw_file(
-                        folder, file, dataset.size_hints.get(file), result["boxes"], record["labels"],
-                        [f"{n}: {c}" for n, c in zip(result["label_names"], result["captions"], strict=True)],
-                        record["scores"], draw_dir)
-                    if error is not None:
-                        failed[file] = error
-                        continue
-                    records.append(record)
-            output.append(records)
-            summary.described += len(records)
-            summary.regions += sum(len(r["boxes"]) for r in records)
-            summary.failures.extend((f, failed[f]) for f in batch_files if f in failed)
-            bar.advance(task, len(batch_files))
-    _write_errors(summary.errors, summary.failures)
-    summary.failed = len(summary.failures)
-    summary.seconds = time.perf_counter() - start
-    return summary
+    task = describe_task(describer, given, threshold, max_detections, draw if draw_dir is not None else None,
+                         **generation)
+    return run_folder(task, dataset, output, batch_size=batch_size, num_workers=num_workers, overwrite=overwrite,
+                      progress=progress, pin_memory=next(describer.model.parameters()).device.type == "cuda",
+                      warnings=warnings)

@@ -1,24 +1,33 @@
 """Drawing helpers shared by the pictures: the input as an RGB image scaled for display, panel grids, boxes,
-heatmap overlays, and saving a figure as PNG (matplotlib's object API, no pyplot state)."""
+heatmap overlays, and saving a figure as PNG (matplotlib's object API, no pyplot state); and labelled boxes drawn
+on an image at its own resolution (the folder commands' ``--draw`` pictures: :func:`draw_file`)."""
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.v2 import functional as F
+from torchvision.utils import draw_bounding_boxes
 
-from vitkit.data.images import load_rgb, to_rgb
+from vitkit.data.images import ImageReadError, load_rgb, to_rgb
 
 DISPLAY_SIZE = 480  # long side in px of the pictures' image panels
 # Colours by class (matplotlib's tab10), so a class keeps its colour across pictures (and the folder tool's boxes).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
+DRAW_KEEP_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Labels on a filled background in the box colour where torchvision has it (0.23+): readable on any image.
+_LABEL_STYLE = {"fill_labels": True} if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters else {}
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -86,3 +95,58 @@ def save(fig: Figure, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+# ----------------------------------------------------------------------------------------------- labelled boxes
+def draw_path(rel: str, keep: tuple[str, ...] = DRAW_KEEP_SUFFIXES) -> str:
+    """Output name of a picture made from the input ``rel``: kept when its suffix is in ``keep``, else + ".png"
+    (``anim.gif`` -> ``anim.gif.png``), so two inputs never share an output."""
+    return rel if Path(rel).suffix.lower() in keep else f"{rel}.png"
+
+
+def draw_detections(image: Image.Image | Tensor, boxes: Tensor, labels: Sequence[int], names: Sequence[str],
+                    scores: Sequence[float]) -> Tensor:
+    """The image with labelled boxes drawn: (3, H, W) uint8.
+
+    Args:
+        image: RGB PIL image or (3, H, W) uint8 tensor.
+        boxes: (K, 4) xyxy pixels of that image.
+        labels: K contiguous labels (pick the colours, :data:`PALETTE`); names: K texts; scores: K scores. Each box
+            is labelled ``"name score"``.
+    """
+    img = image if isinstance(image, Tensor) else F.pil_to_tensor(image)  # (3, H, W) uint8
+    if not len(boxes):
+        return img
+    short = min(img.shape[-2:])
+    font = _label_font()
+    return draw_bounding_boxes(img, boxes.float(), labels=[f"{n} {s:.2f}" for n, s in zip(names, scores, strict=True)],
+                               colors=[PALETTE[lab % len(PALETTE)] for lab in labels], width=max(1, round(short / 200)),
+                               font=font, font_size=max(10, round(short / 40)) if font else None, **_LABEL_STYLE)
+
+
+def _label_font() -> str | None:
+    """A scalable TrueType font (matplotlib's DejaVu Sans), so labels grow with the image; None: Pillow's default."""
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf" / "DejaVuSans.ttf"
+    return str(path) if path.is_file() else None
+
+
+def draw_file(folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None, boxes: Tensor | Sequence,
+              labels: Sequence[int], names: Sequence[str], scores: Sequence[float],
+              draw_dir: str | os.PathLike) -> str | None:
+    """Decode ``folder/file`` again (a batch holds it resized and normalised; ``size_hint`` as
+    :func:`~vitkit.data.images.load_rgb`), draw the labelled boxes ((K, 4) xyxy px, :func:`draw_detections`) on it
+    and save it under ``draw_dir`` at :func:`draw_path` of ``file`` (format from the suffix).
+
+    Returns:
+        None, or why drawing failed (``"drawing failed: ..."``).
+    """
+    dest = Path(draw_dir) / draw_path(file)
+    try:
+        pixels = draw_detections(load_rgb(Path(folder) / file, size_hint=size_hint),
+                                 torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels, names,
+                                 scores)  # (3, H, W) uint8
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(dest)
+    except (ImageReadError, OSError, ValueError) as err:
+        return f"drawing failed: {type(err).__name__}: {err}"
+    return None
