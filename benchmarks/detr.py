@@ -181,8 +181,8 @@ def run_training(settings: Settings) -> list[dict[str, Any]]:
     torch.manual_seed(settings.seed)
     vk_mixed = build_vitkit_detr(s["backbone"], s["depth"]).train()
     vk_fp32 = copy.deepcopy(vk_mixed)
-    criterion = SetCriterion(NUM_CLASSES, HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0),
-                             eos_coef=0.1)  # a softmax head: cross-entropy
+    criterion = SetCriterion(HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0),
+                             eos_coef=0.1).bind(NUM_CLASSES, sigmoid_head=False)  # a softmax head: cross-entropy
     g = torch.Generator().manual_seed(settings.seed)
     images = torch.randn(s["batch"], 3, s["size"], s["size"], generator=g)
     pixel_mask = torch.ones(s["batch"], s["size"], s["size"], dtype=torch.long)

@@ -140,8 +140,8 @@ def detr_train(s: GpuSettings) -> list[dict[str, Any]]:
     vk, hf, size = _detr_models(s)
     vk.train(), hf.train()
     images, pixel_mask, targets, hf_labels = _detr_batch(s)
-    criterion = SetCriterion(detr.NUM_CLASSES, HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0),
-                             eos_coef=0.1)
+    criterion = SetCriterion(HungarianMatcher(cost_class=1.0, cost_bbox=5.0, cost_giou=2.0),
+                             eos_coef=0.1).bind(detr.NUM_CLASSES, sigmoid_head=False)
     dev = torch.device(s.device).type
 
     def step(model: torch.nn.Module, opt: torch.optim.Optimizer, peer: bool) -> Callable[[], float]:

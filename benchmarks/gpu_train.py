@@ -1,6 +1,6 @@
 """The GPU check's training run: the model of ``configs/detr_coco.yaml`` for a fixed number of steps (issue 18).
 
-The detector and the module's recipe come from the config file (``model.detector`` built by
+The detector and the module's recipe come from the config file (``model.detector`` and ``model.criterion`` built by
 :func:`vitkit.utils.config.instantiate`, the other ``model`` keys passed to :class:`DetectionModule`, 80 classes as
 COCO's annotation file gives; only the warmup is shortened, to a fifth of the steps, so that the lr is not still near
 zero when the check ends); the Lightning ``Trainer`` runs with the config's precision (``bf16-mixed``, through
@@ -30,7 +30,7 @@ import yaml
 
 from benchmarks.common import count_flops
 from benchmarks.gpu_peers import GpuSettings
-from vitkit.detection import DETR
+from vitkit.detection import DETR, SetCriterion
 from vitkit.detection.module import DetectionModule
 from vitkit.kernels.precision import training_precision
 from vitkit.utils.config import instantiate
@@ -43,7 +43,7 @@ def build_module(s: GpuSettings) -> tuple[DetectionModule, dict[str, Any]]:
     """The DetectionModule of configs/detr_coco.yaml (tiny: 2 + 2 layers, 20 + 40 queries) and the trainer keys."""
     cfg = yaml.safe_load(CONFIG.read_text())
     model = copy.deepcopy(cfg["model"])
-    det = model.pop("detector")
+    det, criterion = model.pop("detector"), model.pop("criterion")
     det["init_args"]["num_classes"] = NUM_CLASSES
     model["warmup_steps"] = max(1, s.train_steps // 5)  # the recipe's 1000 would keep the lr near 0 in the check
     if s.tiny:
@@ -51,7 +51,9 @@ def build_module(s: GpuSettings) -> tuple[DetectionModule, dict[str, Any]]:
         det["init_args"]["encoder"]["init_args"]["depth"] = 2
         det["init_args"]["decoder"]["init_args"]["depth"] = 2
     torch.manual_seed(s.seed)
-    return DetectionModule(instantiate(det, DETR), num_classes=NUM_CLASSES, **model), cfg["trainer"]
+    module = DetectionModule(instantiate(det, DETR), instantiate(criterion, SetCriterion), num_classes=NUM_CLASSES,
+                             **model)
+    return module, cfg["trainer"]
 
 
 def make_batch(batch: int, size: int, device: str, seed: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:

@@ -204,14 +204,15 @@ def test_ddp_ranks_keep_the_same_number_of_batches_with_unreadable_images(tmp_pa
 
 def _tiny_detection_module(dm: CocoDataModule):
     from vitkit.core import TransformerDecoder, ViTEncoder
-    from vitkit.detection import DETR
+    from vitkit.detection import DETR, HungarianMatcher, SetCriterion
     from vitkit.detection.module import DetectionModule
 
     torch.manual_seed(0)
     detr = DETR(ViTEncoder(patch_size=16, embed_dim=32, depth=1, num_heads=2, class_token=False),
                 TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=True),
                 num_classes=dm.num_classes, num_queries=5)
-    return DetectionModule(detr, num_classes=dm.num_classes, num_select=5, label_to_cat_id=dm.label_to_cat_id,
+    return DetectionModule(detr, SetCriterion(HungarianMatcher()), num_classes=dm.num_classes, num_select=5,
+                           label_to_cat_id=dm.label_to_cat_id,
                            class_names=dm.class_names, eval_backend="pycocotools")
 
 

@@ -1,7 +1,10 @@
 """DescribeModule: joint detection + caption training on generated squares; given boxes are described by what
-they hold."""
+they hold; the detection step is DetectionModule's own."""
 
 from __future__ import annotations
+
+import copy
+import inspect
 
 import lightning as L
 import pytest
@@ -12,7 +15,8 @@ from vitkit.captioning import Captioner
 from vitkit.captioning.tokenizer import CaptionTokenizer
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.describe.module import DescribeModule, stack_caption_tokens
-from vitkit.detection import DETR
+from vitkit.detection import DETR, HungarianMatcher, SetCriterion
+from vitkit.detection.module import DetectionModule
 from vitkit.train.guards import ConfigError
 from vitkit.utils.spec import SPEC_KEY, read_spec
 
@@ -55,7 +59,7 @@ def _same(batch):
     return batch
 
 
-def _module(vocab_size: int = 6) -> DescribeModule:
+def _module(vocab_size: int = 6, **kwargs) -> DescribeModule:
     torch.manual_seed(0)
     enc = ViTEncoder(patch_size=16, embed_dim=48, depth=1, num_heads=4, pos_embed="rope", class_token=False,
                      stem_channels=[16, 32, 48, 48])
@@ -63,14 +67,44 @@ def _module(vocab_size: int = 6) -> DescribeModule:
                sigmoid_head=True, box_refine=True, two_stage=True)
     text = Captioner(None, TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False),
                      vocab_size=vocab_size, max_length=6)
-    return DescribeModule(det, text, roi_size=3, lr=2e-3, weight_decay=1e-4, warmup_steps=10, schedule="cosine",
-                          backbone_lr_mult=1.0)
+    return DescribeModule(det, text, SetCriterion(HungarianMatcher()), roi_size=3, lr=2e-3, weight_decay=1e-4,
+                          warmup_steps=10, schedule="cosine", backbone_lr_mult=1.0, **kwargs)
 
 
 def test_stack_caption_tokens_pads_the_matched_rows():
     targets = [{"caption_tokens": torch.tensor([[1, 3, 2], [1, 4, 2]])}, {"caption_tokens": torch.tensor([[1, 2]])}]
     out = stack_caption_tokens(targets, [(0, 1), (1, 0)], pad_id=0)
     assert out.tolist() == [[1, 4, 2], [1, 2, 0]]
+
+
+def test_the_detection_losses_are_the_detection_modules():
+    """DescribeModule reuses DetectionModule's training step: on one batch, a DetectionModule with the same detector
+    weights and criterion gives the same detection losses, bit for bit; describe adds ``caption_weight`` x
+    ``loss_caption`` to the total."""
+    describe = _module(caption_weight=0.5).train()
+    detection = DetectionModule(copy.deepcopy(describe.detector), SetCriterion(HungarianMatcher())).train()
+    images, mask, targets = _batches(1, 4, seed=3)[0]
+    torch.manual_seed(1)
+    _, ours = describe.training_losses(images, mask, targets)
+    torch.manual_seed(1)
+    _, theirs = detection.training_losses(images, mask, targets)
+    assert set(ours) == set(theirs) | {"loss_caption"}
+    for key in set(theirs) - {"loss"}:
+        assert torch.equal(ours[key], theirs[key]), key
+    assert ours["loss_caption"] > 0
+    assert torch.equal(ours["loss"], theirs["loss"] + 0.5 * ours["loss_caption"])
+
+
+def test_describe_passes_the_detection_options_on_as_they_are():
+    """Every DetectionModule argument is a DescribeModule argument with the same type and default (no ``**kwargs``),
+    and the networks and the loss are no hyper-parameters."""
+    detection = inspect.signature(DetectionModule).parameters
+    describe = inspect.signature(DescribeModule).parameters
+    assert not any(p.kind is p.VAR_KEYWORD for p in describe.values())
+    for name, param in detection.items():
+        assert name in describe, name
+        assert (describe[name].annotation, describe[name].default) == (param.annotation, param.default), name
+    assert {"detector", "text", "criterion"}.isdisjoint(_module().hparams)
 
 
 def test_joint_training_describes_given_boxes_by_their_object():

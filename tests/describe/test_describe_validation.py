@@ -26,7 +26,7 @@ from vitkit.describe.validation import (
     per_rank_cap,
     region_cider,
 )
-from vitkit.detection import DETR
+from vitkit.detection import DETR, HungarianMatcher, SetCriterion
 from vitkit.eval import describe_map
 from vitkit.eval.describe_map import RegionGroundTruth, RegionPredictions, evaluate_describe
 
@@ -117,8 +117,8 @@ def _module(dm: DescribeDataModule, **kwargs) -> DescribeModule:
                sigmoid_head=True)
     text = Captioner(None, TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False),
                      vocab_size=tok.vocab_size, pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id, max_length=8)
-    return DescribeModule(det, text, roi_size=2, label_to_cat_id=dm.label_to_cat_id, class_names=dm.class_names,
-                          eval_backend="pycocotools", **kwargs)
+    return DescribeModule(det, text, SetCriterion(HungarianMatcher()), roi_size=2, label_to_cat_id=dm.label_to_cat_id,
+                          class_names=dm.class_names, eval_backend="pycocotools", **kwargs)
 
 
 def test_validation_logs_detection_ap_and_the_three_describe_metrics(root, monkeypatch):
@@ -137,7 +137,8 @@ def test_validation_logs_detection_ap_and_the_three_describe_metrics(root, monke
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*is an instance of `nn.Module`.*")
         module = _module(dm, describe_eval_threshold=0.0, describe_eval_max_detections=5)
-    assert "text" not in module.hparams and module.hparams.describe_eval_max_detections == 5
+    assert {"text", "detector", "criterion"}.isdisjoint(module.hparams)
+    assert module.hparams.describe_eval_max_detections == 5
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     for _ in range(2):

@@ -1,4 +1,5 @@
-"""SetCriterion: perfect predictions, bf16, aux / one-to-many keys, empty targets, learning a toy problem, DDP."""
+"""SetCriterion: perfect predictions, bf16, aux / one-to-many keys, empty targets, learning a toy problem, DDP, binding
+to a detector's head."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import torch.multiprocessing as mp
 from vitkit.detection import HungarianMatcher, SetCriterion, average_num_boxes
 
 C = 3
-LOSS_TYPES = ["ce", "focal", "varifocal"]
+LOSS_TYPES = ["ce", "varifocal"]
 COMPONENTS = ("loss_ce", "loss_bbox", "loss_giou")
 
 
 def _criterion(loss_type: str, **kwargs) -> SetCriterion:
-    """"ce" is a softmax head's loss; "focal" and "varifocal" are a sigmoid head's, named by ``sigmoid_loss``."""
-    sigmoid = loss_type != "ce"
-    head = {"sigmoid_head": True, "sigmoid_loss": loss_type} if sigmoid else {"sigmoid_head": False}
-    return SetCriterion(C, HungarianMatcher(sigmoid=sigmoid), **head, **kwargs)
+    """"ce" is a softmax head's loss, "varifocal" a sigmoid head's: the criterion bound to such a head."""
+    return SetCriterion(HungarianMatcher(), **kwargs).bind(C, sigmoid_head=loss_type != "ce")
 
 
 def _targets(sizes: list[int], seed: int = 0) -> list[dict]:
@@ -93,34 +92,43 @@ def test_aux_keys_present_and_summed() -> None:
 def test_weights_scale_components() -> None:
     out, targets = _random_outputs(1, 5, "ce"), _targets([2])
     base = _criterion("ce")(out, targets)
-    heavy = _criterion("ce", weight_dict={"loss_giou": 4.0})(out, targets)
+    heavy = _criterion("ce", loss_giou=4.0)(out, targets)
     assert heavy["loss_giou"] == pytest.approx(2 * base["loss_giou"].item())
     assert heavy["loss_bbox"] == pytest.approx(base["loss_bbox"].item())
 
 
 def test_bad_config_and_shapes_raise() -> None:
-    with pytest.raises(ValueError, match="unknown weight_dict"):
-        _criterion("ce", weight_dict={"loss_mask": 1.0})
-    with pytest.raises(ValueError, match="sigmoid_loss"):
-        _criterion("dice")
+    with pytest.raises(TypeError, match="loss_mask"):
+        _criterion("ce", loss_mask=1.0)
     with pytest.raises(ValueError, match="expects 3 logits"):
-        _criterion("focal")(_random_outputs(1, 5, "ce"), _targets([1]))  # C+1 logits given to a sigmoid loss
+        _criterion("varifocal")(_random_outputs(1, 5, "ce"), _targets([1]))  # C+1 logits given to a sigmoid loss
+    with pytest.raises(RuntimeError, match="not bound"):
+        SetCriterion(HungarianMatcher())(_random_outputs(1, 5, "ce"), _targets([1]))
 
 
 def test_the_head_decides_the_loss() -> None:
-    """A softmax head trains with cross-entropy whatever ``sigmoid_loss`` says; a sigmoid head with ``sigmoid_loss``
-    (focal by default)."""
+    """The head bound from the detector decides: a softmax head trains with cross-entropy, a sigmoid head with the
+    varifocal loss; the matcher's class cost follows the same head and the criterion's ``focal_alpha``."""
     targets = _targets([2, 1])
-    softmax, sigmoid = _random_outputs(2, 6, "ce"), _random_outputs(2, 6, "focal")
-    ignored = SetCriterion(C, HungarianMatcher(), sigmoid_head=False, sigmoid_loss="varifocal")
-    assert ignored.loss_type == "ce"
-    assert torch.equal(ignored(softmax, targets)["loss_ce"], _criterion("ce")(softmax, targets)["loss_ce"])
-    default = SetCriterion(C, HungarianMatcher(sigmoid=True), sigmoid_head=True)
-    assert default.loss_type == "focal"
-    assert torch.equal(default(sigmoid, targets)["loss_ce"], _criterion("focal")(sigmoid, targets)["loss_ce"])
-    assert not torch.isclose(default(sigmoid, targets)["loss_ce"], _criterion("varifocal")(sigmoid, targets)["loss_ce"])
+    softmax, sigmoid = _random_outputs(2, 6, "ce"), _random_outputs(2, 6, "varifocal")
+    ce = SetCriterion(HungarianMatcher(), focal_alpha=0.75).bind(C, sigmoid_head=False)
+    assert ce.loss_type == "ce" and ce.matcher.sigmoid is False
+    assert torch.equal(ce(softmax, targets)["loss_ce"], _criterion("ce")(softmax, targets)["loss_ce"])
+    vfl = SetCriterion(HungarianMatcher(), focal_alpha=0.75).bind(C, sigmoid_head=True)
+    assert vfl.loss_type == "varifocal" and (vfl.matcher.sigmoid, vfl.matcher.focal_alpha) == (True, 0.75)
+    assert not torch.isclose(vfl(sigmoid, targets)["loss_ce"], _criterion("varifocal")(sigmoid, targets)["loss_ce"])
     with pytest.raises(ValueError, match=r"softmax head .* expects 4 logits"):
         _criterion("ce")(sigmoid, targets)
+
+
+def test_bind_is_for_one_head() -> None:
+    """Binding again to the same head is a no-op; to another class count or head is an error naming the key."""
+    crit = _criterion("varifocal")
+    assert crit.bind(C, sigmoid_head=True) is crit
+    with pytest.raises(ValueError, match=r"model\.criterion: .* bound to a 'varifocal' head with 3 classes"):
+        crit.bind(C + 1, sigmoid_head=True)
+    with pytest.raises(ValueError, match=r"cannot serve a 'ce' head"):
+        crit.bind(C, sigmoid_head=False)
 
 
 def test_eos_coef_changes_ce() -> None:
@@ -168,30 +176,30 @@ def test_learns_toy_problem(loss_type: str) -> None:
 
 
 def test_one2many_branch_adds_keys() -> None:
-    out = _random_outputs(2, 4, "focal", aux=1)
-    out["one2many"] = _random_outputs(2, 16, "focal", seed=1, aux=1)
+    out = _random_outputs(2, 4, "varifocal", aux=1)
+    out["one2many"] = _random_outputs(2, 16, "varifocal", seed=1, aux=1)
     targets = _targets([2, 1])
-    losses = _criterion("focal", one2many_k=3)(out, targets)
+    losses = _criterion("varifocal", one2many_k=3)(out, targets)
     o2m = {f"{k}{s}" for k in COMPONENTS for s in ("_o2m", "_o2m_0")}
     assert o2m <= set(losses)
-    plain = _criterion("focal", one2many_k=3)({k: v for k, v in out.items() if k != "one2many"}, targets)
+    plain = _criterion("varifocal", one2many_k=3)({k: v for k, v in out.items() if k != "one2many"}, targets)
     assert losses["loss"] == pytest.approx(plain["loss"].item() + sum(losses[k].item() for k in o2m), rel=1e-6)
 
 
 def test_encoder_proposals_add_enc_keys() -> None:
-    out = _random_outputs(2, 4, "focal", aux=1)
-    out["enc_outputs"] = _random_outputs(2, 4, "focal", seed=2)
+    out = _random_outputs(2, 4, "varifocal", aux=1)
+    out["enc_outputs"] = _random_outputs(2, 4, "varifocal", seed=2)
     targets = _targets([2, 1])
-    losses = _criterion("focal")(out, targets)
+    losses = _criterion("varifocal")(out, targets)
     enc = {f"{k}_enc" for k in COMPONENTS}
     assert enc <= set(losses)
-    plain = _criterion("focal")({k: v for k, v in out.items() if k != "enc_outputs"}, targets)
+    plain = _criterion("varifocal")({k: v for k, v in out.items() if k != "enc_outputs"}, targets)
     assert losses["loss"] == pytest.approx(plain["loss"].item() + sum(losses[k].item() for k in enc), rel=1e-6)
-    alone = _criterion("focal")(out["enc_outputs"], targets)  # the proposals scored like a final layer
+    alone = _criterion("varifocal")(out["enc_outputs"], targets)  # the proposals scored like a final layer
     assert losses["loss_bbox_enc"] == pytest.approx(alone["loss_bbox"].item(), rel=1e-6)
     # One-to-many matching of the proposals: each target taken by 2 proposals, normalised by 2x the targets.
-    o2m = _criterion("focal", enc_one2many_k=2)(out, targets)
-    crit = _criterion("focal")
+    o2m = _criterion("varifocal", enc_one2many_k=2)(out, targets)
+    crit = _criterion("varifocal")
     idx = crit.matcher(out["enc_outputs"], targets, repeat=2)
     assert [len(s) for s, _ in idx] == [4, 2]
     manual = crit._layer_losses(out["enc_outputs"], targets, idx, torch.tensor(3.0 * 2), diag=False)["loss_bbox"]

@@ -82,7 +82,7 @@ def test_denoising_loss_uses_the_known_assignment():
     for b, (src, tgt) in enumerate(meta.positive_indices([2, 1])):
         boxes[b, src] = targets[b]["boxes"][tgt]  # positives reconstruct their target exactly...
         logits[b, src, targets[b]["labels"][tgt]] = 8.0  # ...and name its class; negatives say background
-    crit = SetCriterion(3, HungarianMatcher(sigmoid=True), sigmoid_head=True, sigmoid_loss="focal")
+    crit = SetCriterion(HungarianMatcher()).bind(3, sigmoid_head=True)
     main = {"pred_logits": torch.zeros(2, 5, 3), "pred_boxes": torch.full((2, 5, 4), 0.5)}
     dn = {"pred_logits": logits, "pred_boxes": boxes, "dn_meta": meta}
     losses = crit({**main, "dn_outputs": dn}, targets)

@@ -1,5 +1,5 @@
-"""DetectionModule: the loss, the matching cost and the post-processing follow the detector's head (softmax:
-cross-entropy; sigmoid: ``model.sigmoid_loss``), in the shipped configs too."""
+"""DetectionModule: the injected criterion is bound to the detector, so the loss, the matching cost and the
+post-processing follow the detector's head (softmax: cross-entropy; sigmoid: varifocal), in the shipped configs too."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from jsonargparse import ArgumentParser
 
 from tests.support.tiny_checkpoints import detector_config
-from vitkit.detection import DETR
+from vitkit.detection import DETR, HungarianMatcher, SetCriterion
 from vitkit.detection.module import DetectionModule
 from vitkit.utils.config import instantiate
 
@@ -35,12 +35,11 @@ def _from_config(model: dict) -> DetectionModule:
     return parser.instantiate_classes(config).m
 
 
-@pytest.mark.parametrize("sigmoid_head,sigmoid_loss,loss", [(False, "focal", "ce"), (False, "varifocal", "ce"),
-                                                           (True, "focal", "focal"), (True, "varifocal", "varifocal")])
-def test_the_head_decides_loss_matching_and_scores(sigmoid_head: bool, sigmoid_loss: str, loss: str) -> None:
+@pytest.mark.parametrize("sigmoid_head,loss", [(False, "ce"), (True, "varifocal")])
+def test_the_head_decides_loss_matching_and_scores(sigmoid_head: bool, loss: str) -> None:
     torch.manual_seed(0)
-    module = DetectionModule(_detector(sigmoid_head=sigmoid_head), num_classes=3, sigmoid_loss=sigmoid_loss)
-    assert module.criterion.loss_type == loss
+    module = DetectionModule(_detector(sigmoid_head=sigmoid_head), SetCriterion(HungarianMatcher()), num_classes=3)
+    assert module.criterion.loss_type == loss and module.criterion.num_classes == 3
     assert module.criterion.matcher.sigmoid is sigmoid_head and module.postprocess.sigmoid is sigmoid_head
     images = torch.rand(2, 3, 64, 64)
     targets = [{"boxes": torch.tensor([[0.5, 0.5, 0.3, 0.2]]), "labels": torch.tensor([i])} for i in range(2)]
@@ -59,4 +58,20 @@ def test_shipped_configs_keep_their_loss(config: str, loss: str) -> None:
     if config == "detr_shapes.yaml":  # the varifocal recipe, unchanged: alpha 0.75, class weight and cost 2
         crit = module.criterion
         assert (crit.focal_alpha, crit.weight_dict["loss_ce"], crit.matcher.cost_class) == (0.75, 2.0, 2.0)
+        assert (crit.matcher.focal_alpha, crit.enc_one2many_k) == (0.75, 4)  # the cost uses the loss's alpha
+
+
+def test_a_criterion_serves_one_detector() -> None:
+    """The criterion takes the class count and head from the detector it is bound to; another detector's is a clear
+    error naming the key."""
+    criterion = SetCriterion(HungarianMatcher())
+    DetectionModule(_detector(sigmoid_head=True), criterion)
+    with pytest.raises(ValueError, match=r"model\.criterion: .*'varifocal' head with 3 classes"):
+        DetectionModule(_detector(sigmoid_head=False), criterion)
+
+
+def test_the_criterion_is_no_hyper_parameter() -> None:
+    """The networks and the loss are parts (weights, their own config), not hyper-parameters of the module."""
+    module = DetectionModule(_detector(), SetCriterion(HungarianMatcher()), num_classes=3, lr=2e-4)
+    assert {"detector", "criterion"}.isdisjoint(module.hparams) and module.hparams.lr == 2e-4
 

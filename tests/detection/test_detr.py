@@ -223,8 +223,7 @@ def test_tiny_detr_overfits_a_few_images(sigmoid, two_stage):
     images, targets = _toy_batch()
     m = vit_detr(num_classes=3, dim=64, sigmoid_head=sigmoid, box_refine=sigmoid, two_stage=two_stage,
                  num_denoising=20 if two_stage else 0)
-    crit = SetCriterion(3, HungarianMatcher(sigmoid=sigmoid), sigmoid_head=sigmoid, sigmoid_loss="varifocal",
-                        eos_coef=0.1)
+    crit = SetCriterion(HungarianMatcher(), eos_coef=0.1).bind(3, sigmoid_head=sigmoid)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     first = None
     for _ in range(150):

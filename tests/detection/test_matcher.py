@@ -70,7 +70,7 @@ def _brute_force(outputs: dict, target: dict, b: int, sigmoid: bool) -> tuple[fl
 def test_matches_brute_force(sigmoid: bool, seed: int) -> None:
     sizes = [seed % 5, 4 - seed % 5, (2 * seed + 1) % 5]  # n in 0..4, including images without targets
     outputs, targets = _make_batch(sizes, num_queries=5, sigmoid=sigmoid, seed=seed)
-    indices = HungarianMatcher(sigmoid=sigmoid)(outputs, targets)
+    indices = HungarianMatcher().bind(sigmoid)(outputs, targets)
     assert len(indices) == len(sizes)
     for b, ((src, tgt), target) in enumerate(zip(indices, targets, strict=True)):
         assert src.dtype == tgt.dtype == torch.int64
@@ -99,7 +99,7 @@ def test_bf16_inputs_match_fp32(sigmoid: bool, device: str) -> None:
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     bf16 = {k: v.to(device).bfloat16() for k, v in outputs.items()}
     fp32 = {k: v.float() for k, v in bf16.items()}  # the same values, exactly representable
-    matcher = HungarianMatcher(sigmoid=sigmoid)
+    matcher = HungarianMatcher().bind(sigmoid)
     with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
         got = matcher(bf16, targets)
     for (s1, t1), (s2, t2) in zip(got, matcher(fp32, targets), strict=True):
@@ -115,7 +115,7 @@ def test_nonfinite_and_degenerate_boxes(sigmoid: bool) -> None:
     outputs["pred_logits"][0, 3] = float("nan")
     outputs["pred_logits"][0, 4, 0] = float("inf")
     targets[0]["boxes"][0, 2:] = 0.0  # degenerate ground truth too
-    (src, tgt), = HungarianMatcher(sigmoid=sigmoid)(outputs, targets)
+    (src, tgt), = HungarianMatcher().bind(sigmoid)(outputs, targets)
     assert len(src) == 3 and len(set(src.tolist())) == 3 and sorted(tgt.tolist()) == [0, 1, 2]
 
 

@@ -146,7 +146,7 @@ def test_bf16_inference_moves_ap_by_at_most_half_a_point(tmp_path, one_thread, d
     model = DETR(enc, TransformerDecoder(dim=64, depth=2, num_heads=4), num_classes=3, num_queries=10,
                  sigmoid_head=True, box_refine=True, two_stage=True, multiscale=True, cross_attn="deformable")
     model.to(device)
-    crit = SetCriterion(3, HungarianMatcher(sigmoid=True), sigmoid_head=True, sigmoid_loss="varifocal")
+    crit = SetCriterion(HungarianMatcher()).bind(3, sigmoid_head=True)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for step in range(400):
         images, targets, _ = _toy_set(8, seed=step)

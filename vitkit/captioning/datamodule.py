@@ -1,11 +1,11 @@
 """Lightning DataModule for COCO-layout captioning data (COCO 2017 captions, or the generated shapes set).
 
-The datamodule owns the caption tokenizer: it loads ``tokenizer`` (a tokenizer.json) or trains one on the training
-captions the first time it is asked for, so the CLI can link ``vocab_size`` and the special ids into the model
-right after instantiation. Training batches hold one random reference per image, or ``captions_per_image`` of them
-(drawn anew every epoch by :class:`~vitkit.data.coco_captions.CocoCaptions`), tokenised in the collate function, and
-the image ids (a non-finite loss names them); validation batches hold the images, all their references and their
-image ids.
+The datamodule owns the caption tokenizer (:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerDataMixin`): it
+loads ``tokenizer`` (a tokenizer.json) or trains one on the training captions the first time it is asked for, so the
+CLI can link ``vocab_size`` and the special ids into the model right after instantiation. Training batches hold
+one random reference per image, or ``captions_per_image`` of them (drawn anew every epoch by
+:class:`~vitkit.data.coco_captions.CocoCaptions`), tokenised in the collate function, and the image ids (a
+non-finite loss names them); validation batches hold the images, all their references and their image ids.
 
 Unreadable images follow ``bad_images`` as in :class:`vitkit.detection.datamodule.CocoDataModule`: with "skip", a
 training item is replaced by the next readable one, a validation item is left out (the caption metrics then cover
@@ -15,9 +15,8 @@ the other images), and each file is reported once, by path, on the main process 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,14 +26,14 @@ from torchvision.transforms import v2
 
 from vitkit.captioning.object_tokens import WithObjects, mirror_objects
 from vitkit.captioning.preprocess import CaptionPreprocess
-from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.captioning.tokenizer_lifecycle import TokenizerDataMixin, check_tokenizer_settings
 from vitkit.data.annotations import Instances, check_instances
 from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
 from vitkit.data.transforms import RandomShortestSideResize, normalize_steps
 from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
-from vitkit.utils.distributed import broadcast_object, is_distributed, rank
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -101,7 +100,7 @@ def collate_caption_eval(batch: Sequence[tuple[Tensor, list[str], int]],
     return images, mask, [list(s[1]) for s in batch], [int(s[2]) for s in batch]
 
 
-class CaptionDataModule(CocoLayoutDataModule):
+class CaptionDataModule(TokenizerDataMixin, CocoLayoutDataModule):
     """COCO-layout caption data and its tokenizer.
 
     Args:
@@ -148,10 +147,7 @@ class CaptionDataModule(CocoLayoutDataModule):
         max_length: int = 32,
         **kwargs: Any,
     ) -> None:
-        if tokenizer_model not in ("wordlevel", "bpe", "wordpiece"):
-            raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
-        if max_length < 2:
-            raise ValueError(f"data.max_length must be >= 2 (room for BOS and EOS), got {max_length}")
+        check_tokenizer_settings(tokenizer, tokenizer_model, max_length)
         if captions_per_image < 1:
             raise ValueError(f"data.captions_per_image must be >= 1, got {captions_per_image}")
         if not 0.0 <= hflip_p <= 1.0:
@@ -162,15 +158,12 @@ class CaptionDataModule(CocoLayoutDataModule):
                              f"({val_size})")
         super().__init__(**kwargs)
         self.train_sizes = sizes
-        if tokenizer is not None and not Path(tokenizer).is_file():
-            raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tokenizer} (give a tokenizer.json, e.g. "
-                                    "runs/<config>/version_0/tokenizer.json, or leave it null to train one)")
         self._tokenizer: CaptionTokenizer | None = None
         self._datasets: dict[str, Any] = {}
         self.train_set = self.val_set = None
         self._instances: Instances | None = None
 
-    # ------------------------------------------------------------------------------------------- tokenizer
+    # ------------------------------------------------------------------------------------------- datasets
     def _dataset(self, split: str):
         """The split's :class:`CocoCaptions` (read once; transforms are set by :meth:`setup`)."""
         if split not in self._datasets:
@@ -180,15 +173,9 @@ class CaptionDataModule(CocoLayoutDataModule):
                                                      captions_per_item=self.hparams.captions_per_image)
         return self._datasets[split]
 
-    @property
-    def tokenizer(self) -> CaptionTokenizer:
-        """The caption tokenizer: loaded from ``tokenizer``, or trained on the training captions at first use."""
-        if self._tokenizer is None:
-            hp = self.hparams
-            self._tokenizer = load_or_train_tokenizer(
-                hp.tokenizer, lambda: [c for refs in self._dataset("train").references.values() for c in refs],
-                hp.vocab_size, hp.tokenizer_model)
-        return self._tokenizer
+    def tokenizer_texts(self) -> Iterable[str]:
+        """Every training caption (what a tokenizer is trained on when ``tokenizer`` is None)."""
+        return [c for refs in self._dataset("train").references.values() for c in refs]
 
     @property
     def instances(self) -> Instances | None:
@@ -208,52 +195,9 @@ class CaptionDataModule(CocoLayoutDataModule):
         """The instances file's category count (``object_labels``), linked into ``model.object_classes``."""
         return len(self.instances.categories) if self.instances is not None else None
 
-    @property
-    def vocab_size(self) -> int:
-        """The tokenizer's number of ids, the model's V (a trained one may hold fewer than the requested
-        ``hparams.vocab_size``: a word-level vocabulary stops at the distinct words)."""
-        return self.tokenizer.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_id
-
-    @property
-    def bos_id(self) -> int:
-        return self.tokenizer.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self.tokenizer.eos_id
-
     def train_references(self) -> dict[int, list[str]]:
         """Every training image's reference captions, by image id (the SCST reward's corpus)."""
         return {int(i): list(refs) for i, refs in self._dataset("train").references.items()}
-
-    def use_tokenizer(self, tokenizer: CaptionTokenizer, source: str) -> None:
-        """Replace the tokenizer (e.g. by a checkpoint's or rank 0's) with one of the same size and special ids.
-
-        Raises:
-            ValueError: the sizes or special ids differ (the model built from this datamodule would not fit).
-        """
-        ours, theirs = self.tokenizer, tokenizer
-        key = (ours.vocab_size, ours.pad_id, ours.bos_id, ours.eos_id)
-        new = (theirs.vocab_size, theirs.pad_id, theirs.bos_id, theirs.eos_id)
-        if key != new:
-            raise ValueError(f"{source}: its tokenizer (vocab_size, pad, bos, eos ids) = {new} does not fit this "
-                             f"run's {key}; pass the matching tokenizer.json with --data.tokenizer PATH")
-        self._tokenizer = tokenizer
-
-    def _share_rank0_tokenizer(self) -> None:
-        """Under DDP every rank builds its own tokenizer before the process group exists, and Hugging Face's BPE and
-        WordPiece trainers break ties differently from run to run: all ranks take rank 0's (same size and special
-        ids, so the linked model shapes already agree)."""
-
-        if not is_distributed():
-            return
-        shared = broadcast_object(self.tokenizer.to_str() if rank() == 0 else None, src=0)
-        if shared != self.tokenizer.to_str():
-            self.use_tokenizer(CaptionTokenizer.from_str(shared), "rank 0")
 
     # ------------------------------------------------------------------------------------------ datasets
     def _transforms(self, train: bool) -> v2.Compose:

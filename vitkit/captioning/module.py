@@ -8,10 +8,11 @@ same ``val/*`` values (ModelCheckpoint monitors ``val/CIDEr`` on every rank). Th
 once and kept across validation epochs. The latest validation captions are written to the run folder as COCO
 caption results (``val_captions.json``, scorable with ``tools/eval.py --captions-results``).
 
-The tokenizer comes from the datamodule (or from a checkpoint) and is saved in every checkpoint with the resolved
-captioner config and the validation preprocessing, as the inference spec
-(:mod:`vitkit.utils.spec`), so a checkpoint alone rebuilds a captioning model. The non-finite loss guard, the
-optimiser and schedule and gradient clipping are the tasks' shared ones (:class:`vitkit.train.module.TaskModule`).
+The tokenizer comes from the datamodule (or from a checkpoint; its life cycle is
+:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerModuleMixin`'s) and is saved in every checkpoint with the
+resolved captioner config and the validation preprocessing, as the inference spec (:mod:`vitkit.utils.spec`), so
+a checkpoint alone rebuilds a captioning model. The non-finite loss guard, the optimiser and schedule and gradient
+clipping are the tasks' shared ones (:class:`vitkit.train.module.TaskModule`).
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vitkit.captioning.export import checkpoint_spec
 from vitkit.captioning.model import Captioner
 from vitkit.captioning.object_tokens import ObjectTokenHead
 from vitkit.captioning.scst import caption_rewards, reward_corpus, scst_step
-from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
+from vitkit.captioning.spec import checkpoint_spec
+from vitkit.captioning.tokenizer_lifecycle import TokenizerModuleMixin
 from vitkit.data.collate import rescale_batch
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.eval.cider import CiderD
@@ -53,7 +54,7 @@ def unique_entries(per_rank: list[list[Entry]]) -> list[Entry]:
     return [unique[i] for i in sorted(unique)]
 
 
-class CaptionModule(TaskModule):
+class CaptionModule(TokenizerModuleMixin, TaskModule):
     """Train and validate an image captioner.
 
     Args:
@@ -132,7 +133,6 @@ class CaptionModule(TaskModule):
                               "data.object_labels: true (it reads instances_train2017.json beside the captions)")
         self.captioner = captioner
         self.object_head = (ObjectTokenHead(captioner.decoder.dim, object_classes) if object_weight > 0 else None)
-        self.tokenizer: CaptionTokenizer | None = None  # from the datamodule at setup, or from a checkpoint
         self._val_entries: list[tuple[int, str, list[str]]] = []  # (image id, generated, references)
         self._scorer = None  # CaptionScorer kept across validation epochs (rank 0)
         self.last_metrics: dict[str, float] = {}
@@ -142,28 +142,15 @@ class CaptionModule(TaskModule):
     captioner_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the captioner
 
     # --------------------------------------------------------------------------------------------- state
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if self.tokenizer is None and dm is not None and hasattr(dm, "tokenizer"):
-            self.tokenizer = dm.tokenizer
-        if self.tokenizer is not None:
-            self._check_tokenizer(self.tokenizer, "the datamodule's tokenizer")
+    text_key, text_name = "model.captioner", "captioner"
 
-    def _check_tokenizer(self, tok: CaptionTokenizer, what: str) -> None:
-        problem = tokenizer_mismatch(tok, self.captioner, what, "captioner", "model.captioner")
-        if problem is not None:
-            raise ConfigError(problem)
-
-    def _run_folder(self) -> Path | None:
-        """The logger's run folder (``trainer.log_dir`` is a collective call under DDP: every rank must ask)."""
-        log_dir = self.trainer.log_dir
-        return Path(log_dir) if self.logger is not None and log_dir is not None else None
+    def text_model(self) -> Captioner:
+        """The captioner: the tokenizer must match its vocabulary size and special ids."""
+        return self.captioner
 
     def on_fit_start(self) -> None:
-        run = self._run_folder()
-        if self.tokenizer is not None and self.trainer.is_global_zero and run is not None:
-            run.mkdir(parents=True, exist_ok=True)
-            self.tokenizer.save(run / "tokenizer.json")
+        """The tokenizer's run-folder copy (the mixin's), then the SCST reward's statistics."""
+        super().on_fit_start()
         if self.hparams.scst_start is not None and self.cider is None:
             dm = self.trainer.datamodule
             self.cider = self.build_reward(dm.train_references(), dm)
@@ -188,25 +175,15 @@ class CaptionModule(TaskModule):
             return
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
-        write_spec(checkpoint, checkpoint_spec(self.captioner_config, self.tokenizer.to_str(), dict(self.hparams),
+        write_spec(checkpoint, checkpoint_spec(self.captioner_config, self.tokenizer_json(), dict(self.hparams),
                                                data_hparams))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The checkpoint's tokenizer (the mixin's: it wins over the data's) and captioner config."""
+        super().on_load_checkpoint(checkpoint)
         spec = read_spec(checkpoint)
-        if spec is None or spec.tokenizer is None:
-            return
-        self.captioner_config = spec.model_config
-        saved = spec.tokenizer
-        if self.tokenizer is not None and self.tokenizer.to_str() == saved:
-            return
-        # The checkpoint's tokenizer wins (a re-trained BPE/WordPiece tokenizer may number tokens differently); the
-        # datamodule tokenises with it from now on.
-        tokenizer = CaptionTokenizer.from_str(saved)
-        self._check_tokenizer(tokenizer, "the checkpoint's tokenizer")
-        self.tokenizer = tokenizer
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "use_tokenizer"):
-            dm.use_tokenizer(tokenizer, "the checkpoint")
+        if spec is not None and spec.tokenizer is not None:
+            self.captioner_config = spec.model_config
 
     def teardown(self, stage: str) -> None:
         if self._scorer is not None:
@@ -320,7 +297,7 @@ class CaptionModule(TaskModule):
             self.log(f"val/{k}", float(v), prog_bar=k in ("Bleu_4", "CIDEr"), sync_dist=True)  # equal on all ranks
         if self.trainer.state.fn != "fit":
             return
-        run = self._run_folder()
+        run = self.run_folder()
         if self.trainer.is_global_zero:
             if run is not None:
                 self._write_captions(run / "val_captions.json", entries)

@@ -14,23 +14,25 @@ drops a box drops its phrase):
   caption datamodule does, gives one T per batch (the longest phrase, at most ``max_length``) so a decoder can stack
   the phrases of all boxes of a batch, and keeps the tokenizer out of the datasets.
 
-Crowd regions are not in the targets, as in detection. The tokenizer follows
-:class:`~vitkit.captioning.datamodule.CaptionDataModule`: a ``tokenizer.json`` given by ``tokenizer``, or one trained
-on the training file's phrases at first use (so the CLI can link ``vocab_size`` and the special ids into a model),
-shared from rank 0 under DDP, replaced by a checkpoint's through :meth:`DescribeDataModule.use_tokenizer`; a Lightning
-module saves it as the caption module does (``tokenizer.json`` in the run folder, its JSON in every checkpoint).
+Crowd regions are not in the targets, as in detection. The tokenizer's life cycle is the caption datamodule's
+(:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerDataMixin`): a ``tokenizer.json`` given by ``tokenizer``, or
+one trained on the training file's phrases at first use (so the CLI can link ``vocab_size`` and the special ids into a
+model), shared from rank 0 under DDP, replaced by a checkpoint's through :meth:`DescribeDataModule.use_tokenizer`; a
+Lightning module saves it as the caption module does (``tokenizer.json`` in the run folder, its JSON in every
+checkpoint).
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from torchvision.transforms import v2
 
-from vitkit.captioning.datamodule import CaptionDataModule, swap_left_right
-from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer
+from vitkit.captioning.datamodule import swap_left_right
+from vitkit.captioning.tokenizer import CaptionTokenizer
+from vitkit.captioning.tokenizer_lifecycle import TokenizerDataMixin, check_tokenizer_settings
 from vitkit.data.collate import DropNone
 from vitkit.describe.regions import (
     RegionCaptionCollate,
@@ -41,8 +43,6 @@ from vitkit.describe.regions import (
 )
 from vitkit.detection.datamodule import CocoDataModule
 from vitkit.train.datamodule import data_errors
-
-TOKENIZER_MODELS = ("wordlevel", "bpe", "wordpiece")
 
 
 def set_hflip_p(transform: Any, p: float) -> None:
@@ -62,7 +62,7 @@ def set_hflip_p(transform: Any, p: float) -> None:
     flips[0].p = p
 
 
-class DescribeDataModule(CocoDataModule):
+class DescribeDataModule(TokenizerDataMixin, CocoDataModule):
     """Describe data: detection targets whose boxes carry their phrases, and the caption tokenizer.
 
     Args:
@@ -93,15 +93,9 @@ class DescribeDataModule(CocoDataModule):
         max_length: int = 16,
         **kwargs: Any,
     ) -> None:
-        if tokenizer_model not in TOKENIZER_MODELS:
-            raise ValueError(f"data.tokenizer_model must be wordlevel|bpe|wordpiece, got {tokenizer_model!r}")
-        if max_length < 2:
-            raise ValueError(f"data.max_length must be >= 2 (room for BOS and EOS), got {max_length}")
+        check_tokenizer_settings(tokenizer, tokenizer_model, max_length)
         if not 0.0 <= hflip_p <= 1.0:
             raise ValueError(f"data.hflip_p must be in [0, 1], got {hflip_p}")
-        if tokenizer is not None and not Path(tokenizer).is_file():
-            raise FileNotFoundError(f"data.tokenizer: no tokenizer file at {tokenizer} (give a tokenizer.json, e.g. "
-                                    "runs/<config>/version_0/tokenizer.json, or leave it null to train one)")
         super().__init__(**kwargs)
         self._tokenizer: CaptionTokenizer | None = None
         self._regions: dict[str, RegionIndex] = {}
@@ -113,24 +107,9 @@ class DescribeDataModule(CocoDataModule):
                 self._regions[split] = RegionIndex(self.annotation_file(split), hint=self.layout)
         return self._regions[split]
 
-    # ------------------------------------------------------------------------------------------- tokenizer
-    @property
-    def tokenizer(self) -> CaptionTokenizer:
-        """The phrase tokenizer: loaded from ``tokenizer``, or trained on the training file's phrases at first use."""
-        if self._tokenizer is None:
-            hp = self.hparams
-            self._tokenizer = load_or_train_tokenizer(hp.tokenizer, self.regions("train").phrases, hp.vocab_size,
-                                                      hp.tokenizer_model)
-        return self._tokenizer
-
-    # The caption datamodule's tokenizer interface, shared as is: the linked sizes and ids, the checkpoint's or rank
-    # 0's tokenizer replacing ours (same size and special ids), and the DDP exchange at setup.
-    vocab_size = CaptionDataModule.vocab_size
-    pad_id = CaptionDataModule.pad_id
-    bos_id = CaptionDataModule.bos_id
-    eos_id = CaptionDataModule.eos_id
-    use_tokenizer = CaptionDataModule.use_tokenizer
-    _share_rank0_tokenizer = CaptionDataModule._share_rank0_tokenizer
+    def tokenizer_texts(self) -> Iterable[str]:
+        """The training file's phrases (what a tokenizer is trained on when ``tokenizer`` is None)."""
+        return self.regions("train").phrases()
 
     # ------------------------------------------------------------------------------------------ datasets
     def setup(self, stage: str | None = None) -> None:

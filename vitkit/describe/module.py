@@ -1,10 +1,12 @@
 """DescribeModule: joint training of a DETR detector and its region caption head (describe: detect, then caption
 each object; issue 17).
 
-It is :class:`vitkit.detection.module.DetectionModule` (the same criterion, matcher, optimiser groups, schedule,
-detection validation and checkpoint checks) plus a :class:`~vitkit.describe.model.RegionCaptionHead`:
+It is :class:`vitkit.detection.module.DetectionModule` (the same injected criterion and its matcher, optimiser
+groups, schedule, detection validation and checkpoint checks; its constructor arguments are passed on by name) plus a
+:class:`~vitkit.describe.model.RegionCaptionHead`:
 
-- **Training**: the detection losses as they are, plus ``caption_weight`` x the head's label-smoothed caption
+- **Training**: the detection step itself (:meth:`DetectionModule.training_losses`, on the detector outputs with the
+  features the head reads), plus ``caption_weight`` x the head's label-smoothed caption
   cross-entropy over the queries that the final layer's Hungarian matching assigns to objects with a caption
   (targets' ``has_caption`` and ``caption_tokens``; objects without one train the detector only). A batch
   without any captioned match still touches every head parameter (a zero term), so DDP needs no
@@ -18,29 +20,30 @@ detection validation and checkpoint checks) plus a :class:`~vitkit.describe.mode
   ranks as the detection results are gathered (one rank's copy per image) and scores them once, METEOR in one Java
   process (or a named fallback without Java). ``describe_eval_max_images`` bounds the cost on large validation
   splits.
-- **Checkpoints**: the region tokenizer comes from the datamodule at setup (or from a checkpoint, whose tokenizer
-  wins) and is saved in the run folder; every checkpoint records the inference spec of task ``describe``
-  (:func:`vitkit.describe.spec.checkpoint_spec`: both networks' configs, which the CLI sets as
-  ``detector_config`` and ``text_config``, the head's settings and the tokenizer).
+- **Checkpoints**: the region tokenizer's life cycle is the caption module's
+  (:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerModuleMixin`): it comes from the datamodule at setup (or
+  from a checkpoint, whose tokenizer wins) and is saved in the run folder; every checkpoint records the inference
+  spec of task ``describe`` (:func:`vitkit.describe.spec.checkpoint_spec`: both networks' configs, which the CLI
+  sets as ``detector_config`` and ``text_config``, the head's settings and the tokenizer).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from vitkit.captioning.model import Captioner
-from vitkit.captioning.tokenizer import CaptionTokenizer, tokenizer_mismatch
+from vitkit.captioning.tokenizer_lifecycle import TokenizerModuleMixin
 from vitkit.describe.model import DescribeModel, RegionCaptionHead, detector_outputs
-from vitkit.describe.spec import checkpoint_spec
+from vitkit.describe.spec import FIELDS, NAME, checkpoint_spec
 from vitkit.describe.validation import per_rank_cap, region_metrics, region_records
+from vitkit.detection.criterion import SetCriterion
 from vitkit.detection.model import DETR
 from vitkit.detection.module import DetectionModule
 from vitkit.eval.gather import gather_results
-from vitkit.train.guards import ConfigError
 from vitkit.train.optim import adamw_param_groups
 from vitkit.utils.spec import read_spec, write_spec
 
@@ -55,13 +58,15 @@ def stack_caption_tokens(targets: list[dict], pairs: list[tuple[int, int]], pad_
     return out
 
 
-class DescribeModule(DetectionModule):
+class DescribeModule(TokenizerModuleMixin, DetectionModule):
     """Train and validate a detector that captions each object it finds.
 
     Args:
         detector: the DETR (its class count is linked from the data, as for detection).
         text: the region caption text decoder, a :class:`Captioner` built with ``encoder: null`` (its vocabulary
             size and special ids are linked from the datamodule's region tokenizer).
+        criterion: the detection loss and its matcher, as :class:`DetectionModule` takes it; the final layer's
+            matching also picks the captioned queries.
         roi_size: RoI-aligned tokens per side of each region's memory (:mod:`vitkit.describe.model`).
         max_regions: captioned regions per training batch, at most.
         caption_weight: weight of the caption cross-entropy in the total loss.
@@ -70,99 +75,103 @@ class DescribeModule(DetectionModule):
         describe_eval_max_detections: at most this many detections per image (by score) are captioned for it.
         describe_eval_max_images: caption at most this many validation images per validation (split over the ranks);
             None = the whole split. The detection AP always covers the whole split.
-        **detection: :class:`DetectionModule`'s options (losses, matcher costs, optimiser, schedule, ...).
+        num_classes, lr, backbone_lr_mult, weight_decay, warmup_steps, schedule, lr_drop, min_lr_ratio, num_select,
+            eval_backend, class_names, label_to_cat_id, nonfinite: :class:`DetectionModule`'s, passed on as given
+            (the same defaults).
 
     Raises:
         ValueError: ``describe_eval_max_detections`` < 1 or ``describe_eval_max_images`` < 0.
     """
 
-    def __init__(self, detector: DETR, text: Captioner, roi_size: int = 7, max_regions: int = 64,
-                 caption_weight: float = 1.0, describe_eval_threshold: float = 0.02,
-                 describe_eval_max_detections: int = 100, describe_eval_max_images: int | None = None,
-                 **detection: Any) -> None:
-        super().__init__(detector, **detection)  # its save_hyperparameters records these arguments too
+    parts: ClassVar[tuple[str, ...]] = (*DetectionModule.parts, "text")  # networks and the loss: no hyper-parameters
+    # The caption loss is shown in the progress bar, beside the detection losses.
+    logged_losses: ClassVar[dict[str, bool]] = {"loss_caption": True, **DetectionModule.logged_losses}
+
+    def __init__(
+        self,
+        detector: DETR,
+        text: Captioner,
+        criterion: SetCriterion,
+        roi_size: int = 7,
+        max_regions: int = 64,
+        caption_weight: float = 1.0,
+        describe_eval_threshold: float = 0.02,
+        describe_eval_max_detections: int = 100,
+        describe_eval_max_images: int | None = None,
+        num_classes: int | None = None,
+        lr: float = 1e-4,
+        backbone_lr_mult: float = 0.1,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 0,
+        schedule: str = "step",
+        lr_drop: float = 2 / 3,
+        min_lr_ratio: float = 0.01,
+        num_select: int = 100,
+        eval_backend: str = "faster",
+        class_names: list[str] | None = None,
+        label_to_cat_id: list[int] | None = None,
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__(detector, criterion, num_classes=num_classes, lr=lr, backbone_lr_mult=backbone_lr_mult,
+                         weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule, lr_drop=lr_drop,
+                         min_lr_ratio=min_lr_ratio, num_select=num_select, eval_backend=eval_backend,
+                         class_names=class_names, label_to_cat_id=label_to_cat_id, nonfinite=nonfinite)
         max_images = describe_eval_max_images
         if describe_eval_max_detections < 1 or (max_images is not None and max_images < 0):
             raise ValueError("model.describe_eval_max_detections must be >= 1 and model.describe_eval_max_images >= 0 "
                              f"(or null), got {describe_eval_max_detections} and {max_images}")
         self.head = RegionCaptionHead(detector.decoder.dim, text, roi_size, max_regions)
-        self.tokenizer: CaptionTokenizer | None = None  # from the datamodule at setup, or from a checkpoint
         self._describe_records: list[dict] = []  # this validation's region captions, one record per image
         self._describe_references: tuple[Path, dict] | None = None  # (val file, its references), read once
         self.last_describe: dict | None = None  # region_metrics of the latest validation epoch
         self._val_outputs: dict | None = None  # the current validation batch's detector outputs
 
-    # The networks are saved as weights, not hyper-parameters (DetectionModule's one save_hyperparameters call reads
-    # these arguments too: Lightning collects every __init__ frame up the call chain).
-    hparams_ignore: ClassVar[tuple[str, ...]] = (*DetectionModule.hparams_ignore, "text")
-
     text_config: dict | None = None  # set by the CLI: resolved class_path/init_args of the text decoder
 
     # --------------------------------------------------------------------------------------------- state
-    def setup(self, stage: str) -> None:
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if self.tokenizer is None and dm is not None and hasattr(dm, "tokenizer"):
-            self.tokenizer = dm.tokenizer
-        if self.tokenizer is not None:
-            self._check_tokenizer(self.tokenizer, "the datamodule's tokenizer")
+    text_key, text_name = "model.text", "text decoder"
 
-    def _check_tokenizer(self, tok: CaptionTokenizer, what: str) -> None:
-        problem = tokenizer_mismatch(tok, self.head.text, what, "text decoder", "model.text")
-        if problem is not None:
-            raise ConfigError(problem)
-
-    def on_fit_start(self) -> None:
-        log_dir = self.trainer.log_dir  # a collective call under DDP: every rank asks
-        if self.tokenizer is not None and self.logger is not None and log_dir is not None \
-                and self.trainer.is_global_zero:
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            self.tokenizer.save(Path(log_dir) / "tokenizer.json")
+    def text_model(self) -> Captioner:
+        """The region head's text decoder: the tokenizer must match its vocabulary size and special ids."""
+        return self.head.text
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.detector_config is None or self.text_config is None or self.tokenizer is None:
             return  # not built through the CLI, or no data yet
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
-        write_spec(checkpoint, checkpoint_spec(self.detector_config, self.text_config, self.tokenizer.to_str(),
+        write_spec(checkpoint, checkpoint_spec(self.detector_config, self.text_config, self.tokenizer_json(),
                                                dict(self.hparams), data_hparams))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """The detection checks, both networks' configs and the checkpoint's tokenizer (it wins over the data's: a
-        re-trained BPE or WordPiece tokenizer may number tokens differently; the datamodule then uses it)."""
+        """The detection checks, the checkpoint's tokenizer (the mixin's: it wins over the data's) and both networks'
+        configs."""
         super().on_load_checkpoint(checkpoint)
         spec = read_spec(checkpoint)
-        if spec is None or spec.task != "describe":
-            return
-        self.detector_config, self.text_config = spec.model_config["detector"], spec.model_config["text"]
-        if self.tokenizer is not None and self.tokenizer.to_str() == spec.tokenizer:
-            return
-        tokenizer = CaptionTokenizer.from_str(spec.tokenizer)
-        self._check_tokenizer(tokenizer, "the checkpoint's tokenizer")
-        self.tokenizer = tokenizer
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "use_tokenizer"):
-            dm.use_tokenizer(tokenizer, "the checkpoint")
+        if spec is not None and spec.task == NAME:
+            spec = read_spec(checkpoint, tasks={NAME: FIELDS})  # checked: it holds both networks' configs
+            self.detector_config, self.text_config = spec.model_config["detector"], spec.model_config["text"]
 
     def describer(self) -> DescribeModel:
         """The detector and head as one inference model (a view: the same modules, not registered again)."""
         return DescribeModel(self.detector, self.head)
 
-    def training_step(self, batch, batch_idx: int) -> Tensor:
-        images, mask, targets = batch
-        outputs = detector_outputs(self.detector, images, mask, targets)
-        losses = self.criterion(outputs, targets)
+    def training_forward(self, images: Tensor, mask: Tensor, targets: list[dict]) -> dict:
+        """The detector's training outputs with the features the region head reads (:func:`detector_outputs`)."""
+        return detector_outputs(self.detector, images, mask, targets)
+
+    def training_losses(self, images: Tensor, mask: Tensor, targets: list[dict]) -> tuple[dict, dict[str, Tensor]]:
+        """The detection step's outputs and losses (:meth:`DetectionModule.training_losses`), plus ``loss_caption``
+        (the unweighted caption cross-entropy, :meth:`caption_loss`); ``loss`` is the detection total plus
+        ``caption_weight`` x ``loss_caption``.
+
+        Args:
+            targets: the detection targets with ``has_caption`` (n,) bool and ``caption_tokens`` (n, T).
+        """
+        outputs, losses = super().training_losses(images, mask, targets)
         caption = self.caption_loss(outputs, targets)
         loss = losses["loss"] + self.hparams.caption_weight * caption
-        skipped = self.skip_nonfinite(loss, batch_idx, image_ids=lambda: [int(t["image_id"]) for t in targets])
-        if skipped is not None:
-            return skipped
-        B = images.shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
-        self.log("train/loss_caption", caption, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
-        for k in ("loss_ce", "loss_bbox", "loss_giou"):
-            if k in losses:
-                self.log(f"train/{k}", losses[k], batch_size=B)
-        return loss
+        return outputs, {**losses, "loss_caption": caption, "loss": loss}
 
     def caption_loss(self, outputs: dict, targets: list[dict]) -> Tensor:
         """The head's caption cross-entropy over the final layer's matched, captioned objects (a zero that reaches

@@ -2,18 +2,19 @@
 
 Differences from the reference (DETR's SetCriterion):
 
-- One module serves three classification losses (the key is ``loss_ce`` for all). The head decides
-  (``sigmoid_head``, the detector's own flag): a softmax head trains with cross-entropy, a sigmoid head with
-  the loss named by ``sigmoid_loss``:
+- One module serves two classification losses (the key is ``loss_ce`` for both). The detector's head decides
+  (``DETR.sigmoid_head``, bound by :meth:`SetCriterion.bind`, never a config key of its own):
   - ``"ce"`` (softmax heads): softmax cross-entropy over C+1 classes, no-object weighted by ``eos_coef``;
     mean weighted by the class weights (``F.cross_entropy`` with ``weight``), as DETR does.
-  - ``"focal"`` (sigmoid heads, the default): ``torchvision.ops.sigmoid_focal_loss`` on one-hot targets over
-    C classes (no no-object slot), summed over all (B, Q, C) elements and divided by ``num_boxes``. This is
-    exactly Deformable DETR's ``loss.mean(1).sum() / num_boxes * Q``.
   - ``"varifocal"`` (sigmoid heads; VFL, IoU-aware classification as in RT-DETR): the matched class's target
     is the IoU (detached) of the predicted box with its GT, every other entry 0; BCE-with-logits weighted by
     ``alpha * sigmoid(x)^gamma`` on entries that are not the matched class and by the IoU target on those that
-    are; reduced like ``"focal"`` (sum / ``num_boxes``). RT-DETR uses ``focal_alpha=0.75`` for this loss.
+    are; summed over all (B, Q, C) elements (no no-object slot) and divided by ``num_boxes``. RT-DETR uses
+    ``focal_alpha=0.75`` for this loss. (The plain focal loss was retired: every shipped sigmoid recipe trains
+    with varifocal, and no supported weight format needs a loss.)
+- The part is built from its config (loss weights, ``focal_alpha``, the one-to-many factors and the ``matcher``
+  with its costs) and bound to the detector by the training module: the class count and the head kind come
+  from the detector, and the matcher's class cost follows the same head and ``focal_alpha``.
 - All loss math runs in float32 with autocast off, so bf16 training stays finite.
 - Hybrid matching: an optional ``one2many`` output branch is matched with every target repeated
   ``one2many_k`` times; its losses are normalised by ``num_boxes * one2many_k`` (the repeated target count, as
@@ -28,14 +29,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss
 
 from vitkit.detection.box_ops import cxcywh_to_xyxy, paired_box_iou
 from vitkit.detection.matcher import FOCAL_GAMMA, HungarianMatcher
 from vitkit.utils.distributed import is_distributed, world_size
-
-SIGMOID_LOSSES = ("focal", "varifocal")
-DEFAULT_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
 def average_num_boxes(targets: list[dict], device: torch.device) -> Tensor:
@@ -58,16 +56,15 @@ def average_num_boxes(targets: list[dict], device: torch.device) -> Tensor:
 class SetCriterion(nn.Module):
     """DETR losses over the final layer, every auxiliary layer and an optional one-to-many branch.
 
+    Build it with its settings, then :meth:`bind` it to the detector's class count and head (the training module
+    does); an unbound criterion refuses to compute.
+
     Args:
-        num_classes: C, object classes (no-object excluded). CE heads emit C+1 logits, sigmoid heads C.
-        matcher: the assignment used for every layer and branch.
-        weight_dict: weights for ``loss_ce``, ``loss_bbox``, ``loss_giou`` (missing keys take the defaults
-            1, 5, 2; unknown keys are an error).
-        eos_coef: CE weight of the no-object class.
-        sigmoid_head: the detector's head kind (``DETR.sigmoid_head``): True = C sigmoid logits, trained with
-            ``sigmoid_loss``; False = C+1 softmax logits (last = no-object), trained with cross-entropy.
-        sigmoid_loss: the classification loss of a sigmoid head, "focal" or "varifocal"; unused by softmax heads.
-        focal_alpha: alpha of the focal / varifocal loss (gamma is :data:`FOCAL_GAMMA`).
+        matcher: the assignment used for every layer and branch (its class cost is bound to the same head).
+        loss_ce, loss_bbox, loss_giou: weights of the classification, L1 and GIoU losses.
+        eos_coef: CE weight of the no-object class (softmax heads only).
+        focal_alpha: alpha of the varifocal loss and of the matcher's focal class cost (sigmoid heads only; gamma
+            is :data:`FOCAL_GAMMA`).
         one2many_k: times each target is repeated when matching the ``one2many`` branch.
         enc_one2many_k: times each target is repeated when matching the two-stage encoder proposals
             (``enc_outputs``); 1 is one-to-one. Every token is a proposal, so repeating gives the encoder
@@ -78,30 +75,47 @@ class SetCriterion(nn.Module):
 
     def __init__(
         self,
-        num_classes: int,
         matcher: HungarianMatcher,
-        weight_dict: dict[str, float] | None = None,
+        loss_ce: float = 1.0,
+        loss_bbox: float = 5.0,
+        loss_giou: float = 2.0,
         eos_coef: float = 0.1,
-        sigmoid_head: bool = False,
-        sigmoid_loss: str = "focal",
         focal_alpha: float = 0.25,
         one2many_k: int = 6,
         enc_one2many_k: int = 1,
     ) -> None:
         super().__init__()
-        if sigmoid_loss not in SIGMOID_LOSSES:
-            raise ValueError(f"sigmoid_loss must be one of {SIGMOID_LOSSES}, got {sigmoid_loss!r}")
-        unknown = set(weight_dict or {}) - set(DEFAULT_WEIGHTS)
-        if unknown:
-            raise ValueError(f"unknown weight_dict keys {sorted(unknown)}; expected {sorted(DEFAULT_WEIGHTS)}")
-        self.num_classes, self.matcher = num_classes, matcher
-        self.loss_type = sigmoid_loss if sigmoid_head else "ce"  # "ce", "focal" or "varifocal"
-        self.weight_dict = {**DEFAULT_WEIGHTS, **(weight_dict or {})}
+        self.matcher = matcher
+        self.weight_dict = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
         self.eos_coef, self.focal_alpha = eos_coef, focal_alpha
         self.one2many_k, self.enc_one2many_k = one2many_k, enc_one2many_k
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = eos_coef
+        self.num_classes: int | None = None  # C, set by bind
+        self.loss_type: str | None = None  # "ce" or "varifocal", set by bind
+
+    def bind(self, num_classes: int, sigmoid_head: bool) -> SetCriterion:
+        """Fit the losses (and the matcher's class cost) to a detector's head; returns ``self``.
+
+        Args:
+            num_classes: C, the detector's object classes (no-object excluded): a softmax head emits C+1 logits,
+                a sigmoid head C.
+            sigmoid_head: the detector's head kind (``DETR.sigmoid_head``): True = C sigmoid logits trained with
+                the varifocal loss; False = C+1 softmax logits (last = no-object) trained with cross-entropy.
+
+        Raises:
+            ValueError: naming ``model.criterion``, when it is already bound to another class count or head (one
+                criterion serves one detector).
+        """
+        head = (int(num_classes), "varifocal" if sigmoid_head else "ce")
+        if self.num_classes is not None and (self.num_classes, self.loss_type) != head:
+            raise ValueError(f"model.criterion: this SetCriterion is bound to a {self.loss_type!r} head with "
+                             f"{self.num_classes} classes and cannot serve a {head[1]!r} head with {head[0]} "
+                             "classes; give each module its own criterion")
+        self.num_classes, self.loss_type = head
+        self.matcher.bind(sigmoid=bool(sigmoid_head), focal_alpha=self.focal_alpha)
+        empty_weight = torch.ones(self.num_classes + 1)
+        empty_weight[-1] = self.eos_coef
         self.register_buffer("empty_weight", empty_weight, persistent=False)
+        return self
 
     def _class_loss(self, logits: Tensor, idx: tuple[Tensor, Tensor], labels: Tensor, ious: Tensor | None, nb: Tensor):
         """(B, Q, C[+1]) logits, matched (batch, query) idx and (M,) labels/IoUs -> () loss."""
@@ -111,8 +125,6 @@ class SetCriterion(nn.Module):
             return F.cross_entropy(logits.transpose(1, 2), target, self.empty_weight.to(logits))  # over (B, C+1, Q)
         onehot = torch.zeros_like(logits)  # (B, Q, C)
         onehot[idx[0], idx[1], labels] = 1.0
-        if self.loss_type == "focal":
-            return sigmoid_focal_loss(logits, onehot, self.focal_alpha, FOCAL_GAMMA, reduction="sum") / nb
         score = torch.zeros_like(logits)  # IoU-valued targets, (B, Q, C)
         score[idx[0], idx[1], labels] = ious
         weight = self.focal_alpha * logits.sigmoid().detach() ** FOCAL_GAMMA * (1 - onehot) + score
@@ -172,7 +184,13 @@ class SetCriterion(nn.Module):
             unweighted, detached final-layer diagnostics in ``diagnostic_keys``: ``diag_class_error`` (top-1
             error in % over matched queries) and ``diag_cardinality_error`` (mean |#predicted objects - #targets|
             per image; CE: argmax is not no-object, sigmoid: max score > 0.5).
+
+        Raises:
+            RuntimeError: the criterion is not bound to a detector (:meth:`bind`).
         """
+        if self.num_classes is None:
+            raise RuntimeError("SetCriterion is not bound to a detector: call bind(num_classes, sigmoid_head) first "
+                               "(DetectionModule binds its criterion to its detector)")
         device = outputs["pred_logits"].device
         nb = average_num_boxes(targets, device)
         branches = [("", outputs, 1)]

@@ -25,25 +25,30 @@ FOCAL_GAMMA = 2.0  # gamma of the focal class cost here and of SetCriterion's fo
 class HungarianMatcher(nn.Module):
     """One-to-one (or one-to-k) assignment minimising class + L1 + GIoU cost.
 
+    The constructor takes the costs only (a config's ``matcher`` part); the head the class cost scores is bound
+    afterwards (:meth:`bind`, which :meth:`SetCriterion.bind <vitkit.detection.SetCriterion.bind>` calls with the
+    detector's head and the criterion's ``focal_alpha``). Unbound, it matches a softmax head.
+
     Args:
         cost_class: weight of the class cost (-p for softmax heads, focal cost for sigmoid heads).
         cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
         cost_giou: weight of -GIoU.
-        sigmoid: sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
-        focal_alpha: focal cost alpha (gamma is :data:`FOCAL_GAMMA`).
     """
 
-    def __init__(
-        self,
-        cost_class: float = 1.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        sigmoid: bool = False,
-        focal_alpha: float = 0.25,
-    ) -> None:
+    def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
         super().__init__()
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.sigmoid, self.focal_alpha = sigmoid, focal_alpha
+        self.sigmoid, self.focal_alpha = False, 0.25
+
+    def bind(self, sigmoid: bool, focal_alpha: float = 0.25) -> HungarianMatcher:
+        """Score the class cost for a head; returns ``self``.
+
+        Args:
+            sigmoid: a sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
+            focal_alpha: the focal cost's alpha (gamma is :data:`FOCAL_GAMMA`); unused by softmax heads.
+        """
+        self.sigmoid, self.focal_alpha = bool(sigmoid), float(focal_alpha)
+        return self
 
     def _class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
         """(N, C[+1]) logits, (T,) labels -> (N, T) class cost."""

@@ -1,10 +1,13 @@
 """DetectionModule: Lightning training/validation of an injected :class:`vitkit.detection.DETR`.
 
 The module owns the optimisation recipe (AdamW with a backbone lr multiplier and weight-decay groups,
-warmup + cosine or step schedule; the shared parts in :class:`vitkit.train.module.TaskModule`) and the
-set-prediction criterion, whose classification loss follows the detector's head (softmax: cross-entropy;
-sigmoid: ``sigmoid_loss``); data formats stay in the datamodule and COCO scoring in
-:mod:`vitkit.eval.coco_eval`. Gradient clipping and EMA are Trainer features (``trainer.gradient_clip_val``,
+warmup + cosine or step schedule; the shared parts in :class:`vitkit.train.module.TaskModule`). The network and
+the loss are injected parts, each configured by its own ``class_path``: the detector and the set-prediction
+criterion (:class:`~vitkit.detection.SetCriterion` with its :class:`~vitkit.detection.HungarianMatcher`), which the
+module binds to the detector's class count and head (softmax: cross-entropy; sigmoid: varifocal). One training
+step (:meth:`DetectionModule.training_losses`) gives the outputs and the loss dict, so a task built on detection
+adds its own loss on top. Data formats stay in the datamodule and COCO scoring in :mod:`vitkit.eval.coco_eval`.
+Gradient clipping and EMA are Trainer features (``trainer.gradient_clip_val``,
 ``lightning.pytorch.callbacks.EMAWeightAveraging``).
 """
 
@@ -16,9 +19,9 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from vitkit.detection import HungarianMatcher, PostProcess, SetCriterion
-from vitkit.detection.export import checkpoint_spec
+from vitkit.detection import PostProcess, SetCriterion
 from vitkit.detection.model import DETR
+from vitkit.detection.spec import checkpoint_spec
 from vitkit.eval.coco_eval import evaluate_coco
 from vitkit.eval.coco_results import detection_entries
 from vitkit.eval.gather import gather_image_ids, gather_results
@@ -33,15 +36,10 @@ class DetectionModule(TaskModule):
 
     Args:
         detector: the model (its class head must have ``num_classes`` outputs, plus one for softmax heads).
+        criterion: the set-prediction loss with its matcher (loss weights, matching costs, ``focal_alpha``, the
+            one-to-many factors), bound here to the detector's class count and head: a softmax head trains with
+            cross-entropy over C+1 classes (vanilla DETR), a sigmoid head with the varifocal loss (RT-DETR's).
         num_classes: number of classes, linked from the datamodule (checked against the detector).
-        sigmoid_loss: the classification loss of a sigmoid head (``detector.sigmoid_head``): "focal" or
-            "varifocal" (IoU-aware, RT-DETR's). Unused by softmax heads, which always train with cross-entropy over
-            C+1 classes (no-object weighted by ``eos_coef``, vanilla DETR).
-        cost_class, cost_bbox, cost_giou: Hungarian matching costs.
-        loss_ce, loss_bbox, loss_giou: loss weights.
-        eos_coef: weight of the no-object class (CE only).
-        one2many_k: how many times each target is repeated for the one-to-many queries.
-        enc_one2many_k: how many times each target is repeated when matching two-stage encoder proposals.
         lr: base learning rate (transformer and heads).
         backbone_lr_mult: lr multiplier for the patch source (the CNN backbone or conv patchify).
         weight_decay: AdamW weight decay; norms, biases, embeddings and tokens get none.
@@ -51,7 +49,6 @@ class DetectionModule(TaskModule):
         min_lr_ratio: final lr / base lr for the cosine schedule.
         num_select: detections kept per image by the post-processor.
         eval_backend: COCOeval implementation for validation: "faster" (faster-coco-eval) or "pycocotools".
-        focal_alpha: alpha of the focal / varifocal loss and matching cost (RT-DETR uses 0.75 with varifocal).
         class_names: category names, filled from the datamodule and kept in checkpoints.
         label_to_cat_id: contiguous label -> dataset category id, filled from the datamodule.
         nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step and the
@@ -59,25 +56,18 @@ class DetectionModule(TaskModule):
             lr schedule advance), with a warning naming the same. Under DDP all ranks skip together.
     """
 
-    # Constructor arguments kept out of ``hparams``: the networks (saved as weights). Lightning's
-    # ``save_hyperparameters`` reads every ``__init__`` frame up the call chain, so the one call here also records a
-    # subclass's arguments; a subclass extends this tuple with its own networks instead of calling it again.
-    hparams_ignore: ClassVar[tuple[str, ...]] = ("detector",)
+    # The constructor's parts (networks and the loss): saved as weights and configured by their own class_path, so
+    # they are no hyper-parameters. The hyper-parameters are the concrete class's other arguments (a subclass passes
+    # this class's on by keyword and names its own parts here).
+    parts: ClassVar[tuple[str, ...]] = ("detector", "criterion")
+    # Losses logged beside ``train/loss``: key -> shown in the progress bar (and then also averaged per epoch).
+    logged_losses: ClassVar[dict[str, bool]] = {"loss_ce": False, "loss_bbox": False, "loss_giou": False}
 
     def __init__(
         self,
         detector: DETR,
+        criterion: SetCriterion,
         num_classes: int | None = None,
-        sigmoid_loss: Literal["focal", "varifocal"] = "focal",
-        cost_class: float = 1.0,
-        cost_bbox: float = 5.0,
-        cost_giou: float = 2.0,
-        loss_ce: float = 1.0,
-        loss_bbox: float = 5.0,
-        loss_giou: float = 2.0,
-        eos_coef: float = 0.1,
-        one2many_k: int = 6,
-        enc_one2many_k: int = 1,
         lr: float = 1e-4,
         backbone_lr_mult: float = 0.1,
         weight_decay: float = 1e-4,
@@ -87,13 +77,12 @@ class DetectionModule(TaskModule):
         min_lr_ratio: float = 0.01,
         num_select: int = 100,
         eval_backend: str = "faster",
-        focal_alpha: float = 0.25,
         class_names: list[str] | None = None,
         label_to_cat_id: list[int] | None = None,
         nonfinite: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__(nonfinite)
-        self.save_hyperparameters(ignore=list(self.hparams_ignore))
+        self.save_hyperparameters(ignore=list(self.parts))
         if num_classes is not None and num_classes != detector.num_classes:
             raise ValueError(
                 f"model.num_classes: the data has {num_classes} classes but the detector was built for "
@@ -103,12 +92,7 @@ class DetectionModule(TaskModule):
             raise ValueError(f"model.schedule must be 'cosine' or 'step', got {schedule!r}")
         self.detector = detector
         sigmoid = bool(detector.sigmoid_head)  # the head decides the loss, the matching cost and the scores
-        matcher = HungarianMatcher(cost_class=cost_class, cost_bbox=cost_bbox, cost_giou=cost_giou,
-                                   sigmoid=sigmoid, focal_alpha=focal_alpha)
-        weights = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
-        self.criterion = SetCriterion(detector.num_classes, matcher, weight_dict=weights, eos_coef=eos_coef,
-                                      sigmoid_head=sigmoid, sigmoid_loss=sigmoid_loss, one2many_k=one2many_k,
-                                      enc_one2many_k=enc_one2many_k, focal_alpha=focal_alpha)
+        self.criterion = criterion.bind(detector.num_classes, sigmoid)
         self.postprocess = PostProcess(sigmoid=sigmoid, num_select=num_select)
         self._val_results: list[dict] = []
         self._val_image_ids: list[int] = []
@@ -151,19 +135,36 @@ class DetectionModule(TaskModule):
     def forward(self, images: Tensor, mask: Tensor | None = None) -> dict:
         return self.detector(images, mask)
 
+    def training_forward(self, images: Tensor, mask: Tensor, targets: list[dict]) -> dict:
+        """The detector's training outputs (a subclass may ask for more, e.g. the features its own loss reads)."""
+        return self.detector(images, mask, targets)
+
+    def training_losses(self, images: Tensor, mask: Tensor, targets: list[dict]) -> tuple[dict, dict[str, Tensor]]:
+        """One training batch's outputs and losses: the detection step that a subclass extends with its own loss.
+
+        Args:
+            images: (B, 3, H, W); mask: (B, H, W) True = padding; targets: B dicts with ``labels`` (n,) and ``boxes``
+                (n, 4) normalised cxcywh (and whatever a subclass's loss reads).
+
+        Returns:
+            ``(outputs, losses)``: the :meth:`training_forward` outputs and the criterion's weighted loss dict, whose
+            ``loss`` is the () total the step trains on.
+        """
+        outputs = self.training_forward(images, mask, targets)
+        return outputs, self.criterion(outputs, targets)
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         images, mask, targets = batch
-        outputs = self.detector(images, mask, targets)
-        losses = self.criterion(outputs, targets)
+        _, losses = self.training_losses(images, mask, targets)
         loss = losses["loss"]
         skipped = self.skip_nonfinite(loss, batch_idx, image_ids=lambda: [int(t["image_id"]) for t in targets])
         if skipped is not None:
             return skipped
         B = images.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
-        for k in ("loss_ce", "loss_bbox", "loss_giou"):
+        for k, shown in self.logged_losses.items():
             if k in losses:
-                self.log(f"train/{k}", losses[k], batch_size=B)
+                self.log(f"train/{k}", losses[k], prog_bar=shown, on_epoch=shown, batch_size=B)
         return loss
 
     def validation_forward(self, images: Tensor, mask: Tensor) -> dict:
