@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a line on the conditions of this run, kept in the JSON")
     args = parser.parse_args(argv)
 
-    from vitkit.detection.export import DetectorExport, compare_detections
+    from vitkit.detection.onnx import DetectorExport, compare_detections
     from vitkit.io.export import export_onnx, onnx_session, run_onnx
 
     torch.set_num_threads(args.threads)

@@ -130,29 +130,35 @@ def _modules_after(argvs: list[list[str]], tmp_path: Path) -> list[str]:
 
 
 def test_help_and_version_import_no_command_and_no_torch(tmp_path):
-    from vitkit.cli.main import COMMANDS
+    from vitkit.cli.main import commands
+
+    table = commands()
 
     modules = _modules_after([["--help"], ["--version"]], tmp_path)
     assert "vitkit.cli.main" in modules and "vitkit.cli.configs" in modules  # the help lists the shipped configs
     assert not [m for m in modules if m.split(".")[0] in ("torch", "lightning")], modules
-    assert not {command.module for command in COMMANDS.values()} & set(modules)
+    assert not {command.module for command in table.values()} & set(modules)
 
 
 def test_command_help_imports_no_torch(tmp_path):
     """Each command builds its parser from light imports; torch and the task packages load after parsing."""
-    from vitkit.cli.main import COMMANDS
+    from vitkit.cli.main import commands
 
-    names = [name for name in COMMANDS if name != "train"]  # LightningCLI builds train's parser from the classes
+    table = commands()
+
+    names = [name for name in table if name != "train"]  # LightningCLI builds train's parser from the classes
     modules = _modules_after([[name, "--help"] for name in names], tmp_path)
     assert not [m for m in modules if m.split(".")[0] in ("torch", "lightning")], modules
-    assert {COMMANDS[name].module for name in names} <= set(modules)  # each command's parser did run
+    assert {table[name].module for name in names} <= set(modules)  # each command's parser did run
 
 
 def test_every_command_names_a_module_with_a_main():
-    from vitkit.cli.main import COMMANDS
+    from vitkit.cli.main import commands
 
-    assert "benchmark" not in COMMANDS  # a checkout tool: python -m benchmarks.runner
-    for name, command in COMMANDS.items():
+    table = commands()
+
+    assert "benchmark" not in table  # a checkout tool: python -m benchmarks.runner
+    for name, command in table.items():
         assert importlib.util.find_spec(command.module) is not None, name
         assert callable(importlib.import_module(command.module).main), name
 

@@ -11,10 +11,13 @@ import pytest
 import yaml
 
 from tests.support.configs import SHIPPED
+from vitkit.captioning.task import TASK as CAPTIONING
 from vitkit.cli import eval as eval_command
 from vitkit.cli import main, train
 from vitkit.cli.configs import SHIPPED_CONFIGS, read_config, resolve_config, shipped_configs
-from vitkit.cli.train import CaptionCLI, DescribeCLI, DetectionCLI, select_task
+from vitkit.cli.train import TaskCLI, select_task
+from vitkit.describe.task import TASK as DESCRIBE
+from vitkit.detection.task import TASK as DETECTION
 from vitkit.kernels import precision as precision_mod
 from vitkit.kernels.precision import CPU_BF16_ENV
 from vitkit.train.guards import ConfigError
@@ -62,17 +65,17 @@ def test_unreadable_configs_are_config_errors(tmp_path):
 # ------------------------------------------------------------------------------------------------ task selection
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_selects_its_task(name):
-    cli = select_task(read_config(resolve_config(name)))
-    expected = {"caption": CaptionCLI, "describe": DescribeCLI, "detr": DetectionCLI}[name.split("_")[0]]
-    assert cli is expected
-    assert cli.task == {CaptionCLI: "captioning", DescribeCLI: "describe", DetectionCLI: "detection"}[expected]
+    task = select_task(read_config(resolve_config(name)))
+    expected = {"caption": CAPTIONING, "describe": DESCRIBE, "detr": DETECTION}[name.split("_")[0]]
+    assert task is expected
+    assert task.name == {CAPTIONING: "captioning", DESCRIBE: "describe", DETECTION: "detection"}[expected]
 
 
 def test_task_key_and_model_section():
-    assert select_task({"model": {"detector": {}}}) is DetectionCLI
-    assert select_task({"model": {"captioner": {}}}) is CaptionCLI
-    assert select_task({"task": "captioning", "model": {"captioner": {}}}) is CaptionCLI
-    assert select_task({"task": "detection"}) is DetectionCLI  # stated, the model section left to the parser
+    assert select_task({"model": {"detector": {}}}) is DETECTION
+    assert select_task({"model": {"captioner": {}}}) is CAPTIONING
+    assert select_task({"task": "captioning", "model": {"captioner": {}}}) is CAPTIONING
+    assert select_task({"task": "detection"}) is DETECTION  # stated, the model section left to the parser
     cases = [
         ({"model": {"lr": 1.0}}, "names no network"),
         ({}, "names no network"),
@@ -87,9 +90,9 @@ def test_task_key_and_model_section():
 
 
 def test_a_detector_with_a_text_decoder_trains_describe():
-    assert select_task({"model": {"detector": {}, "text": {}}}) is DescribeCLI
-    assert select_task({"task": "describe", "model": {"detector": {}, "text": {}}}) is DescribeCLI
-    assert select_task({"task": "describe"}) is DescribeCLI
+    assert select_task({"model": {"detector": {}, "text": {}}}) is DESCRIBE
+    assert select_task({"task": "describe", "model": {"detector": {}, "text": {}}}) is DESCRIBE
+    assert select_task({"task": "describe"}) is DESCRIBE
     cases = [
         ({"model": {"text": {}}}, "names no network"),
         ({"model": {"detector": {}, "text": {}, "captioner": {}}}, "names two networks"),
@@ -105,27 +108,32 @@ def test_a_detector_with_a_text_decoder_trains_describe():
     assert "model.detector and model.text (describe)" in str(err.value)
 
 
+class _Links:
+    """A parser that records ``link_arguments`` calls (no parsing: the links alone)."""
+
+    def __init__(self, task) -> None:
+        self.links: list[tuple[str, str]] = []
+        task.add_links(self)
+
+    def link_arguments(self, source, target, **kwargs):
+        self.links.append((source, target))
+
+
 def test_the_describe_cli_is_detection_plus_the_tokenizer_links():
-    assert issubclass(DescribeCLI, DetectionCLI) and "add_task_links" in DescribeCLI.__dict__
-    assert (DescribeCLI.task, DescribeCLI.monitor, DescribeCLI.networks) == ("describe", "val/AP", ("detector", "text"))
-    links = []
-
-    class Parser:
-        def link_arguments(self, source, target, **kwargs):
-            links.append((source, target))
-
-    DescribeCLI.__new__(DescribeCLI).add_task_links(Parser())  # no parsing: the links alone
+    assert (DESCRIBE.name, DESCRIBE.monitor, DESCRIBE.networks) == ("describe", "val/AP", ("detector", "text"))
+    links = _Links(DESCRIBE).links
+    assert set(_Links(DETECTION).links) < set(links)  # detection's links, and more
     assert ("data.num_classes", "model.detector.init_args.num_classes") in links
     for name in ("vocab_size", "pad_id", "bos_id", "eos_id", "max_length"):
         assert (f"data.{name}", f"model.text.init_args.{name}") in links
 
 
 def test_each_task_cli_adds_only_its_own_links():
-    assert "add_task_links" in DetectionCLI.__dict__ and "add_task_links" in CaptionCLI.__dict__
-    assert not issubclass(CaptionCLI, DetectionCLI) and not issubclass(DetectionCLI, CaptionCLI)
-    assert (DetectionCLI.monitor, CaptionCLI.monitor) == ("val/AP", "val/CIDEr")
-    with pytest.raises(NotImplementedError):
-        train.TaskCLI.add_task_links(None, None)
+    detection, captioning = set(_Links(DETECTION).links), set(_Links(CAPTIONING).links)
+    assert detection and captioning and not detection & captioning
+    assert all(target.startswith(("model.detector.", "model.num_classes", "model.class_names", "model.label_to_cat"))
+               for _, target in detection)
+    assert (DETECTION.monitor, CAPTIONING.monitor) == ("val/AP", "val/CIDEr")
 
 
 def test_a_task_key_in_a_config_trains(tmp_path, monkeypatch, capsys):
@@ -169,7 +177,7 @@ def test_help_lists_every_command_with_examples(capsys):
     assert main.main(["--version"]) == 0 and capsys.readouterr().out.startswith("vitkit ")
 
 
-@pytest.mark.parametrize("name", sorted(main.COMMANDS))
+@pytest.mark.parametrize("name", sorted(main.commands()))
 def test_every_command_help_gives_examples(name, capsys):
     try:
         status = main.main([name, "--help"])
@@ -217,7 +225,7 @@ def test_bf16_training_config_on_a_cpu_without_native_bf16_trains_in_fp32(native
     monkeypatch.setattr(sys, "argv", ["vitkit"])
     assert read_config(SHIPPED_CONFIGS / "detr_shapes.yaml")["trainer"]["precision"] == "bf16-mixed"
     with pytest.warns(UserWarning, match="32-true") if not native else contextlib.nullcontext():
-        cli = DetectionCLI(run=False, args=["--config", str(SHIPPED_CONFIGS / "detr_shapes.yaml"),
-                                            "--data.root", str(tmp_path / "shapes"), "--data.shapes_train", "2",
-                                            "--data.shapes_val", "2", "--data.shapes_size", "80"])
+        cli = TaskCLI(DETECTION, run=False, args=["--config", str(SHIPPED_CONFIGS / "detr_shapes.yaml"),
+                                                  "--data.root", str(tmp_path / "shapes"), "--data.shapes_train", "2",
+                                                  "--data.shapes_val", "2", "--data.shapes_size", "80"])
     assert cli.trainer.precision == ("bf16-mixed" if native else "32-true")

@@ -27,7 +27,7 @@ from tests.support.tiny_checkpoints import lightning_checkpoint
 from vitkit.cli.config_errors import explain_config_error
 from vitkit.data.shapes import ensure_shapes
 from vitkit.detection import DETR
-from vitkit.detection.export import checkpoint_spec as detection_spec
+from vitkit.detection.spec import checkpoint_spec as detection_spec
 from vitkit.utils.config import instantiate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -23,12 +23,12 @@ ort = pytest.importorskip("onnxruntime")
 
 import vitkit  # noqa: E402
 from vitkit.captioning import Captioner, CaptionTokenizer  # noqa: E402
-from vitkit.captioning.export import checkpoint_spec as caption_spec  # noqa: E402
-from vitkit.captioning.export import compare_encoder, decode_memory  # noqa: E402
+from vitkit.captioning.onnx import compare_encoder, decode_memory  # noqa: E402
+from vitkit.captioning.spec import checkpoint_spec as caption_spec  # noqa: E402
 from vitkit.core.trace import dummy_inputs  # noqa: E402
 from vitkit.detection import DETR  # noqa: E402
-from vitkit.detection.export import checkpoint_spec as detection_spec  # noqa: E402
-from vitkit.detection.export import compare_detections  # noqa: E402
+from vitkit.detection.onnx import compare_detections  # noqa: E402
+from vitkit.detection.spec import checkpoint_spec as detection_spec  # noqa: E402
 from vitkit.io.export import (  # noqa: E402
     export_checkpoint,
     export_onnx,

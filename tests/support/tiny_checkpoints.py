@@ -9,7 +9,7 @@ A Captioner of the same size (one layer each side, at most 8 tokens) with a word
 :data:`SENTENCES`, the same preprocessing; large random weights, so captions and scores depend on the image.
 
 The inference spec is made by the functions the Lightning modules use (``checkpoint_spec`` of
-:mod:`vitkit.detection.export` and :mod:`vitkit.captioning.export`) and stored by :func:`vitkit.utils.spec.write_spec`.
+:mod:`vitkit.detection.spec` and :mod:`vitkit.captioning.spec`) and stored by :func:`vitkit.utils.spec.write_spec`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from vitkit.captioning import Captioner, CaptionTokenizer
-from vitkit.captioning.export import checkpoint_spec as caption_spec
+from vitkit.captioning.spec import checkpoint_spec as caption_spec
 from vitkit.detection import DETR
-from vitkit.detection.export import checkpoint_spec as detection_spec
-from vitkit.io.tasks import TASKS
+from vitkit.detection.spec import checkpoint_spec as detection_spec
+from vitkit.tasks import find
 from vitkit.utils.config import instantiate
 from vitkit.utils.spec import SPEC_KEY, InferenceSpec, write_spec
 
@@ -55,7 +55,7 @@ def detector_config(**detr: Any) -> dict[str, Any]:
 def lightning_checkpoint(spec: InferenceSpec, model: nn.Module, **extra: Any) -> dict[str, Any]:
     """A checkpoint dict laid out as tools/train.py writes it: ``spec`` and ``model``'s weights under the Lightning
     module's prefix (``detector.``, ``captioner.``); ``extra`` adds top-level keys."""
-    prefix = TASKS[spec.task].state_prefix
+    prefix = find(spec.task).state_prefix
     ckpt = {"state_dict": {f"{prefix}{k}": v for k, v in model.state_dict().items()}, **extra}
     write_spec(ckpt, spec)
     return ckpt

@@ -270,16 +270,17 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
 
 
 def test_cli_trainer_saves_and_loads_through_safe_io(shapes, tmp_path, monkeypatch):
-    from vitkit.cli.train import DetectionCLI
+    from vitkit.cli.train import TaskCLI
     from vitkit.detection.datamodule import CocoDataModule
     from vitkit.detection.module import DetectionModule
+    from vitkit.detection.task import TASK as DETECTION
     from vitkit.train.resume import ExactResume
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # seed_everything sets them: undone after the test
         monkeypatch.setenv(name, "0")
-    cli = DetectionCLI(DetectionModule, CocoDataModule, run=False, save_config_callback=None,
-                       args=["--config", str(CONFIG), "--data.root", str(shapes), "--trainer.logger", "false", *DATA])
+    cli = TaskCLI(DETECTION, DetectionModule, CocoDataModule, run=False, save_config_callback=None,
+                  args=["--config", str(CONFIG), "--data.root", str(shapes), "--trainer.logger", "false", *DATA])
     assert isinstance(cli.trainer.strategy.checkpoint_io, SafeCheckpointIO)
     assert any(isinstance(cb, ExactResume) for cb in cli.trainer.callbacks)

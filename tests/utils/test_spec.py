@@ -1,4 +1,6 @@
-"""The inference spec (vitkit.utils.spec): one versioned record, read back with errors naming the field."""
+"""The inference spec (vitkit.utils.spec): one versioned record, read back with errors naming the field. The
+task-specific checks come from the registered tasks' declarations (``Task.spec``), which vitkit.io passes in; here
+the specs are bound to them as vitkit.io binds them."""
 
 from __future__ import annotations
 
@@ -9,28 +11,37 @@ import torch
 
 import vitkit
 from tests.support.tiny_checkpoints import CLASS_NAMES, detector_config, save_detector
+from vitkit.tasks import tasks
 from vitkit.utils.spec import (
     SPEC_KEY,
     SPEC_VERSION,
     InferenceSpec,
     SpecError,
+    SpecFields,
     read_spec,
     spec_from_metadata,
     spec_metadata,
     write_spec,
 )
 
+DECLARATIONS = {task.name: task.spec for task in tasks()}  # what vitkit.io passes to the spec readers
+
+
+def _bound(**fields) -> InferenceSpec:
+    spec = InferenceSpec(**fields)
+    return spec.bind(DECLARATIONS[spec.task], DECLARATIONS)
+
 
 def _detection(**changes) -> InferenceSpec:
     fields = {"task": "detection", "model_config": detector_config(), "size": 32, "max_size": 64,
               "class_names": CLASS_NAMES, "label_to_cat_id": [1, 3, 7, 9], "num_select": 10, **changes}
-    return InferenceSpec(**fields)
+    return _bound(**fields)
 
 
 def _captioning(**changes) -> InferenceSpec:
     fields = {"task": "captioning", "model_config": {"class_path": "vitkit.captioning.Captioner", "init_args": {}},
               "size": 32, "max_size": None, "tokenizer": "{}", "generation": {"num_beams": 2}, **changes}
-    return InferenceSpec(**fields)
+    return _bound(**fields)
 
 
 def _describe(**changes) -> InferenceSpec:
@@ -38,7 +49,7 @@ def _describe(**changes) -> InferenceSpec:
     fields = {"task": "describe", "model_config": {"detector": detector_config(), "text": text, "roi_size": 7},
               "size": 32, "max_size": 64, "class_names": CLASS_NAMES, "label_to_cat_id": [1, 3, 7, 9],
               "tokenizer": "{}", **changes}
-    return InferenceSpec(**fields)
+    return _bound(**fields)
 
 
 @pytest.mark.parametrize("make", [_detection, _captioning, _describe])
@@ -73,7 +84,7 @@ def test_version_unknown_missing_and_bad_fields_are_named():
              "num_select": True, "model_config": {"init_args": {}}}
     for name, value in cases.items():
         with pytest.raises(SpecError, match=f"source: inference spec field '{name}'"):
-            InferenceSpec.from_dict({**data, name: value}, "source")
+            InferenceSpec.from_dict({**data, name: value}, "source", DECLARATIONS)
     with pytest.raises(SpecError, match="field 'tokenizer' is required for captioning"):
         _captioning(tokenizer=None)
     with pytest.raises(SpecError, match="field 'tokenizer' applies to captioning and describe only"):
@@ -103,3 +114,19 @@ def test_load_names_a_bad_spec_field(tmp_path):
     with pytest.raises(SpecError, match=r"det\.ckpt: 'vitkit_spec': inference spec field 'max_size'"):
         vitkit.load(path)
     assert json.dumps(_detection().to_dict())  # plain JSON types
+
+
+def test_the_record_names_no_task_its_declaration_comes_from_the_caller():
+    """Unbound, a spec checks its fields' types and values and writes the task-specific fields it holds; bound to a
+    declaration, it checks the task's rules and writes exactly the task's fields."""
+    spec = InferenceSpec(task="anything", model_config={"class_path": "torch.nn.Linear"}, size=32, max_size=None,
+                         num_select=5)
+    assert set(spec.to_dict()) == {"task", "model_config", "size", "max_size", "num_select", "version"}
+    with pytest.raises(SpecError, match="field 'size'"):
+        InferenceSpec(task="anything", model_config={}, size=0, max_size=None)
+    with pytest.raises(SpecError, match="field 'num_select' is not recorded by anything specs"):
+        spec.bind(SpecFields())
+    assert set(spec.bind(SpecFields(used=("num_select", "generation"))).to_dict()) >= {"num_select", "generation"}
+    assert InferenceSpec.from_dict(spec.to_dict()) == spec  # read without declarations: no task check
+    with pytest.raises(ValueError, match="task-specific fields"):
+        SpecFields(used=("size",))

@@ -1,9 +1,9 @@
 """Object labels on the captioner's image tokens: a training-only auxiliary loss where boxes exist (issue 16).
 
 A captioner trained on captions alone learns from image-level words which objects an image holds, and on the
-shapes set it does not learn the shape kinds in a 15-minute budget (DECISIONS.md, "Why captions miss shape kinds").
-Where the images also have a COCO instances file (COCO itself: ``instances_*.json`` beside ``captions_*.json``), each
-image token can be told which object covers it: :class:`ObjectTokenHead` classifies every token of the caption
+shapes set it does not learn the shape kinds in a 15-minute budget (docs/decisions.md, Captioning recipe).
+Where the images also have a COCO instances file (COCO itself: ``instances_*.json`` beside ``captions_*.json``),
+each image token can be told which object covers it: :class:`ObjectTokenHead` classifies every token of the caption
 memory into the dataset's categories or background, with a cross-entropy against :func:`token_targets`. It is a
 dense, box-level form of "joint training with a detection loss": no matching, no decoder, a linear layer, so a
 step costs what a caption step costs. The head is not part of the captioner: inference and exports never see it.

@@ -84,7 +84,8 @@ def _onnx_options(args: argparse.Namespace) -> dict[str, Any]:
 def _report(report: ExportReport, prog: str) -> int:
     """Print what was written and the check's differences; 1 when they exceed :data:`TOLERANCE`, else 0."""
     describe = "detector of a region captioner" if report.format == "onnx" else "region captioner"
-    what = {"detection": "detector", "captioning": "caption encoder", "describe": describe}[report.task]
+    named = {"detection": "detector", "captioning": "caption encoder", "describe": describe}  # the shipped tasks'
+    what = named.get(report.task, f"{report.task} model")
     if report.format == "onnx":
         B, H, W = report.trace_shape
         shape = "dynamic batch/height/width" if report.dynamic else f"static {B}x3x{H}x{W}"

@@ -4,8 +4,10 @@ Each command is the ``main(argv, prog)`` of a module of this package, which ``to
 take the same options either way. ``vitkit`` alone or ``vitkit --help`` lists the commands with examples, and
 ``vitkit COMMAND --help`` gives a command's options and examples.
 
-The table below names each command's module as a string: only the dispatched command's module is imported
-(:func:`importlib.import_module`), so ``vitkit --help`` and ``vitkit --version`` import no command and no torch.
+The table below names each command's module as a string, and the registered tasks bring their folder commands
+(``detect``, ``caption``, ``describe``) as strings too (:func:`vitkit.tasks.verbs`, read without importing a task):
+only the dispatched command's module is imported (:func:`importlib.import_module`), so ``vitkit --help`` and
+``vitkit --version`` import no command and no torch.
 The command modules in turn build their parsers from light imports and load torch and the task packages after
 parsing, so ``vitkit COMMAND --help`` stays fast too (``train`` excepted: LightningCLI builds its parser from the
 classes). ``python -m benchmarks.cli_startup`` times both.
@@ -19,6 +21,7 @@ import sys
 from dataclasses import dataclass
 
 from vitkit.cli.configs import shipped_configs
+from vitkit.tasks import verbs
 from vitkit.version import __version__
 
 PROG = "vitkit"
@@ -48,20 +51,30 @@ class Command:
         return command.main(argv, prog)
 
 
-COMMANDS: dict[str, Command] = {
+_BEFORE_TASKS: dict[str, Command] = {
     "train": Command("vitkit.cli.train", "train a model from a run config: a YAML path or a shipped config's name",
                      relaunch=True),
     "eval": Command("vitkit.cli.eval", "COCO mAP of a results file or a checkpoint; COCO caption metrics"),
-    "detect": Command("vitkit.cli.detect", "detect objects in every image of a folder (COCO results JSON)"),
-    "caption": Command("vitkit.cli.caption", "caption every image of a folder (JSON Lines or CSV, resumable)"),
-    "describe": Command("vitkit.cli.describe",
-                        "detect and caption each object of every image of a folder (JSON Lines)"),
+}
+_AFTER_TASKS: dict[str, Command] = {
     "export": Command("vitkit.cli.export", "export a checkpoint as an ONNX graph or weights-only safetensors"),
     "make-shapes": Command("vitkit.cli.make_shapes", "write the synthetic shapes dataset in COCO 2017 layout"),
     "convert-vg": Command("vitkit.cli.convert_vg",
                           "convert Visual Genome region descriptions to COCO layout with captions"),
     "plot-pr": Command("vitkit.cli.plot_pr", "per-class precision-recall curves of a COCO results file (PNG)"),
 }
+
+
+def commands() -> dict[str, Command]:
+    """Every subcommand, in ``vitkit --help``'s order: train and eval, the registered tasks' folder commands
+    (:func:`vitkit.tasks.verbs`), then export and the dataset and plotting tools."""
+    folder = {verb.name: Command(verb.module, verb.summary) for verb in verbs()}
+    taken = sorted(set(folder) & {*_BEFORE_TASKS, *_AFTER_TASKS})
+    if taken or len(folder) < len(verbs()):
+        raise ValueError(f"vitkit.tasks registers a folder command twice, or one named as a vitkit command: {taken}")
+    return {**_BEFORE_TASKS, **folder, **_AFTER_TASKS}
+
+
 # commands that went, and where their work is done now
 MOVED = {"benchmark": "the benchmarks are a source checkout's tool: run `python -m benchmarks.runner --help` in the "
                       "repository root"}
@@ -77,11 +90,12 @@ EXAMPLES = """examples:
 
 def help_text() -> str:
     """What ``vitkit --help`` prints: usage, the commands, examples and the shipped configs."""
-    width = max(map(len, COMMANDS))
-    commands = "\n".join(f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items())
+    table = commands()
+    width = max(map(len, table))
+    listed = "\n".join(f"  {name:<{width}}  {command.summary}" for name, command in table.items())
     return (f"usage: {PROG} COMMAND [ARGS ...]\n\n"
             "vitkit: vision transformers for DETR-style detection and image captioning.\n\n"
-            f"commands:\n{commands}\n\n{EXAMPLES}\n\n"
+            f"commands:\n{listed}\n\n{EXAMPLES}\n\n"
             f"shipped configs (give the name to train or eval): {', '.join(shipped_configs())}\n"
             f"`{PROG} COMMAND --help` lists a command's options, with examples.\n")
 
@@ -106,13 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text(), end="", file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    table = commands()
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=1)
         hint = f" ({MOVED[name]})" if name in MOVED else f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"{PROG}: error: unknown command '{name}'{hint}; the commands are {', '.join(COMMANDS)} (see "
+        print(f"{PROG}: error: unknown command '{name}'{hint}; the commands are {', '.join(table)} (see "
               f"`{PROG} --help`)", file=sys.stderr)
         return 2
-    return COMMANDS[name].run(rest, f"{PROG} {name}", launch_argv=[sys.argv[0], name, *rest])
+    return table[name].run(rest, f"{PROG} {name}", launch_argv=[sys.argv[0], name, *rest])
 
 
 if __name__ == "__main__":

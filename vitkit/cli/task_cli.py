@@ -1,13 +1,14 @@
 """The training CLI every task shares (:class:`TaskCLI`): run-folder defaults, the ``task`` key, one-paragraph config
-errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks. The tasks' subclasses are in
-:mod:`vitkit.cli.tasks`; :mod:`vitkit.cli.train` picks one for a config and runs it.
+errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks. What differs between tasks (module and
+datamodule, best-checkpoint metric, links, the recorded network configs) comes from the task's descriptor
+(:class:`vitkit.train.task.Task`); :mod:`vitkit.cli.train` picks the registered task of a config and runs it.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -20,6 +21,7 @@ from vitkit.kernels.precision import training_precision
 from vitkit.train.checkpoint_io import install_safe_checkpoint_io
 from vitkit.train.guards import ConfigError
 from vitkit.train.resume import ExactResume
+from vitkit.train.task import Task
 from vitkit.utils.checkpoints import safe_load_checkpoint
 
 PROG = "python tools/train.py"
@@ -39,28 +41,20 @@ def _to_plain(obj: Any) -> Any:
 
 
 class TaskCLI(LightningCLI):
-    """What every task's training CLI shares: run-folder defaults under ``runs/<config name>/``, the ``task`` key,
-    one-paragraph config errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks.
-
-    A subclass names its task and classes and adds its own links (:meth:`add_task_links`) and the resolved network
-    config it stores in the model for checkpoints (:meth:`record_network_config`).
+    """The training CLI of one task: run-folder defaults under ``runs/<config name>/``, the ``task`` key,
+    one-paragraph config errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks, with the task's
+    module, datamodule, best-checkpoint metric and links, and the resolved network configs recorded in the model for
+    its checkpoints (all from the task's descriptor, :attr:`task`).
     """
 
-    task: ClassVar[str]  # the ``task`` key's value, and the spec's task (vitkit.utils.spec)
-    network_key: ClassVar[str]  # the model's constructor argument that takes the network
-    networks: ClassVar[tuple[str, ...]]  # every network argument of the model: how select_task knows the task
-    module_class: ClassVar[type[L.LightningModule]]
-    datamodule_class: ClassVar[type[L.LightningDataModule]]
-    monitor: ClassVar[str]  # best checkpoints by this metric
-    ckpt_filename: ClassVar[str]
-
-    def __init__(self, model_class: type[L.LightningModule] | None = None,
+    def __init__(self, task: Task, model_class: type[L.LightningModule] | None = None,
                  datamodule_class: type[L.LightningDataModule] | None = None, *args: Any, run_name: str = "run",
                  launch_argv: list[str] | None = None, help_command: str = PROG, **kwargs: Any) -> None:
         """Build the CLI (and, unless ``run=False``, run it).
 
         Args:
-            model_class, datamodule_class: default: the task's (:attr:`module_class`, :attr:`datamodule_class`).
+            task: the task's descriptor (a registered one, :mod:`vitkit.tasks`).
+            model_class, datamodule_class: default: the task's (``task.module_class``, ``task.datamodule_class``).
             *args: LightningCLI's other positional arguments.
             run_name: the run folder's name under ``runs/`` (the config's name).
             launch_argv: the command line that started this process; restored before fitting so that Lightning's
@@ -68,12 +62,13 @@ class TaskCLI(LightningCLI):
             help_command: the command named in error messages' ``--help`` hint.
             **kwargs: LightningCLI's keyword arguments.
         """
+        self.task = task
         self.run_name = run_name
         self.launch_argv = launch_argv
         self.help_command = help_command
         self.command_args = [a for a in kwargs.get("args") or [] if isinstance(a, str)]
         kwargs.setdefault("parser_class", VitkitArgumentParser)
-        super().__init__(model_class or self.module_class, datamodule_class or self.datamodule_class, *args,
+        super().__init__(model_class or task.module_class, datamodule_class or task.datamodule_class, *args,
                          **kwargs)
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -84,42 +79,29 @@ class TaskCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """The ``task`` key, the ``checkpoint`` group and CSV logger under ``runs/<config name>/``, the task's links."""
-        parser.add_argument("--task", choices=[self.task], default=self.task,
+        parser.add_argument("--task", choices=[self.task.name], default=self.task.name,
                             help="the task this config trains (optional in CONFIG; see vitkit.cli.train.select_task)")
         parser.add_lightning_class_args(LatestLastCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.dirpath": f"runs/{self.run_name}/checkpoints",
-            "checkpoint.filename": self.ckpt_filename,
+            "checkpoint.filename": self.task.ckpt_filename,
             "checkpoint.auto_insert_metric_name": False,
-            "checkpoint.monitor": self.monitor,
+            "checkpoint.monitor": self.task.monitor,
             "checkpoint.mode": "max",
             "checkpoint.save_last": True,
             "checkpoint.last_every_n_train_steps": 1000,
             "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
                                "init_args": {"save_dir": "runs", "name": self.run_name}},
         })
-        self.add_task_links(parser)
+        self.task.add_links(parser)
 
-    @classmethod
-    def networks_named(cls) -> str:
-        """The model keys of the task's networks, for messages: ``model.detector and model.text``."""
-        return " and ".join(f"model.{key}" for key in cls.networks)
-
-    def add_task_links(self, parser: LightningArgumentParser) -> None:
-        """Link the datamodule's attributes into the model's arguments (the subclass's)."""
-        raise NotImplementedError
-
-    def record_network_config(self) -> None:
-        """Store the resolved network config, with the linked values, in the model for its checkpoints."""
-        raise NotImplementedError
-
-    def network_config(self, key: str | None = None) -> dict[str, Any]:
-        """The network's resolved ``class_path`` / ``init_args`` as plain data (``init_args`` always present).
+    def network_config(self, key: str) -> dict[str, Any]:
+        """A network's resolved ``class_path`` / ``init_args`` as plain data (``init_args`` always present).
 
         Args:
-            key: the model argument that takes it (default: :attr:`network_key`).
+            key: the model argument that takes it (one of the task's ``networks``).
         """
-        config = _to_plain(self.config[self.subcommand]["model"][key or self.network_key])
+        config = _to_plain(self.config[self.subcommand]["model"][key])
         config.setdefault("init_args", {})
         return config
 
@@ -191,4 +173,5 @@ class TaskCLI(LightningCLI):
         if self.launch_argv is not None:
             sys.argv = list(self.launch_argv)
         self._check_ckpt_path()
-        self.record_network_config()
+        self.task.record_configs({key: self.network_config(key) for key in self.task.networks}, self.model,
+                                 self.datamodule)

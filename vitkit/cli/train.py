@@ -3,10 +3,10 @@
 CONFIG is a YAML path or a shipped config's name (:func:`vitkit.cli.configs.resolve_config`). The task follows from
 the config (:func:`select_task`): a top-level ``task:`` key when it has one, else the network its ``model`` section
 names, ``model.detector`` (detection), ``model.captioner`` (captioning) or ``model.detector`` and ``model.text``
-(``describe``: detect, then caption each object). Each task is a LightningCLI subclass of
-:class:`~vitkit.cli.task_cli.TaskCLI` (:mod:`vitkit.cli.tasks`) that adds its own links: :class:`DetectionCLI` links
-the class count, names and category ids from the data into the model; :class:`CaptionCLI` links the tokenizer's
-vocabulary size, special ids and ``max_length``; :class:`DescribeCLI` does both, the tokenizer's values into the
+(``describe``: detect, then caption each object): the registered tasks' descriptors (:mod:`vitkit.tasks`) say which
+networks each trains. The config runs in :class:`~vitkit.cli.task_cli.TaskCLI` with the task's descriptor, which
+adds its links: detection links the class count, names and category ids from the data into the model; captioning
+the tokenizer's vocabulary size, special ids and ``max_length``; describe does both, the tokenizer's values into the
 text decoder. The run folder is ``runs/<config name>/`` (CSV logs, ``config.yaml``, ``checkpoints/``; for
 captioning also ``tokenizer.json``), and each checkpoint carries the resolved model config (and the tokenizer) so
 that :func:`vitkit.load` rebuilds the model without the YAML.
@@ -32,13 +32,13 @@ from typing import Any
 from vitkit.cli.config_errors import weights_mismatch_message
 from vitkit.cli.configs import read_config, resolve_config, shipped_configs
 from vitkit.cli.task_cli import PROG, TaskCLI
-from vitkit.cli.tasks import CAPTION_LINKS, TASK_CLIS, CaptionCLI, DescribeCLI, DetectionCLI
 from vitkit.data.images import ImageReadError
+from vitkit.tasks import tasks
 from vitkit.train.guards import ConfigError, NonFiniteLossError
+from vitkit.train.task import Task
 from vitkit.utils.checkpoints import CheckpointError
 
-__all__ = ["CAPTION_LINKS", "PROG", "TASK_CLIS", "CaptionCLI", "DescribeCLI", "DetectionCLI", "TaskCLI", "main",
-           "own_argv", "select_task"]
+__all__ = ["PROG", "TaskCLI", "main", "own_argv", "select_task"]
 
 EXAMPLES = """examples:
   {prog} detr_shapes                                  # a shipped config, by name (CPU, ~15 min)
@@ -49,21 +49,21 @@ EXAMPLES = """examples:
   {prog} detr_shapes --print_config                   # the resolved config, nothing trained"""
 
 
-def _named_tasks(model: Any) -> list[type[TaskCLI]]:
+def _named_tasks(model: Any, registered: tuple[Task, ...]) -> list[Task]:
     """The tasks whose networks a ``model`` section configures; a task whose networks hold another's wins over it
     (``model.detector`` and ``model.text`` is the describe task, not detection)."""
     if not isinstance(model, Mapping):
         return []
-    named = [cli for cli in TASK_CLIS.values() if all(key in model for key in cli.networks)]
-    return [cli for cli in named if not any(set(cli.networks) < set(other.networks) for other in named)]
+    named = [task for task in registered if all(key in model for key in task.networks)]
+    return [task for task in named if not any(set(task.networks) < set(other.networks) for other in named)]
 
 
-def select_task(config: Mapping[str, Any], source: str | Path = "CONFIG") -> type[TaskCLI]:
-    """The training CLI of a run config's task.
+def select_task(config: Mapping[str, Any], source: str | Path = "CONFIG") -> Task:
+    """The registered task (:mod:`vitkit.tasks`) a run config trains: its descriptor, for :class:`TaskCLI`.
 
     The task is the config's top-level ``task`` key when it has one (``detection``, ``captioning``, ``describe``);
-    otherwise the networks its ``model`` section configures: ``model.detector`` trains detection,
-    ``model.captioner`` captioning, ``model.detector`` and ``model.text`` describe.
+    otherwise the networks its ``model`` section configures (each task's ``networks``): ``model.detector`` trains
+    detection, ``model.captioner`` captioning, ``model.detector`` and ``model.text`` describe.
 
     Args:
         config: the config file's top level (:func:`vitkit.cli.configs.read_config`).
@@ -73,19 +73,21 @@ def select_task(config: Mapping[str, Any], source: str | Path = "CONFIG") -> typ
         ConfigError: an unknown ``task``, a ``model`` section that names no task's networks or two tasks', or one
             that names another task's networks.
     """
-    named = _named_tasks(config.get("model"))
-    choices = ", ".join(f"{cli.networks_named()} ({cli.task})" for cli in TASK_CLIS.values())
+    registered = tasks()
+    by_name = {task.name: task for task in registered}
+    named = _named_tasks(config.get("model"), registered)
+    choices = ", ".join(f"{task.networks_named()} ({task.name})" for task in registered)
     task = config.get("task")
     if task is not None:
-        if task not in TASK_CLIS:
+        if not isinstance(task, str) or task not in by_name:
             raise ConfigError(f"config {source}: task {task!r} is not a task. Fix: task: one of "
-                              f"{', '.join(TASK_CLIS)}, or leave the key out to take the task from the model section")
-        wrong = [cli for cli in named if cli.task != task]
+                              f"{', '.join(by_name)}, or leave the key out to take the task from the model section")
+        wrong = [other for other in named if other.name != task]
         if wrong:
             raise ConfigError(f"config {source}: task {task!r} does not train {wrong[0].networks_named()} (a "
-                              f"{wrong[0].task} network). Fix: configure {TASK_CLIS[task].networks_named()}, or "
+                              f"{wrong[0].name} network). Fix: configure {by_name[task].networks_named()}, or "
                               "correct the task key")
-        return TASK_CLIS[task]
+        return by_name[task]
     if len(named) != 1:
         what = "names no network" if not named else "names two networks"
         raise ConfigError(f"config {source}: the model section {what}, so the task is unknown. Fix: configure "
@@ -106,20 +108,21 @@ def own_argv() -> Iterator[None]:
 
 def _usage(prog: str) -> str:
     """The help of ``train`` without a config: usage, what it does, examples and the shipped configs."""
+    names = [task.name for task in tasks()]
+    listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
     about = textwrap.fill("Train a model from a YAML run config (LightningCLI's fit). CONFIG is a path, or the name "
-                          f"of a shipped config: {', '.join(shipped_configs())}. The task (detection, captioning or "
-                          "describe) follows from the config's model section. The run folder is "
-                          "runs/<config name>/.", 100)
+                          f"of a shipped config: {', '.join(shipped_configs())}. The task ({listed}) follows from the "
+                          "config's model section. The run folder is runs/<config name>/.", 100)
     return (f"usage: {prog} CONFIG [--key.sub value ...] [--ckpt_path PATH|last] [--print_config]\n\n{about}\n\n"
             + EXAMPLES.format(prog=prog) + "\n")
 
 
-def _fit(cli_class: type[TaskCLI], config: Path, overrides: list[str], prog: str, launch_argv: list[str]) -> None:
+def _fit(task: Task, config: Path, overrides: list[str], prog: str, launch_argv: list[str]) -> None:
     """Run LightningCLI's fit; every error a user can act on becomes one paragraph and SystemExit."""
     try:
         with own_argv():
-            cli_class(run_name=config.stem, save_config_kwargs={"overwrite": True}, launch_argv=launch_argv,
-                      help_command=prog, args=["fit", "--config", str(config), *overrides])
+            TaskCLI(task, run_name=config.stem, save_config_kwargs={"overwrite": True}, launch_argv=launch_argv,
+                    help_command=prog, args=["fit", "--config", str(config), *overrides])
     except (ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -162,9 +165,9 @@ def main(argv: list[str] | None = None, prog: str = PROG, launch_argv: list[str]
         raise SystemExit(2)
     try:
         config = resolve_config(argv[0])
-        cli_class = select_task(read_config(config), config)
+        task = select_task(read_config(config), config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    _fit(cli_class, config, argv[1:], prog, launch_argv)
+    _fit(task, config, argv[1:], prog, launch_argv)
     return 0

@@ -9,8 +9,9 @@ from typing import Any
 
 from vitkit.cli.config_errors import weights_mismatch_message
 from vitkit.cli.configs import read_config
-from vitkit.cli.train import DetectionCLI, own_argv, select_task
+from vitkit.cli.train import TaskCLI, own_argv, select_task
 from vitkit.detection.official_weights import read_detr_weights, select_classes
+from vitkit.detection.task import TASK as DETECTION
 from vitkit.eval.coco_eval import CocoEvalResult
 from vitkit.train.guards import ConfigError
 from vitkit.utils.checkpoints import CheckpointError
@@ -18,19 +19,19 @@ from vitkit.utils.checkpoints import CheckpointError
 ValidationResult = tuple[CocoEvalResult, list[dict[str, Any]], bool]
 
 
-def _detection_cli(config: str | Path, overrides: Sequence[str], flag: str) -> DetectionCLI:
+def _detection_cli(config: str | Path, overrides: Sequence[str], flag: str) -> TaskCLI:
     """The detection CLI of ``config`` built for validation (no logger, no saved config), nothing run yet.
 
     Raises:
         ConfigError: ``config`` trains another task (``flag`` names the weights in the message).
     """
     task = select_task(read_config(config), config)
-    if task is not DetectionCLI:
-        raise ConfigError(f"config {config} trains {task.task}; {flag} evaluates detection models. Fix: give the "
+    if task is not DETECTION:
+        raise ConfigError(f"config {config} trains {task.name}; {flag} evaluates detection models. Fix: give the "
                           "detection config the weights were trained with")
     with own_argv():
-        return DetectionCLI(run=False, run_name=Path(config).stem, save_config_callback=None,
-                            args=["--config", str(config), "--trainer.logger", "false", *overrides])
+        return TaskCLI(DETECTION, run=False, run_name=Path(config).stem, save_config_callback=None,
+                       args=["--config", str(config), "--trainer.logger", "false", *overrides])
 
 
 def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: Sequence[str] = ()) -> ValidationResult:

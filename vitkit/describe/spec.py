@@ -18,12 +18,20 @@ from typing import Any
 from torch import nn
 
 from vitkit.captioning.model import Captioner
+from vitkit.captioning.spec import FIELDS as CAPTION_FIELDS
 from vitkit.describe.model import DescribeModel, RegionCaptionHead
-from vitkit.detection.export import DEFAULT_MAX_SIZE, DEFAULT_SIZE
 from vitkit.detection.model import DETR
+from vitkit.detection.spec import DEFAULT_MAX_SIZE, DEFAULT_SIZE
+from vitkit.detection.spec import FIELDS as DETECTION_FIELDS
 from vitkit.utils.config import instantiate
-from vitkit.utils.spec import InferenceSpec
+from vitkit.utils.spec import InferenceSpec, SpecFields
 
+NAME = "describe"
+"""The task's name in specs and run configs."""
+FIELDS = SpecFields(used=(*DETECTION_FIELDS.used, *CAPTION_FIELDS.used), required=CAPTION_FIELDS.required,
+                    networks=("detector", "text"))
+"""The task-specific fields a describe spec records: detection's and captioning's; its model config holds the
+``detector`` and ``text`` networks' configs."""
 HEAD_KEYS = ("roi_size",)  # DescribeModule hyper-parameters that shape the region head
 
 
@@ -40,11 +48,11 @@ def checkpoint_spec(detector: dict[str, Any], text: dict[str, Any], tokenizer: s
         data_hparams: the datamodule's (``val_size``, ``val_max_size`` in px); CocoDataModule's defaults when absent.
     """
     head = {key: hparams[key] for key in HEAD_KEYS if key in hparams}
-    return InferenceSpec(task="describe", model_config={"detector": detector, "text": text, **head},
+    return InferenceSpec(task=NAME, model_config={"detector": detector, "text": text, **head},
                          size=int(data_hparams.get("val_size", DEFAULT_SIZE)),
                          max_size=data_hparams.get("val_max_size", DEFAULT_MAX_SIZE),
                          class_names=hparams.get("class_names"), label_to_cat_id=hparams.get("label_to_cat_id"),
-                         num_select=int(hparams.get("num_select", 100)), tokenizer=tokenizer)
+                         num_select=int(hparams.get("num_select", 100)), tokenizer=tokenizer).bind(FIELDS)
 
 
 def build_network(config: dict[str, Any]) -> DescribeModel:
@@ -64,7 +72,7 @@ def build_network(config: dict[str, Any]) -> DescribeModel:
 
 def predictor_spec(describer: nn.Module, config: dict[str, Any]) -> InferenceSpec:
     """The spec of a loaded :class:`~vitkit.describe.predictor.Describer` whose network was built from ``config``."""
-    return InferenceSpec(task="describe", model_config=config, size=describer.size, max_size=describer.max_size,
+    return InferenceSpec(task=NAME, model_config=config, size=describer.size, max_size=describer.max_size,
                          class_names=describer.class_names, label_to_cat_id=describer.label_to_cat_id,
                          num_select=describer.num_select, tokenizer=describer.tokenizer.to_str(),
-                         generation=dict(describer.captions.generation))
+                         generation=dict(describer.captions.generation)).bind(FIELDS)

@@ -4,7 +4,7 @@ Differences from facebookresearch/detr: batch-first tensors; the backbone is the
 (``BackbonePatchEmbed`` for the classic R50 recipe, conv ``PatchEmbed`` for ViT-DETR); one block class
 serves pre- and post-norm. The convergence options are switches, all off for vanilla DETR:
 
-- ``sigmoid_head``: C sigmoid logits (focal / varifocal losses) and no "no-object" slot;
+- ``sigmoid_head``: C sigmoid logits (the varifocal loss, focal matching cost) and no "no-object" slot;
 - ``box_refine``: learned anchor boxes as queries (DAB-DETR): each layer's query position is an MLP of the
   sine embedding of the current boxes, and each layer refines them (Deformable DETR's iterative refinement,
   boxes detached between layers);

@@ -24,16 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
 from vitkit.detection.model import DETR
+from vitkit.detection.spec import FIELDS, NAME
 from vitkit.utils.checkpoints import CheckpointError, safe_load_checkpoint
 from vitkit.utils.config import instantiate
-from vitkit.utils.spec import InferenceSpec
+from vitkit.utils.spec import SPEC_KEY, InferenceSpec
 
 # (pattern, replacement) applied in order to Hugging Face keys after HF_ALIASES; first match wins.
 _HF_RULES = [
@@ -256,9 +260,60 @@ def load_detr_weights(path: str | Path, size: int = 800, max_size: int = 1333) -
     C = info["num_classes"]
     id2label = info.get("id2label") or {}
     names = [id2label.get(i, f"class_{i}") for i in range(C)] if id2label else None
-    spec = InferenceSpec(task="detection", model_config=detr_r50_config(C), size=size, max_size=max_size,
-                         class_names=names, label_to_cat_id=list(range(C)))
+    spec = InferenceSpec(task=NAME, model_config=detr_r50_config(C), size=size, max_size=max_size,
+                         class_names=names, label_to_cat_id=list(range(C))).bind(FIELDS)
     return spec, state
+
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what a Hugging Face model folder holds
+
+
+def _is_detr_layout(keys: Any) -> bool:
+    """Whether state-dict keys are of the facebookresearch/detr or the Hugging Face DETR layout."""
+    try:
+        return detr_format(dict.fromkeys(keys)) in ("official", "hf")
+    except ValueError:
+        return False
+
+
+class DetrImporter:
+    """Official DETR weights as a foreign format :func:`vitkit.load` reads (the detection task's importer,
+    :class:`vitkit.train.task.Importer`): :func:`load_detr_weights` reads what :meth:`accepts` takes."""
+
+    description = ("official DETR weights (a facebookresearch/detr .pth, Hugging Face DETR safetensors / bin, or a "
+                   "folder holding them with config.json)")
+
+    def accepts(self, source: Path | Mapping[str, Any]) -> bool:
+        """A checkpoint dict ``{"model": state dict}`` or a state dict of DETR keys (not a Lightning checkpoint);
+        a ``.safetensors`` file of DETR keys; a folder holding ``model.safetensors`` or ``pytorch_model.bin``
+        whose config.json, if any, names no model type other than ``detr``."""
+        if isinstance(source, Mapping):
+            state = source.get("model") if isinstance(source.get("model"), Mapping) else source
+            return bool(state) and all(isinstance(k, str) for k in state) and "state_dict" not in source \
+                and SPEC_KEY not in source and _is_detr_layout(state)
+        path = Path(source)
+        if path.is_dir():
+            config = path / "config.json"
+            try:
+                model_type = json.loads(config.read_text()).get("model_type", "detr") if config.is_file() else "detr"
+            except (OSError, ValueError, AttributeError):
+                return False
+            return model_type == "detr" and any((path / name).is_file() for name in _WEIGHT_FILES)
+        if path.suffix == ".safetensors" and path.is_file():
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    return _is_detr_layout(f.keys())
+            except Exception:  # not a readable safetensors file: not ours
+                return False
+        return False
+
+    def read(self, path: Path) -> tuple[InferenceSpec, dict[str, Tensor]]:
+        """(spec, vitkit state dict) of accepted weights, at DETR's evaluation sizes (:func:`load_detr_weights`)."""
+        return load_detr_weights(path)
+
+
+IMPORTER = DetrImporter()
+"""The importer the detection task lists (:data:`vitkit.detection.task.TASK`)."""
 
 
 def select_classes(state: dict[str, Tensor], class_ids: list[int]) -> dict[str, Tensor]:

@@ -3,9 +3,10 @@
 A describe (detect, then caption each object) checkpoint exports its detector to ONNX (the region caption head is
 not exported to ONNX; the report's ``notes`` say so) and its whole model to safetensors.
 
-- ONNX: :func:`export_onnx` (:mod:`vitkit.io.onnx_export`); what each graph takes and returns is in
-  :mod:`vitkit.detection.export` and :mod:`vitkit.captioning.export` (caption decoding from the encoder's outputs:
-  :func:`decode_memory`).
+- ONNX: :func:`export_onnx` (:mod:`vitkit.io.onnx_export`); what each graph takes and returns is in its task's
+  ``onnx`` module, :mod:`vitkit.detection.onnx` and :mod:`vitkit.captioning.onnx` (caption decoding from the
+  encoder's outputs: :func:`decode_memory`; these modules' public helpers are re-exported here under their
+  documented names).
 - Safetensors: :func:`export_safetensors` writes the network's state dict (tied weights stored once) with the
   inference spec (:class:`~vitkit.utils.spec.InferenceSpec`: model config, preprocessing, class names and ids,
   tokenizer, generation defaults) in its metadata; :func:`load_safetensors` (or :func:`vitkit.load`) rebuilds the
@@ -13,7 +14,8 @@ not exported to ONNX; the report's ``notes`` say so) and its whole model to safe
   :class:`~vitkit.describe.predictor.Describer`.
 - :func:`export_checkpoint`: either, from a checkpoint (what ``tools/export.py`` runs).
 
-Exports work on copies: the caller's predictor is not moved, cast or switched to eval mode.
+Exports work on copies: the caller's predictor is not moved, cast or switched to eval mode. The task is looked up
+among the registered ones (:mod:`vitkit.tasks`): its descriptor gives the network, the spec and the graph.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 from safetensors.torch import save_model
 from torch import nn
 
-from vitkit.captioning.export import CaptionEncoderExport, compare_encoder, decode_memory
+from vitkit.captioning.onnx import CaptionEncoderExport, compare_encoder, decode_memory
 from vitkit.core.trace import dummy_inputs
-from vitkit.detection.export import DetectorExport, compare_detections
-from vitkit.io.load import build_predictor, load_safetensors, read_source
+from vitkit.detection.onnx import DetectorExport, compare_detections
+from vitkit.io.load import build_predictor, load_safetensors, read_source, task_of
 from vitkit.io.onnx_export import (
     DEFAULT_OPSET,
     MIN_OPSET,
@@ -36,11 +38,11 @@ from vitkit.io.onnx_export import (
     check_onnx,
     default_trace_size,
     export_onnx,
+    onnx_of,
     onnx_session,
     require,
     run_onnx,
 )
-from vitkit.io.tasks import task_of
 from vitkit.utils.checkpoints import check_stored_config
 from vitkit.utils.spec import SPEC_KEY, spec_metadata
 from vitkit.version import __version__
@@ -68,9 +70,9 @@ def export_safetensors(model: nn.Module, config: dict[str, Any], out: str | Path
     """Write a loaded predictor's weights and inference spec as a weights-only safetensors file.
 
     Args:
-        model: a :class:`~vitkit.detection.predictor.Detector`, :class:`~vitkit.captioning.predictor.CaptionPipeline`
-            or :class:`~vitkit.describe.predictor.Describer`
-            (not changed: a CPU copy of its network is saved).
+        model: a loaded predictor (:class:`~vitkit.detection.predictor.Detector`,
+            :class:`~vitkit.captioning.predictor.CaptionPipeline`, :class:`~vitkit.describe.predictor.Describer`,
+            ...; not changed: a CPU copy of its network is saved).
         config: the network's ``{"class_path", "init_args"}`` config (see :func:`read_checkpoint_config`); the spec
             records it with the predictor's current settings.
         out: the .safetensors file to write.
@@ -118,4 +120,4 @@ def export_checkpoint(ckpt: str | Path, format: str = "onnx", out: str | Path | 
     if format == "safetensors":
         config = check_stored_config(spec.model_config, f"{source}: '{SPEC_KEY}' model_config")
         return export_safetensors(model, config, out or ckpt.with_suffix(".safetensors"))
-    return export_onnx(model, out or ckpt.with_suffix(task_of(model).onnx_suffix), **onnx_options)
+    return export_onnx(model, out or ckpt.with_suffix(onnx_of(task_of(model)).suffix), **onnx_options)

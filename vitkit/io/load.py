@@ -1,17 +1,18 @@
-"""``vitkit.load``: the ready predictor of a training checkpoint, a safetensors export or official DETR weights.
+"""``vitkit.load``: the ready predictor of a training checkpoint, a safetensors export or an imported format
+(official DETR weights).
 
 Every source is read into the same two things, an :class:`~vitkit.utils.spec.InferenceSpec` and a state dict, and
-:func:`build_predictor` turns them into the predictor: it is the only place a
-:class:`~vitkit.detection.predictor.Detector`, :class:`~vitkit.captioning.predictor.CaptionPipeline` or
-:class:`~vitkit.describe.predictor.Describer` is built from stored files, so the checks and errors are the same
-whatever the source.
+:func:`build_predictor` turns them into the predictor: it is the only place a task's predictor
+(:class:`~vitkit.detection.predictor.Detector`, :class:`~vitkit.captioning.predictor.CaptionPipeline`,
+:class:`~vitkit.describe.predictor.Describer`, ...) is built from stored files, so the checks and errors are the same
+whatever the source. The task is looked up in the registration (:mod:`vitkit.tasks`); this module names none.
 
 - a Lightning ``.ckpt`` (``torch.load(weights_only=True)``): the spec under ``vitkit_spec``, the weights under
-  ``state_dict`` with the Lightning module's prefix (``detector.``, ``captioner.``; describe keeps
-  ``detector.`` and ``head.``, the names the network uses);
+  ``state_dict`` with the Lightning module's prefix (the task's ``state_prefix`` and ``state_keys``);
 - a ``.safetensors`` export (:func:`vitkit.io.export.export_safetensors`): the spec in its metadata;
-- official DETR weights (a facebookresearch/detr ``.pth``, Hugging Face DETR safetensors / bin, or a folder with
-  config.json): :func:`vitkit.detection.official_weights.load_detr_weights`.
+- a foreign format (a folder, a ``.safetensors`` file without vitkit's spec, or a checkpoint dict without one): the
+  first registered task's importer that accepts it reads it (:class:`vitkit.train.task.Importer`; official DETR
+  weights: :data:`vitkit.detection.official_weights.IMPORTER`).
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from vitkit.detection.official_weights import detr_format, load_detr_weights
-from vitkit.io.tasks import TASKS, TaskIO
 from vitkit.kernels.precision import resolve_precision
+from vitkit.tasks import tasks
+from vitkit.train.task import Importer, Task
 from vitkit.utils.checkpoints import check_stored_config, safe_load_checkpoint
 from vitkit.utils.config import instantiate
-from vitkit.utils.spec import SPEC_KEY, InferenceSpec, read_spec, spec_from_metadata
+from vitkit.utils.spec import SPEC_KEY, InferenceSpec, SpecError, SpecFields, read_spec, spec_from_metadata
 
-__all__ = ["WeightsMismatchError", "build_predictor", "load", "load_safetensors", "read_source"]
+__all__ = ["WeightsMismatchError", "build_predictor", "load", "load_safetensors", "read_source", "task_of",
+           "task_of_spec"]
 
 
 class WeightsMismatchError(ValueError):
@@ -47,7 +49,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
       (``.describe(images)``, ``.describe(images, boxes=...)``);
     - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
       with config.json): a DETR-R50 :class:`~vitkit.detection.predictor.Detector`
-      (:mod:`vitkit.detection.official_weights`).
+      (:mod:`vitkit.detection.official_weights`);
+    - generally, a checkpoint or export of any registered task (:mod:`vitkit.tasks`): its predictor; a foreign
+      format one of their importers accepts: what it holds.
 
     A checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused. Its stored
     model config may only name classes of vitkit, torch.nn and timm, and is built with ``pretrained`` off
@@ -86,7 +90,7 @@ def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"safetensors file not found: {path}")
-    spec = spec_from_metadata(_metadata(path), str(path))
+    spec = spec_from_metadata(_metadata(path), str(path), _declarations())
     if spec is None:
         raise ValueError(f"{path}: no vitkit metadata ('{SPEC_KEY}', the inference spec); expected a file written by "
                          "tools/export.py --format safetensors (official DETR / Hugging Face weights load through "
@@ -96,45 +100,98 @@ def load_safetensors(path: str | Path, map_location: str | torch.device = "cpu")
 
 # ------------------------------------------------------------------------------------------------ reading
 def read_source(path: Path) -> tuple[InferenceSpec, dict[str, Tensor], str]:
-    """(spec, network state dict on the CPU, source name for messages) of anything :func:`load` reads."""
+    """(spec, network state dict on the CPU, source name for messages) of anything :func:`load` reads.
+
+    Raises:
+        FileNotFoundError: no file at ``path``, or a folder no importer reads.
+        ValueError: as :func:`load`.
+    """
     if path.is_dir():
-        return (*load_detr_weights(path), str(path))
+        return _imported(path, "a folder")
     if path.suffix == ".safetensors":
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        spec = spec_from_metadata(_metadata(path), str(path))
-        if spec is None:  # no vitkit spec: Hugging Face DETR weights
-            return (*load_detr_weights(path), str(path))
+        spec = spec_from_metadata(_metadata(path), str(path), _declarations())
+        if spec is None:  # no vitkit spec: a foreign format's weights
+            return _imported(path, f"no vitkit metadata ('{SPEC_KEY}', the inference spec)")
         return spec, load_file(str(path)), str(path)
     ckpt = safe_load_checkpoint(path, "cpu")
-    if isinstance(ckpt, dict) and _is_official_detr(ckpt):
-        return (*load_detr_weights(path), str(path))
+    if isinstance(ckpt, dict) and SPEC_KEY not in ckpt and (importer := _importer(ckpt)) is not None:
+        return (*importer.read(path), str(path))
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: holds a {type(ckpt).__name__}, not a checkpoint dict; expected a Lightning .ckpt "
                          "written by tools/train.py")
-    spec = read_spec(ckpt, str(path))
+    spec = read_spec(ckpt, str(path), _declarations())
     if spec is None:
         raise ValueError(f"{path}: no '{SPEC_KEY}' (the inference spec) in the checkpoint; expected a Lightning .ckpt "
                          f"written by tools/train.py (top-level keys found: {sorted(map(str, ckpt))[:12]})")
     state_dict = ckpt.get("state_dict")
     if not isinstance(state_dict, dict):
         raise ValueError(f"{path}: no 'state_dict' with the {spec.task} network's weights")
-    task = task_io(spec, str(path))
+    task = task_of_spec(spec, str(path))
     prefix, keys = task.state_prefix, task.state_keys
     return spec, {k[len(prefix):]: v for k, v in state_dict.items()
                   if k.startswith(prefix) and (not keys or k[len(prefix):].split(".", 1)[0] in keys)}, str(path)
 
 
-def task_io(spec: InferenceSpec, source: str) -> TaskIO:
-    """The loading and export parts of a spec's task.
+def task_of_spec(spec: InferenceSpec, source: str) -> Task:
+    """The registered task of a spec (:mod:`vitkit.tasks`).
 
     Raises:
-        ValueError: a task this vitkit does not load (the spec's check lets only known tasks through).
+        ValueError: a task this vitkit does not load (readers let only registered tasks through; a spec built in
+            code may name another), naming the registered ones.
     """
-    if spec.task not in TASKS:
-        raise ValueError(f"{source}: a {spec.task} checkpoint; vitkit.load does not build {spec.task} models "
-                         f"(it loads {', '.join(TASKS)})")
-    return TASKS[spec.task]
+    registered = tasks()
+    for task in registered:
+        if task.name == spec.task:
+            return task
+    names = ", ".join(task.name for task in registered)
+    raise ValueError(f"{source}: a {spec.task} checkpoint; vitkit.load does not build {spec.task} models "
+                     f"(it loads {names})")
+
+
+def task_of(model: nn.Module) -> Task:
+    """The registered task of a loaded predictor (what :func:`vitkit.load` returns).
+
+    Raises:
+        TypeError: not a registered task's predictor (the message names their classes).
+    """
+    registered = tasks()
+    for task in registered:
+        if isinstance(model, task.predictor_class):
+            return task
+    kinds = [f"a {task.predictor_class.__module__}.{task.predictor_class.__qualname__}" for task in registered]
+    listed = f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)
+    raise TypeError(f"expected {listed} (what vitkit.load returns), got {type(model).__name__}")
+
+
+def _declarations() -> dict[str, SpecFields]:
+    """Every registered task's spec declaration, by name: what the spec readers check a spec against."""
+    return {task.name: task.spec for task in tasks()}
+
+
+def _importer(source: Path | dict) -> Importer | None:
+    """The first registered task's importer that accepts ``source`` (a path, or a loaded checkpoint dict)."""
+    return next((importer for task in tasks() for importer in task.importers if importer.accepts(source)), None)
+
+
+def _imported(path: Path, what: str) -> tuple[InferenceSpec, dict[str, Tensor], str]:
+    """What the importer that accepts ``path`` (a folder, or a file without vitkit's spec) reads from it.
+
+    Raises:
+        FileNotFoundError: a folder that no importer reads.
+        ValueError: a file that no importer reads (``what`` says what it is), or one an importer cannot convert.
+    """
+    importer = _importer(path)
+    if importer is not None:
+        spec, state = importer.read(path)
+        return spec, state, str(path)
+    formats = "; ".join(importer.description for task in tasks() for importer in task.importers) or "none"
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: no checkpoint in this folder that vitkit reads (the formats it imports: "
+                                f"{formats})")
+    raise ValueError(f"{path}: {what}, and not weights of a format vitkit imports ({formats}); expected a file "
+                     "written by tools/export.py --format safetensors")
 
 
 def _metadata(path: Path) -> dict[str, str]:
@@ -145,24 +202,13 @@ def _metadata(path: Path) -> dict[str, str]:
         raise ValueError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
 
 
-def _is_official_detr(ckpt: dict) -> bool:
-    """A facebookresearch/detr ``{"model": state_dict}`` or a Hugging Face DETR state dict."""
-    state = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else ckpt
-    if not state or not all(isinstance(k, str) for k in state) or "state_dict" in ckpt or SPEC_KEY in ckpt:
-        return False
-    try:
-        return detr_format(state) in ("official", "hf")
-    except ValueError:
-        return False
-
-
 # ------------------------------------------------------------------------------------------------ building
 def build_predictor(spec: InferenceSpec, state_dict: dict[str, Tensor], source: str = "weights") -> nn.Module:
     """The predictor of a spec and its network's weights: every source :func:`load` reads ends here.
 
     The spec's model config is checked (:func:`~vitkit.utils.checkpoints.check_stored_config`: only vitkit,
     torch.nn and timm classes, ``pretrained`` off), built, the weights loaded (:func:`load_weights`) and the task's
-    predictor made around it (:data:`vitkit.io.tasks.TASKS`), in eval mode on the CPU.
+    predictor made around it (its registered descriptor, :mod:`vitkit.tasks`), in eval mode on the CPU.
 
     Args:
         spec: the inference spec.
@@ -171,10 +217,16 @@ def build_predictor(spec: InferenceSpec, state_dict: dict[str, Tensor], source: 
 
     Raises:
         CheckpointError: the config names a class outside vitkit, torch.nn and timm.
+        SpecError: (a ValueError) the spec does not fit its task's declaration (its fields, its model config's shape).
         WeightsMismatchError: the weights do not fit the network.
-        ValueError: the config cannot be built, or the settings (tokenizer, sizes, generation) do not fit.
+        ValueError: a task that is not registered, a config that cannot be built, or settings (tokenizer, sizes,
+            generation) that do not fit.
     """
-    task = task_io(spec, source)
+    task = task_of_spec(spec, source)
+    try:  # read back, it is bound already; built in code, it is checked here
+        spec.bind(task.spec, _declarations())
+    except SpecError as err:
+        raise SpecError(f"{source}: {err}") from None
     where = f"{source}: '{SPEC_KEY}' model_config"
     config = check_stored_config(spec.model_config, where)
     try:

@@ -2,8 +2,9 @@
 
 Graphs are fp32 and CPU-traced, from a copy of the predictor (the caller's model is left as it was);
 ``pip install 'vitkit[export]'`` brings ``onnx`` and ``onnxruntime``. What each task's graph takes and returns is in
-its export module (:mod:`vitkit.detection.export`, :mod:`vitkit.captioning.export`); this module looks the task up
-once in :data:`vitkit.io.tasks.TASKS`.
+its ``onnx`` module (:mod:`vitkit.detection.onnx`, :mod:`vitkit.captioning.onnx`); this module looks the task up once
+among the registered ones (:mod:`vitkit.tasks`) and uses its descriptor's graph parts
+(:class:`vitkit.train.task.OnnxGraph`).
 
 The exporter is TorchScript's tracer (``torch.onnx.export(..., dynamo=False)``), not the ``torch.export``-based
 one: the models short-circuit attention masks with data-dependent branches (``mask if mask.any() else None`` in
@@ -27,7 +28,9 @@ from torch import Tensor, nn
 
 from vitkit.core.trace import trace_stride
 from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vitkit.io.tasks import TaskIO, task_of, task_of_graph
+from vitkit.io.load import task_of
+from vitkit.tasks import tasks
+from vitkit.train.task import OnnxGraph, Task
 from vitkit.version import __version__
 
 MIN_OPSET = 16  # GridSample (deformable attention) is in ONNX from opset 16
@@ -49,7 +52,7 @@ class ExportReport:
 
     Attributes:
         path: the written file.
-        task: "detection", "captioning" or "describe" (the checkpoint's task; a describe export is its detector).
+        task: the checkpoint's task (an export of a part of it, such as describe's detector, still names it).
         format: "onnx" or "safetensors".
         inputs, outputs: graph input/output names (ONNX).
         trace_shape: (B, H, W) of the dummy batch the graph was traced with (ONNX).
@@ -77,13 +80,39 @@ def default_trace_size(model: nn.Module) -> tuple[int, int]:
     return side, side
 
 
-def _metadata(model: nn.Module, task: TaskIO, dynamic: bool, trace_shape: tuple[int, int, int]) -> dict[str, str]:
+def onnx_of(task: Task) -> OnnxGraph:
+    """A task's ONNX graph parts.
+
+    Raises:
+        ValueError: a task with no ONNX export.
+    """
+    if task.onnx is None:
+        raise ValueError(f"{task.name} models have no ONNX export; export them with --format safetensors")
+    return task.onnx
+
+
+def task_of_graph(graph: nn.Module) -> Task:
+    """The registered task of a traceable graph (a task's ``OnnxGraph.graph_class``, e.g.
+    :class:`~vitkit.detection.onnx.DetectorExport`).
+
+    Raises:
+        TypeError: another module (the message names the graph classes).
+    """
+    registered = [task for task in tasks() if task.onnx is not None]
+    for task in registered:
+        if isinstance(graph, task.onnx.graph_class):
+            return task
+    kinds = ", ".join(dict.fromkeys(task.onnx.graph_class.__name__ for task in registered))
+    raise TypeError(f"expected a task's export graph ({kinds}), got {type(graph).__name__}")
+
+
+def _metadata(model: nn.Module, task: Task, dynamic: bool, trace_shape: tuple[int, int, int]) -> dict[str, str]:
     meta = {"vitkit_version": __version__, "vitkit_task": task.name, "dynamic": json.dumps(dynamic),
             "trace_shape": json.dumps(list(trace_shape)),
             "preprocess": json.dumps({"resize_short_side": model.size, "max_size": model.max_size,
                                       "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "pad": "zeros, bottom/right; "
                                       "mask True over padding"})}
-    return {**meta, **task.onnx_metadata(model)}
+    return {**meta, **onnx_of(task).metadata(model)}
 
 
 def _check_options(opset: int, batch: int, check: bool) -> None:
@@ -101,9 +130,10 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
                 batch: int = 1, size: tuple[int, int] | None = None, check: bool = True) -> ExportReport:
     """Export a loaded predictor (what :func:`vitkit.load` returns) to ONNX.
 
-    A :class:`~vitkit.detection.predictor.Detector` becomes images -> boxes/scores/labels
-    (:class:`~vitkit.detection.export.DetectorExport`); a :class:`~vitkit.captioning.predictor.CaptionPipeline`
-    becomes its caption encoder (:class:`~vitkit.captioning.export.CaptionEncoderExport`); a
+    The graph is the task's (its descriptor's :class:`~vitkit.train.task.OnnxGraph`): a
+    :class:`~vitkit.detection.predictor.Detector` becomes images -> boxes/scores/labels
+    (:class:`~vitkit.detection.onnx.DetectorExport`); a :class:`~vitkit.captioning.predictor.CaptionPipeline`
+    becomes its caption encoder (:class:`~vitkit.captioning.onnx.CaptionEncoderExport`); a
     :class:`~vitkit.describe.predictor.Describer` becomes the graph of its detector (the region caption head is not
     exported; the report's ``notes`` say so).
 
@@ -123,21 +153,24 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
 
     Raises:
         ImportError: onnx (or, with ``check``, onnxruntime) is not installed.
-        ValueError: an opset below 16, a model that cannot be exported, or a trace size too small.
+        ValueError: an opset below 16, a model that cannot be exported (its task has no ONNX export), or a trace
+            size too small.
     """
     _check_options(opset, batch, check)
     task = origin = task_of(model)
-    if task.onnx_part is not None:  # a task whose graph is one part of it: the part's task exports it
-        model = task.onnx_part(model)
+    if onnx_of(task).part is not None:  # a task whose graph is one part of it: the part's task exports it
+        model = onnx_of(task).part(model)
         task = task_of(model)
+    graph = onnx_of(task)
     model = copy.deepcopy(model).to("cpu").float().eval()
-    wrapper = task.graph(model)
+    wrapper = graph.graph(model)
     stride = trace_stride(task.network(model).encoder)
     height, width = size or default_trace_size(model)
-    inputs = task.trace_inputs(batch, height, width, stride)
+    inputs = graph.trace_inputs(batch, height, width, stride)
     with torch.no_grad():
         reference = wrapper(*inputs)
-    task.check_trace(wrapper, inputs)
+    if graph.check_trace is not None:
+        graph.check_trace(wrapper, inputs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
@@ -145,20 +178,21 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(wrapper, inputs, str(out), dynamo=False, opset_version=opset, input_names=task.inputs,
-                          output_names=task.outputs, dynamic_axes=task.dynamic_axes if dynamic else None,
+        torch.onnx.export(wrapper, inputs, str(out), dynamo=False, opset_version=opset, input_names=graph.inputs,
+                          output_names=graph.outputs, dynamic_axes=graph.dynamic_axes if dynamic else None,
                           do_constant_folding=True)
     meta = _metadata(model, task, dynamic, (batch, height, width))
+    note = onnx_of(origin).note
     if origin is not task:
-        meta.update(vitkit_checkpoint_task=origin.name, vitkit_not_exported=origin.onnx_note)
+        meta.update(vitkit_checkpoint_task=origin.name, vitkit_not_exported=note)
     _write_metadata(out, meta)
-    report = ExportReport(out, origin.name, "onnx", list(task.inputs), list(task.outputs), (batch, height, width),
-                          dynamic, notes=[origin.onnx_note] if origin.onnx_note else [])
+    report = ExportReport(out, origin.name, "onnx", list(graph.inputs), list(graph.outputs), (batch, height, width),
+                          dynamic, notes=[note] if note else [])
     if check:
         report.checks[f"{batch}x{height}x{width}"] = check_onnx(out, wrapper, inputs, reference)
         if dynamic:
             shape = (batch + 1, height + 3, width + stride + 5)
-            other = task.trace_inputs(*shape, stride, seed=1)
+            other = graph.trace_inputs(*shape, stride, seed=1)
             report.checks["x".join(map(str, shape))] = check_onnx(out, wrapper, other)
     return report
 
@@ -201,10 +235,10 @@ def run_onnx(session: Any, inputs: tuple[Tensor, ...]) -> list:
 def check_onnx(path: str | Path, wrapper: nn.Module, inputs: tuple[Tensor, ...],
                reference: tuple[Tensor, ...] | None = None) -> dict[str, float]:
     """Largest differences between onnxruntime and the eager ``wrapper`` (a task's graph) on ``inputs`` (see
-    :func:`~vitkit.detection.export.compare_detections`, :func:`~vitkit.captioning.export.compare_encoder`)."""
+    :func:`~vitkit.detection.onnx.compare_detections`, :func:`~vitkit.captioning.onnx.compare_encoder`)."""
     task = task_of_graph(wrapper)
     got = run_onnx(onnx_session(path), inputs)
     if reference is None:
         with torch.no_grad():
             reference = wrapper(*inputs)
-    return task.compare(reference, got, inputs)
+    return onnx_of(task).compare(reference, got, inputs)

@@ -42,8 +42,9 @@ def training_precision(precision: Any, accelerator: Any) -> tuple[Any, str | Non
     """The Lightning ``trainer.precision`` to train with, and a warning when it differs from ``precision``.
 
     A bf16 precision ("bf16-mixed", "bf16-true", "bf16") on a CPU without native bf16 (no AVX-512 bf16 / AMX) is
-    emulated: measured ~30x slower than fp32 on an AVX2 EPYC (DECISIONS.md, issue 15). There it becomes "32-true"
-    unless the environment sets ``VITKIT_CPU_BF16=1``. Any other precision or accelerator is returned unchanged.
+    emulated: measured ~30x slower than fp32 on an AVX2 EPYC (docs/decisions.md, CPU performance). There it becomes
+    "32-true" unless the environment sets ``VITKIT_CPU_BF16=1``. Any other precision or accelerator is returned
+    unchanged.
     """
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if not (on_cpu and isinstance(precision, str) and precision.startswith("bf16")):

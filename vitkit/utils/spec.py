@@ -1,10 +1,13 @@
 """The inference spec: everything a trained model needs at inference, beside its weights, as one versioned record.
 
 An :class:`InferenceSpec` holds the task, the model config (``class_path`` / ``init_args``, what jsonargparse
-builds), the preprocessing sizes and the task's settings: class names, category ids and detections kept per image
-for detection; the tokenizer (its serialised JSON) and generation defaults for captioning; both for ``describe``
-(detect, then caption each object; its model config holds the ``detector`` and ``text`` networks' configs). This
-module is the only one that knows where the record is stored:
+builds; a task of several networks holds one such config per network), the preprocessing sizes and the
+task-specific settings: class names, category ids and detections kept per image; the tokenizer (its serialised
+JSON) and generation defaults. This module names no task: which task-specific fields a task records, which of them
+it requires and which networks its model config holds is the task's declaration (:class:`SpecFields`, part of its
+descriptor, :class:`vitkit.train.task.Task`), passed in by the caller (:meth:`InferenceSpec.bind`, and the ``tasks``
+argument of the readers, which :mod:`vitkit.io` gives with every registered task's). This module is the only one
+that knows where the record is stored:
 
 - in a Lightning checkpoint, as a plain dict under :data:`SPEC_KEY` (:func:`write_spec`, :func:`read_spec`); the
   Lightning modules write it in ``on_save_checkpoint``;
@@ -15,7 +18,7 @@ module is the only one that knows where the record is stored:
 part of the record: it follows from the built model's head (sigmoid or softmax). Predictions do not depend on how
 far a batch is padded, so the datamodules' ``pad_to_multiple`` is not part of it either.
 
-Version history: 1, the first record (vitkit 0.1.0); task ``describe`` (detect, then caption each object) added to
+Version history: 1, the first record (vitkit 0.1.0); a third task (detect, then caption each object) added to
 version 1 (no field changed: an older vitkit refuses the task by name).
 """
 
@@ -24,27 +27,50 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 SPEC_KEY = "vitkit_spec"
 """Where the record lives: the checkpoint key and the safetensors metadata entry."""
 SPEC_VERSION = 1
 """The version this vitkit writes and reads."""
-TASKS = ("detection", "captioning", "describe")
-_DETECTION_FIELDS, _CAPTION_FIELDS = ("class_names", "label_to_cat_id", "num_select"), ("tokenizer", "generation")
-_TASK_FIELDS = {"detection": _DETECTION_FIELDS, "captioning": _CAPTION_FIELDS,
-                "describe": _DETECTION_FIELDS + _CAPTION_FIELDS}  # the task-specific fields each task uses
-_NETWORKS = {"describe": ("detector", "text")}  # a task of several networks: model_config holds one config each
+COMMON_FIELDS = ("task", "model_config", "size", "max_size", "version")
+"""The fields every spec holds; the others are task-specific (:data:`TASK_FIELDS`)."""
+TASK_FIELDS = ("class_names", "label_to_cat_id", "num_select", "tokenizer", "generation")
+"""The task-specific fields: a task records those its :class:`SpecFields` names; the others keep their defaults."""
+_WHAT = {"class_names": "a list of strings", "label_to_cat_id": "a list of whole numbers",
+         "num_select": "a whole number >= 1", "tokenizer": "the tokenizer's JSON string",
+         "generation": "a dict of generation options"}  # what each task-specific field holds, for messages
 
 
 class SpecError(ValueError):
     """An inference spec that is missing, malformed or of another version; the message names the field."""
 
 
-def _unused_fields(task: str) -> set[str]:
-    """The task-specific fields that ``task`` does not use (they keep their defaults and are not stored)."""
-    return {name for fields_ in _TASK_FIELDS.values() for name in fields_} - set(_TASK_FIELDS[task])
+@dataclass(frozen=True)
+class SpecFields:
+    """One task's part of the spec, as its descriptor declares it.
+
+    Attributes:
+        used: the task-specific fields (of :data:`TASK_FIELDS`) the task records; the others must keep their
+            defaults and are not stored.
+        required: those of ``used`` that may not be None.
+        networks: for a task of several networks, their names: ``model_config`` then holds one
+            ``class_path`` / ``init_args`` config per name (and may hold other keys); empty: ``model_config`` is one
+            such config.
+
+    Raises:
+        ValueError: a field that is not task-specific, or a required field the task does not use.
+    """
+    used: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    networks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in (*self.used, *self.required) if name not in TASK_FIELDS]
+        if unknown or not set(self.required) <= set(self.used):
+            raise ValueError(f"SpecFields: used {self.used} and required {self.required} must be task-specific fields "
+                             f"({', '.join(TASK_FIELDS)}), the required ones among the used ones")
 
 
 def _is_int(value: Any) -> bool:
@@ -55,22 +81,25 @@ def _is_int(value: Any) -> bool:
 class InferenceSpec:
     """What a checkpoint or export records for inference (see the module docstring).
 
+    Constructing one checks every field's type and value; :meth:`bind` (or a reader given the registered tasks)
+    checks it against its task's declaration: the model config's shape, the required fields, and no field of
+    another task.
+
     Attributes:
-        task: "detection", "captioning" or "describe" (detect, then caption each object).
-        model_config: the network's ``{"class_path": ..., "init_args": {...}}`` (a DETR or a Captioner); for
-            "describe", ``{"detector": {...}, "text": {...}, ...}``: the DETR's and the text decoder's configs (each
-            with a ``class_path``) and the region head's settings.
+        task: the task's name (a registered task's, :mod:`vitkit.tasks`).
+        model_config: the network's ``{"class_path": ..., "init_args": {...}}``; for a task of several networks
+            (:attr:`SpecFields.networks`), ``{"<network>": {"class_path": ..., ...}, ..., <other settings>}``.
         size: short side in px of the preprocessed images.
         max_size: cap on the long side in px (greater than ``size``), or None.
-        class_names: detection, describe: name per contiguous label, or None.
-        label_to_cat_id: detection, describe: dataset category id per contiguous label, or None.
-        num_select: detection, describe: detections kept per image by the post-processing.
-        tokenizer: captioning, describe: the tokenizer's JSON (``CaptionTokenizer.to_str``); required there.
-        generation: captioning, describe: decoding defaults (``CaptionPipeline``'s generation options).
+        class_names: name per contiguous label, or None (tasks that detect).
+        label_to_cat_id: dataset category id per contiguous label, or None (tasks that detect).
+        num_select: detections kept per image by the post-processing (tasks that detect).
+        tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``; tasks that write text).
+        generation: decoding defaults (``CaptionPipeline``'s generation options; tasks that write text).
         version: the record's version, :data:`SPEC_VERSION`.
 
     Raises:
-        SpecError: a field of the wrong type or value, or a field of the other task, naming it.
+        SpecError: a field of the wrong type or value, naming it.
     """
     task: str
     model_config: dict[str, Any]
@@ -82,6 +111,7 @@ class InferenceSpec:
     tokenizer: str | None = None
     generation: dict[str, Any] = field(default_factory=dict)
     version: int = SPEC_VERSION
+    _fields: SpecFields | None = field(default=None, init=False, repr=False, compare=False)  # set by bind()
 
     def __post_init__(self) -> None:
         if self.class_names is not None and isinstance(self.class_names, list | tuple):
@@ -90,16 +120,18 @@ class InferenceSpec:
             self.label_to_cat_id = list(self.label_to_cat_id)
         self._check()
 
-    def _check(self) -> None:
-        def bad(name: str, what: str) -> SpecError:
-            return SpecError(f"inference spec field '{name}' {what}, got {getattr(self, name)!r}"[:400])
+    def _bad(self, name: str, what: str) -> SpecError:
+        return SpecError(f"inference spec field '{name}' {what}, got {getattr(self, name)!r}"[:400])
 
+    def _check(self) -> None:
+        bad = self._bad
         if not _is_int(self.version) or self.version != SPEC_VERSION:
             raise bad("version", f"must be {SPEC_VERSION} (the version this vitkit reads; a newer vitkit may have "
                                  "written a later one)")
-        if self.task not in TASKS:
-            raise bad("task", f"must be one of {TASKS}")
-        self._check_model_config(bad)
+        if not isinstance(self.task, str) or not self.task:
+            raise bad("task", "must be a task's name")
+        if not isinstance(self.model_config, dict):
+            raise bad("model_config", "must be a {'class_path': ..., 'init_args': {...}} dict (or one per network)")
         if not _is_int(self.size) or self.size < 1:
             raise bad("size", "must be a whole number of px >= 1")
         if self.max_size is not None and (not _is_int(self.max_size) or self.max_size <= self.size):
@@ -117,47 +149,73 @@ class InferenceSpec:
             raise bad("num_select", "must be a whole number >= 1")
         if self.tokenizer is not None and not isinstance(self.tokenizer, str):
             raise bad("tokenizer", "must be the tokenizer's JSON string")
-        if "tokenizer" in _TASK_FIELDS[self.task] and self.tokenizer is None:
-            raise bad("tokenizer", f"is required for {self.task} (the tokenizer's JSON string)")
         if not isinstance(self.generation, dict) or not all(isinstance(k, str) for k in self.generation):
             raise bad("generation", "must be a dict of generation options")
-        defaults = {f.name: f.default for f in fields(self)}
-        for name in _unused_fields(self.task):
-            value = getattr(self, name)
-            if value != (defaults[name] if name != "generation" else {}):
-                users = " and ".join(t for t in TASKS if name in _TASK_FIELDS[t])
-                raise bad(name, f"applies to {users} only, not to a {self.task} spec")
 
-    def _check_model_config(self, bad: Any) -> None:
+    def bind(self, task: SpecFields, registered: Mapping[str, SpecFields] | None = None) -> InferenceSpec:
+        """Check this spec against its task's declaration and keep it: :meth:`to_dict` then writes the common fields
+        and exactly the task's fields.
+
+        Args:
+            task: the declaration of the task this spec records (its descriptor's ``spec``).
+            registered: every registered task's declaration by name, to name the tasks that use a field this task
+                does not (default: the message names none).
+
+        Returns:
+            This spec.
+
+        Raises:
+            SpecError: a model config not of the task's shape, a required field that is None, or a field the task
+                does not use holding a value (the message names the tasks that use it).
+        """
+        self._check_model_config(task.networks)
+        for name in task.required:
+            if getattr(self, name) is None:
+                raise self._bad(name, f"is required for {self.task} ({_WHAT[name]})")
+        for name in TASK_FIELDS:
+            if name not in task.used and getattr(self, name) != _default(name):
+                users = " and ".join(t for t, f in (registered or {}).items() if name in f.used)
+                raise self._bad(name, f"applies to {users} only, not to a {self.task} spec" if users
+                                else f"is not recorded by {self.task} specs")
+        self._fields = task
+        return self
+
+    def _check_model_config(self, networks: tuple[str, ...]) -> None:
         """One ``class_path`` / ``init_args`` dict, or for a task of several networks one such dict per network."""
         config = self.model_config
-        networks = _NETWORKS.get(self.task)
-        if networks is None:
+        if not networks:
             if not isinstance(config, dict) or not isinstance(config.get("class_path"), str):
-                raise bad("model_config", "must be a {'class_path': ..., 'init_args': {...}} dict")
+                raise self._bad("model_config", "must be a {'class_path': ..., 'init_args': {...}} dict")
             return
         if not isinstance(config, dict) or not all(isinstance(config.get(n), dict)
                                                    and isinstance(config[n].get("class_path"), str)
                                                    for n in networks):
             keys = ", ".join(f"'{n}': {{'class_path': ..., 'init_args': {{...}}}}" for n in networks)
-            raise bad("model_config", f"must be a {{{keys}, ...}} dict for {self.task}")
+            raise self._bad("model_config", f"must be a {{{keys}, ...}} dict for {self.task}")
 
     def to_dict(self) -> dict[str, Any]:
-        """The record as plain JSON types (a copy): the common fields and those of its task."""
-        unused = _unused_fields(self.task)
-        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in unused}
+        """The record as plain JSON types (a copy): the common fields and its task's fields (after :meth:`bind`;
+        before it, the task-specific fields that hold other than their defaults)."""
+        used = self._fields.used if self._fields is not None else \
+            [name for name in TASK_FIELDS if getattr(self, name) != _default(name)]
+        return {name: copy.deepcopy(getattr(self, name)) for name in _record_fields()
+                if name in COMMON_FIELDS or name in used}
 
     @classmethod
-    def from_dict(cls, data: Any, source: str = "inference spec") -> InferenceSpec:
+    def from_dict(cls, data: Any, source: str = "inference spec", tasks: Mapping[str, SpecFields] | None = None
+                  ) -> InferenceSpec:
         """Read a record written by :meth:`to_dict`.
 
         Args:
             data: the stored dict.
             source: the file and key, for messages (e.g. ``"last.ckpt: 'vitkit_spec'"``).
+            tasks: every task this vitkit reads, by name (:mod:`vitkit.io` gives the registered ones): the spec's
+                task must be one of them, and the spec is bound to its declaration (:meth:`bind`). None: only the
+                fields' types and values are checked.
 
         Raises:
-            SpecError: not a dict, a missing or unknown field, another version, or a bad value; the message names
-                ``source`` and the field.
+            SpecError: not a dict, a missing or unknown field, another version, a task not in ``tasks``, or a bad
+                value; the message names ``source`` and the field.
         """
         if not isinstance(data, Mapping):
             raise SpecError(f"{source}: the inference spec must be a dict, got {type(data).__name__}")
@@ -167,17 +225,32 @@ class InferenceSpec:
                 version > SPEC_VERSION else ""
             raise SpecError(f"{source}: inference spec field 'version' is {version!r}; this vitkit reads version "
                             f"{SPEC_VERSION}{newer}")
-        known = {f.name for f in fields(cls)}
+        known = set(_record_fields())
         unknown = sorted(map(str, set(data) - known))
         if unknown:
             raise SpecError(f"{source}: unknown inference spec field(s) {unknown}; known: {sorted(known)}")
         missing = [name for name in ("task", "model_config", "size", "max_size") if name not in data]
         if missing:
             raise SpecError(f"{source}: inference spec field(s) {missing} missing")
+        task = data["task"]
+        if tasks is not None and (not isinstance(task, str) or task not in tasks):
+            raise SpecError(f"{source}: inference spec field 'task' must be one of {tuple(tasks)}, got {task!r}"[:400])
         try:
-            return cls(**copy.deepcopy(dict(data)))
+            spec = cls(**copy.deepcopy(dict(data)))
+            return spec if tasks is None else spec.bind(tasks[task], tasks)
         except SpecError as err:
             raise SpecError(f"{source}: {err}") from None
+
+
+def _record_fields() -> list[str]:
+    """The record's field names, in order (the common and the task-specific ones)."""
+    return [f.name for f in fields(InferenceSpec) if f.init]
+
+
+def _default(name: str) -> Any:
+    """A field's default value."""
+    spec_field = next(f for f in fields(InferenceSpec) if f.name == name)
+    return spec_field.default if spec_field.default_factory is MISSING else spec_field.default_factory()
 
 
 def write_spec(checkpoint: dict[str, Any], spec: InferenceSpec) -> None:
@@ -185,14 +258,20 @@ def write_spec(checkpoint: dict[str, Any], spec: InferenceSpec) -> None:
     checkpoint[SPEC_KEY] = spec.to_dict()
 
 
-def read_spec(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> InferenceSpec | None:
+def read_spec(checkpoint: Mapping[str, Any], source: str = "checkpoint",
+              tasks: Mapping[str, SpecFields] | None = None) -> InferenceSpec | None:
     """The spec of a checkpoint dict, or None when it has none.
+
+    Args:
+        checkpoint: the checkpoint dict.
+        source: the file, for messages.
+        tasks: as :meth:`InferenceSpec.from_dict`'s (None: the fields' types and values are checked, not the task).
 
     Raises:
         SpecError: a spec that is there but unreadable (see :meth:`InferenceSpec.from_dict`).
     """
     data = checkpoint.get(SPEC_KEY)
-    return None if data is None else InferenceSpec.from_dict(data, f"{source}: '{SPEC_KEY}'")
+    return None if data is None else InferenceSpec.from_dict(data, f"{source}: '{SPEC_KEY}'", tasks)
 
 
 def spec_metadata(spec: InferenceSpec) -> dict[str, str]:
@@ -200,8 +279,14 @@ def spec_metadata(spec: InferenceSpec) -> dict[str, str]:
     return {SPEC_KEY: json.dumps(spec.to_dict())}
 
 
-def spec_from_metadata(metadata: Mapping[str, str], source: str = "safetensors file") -> InferenceSpec | None:
+def spec_from_metadata(metadata: Mapping[str, str], source: str = "safetensors file",
+                       tasks: Mapping[str, SpecFields] | None = None) -> InferenceSpec | None:
     """The spec of a safetensors file's metadata, or None when it has none.
+
+    Args:
+        metadata: the file's metadata.
+        source: the file, for messages.
+        tasks: as :meth:`InferenceSpec.from_dict`'s.
 
     Raises:
         SpecError: an entry that is not JSON or not a valid spec.
@@ -214,4 +299,4 @@ def spec_from_metadata(metadata: Mapping[str, str], source: str = "safetensors f
         data = json.loads(text)
     except json.JSONDecodeError as err:
         raise SpecError(f"{where}: not JSON ({err})") from None
-    return InferenceSpec.from_dict(data, where)
+    return InferenceSpec.from_dict(data, where, tasks)

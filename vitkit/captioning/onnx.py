@@ -1,10 +1,5 @@
-"""Captioning's part of checkpoints and exports: the inference spec it records, its ONNX graph and decoding from
-that graph's outputs.
-
-The spec (:func:`checkpoint_spec` from training, :func:`predictor_spec` from a loaded
-:class:`~vitkit.captioning.predictor.CaptionPipeline`) holds the captioner config, the validation preprocessing
-sizes, the tokenizer JSON and the generation defaults (none from training: inference decodes with
-:data:`~vitkit.captioning.predictor.DEFAULT_GENERATION`).
+"""Captioning's ONNX graph (the caption encoder: the traceable module, its inputs and outputs, dummy trace inputs,
+metadata, the comparison with vitkit eager) and decoding from that graph's outputs.
 
 The ONNX graph is the caption encoder (:class:`CaptionEncoderExport`): ``images``, ``mask`` -> ``memory``
 (B, N, D), ``memory_mask`` (B, N) bool True = padding, ``memory_pos`` (B, N, D) cross-attention key positions: what
@@ -14,7 +9,6 @@ The ONNX graph is the caption encoder (:class:`CaptionEncoderExport`): ``images`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,38 +17,10 @@ from torch import Tensor, nn
 from vitkit.captioning.decoding import beam_search, greedy_decode, sample_decode
 from vitkit.core.trace import check_traceable, dummy_inputs, pad_to_multiple, trace_multiple
 from vitkit.kernels.precision import model_dtype
-from vitkit.utils.spec import InferenceSpec
 
 INPUTS, OUTPUTS = ["images", "mask"], ["memory", "memory_mask", "memory_pos"]
 DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
                 **{name: {0: "batch", 1: "tokens"} for name in OUTPUTS}}
-DEFAULT_SIZE = 224
-
-
-# ------------------------------------------------------------------------------------------------ the spec
-def checkpoint_spec(config: dict[str, Any], tokenizer: str, hparams: Mapping[str, Any],
-                    data_hparams: Mapping[str, Any]) -> InferenceSpec:
-    """The spec a training checkpoint records.
-
-    Args:
-        config: the captioner's resolved ``class_path`` / ``init_args``.
-        tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``).
-        hparams: CaptionModule's hyper-parameters; none of them enters the spec (validation's ``val_beams`` is
-            not an inference default).
-        data_hparams: the datamodule's: short side ``val_size`` (default 224), long side cap ``val_max_size`` or
-            ``max_size`` (default 2 x ``val_size``).
-    """
-    size = int(data_hparams.get("val_size") or DEFAULT_SIZE)
-    max_size = data_hparams.get("val_max_size") or data_hparams.get("max_size") or 2 * size
-    return InferenceSpec(task="captioning", model_config=config, size=size, max_size=int(max_size),
-                         tokenizer=tokenizer)
-
-
-def predictor_spec(pipe: nn.Module, config: dict[str, Any]) -> InferenceSpec:
-    """The spec of a loaded :class:`~vitkit.captioning.predictor.CaptionPipeline` whose captioner was built from
-    ``config``."""
-    return InferenceSpec(task="captioning", model_config=config, size=pipe.size, max_size=pipe.max_size,
-                         tokenizer=pipe.tokenizer.to_str(), generation=dict(pipe.generation))
 
 
 # ------------------------------------------------------------------------------------------------ the graph
@@ -93,7 +59,7 @@ def onnx_metadata(pipe: nn.Module) -> dict[str, str]:
     """The captioning entries of the graph's metadata: the tokenizer and what the outputs are."""
     return {"tokenizer": pipe.tokenizer.to_str(),
             "outputs": "memory (B, N, D), memory_mask (B, N) True = padding, memory_pos (B, N, D); decode them "
-                       "with vitkit.captioning.export.decode_memory (PyTorch)"}
+                       "with vitkit.captioning.onnx.decode_memory (PyTorch)"}
 
 
 def compare_encoder(ref: tuple, got: tuple) -> dict[str, float]:

@@ -1,11 +1,7 @@
-"""Detection's part of checkpoints and exports: the inference spec it records, and its ONNX graph.
+"""Detection's ONNX graph: the traceable module, its inputs and outputs, dummy trace inputs, the trace check, the
+graph's metadata and the comparison of its outputs with vitkit eager.
 
-The spec (:func:`checkpoint_spec` from training, :func:`predictor_spec` from a loaded
-:class:`~vitkit.detection.predictor.Detector`) holds the detector config, the validation preprocessing sizes,
-class names, category ids and ``num_select``. The post-processing kind is not in it: it follows from the
-detector's ``sigmoid_head``.
-
-The ONNX graph (:class:`DetectorExport`): ``images`` (B, 3, H, W) float32, ImageNet-normalised and zero-padded;
+The graph (:class:`DetectorExport`): ``images`` (B, 3, H, W) float32, ImageNet-normalised and zero-padded;
 ``mask`` (B, H, W) bool, True = padding; ``orig_sizes`` (B, 2) int64 [h, w] of the original images -> ``boxes``
 (B, K, 4) float32 xyxy pixels of the original images, ``scores`` (B, K) float32, ``labels`` (B, K) int64
 contiguous labels, sorted by score. Post-processing is in the graph (:meth:`PostProcess.batched`): softmax heads
@@ -19,43 +15,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from vitkit.core.trace import check_traceable, dummy_inputs, pad_to_multiple, trace_multiple
-from vitkit.utils.spec import InferenceSpec
 
 INPUTS, OUTPUTS = ["images", "mask", "orig_sizes"], ["boxes", "scores", "labels"]
 DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
                 "orig_sizes": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"}, "labels": {0: "batch"}}
-DEFAULT_SIZE, DEFAULT_MAX_SIZE = 800, 1333  # CocoDataModule's validation sizes
-
-
-# ------------------------------------------------------------------------------------------------ the spec
-def checkpoint_spec(config: dict[str, Any], hparams: Mapping[str, Any], data_hparams: Mapping[str, Any]
-                    ) -> InferenceSpec:
-    """The spec a training checkpoint records.
-
-    Args:
-        config: the detector's resolved ``class_path`` / ``init_args``.
-        hparams: DetectionModule's hyper-parameters (``class_names``, ``label_to_cat_id``, ``num_select``).
-        data_hparams: the datamodule's (``val_size``, ``val_max_size``); CocoDataModule's defaults when absent.
-    """
-    return InferenceSpec(task="detection", model_config=config,
-                         size=int(data_hparams.get("val_size", DEFAULT_SIZE)),
-                         max_size=data_hparams.get("val_max_size", DEFAULT_MAX_SIZE),
-                         class_names=hparams.get("class_names"), label_to_cat_id=hparams.get("label_to_cat_id"),
-                         num_select=int(hparams.get("num_select", 100)))
-
-
-def predictor_spec(detector: nn.Module, config: dict[str, Any]) -> InferenceSpec:
-    """The spec of a loaded :class:`~vitkit.detection.predictor.Detector` whose network was built from ``config``."""
-    return InferenceSpec(task="detection", model_config=config, size=detector.size, max_size=detector.max_size,
-                         class_names=detector.class_names, label_to_cat_id=detector.label_to_cat_id,
-                         num_select=detector.postprocess.num_select)
 
 
 # ------------------------------------------------------------------------------------------------ the graph
