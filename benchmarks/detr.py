@@ -15,7 +15,7 @@ ResNet-50 with frozen BatchNorm, 6 + 6 post-norm layers, d=256, 8 heads, FFN 204
   - ``detr_infer_fp32``: vitkit fp32 (channels_last), for reference, same peer times.
 (b) training step, same batch: forward, Hungarian matching, losses (final + 5 auxiliary layers on both
 sides), backward, AdamW step (lr 1e-4, wd 1e-4, no clipping). Both sides use torch's fused AdamW: vitkit's
-training modules build it (:func:`vitkit.train.optim.adamw`), and it is the Hugging Face Trainer's default
+training modules build it (:func:`vitkit.training.optim.adamw`), and it is the Hugging Face Trainer's default
 optimizer (``adamw_torch_fused``) with this torch:
   - ``detr_train``: vitkit (``SetCriterion`` + ``HungarianMatcher``, CE loss with eos_coef 0.1) under bf16
     autocast with fp32 weights and channels_last, against the peer in fp32 with ``labels`` (its own loss);
@@ -174,7 +174,7 @@ def run_inference(settings: Settings) -> list[dict[str, Any]]:
 def run_training(settings: Settings) -> list[dict[str, Any]]:
     s = _sizes(settings)
     from vitkit.detection import HungarianMatcher, SetCriterion
-    from vitkit.train.optim import adamw as make_adamw
+    from vitkit.training.optim import adamw as make_adamw
 
     torch.manual_seed(settings.seed)
     hf = build_hf_detr(WORKLOAD_TRAIN, s["backbone"], s["depth"]).train()

@@ -34,7 +34,7 @@ from benchmarks.common import count_flops, record, synchronized, time_interleave
 from vitkit.core import ViTEncoder
 from vitkit.detection import HungarianMatcher, SetCriterion
 from vitkit.kernels.precision import apply_precision
-from vitkit.train.optim import adamw
+from vitkit.training.optim import adamw
 
 
 @dataclass

@@ -19,7 +19,7 @@ batch size = the vitkit config's ``data.batch_size``, loader workers = its ``dat
 - ViT + GPT-2: AdamW lr 1e-4 (``--ved-lr``), weight decay 0.01 (none on biases and norm weights), gradient-norm clip
   1.0 (the Hugging Face Trainer's default), warmup + cosine.
 - both: warmup = 5% of the estimated total steps (200 steps until the first estimate), cosine to 1% of the peak lr
-  (:func:`vitkit.train.optim.warmup_schedule`); ``--peer-precision`` fp32 (default, Hugging Face's) or bf16-mixed
+  (:func:`vitkit.training.optim.warmup_schedule`); ``--peer-precision`` fp32 (default, Hugging Face's) or bf16-mixed
   (CPU autocast).
 
 Budget rules, the same for every side (:mod:`benchmarks.learning_budget`):

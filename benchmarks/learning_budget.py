@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from vitkit.train.optim import warmup_schedule
+from vitkit.training.optim import warmup_schedule
 
 CALIBRATION_STEPS = 20  # the schedule is first sized after this many optimizer steps ...
 RESIZE_FRACTION = 0.05  # ... and again every 5% of the budget
@@ -55,7 +55,7 @@ class TrainClock:
 
 
 def factor_of(total_steps: int, warmup_steps: int, min_lr_ratio: float, **options: Any) -> Callable[[int], float]:
-    """The per-step lr factor of :func:`vitkit.train.optim.warmup_schedule` for ``total_steps`` (built on a throwaway
+    """The per-step lr factor of :func:`vitkit.training.optim.warmup_schedule` for ``total_steps`` (built on a throwaway
     optimizer, so the real one is not touched)."""
     dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     return warmup_schedule(dummy, total_steps, warmup_steps, min_lr_ratio, **options).lr_lambdas[0]
@@ -180,7 +180,7 @@ def train_mode_restored(module: torch.nn.Module) -> Callable[[], None]:
 
 class BudgetCallback(L.Callback):
     """Runs a Lightning fit on a :class:`BudgetRun`: starts the clock with training, re-sizes the module's step
-    schedule (vitkit's :func:`~vitkit.train.optim.warmup_schedule` with the module's own hyper-parameters),
+    schedule (vitkit's :func:`~vitkit.training.optim.warmup_schedule` with the module's own hyper-parameters),
     evaluates at the reported minutes and stops the trainer when the budget is spent.
 
     Args:
@@ -206,7 +206,7 @@ class BudgetCallback(L.Callback):
         self.threads_seen = torch.get_num_threads()
         scheduler = trainer.lr_scheduler_configs[0].scheduler
         hp = pl_module.hparams
-        options = {k: hp[k] for k in ("schedule", "lr_drop") if k in hp}  # as vitkit.train.module passes them
+        options = {k: hp[k] for k in ("schedule", "lr_drop") if k in hp}  # as vitkit.training.module passes them
         steps_per_epoch = max(1, int(trainer.num_training_batches))
         recipe_steps = self.recipe_epochs * steps_per_epoch if self.recipe_epochs else None
 

@@ -142,7 +142,7 @@ class RaceCallback(BudgetCallback):
             "precision": str(trainer.precision),
             "threads_seen": self.threads_seen,
             "batch_size": int(dm.hparams.batch_size),
-            "optimizer": {"name": "AdamW (vitkit.train.optim.adamw)", "lr": float(hp.lr),
+            "optimizer": {"name": "AdamW (vitkit.training.optim.adamw)", "lr": float(hp.lr),
                           "weight_decay": float(hp.weight_decay), "warmup_steps": int(hp.warmup_steps),
                           "recipe_epochs": self.recipe_epochs,
                           "budget_warmup_steps": self.warmups[-1] if self.warmups else None,

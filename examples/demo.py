@@ -15,7 +15,7 @@ consistent polarity it reaches about 0.9 accuracy in 1,000 steps.
 
 The model is :class:`ShapeClassifier`: a :class:`~vitkit.core.ViTEncoder` (patch 8, axial RoPE, class
 token) and a linear head on the class token. :func:`run_demo` trains it with AdamW (linear warm-up, cosine
-decay: vitkit's own optimizer groups and schedule, :mod:`vitkit.train.optim`) and reports accuracy on a fixed
+decay: vitkit's own optimizer groups and schedule, :mod:`vitkit.training.optim`) and reports accuracy on a fixed
 held-out set generated from a separate seed.
 
     python examples/demo.py                      # ~1,000 steps, about 2 minutes on a 2-core CPU
@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from vitkit.core import ViTEncoder
 from vitkit.data.collate import pad_images
-from vitkit.train.optim import adamw, adamw_param_groups, warmup_schedule
+from vitkit.training.optim import adamw, adamw_param_groups, warmup_schedule
 
 CLASSES: tuple[str, ...] = ("square", "disk", "triangle", "cross")
 VAL_SEED = 1_000_003  # the held-out set's seed, fixed so accuracies from different training seeds compare

@@ -1,4 +1,4 @@
-"""The package layout: imports point one way (kernels/utils -> layers -> core -> data -> eval -> viz -> train ->
+"""The package layout: imports point one way (kernels/utils -> layers -> core -> data -> eval -> viz -> training ->
 tasks -> describe -> the task registration -> io -> cli -> the ``vitkit`` root), no import cycle, and no file or
 function over the size limits."""
 
@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vitkit"
 # both tasks, so it sits above them. ``tasks`` is the top-level module ``vitkit.tasks``, the task registration: it
 # names every task's descriptor (imported by name on first use), so it sits above the task packages, and io and the
 # cli look tasks up in it, so it sits below them.
-RANKS = {"utils": 0, "kernels": 0, "layers": 1, "core": 2, "data": 3, "eval": 4, "viz": 5, "train": 6,
+RANKS = {"utils": 0, "kernels": 0, "layers": 1, "core": 2, "data": 3, "eval": 4, "viz": 5, "training": 6,
          "detection": 7, "captioning": 7, "describe": 8, "tasks": 9, "io": 10, "cli": 11, "": 12}
 # A registered task's package (vitkit.tasks) that RANKS does not list sits on the task level: adding a task is its
 # package and its registration line, not an edit here (a task built from other tasks, as describe is, is listed).

@@ -1,6 +1,6 @@
 """The registered tasks: the one place that lists them, one line each.
 
-A line names the module that defines a task's descriptor (``TASK``, a :class:`vitkit.train.task.Task`) and the
+A line names the module that defines a task's descriptor (``TASK``, a :class:`vitkit.training.task.Task`) and the
 folder commands the task brings (``vitkit detect``, ...). Adding a task is its package and one line here.
 
 Nothing is imported at import time, so the ``vitkit`` command reads the verbs without loading torch
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vitkit.train.task import Task
+    from vitkit.training.task import Task
 
 __all__ = ["REGISTERED", "Registration", "Verb", "find", "names", "tasks", "verbs"]
 
@@ -71,7 +71,7 @@ def tasks() -> tuple[Task, ...]:
     for entry in REGISTERED:
         task = getattr(importlib.import_module(entry.descriptor), "TASK", None)
         if task is None:
-            raise ImportError(f"{entry.descriptor} defines no TASK (a vitkit.train.task.Task), but vitkit.tasks "
+            raise ImportError(f"{entry.descriptor} defines no TASK (a vitkit.training.task.Task), but vitkit.tasks "
                               "registers it")
         found.append(task)
     seen = [t.name for t in found]

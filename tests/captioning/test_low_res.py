@@ -12,7 +12,7 @@ from vitkit.captioning import Captioner
 from vitkit.captioning.module import CaptionModule
 from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.data.collate import pad_images, real_size, rescale_batch
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 
 
 def test_rescale_batch_scales_each_real_region_and_pads_again():

@@ -15,7 +15,7 @@ from vitkit.captioning.datamodule import CaptionDataModule
 from vitkit.captioning.module import CaptionModule
 from vitkit.captioning.object_tokens import IGNORE, ObjectTokenHead, mirror_objects, token_targets
 from vitkit.core import TransformerDecoder, ViTEncoder
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 
 I = IGNORE
 

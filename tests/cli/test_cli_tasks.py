@@ -20,7 +20,7 @@ from vitkit.describe.task import TASK as DESCRIBE
 from vitkit.detection.task import TASK as DETECTION
 from vitkit.kernels import precision as precision_mod
 from vitkit.kernels.precision import CPU_BF16_ENV
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from vitkit.data.collate import pad_images
 from vitkit.data.images import image_size
 from vitkit.data.sampling import GroupedBatchSampler, aspect_ratio_groups
 from vitkit.data.shapes import make_shapes
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 
 
 def test_groups_split_orientations_and_bin_by_factor():

@@ -17,7 +17,7 @@ from vitkit.core import TransformerDecoder, ViTEncoder
 from vitkit.describe.module import DescribeModule, stack_caption_tokens
 from vitkit.detection import DETR, HungarianMatcher, SetCriterion
 from vitkit.detection.module import DetectionModule
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 from vitkit.utils.spec import SPEC_KEY, read_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

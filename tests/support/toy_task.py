@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from vitkit.tasks import Registration, Verb
-from vitkit.train.task import SpecFields, Task
+from vitkit.training.task import SpecFields, Task
 from vitkit.utils.spec import InferenceSpec
 
 NAME = "toy"

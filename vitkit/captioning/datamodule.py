@@ -33,7 +33,7 @@ from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco_captions import CocoCaptions
 from vitkit.data.collate import DropNone, pad_images
 from vitkit.data.transforms import RandomShortestSideResize, normalize_steps
-from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
+from vitkit.training.datamodule import CocoLayoutDataModule, data_errors
 
 _LEFT_RIGHT = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 
@@ -126,7 +126,7 @@ class CaptionDataModule(TokenizerDataMixin, CocoLayoutDataModule):
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
         max_length: longest token sequence, BOS and EOS included; linked into the captioner.
         **kwargs: the data root (``captions_{train,val}2017.json``), shapes generation, loader and ``bad_images``
-            settings of :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
+            settings of :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
     """
     kind = "captions"
 

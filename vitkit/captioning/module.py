@@ -12,7 +12,7 @@ The tokenizer comes from the datamodule (or from a checkpoint; its life cycle is
 :class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerModuleMixin`'s) and is saved in every checkpoint with the
 resolved captioner config and the validation preprocessing, as the inference spec (:mod:`vitkit.utils.spec`), so
 a checkpoint alone rebuilds a captioning model. The non-finite loss guard, the optimiser and schedule and gradient
-clipping are the tasks' shared ones (:class:`vitkit.train.module.TaskModule`).
+clipping are the tasks' shared ones (:class:`vitkit.training.module.TaskModule`).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from vitkit.captioning.tokenizer_lifecycle import TokenizerModuleMixin
 from vitkit.data.collate import rescale_batch
 from vitkit.eval.caption_metrics import CaptionScorer
 from vitkit.eval.cider import CiderD
-from vitkit.train.guards import ConfigError
-from vitkit.train.module import TaskModule
-from vitkit.train.optim import adamw_param_groups
+from vitkit.training.guards import ConfigError
+from vitkit.training.module import TaskModule
+from vitkit.training.optim import adamw_param_groups
 from vitkit.utils.distributed import all_gather_objects
 from vitkit.utils.spec import read_spec, write_spec
 from vitkit.viz.recording import grid_stride
@@ -231,7 +231,7 @@ class CaptionModule(TokenizerModuleMixin, TaskModule):
 
     def train_inputs(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """This step's training images: resized by a factor drawn from ``batch_scales`` (the step's random numbers,
-        which :class:`~vitkit.train.resume.ExactResume` seeds), and downscaled by ``low_res_scale`` before
+        which :class:`~vitkit.training.resume.ExactResume` seeds), and downscaled by ``low_res_scale`` before
         ``low_res_until`` of the lr schedule's steps (never where there is no schedule, outside a fit)."""
         hp = self.hparams
         scale = 1.0 if not hp.batch_scales else hp.batch_scales[int(torch.randint(len(hp.batch_scales), ()))]

@@ -22,7 +22,7 @@ from vitkit.captioning.model import Captioner
 from vitkit.captioning.module import CaptionModule
 from vitkit.captioning.predictor import CaptionPipeline
 from vitkit.captioning.tokenizer import CaptionTokenizer
-from vitkit.train.task import OnnxGraph, Task
+from vitkit.training.task import OnnxGraph, Task
 from vitkit.utils.spec import InferenceSpec
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from vitkit.captioning.tokenizer import CaptionTokenizer, load_or_train_tokenizer, tokenizer_mismatch
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 from vitkit.utils.distributed import broadcast_object, is_distributed, rank
 from vitkit.utils.spec import read_spec
 
@@ -127,7 +127,7 @@ class TokenizerModuleMixin:
         raise NotImplementedError(f"{type(self).__name__} must define text_model()")
 
     def check_tokenizer(self, tokenizer: CaptionTokenizer, what: str) -> None:
-        """Raise a :class:`~vitkit.train.guards.ConfigError` when ``tokenizer`` (from ``what``) does not fit the text
+        """Raise a :class:`~vitkit.training.guards.ConfigError` when ``tokenizer`` (from ``what``) does not fit the text
         model's vocabulary size and special ids."""
         problem = tokenizer_mismatch(tokenizer, self.text_model(), what, self.text_name, self.text_key)
         if problem is not None:

@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 
 
 class LatestLastCheckpoint(ModelCheckpoint):

@@ -4,7 +4,7 @@
 config argument is a path when such a file exists, else the name of a shipped config (:func:`resolve_config`).
 
 Light on purpose: ``vitkit --help`` lists :func:`shipped_configs`, so this module imports no torch; the errors'
-class (:class:`vitkit.train.guards.ConfigError`) is imported where one is raised.
+class (:class:`vitkit.training.guards.ConfigError`) is imported where one is raised.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def resolve_config(config: str | Path) -> Path:
         shipped = SHIPPED_CONFIGS / f"{stem}.yaml"
         if shipped.is_file():
             return shipped
-    from vitkit.train.guards import ConfigError  # heavy: torch; imported on the error path so --help stays fast
+    from vitkit.training.guards import ConfigError  # heavy: torch; imported on the error path so --help stays fast
 
     what = "not a file" if path.exists() else "no such file"
     raise ConfigError(f"config {config}: {what}, and no shipped config has that name. Fix: give the path of a YAML "
@@ -57,7 +57,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigError: the file cannot be read, is not YAML, or does not hold a mapping of keys.
     """
-    from vitkit.train.guards import ConfigError  # heavy: torch; imported when a config is read, not for --help
+    from vitkit.training.guards import ConfigError  # heavy: torch; imported when a config is read, not for --help
 
     try:
         with open(path) as f:

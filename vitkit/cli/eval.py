@@ -126,7 +126,7 @@ def evaluate_checkpoint(args: argparse.Namespace, overrides: list[str], prog: st
         return fail(prog, "evaluating a checkpoint needs CONFIG and one of --ckpt CKPT or --weights WEIGHTS")
     # heavy: imported after parsing so --help stays fast
     from vitkit.cli.validate import validate_checkpoint, validate_weights
-    from vitkit.train.guards import ConfigError
+    from vitkit.training.guards import ConfigError
     from vitkit.utils.checkpoints import CheckpointError
 
     try:

@@ -1,7 +1,7 @@
 """The training CLI every task shares (:class:`TaskCLI`): run-folder defaults, the ``task`` key, one-paragraph config
 errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks. What differs between tasks (module and
 datamodule, best-checkpoint metric, links, the recorded network configs) comes from the task's descriptor
-(:class:`vitkit.train.task.Task`); :mod:`vitkit.cli.train` picks the registered task of a config and runs it.
+(:class:`vitkit.training.task.Task`); :mod:`vitkit.cli.train` picks the registered task of a config and runs it.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from vitkit.cli.callbacks import LatestLastCheckpoint
 from vitkit.cli.config_errors import VitkitArgumentParser
 from vitkit.kernels.precision import training_precision
-from vitkit.train.checkpoint_io import install_safe_checkpoint_io
-from vitkit.train.guards import ConfigError
-from vitkit.train.resume import ExactResume
-from vitkit.train.task import Task
+from vitkit.training.checkpoint_io import install_safe_checkpoint_io
+from vitkit.training.guards import ConfigError
+from vitkit.training.resume import ExactResume
+from vitkit.training.task import Task
 from vitkit.utils.checkpoints import safe_load_checkpoint
 
 PROG = "python tools/train.py"

@@ -12,8 +12,8 @@ captioning also ``tokenizer.json``), and each checkpoint carries the resolved mo
 that :func:`vitkit.load` rebuilds the model without the YAML.
 
 Reliability (issue 7): checkpoints are written atomically and read with ``weights_only=True`` only
-(:mod:`vitkit.train.checkpoint_io`); ``last.ckpt`` is also refreshed every ``checkpoint.last_every_n_train_steps``
-steps, and :class:`~vitkit.train.resume.ExactResume` makes ``--ckpt_path last`` continue the same run exactly, also
+(:mod:`vitkit.training.checkpoint_io`); ``last.ckpt`` is also refreshed every ``checkpoint.last_every_n_train_steps``
+steps, and :class:`~vitkit.training.resume.ExactResume` makes ``--ckpt_path last`` continue the same run exactly, also
 from mid-epoch. Config and data mistakes (an unknown key, a wrong type, a missing data or image folder, malformed
 annotations, train and val categories that differ, a missing image with ``data.bad_images: fail``, a checkpoint that
 does not fit the data, ``--ckpt_path last`` with no ``last.ckpt`` to resume) end in one paragraph naming the key and
@@ -34,8 +34,8 @@ from vitkit.cli.configs import read_config, resolve_config, shipped_configs
 from vitkit.cli.task_cli import PROG, TaskCLI
 from vitkit.data.images import ImageReadError
 from vitkit.tasks import tasks
-from vitkit.train.guards import ConfigError, NonFiniteLossError
-from vitkit.train.task import Task
+from vitkit.training.guards import ConfigError, NonFiniteLossError
+from vitkit.training.task import Task
 from vitkit.utils.checkpoints import CheckpointError
 
 __all__ = ["PROG", "TaskCLI", "main", "own_argv", "select_task"]

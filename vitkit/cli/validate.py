@@ -13,7 +13,7 @@ from vitkit.cli.train import TaskCLI, own_argv, select_task
 from vitkit.detection.official_weights import read_detr_weights, select_classes
 from vitkit.detection.task import TASK as DETECTION
 from vitkit.eval.coco_eval import CocoEvalResult
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 from vitkit.utils.checkpoints import CheckpointError
 
 ValidationResult = tuple[CocoEvalResult, list[dict[str, Any]], bool]

@@ -49,7 +49,7 @@ class GroupedBatchSampler(BatchSampler):
 
     Args:
         sampler: yields dataset indices (a ``RandomSampler`` per epoch; Lightning puts a ``DistributedSampler`` in
-            its place under DDP, and :mod:`vitkit.train.resume` a seeded one).
+            its place under DDP, and :mod:`vitkit.training.resume` a seeded one).
         batch_size: items per batch.
         drop_last: leave out a last batch that is not full.
         group_ids: the group of every dataset index.

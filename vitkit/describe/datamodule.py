@@ -42,7 +42,7 @@ from vitkit.describe.regions import (
     read_region_references,
 )
 from vitkit.detection.datamodule import CocoDataModule
-from vitkit.train.datamodule import data_errors
+from vitkit.training.datamodule import data_errors
 
 
 def set_hflip_p(transform: Any, p: float) -> None:
@@ -76,7 +76,7 @@ class DescribeDataModule(TokenizerDataMixin, CocoDataModule):
         max_length: longest token sequence of a phrase, BOS and EOS included; longer ones lose their last words.
         **kwargs: the detection settings of :class:`~vitkit.detection.datamodule.CocoDataModule` (``batch_size``,
             scales, crop, validation size) and the root, shapes generation, loader and ``bad_images`` settings of
-            :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
+            :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
 
     Raises:
         ValueError: a setting out of range, or an unknown ``tokenizer_model``.

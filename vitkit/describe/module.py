@@ -44,7 +44,7 @@ from vitkit.detection.criterion import SetCriterion
 from vitkit.detection.model import DETR
 from vitkit.detection.module import DetectionModule
 from vitkit.eval.gather import gather_results
-from vitkit.train.optim import adamw_param_groups
+from vitkit.training.optim import adamw_param_groups
 from vitkit.utils.spec import read_spec, write_spec
 
 

@@ -25,7 +25,7 @@ from vitkit.describe.model import DescribeModel
 from vitkit.describe.module import DescribeModule
 from vitkit.describe.predictor import Describer
 from vitkit.detection.task import TASK as DETECTION
-from vitkit.train.task import Task
+from vitkit.training.task import Task
 from vitkit.utils.spec import InferenceSpec
 
 if TYPE_CHECKING:

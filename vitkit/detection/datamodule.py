@@ -2,7 +2,7 @@
 
 A missing annotation file or image folder stops the run at construction. Malformed annotation files stop it at
 construction (the validation file) or at ``setup`` (the training file), before the first step, with a
-:class:`~vitkit.train.guards.ConfigError` naming the file, the entry and the field (``tools/train.py`` prints it as
+:class:`~vitkit.training.guards.ConfigError` naming the file, the entry and the field (``tools/train.py`` prints it as
 one paragraph, exit status 2); sanitised entries get one counted warning per kind (:mod:`vitkit.data.annotations`).
 Unreadable images follow ``bad_images`` (:mod:`vitkit.data.bad_images`): with "skip", a training item is replaced by
 the next readable one and a validation item is left out (COCO AP then covers the predicted images only), each file is
@@ -22,8 +22,8 @@ from vitkit.data.bad_images import SubstituteBad
 from vitkit.data.coco import CocoDetection
 from vitkit.data.collate import DropNone, collate_detection
 from vitkit.data.transforms import DETR_CROP_RESIZE, DETR_SCALES, detr_train_transforms, detr_val_transforms
-from vitkit.train.datamodule import CocoLayoutDataModule, data_errors
-from vitkit.train.guards import ConfigError
+from vitkit.training.datamodule import CocoLayoutDataModule, data_errors
+from vitkit.training.guards import ConfigError
 
 
 class CocoDataModule(CocoLayoutDataModule):
@@ -39,7 +39,7 @@ class CocoDataModule(CocoLayoutDataModule):
         val_size: validation shortest side.
         val_max_size: validation longest-side cap.
         **kwargs: the data root, shapes generation, loader and ``bad_images`` settings of
-            :class:`~vitkit.train.datamodule.CocoLayoutDataModule`.
+            :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
     """
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """DetectionModule: Lightning training/validation of an injected :class:`vitkit.detection.DETR`.
 
 The module owns the optimisation recipe (AdamW with a backbone lr multiplier and weight-decay groups,
-warmup + cosine or step schedule; the shared parts in :class:`vitkit.train.module.TaskModule`). The network and
+warmup + cosine or step schedule; the shared parts in :class:`vitkit.training.module.TaskModule`). The network and
 the loss are injected parts, each configured by its own ``class_path``: the detector and the set-prediction
 criterion (:class:`~vitkit.detection.SetCriterion` with its :class:`~vitkit.detection.HungarianMatcher`), which the
 module binds to the detector's class count and head (softmax: cross-entropy; sigmoid: varifocal). One training
@@ -25,9 +25,9 @@ from vitkit.detection.spec import checkpoint_spec
 from vitkit.eval.coco_eval import evaluate_coco
 from vitkit.eval.coco_results import detection_entries
 from vitkit.eval.gather import gather_image_ids, gather_results
-from vitkit.train.guards import ConfigError
-from vitkit.train.module import TaskModule
-from vitkit.train.optim import adamw_param_groups
+from vitkit.training.guards import ConfigError
+from vitkit.training.module import TaskModule
+from vitkit.training.optim import adamw_param_groups
 from vitkit.utils.spec import read_spec, write_spec
 
 

@@ -278,7 +278,7 @@ def _is_detr_layout(keys: Any) -> bool:
 
 class DetrImporter:
     """Official DETR weights as a foreign format :func:`vitkit.load` reads (the detection task's importer,
-    :class:`vitkit.train.task.Importer`): :func:`load_detr_weights` reads what :meth:`accepts` takes."""
+    :class:`vitkit.training.task.Importer`): :func:`load_detr_weights` reads what :meth:`accepts` takes."""
 
     description = ("official DETR weights (a facebookresearch/detr .pth, Hugging Face DETR safetensors / bin, or a "
                    "folder holding them with config.json)")

@@ -24,7 +24,7 @@ from vitkit.detection.module import DetectionModule
 from vitkit.detection.official_weights import IMPORTER
 from vitkit.detection.postprocess import PostProcess
 from vitkit.detection.predictor import Detector
-from vitkit.train.task import OnnxGraph, Task
+from vitkit.training.task import OnnxGraph, Task
 from vitkit.utils.spec import InferenceSpec
 
 if TYPE_CHECKING:

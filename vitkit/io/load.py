@@ -11,7 +11,7 @@ whatever the source. The task is looked up in the registration (:mod:`vitkit.tas
   ``state_dict`` with the Lightning module's prefix (the task's ``state_prefix`` and ``state_keys``);
 - a ``.safetensors`` export (:func:`vitkit.io.export.export_safetensors`): the spec in its metadata;
 - a foreign format (a folder, a ``.safetensors`` file without vitkit's spec, or a checkpoint dict without one): the
-  first registered task's importer that accepts it reads it (:class:`vitkit.train.task.Importer`; official DETR
+  first registered task's importer that accepts it reads it (:class:`vitkit.training.task.Importer`; official DETR
   weights: :data:`vitkit.detection.official_weights.IMPORTER`).
 """
 
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from vitkit.kernels.precision import resolve_precision
 from vitkit.tasks import tasks
-from vitkit.train.task import Importer, Task
+from vitkit.training.task import Importer, Task
 from vitkit.utils.checkpoints import check_stored_config, safe_load_checkpoint
 from vitkit.utils.config import instantiate
 from vitkit.utils.spec import SPEC_KEY, InferenceSpec, SpecError, SpecFields, read_spec, spec_from_metadata

@@ -4,7 +4,7 @@ Graphs are fp32 and CPU-traced, from a copy of the predictor (the caller's model
 ``pip install 'vitkit[export]'`` brings ``onnx`` and ``onnxruntime``. What each task's graph takes and returns is in
 its ``onnx`` module (:mod:`vitkit.detection.onnx`, :mod:`vitkit.captioning.onnx`); this module looks the task up once
 among the registered ones (:mod:`vitkit.tasks`) and uses its descriptor's graph parts
-(:class:`vitkit.train.task.OnnxGraph`).
+(:class:`vitkit.training.task.OnnxGraph`).
 
 The exporter is TorchScript's tracer (``torch.onnx.export(..., dynamo=False)``), not the ``torch.export``-based
 one: the models short-circuit attention masks with data-dependent branches (``mask if mask.any() else None`` in
@@ -30,7 +30,7 @@ from vitkit.core.trace import trace_stride
 from vitkit.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vitkit.io.load import task_of
 from vitkit.tasks import tasks
-from vitkit.train.task import OnnxGraph, Task
+from vitkit.training.task import OnnxGraph, Task
 from vitkit.version import __version__
 
 MIN_OPSET = 16  # GridSample (deformable attention) is in ONNX from opset 16
@@ -130,7 +130,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
                 batch: int = 1, size: tuple[int, int] | None = None, check: bool = True) -> ExportReport:
     """Export a loaded predictor (what :func:`vitkit.load` returns) to ONNX.
 
-    The graph is the task's (its descriptor's :class:`~vitkit.train.task.OnnxGraph`): a
+    The graph is the task's (its descriptor's :class:`~vitkit.training.task.OnnxGraph`): a
     :class:`~vitkit.detection.predictor.Detector` becomes images -> boxes/scores/labels
     (:class:`~vitkit.detection.onnx.DetectorExport`); a :class:`~vitkit.captioning.predictor.CaptionPipeline`
     becomes its caption encoder (:class:`~vitkit.captioning.onnx.CaptionEncoderExport`); a

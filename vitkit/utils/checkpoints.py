@@ -41,7 +41,7 @@ def safe_load_checkpoint(path: str | Path, map_location: str | torch.device | No
     """``torch.load(path, weights_only=True)`` with errors a user can act on.
 
     Every checkpoint vitkit reads goes through here (``vitkit.load``, ``tools/eval.py --ckpt``, ``tools/caption.py``,
-    ``tools/train.py --ckpt_path`` via :class:`vitkit.train.checkpoint_io.SafeCheckpointIO`): tensors, plain
+    ``tools/train.py --ckpt_path`` via :class:`vitkit.training.checkpoint_io.SafeCheckpointIO`): tensors, plain
     containers and numbers load; a pickled object of any other class (the way a malicious file runs code) is refused
     before it is built, so its code never runs.
 

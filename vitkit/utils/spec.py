@@ -5,7 +5,7 @@ builds; a task of several networks holds one such config per network), the prepr
 task-specific settings: class names, category ids and detections kept per image; the tokenizer (its serialised
 JSON) and generation defaults. This module names no task: which task-specific fields a task records, which of them
 it requires and which networks its model config holds is the task's declaration (:class:`SpecFields`, part of its
-descriptor, :class:`vitkit.train.task.Task`), passed in by the caller (:meth:`InferenceSpec.bind`, and the ``tasks``
+descriptor, :class:`vitkit.training.task.Task`), passed in by the caller (:meth:`InferenceSpec.bind`, and the ``tasks``
 argument of the readers, which :mod:`vitkit.io` gives with every registered task's). This module is the only one
 that knows where the record is stored:
 

@@ -20,7 +20,7 @@ from torch.utils.data import RandomSampler
 
 from vitkit.data.bad_images import SkippingDataLoader
 from vitkit.data.sampling import GroupedBatchSampler
-from vitkit.train.resume import EpochRandomSampler, make_resumable
+from vitkit.training.resume import EpochRandomSampler, make_resumable
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "detr_shapes.yaml"
@@ -109,7 +109,7 @@ def _ddp_epoch(monkeypatch, seed: int, pl_global_seed: int, skip: int, rank: int
     from lightning.pytorch.utilities.data import _update_dataloader
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
-    from vitkit.train.resume import ExactResume, ResumableDataLoader
+    from vitkit.training.resume import ExactResume, ResumableDataLoader
 
     monkeypatch.setenv("PL_GLOBAL_SEED", str(pl_global_seed))
     resume = ExactResume(seed=seed)  # as restored from the checkpoint
@@ -190,7 +190,7 @@ def _ddp_resume_worker(rank: int, world: int, port: int, out: str) -> None:
 
     from lightning.pytorch.strategies import DDPStrategy
 
-    from vitkit.train.resume import ExactResume
+    from vitkit.training.resume import ExactResume
 
     # as torchrun would set them: Lightning joins the process group instead of launching processes itself
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),

@@ -19,7 +19,7 @@ a function of something the checkpoint holds:
   the checkpoint holds the seed and Lightning's loop counters.
 
 On the CPU with a fixed seed the final weights of an interrupted-and-resumed run equal the uninterrupted run's bit
-for bit (``tests/train/test_reliability_resume.py``). Aspect-ratio grouped batches
+for bit (``tests/training/test_reliability_resume.py``). Aspect-ratio grouped batches
 (:class:`~vitkit.data.sampling.GroupedBatchSampler`) are covered: their sampler is swapped like a plain loader's.
 Not covered: a train loader that is not a map-style ``DataLoader`` with a plain or grouped batch sampler (another
 custom batch sampler, an ``IterableDataset``) keeps Lightning's behaviour, with a warning; GPU

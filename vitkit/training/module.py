@@ -5,8 +5,8 @@ subclasses :class:`TaskModule` and keeps only its task: the model, the loss, val
 The base holds:
 
 - the non-finite loss guard (``nonfinite``: "raise" or "skip"), which takes the same decision on every DDP rank
-  (:func:`vitkit.train.guards.check_finite_loss`), and the dropping of a skipped step's gradients;
-- AdamW (fused where it can be, :func:`vitkit.train.optim.adamw`) over the task's parameter groups, with the
+  (:func:`vitkit.training.guards.check_finite_loss`), and the dropping of a skipped step's gradients;
+- AdamW (fused where it can be, :func:`vitkit.training.optim.adamw`) over the task's parameter groups, with the
   per-step warmup + cosine (or step) schedule;
 - gradient clipping of a fused optimizer, which Lightning's precision plugin refuses to do without a scaler.
 
@@ -23,8 +23,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from vitkit.train.guards import check_finite_loss, check_nonfinite_mode, zero_loss_like
-from vitkit.train.optim import adamw, clip_fused_gradients, uses_grad_scaler, warmup_schedule
+from vitkit.training.guards import check_finite_loss, check_nonfinite_mode, zero_loss_like
+from vitkit.training.optim import adamw, clip_fused_gradients, uses_grad_scaler, warmup_schedule
 
 _SCHEDULE_KEYS = ("schedule", "lr_drop")  # optional hyper-parameters passed on to warmup_schedule
 
@@ -34,12 +34,12 @@ class TaskModule(L.LightningModule):
 
     A subclass calls ``super().__init__(nonfinite)`` first, then ``self.save_hyperparameters(...)``. This class
     reads the hyper-parameters ``nonfinite``, ``lr``, ``weight_decay``, ``warmup_steps`` and ``min_lr_ratio``, and
-    ``schedule`` / ``lr_drop`` where the task has them (otherwise :func:`~vitkit.train.optim.warmup_schedule`'s
+    ``schedule`` / ``lr_drop`` where the task has them (otherwise :func:`~vitkit.training.optim.warmup_schedule`'s
     defaults: cosine). The subclass implements :meth:`param_groups` and passes its training loss through
     :meth:`skip_nonfinite`.
 
     Args:
-        nonfinite: what a NaN/inf training loss does: "raise" or "skip" (a :class:`~vitkit.train.guards.ConfigError`
+        nonfinite: what a NaN/inf training loss does: "raise" or "skip" (a :class:`~vitkit.training.guards.ConfigError`
             otherwise).
     """
     total_steps: int | None = None  # optimizer steps the lr schedule spans (set by configure_optimizers)
@@ -98,7 +98,7 @@ class TaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- optimiser
     def param_groups(self) -> list[dict]:
-        """The AdamW parameter groups of the task's model (see :func:`vitkit.train.optim.adamw_param_groups`)."""
+        """The AdamW parameter groups of the task's model (see :func:`vitkit.training.optim.adamw_param_groups`)."""
         raise NotImplementedError(f"{type(self).__name__} must define param_groups()")
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,

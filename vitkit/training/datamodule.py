@@ -1,5 +1,5 @@
 """What the detection and caption datamodules share: the COCO 2017 folder layout under a root (generated shapes
-data on request), its checks, and data errors turned into one-paragraph :class:`~vitkit.train.guards.ConfigError`."""
+data on request), its checks, and data errors turned into one-paragraph :class:`~vitkit.training.guards.ConfigError`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from vitkit.data.bad_images import SkippingDataLoader, check_policy, find_wrappe
 from vitkit.data.images import ImageReadError
 from vitkit.data.sampling import GroupedBatchSampler, aspect_ratio_groups
 from vitkit.data.shapes import NotAShapesFolder, ensure_shapes
-from vitkit.train.guards import ConfigError
+from vitkit.training.guards import ConfigError
 
 _LAYOUT = """expected layout under {{root}}:
   {{root}}/train2017/                          training images

@@ -27,7 +27,7 @@ import vitkit
 from tests.support.tiny_checkpoints import detector_config
 from vitkit.data.shapes import ensure_shapes
 from vitkit.io.export import read_checkpoint_config
-from vitkit.train.checkpoint_io import SafeCheckpointIO
+from vitkit.training.checkpoint_io import SafeCheckpointIO
 from vitkit.utils.checkpoints import CheckpointError, atomic_torch_save, check_stored_config, safe_load_checkpoint
 from vitkit.utils.spec import SPEC_KEY, InferenceSpec, spec_metadata, write_spec
 
@@ -158,9 +158,9 @@ def _hostile_configs(marker: Path) -> dict[str, tuple[dict, str, str]]:
         "nested class_path": (_with(base, "init_args.encoder", popen), "init_args.encoder.class_path",
                               "subprocess.Popen"),
         "re-exported through vitkit": (
-            _with(base, "init_args.decoder", {"class_path": "vitkit.train.resume.os.system",
+            _with(base, "init_args.decoder", {"class_path": "vitkit.training.resume.os.system",
                                               "init_args": {"command": f"touch {marker}"}}),
-            "init_args.decoder.class_path", "vitkit.train.resume.os.system"),
+            "init_args.decoder.class_path", "vitkit.training.resume.os.system"),
         "class given by name": (_with(base, "init_args.encoder.init_args.norm_layer", "os.system"),
                                 "init_args.encoder.init_args.norm_layer", "os.system"),
         "class_path inside a string": (
@@ -274,7 +274,7 @@ def test_cli_trainer_saves_and_loads_through_safe_io(shapes, tmp_path, monkeypat
     from vitkit.detection.datamodule import CocoDataModule
     from vitkit.detection.module import DetectionModule
     from vitkit.detection.task import TASK as DETECTION
-    from vitkit.train.resume import ExactResume
+    from vitkit.training.resume import ExactResume
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])

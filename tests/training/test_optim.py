@@ -10,9 +10,9 @@ from torch import nn
 
 from vitkit.captioning.module import CaptionModule
 from vitkit.detection.module import DetectionModule
-from vitkit.train.guards import ConfigError
-from vitkit.train.module import TaskModule
-from vitkit.train.optim import adamw_param_groups, warmup_schedule
+from vitkit.training.guards import ConfigError
+from vitkit.training.module import TaskModule
+from vitkit.training.optim import adamw_param_groups, warmup_schedule
 
 
 class _Toy(nn.Module):
@@ -58,7 +58,7 @@ def test_warmup_then_cosine_or_step(schedule):
 def test_fused_adamw_gradients_are_clipped_without_a_scaler():
     from types import SimpleNamespace
 
-    from vitkit.train.optim import adamw, clip_fused_gradients
+    from vitkit.training.optim import adamw, clip_fused_gradients
 
     model = torch.nn.Linear(4, 3)
     opt = adamw(list(model.parameters()), lr=1e-3, weight_decay=0.0)

@@ -27,7 +27,7 @@ from vitkit.detection import DETR, HungarianMatcher, SetCriterion
 from vitkit.detection.datamodule import CocoDataModule
 from vitkit.detection.module import DetectionModule
 from vitkit.eval.coco_results import validate_results
-from vitkit.train.guards import NonFiniteLossError, check_finite_loss
+from vitkit.training.guards import NonFiniteLossError, check_finite_loss
 from vitkit.utils.config import instantiate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
