@@ -52,7 +52,7 @@ def build_vitkit_captioner(enc_depth: int = 12, dec_depth: int = 6):
     dec = TransformerDecoder(dim=512, depth=dec_depth, num_heads=8, mlp_ratio=4.0, dropout=0.1,
                              return_intermediate=False)
     return Captioner(enc, dec, vocab_size=VOCAB, max_length=MAX_LENGTH, pad_id=PAD, bos_id=BOS, eos_id=EOS,
-                     token_pos="learned", label_smoothing=0.1)  # the output projection is tied to the embedding
+                     label_smoothing=0.1)  # the output projection is tied to the embedding
 
 
 def build_hf_captioner(size: int = 224, enc_depth: int = 12, dec_depth: int = 6):

@@ -1,8 +1,6 @@
 """vitkit: a vision-transformer toolkit (ViT encoders, DETR-style detection, captioning) on PyTorch.
 
-The public names load on first use (PEP 562): ``import vitkit`` and ``vitkit.__version__`` import no torch, so the
-``vitkit`` command starts fast; ``vitkit.load`` imports :mod:`vitkit.io.load` (and torch) when first touched.
-"""
+Public names load on first use (PEP 562): ``import vitkit`` imports no torch."""
 
 from __future__ import annotations
 

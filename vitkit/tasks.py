@@ -1,16 +1,6 @@
-"""The registered tasks: the one place that lists them, one line each.
-
-A line names the module that defines a task's descriptor (``TASK``, a :class:`vitkit.training.task.Task`) and the
-folder commands the task brings (``vitkit detect``, ...). Adding a task is its package and one line here.
-
-Nothing is imported at import time, so the ``vitkit`` command reads the verbs without loading torch
-(:func:`verbs`); :func:`tasks` imports the descriptors when they are first needed (:mod:`vitkit.io` to load,
-export and check a spec; :mod:`vitkit.cli.train` to pick a config's task). The registration is a constant: it
-changes no behaviour at run time (tests replace :data:`REGISTERED` to register a toy task).
-
-Level: above the task packages, whose descriptors it imports (by name), and below :mod:`vitkit.io` and
-:mod:`vitkit.cli`, which look tasks up here (``tests/test_layout.py``).
-"""
+"""The registered tasks (:data:`REGISTERED`): the one place that lists them, one line each, with their folder
+commands. Nothing is imported at import time (:func:`verbs` needs no torch); :func:`tasks` imports the
+descriptors on first use."""
 
 from __future__ import annotations
 
@@ -26,13 +16,8 @@ __all__ = ["REGISTERED", "Registration", "Verb", "find", "names", "tasks", "verb
 
 @dataclass(frozen=True)
 class Verb:
-    """A folder command a task brings: ``vitkit NAME`` runs ``main(argv, prog)`` of ``module``.
-
-    Attributes:
-        name: the command (``detect``).
-        module: the module whose ``main(argv, prog) -> exit status`` runs it, imported only when it is dispatched.
-        summary: one line for ``vitkit --help``.
-    """
+    """A folder command a task brings: ``vitkit NAME`` runs ``main(argv, prog) -> exit status`` of ``module``
+    (imported only when dispatched); ``summary`` is its line in ``vitkit --help``."""
     name: str
     module: str
     summary: str
@@ -40,12 +25,8 @@ class Verb:
 
 @dataclass(frozen=True)
 class Registration:
-    """One registered task.
-
-    Attributes:
-        descriptor: the module that defines the task's ``TASK`` (``"vitkit.detection.task"``).
-        verbs: its folder commands, if any.
-    """
+    """One registered task: ``descriptor``, the module defining its ``TASK`` (``"vitkit.detection.task"``), and
+    ``verbs``."""
     descriptor: str
     verbs: tuple[Verb, ...] = ()
 

@@ -54,8 +54,6 @@ def test_rejects_intermediate_decoder_and_bad_options():
     with pytest.raises(ValueError, match="return_intermediate=False"):
         Captioner(enc, TransformerDecoder(dim=32, depth=1, num_heads=2), vocab_size=10)
     dec = TransformerDecoder(dim=32, depth=1, num_heads=2, return_intermediate=False)
-    with pytest.raises(ValueError, match="token_pos"):
-        Captioner(enc, dec, vocab_size=10, token_pos="rope")
     with pytest.raises(ValueError, match="must differ"):
         Captioner(enc, dec, vocab_size=10, pad_id=0, bos_id=0)
 

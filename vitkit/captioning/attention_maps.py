@@ -1,9 +1,4 @@
-"""Caption attention pictures: for each generated token, the last decoder layer's cross-attention over the image
-when that token was predicted.
-
-The generated caption is re-run through the decoder with teacher forcing, which gives the same states as the
-cached step-by-step generation.
-"""
+"""Caption attention pictures: per generated token, the last decoder layer's cross-attention over the image."""
 
 from __future__ import annotations
 
@@ -50,13 +45,12 @@ def _token_text(tokenizer: Any, token: int) -> str:
 @torch.no_grad()
 def caption_attention(pipeline: nn.Module, image: str | os.PathLike | Image.Image | Tensor,
                       **generation: Any) -> CaptionAttention:
-    """Caption one image with a :class:`~vitkit.captioning.predictor.CaptionPipeline` and read, for each generated
-    token, the last decoder layer's cross-attention of the position that predicted it.
+    """Caption one image and read, per generated token, the last decoder layer's cross-attention that predicted it.
 
     Args:
         pipeline: from :func:`vitkit.load`.
         image: a path, an RGB PIL image or a (3, H, W) uint8 tensor.
-        **generation: options of ``CaptionPipeline.generate`` (method, num_beams, max_length, ...).
+        **generation: options of ``CaptionPipeline.generate``.
 
     Returns:
         A :class:`CaptionAttention`.

@@ -1,15 +1,8 @@
-"""Lightning DataModule for COCO-layout captioning data (COCO 2017 captions, or the generated shapes set).
+"""Lightning DataModule for COCO-layout captioning data; it owns the caption tokenizer.
 
-The datamodule owns the caption tokenizer (:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerDataMixin`): it
-loads ``tokenizer`` (a tokenizer.json) or trains one on the training captions the first time it is asked for, so the
-CLI can link ``vocab_size`` and the special ids into the model right after instantiation. Training batches hold
-one random reference per image, or ``captions_per_image`` of them (drawn anew every epoch by
-:class:`~vitkit.data.coco_captions.CocoCaptions`), tokenised in the collate function, and the image ids (a
-non-finite loss names them); validation batches hold the images, all their references and their image ids.
-
-Unreadable images follow ``bad_images`` as in :class:`vitkit.detection.datamodule.CocoDataModule`: with "skip", a
-training item is replaced by the next readable one, a validation item is left out (the caption metrics then cover
-the other images), and each file is reported once, by path, on the main process (:mod:`vitkit.data.bad_images`).
+Training batches: ``(images, mask, tokens, image_ids[, objects])``; validation batches: the images, all their
+references and their image ids. With ``bad_images: skip`` an unreadable training item is replaced by the next
+readable one and a validation item is left out.
 """
 
 from __future__ import annotations
@@ -78,9 +71,8 @@ class CaptionCollate:
 
     Returns (when called on B ``(image, caption, image_id)`` samples; ``caption`` one string, or a tuple of k):
         images (B, 3, H, W) zero-padded bottom/right; mask (B, H, W) bool, True = padding; tokens (B*k, T) long
-        ``[BOS] caption [EOS] [PAD]...`` (right-padded; an image's k captions in consecutive rows); image_ids (B
-        ints, the COCO ids: a non-finite loss names them); and, for samples that carry a 4th element
-        (``data.object_labels``), the B objects (:mod:`vitkit.captioning.object_tokens`).
+        ``[BOS] caption [EOS] [PAD]...`` (an image's k captions in consecutive rows); image_ids (B ints); and,
+        for samples with a 4th element, the B objects.
     """
     def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
         self.tokenizer, self.max_length, self.pad_to_multiple = tokenizer, max_length, pad_to_multiple
@@ -105,28 +97,18 @@ class CaptionDataModule(TokenizerDataMixin, CocoLayoutDataModule):
 
     Args:
         batch_size: images per device and step.
-        train_size: training short side in px, or a list of short sides drawn per image (scale augmentation).
+        train_size: training short side in px, or a list of short sides drawn per image.
         val_size: validation short side in px.
         max_size: cap on the long side in px (training and validation).
-        color_jitter: brightness/contrast/saturation jitter strength (0 = off; hue is never jittered, captions
-            name colours). Opt-in: it assumes captions name colours that survive a change of that size (not "dark"
-            versus "light", not shades).
-        hflip_p: probability of mirroring a training image (0 = off, the default: label-safe). Opt-in: the
-            caption's "left"/"right" words are swapped with it, which keeps it true only if those words are its
-            sole left-right content; captions that list objects in left-to-right order without saying so, or that
-            quote text in the image, become wrong (SCST refuses it: its rewards use the stored references).
-        captions_per_image: references per training image and step (ruotianluo's ``seq_per_img``): the encoder
-            runs once and the decoder learns k of the image's captions (drawn without repeats while it has k; a
-            random one each epoch with 1).
-        object_labels: also read ``instances_train2017.json`` (COCO layout, beside the captions file) and give each
-            training image its boxes and labels, for the captioner's object-token loss (``model.object_weight``,
-            :mod:`vitkit.captioning.object_tokens`). Validation and inference never use them.
+        color_jitter: brightness/contrast/saturation jitter strength (0 = off; hue is never jittered).
+        hflip_p: probability of mirroring a training image, "left"/"right" words swapped (0 = off).
+        captions_per_image: references per training image and step (k).
+        object_labels: also read ``instances_train2017.json`` beside the captions file for the object-token loss.
         tokenizer: path to a tokenizer.json to use; None = train one on the training captions.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
         max_length: longest token sequence, BOS and EOS included; linked into the captioner.
-        **kwargs: the data root (``captions_{train,val}2017.json``), shapes generation, loader and ``bad_images``
-            settings of :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
+        **kwargs: settings of :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
     """
     kind = "captions"
 
@@ -201,9 +183,7 @@ class CaptionDataModule(TokenizerDataMixin, CocoLayoutDataModule):
 
     # ------------------------------------------------------------------------------------------ datasets
     def _transforms(self, train: bool) -> v2.Compose:
-        """Training: multi-scale resize, optional colour jitter, normalise. Validation: the captioning preprocessing
-        of inference (:class:`~vitkit.captioning.preprocess.CaptionPreprocess`), the same pixels as
-        ``vitkit.load(ckpt).caption(path)``."""
+        """Training: multi-scale resize, optional colour jitter, normalise. Validation: inference's preprocessing."""
         hp = self.hparams
         if not train:
             return CaptionPreprocess(hp.val_size, hp.max_size).transform

@@ -1,27 +1,10 @@
 """Caption search: greedy, beam search and sampling over a cached one-token-per-step decoder.
 
-The model (a :class:`~vitkit.captioning.Captioner`) provides ``pad_id``, ``bos_id``, ``eos_id``,
-``init_state(memory, memory_mask, memory_pos) -> state``, ``step(tokens (R,), state) -> logits (R, V)`` and
-``state.reorder(index, cross=...)``. Every step feeds only the newest token; cross-attention keys/values are
-computed once per image at the first step. Beam search runs that first (BOS) step on the B images, then
-repeats their caches to B * num_beams rows, re-ranks rows with ``reorder`` and drops images that are done.
-
-Rules shared by the three strategies:
-
-- sequences are ``[BOS] tokens [EOS]``, right-padded with PAD, at most ``max_length`` ids (BOS and EOS
-  count, as in training sequences); a sequence that reaches ``max_length`` ends without EOS;
-- PAD and BOS are never generated; EOS is forbidden until ``min_length`` tokens follow BOS; with
-  ``no_repeat_ngram_size=n`` a token that would complete an n-gram already in the sequence is forbidden;
-  a row with nothing left allowed ends with EOS;
-- log-probabilities are renormalised over the allowed tokens (at temperature 1);
-- scores: the sum of the generated tokens' log-probabilities, EOS included; beam search divides it by
-  ``length ** length_penalty`` with length = generated tokens including EOS (Hugging Face's convention).
-
-Beam search differs from Hugging Face's in one detail: every live beam's EOS continuation is offered to its
-image's pool of finished hypotheses (HF offers only those ranked in the top ``num_beams``), and an image
-stops when its pool holds ``num_beams`` hypotheses that no live beam can beat: the best live sum of
-log-probabilities can only fall, so its best reachable score is bounded using the longest possible length
-when ``length_penalty > 0`` and the shortest otherwise.
+Sequences are ``[BOS] tokens [EOS]``, right-padded with PAD, at most ``max_length`` ids (BOS and EOS count;
+one reaching ``max_length`` ends without EOS). PAD and BOS are never generated; EOS is forbidden until
+``min_length`` tokens follow BOS; ``no_repeat_ngram_size=n`` forbids completing a repeated n-gram.
+Scores: sum of the generated tokens' log-probabilities (EOS included, renormalised over allowed tokens);
+beam search divides by ``length ** length_penalty``.
 """
 
 from __future__ import annotations
@@ -46,16 +29,7 @@ class Stepper(Protocol):
 
 # ----------------------------------------------------------------------------------------------- token rules
 def ngram_bans(seqs: Tensor, n: int, vocab_size: int) -> Tensor:
-    """Tokens that would repeat an n-gram.
-
-    Args:
-        seqs: (R, L) ids so far.
-        n: n-gram size (<= 0: nothing banned).
-        vocab_size: V.
-
-    Returns:
-        (R, V) bool, True where appending the token would complete an n-gram already in the row.
-    """
+    """(R, V) bool, True where appending the token to (R, L) ``seqs`` would repeat an n-gram (n <= 0: none)."""
     R, L = seqs.shape
     ban = torch.zeros(R, vocab_size, dtype=torch.bool, device=seqs.device)
     if n <= 0 or n > L:
@@ -84,10 +58,7 @@ def masked_log_softmax(logits: Tensor, ban: Tensor) -> Tensor:
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Top-k and nucleus filtering: (R, V) logits with the tokens outside the kept set at -inf.
-
-    Nucleus keeps the smallest set of most likely tokens whose probability reaches ``top_p``.
-    """
+    """Top-k and nucleus (top-p) filtering: (R, V) logits with the tokens outside the kept set at -inf."""
     if top_k > 0 and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -136,7 +107,6 @@ def greedy_decode(model: Stepper, memory: Tensor, memory_mask: Tensor | None = N
     Args:
         model: the step interface (a Captioner).
         memory: (B, N, D); memory_mask: (B, N) True = padding, or None; memory_pos: (B, N, D), or None.
-        max_length, min_length, no_repeat_ngram_size: see the module docstring.
 
     Returns:
         ids (B, T) right-padded with PAD, T <= max_length; scores (B,) sum of log-probabilities.
@@ -153,12 +123,10 @@ def sample_decode(model: Stepper, memory: Tensor, memory_mask: Tensor | None = N
     """Ancestral sampling with temperature, top-k and nucleus (top-p) filtering.
 
     Args:
-        model, memory, memory_mask, memory_pos, max_length, min_length, no_repeat_ngram_size: as
-            :func:`greedy_decode`.
         temperature: logits are divided by it (> 0).
         top_k: sample among the k most likely tokens (0 = all).
         top_p: sample among the smallest set of tokens whose probability reaches top_p (1 = all).
-        generator: a ``torch.Generator`` on memory's device, for reproducible samples.
+        generator: a ``torch.Generator`` on memory's device.
 
     Returns:
         ids (B, T), scores (B,) as :func:`greedy_decode` (log-probabilities at temperature 1, unfiltered).
@@ -206,8 +174,6 @@ def beam_search(model: Stepper, memory: Tensor, memory_mask: Tensor | None = Non
     """Batched beam search with a finished-hypothesis pool per image.
 
     Args:
-        model, memory, memory_mask, memory_pos, max_length, min_length, no_repeat_ngram_size: as
-            :func:`greedy_decode`.
         num_beams: live hypotheses per image (K).
         length_penalty: exponent of the length normalisation (0: raw sums; > 0 favours longer captions).
 

@@ -1,22 +1,9 @@
-"""Caption every image of a folder into a JSON Lines or CSV file, or one .txt per image, resumably: the library side
-of ``vitkit caption``, what captioning gives the folder runner (:mod:`vitkit.data.folder_runner`: listing, decoding,
-bad files, retrying a failed batch image by image, the summary).
+"""Caption every image of a folder into a JSON Lines or CSV file, or one .txt per image, resumably.
 
-- Decoding: :func:`~vitkit.data.images.load_rgb` and the pipeline's preprocessing
-  (:class:`~vitkit.captioning.preprocess.CaptionPreprocess`, as in ``CaptionPipeline.caption(path)``).
-- Output, one record per image in listing order: ``{"file": path relative to the folder (POSIX), "caption": str,
-  "score": float}``, or ``{"file": ..., "error": reason}`` for a file that could not be read or captioned (the
-  run goes on). CSV has the columns ``file,caption,score,error``.
-- Resuming as :class:`~vitkit.data.folder_runner.RecordFile` does: images captioned in the output are skipped,
-  the others (their error records removed) redone, so every image has at most one record.
-- ``fmt="txt"`` (:class:`TxtOutput`): one caption file per image, the layout that training sets of generative
-  models use: ``a/b/cat.jpg`` gets ``a/b/cat.txt`` under the output folder (the CLI's default: the image folder
-  itself, each .txt beside its image; a .txt can never replace an image). The caption on one line (line breaks
-  become spaces), ending in a newline, UTF-8, each file written atomically. An image whose .txt exists is skipped;
-  with ``overwrite`` every image is redone. An image that fails gets no .txt (with ``overwrite``, its old one is
-  removed) and a record in :data:`ERRORS_NAME` in the output folder
-  (:func:`~vitkit.data.folder_runner.failure_log`). Two images that would share a .txt (``cat.jpg`` and ``cat.png``
-  in one folder) are an error naming both, raised before anything is written.
+Records: ``{"file": path relative to the folder (POSIX), "caption": str, "score": float}`` or
+``{"file": ..., "error": reason}``; CSV columns ``file,caption,score,error``. ``fmt="txt"``: ``a/b/cat.jpg`` gets
+``a/b/cat.txt`` (one line, line breaks as spaces, UTF-8, newline-terminated, skipped when it exists unless
+``overwrite``); failures go to :data:`ERRORS_NAME` in the output folder. Resuming skips captioned images.
 """
 
 from __future__ import annotations
@@ -54,11 +41,11 @@ def _is_done(record: dict[str, Any]) -> bool:
 
 
 class CaptionOutput(RecordFile):
-    """The JSON Lines or CSV output file of :func:`caption_folder` (see the module docstring).
+    """The JSON Lines or CSV output file of :func:`caption_folder`.
 
     Args:
         path: the file (created with its parent folders when missing).
-        fmt: "jsonl" or "csv"; None: from the suffix (:func:`output_format`).
+        fmt: "jsonl" or "csv"; None: from the suffix.
 
     Raises:
         ValueError: ``fmt`` is txt, or ``path`` is a folder.
@@ -82,10 +69,8 @@ class CaptionOutput(RecordFile):
         return buf.getvalue().encode("utf-8", "surrogateescape")
 
     def parse(self, text: str) -> tuple[list[dict[str, Any]], bool]:
-        """Records of the file, and whether it needs rewriting (its last line was partial: dropped).
-
-        Raises:
-            ValueError: not a caption output of this format.
+        """Records of the file, and whether it needs rewriting (partial last line dropped); ValueError when the file is
+        not a caption output of this format.
         """
         if self.fmt == "jsonl":
             return super().parse(text)
@@ -135,10 +120,7 @@ def collision_error(files: Sequence[str]) -> str | None:
 
 
 class TxtOutput(FolderOutput):
-    """The .txt files of :func:`caption_folder` with ``fmt="txt"`` (see the module docstring).
-
-    Args:
-        path: the output folder (created when the first file is written).
+    """The .txt files of :func:`caption_folder` with ``fmt="txt"`` under ``path``, the output folder.
 
     Raises:
         ValueError: ``path`` is an existing file, or does not exist and is named like one (.jsonl, .csv, .txt).
@@ -163,7 +145,7 @@ class TxtOutput(FolderOutput):
         """Check for shared names, drop the error records of listed files (all with ``overwrite``).
 
         Returns:
-            The indices into ``files`` still to caption (no .txt yet; all with ``overwrite``), and no rejected files.
+            The indices into ``files`` still to caption, and no rejected files.
 
         Raises:
             ValueError: two files map to one .txt, or the errors file is not one of ours.
@@ -204,15 +186,13 @@ def caption_folder(pipeline: CaptionPipeline, folder: str | os.PathLike, out: st
     """Caption the images of ``folder`` into ``out``, skipping those already captioned there.
 
     Args:
-        pipeline: from :func:`vitkit.load` (on the device to run on).
+        pipeline: from :func:`vitkit.load`.
         folder: the image folder.
-        out: JSON Lines or CSV file; created, or resumed when it exists (see the module docstring). For txt, the
-            folder the .txt files go under (the image folder itself puts each beside its image).
+        out: JSON Lines or CSV file, created or resumed; for txt, the folder the .txt files go under.
         fmt: "jsonl", "csv" or "txt"; None = from the suffix of ``out`` (``.csv`` -> csv, else jsonl).
         batch_size, recursive, num_workers, progress: as :func:`vitkit.data.folder_runner.run_folder`.
         overwrite: start a fresh output file (txt: rewrite every .txt) instead of resuming.
-        **generation: options of :meth:`CaptionPipeline.generate` (method, num_beams, max_length, ...); None
-            values take the pipeline's defaults.
+        **generation: options of :meth:`CaptionPipeline.generate`; None values take the pipeline's defaults.
 
     Returns:
         A :class:`~vitkit.data.folder_runner.FolderSummary` (``failures_file``: the output, or the txt errors file).

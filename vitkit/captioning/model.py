@@ -1,20 +1,8 @@
 """Captioner: ViTEncoder -> causal TransformerDecoder over caption tokens -> next-token logits.
 
-The encoder's tokens (projected to the decoder width when the two differ) are the decoder's memory; the
-cross-attention keys get a 2D sine encoding of the patch grid (zero for the encoder's prefix tokens), as in
-:class:`~vitkit.detection.DETR`. Caption tokens get learned 1D positions added at the input. The output projection
-is tied to the token embedding (GPT-2 / the original Transformer).
-
-Two ways to run the decoder:
-
-- teacher forcing, :meth:`Captioner.forward` / :meth:`Captioner.decode_tokens`: all T tokens at once with a
-  causal mask, (B, T) ids -> (B, T, V) logits;
-- incremental, :meth:`Captioner.init_state` / :meth:`Captioner.step`: one new token per row per call with
-  KV caches (cross-attention keys/values computed at the first call, then reused), which the search
-  strategies in :mod:`vitkit.captioning.decoding` build on; :meth:`Captioner.generate` picks one.
-
-Token sequences are ``[BOS] tokens [EOS] [PAD]...`` (right padding only), the layout of
-:meth:`vitkit.captioning.CaptionTokenizer.encode_batch`.
+The output projection is tied to the token embedding. Teacher forcing: (B, T) ids -> (B, T, V) logits;
+incremental decoding: :meth:`Captioner.init_state` / :meth:`Captioner.step` with KV caches. Token sequences are
+``[BOS] tokens [EOS] [PAD]...`` (right padding only).
 """
 
 from __future__ import annotations
@@ -32,8 +20,7 @@ from vitkit.layers import KVCache, SinePositionEncoding2D
 
 
 def captions_per_image(images: int, captions: int) -> int:
-    """k, the number of caption rows per image in a batch of ``images`` images and ``captions`` caption rows (an
-    image's k captions in consecutive rows: ``data.captions_per_image``, or SCST's samples)."""
+    """k, the number of caption rows per image (an image's k captions in consecutive rows)."""
     if captions % images:
         raise ValueError(f"a training batch has {images} images and {captions} caption rows: every image needs the "
                          "same number of captions (data.captions_per_image)")
@@ -76,12 +63,12 @@ class DecodeState:
     length: int = 0
 
     def reorder(self, index: Tensor, cross: bool = True) -> None:
-        """Select rows in place (beam re-ranking, expanding images to beams, dropping finished images).
+        """Select rows in place.
 
         Args:
             index: (R',) long row indices into the current R rows.
-            cross: also select the image side (cross caches, memory, its mask and positions). False is
-                valid, and saves the copies, when every row maps onto a row of the same image.
+            cross: also select the image side (cross caches, memory, its mask and positions); False is valid
+                when every row maps onto a row of the same image.
         """
         for self_cache, cross_cache in self.caches:
             self_cache.reorder(index)
@@ -100,21 +87,16 @@ class Captioner(nn.Module):
     """Image captioning model.
 
     Args:
-        encoder: a :class:`ViTEncoder`; None builds the text side alone, which captions memory given to it
-            (:meth:`decode_tokens`, :meth:`generate_from_memory`: region captions read the detector's objects).
+        encoder: a :class:`ViTEncoder`; None builds the text side alone (captions memory given to it).
         decoder: a :class:`TransformerDecoder` built with ``return_intermediate=False``.
-        vocab_size: number of token ids V (``CaptionTokenizer.vocab_size``).
-        max_length: longest token sequence, BOS and EOS included (size of the learned position table, and
-            the generation limit).
+        vocab_size: number of token ids V.
+        max_length: longest token sequence, BOS and EOS included.
         pad_id, bos_id, eos_id: special token ids (distinct).
-        token_pos: "learned", the one kind of token positions (absolute, added to the token embeddings).
         label_smoothing: label smoothing of the training loss.
 
-    The output projection shares the token embedding's weight.
-
     Raises:
-        ValueError: a decoder with ``return_intermediate=True``, another ``token_pos``, special ids that are not
-            distinct, or ``max_length`` < 2.
+        ValueError: a decoder with ``return_intermediate=True``, special ids that are not distinct, or
+            ``max_length`` < 2.
     """
     def __init__(
         self,
@@ -125,15 +107,12 @@ class Captioner(nn.Module):
         pad_id: int = 0,
         bos_id: int = 1,
         eos_id: int = 2,
-        token_pos: str = "learned",
         label_smoothing: float = 0.1,
     ) -> None:
         super().__init__()
         if decoder.return_intermediate:
             raise ValueError("Captioner needs a TransformerDecoder with return_intermediate=False (it predicts "
                              "tokens from the last layer only)")
-        if token_pos != "learned":
-            raise ValueError(f"token_pos must be learned, got {token_pos!r}")
         if len({pad_id, bos_id, eos_id}) != 3:
             raise ValueError(f"pad_id, bos_id and eos_id must differ, got {pad_id}, {bos_id}, {eos_id}")
         if max_length < 2:
@@ -142,7 +121,7 @@ class Captioner(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.vocab_size, self.max_length = vocab_size, max_length
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.token_pos, self.label_smoothing = token_pos, label_smoothing
+        self.label_smoothing = label_smoothing
         self.input_proj = (nn.Linear(encoder.embed_dim, D) if encoder is not None and encoder.embed_dim != D
                            else nn.Identity())
         self.pos_sine = SinePositionEncoding2D(D)
@@ -170,11 +149,7 @@ class Captioner(nn.Module):
         return pos
 
     def encode(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Encode images into decoder memory.
-
-        Args:
-            images: (B, 3, H, W) normalised images, zero-padded.
-            mask: optional (B, H, W) bool pixel padding mask, True = padding.
+        """Encode (B, 3, H, W) normalised zero-padded images (mask: optional (B, H, W) bool, True = padding).
 
         Returns:
             memory (B, N, D) at the decoder width; memory_mask (B, N) True = padding, or None when nothing is
@@ -197,11 +172,7 @@ class Captioner(nn.Module):
 
     # -------------------------------------------------------------------------------------------- text side
     def _embed(self, tokens: Tensor, start: int) -> Tensor:
-        """(B, T) ids at positions start..start+T-1 -> (B, T, D) inputs.
-
-        Raises:
-            ValueError: start + T exceeds ``max_length`` (the learned position table).
-        """
+        """(B, T) ids at positions start..start+T-1 -> (B, T, D) inputs; ValueError when start + T > ``max_length``."""
         T = tokens.shape[1]
         if start + T > self.max_length:
             raise ValueError(f"{start + T} tokens exceed the learned position table (max_length={self.max_length})")
@@ -216,11 +187,10 @@ class Captioner(nn.Module):
         Args:
             tokens: (B, T) ids, BOS first, right-padded.
             memory: (B, N, D); memory_mask: (B, N) True = padding; memory_pos: (B, N, D). Or the memory of M
-                images with B = M*k: an image's k captions in consecutive token rows (:func:`captions_per_image`'
-                layout) then share its memory row, whose cross-attention keys and values are computed once.
+                images with B = M*k (an image's k captions in consecutive token rows).
 
         Returns:
-            (B, T, V) logits; row t predicts token t+1 (rows at padding positions are not meaningful).
+            (B, T, V) logits; row t predicts token t+1.
         """
         groups = captions_per_image(memory.shape[0], tokens.shape[0])
         x = self._embed(tokens, 0)
@@ -230,24 +200,13 @@ class Captioner(nn.Module):
         return self.lm_head(h)  # (B, T, V)
 
     def forward(self, images: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced next-token logits.
-
-        Args:
-            images: (B, 3, H, W) normalised images, zero-padded.
-            tokens: (B, T) ids ``[BOS] caption [EOS] [PAD]...``.
-            mask: optional (B, H, W) pixel padding mask, True = padding.
-
-        Returns:
-            (B, T, V) logits; position t predicts token t+1.
+        """Teacher-forced next-token logits: (B, 3, H, W) images, (B, T) ids, optional (B, H, W) mask (True = padding)
+        -> (B, T, V) logits; position t predicts token t+1.
         """
         return self.decode_tokens(tokens, *self.encode(images, mask))
 
     def loss(self, logits: Tensor, tokens: Tensor) -> Tensor:
         """Label-smoothed cross-entropy of logits[:, :-1] against tokens[:, 1:], mean over non-pad targets.
-
-        Args:
-            logits: (B, T, V) from :meth:`forward`.
-            tokens: (B, T) the same ids that were fed.
 
         Returns:
             scalar loss (fp32).
@@ -264,11 +223,7 @@ class Captioner(nn.Module):
         return DecodeState(self.decoder.init_cache(), memory, memory_mask, memory_pos)
 
     def step(self, tokens: Tensor, state: DecodeState) -> Tensor:
-        """Feed new tokens through the cached decoder.
-
-        Args:
-            tokens: (R,) one new token per row, or (R, T) several, at positions ``state.length`` onwards.
-            state: from :meth:`init_state`; updated in place (caches and length).
+        """Feed (R,) or (R, T) new tokens at positions ``state.length`` onwards (``state`` updated in place).
 
         Returns:
             (R, V) logits of the token after the last one fed.
@@ -308,15 +263,14 @@ class Captioner(nn.Module):
             max_length: longest returned sequence, BOS and EOS included (default ``self.max_length``).
             min_length: EOS is forbidden until this many tokens follow BOS.
             num_beams: beams per image (beam search).
-            length_penalty: beam scores are sum log-prob / length ** length_penalty (beam search).
+            length_penalty: beam scores are sum log-prob / length ** length_penalty.
             no_repeat_ngram_size: n > 0 forbids repeating any n-gram within a sequence.
             temperature, top_k, top_p: sampling settings (top_k 0 and top_p 1 are off).
             generator: random generator for sampling (on the images' device).
 
         Returns:
-            ids (B, T) ``[BOS] tokens [EOS]`` right-padded with pad_id, T <= max_length; scores (B,) fp32: the
-            sum of the generated tokens' log-probabilities (EOS included), divided by length ** length_penalty
-            for beam search. See :mod:`vitkit.captioning.decoding`.
+            ids (B, T) ``[BOS] tokens [EOS]`` right-padded with pad_id, T <= max_length; scores (B,) fp32: sum of
+            the generated tokens' log-probabilities (EOS included), / length ** length_penalty for beam search.
         """
         return self.generate_from_memory(*self.encode(images, mask), method=method, max_length=max_length,
                                          min_length=min_length, num_beams=num_beams, length_penalty=length_penalty,

@@ -1,18 +1,8 @@
 """CaptionModule: Lightning training/validation of an injected :class:`vitkit.captioning.Captioner`.
 
-Training is teacher forcing with the Captioner's label-smoothed cross-entropy; validation captions the whole
-validation split (greedy, or beam search with ``val_beams > 1``) and scores it once per validation epoch with
-pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (:mod:`vitkit.eval.caption_metrics`). Under DDP every rank
-captions its share, rank 0 scores the gathered captions and broadcasts the numbers so that every rank logs the
-same ``val/*`` values (ModelCheckpoint monitors ``val/CIDEr`` on every rank). The METEOR Java process is started
-once and kept across validation epochs. The latest validation captions are written to the run folder as COCO
-caption results (``val_captions.json``, scorable with ``tools/eval.py --captions-results``).
-
-The tokenizer comes from the datamodule (or from a checkpoint; its life cycle is
-:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerModuleMixin`'s) and is saved in every checkpoint with the
-resolved captioner config and the validation preprocessing, as the inference spec (:mod:`vitkit.utils.spec`), so
-a checkpoint alone rebuilds a captioning model. The non-finite loss guard, the optimiser and schedule and gradient
-clipping are the tasks' shared ones (:class:`vitkit.training.module.TaskModule`).
+Validation logs BLEU-1..4, METEOR, ROUGE-L and CIDEr-D as ``val/*`` (the same values on every rank) and writes the
+latest captions as COCO caption results to ``val_captions.json`` in the run folder. Checkpoints hold the tokenizer
+and the inference spec.
 """
 
 from __future__ import annotations
@@ -60,38 +50,24 @@ class CaptionModule(TokenizerModuleMixin, TaskModule):
     Args:
         captioner: the model; its ``vocab_size`` and special ids are linked from the datamodule's tokenizer.
         lr: peak learning rate.
-        encoder_lr_mult: lr multiplier for the image encoder (e.g. 0.1 for a pretrained one).
+        encoder_lr_mult: lr multiplier for the image encoder.
         weight_decay: AdamW weight decay; norms, biases, embeddings and tokens get none.
         warmup_steps: linear warmup steps.
         min_lr_ratio: final lr / peak lr of the cosine schedule.
-        val_beams: 1 = greedy validation decoding, > 1 = beam search with that many beams (length penalty 1, up to
-            the captioner's ``max_length``).
-        java: use Java for METEOR and the PTB tokenizer; None = when ``java`` is on PATH (see
-            :func:`vitkit.eval.caption_metrics.caption_metrics`).
-        nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step (and the
-            batch's image ids when the training batch carries them as a 4th element); "skip" drops the step (no
-            weight or optimizer-state update; the step counter and the lr schedule advance). Under DDP all ranks
-            skip together.
-        scst_start: the share of the run's optimizer steps after which training switches from cross-entropy to
-            self-critical sequence training with a CIDEr-D reward (:mod:`vitkit.captioning.scst`): 0.7 = the last
-            30% of the lr schedule's steps, 0 = from the start (to fine-tune a trained checkpoint); None = never.
-        scst_samples: sampled captions per image in an SCST step (>= 2); each sample's baseline is the mean reward of
-            the image's other samples.
-        object_classes: the training data's category count (linked from ``data.num_object_classes``: set with
-            ``data.object_labels``); None = no object labels.
-        object_weight: weight of the object-token loss (:mod:`vitkit.captioning.object_tokens`): every memory token
-            is classified into the category of the smallest box holding it, or background, in the cross-entropy
-            steps (not in SCST steps). 0 = off. Needs ``data.object_labels: true``. The head is training-only.
-        low_res_scale: progressive resizing: the training images' side factor (e.g. 0.67) in the steps before
-            ``low_res_until``; each batch is downscaled in the training step (boxes of the object labels are
-            normalised, so they still fit). Those steps cost less (about half of a full one at 2/3 on the shapes
-            recipe), so a budget holds more of them; later steps, SCST and validation see the full size. None = off.
-        low_res_until: the share of the lr schedule's steps after which training images keep their full size.
-        batch_scales: multi-scale training, one scale per batch: each training step resizes its batch by a side
-            factor drawn uniformly from this list (e.g. ``[0.83, 0.92, 1.0, 1.08, 1.17]``), times ``low_res_scale``
-            before ``low_res_until``. The batch's images keep sharing one scale, so none is padded up to a larger
-            one, as a per-image ``data.train_size`` list does (a batch of 8 then pads to about its largest scale).
-            Label-safe for captions that word sizes as shares of the image and positions as its thirds. None = off.
+        val_beams: 1 = greedy validation decoding, > 1 = beam search with that many beams.
+        java: use Java for METEOR and the PTB tokenizer; None = when ``java`` is on PATH.
+        nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step (and
+            the batch's image ids when given); "skip" drops the step (no weight or optimizer-state update; step
+            counter and lr schedule advance); under DDP all ranks skip together.
+        scst_start: share of the run's optimizer steps after which training switches to SCST with a CIDEr-D
+            reward, in [0, 1]; None = never.
+        scst_samples: sampled captions per image in an SCST step (>= 2).
+        object_classes: the training data's category count; None = no object labels.
+        object_weight: weight of the object-token loss (0 = off); needs ``data.object_labels: true``.
+        low_res_scale: training images' side factor before ``low_res_until``; None = off.
+        low_res_until: share of the lr schedule's steps after which training images keep their full size.
+        batch_scales: side factors, one drawn uniformly per training batch (times ``low_res_scale`` before
+            ``low_res_until``); None = off.
     """
     def __init__(
         self,
@@ -158,8 +134,8 @@ class CaptionModule(TokenizerModuleMixin, TaskModule):
     @staticmethod
     def build_reward(references: dict[int, list[str]], datamodule: Any = None) -> CiderD:
         """The SCST reward's CIDEr-D statistics over the training references, built once (a collective call under
-        DDP: every rank must hold the same statistics, checked by digest). A ``datamodule`` that mirrors training
-        images (``hflip_p`` > 0) is refused: a mirrored image no longer matches its stored references."""
+        DDP). A ``datamodule`` with ``hflip_p`` > 0 is refused.
+        """
         if getattr(getattr(datamodule, "hparams", None), "hflip_p", 0.0) > 0:
             raise ConfigError("SCST rewards a caption against its image's stored references, which a mirrored "
                               "training image no longer matches: set data.hflip_p 0 with model.scst_start")
@@ -230,9 +206,9 @@ class CaptionModule(TokenizerModuleMixin, TaskModule):
         return self.reached(self.hparams.scst_start)
 
     def train_inputs(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """This step's training images: resized by a factor drawn from ``batch_scales`` (the step's random numbers,
-        which :class:`~vitkit.training.resume.ExactResume` seeds), and downscaled by ``low_res_scale`` before
-        ``low_res_until`` of the lr schedule's steps (never where there is no schedule, outside a fit)."""
+        """This step's training images: resized by a factor drawn from ``batch_scales``, and by ``low_res_scale``
+        before ``low_res_until``.
+        """
         hp = self.hparams
         scale = 1.0 if not hp.batch_scales else hp.batch_scales[int(torch.randint(len(hp.batch_scales), ()))]
         if hp.low_res_scale is not None and self.scheduled and not self.reached(hp.low_res_until):

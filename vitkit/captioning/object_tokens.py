@@ -1,16 +1,7 @@
-"""Object labels on the captioner's image tokens: a training-only auxiliary loss where boxes exist (issue 16).
+"""Object labels on the captioner's image tokens: a training-only auxiliary loss where boxes exist.
 
-A captioner trained on captions alone learns from image-level words which objects an image holds, and on the
-shapes set it does not learn the shape kinds in a 15-minute budget (docs/decisions.md, Captioning recipe).
-Where the images also have a COCO instances file (COCO itself: ``instances_*.json`` beside ``captions_*.json``),
-each image token can be told which object covers it: :class:`ObjectTokenHead` classifies every token of the caption
-memory into the dataset's categories or background, with a cross-entropy against :func:`token_targets`. It is a
-dense, box-level form of "joint training with a detection loss": no matching, no decoder, a linear layer, so a
-step costs what a caption step costs. The head is not part of the captioner: inference and exports never see it.
-
-Data side: :class:`WithObjects` adds ``{"boxes": (n, 4) xyxy normalised to the image, "labels": (n,)}`` to each
-training item. Boxes are normalised by the image size the instances file gives, so a resize (the caption recipes'
-only geometric augmentation) leaves them unchanged and a mirror flips them exactly.
+:class:`WithObjects` adds ``{"boxes": (n, 4) xyxy normalised to the image, "labels": (n,)}`` to training items;
+:class:`ObjectTokenHead` classifies each memory token into its categories or background.
 """
 
 from __future__ import annotations
@@ -34,12 +25,10 @@ class WithObjects(Dataset):
     """Training items ``(image, caption, image_id)`` -> ``(image, caption, image_id, objects)``.
 
     Args:
-        dataset: the caption training set (unreadable images already replaced: ``SubstituteBad``).
-        instances: the checked instances file of the same images (:func:`~vitkit.data.annotations.check_instances`).
+        dataset: the caption training set.
+        instances: the checked instances file of the same images.
 
-    ``objects`` is an :data:`Objects` dict of the image's kept (non-crowd) boxes, labels in the order of
-    ``instances.categories``; None for an image that the instances file does not list (its tokens are ignored, not
-    taught "background").
+    ``objects`` is an :data:`Objects` dict of the image's non-crowd boxes; None for an image the file does not list.
     """
 
     def __init__(self, dataset: Dataset, instances: Instances) -> None:
@@ -81,7 +70,7 @@ def token_targets(objects: list[Objects | None], grid: tuple[int, int], pixel_ma
     Args:
         objects: per image, its :data:`Objects` or None (all its tokens ignored).
         grid: (h, w) token grid over the padded batch.
-        pixel_mask: (B, H, W) bool, True = padding (images sit top-left, as the collate pads them).
+        pixel_mask: (B, H, W) bool, True = padding (images top-left).
         background: the background label (the number of categories).
 
     Returns:
@@ -112,12 +101,7 @@ def token_targets(objects: list[Objects | None], grid: tuple[int, int], pixel_ma
 
 
 class ObjectTokenHead(nn.Module):
-    """A linear classifier of memory tokens into ``num_classes`` categories + background, and its loss.
-
-    Args:
-        dim: memory width D.
-        num_classes: C categories (label C = background, weighted :data:`BACKGROUND_WEIGHT` in the loss).
-    """
+    """A linear classifier of (dim D) memory tokens into C = ``num_classes`` categories + background (label C)."""
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
@@ -133,14 +117,11 @@ class ObjectTokenHead(nn.Module):
 
     def loss(self, memory: Tensor, num_prefix: int, grid: tuple[int, int], pixel_mask: Tensor,
              objects: list[Objects | None]) -> Tensor:
-        """Weighted cross-entropy of the grid tokens' labels (:func:`token_targets`), mean over the counted tokens.
+        """Weighted cross-entropy of the grid tokens' labels, mean over the counted tokens.
 
         Args:
             memory: (B, P + h*w, D) caption memory, prefix tokens first (not classified).
-            num_prefix: P.
-            grid: (h, w).
-            pixel_mask: (B, H, W) True = padding.
-            objects: per image, its objects or None.
+            grid: (h, w); pixel_mask: (B, H, W) True = padding; objects: per image, its objects or None.
 
         Returns:
             () fp32 loss; 0 (with a graph) when no token is counted.

@@ -1,10 +1,7 @@
-"""Captioning's ONNX graph (the caption encoder: the traceable module, its inputs and outputs, dummy trace inputs,
-metadata, the comparison with vitkit eager) and decoding from that graph's outputs.
+"""Captioning's ONNX graph, the caption encoder, and decoding from its outputs in PyTorch.
 
-The ONNX graph is the caption encoder (:class:`CaptionEncoderExport`): ``images``, ``mask`` -> ``memory``
-(B, N, D), ``memory_mask`` (B, N) bool True = padding, ``memory_pos`` (B, N, D) cross-attention key positions: what
-:meth:`Captioner.encode` hands the decoder. Decoding (KV-cached greedy / beam / sampling) stays in PyTorch:
-:func:`decode_memory` runs it on those three arrays. :mod:`vitkit.io.onnx_export` traces and checks the graph.
+Graph: ``images``, ``mask`` -> ``memory`` (B, N, D), ``memory_mask`` (B, N) bool True = padding, ``memory_pos``
+(B, N, D); :func:`decode_memory` decodes them.
 """
 
 from __future__ import annotations
@@ -25,11 +22,7 @@ DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "ba
 
 # ------------------------------------------------------------------------------------------------ the graph
 class CaptionEncoderExport(nn.Module):
-    """The image side of a :class:`~vitkit.captioning.Captioner` (:meth:`Captioner.encode`) with tensor outputs.
-
-    Args:
-        captioner: the captioner, in eval mode.
-    """
+    """The image side of a :class:`~vitkit.captioning.Captioner` (eval mode) with tensor outputs."""
     def __init__(self, captioner: nn.Module) -> None:
         super().__init__()
         check_traceable(captioner.encoder)
@@ -88,12 +81,12 @@ def decode_memory(pipe: nn.Module, memory: Any, memory_mask: Any, memory_pos: An
     """Caption from an exported encoder's outputs, decoding in PyTorch with the pipeline's captioner.
 
     Args:
-        pipe: the :class:`~vitkit.captioning.predictor.CaptionPipeline` (from :func:`vitkit.load`).
+        pipe: the :class:`~vitkit.captioning.predictor.CaptionPipeline`.
         memory, memory_mask, memory_pos: the graph's outputs (numpy arrays or tensors), (B, N, D), (B, N), (B, N, D).
-        **options: generation options over the pipeline's defaults (method, num_beams, max_length, ...).
+        **options: generation options over the pipeline's defaults.
 
     Returns:
-        B dicts ``{"caption": str, "score": float}``, as :meth:`CaptionPipeline.generate`.
+        B dicts ``{"caption": str, "score": float}``.
     """
     opts = pipe.generation_options(**options)
     cap = pipe.captioner.eval()

@@ -1,15 +1,6 @@
 """CaptionPipeline: a :class:`~vitkit.captioning.Captioner` with its tokenizer, preprocessing and decoding defaults.
 
-:func:`vitkit.load` returns one for a captioning checkpoint::
-
-    pipe = vitkit.load("runs/caption_coco/checkpoints/last.ckpt")
-    pipe.caption(["a.jpg", "b.png"])          # [{"caption": "a dog on a couch", "score": -4.1}, ...]
-
-Preprocessing is :class:`~vitkit.captioning.preprocess.CaptionPreprocess`, the validation transform of training:
-the short side resized to ``size`` (the long side capped at ``max_size``; the short side never rounds down to 0 px
-for extreme aspect ratios, where torchvision raises), ImageNet normalisation, zero padding bottom/right with a mask
-(True = padding). Files are decoded with :func:`vitkit.data.images.load_rgb` (EXIF orientation, any mode to RGB,
-first frame), as in ``tools/caption.py``.
+``vitkit.load(ckpt).caption(["a.jpg"])`` -> ``[{"caption": str, "score": float}, ...]``.
 """
 
 from __future__ import annotations
@@ -39,12 +30,12 @@ class CaptionPipeline(nn.Module):
     """Images in, caption strings out.
 
     Args:
-        captioner: the captioning network (:class:`~vitkit.captioning.Captioner`).
+        captioner: the captioning network.
         tokenizer: the tokenizer it was trained with; its special ids must match the captioner's.
-        size: short side in px for preprocessing (the training ``val_size``).
+        size: short side in px for preprocessing.
         max_size: cap on the long side in px, or None.
         generation: defaults for :meth:`caption` / :meth:`generate` (keys of :data:`GENERATION_KEYS`), over
-            :data:`DEFAULT_GENERATION` (beam search with 3 beams, the captioner's ``max_length``).
+            :data:`DEFAULT_GENERATION`.
 
     Raises:
         ValueError: the tokenizer and the captioner disagree on special ids or vocabulary size, or a
@@ -80,20 +71,15 @@ class CaptionPipeline(nn.Module):
         return next(self.captioner.parameters()).device
 
     def set_precision(self, precision: str) -> CaptionPipeline:
-        """Run the captioner in ``"bf16"``, ``"fp32"`` or ``"auto"`` (bf16 where the hardware is fast at it);
-        see :mod:`vitkit.kernels.precision`. Scores come back float32 either way."""
+        """Run the captioner in ``"bf16"``, ``"fp32"`` or ``"auto"``; scores come back float32 either way."""
 
         apply_precision(self.captioner, precision)
         return self
 
     # ------------------------------------------------------------------------------------------ preprocessing
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor]:
-        """Paths / PIL images / (3, H, W) tensors -> padded batch (B, 3, Hmax, Wmax) float32, mask (B, Hmax, Wmax).
-
-        Paths go through :func:`~vitkit.data.images.load_rgb` (raises ``ImageReadError`` for a bad file); PIL
-        images in any mode are converted by its mode rules (:func:`~vitkit.data.images.to_rgb`); tensors are
-        uint8, or float in [0, 1]. The mask is True over padding; paths and PIL images give CPU tensors. See
-        :meth:`vitkit.captioning.preprocess.CaptionPreprocess.batch`.
+        """Paths / PIL images / (3, H, W) uint8 or [0, 1] float tensors -> padded batch (B, 3, Hmax, Wmax) float32, mask
+        (B, Hmax, Wmax) True = padding. Raises ``ImageReadError`` for a bad file.
         """
         return self.transform.batch(images)
 
@@ -124,9 +110,9 @@ class CaptionPipeline(nn.Module):
         """Caption a preprocessed batch.
 
         Args:
-            images: (B, 3, H, W) from :meth:`preprocess` (moved to the captioner's device here).
+            images: (B, 3, H, W) from :meth:`preprocess`.
             mask: (B, H, W) True = padding, or None.
-            **options: ``Captioner.generate`` options overriding the defaults (see :meth:`generation_options`).
+            **options: ``Captioner.generate`` options overriding the defaults.
 
         Returns:
             B dicts ``{"caption": str, "score": float}``; score is the sequence log-probability (beam search:
@@ -154,18 +140,16 @@ class CaptionPipeline(nn.Module):
         Args:
             images: one or a list of image paths, PIL images or (3, H, W) uint8 tensors.
             batch_size: images per forward pass.
-            method: "greedy", "beam" or "sample" (default: the pipeline's, normally "beam").
-            num_beams: beams per image (default: the pipeline's, normally 3); 1 is greedy.
+            method: "greedy", "beam" or "sample" (default: the pipeline's).
+            num_beams: beams per image (default: the pipeline's); 1 is greedy.
             max_length: longest caption in tokens, BOS and EOS included (default: the captioner's).
-            **options: more ``Captioner.generate`` options (min_length, length_penalty, no_repeat_ngram_size,
-                temperature, top_k, top_p, generator).
+            **options: more ``Captioner.generate`` options.
 
         Returns:
             One dict per image, in order: ``{"caption": str, "score": float}``.
 
         Raises:
-            ImageReadError: a path cannot be read (:func:`vitkit.captioning.folder.caption_folder`
-                records bad files instead and goes on).
+            ImageReadError: a path cannot be read.
         """
         if not isinstance(images, list | tuple):
             images = [images]

@@ -1,27 +1,7 @@
 """Self-critical sequence training (SCST): fine-tune a captioner on its own samples with a CIDEr-D reward.
 
-Rennie et al. 2017; the "new SCST" variant of ruotianluo's ImageCaptioning.pytorch and the M² Transformer. For a
-batch of B images:
-
-1. the image memory is encoded once (with gradients);
-2. ``k`` captions per image are sampled (temperature 1, no filtering) through the KV-cache decoder of
-   :mod:`vitkit.captioning.decoding`, without gradients;
-3. each caption's reward is its CIDEr-D against the image's training references, with document frequencies of
-   the whole training split built once (:class:`vitkit.eval.cider.CiderD`);
-4. the baseline of a sample is the mean reward of the image's other ``k - 1`` samples;
-5. one teacher-forced pass over the samples gives their token log-probabilities with gradients, and the loss is
-   ``-mean over generated tokens of (reward - baseline) * log p(token)``: captions above the baseline become more
-   likely, those below less.
-
-The reward reads an end word (``<eos>``) after every reference and after every sampled caption that ended (emitted
-EOS), as ruotianluo's implementation scores the end token: n-grams such as "gray background <eos>" then pay for a
-complete ending, and a caption cut short ("a green square on a gray") loses them. Without it SCST learns to stop
-early, since dropping a frequent, low-idf final word barely lowers CIDEr-D. A caption that ran to ``max_length``
-gets no end word.
-
-Log-probabilities are taken over the tokens sampling may choose (PAD and BOS are never generated), so the policy
-that is trained is the one that sampled. Under DDP each rank rewards its own images; the reward statistics come
-from the full training split on every rank (the caption module checks that their digests agree).
+Loss: ``-mean over generated tokens of (reward - baseline) * log p(token)``, the baseline being the mean reward of
+the image's other samples. Captions that emitted EOS are scored with an end word.
 """
 
 from __future__ import annotations
@@ -69,12 +49,11 @@ class SCSTOutput:
 
 
 def sequence_log_probs(logits: Tensor, seqs: Tensor, banned: Sequence[int]) -> Tensor:
-    """Log-probability of each generated token under the sampling policy.
+    """Log-probability of each generated token under the sampling policy (``banned`` ids renormalised away).
 
     Args:
         logits: (R, T, V) teacher-forced logits of ``seqs``.
         seqs: (R, T) ``[BOS] tokens [EOS] [PAD]...``.
-        banned: token ids sampling never chooses (PAD, BOS): renormalised away, as the sampler does.
 
     Returns:
         (R, T-1) fp32 log p(seqs[:, t+1] | seqs[:, :t+1]).
@@ -86,22 +65,14 @@ def sequence_log_probs(logits: Tensor, seqs: Tensor, banned: Sequence[int]) -> T
 
 
 def policy_gradient_loss(token_logp: Tensor, target_mask: Tensor, advantage: Tensor) -> Tensor:
-    """``-sum(advantage * log p * mask) / sum(mask)``: (R, T-1) log-probs and bool mask, (R,) advantages -> ().
-
-    Positions outside the mask (PAD after EOS, -inf under the policy) contribute nothing, not NaN."""
+    """``-sum(advantage * log p * mask) / sum(mask)``: (R, T-1) log-probs and bool mask, (R,) advantages -> ()."""
     logp = token_logp.masked_fill(~target_mask, 0.0)
     weighted = advantage[:, None].to(logp.dtype) * logp
     return -weighted.sum() / target_mask.sum().clamp(min=1)
 
 
 def baseline_rewards(rewards: Tensor) -> Tensor:
-    """Per-sample baselines: the mean reward of the image's other samples.
-
-    Args:
-        rewards: (B, k) rewards of k samples per image.
-
-    Returns:
-        (B, k) baselines.
+    """(B, k) baselines of (B, k) rewards: the mean reward of the image's other samples.
 
     Raises:
         ValueError: k < 2.
@@ -114,17 +85,16 @@ def baseline_rewards(rewards: Tensor) -> Tensor:
 
 def scst_step(captioner: Captioner, images: Tensor, mask: Tensor | None, keys: Sequence[Hashable],
               reward: RewardFn, samples: int = 5) -> SCSTOutput:
-    """The SCST loss of one batch of images (see the module docstring).
+    """The SCST loss of one batch of images.
 
     Args:
-        captioner: the model being trained.
         images: (B, 3, H, W) normalised, zero-padded; mask: (B, H, W) True = padding, or None.
         keys: B image keys for the reward's references.
         reward: scores token ids against an image key's references.
         samples: k >= 2 sampled captions per image.
 
     Returns:
-        The loss (with gradients through the encoder and the decoder) and the mean reward and baseline.
+        The loss and the mean reward and baseline.
     """
     memory, memory_mask, memory_pos = captioner.encode(images, mask)  # (B, N, D), (B, N) | None, (B, N, D)
     B, k = memory.shape[0], samples

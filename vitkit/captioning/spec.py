@@ -1,10 +1,4 @@
-"""Captioning's inference spec: what its checkpoints and exports record beside the weights.
-
-The spec (:func:`checkpoint_spec` from training, :func:`predictor_spec` from a loaded
-:class:`~vitkit.captioning.predictor.CaptionPipeline`) holds the captioner config, the validation preprocessing
-sizes, the tokenizer JSON and the generation defaults (:data:`FIELDS`; none from training: inference decodes with
-:data:`~vitkit.captioning.predictor.DEFAULT_GENERATION`).
-"""
+"""Captioning's inference spec: captioner config, preprocessing sizes, tokenizer JSON and generation defaults."""
 
 from __future__ import annotations
 
@@ -28,11 +22,10 @@ def checkpoint_spec(config: dict[str, Any], tokenizer: str, hparams: Mapping[str
 
     Args:
         config: the captioner's resolved ``class_path`` / ``init_args``.
-        tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``).
-        hparams: CaptionModule's hyper-parameters; none of them enters the spec (validation's ``val_beams`` is
-            not an inference default).
+        tokenizer: the tokenizer's JSON.
+        hparams: CaptionModule's hyper-parameters (none enters the spec).
         data_hparams: the datamodule's: short side ``val_size`` (default 224), long side cap ``val_max_size`` or
-            ``max_size`` (default 2 x ``val_size``).
+            ``max_size`` (default 2 x ``val_size``), in px.
     """
     size = int(data_hparams.get("val_size") or DEFAULT_SIZE)
     max_size = data_hparams.get("val_max_size") or data_hparams.get("max_size") or 2 * size

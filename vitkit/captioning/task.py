@@ -1,12 +1,4 @@
-"""The captioning task's descriptor (:data:`TASK`): what training, loading, export and the inference spec need to
-know about captioning, registered in :mod:`vitkit.tasks`.
-
-Training: :class:`~vitkit.captioning.module.CaptionModule` on
-:class:`~vitkit.captioning.datamodule.CaptionDataModule`, best checkpoints by ``val/CIDEr``; the tokenizer's
-vocabulary size, special ids and ``max_length`` are linked into the captioner (:func:`link_tokenizer`, which
-describe uses too). Loading: a :class:`~vitkit.captioning.model.Captioner` (weights under ``captioner.``) in a
-:class:`~vitkit.captioning.predictor.CaptionPipeline`. ONNX: the caption encoder (:mod:`vitkit.captioning.onnx`).
-"""
+"""The captioning task's descriptor (:data:`TASK`), registered in :mod:`vitkit.tasks`."""
 
 from __future__ import annotations
 
@@ -60,11 +52,7 @@ def record_configs(configs: Mapping[str, dict[str, Any]], model: Any, datamodule
 
 
 def spec_tokenizer(spec_: InferenceSpec) -> CaptionTokenizer:
-    """The tokenizer a spec stores.
-
-    Raises:
-        ValueError: it cannot be read.
-    """
+    """The tokenizer a spec stores; ValueError when it cannot be read."""
     try:
         return CaptionTokenizer.from_str(spec_.tokenizer)
     except Exception as err:

@@ -1,13 +1,8 @@
 """CaptionTokenizer: a thin wrapper over a Hugging Face ``tokenizers.Tokenizer`` for captions.
 
-Trained tokenizers normalise text the way COCO caption evaluation does before scoring (pycocoevalcap's
-PTBTokenizer lowercases and drops punctuation): NFKC, lowercase, every Unicode punctuation character removed
-(``"Dog's"`` -> ``"dogs"``, ``"black-and-white"`` -> ``"blackandwhite"``), then a split on whitespace.
-Loaded tokenizer.json files keep their own normaliser.
-
-Special tokens are looked up by name: ``[PAD]``, ``[BOS]``, ``[EOS]`` (required) and ``[UNK]`` (optional for
-loaded files). A trained tokenizer gives them ids 0, 1, 2, 3, the :class:`~vitkit.captioning.Captioner` defaults.
-Sequences for the model are ``[BOS] tokens [EOS]``, right-padded with ``[PAD]``.
+Trained tokenizers normalise with NFKC, lowercase and removal of Unicode punctuation, then split on whitespace.
+Loaded tokenizer.json files keep their own normaliser. Special tokens: ``[PAD]``, ``[BOS]``, ``[EOS]``
+(required), ``[UNK]`` (optional for loaded files); trained ones get ids 0..3.
 """
 
 from __future__ import annotations
@@ -48,15 +43,10 @@ def _build(model: str) -> tuple[Tokenizer, type]:
 
 
 class CaptionTokenizer:
-    """Caption text <-> token ids.
-
-    Build one with :meth:`train`, :meth:`from_file` or :meth:`from_str`.
-
-    Args:
-        tokenizer: a ``tokenizers.Tokenizer`` whose vocabulary holds ``[PAD]``, ``[BOS]`` and ``[EOS]``.
+    """Caption text <-> token ids; build one with :meth:`train`, :meth:`from_file` or :meth:`from_str`.
 
     Raises:
-        ValueError: a required special token is missing (the message says how to add it).
+        ValueError: a required special token (``[PAD]``, ``[BOS]``, ``[EOS]``) is missing.
     """
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -78,12 +68,11 @@ class CaptionTokenizer:
     # ------------------------------------------------------------------------------------------- building
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1000, model: str = "bpe") -> CaptionTokenizer:
-        """Train a tokenizer on caption texts.
+        """Train a tokenizer on caption texts (iterable, read once).
 
         Args:
-            texts: training captions (any iterable, read once).
             vocab_size: upper bound on the vocabulary, special tokens included.
-            model: "bpe" (byte-pair merges inside words), "wordpiece" or "wordlevel" (whole words).
+            model: "bpe", "wordpiece" or "wordlevel".
 
         Returns:
             A tokenizer with ``[PAD]``, ``[BOS]``, ``[EOS]``, ``[UNK]`` at ids 0..3.
@@ -153,10 +142,9 @@ class CaptionTokenizer:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str], max_length: int | None = None) -> Tensor:
-        """Model inputs for a batch of captions.
+        """Model inputs for B captions.
 
         Args:
-            texts: B captions.
             max_length: longest sequence, BOS and EOS included (>= 2); longer captions lose their last
                 tokens and keep the EOS. None: no truncation.
 
@@ -193,10 +181,8 @@ class CaptionTokenizer:
 
 def load_or_train_tokenizer(path: str | Path | None, texts: Callable[[], Iterable[str]], vocab_size: int,
                             model: str) -> CaptionTokenizer:
-    """The tokenizer at ``path`` (a ``tokenizer.json``), or one trained on ``texts()`` when ``path`` is None.
-
-    Raises:
-        ValueError: naming ``data.tokenizer`` and the file, when the file cannot be used.
+    """The tokenizer at ``path`` (a ``tokenizer.json``), or one trained on ``texts()`` when ``path`` is None;
+    ValueError naming ``data.tokenizer`` and the file when the file cannot be used.
     """
     if path is None:
         return CaptionTokenizer.train(texts(), vocab_size=vocab_size, model=model)
@@ -207,12 +193,7 @@ def load_or_train_tokenizer(path: str | Path | None, texts: Callable[[], Iterabl
 
 
 def tokenizer_mismatch(tok: CaptionTokenizer, model: Any, what: str, name: str, key: str) -> str | None:
-    """The message when ``tok`` does not fit a text model's ``vocab_size`` and special ids (None when it does).
-
-    Args:
-        what: where the tokenizer comes from ("the checkpoint's tokenizer").
-        name: the model in the message ("captioner"); key: its config key ("model.captioner").
-    """
+    """The message when ``tok`` does not fit a text model's ``vocab_size`` and special ids (None when it does)."""
     theirs = (tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id)
     ours = (model.vocab_size, model.pad_id, model.bos_id, model.eos_id)
     if theirs == ours:

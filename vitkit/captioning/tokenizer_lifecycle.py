@@ -1,17 +1,5 @@
-"""The caption tokenizer's life cycle in training, written once for every task that writes text (captioning, and
-describe's region captions).
-
-- **Datamodule** (:class:`TokenizerDataMixin`): checks the ``data.tokenizer*`` settings
-  (:func:`check_tokenizer_settings`); loads ``tokenizer`` (a tokenizer.json) or trains one on the task's training
-  texts at first use (:func:`~vitkit.captioning.tokenizer.load_or_train_tokenizer`), so the CLI can link
-  ``vocab_size`` and the special ids into the text model right after instantiation; shares rank 0's under DDP
-  (Hugging Face's BPE and WordPiece trainers break ties differently from run to run); takes a checkpoint's in its
-  place (:meth:`TokenizerDataMixin.use_tokenizer`).
-- **Lightning module** (:class:`TokenizerModuleMixin`): takes the datamodule's tokenizer at setup and checks it
-  against the text model; writes it to the run folder (``tokenizer.json``) at fit start; stores it in every
-  checkpoint (the task's inference spec holds :meth:`TokenizerModuleMixin.tokenizer_json`); on load, restores the
-  checkpoint's, which wins over the data's (a re-trained tokenizer may number tokens differently), and hands it to
-  the datamodule.
+"""The caption tokenizer's life cycle in training (datamodule and Lightning module mixins), shared by captioning
+and describe: load or train, share rank 0's under DDP, save to ``tokenizer.json`` and checkpoints, restore.
 """
 
 from __future__ import annotations
@@ -31,7 +19,7 @@ TOKENIZER_MODELS = ("wordlevel", "bpe", "wordpiece")
 
 
 def check_tokenizer_settings(tokenizer: str | None, tokenizer_model: str, max_length: int) -> None:
-    """Check a datamodule's tokenizer settings (``data.tokenizer``, ``data.tokenizer_model``, ``data.max_length``).
+    """Check ``data.tokenizer``, ``data.tokenizer_model`` and ``data.max_length``.
 
     Raises:
         ValueError: an unknown ``tokenizer_model``, or ``max_length`` < 2.
@@ -69,8 +57,7 @@ class TokenizerDataMixin:
 
     @property
     def vocab_size(self) -> int:
-        """The tokenizer's number of ids, the model's V (a trained one may hold fewer than the requested
-        ``hparams.vocab_size``: a word-level vocabulary stops at the distinct words)."""
+        """The tokenizer's number of ids, the model's V (may be below ``hparams.vocab_size``)."""
         return self.tokenizer.vocab_size
 
     @property
@@ -86,11 +73,7 @@ class TokenizerDataMixin:
         return self.tokenizer.eos_id
 
     def use_tokenizer(self, tokenizer: CaptionTokenizer, source: str) -> None:
-        """Replace the tokenizer (e.g. by a checkpoint's or rank 0's) with one of the same size and special ids.
-
-        Raises:
-            ValueError: the sizes or special ids differ (the model built from this datamodule would not fit).
-        """
+        """Replace the tokenizer with one of the same size and special ids; ValueError when they differ."""
         ours, theirs = self.tokenizer, tokenizer
         key = (ours.vocab_size, ours.pad_id, ours.bos_id, ours.eos_id)
         new = (theirs.vocab_size, theirs.pad_id, theirs.bos_id, theirs.eos_id)
@@ -100,9 +83,7 @@ class TokenizerDataMixin:
         self._tokenizer = tokenizer
 
     def _share_rank0_tokenizer(self) -> None:
-        """Under DDP every rank builds its own tokenizer before the process group exists, and Hugging Face's BPE and
-        WordPiece trainers break ties differently from run to run: all ranks take rank 0's (same size and special
-        ids, so the linked model shapes already agree)."""
+        """Make every rank take rank 0's tokenizer under DDP."""
         if not is_distributed():
             return
         shared = broadcast_object(self.tokenizer.to_str() if rank() == 0 else None, src=0)

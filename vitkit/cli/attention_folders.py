@@ -22,19 +22,16 @@ def attention_folder(model: nn.Module, folder: str | os.PathLike, out_dir: str |
                      recursive: bool = True, size_hints: Mapping[str, tuple[int, int]] | None = None,
                      score_threshold: float = 0.5, progress: bool = False,
                      **generation: Any) -> tuple[int, list[tuple[str, str]]]:
-    """Write the attention picture of every readable image of ``folder`` under ``out_dir`` (same relative path,
-    named by :func:`~vitkit.viz.draw.draw_path` keeping only ``.png``: ``a.png`` stays, ``a.jpg`` becomes
-    ``a.jpg.png``).
+    """Write the attention picture of every readable image of ``folder`` under ``out_dir`` (same relative path, named by
+    :func:`~vitkit.viz.draw.draw_path` keeping only ``.png``: ``a.jpg`` becomes ``a.jpg.png``).
 
     Args:
-        model: a :class:`~vitkit.detection.predictor.Detector` (one panel per box above ``score_threshold``) or a
-            :class:`~vitkit.captioning.predictor.CaptionPipeline` (one panel per token; ``generation`` options).
+        model: a ``Detector`` (one panel per box above ``score_threshold``) or a ``CaptionPipeline`` (one panel per
+            token; ``generation`` options).
         folder, recursive, size_hints: as :class:`~vitkit.data.folder.ImageFolder`.
-        progress: show a progress bar on stderr.
 
     Returns:
-        (pictures written, [(file, reason)] of the images that could not be read or drawn).
-    """
+        (pictures written, [(file, reason)] of the images that could not be read or drawn)."""
     if not isinstance(model, Detector | CaptionPipeline):
         raise TypeError(f"expected a Detector or a CaptionPipeline, got {type(model).__name__}")
     error = overwrite_error("--attention", out_dir, folder)

@@ -11,26 +11,18 @@ from vitkit.training.guards import ConfigError
 
 
 class LatestLastCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose ``last.ckpt`` is refreshed at every save point.
-
-    Since Lightning 2.6, ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is saved at the same
-    step, so with a monitored metric it lags behind after the best epoch and ``--ckpt_path last`` resumes from the
-    best epoch rather than the latest. This subclass also writes it when the metric did not improve (older
-    Lightning already did, and then this adds nothing).
-    """
+    """``ModelCheckpoint`` whose ``last.ckpt`` is refreshed at every save point, also when the metric did not
+    improve."""
 
     def __init__(self, *args: Any, last_every_n_train_steps: int = 0, **kwargs: Any) -> None:
-        """Build the callback.
+        """Build the callback (``args``, ``kwargs``: ``ModelCheckpoint``'s).
 
         Args:
-            *args: ``ModelCheckpoint``'s positional arguments.
             last_every_n_train_steps: also refresh ``last.ckpt`` every this many optimizer steps (0 = only at the
-                epoch / validation ends), so a run killed mid-epoch resumes from at most that many steps back.
-            **kwargs: ``ModelCheckpoint``'s keyword arguments.
+                epoch / validation ends).
 
         Raises:
-            ConfigError: ``last_every_n_train_steps`` is negative.
-        """
+            ConfigError: ``last_every_n_train_steps`` is negative."""
         super().__init__(*args, **kwargs)
         if last_every_n_train_steps < 0:
             raise ConfigError(f"checkpoint.last_every_n_train_steps must be >= 0 (0 = off), got "

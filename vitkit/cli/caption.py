@@ -5,28 +5,11 @@
         [--overwrite] [--attention OUTDIR]
 
 Writes one record per image, in sorted path order: {"file": path relative to FOLDER, "caption": ..., "score": ...},
-or {"file": ..., "error": reason} for a file that cannot be read (the run goes on). Image files are found by
-extension (jpg jpeg png bmp gif webp tif tiff, any letter case); other files are ignored. With --format csv (or an
---out ending in .csv) the columns are file,caption,score,error.
+or {"file": ..., "error": reason}. CSV (--format csv or an --out ending in .csv): columns file,caption,score,error.
+--format txt: one UTF-8 caption file per image (a/b/cat.jpg -> a/b/cat.txt, beside the image or under --out DIR),
+errors in captions_errors.jsonl there. Re-running with the same --out resumes.
 
-With --format txt (only when asked for: never inferred from --out) each image gets its own UTF-8 caption file, the
-caption on one line: a/b/cat.jpg -> a/b/cat.txt, beside the image by default, or under --out DIR (a folder) with
-the image's relative path. An image that fails gets no .txt; its error record goes to captions_errors.jsonl in that
-folder (removed once no image has failed). Two images that would share a .txt (cat.jpg and cat.png) are a usage
-error.
-
-Re-running with the same --out resumes: images captioned there (txt: whose .txt exists) are skipped, failed ones
-are retried, and every image keeps at most one record. The last line printed is a summary: captioned N, failed M,
-skipped K.
-
---attention OUTDIR also writes, per image, a PNG of each generated token's cross-attention over the image (the
-last decoder layer's, heads averaged), under OUTDIR with the image's relative path (+ .png unless it is one).
-
-Exit status (the folder commands' one rule, vitkit.cli.common.finish): 0 when every image has a caption, 3 when
-some failed (their error records say why), 2 for a usage error (a missing folder or checkpoint, a bad option or
-output file), 130 when interrupted (re-run to resume).
-A thin shell over vitkit.captioning.folder.caption_folder.
-"""
+Exit status: 0 every image captioned, 3 some failed, 2 usage error, 130 interrupted."""
 
 from __future__ import annotations
 

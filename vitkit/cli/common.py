@@ -1,15 +1,8 @@
-"""What the commands share: the parser with its examples, argument types, FOLDER/--ckpt, the options for reading a
-folder of images, --attention, the checks of FOLDER/--ckpt/output folders before any checkpoint is loaded, loading
-the task's predictor, and running a folder command to its end: errors, interruption, the report of the images
-that failed, the summary line and the exit status.
+"""What the commands share: parser pieces (importing nothing heavy, so ``--help`` needs no torch), argument types,
+the checks before a checkpoint is loaded, loading the predictor, and running a folder command to its end.
 
-The folder commands (``detect``, ``caption``, ``describe``) share one exit-status rule (:func:`finish`): 0 when
-every listed image is done (already done counts) and its pictures written, 3 when any failed (listed on stderr and
-in the output's failures file), 2 for a usage error (a missing folder, checkpoint or file, a bad option or output
-file, a checkpoint of another task), 130 when interrupted.
-
-The parser pieces import nothing heavy, so that ``vitkit COMMAND --help`` needs no torch: the helpers that run
-after parsing import torch, the data readers and :func:`vitkit.load` when they are called."""
+Folder commands' exit status (:func:`finish`): 0 when every listed image is done, 3 when any failed, 2 for a usage
+error, 130 when interrupted."""
 
 from __future__ import annotations
 
@@ -102,11 +95,9 @@ def folder_usage_error(folder: Path | None, ckpt: Path, picture_dirs: dict[str, 
 
 def folder_predictor(prog: str, args: argparse.Namespace, expected: type, task: str, pictures: dict[str, str | None],
                      files: dict[str, str | None] | None = None) -> Any | int:
-    """The predictor of a folder command: ``vitkit.load(args.ckpt)`` on ``args.device`` at ``args.precision``, or
-    the exit status 2 (the first problem printed). Checked before anything is loaded: FOLDER and --ckpt, the picture
-    folders ``pictures`` (flag -> path, :func:`folder_usage_error`), and that each input file of ``files`` (what it
-    is -> path or None, e.g. "annotation file") exists; then that the checkpoint loads and is of the ``task`` the
-    command runs (the predictor is an ``expected``)."""
+    """The predictor of a folder command (``vitkit.load(args.ckpt)`` on ``args.device`` at ``args.precision``), or exit
+    status 2 (the first problem printed). Checks FOLDER, --ckpt, the ``pictures`` folders (flag -> path) and the input
+    ``files`` (what -> path or None) first, then that the predictor is an ``expected`` of the ``task``."""
     from vitkit.data.folder import resolve_device  # heavy: imported after parsing so --help stays fast
     from vitkit.io.load import load
 
@@ -131,9 +122,8 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_folder_command(prog: str, run: Callable[[], Any], out: object, interrupted: str) -> Any | int:
-    """``run()`` (a folder run, returning its summary), or the exit status when it stops: 2 for a usage error (a
-    missing file, a bad option or output file; the reason printed), 130 when interrupted (``interrupted`` printed:
-    what became of the output)."""
+    """``run()`` (returning its summary), or the exit status: 2 for a usage error (reason printed), 130 when interrupted
+    (``interrupted`` printed)."""
     try:
         return run()
     except (FileNotFoundError, NotADirectoryError, ValueError) as err:
@@ -146,12 +136,11 @@ def run_folder_command(prog: str, run: Callable[[], Any], out: object, interrupt
 
 
 def attention_pictures(model: Any, folder: Path, out_dir: str, **options: Any) -> list[tuple[str, str]]:
-    """Write the --attention pictures (:func:`vitkit.cli.attention_folders.attention_folder`; ``options`` are its
-    keyword arguments) and return the images that failed there.
+    """Write the --attention pictures (``options``: keyword arguments of
+    :func:`~vitkit.cli.attention_folders.attention_folder`) and return the images that failed there.
 
     Raises:
-        ValueError: as :func:`~vitkit.cli.attention_folders.attention_folder` (e.g. OUTDIR is the image folder).
-    """
+        ValueError: as :func:`~vitkit.cli.attention_folders.attention_folder` (e.g. OUTDIR is the image folder)."""
     from vitkit.cli.attention_folders import attention_folder  # heavy: imported after parsing so --help stays fast
 
     return attention_folder(model, folder, out_dir, progress=sys.stderr.isatty(), **options)[1]
@@ -159,15 +148,12 @@ def attention_pictures(model: Any, folder: Path, out_dir: str, **options: Any) -
 
 def finish(prog: str, summary: Any, folder: Path, recursive: bool,
            attention: Callable[[], list[tuple[str, str]]] | None = None) -> int:
-    """End a folder command: print the summary's warnings; run ``attention`` when given (the --attention pictures,
-    :func:`attention_pictures`: their failures join the run's, one entry per file); report the failures on stderr
-    (a warning first when the folder held no image; the first :data:`MAX_LISTED_FAILURES`, then how many more and
-    where all are listed: ``summary.failures_file``); print ``summary.line()`` last.
+    """End a folder command: print the warnings, run ``attention`` if given, list the first :data:`MAX_LISTED_FAILURES`
+    failures on stderr (and where all are listed), print ``summary.line()`` last.
 
     Returns:
         The exit status: 0 when nothing failed, 3 when an image failed (in the run or its pictures), 2 when the
-        attention pictures cannot be written at all.
-    """
+        attention pictures cannot be written at all."""
     for warning in summary.warnings:
         print(f"{prog}: warning: {warning}", file=sys.stderr)
     failures = list(summary.failures)

@@ -1,10 +1,5 @@
-"""Config mistakes as one paragraph: the offending key, what is wrong with it, and the fix.
-
-jsonargparse reports a wrong key or type as a nested message followed by a usage wall. :func:`explain_config_error`
-rewrites such a message into one paragraph (with a "did you mean" suggestion for a misspelt key), and
-:class:`VitkitArgumentParser` prints that paragraph instead of the wall, with exit status 2.
-:func:`weights_mismatch_message` does the same for ``load_state_dict``'s size/key mismatch wall.
-"""
+"""Config mistakes as one paragraph: the offending key, what is wrong with it, and the fix
+(:func:`explain_config_error`, :class:`VitkitArgumentParser`, :func:`weights_mismatch_message`)."""
 
 from __future__ import annotations
 
@@ -94,11 +89,10 @@ def explain_config_error(message: str, known_keys: list[str], prog: str = DEFAUL
     Args:
         message: the parser's error message (nested for class_path arguments).
         known_keys: the parser's dotted keys, for "did you mean" suggestions.
-        prog: the training command (``python tools/train.py``, ``vitkit train``), for the ``--help`` hint.
+        prog: the training command (``vitkit train``), for the ``--help`` hint.
 
     Returns:
-        The paragraph, starting with ``error:`` and naming the fix.
-    """
+        The paragraph, starting with ``error:``."""
     help_hint = f"`{prog} CONFIG --help` lists every key with its type"
     if (paragraph := _unknown_key(message, known_keys, help_hint)) is not None:
         return paragraph
@@ -132,13 +126,11 @@ def explain_config_error(message: str, known_keys: list[str], prog: str = DEFAUL
 
 
 def weights_mismatch_message(err: RuntimeError, config: str | Path, key: str) -> str | None:
-    """The paragraph for ``load_state_dict``'s size/key mismatch wall, or None for another RuntimeError.
+    """The paragraph for ``load_state_dict``'s size/key mismatch, or None for another RuntimeError.
 
     Args:
-        err: what ``load_state_dict`` raised.
         config: the run config that built the model.
-        key: the option that named the weights (``--ckpt``, ``--weights``, ``ckpt_path``).
-    """
+        key: the option that named the weights (``--ckpt``, ``--weights``, ``ckpt_path``)."""
     if "Error(s) in loading state_dict" not in str(err):
         return None
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
@@ -149,11 +141,10 @@ def weights_mismatch_message(err: RuntimeError, config: str | Path, key: str) ->
 
 
 class VitkitArgumentParser(LightningArgumentParser):
-    """Parser whose errors are one paragraph (:func:`explain_config_error`) instead of a usage wall.
+    """Parser whose errors are one paragraph (:func:`explain_config_error`), exit status 2.
 
     Attributes:
-        help_command: the training command named in the ``--help`` hint (set by the CLI that builds the parser).
-    """
+        help_command: the training command named in the ``--help`` hint."""
 
     help_command: str = DEFAULT_HELP_COMMAND
 

@@ -1,11 +1,4 @@
-"""The shipped run configs (``vitkit/configs/*.yaml``, installed with the package) and how a config argument is found.
-
-``vitkit train detr_shapes``, ``vitkit train detr_shapes.yaml`` and ``vitkit train path/to/my.yaml`` all work: a
-config argument is a path when such a file exists, else the name of a shipped config (:func:`resolve_config`).
-
-Light on purpose: ``vitkit --help`` lists :func:`shipped_configs`, so this module imports no torch; the errors'
-class (:class:`vitkit.training.guards.ConfigError`) is imported where one is raised.
-"""
+"""The shipped run configs (``vitkit/configs/*.yaml``) and how a config argument is found; imports no torch."""
 
 from __future__ import annotations
 
@@ -24,18 +17,11 @@ def shipped_configs() -> list[str]:
 
 
 def resolve_config(config: str | Path) -> Path:
-    """The config file a command-line argument names.
-
-    Args:
-        config: a path to a YAML file, or the name of a shipped config with or without its ``.yaml`` suffix
-            (``detr_shapes``, ``detr_shapes.yaml``). An existing file wins over a shipped config of the same name.
-
-    Returns:
-        The path of the file.
+    """The config file a command-line argument names: an existing YAML path, else a shipped config's name with or
+    without ``.yaml`` (``detr_shapes``).
 
     Raises:
-        ConfigError: no such file and no shipped config of that name; the message lists the shipped names.
-    """
+        ConfigError: no such file and no shipped config of that name; the message lists the shipped names."""
     path = Path(config)
     if path.is_file():
         return path

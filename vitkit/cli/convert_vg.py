@@ -4,11 +4,8 @@
     vitkit convert-vg --regions region_descriptions.json --images image_data.json --out data/vg
                       [--val-fraction F | --val-ids FILE] [--seed K] [--file-names id|url] [--max-chars N]
 
-Writes OUT/annotations/instances_{train,val}2017.json, one category ("region"), each annotation with its region's
-phrase as "caption"; put (or link) the images in OUT/train2017 and OUT/val2017. Dropped and clipped regions are
-counted on stderr. Exit status: 0 on success, 2 for bad input (a missing or malformed file), with a one-line error.
-A thin shell over vitkit.data.visual_genome.convert_visual_genome, whose docstring gives the rules.
-"""
+Writes OUT/annotations/instances_{train,val}2017.json (rules: :func:`vitkit.data.visual_genome.convert_visual_genome`).
+Exit status: 0 on success, 2 for bad input, with a one-line error."""
 
 from __future__ import annotations
 

@@ -7,28 +7,13 @@
 
 Writes one JSON object per image, in sorted path order: {"file": path relative to FOLDER, "width", "height",
 "boxes": [[x0, y0, x1, y1], ...] in pixels of the upright original image, "labels", "label_names", "category_ids",
-"scores", "captions": one per box}.
+"scores", "captions": one per box}; failures also in OUT_STEM.errors.jsonl. Re-running with the same --out resumes.
 
---boxes FILE captions the boxes FILE gives instead of detecting: a COCO results JSON, [{"image_id" or "file_name",
-"bbox": [x, y, w, h], ...}] in pixels (other keys are ignored; every box is captioned; labels and scores are those
-of the query whose box overlaps it most). Images are matched by "file_name" (the path relative to FOLDER, or the
-bare file name when it is unique in FOLDER), or by "image_id": with --annotations GT, GT's image ids (a COCO
-instances file of the folder's split); without, the files of FOLDER numbered 1, 2, ... in sorted path order, which
-are the ids `vitkit detect FOLDER --out dets.json` gives without --annotations: `--boxes dets.json` captions its
-detections as they are. Boxes of images that are not in FOLDER are left out with a warning.
+--boxes FILE captions the boxes of a COCO results JSON, [{"image_id" or "file_name", "bbox": [x, y, w, h], ...}]
+in pixels, instead of detecting; "image_id" means GT's ids with --annotations GT, else the files numbered 1, 2, ...
+in sorted path order (as `vitkit detect` numbers them).
 
---draw OUTDIR writes each image with its boxes drawn under OUTDIR, each labelled "class: caption score" (same
-relative path; .png/.jpg/.jpeg inputs keep their name, others get .png appended).
-
-Bad files are handled as `vitkit detect` does: a file that cannot be read (or described) is reported on stderr and
-skipped, the others are written; the failed images are also listed in OUT_STEM.errors.jsonl (until they are done).
-Re-running with the same --out resumes as `vitkit caption` does: images already in OUT are skipped, failed ones are
-retried (--overwrite starts afresh). The last line printed is a summary: described N, failed M, skipped K.
-
-Exit status (the folder commands' one rule, vitkit.cli.common.finish): 0 when every image was described, 3 when
-some failed, 2 for a usage error (a missing folder, checkpoint or file, a bad option, a checkpoint of another task),
-130 when interrupted (re-run to resume). A thin shell over vitkit.describe.folder.describe_folder.
-"""
+Exit status: 0 every image described, 3 some failed, 2 usage error, 130 interrupted."""
 
 from __future__ import annotations
 

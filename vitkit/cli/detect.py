@@ -4,26 +4,12 @@
         [--draw OUTDIR] [--attention OUTDIR] [--score-threshold 0.5] [--batch-size 8]
         [--recursive | --no-recursive] [--device auto|cpu|cuda] [--workers 2]
 
-Writes a COCO results JSON, [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}], with bbox in pixels of
-the upright original image and category_id the dataset's category id. Image ids: with --annotations (the folder
-being that split), the annotation file's ids by file_name, so `vitkit eval --annotations GT --results OUT`
-scores the file as is; without, the files numbered 1, 2, ... in sorted order, with the mapping written beside the
-output as OUT_STEM.images.json ({"images": [{"id", "file_name", "width", "height"}]}, COCO's images section;
-written in both cases, with "error" on each failed file).
+Writes a COCO results JSON, [{"image_id", "category_id", "bbox": [x, y, w, h], "score"}], bbox in pixels of the
+upright original image, category_id the dataset's. Image ids: with --annotations, that file's ids by file_name;
+without, the files numbered 1, 2, ... in sorted order. The mapping is written as OUT_STEM.images.json
+({"images": [{"id", "file_name", "width", "height"}]}, with "error" on each failed file).
 
---draw OUTDIR writes each image with its labelled boxes under OUTDIR (same relative path; .png/.jpg/.jpeg inputs
-keep their name, others get .png appended). --attention OUTDIR writes, per image, the last decoder layer's
-cross-attention of each kept box (a heatmap, or the sampling points of deformable attention) as a PNG.
-
-Image files are found by extension (jpg jpeg png bmp gif webp tif tiff, any letter case); other files are
-ignored. A file that cannot be read is reported and the run goes on. The last line printed is a summary:
-detected N, failed M (K boxes).
-
-Exit status (the folder commands' one rule, vitkit.cli.common.finish): 0 when every image was detected, 3 when
-some failed (listed on stderr, and in the sidecar), 2 for a usage error (a missing folder, checkpoint or annotation
-file, a bad option), 130 when interrupted (nothing is written). A thin shell over
-vitkit.detection.folder.detect_folder.
-"""
+Exit status: 0 every image detected, 3 some failed, 2 usage error, 130 interrupted (nothing is written)."""
 
 from __future__ import annotations
 

@@ -1,27 +1,13 @@
 """COCO evaluation from the command line: ``vitkit eval`` (``tools/eval.py``).
 
     vitkit eval --annotations GT.json --results RES.json [--backend faster|pycocotools] [--json-out FILE]
-
-prints COCOeval's standard 12-line summary on stdout and, with --json-out, writes the 12 stats as a JSON
-object keyed by vitkit.eval.STAT_KEYS. The numbers come from COCOeval on GT.json as given.
-
-    vitkit eval CONFIG --ckpt CKPT        (evaluate a checkpoint on the config's val split; CONFIG is a path or a
-                                           shipped config's name; extra --key.sub value overrides as in train)
+    vitkit eval CONFIG --ckpt CKPT [--key.sub value ...]
     vitkit eval detr_r50_coco --weights PATH
-                                          (official DETR weights: a facebookresearch/detr .pth, or Hugging Face DETR
-                                           safetensors/bin or folder; the class head is narrowed to the data's
-                                           category ids)
-
     vitkit eval --captions-gt captions_val2017.json --captions-results RES.json [--json-out FILE]
 
-scores COCO caption results (a JSON list of {image_id, caption}) with pycocoevalcap: prints BLEU-1..4, METEOR,
-ROUGE-L and CIDEr-D, one per line; --json-out writes them keyed Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr. METEOR
-needs Java (without it, or with --no-java, it is skipped with a note and captions are tokenised in Python).
-
-Bad input (a missing file, a malformed results file, a config key that does not exist or has the wrong type, a
-checkpoint that would unpickle code or was trained on another class count) gives a short error on stderr and exit
-status 2, not a traceback.
-"""
+Detection prints COCOeval's 12-line summary (--json-out: the 12 stats keyed by vitkit.eval.STAT_KEYS); captions
+print BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (--json-out keys Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr). Exit status
+2 with a short error for bad input."""
 
 from __future__ import annotations
 
@@ -161,16 +147,11 @@ def _write_json(stats: Any, json_out: str | None, prog: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Run the mode the arguments choose.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``); unknown ``--key.sub value`` pairs are config overrides in
-            checkpoint mode.
-        prog: the command, for usage and error messages.
+    """Run the mode the arguments choose (``argv`` default ``sys.argv[1:]``; unknown ``--key.sub value`` pairs are
+    config overrides in checkpoint mode).
 
     Returns:
-        The exit status: 0 done, 2 bad input.
-    """
+        The exit status: 0 done, 2 bad input."""
     args, overrides = build_parser(prog).parse_known_args(argv)
     if args.captions_gt is not None or args.captions_results is not None:
         others = [flag for flag, value in (("CONFIG", args.config), ("--ckpt", args.ckpt),

@@ -4,7 +4,7 @@
     vitkit export CKPT --format onnx|safetensors [--dynamic] [--out PATH] [--opset N]
         [--batch B] [--size H W] [--no-check]
 
---format onnx, detection checkpoint: one graph, images -> detections, post-processing included.
+--format onnx, detection checkpoint: images -> detections, post-processing included.
     inputs   images (B, 3, H, W) float32, resized (short side = the checkpoint's val_size, long side <= val_max_size),
              ImageNet-normalised, zero-padded bottom/right; mask (B, H, W) bool, True = padding;
              orig_sizes (B, 2) int64 [h, w] of the original images
@@ -13,23 +13,11 @@
 --format onnx, captioning checkpoint: the caption encoder only.
     inputs   images, mask as above
     outputs  memory (B, N, D), memory_mask (B, N) bool True = padding, memory_pos (B, N, D)
-    Decoding (greedy / beam search with a KV cache) stays in PyTorch: vitkit.io.export.decode_memory(pipe, memory,
-    memory_mask, memory_pos) captions from these arrays with the checkpoint's CaptionPipeline.
---format onnx, region-caption (describe) checkpoint: its detector, the graph of a detection checkpoint above (default
-    out <stem>.detector.onnx). The region caption head (RoI memory, KV-cached text decoding) is not exported to ONNX:
-    caption regions in PyTorch (vitkit.load(CKPT).describe), or export the whole model with --format safetensors.
---format safetensors: the model's weights, its config and inference settings (and tokenizer) as metadata;
-    vitkit.io.export.load_safetensors(PATH) rebuilds the Detector / CaptionPipeline / Describer.
+--format onnx, describe checkpoint: its detector only (default out <stem>.detector.onnx).
+--format safetensors: the weights, with config, inference settings and tokenizer as metadata.
 
-Without --dynamic the graph takes exactly --batch x --size (default: 1 x the checkpoint's longest preprocessed side,
-squared, which holds every preprocessed image after padding); --dynamic makes batch, height and width free.
-Two-stage detectors need inputs with at least num_queries memory tokens. After an ONNX export the graph is run in
-onnxruntime on the traced batch (and, with --dynamic, on another batch and image size) against vitkit eager; the
-largest differences are printed (--no-check skips this). Needs: pip install 'vitkit[export]'.
-
-Exit status: 0 exported, 1 exported but the check exceeded 1e-3, 2 usage error (missing or unsafe checkpoint, bad
-option, missing onnx / onnxruntime). A thin shell over vitkit.io.export.export_checkpoint.
-"""
+Without --dynamic the graph takes exactly --batch x --size (default: 1 x the longest preprocessed side, squared).
+Exit status: 0 exported, 1 exported but the check exceeded 1e-3, 2 usage error."""
 
 from __future__ import annotations
 

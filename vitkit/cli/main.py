@@ -1,17 +1,7 @@
 """The ``vitkit`` command (``[project.scripts]``): ``vitkit COMMAND [ARGS ...]``.
 
-Each command is the ``main(argv, prog)`` of a module of this package, which ``tools/<name>.py`` also runs; they
-take the same options either way. ``vitkit`` alone or ``vitkit --help`` lists the commands with examples, and
-``vitkit COMMAND --help`` gives a command's options and examples.
-
-The table below names each command's module as a string, and the registered tasks bring their folder commands
-(``detect``, ``caption``, ``describe``) as strings too (:func:`vitkit.tasks.verbs`, read without importing a task):
-only the dispatched command's module is imported (:func:`importlib.import_module`), so ``vitkit --help`` and
-``vitkit --version`` import no command and no torch.
-The command modules in turn build their parsers from light imports and load torch and the task packages after
-parsing, so ``vitkit COMMAND --help`` stays fast too (``train`` excepted: LightningCLI builds its parser from the
-classes). ``python -m benchmarks.cli_startup`` times both.
-"""
+Each command is the ``main(argv, prog)`` of a module imported only when dispatched, so ``vitkit --help`` and
+``vitkit --version`` import no torch."""
 
 from __future__ import annotations
 
@@ -34,9 +24,7 @@ class Command:
     Attributes:
         module: the module whose ``main(argv, prog) -> exit status`` runs it, imported only when it is dispatched.
         summary: one line for ``vitkit --help``.
-        relaunch: its ``main`` also takes ``launch_argv``, the command line that Lightning's DDP launcher re-runs
-            to start the other ranks (``train``).
-    """
+        relaunch: its ``main`` also takes ``launch_argv`` (the command line Lightning's DDP launcher re-runs)."""
 
     module: str
     summary: str
@@ -101,14 +89,10 @@ def help_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the subcommand named by the first argument.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
+    """Run the subcommand named by the first argument (``argv`` default ``sys.argv[1:]``).
 
     Returns:
-        The subcommand's exit status; 0 for ``--help`` and ``--version``, 2 for no or an unknown command.
-    """
+        The subcommand's exit status; 0 for ``--help`` and ``--version``, 2 for no or an unknown command."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
         print(help_text(), end="")

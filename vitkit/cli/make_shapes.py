@@ -28,15 +28,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    """Generate the set and print where its files are.
-
-    Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-        prog: the command, for usage and error messages.
-
-    Returns:
-        0.
-    """
+    """Generate the set and print where its files are; returns 0."""
     args = build_parser(prog).parse_args(argv)
     from vitkit.data.shapes import make_shapes  # heavy: imported after parsing so --help stays fast
 

@@ -3,13 +3,8 @@
 
     vitkit plot-pr --annotations GT.json --results RES.json --out pr.png [--backend pycocotools|faster]
 
-Runs COCOeval (bbox) on GT.json as given and plots its accumulated precision array: precision against recall at
-IoU 0.5 (left) and averaged over IoU 0.5:0.95 (right), one line per class (area all, 100 detections per image),
-each labelled with its AP. Classes without ground truth are left out.
-
-Exit status: 0 on success, 2 for bad input (a missing or malformed file, no detections), with a one-line error.
-A thin shell over vitkit.viz.coco_precision and vitkit.viz.plot_pr_curves.
-"""
+Plots precision against recall at IoU 0.5 (left) and averaged over IoU 0.5:0.95 (right), one line per class with
+ground truth, labelled with its AP. Exit status: 0 on success, 2 for bad input, with a one-line error."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The training CLI every task shares (:class:`TaskCLI`): run-folder defaults, the ``task`` key, one-paragraph config
-errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks. What differs between tasks (module and
-datamodule, best-checkpoint metric, links, the recorded network configs) comes from the task's descriptor
-(:class:`vitkit.training.task.Task`); :mod:`vitkit.cli.train` picks the registered task of a config and runs it.
-"""
+"""The training CLI every task shares (:class:`TaskCLI`); :mod:`vitkit.cli.train` picks the registered task of a
+config and runs it."""
 
 from __future__ import annotations
 
@@ -41,27 +38,19 @@ def _to_plain(obj: Any) -> Any:
 
 
 class TaskCLI(LightningCLI):
-    """The training CLI of one task: run-folder defaults under ``runs/<config name>/``, the ``task`` key,
-    one-paragraph config errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks, with the task's
-    module, datamodule, best-checkpoint metric and links, and the resolved network configs recorded in the model for
-    its checkpoints (all from the task's descriptor, :attr:`task`).
-    """
+    """The training CLI of one task (:attr:`task`): run folders under ``runs/<config name>/``, the ``task`` key,
+    one-paragraph config errors, safe checkpoint I/O, exact resume and the ``--ckpt_path`` checks."""
 
     def __init__(self, task: Task, model_class: type[L.LightningModule] | None = None,
                  datamodule_class: type[L.LightningDataModule] | None = None, *args: Any, run_name: str = "run",
                  launch_argv: list[str] | None = None, help_command: str = PROG, **kwargs: Any) -> None:
-        """Build the CLI (and, unless ``run=False``, run it).
+        """Build the CLI (and, unless ``run=False``, run it); other arguments are LightningCLI's.
 
         Args:
-            task: the task's descriptor (a registered one, :mod:`vitkit.tasks`).
             model_class, datamodule_class: default: the task's (``task.module_class``, ``task.datamodule_class``).
-            *args: LightningCLI's other positional arguments.
             run_name: the run folder's name under ``runs/`` (the config's name).
-            launch_argv: the command line that started this process; restored before fitting so that Lightning's
-                DDP launcher starts the other ranks with it.
-            help_command: the command named in error messages' ``--help`` hint.
-            **kwargs: LightningCLI's keyword arguments.
-        """
+            launch_argv: the command line that started this process, for Lightning's DDP launcher.
+            help_command: the command named in error messages' ``--help`` hint."""
         self.task = task
         self.run_name = run_name
         self.launch_argv = launch_argv
@@ -96,20 +85,14 @@ class TaskCLI(LightningCLI):
         self.task.add_links(parser)
 
     def network_config(self, key: str) -> dict[str, Any]:
-        """A network's resolved ``class_path`` / ``init_args`` as plain data (``init_args`` always present).
-
-        Args:
-            key: the model argument that takes it (one of the task's ``networks``).
-        """
+        """A network's resolved ``class_path`` / ``init_args`` (always present) as plain data; ``key``: one of
+        ``networks``."""
         config = _to_plain(self.config[self.subcommand]["model"][key])
         config.setdefault("init_args", {})
         return config
 
     def _parse_ckpt_path(self) -> None:
-        """LightningCLI reads ``--ckpt_path``'s hyper-parameters while parsing (``torch.load(weights_only=True)``) and
-        lets them override the config; ``--model.*`` options given on the command line still win (so
-        ``--ckpt_path CKPT --model.scst_start 0`` changes a resumed run). A refused or unreadable file gets
-        :func:`vitkit.utils.checkpoints.safe_load_checkpoint`'s message, not torch's."""
+        """Read ``--ckpt_path``'s hyper-parameters safely; command-line ``--model.*`` options still win."""
         subcommand = self.config.get("subcommand")
         explicit = {a[len("--model."):].split("=", 1)[0] for a in self.command_args if a.startswith("--model.")}
         given = {k: self.config[subcommand]["model"][k] for k in explicit} if subcommand else {}

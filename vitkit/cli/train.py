@@ -1,24 +1,8 @@
 """The training command: ``vitkit train CONFIG [--key.sub value ...] [--ckpt_path PATH|last]``.
 
-CONFIG is a YAML path or a shipped config's name (:func:`vitkit.cli.configs.resolve_config`). The task follows from
-the config (:func:`select_task`): a top-level ``task:`` key when it has one, else the network its ``model`` section
-names, ``model.detector`` (detection), ``model.captioner`` (captioning) or ``model.detector`` and ``model.text``
-(``describe``: detect, then caption each object): the registered tasks' descriptors (:mod:`vitkit.tasks`) say which
-networks each trains. The config runs in :class:`~vitkit.cli.task_cli.TaskCLI` with the task's descriptor, which
-adds its links: detection links the class count, names and category ids from the data into the model; captioning
-the tokenizer's vocabulary size, special ids and ``max_length``; describe does both, the tokenizer's values into the
-text decoder. The run folder is ``runs/<config name>/`` (CSV logs, ``config.yaml``, ``checkpoints/``; for
-captioning also ``tokenizer.json``), and each checkpoint carries the resolved model config (and the tokenizer) so
-that :func:`vitkit.load` rebuilds the model without the YAML.
-
-Reliability (issue 7): checkpoints are written atomically and read with ``weights_only=True`` only
-(:mod:`vitkit.training.checkpoint_io`); ``last.ckpt`` is also refreshed every ``checkpoint.last_every_n_train_steps``
-steps, and :class:`~vitkit.training.resume.ExactResume` makes ``--ckpt_path last`` continue the same run exactly, also
-from mid-epoch. Config and data mistakes (an unknown key, a wrong type, a missing data or image folder, malformed
-annotations, train and val categories that differ, a missing image with ``data.bad_images: fail``, a checkpoint that
-does not fit the data, ``--ckpt_path last`` with no ``last.ckpt`` to resume) end in one paragraph naming the key and
-the fix on stderr, exit status 2, no traceback.
-"""
+CONFIG is a YAML path or a shipped config's name. The run folder is ``runs/<config name>/`` (CSV logs,
+``config.yaml``, ``checkpoints/``, and ``tokenizer.json`` for captioning). Config and data mistakes end in one
+paragraph on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -59,20 +43,12 @@ def _named_tasks(model: Any, registered: tuple[Task, ...]) -> list[Task]:
 
 
 def select_task(config: Mapping[str, Any], source: str | Path = "CONFIG") -> Task:
-    """The registered task (:mod:`vitkit.tasks`) a run config trains: its descriptor, for :class:`TaskCLI`.
-
-    The task is the config's top-level ``task`` key when it has one (``detection``, ``captioning``, ``describe``);
-    otherwise the networks its ``model`` section configures (each task's ``networks``): ``model.detector`` trains
-    detection, ``model.captioner`` captioning, ``model.detector`` and ``model.text`` describe.
-
-    Args:
-        config: the config file's top level (:func:`vitkit.cli.configs.read_config`).
-        source: the file, for messages.
+    """The registered task a run config trains: its top-level ``task`` key, else the networks its ``model`` section
+    configures (``detector``: detection, ``captioner``: captioning, ``detector`` and ``text``: describe).
 
     Raises:
         ConfigError: an unknown ``task``, a ``model`` section that names no task's networks or two tasks', or one
-            that names another task's networks.
-    """
+            that names another task's networks."""
     registered = tasks()
     by_name = {task.name: task for task in registered}
     named = _named_tasks(config.get("model"), registered)
@@ -145,15 +121,12 @@ def main(argv: list[str] | None = None, prog: str = PROG, launch_argv: list[str]
     """Train: the first argument is the config (a path or a shipped name), then dotted overrides.
 
     Args:
-        argv: the arguments (default: ``sys.argv[1:]``).
-        prog: the command, for usage and error messages (``vitkit train``).
         launch_argv: the command line that started this process, for Lightning's DDP launcher (default:
             ``sys.argv``, or ``sys.argv[0]`` and ``argv`` when ``argv`` is given).
 
     Returns:
-        0 once training ends. Errors exit through SystemExit, as the argument parser's do: status 2 for a usage,
-        config, data or checkpoint error (one paragraph on stderr), 1 for a non-finite loss.
-    """
+        0 once training ends. Errors exit through SystemExit: status 2 for a usage, config, data or checkpoint error
+        (one paragraph on stderr), 1 for a non-finite loss."""
     if launch_argv is None:
         launch_argv = list(sys.argv) if argv is None else [sys.argv[0], *argv]
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -35,21 +35,16 @@ def _detection_cli(config: str | Path, overrides: Sequence[str], flag: str) -> T
 
 
 def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: Sequence[str] = ()) -> ValidationResult:
-    """Evaluate ``ckpt`` on the validation split of ``config``'s data.
-
-    Args:
-        config: a detection run config (its data, trainer and model settings).
-        ckpt: a checkpoint written by ``vitkit train``.
-        overrides: dotted ``--key.sub value`` arguments, as for training.
+    """Evaluate ``ckpt`` (written by ``vitkit train``) on the validation split of ``config``'s data, with dotted
+    ``overrides``.
 
     Returns:
-        (the ``CocoEvalResult``, the gathered COCO results, whether this process is global rank 0). Under DDP
-        every rank gets the same gathered result; only rank 0 should report it.
+        (the ``CocoEvalResult``, the gathered COCO results, whether this process is global rank 0); every DDP rank
+        gets the same gathered result.
 
     Raises:
         ConfigError: a config mistake, or weights that do not fit the model ``config`` builds.
-        CheckpointError: a checkpoint that cannot be loaded safely.
-    """
+        CheckpointError: a checkpoint that cannot be loaded safely."""
     cli = _detection_cli(config, overrides, "--ckpt")
     try:
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(ckpt), verbose=False)
@@ -62,23 +57,18 @@ def validate_checkpoint(config: str | Path, ckpt: str | Path, overrides: Sequenc
 
 
 def validate_weights(config: str | Path, weights: str | Path, overrides: Sequence[str] = ()) -> ValidationResult:
-    """Evaluate official DETR weights (:mod:`vitkit.detection.official_weights`) on the validation split of
-    ``config``'s data.
+    """Evaluate official DETR weights on the validation split of ``config``'s data (a DETR-R50 config).
 
     Args:
-        config: a DETR-R50 config such as ``detr_r50_coco``.
         weights: a facebookresearch/detr ``.pth``, or Hugging Face DETR ``model.safetensors`` / ``pytorch_model.bin``
-            or the folder holding one. The class head is narrowed to the data's category ids (the COCO release has
-            one logit per category id).
-        overrides: as :func:`validate_checkpoint`'s.
+            or the folder holding one; the class head is narrowed to the data's category ids.
 
     Returns:
         What :func:`validate_checkpoint` returns.
 
     Raises:
         ConfigError: no weights, not a DETR layout, classes the data lacks, or weights that do not fit.
-        CheckpointError: a file that cannot be loaded safely.
-    """
+        CheckpointError: a file that cannot be loaded safely."""
     try:
         state, info = read_detr_weights(weights)  # a refused or unreadable file: CheckpointError, as for --ckpt
     except CheckpointError:

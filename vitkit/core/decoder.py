@@ -1,12 +1,7 @@
 """TransformerDecoder: a stack of :class:`DecoderBlock` shared by detection and captioning.
 
-It returns every layer's output, each passed through the shared final norm (as DETR does for its auxiliary
-losses), or only the last when ``return_intermediate=False``. ``query_pos`` is added to q/k in every layer
-(DETR's object queries).
-
-A task can steer the stack layer by layer without knowing its loop: ``forward(..., hook=...)`` takes any object
-with the two methods of :class:`DecoderHook` (a detector's iterative box refinement is one). The decoder itself
-knows no task.
+Returns every layer's output through the shared final norm (or only the last with ``return_intermediate=False``);
+``query_pos`` is added to q/k in every layer. ``forward(..., hook=...)`` takes a :class:`DecoderHook`.
 """
 
 from __future__ import annotations
@@ -44,14 +39,11 @@ class TransformerDecoder(nn.Module):
 
     Args:
         dim: width D.
-        depth: number of blocks.
-        num_heads: attention heads.
-        mlp_dim: MLP hidden width (overrides ``mlp_ratio``).
-        mlp_ratio: MLP width multiple.
+        mlp_dim, mlp_ratio: MLP hidden width, or as a multiple of D (``mlp_dim`` wins).
         dropout, attn_drop, drop_path: regularisation (drop path grows linearly to ``drop_path``).
         norm_first: pre-norm (True) or post-norm (False, DETR).
         return_intermediate: return all layers' outputs (L, B, Q, D) instead of the last (B, Q, D).
-        act, norm_eps: block settings (MLP activation name, LayerNorm eps; the shared final norm's eps too).
+        act, norm_eps: MLP activation name, LayerNorm eps (the shared final norm's eps too).
     """
     def __init__(
         self,
@@ -94,7 +86,6 @@ class TransformerDecoder(nn.Module):
         tgt_key_padding_mask: Tensor | None = None,
         self_attn_mask: Tensor | None = None,
         is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
         caches: list[tuple[KVCache, KVCache]] | None = None,
         hook: DecoderHook | None = None,
         memory_groups: int = 1,
@@ -102,20 +93,17 @@ class TransformerDecoder(nn.Module):
         """Decode.
 
         Args:
-            tgt: (B, Q, D) initial states (zeros for DETR, token embeddings for captioning).
+            tgt: (B, Q, D) initial states.
             memory: (B, N, D) encoder tokens.
-            query_pos: (B|1, Q, D) query positions (DETR's learned object queries).
+            query_pos: (B|1, Q, D) query positions.
             memory_pos: (B|1, N, D) memory positions added to cross-attention keys.
             memory_key_padding_mask: (B, N) True = padding.
             tgt_key_padding_mask: (B, T) True = padding token (T includes cached tokens).
             self_attn_mask: bool mask for self-attention, True = masked out.
-            is_causal: causal self-attention.
-            rope: (sin, cos) for self-attention q/k.
             caches: from :meth:`init_cache`, for incremental decoding (tgt then holds only new tokens).
             hook: a :class:`DecoderHook` called before and after every layer (None: none).
             memory_groups: g > 1 = ``tgt`` has B = M*g rows, every g consecutive ones reading the same row of an
-                (M, N, D) ``memory`` (mask (M, N), positions (M|1, N, D)), whose keys and values are then projected
-                once per memory row (:meth:`~vitkit.layers.blocks.DecoderBlock.forward`).
+                (M, N, D) ``memory`` (mask (M, N), positions (M|1, N, D)).
 
         Returns:
             (L, B, Q, D) normalised outputs of every layer if ``return_intermediate``, else (B, Q, D).
@@ -131,7 +119,7 @@ class TransformerDecoder(nn.Module):
             per_layer = given if hook is None else {**given, **_checked(hook.before_layer(i, x))}
             x = layer(x, memory, memory_pos=memory_pos, tgt_key_padding_mask=tgt_key_padding_mask,
                       memory_key_padding_mask=memory_key_padding_mask, self_attn_mask=self_attn_mask,
-                      is_causal=is_causal, rope=rope, cache=cache, cross_cache=cross_cache, **per_layer)
+                      is_causal=is_causal, cache=cache, cross_cache=cross_cache, **per_layer)
             if self.return_intermediate or hook is not None:
                 out = self.norm(x)  # (B, Q, D)
                 if hook is not None:

@@ -1,14 +1,7 @@
-"""ViTEncoder: patch source + 2D positional encoding + encoder blocks + final norm.
+"""ViTEncoder: patch source + 2D positional encoding + encoder blocks + final norm (task-agnostic).
 
-Task-agnostic. ``forward(images, mask)`` returns an :class:`EncoderOutput` with prefix tokens (class,
-registers) first, then the patch tokens in row-major grid order, and a key padding mask covering both.
-``forward_features(images)`` returns just the (B, N, D) tokens, equal to timm's ``forward_features`` for
-weights loaded by :meth:`ViTEncoder.from_timm`.
-
-Positional encodings: ``pos_embed`` in {"learned", "sine", "rope"}; ``pos_mode`` "input" adds
-learned/sine encodings once to the patch tokens (ViT), "qk" adds them to q and k in every block (DETR).
-RoPE always acts inside attention. Padding-aware: an image's tokens over its real area do not depend on
-how much padding the batch adds (conv patch source).
+``pos_embed`` in {"learned", "sine", "rope"}; ``pos_mode`` "input" adds learned/sine once to the patch tokens,
+"qk" adds them to q and k in every block. Padding-aware: tokens over an image's real area do not depend on padding.
 """
 
 from __future__ import annotations
@@ -28,10 +21,10 @@ class EncoderOutput:
     """What the encoder hands to a decoder.
 
     Attributes:
-        tokens: (B, P + h*w, D), P prefix tokens first.
+        tokens: (B, P + h*w, D), P prefix tokens first, then patches in row-major order.
         mask: (B, P + h*w) bool key padding mask, True = padding (prefix tokens never are).
-        pos: (B, P + h*w, D) the per-block positions of a ``pos_mode="qk"`` encoder (prefix rows: the learned
-            prefix positions, else zeros), or None when positions were added at the input or are rotary.
+        pos: (B, P + h*w, D) per-block positions of a ``pos_mode="qk"`` encoder (prefix rows: learned prefix
+            positions, else zeros), or None when positions were added at the input or are rotary.
         grid: (h, w) patch grid.
         num_prefix: P.
         stem: with ``forward(..., return_stem=True)`` and a conv-stem patch source, its maps
@@ -49,31 +42,21 @@ class ViTEncoder(nn.Module):
     """Vision transformer encoder.
 
     Args:
-        patch_embed: a patch source module (``PatchEmbed``, ``BackbonePatchEmbed``, ...); None builds a conv
-            ``PatchEmbed`` from ``patch_size``/``in_chans``/``embed_dim``.
-        patch_size: conv patch side.
-        patch_bias: bias on the conv patchify (CLIP-style pre-norm towers have none).
+        patch_embed: a patch source module; None builds a conv ``PatchEmbed`` from
+            ``patch_size``/``in_chans``/``embed_dim``.
         stem_channels: optional conv stem for the built ``PatchEmbed`` (3x3 stride-2 conv-BN-ReLU layers).
-        stem_depths: stride-1 conv-BN-ReLU layers after each stem layer (``PatchEmbed``'s ``stem_depths``).
-        in_chans: image channels.
+        stem_depths: stride-1 conv-BN-ReLU layers after each stem layer.
         img_size: reference image size; sets the learned table's grid (img_size // patch_size).
         embed_dim: width D.
-        depth: number of blocks.
-        num_heads: attention heads.
         mlp_ratio: MLP width multiple (ignored when ``mlp_dim`` is set).
-        mlp_dim: MLP hidden width.
         pos_embed: "learned" | "sine" | "rope".
         pos_mode: "input" (add once) or "qk" (add to q/k in every block) for learned/sine encodings.
-        class_token: prepend a learned class token.
         reg_tokens: number of register tokens after the class token.
-        no_embed_class: prefix tokens get no learned position (timm's ``no_embed_class``).
-        pre_norm: LayerNorm on tokens before the blocks (timm's ``norm_pre``, CLIP-style).
+        no_embed_class: prefix tokens get no learned position.
+        pre_norm, final_norm: LayerNorm on tokens before / after the blocks.
         norm_first: pre-norm blocks (ViT) or post-norm (DETR).
-        final_norm: LayerNorm after the blocks.
         dropout, attn_drop, drop_path: regularisation; drop path grows linearly to ``drop_path``.
-        act: MLP activation name.
-        norm_eps: LayerNorm eps.
-        rope_base: :class:`RoPE2D`'s period base.
+        act, norm_eps, rope_base: MLP activation name, LayerNorm eps, :class:`RoPE2D`'s period base.
     """
     def __init__(
         self,
@@ -152,15 +135,12 @@ class ViTEncoder(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def forward(self, images: Tensor, mask: Tensor | None = None, return_stem: bool = False) -> EncoderOutput:
-        """Encode an image batch.
+        """Encode an image batch into an :class:`EncoderOutput` with tokens (B, P + h*w, D).
 
         Args:
             images: (B, C, H, W) normalised images, zero where padded.
             mask: optional (B, H, W) pixel padding mask, True = padding.
             return_stem: also return the conv stem's feature maps (``EncoderOutput.stem``), when there is one.
-
-        Returns:
-            :class:`EncoderOutput` with tokens (B, P + h*w, D).
         """
         stem = {}
         if return_stem and hasattr(self.patch_embed, "forward_with_stem"):
@@ -214,15 +194,13 @@ class ViTEncoder(nn.Module):
 class TimmViTEncoder(ViTEncoder):
     """A :class:`ViTEncoder` with the architecture (and optionally the pretrained weights) of a timm ViT.
 
-    For configs: ``class_path: vitkit.core.TimmViTEncoder`` with ``init_args: {model_name: vit_small_patch16_224,
-    pretrained_file: PATH}`` starts a detector or captioner from timm weights. The result is an ordinary
-    ViTEncoder (same forward, same state-dict keys), so checkpoints trained from it load into either class.
+    The result has ViTEncoder's forward and state-dict keys.
 
     Args:
         model_name: a timm ``VisionTransformer`` name, e.g. ``vit_small_patch16_224``.
-        pretrained: timm's default weights (download or cache; a failed download says how to continue offline).
+        pretrained: timm's default weights (download or cache).
         pretrained_file: a local ``.safetensors`` / ``.pth`` of that model's timm weights (offline).
-        timm_kwargs: more ``timm.create_model`` arguments (e.g. ``drop_path_rate``, ``img_size``).
+        timm_kwargs: more ``timm.create_model`` arguments.
     """
     def __init__(self, model_name: str = "vit_small_patch16_224", pretrained: bool = False,
                  pretrained_file: str | None = None, **timm_kwargs) -> None:

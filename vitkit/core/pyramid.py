@@ -1,14 +1,8 @@
-"""Extra memory levels for a single-scale ViT detector (ViTDet's simple feature pyramid).
+"""Extra memory levels for a single-scale ViT detector (a port of ViTDet's simple feature pyramid).
 
-A plain ViT hands the decoder one grid at stride s (16 here). :class:`FinerLevel` builds a grid at stride s/2 from
-it with a 2x2 transposed convolution, as ViTDet's simple pyramid does, and adds a 1x1 projection of the conv
-stem's map at that stride when the patch source has one (an FPN-style lateral: the stem still holds the
-fine edges and corners that tell small shapes apart). :class:`CoarserLevel` builds a stride-2s grid with a
-3x3 stride-2 convolution (ViTDet uses a max-pool or strided conv for its coarser levels). The decoder then
-cross-attends to all grids.
-
-Padding-aware: activations over padded cells are zeroed before each spatial mixing, and the norms act per
-token, so an image's tokens do not depend on how much padding its batch adds.
+:class:`FinerLevel` (stride s/2: 2x2 transposed conv, plus a 1x1 lateral from the conv stem when present, unlike
+ViTDet) and :class:`CoarserLevel` (stride 2s: 3x3 stride-2 conv). Padding-aware: padded cells are zeroed before
+each spatial mixing.
 """
 
 from __future__ import annotations
@@ -18,12 +12,8 @@ from torch import Tensor, nn
 
 
 class FinerLevel(nn.Module):
-    """Stride-s grid (B, h, w, D) -> stride-s/2 grid (B, 2h, 2w, D).
-
-    Args:
-        dim: token width D.
-        lateral_channels: channels of the stem map at stride s/2 (None: no lateral input).
-    """
+    """Stride-s grid (B, h, w, D) -> stride-s/2 grid (B, 2h, 2w, D); ``lateral_channels``: channels of the stem
+    map at stride s/2 (None: no lateral input)."""
     def __init__(self, dim: int, lateral_channels: int | None = None) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
@@ -33,15 +23,12 @@ class FinerLevel(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, tokens: Tensor, pad: Tensor, stem: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Upsample.
+        """Upsample to tokens (B, 2h, 2w, D) and their padding mask (B, 2h, 2w).
 
         Args:
             tokens: (B, h, w, D) the encoder's grid.
             pad: (B, h, w) its padding mask, True = padding.
             stem: optional (features (B, c, 2h, 2w) zero over padding, padding mask (B, 2h, 2w)) from the stem.
-
-        Returns:
-            tokens (B, 2h, 2w, D) and their padding mask (B, 2h, 2w).
         """
         x = tokens.masked_fill(pad[..., None], 0).permute(0, 3, 1, 2)  # (B, D, h, w)
         x = self.up(x)  # (B, D, 2h, 2w)
@@ -57,11 +44,7 @@ class FinerLevel(nn.Module):
 
 
 class CoarserLevel(nn.Module):
-    """Stride-s grid (B, h, w, D) -> stride-2s grid (B, ceil(h/2), ceil(w/2), D).
-
-    Args:
-        dim: token width D.
-    """
+    """Stride-s grid (B, h, w, D) -> stride-2s grid (B, ceil(h/2), ceil(w/2), D); ``dim`` is the token width D."""
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.down = nn.Conv2d(dim, dim, kernel_size=3, stride=2, padding=1)

@@ -1,10 +1,7 @@
 """timm ``VisionTransformer`` -> :class:`vitkit.core.ViTEncoder` (architecture and weights).
 
-vitkit's encoder uses timm's parameter names below the top level (``blocks.N.attn.qkv``, ``mlp.fc1``, ...), so
-the conversion renames only ``pos_embed`` and drops the classifier (``head``, ``fc_norm``). The families it
-converts are those the parity tests cover (ViT / DeiT / MAE, register tokens, CLIP's pre-norm, SigLIP's tanh
-GELU); features vitkit does not implement (layer scale, qk norm, q/k/v without bias, a patch norm, no position
-table) are refused with a message rather than approximated.
+Renames only ``pos_embed`` and drops the classifier (``head``, ``fc_norm``); unsupported timm features (layer
+scale, qk norm, q/k/v without bias, a patch norm, no position table) raise rather than being approximated.
 """
 
 from __future__ import annotations
@@ -34,15 +31,8 @@ def _require(cond: bool, what: str) -> None:
 
 
 def encoder_from_timm(cls: type, model: nn.Module):
-    """Build ``cls`` (ViTEncoder) with the architecture and weights of timm ``model``.
-
-    Args:
-        cls: the encoder class.
-        model: a timm ``VisionTransformer`` (e.g. ``vit_small_patch16_224``), any weights.
-
-    Returns:
-        An encoder in ``model``'s train/eval mode whose ``forward_features`` equals timm's.
-    """
+    """Build ``cls`` (ViTEncoder) with the architecture and weights of timm ``model`` (a ``VisionTransformer``),
+    in ``model``'s train/eval mode, whose ``forward_features`` equals timm's."""
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"from_timm expects a timm VisionTransformer, got {type(model).__name__}")
     blk = model.blocks[0]

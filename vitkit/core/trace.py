@@ -1,11 +1,5 @@
-"""What tracing an encoder for ONNX needs, for every task: padding to the patch size in the graph, a dummy batch
-with padding, and the refusal of encoders a trace would get wrong.
-
-The exporter is TorchScript's tracer, which records the branch each data-dependent ``if`` takes. The encoder
-short-circuits its attention mask (``mask if mask.any() else None``), so the dummy batch always holds padding
-(every mask branch records "use the mask"; an all-False mask at run time gives the same numbers as no mask), and
-images are padded to a multiple of the patch size by the task wrappers, in the graph, with sizes computed from the
-input shape (the patch embedding's own "pad if needed" branch is then never taken).
+"""ONNX tracing helpers shared by the tasks: in-graph padding to the patch size, a dummy batch with padding, and the
+refusal of encoders a trace would get wrong. The dummy batch always holds padding so traced mask branches are kept.
 """
 
 from __future__ import annotations
@@ -47,14 +41,8 @@ def pad_to_multiple(images: Tensor, mask: Tensor, multiple: int) -> tuple[Tensor
 
 
 def dummy_inputs(batch: int, height: int, width: int, stride: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """A random normalised batch whose last image has padding at the bottom and the right.
-
-    The padded strip is at least two tokens wide (``stride`` pixels per token), so every token-level mask of
-    the batch holds padding and the trace records the masked branches.
-
-    Returns:
-        images (B, 3, H, W) zero over padding, mask (B, H, W) True = padding.
-    """
+    """A random normalised batch: images (B, 3, H, W) zero over padding and mask (B, H, W) True = padding; the
+    last image has padding at least two tokens (``stride`` px each) wide at the bottom and right."""
     if min(height, width) < 3 * stride:
         raise ValueError(f"trace size {height}x{width} is too small: need at least {3 * stride} px per side "
                          f"(three tokens of {stride} px) to place padding in the dummy batch")

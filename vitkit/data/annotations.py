@@ -1,51 +1,7 @@
 """Reading and checking COCO annotation files (instances and captions): errors, sanitising, counted warnings.
 
-A malformed file either stops the run at construction with a ``ValueError`` that names the file, the entry (the
-annotation or image id, and its index when the id itself is missing) and the field, or is sanitised, with ONE
-:class:`AnnotationWarning` per kind that gives the count and the first ids. Nothing is dropped or changed silently.
-
-Instances files (:func:`check_instances`):
-
-====================================================  ===============================================================
-case                                                  rule
-====================================================  ===============================================================
-not JSON, not an object, no ``images`` /               error: the file is unusable
-``annotations`` / ``categories`` list
-an entry without a required field, or with the        error (images: ``id``, ``file_name``, ``width``, ``height``;
-wrong type (``bbox`` not 4 finite numbers, a          annotations: ``id``, ``image_id``, ``category_id``, ``bbox``;
-non-positive ``width``)                               categories: ``id``, ``name``)
-duplicate image, category or annotation ids           error: COCOeval indexes ground truth by annotation id, so with
-                                                      two annotations of one id it would evaluate one twice and the
-                                                      other never (a wrong AP); which one is meant cannot be guessed
-unknown ``category_id`` / ``image_id``                error: the class count comes from ``categories``; a box of an
-                                                      unknown class cannot get a label, and dropping it would train a
-                                                      model that never sees those objects (COCOeval ignores them)
-``bbox`` with zero or negative width or height        dropped from the targets (non-crowd), one counted warning
-``bbox`` partly outside its image                     clipped to the image, one counted warning (with the largest
-                                                      overflow in px, so a rounding overflow reads as one)
-``bbox`` entirely outside its image                   dropped, one counted warning
-no ``area``                                           one counted warning (training does not use it; evaluation
-                                                      gives such an annotation ``w * h`` of its box, with both
-                                                      backends: :func:`vitkit.eval.coco_eval.fill_missing_areas`)
-====================================================  ===============================================================
-
-Captions files (:func:`vitkit.data.caption_annotations.check_captions`): the same file-level errors (``images`` and
-``annotations`` needed); images need ``id`` and ``file_name``, annotations ``id``, ``image_id`` and ``caption`` (a
-string); duplicate ids and captions
-of images the file does not list are errors; blank captions are dropped with one counted warning (they would teach
-the model to stop at once); images left without a caption are left out with one warning.
-
-Image files missing on disk (:func:`find_missing_images`, used by the datasets) are found at construction, with one
-folder listing per directory: with ``bad_images="skip"`` the images are left out with one counted warning, with
-``"fail"`` the first one raises :class:`vitkit.data.images.ImageReadError` naming the file, the image id and the field.
-
-Sanitising and evaluation: COCOeval always runs on the original file (DESIGN.md, "numbers at the user boundary are
-honest"), so it sees the boxes as the file gives them. A dropped degenerate box stays a ground-truth box that no
-detection can match (IoU 0), a miss that caps recall; a clipped box is compared with detections as given (unclipped),
-which costs little when the overflow is a pixel and is visible in the warning when it is not. The warnings say so.
-Images left out (missing or unreadable files) are never predicted, and validation evaluates exactly the predicted
-image ids (``evaluate_coco(image_ids=...)``), so their ground truth is left out of AP instead of counted as missed.
-"""
+A malformed file either raises ``ValueError`` at construction (naming the file, the entry and the field) or is
+sanitised with ONE :class:`AnnotationWarning` per kind (count and first ids). Nothing is dropped silently."""
 
 from __future__ import annotations
 
@@ -85,17 +41,12 @@ def read_coco_json(path: str | os.PathLike, kind: str, keys: Sequence[str], hint
     """Parse a COCO annotation file and check its top-level lists.
 
     Args:
-        path: the JSON file.
         kind: "instances" or "caption", for the messages.
         keys: top-level keys that must hold lists.
         hint: text appended to a missing-key error (e.g. the expected layout).
 
-    Returns:
-        The parsed object.
-
     Raises:
-        ValueError: the file is not JSON (the message gives the position), not an object, or lacks one of ``keys``.
-    """
+        ValueError: the file is not JSON (the message gives the position), not an object, or lacks one of ``keys``."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -242,13 +193,10 @@ class Instances:
     Attributes:
         categories: (id, name) per category, sorted by id.
         images: image id -> (file_name, width, height) as the file gives them.
-        boxes: (M, 4) float32 xyxy pixels of the kept non-crowd annotations, clipped to their image, grouped by
-            image (file order within an image).
-        box_cat_ids: (M,) int64 category id of each kept box.
-        box_ann_ids: (M,) int64 annotation id of each kept box.
+        boxes: (M, 4) float32 xyxy px of the kept non-crowd boxes, clipped to their image, grouped by image.
+        box_cat_ids, box_ann_ids: (M,) int64 category / annotation id of each kept box.
         spans: image id -> (start, end) rows of ``boxes`` (absent = no kept box).
-        warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_instances`).
-    """
+        warnings: one message per sanitised kind."""
 
     categories: list[tuple[int, str]]
     images: dict[int, tuple[str, int, int]]
@@ -261,11 +209,10 @@ class Instances:
 
 def _sanitise_boxes(anns: list[dict[str, Any]], ann_ids: np.ndarray, image_of: np.ndarray, image_ids: np.ndarray,
                     images: dict[int, tuple[str, int, int]]) -> tuple[np.ndarray, tuple, dict[str, list], float]:
-    """Clip the non-crowd boxes to their images, vectorised (COCO train2017 has 860k annotations).
+    """Clip the non-crowd boxes to their images (vectorised).
 
     Returns the (N,) kept mask, the clipped corners (x0, y0, x1, y1) each (N,) px, the annotation ids per sanitised
-    kind, and the largest distance a clipped box reached past its image (px).
-    """
+    kind, and the largest distance a clipped box reached past its image (px)."""
     n = len(anns)
     xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)  # (N, 4) px
     crowd = np.fromiter((bool(a.get("iscrowd", 0)) for a in anns), bool, n)  # (N,)
@@ -289,21 +236,22 @@ def _sanitise_boxes(anns: list[dict[str, Any]], ann_ids: np.ndarray, image_of: n
 
 def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True,
                     data: dict[str, Any] | None = None) -> Instances:
-    """Read a COCO instances file, raise on what cannot be trained on, sanitise the rest (see the module docstring).
+    """Read a COCO instances file, raise on what cannot be trained on, sanitise the rest.
+
+    Errors: not a JSON object with ``images``/``annotations``/``categories`` lists; a missing or mistyped required
+    field (images: ``id``, ``file_name``, ``width`` > 0, ``height`` > 0; annotations: ``id``, ``image_id``,
+    ``category_id``, ``bbox`` of 4 finite numbers; categories: ``id``, ``name``); duplicate ids; unknown
+    ``category_id`` / ``image_id``. Sanitised (one counted warning each): boxes with width or height <= 0 or entirely
+    outside their image are dropped (non-crowd); boxes partly outside are clipped (the warning gives the largest
+    overflow in px); a missing ``area`` is only warned about. Evaluation always reads the original file.
 
     Args:
-        path: ``instances_*.json``.
         hint: appended to file-level errors (the expected layout).
         warn: issue the sanitising warnings (always also returned in ``Instances.warnings``).
-        data: the file already parsed by :func:`read_coco_json` (not changed), so a caller that reads other fields
-            of it parses it once; None reads ``path``.
-
-    Returns:
-        The checked :class:`Instances`.
+        data: the file already parsed by :func:`read_coco_json` (not changed); None reads ``path``.
 
     Raises:
-        ValueError: naming the file, the entry and the field of the first error (and how many entries share it).
-    """
+        ValueError: naming the file, the entry and the field of the first error (and how many entries share it)."""
     path = Path(path)
     if data is None:
         data = read_coco_json(path, "instances", ("images", "annotations", "categories"), hint)
@@ -366,18 +314,9 @@ def check_instances(path: str | os.PathLike, hint: str = "", warn: bool = True,
 
 
 def find_missing_images(folder: str | os.PathLike, file_names: Iterable[str]) -> set[str]:
-    """The file names (relative to ``folder``) that are not files on disk.
+    """The file names (relative to ``folder``, may hold subfolders) that are not files on disk.
 
-    One directory listing per distinct parent folder (fast for 100k files, also over network file systems); a name
-    the listing does not show is confirmed with ``os.path.isfile`` (case-insensitive file systems).
-
-    Args:
-        folder: the image folder.
-        file_names: names as the annotation file gives them (may hold subfolders).
-
-    Returns:
-        The names without a file.
-    """
+    One directory listing per distinct parent folder; a name the listing lacks is confirmed with ``os.path.isfile``."""
     folder = Path(folder)
     listings: dict[Path, set[str]] = {}
     missing = set()

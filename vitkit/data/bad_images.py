@@ -1,28 +1,8 @@
 """Unreadable images inside training and validation sets: skipped, counted and reported on the main process.
 
-A dataset built with ``bad_images="skip"`` (:class:`~vitkit.data.coco.CocoDetection`,
-:class:`~vitkit.data.coco_captions.CocoCaptions`) returns ``None`` for an item whose image cannot be decoded
-(:func:`vitkit.data.images.load_rgb` raised :class:`~vitkit.data.images.ImageReadError`) and records it in its
-:class:`BadImageLog`; with ``"fail"`` the error propagates. What happens to a ``None``:
-
-- **Training** wraps the dataset in :class:`SubstituteBad`: the item is replaced by the next readable one (index
-  ``i+1``, ``i+2``, ...). Batches keep their size and every DDP rank yields the same number of batches as before, so
-  no rank waits in an all-reduce for a batch that another rank dropped; one image is seen twice in that epoch.
-- **Validation** drops it: :class:`vitkit.data.collate.DropNone` batches the others and :class:`SkippingDataLoader`
-  leaves out a batch that came back empty (validation steps hold no collective call, so ranks may differ by a
-  batch). A substitute would duplicate an image's predictions and corrupt COCO AP; a dropped image is simply never
-  predicted, and validation evaluates exactly the predicted image ids, so COCO AP (and the caption metrics) are
-  computed over the readable images, with the unreadable one's ground truth left out rather than counted as a miss.
-
-Reporting: reads happen in DataLoader workers, whose counters the main process cannot see, so the log is a shared
-memory tensor with one byte per item (set by whichever process met the file; workers of every epoch and the main
-process see the same bytes). A file found unreadable is warned about once (:class:`BadImageWarning`, with its
-path and the running count): at once when the main process read it, else by :class:`SkippingDataLoader` on the main
-process after the batch that met it; at the end of a full pass (its last batch: Lightning stops after
-``len(loader)`` batches without exhausting the iterator) that met files not yet summed up, the loader adds one counted
-summary, which for validation says what the metrics cover. Known-bad items are not decoded again. Under DDP each rank
-has its own log and warns about the files of its share.
-"""
+With ``bad_images="skip"`` a dataset returns ``None`` for an unreadable item: training replaces it with the next
+readable one (:class:`SubstituteBad`), validation drops it (:class:`SkippingDataLoader`). Each bad file is warned
+about once (:class:`BadImageWarning`)."""
 
 from __future__ import annotations
 
@@ -72,12 +52,8 @@ def _reason_code(err: ImageReadError) -> int:
 
 
 class BadImageLog:
-    """Which items of a dataset were unreadable, shared across DataLoader workers (one byte per item).
-
-    Args:
-        size: number of items.
-        name: what the items are, for messages (e.g. the annotation file).
-    """
+    """Which of ``size`` items were unreadable, shared across DataLoader workers; ``name``: what the items are, for
+    messages."""
 
     def __init__(self, size: int, name: str) -> None:
         self.name = name
@@ -127,14 +103,10 @@ def find_wrapped(dataset: Any, match: Callable[[Any], bool]) -> Any:
 
 
 class SubstituteBad(Dataset):
-    """Training wrapper: an item whose image is unreadable (``None``) is replaced by the next readable item.
-
-    Args:
-        dataset: a dataset returning ``None`` for an unreadable item (``bad_images="skip"``).
+    """Training wrapper: an unreadable item (``None``) is replaced by the next readable item (index ``i+1``, ...).
 
     Raises (on access):
-        RuntimeError: no item of the dataset is readable.
-    """
+        RuntimeError: no item of the dataset is readable."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset

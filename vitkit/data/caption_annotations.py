@@ -1,5 +1,4 @@
-"""Checks of COCO captions files (the caption half of :mod:`vitkit.data.annotations`, whose module docstring says
-what is an error and what is sanitised): blank captions are dropped with one counted warning."""
+"""Checks of COCO captions files: :func:`check_captions`."""
 
 from __future__ import annotations
 
@@ -27,10 +26,8 @@ class Captions:
     Attributes:
         files: image id -> file name, for every image of the file.
         captions: image id -> its non-blank captions in file order (empty list for an image without one).
-        sizes: image id -> (width, height), for the images whose entry gives both as positive numbers (they are
-            optional in a captions file).
-        warnings: one message per sanitised kind (also issued as :class:`AnnotationWarning` by :func:`check_captions`).
-    """
+        sizes: image id -> (width, height), for the images whose entry gives both as positive numbers.
+        warnings: one message per sanitised kind."""
 
     files: dict[int, str]
     captions: dict[int, list[str]]
@@ -39,9 +36,12 @@ class Captions:
 
 
 def check_captions(path: str | os.PathLike, hint: str = "", warn: bool = True) -> Captions:
-    """Read a COCO captions file (``captions_*.json``), raise on what cannot be used, drop blank captions: the
-    contract of :func:`~vitkit.data.annotations.check_instances` (``hint``, ``warn`` and the ValueError naming the
-    file, the entry and the field), returning the checked :class:`Captions`."""
+    """Read a COCO captions file (``captions_*.json``), raise on what cannot be used, drop blank captions.
+
+    Images need ``id`` and ``file_name``, annotations ``id``, ``image_id`` and a string ``caption``; duplicate ids and
+    captions of unlisted images are errors; blank captions are dropped and images left without one left out, each with
+    one counted warning. ``hint``, ``warn`` and the ValueError as :func:`~vitkit.data.annotations.check_instances`.
+    Returns the checked :class:`Captions`."""
     path = Path(path)
     data = read_coco_json(path, "caption", ("images", "annotations"), hint)
     errors = Problems(path)

@@ -1,26 +1,4 @@
-"""COCO-layout detection dataset.
-
-Reads ``root/annotations/instances_{split}2017.json`` and ``root/{split}2017/``. Any dataset in that layout works:
-category ids need not be contiguous (they are sorted and mapped to labels 0..C-1, and ``num_classes`` is C, read
-from the file), images without annotations are kept with empty targets, and ``iscrowd=1`` regions are left out of
-the targets (COCOeval, run on the original file, treats them as ignore regions).
-
-The annotation file is checked once, at construction, by :func:`vitkit.data.annotations.check_instances`: what
-cannot be trained on is an error naming the file, the entry and the field (not JSON, missing keys or fields, unknown
-category or image ids, duplicate ids); degenerate boxes are dropped and boxes past their image clipped, each kind
-with one counted :class:`~vitkit.data.annotations.AnnotationWarning`. The rules, and what they mean for COCOeval
-(which always reads the original file), are in that module's docstring.
-
-Image files: a file missing on disk is found at construction; an unreadable one (corrupt, truncated, not an image)
-when its item is read. ``bad_images="fail"`` raises :class:`vitkit.data.images.ImageReadError` naming the file;
-``"skip"`` leaves a missing image out (one counted warning) and returns ``None`` for an unreadable one, recorded in
-``bad_image_log`` (see :mod:`vitkit.data.bad_images` for how training and validation loaders handle it).
-
-Each sample is decoded once by :func:`vitkit.data.images.load_rgb` (EXIF orientation applied unless the file's
-(w, h) says the annotations use the stored one, any mode to 8-bit RGB), wrapped as ``tv_tensors.Image`` with a
-target of ``tv_tensors.BoundingBoxes`` (XYXY pixels) + labels, passed through ``transforms`` and finally converted to
-the model contract by :func:`vitkit.data.transforms.to_model_target`.
-"""
+"""COCO-layout detection dataset (:class:`CocoDetection`)."""
 
 from __future__ import annotations
 
@@ -42,28 +20,27 @@ from vitkit.data.transforms import to_model_target
 class CocoDetection(CocoImageSet):
     """COCO-layout detection dataset returning model-ready targets.
 
+    Category ids are sorted and mapped to labels 0..C-1 (``num_classes`` = C); images without annotations keep empty
+    targets; ``iscrowd=1`` regions are left out of the targets. The file is checked by
+    :func:`vitkit.data.annotations.check_instances`.
+
     Args:
         root: dataset root holding ``{split}2017/`` and ``annotations/``.
-        split: "train" or "val" (any name ``NAME`` with ``NAME2017/`` and ``instances_NAME2017.json`` works).
-        transforms: a callable ``(image, target) -> (image, target)`` (e.g. a ``v2`` preset from
-            :mod:`vitkit.data.transforms`); ``target["boxes"]`` is ``BoundingBoxes`` in XYXY pixels.
-        ann_file: annotation file overriding ``root/annotations/instances_{split}2017.json``.
-        img_folder: image folder overriding ``root/{split}2017``.
+        split: any ``NAME`` with ``NAME2017/`` and ``instances_NAME2017.json``.
+        transforms: ``(image, target) -> (image, target)``; ``target["boxes"]`` is ``BoundingBoxes`` in XYXY px.
+        ann_file, img_folder: override ``root/annotations/instances_{split}2017.json`` and ``root/{split}2017``.
         bad_images: "fail" (raise :class:`~vitkit.data.images.ImageReadError` for a missing file at construction
             and for an unreadable one when read) or "skip" (leave missing files out with one counted warning;
             an unreadable item returns ``None`` and is recorded in ``bad_image_log``).
 
     Raises:
         FileNotFoundError: the annotation file or the image folder is missing (message gives the expected layout).
-        ValueError: the annotation file is malformed (see :func:`vitkit.data.annotations.check_instances`), or no
-            image is left.
+        ValueError: the annotation file is malformed, or no image is left.
         ImageReadError: with ``bad_images="fail"``, an image file is missing (naming the file, image id and field).
 
-    Each item is ``(image, target)``: ``image`` (3, H, W) ``tv_tensors.Image`` (uint8 without transforms, else
-    what the transforms make) and ``target`` with ``boxes`` (n, 4) float32 normalised cxcywh, ``labels`` (n,)
-    int64 in 0..C-1, ``image_id`` int, ``orig_size`` (2,) int64 [h, w] as decoded, ``size`` (2,) int64 [h, w]
-    after the transforms. With ``bad_images="skip"``, ``None`` for an unreadable image.
-    """
+    Each item is ``(image, target)``: ``image`` (3, H, W) ``tv_tensors.Image`` (uint8 without transforms) and
+    ``target`` with ``boxes`` (n, 4) float32 normalised cxcywh, ``labels`` (n,) int64 in 0..C-1, ``image_id`` int,
+    ``orig_size`` (2,) int64 [h, w] as decoded, ``size`` (2,) int64 [h, w] after the transforms."""
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transforms: Any = None,
                  ann_file: str | os.PathLike | None = None, img_folder: str | os.PathLike | None = None,

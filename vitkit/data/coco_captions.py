@@ -1,21 +1,4 @@
-"""COCO-layout captioning dataset.
-
-Reads ``root/annotations/captions_{split}2017.json`` and the images in ``root/{split}2017/``. Images are decoded
-once per access by :func:`vitkit.data.images.load_rgb` (EXIF orientation applied, any mode to 8-bit RGB) and
-wrapped as a uint8 ``tv_tensors.Image`` (3, H, W), as :class:`vitkit.data.coco.CocoDetection` does, then passed
-through ``transforms``.
-
-The caption file is checked at construction by :func:`vitkit.data.caption_annotations.check_captions` (errors name the
-file, the entry and the field; blank captions are dropped with one counted warning). An image file missing on disk
-is found at construction and an unreadable one when read; ``bad_images`` says what happens (see
-:class:`CocoCaptions` and :mod:`vitkit.data.bad_images`).
-
-Training items carry one reference caption drawn at random on every access (COCO has about 5 per image), so each
-epoch sees a different mix; with ``captions_per_item`` k > 1 they carry k of them (a random order of the image's
-references, cycled where it has fewer than k), so one pass of the image encoder serves k captions. The draw uses
-torch's global generator: ``torch.manual_seed`` / ``lightning.seed_everything`` make it reproducible, and DataLoader
-workers, which torch seeds one by one, draw different but reproducible captions.
-"""
+"""COCO-layout captioning dataset (:class:`CocoCaptions`)."""
 
 from __future__ import annotations
 
@@ -34,35 +17,27 @@ from vitkit.data.coco_images import CocoImageSet
 
 
 class CocoCaptions(CocoImageSet):
-    """COCO-layout captioning dataset.
+    """COCO-layout captioning dataset; training references are drawn with torch's global generator.
 
     Args:
         root: dataset root holding ``{split}2017/`` and ``annotations/``.
-        split: "train" or "val" (any ``NAME`` with ``NAME2017/`` and ``captions_NAME2017.json`` works).
-        train: training items (one random reference) or evaluation items (all references and the image id);
-            None = ``split == "train"``.
-        captions_per_item: references in a training item: 1 = one string, k > 1 = a tuple of k strings.
-        transforms: a callable on the (3, H, W) uint8 ``tv_tensors.Image`` (e.g. a torchvision ``v2`` pipeline).
-        ann_file: caption file overriding ``root/annotations/captions_{split}2017.json``.
-        img_folder: image folder overriding ``root/{split}2017``.
+        split: any ``NAME`` with ``NAME2017/`` and ``captions_NAME2017.json``.
+        train: training items (random references) or evaluation items (all references); None = ``split == "train"``.
+        captions_per_item: references in a training item: 1 = one string, k > 1 = a tuple of k strings (cycled
+            where the image has fewer).
+        transforms: a callable on the (3, H, W) uint8 ``tv_tensors.Image``.
+        ann_file, img_folder: override ``root/annotations/captions_{split}2017.json`` and ``root/{split}2017``.
         bad_images: "fail" (raise :class:`~vitkit.data.images.ImageReadError` for a missing file at construction
             and for an unreadable one when read) or "skip" (leave missing files out with one counted warning;
             an unreadable item returns ``None`` and is recorded in ``bad_image_log``).
 
     Raises:
         FileNotFoundError: the caption file or the image folder is missing (the message gives the layout).
-        ValueError: the caption file is malformed (see :func:`vitkit.data.caption_annotations.check_captions`: not JSON,
-            no ``images``/``annotations``, missing fields, duplicate ids, a caption for an image it does not
-            list); the message names the file, the entry and the field.
+        ValueError: the caption file is malformed; the message names the file, the entry and the field.
         ImageReadError: with ``bad_images="fail"``, an image file is missing (naming the file, image id and field).
 
-    Items: with ``train``, ``(image, caption, image_id)`` (``caption`` a tuple of ``captions_per_item`` strings when
-    that is > 1); else ``(image, references, image_id)``. ``image`` is what
-    ``transforms`` makes of the uint8 (3, H, W) image (unchanged without transforms), ``caption`` one raw
-    reference string, ``references`` all of the image's raw references (list of str), ``image_id`` the COCO id.
-    Images without any caption are left out (with a warning). With ``bad_images="skip"``, ``None`` for an
-    unreadable image.
-    """
+    Items: with ``train``, ``(image, caption, image_id)``; else ``(image, references, image_id)`` (list of str).
+    Images without any caption are left out (with a warning)."""
 
     kind, file_title = "captions", "COCO caption file"
 

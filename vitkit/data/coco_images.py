@@ -1,7 +1,5 @@
-"""What the COCO-layout datasets (:class:`~vitkit.data.coco.CocoDetection`,
-:class:`~vitkit.data.coco_captions.CocoCaptions`) share: locating the annotation file and image folder of a split,
-leaving out (or failing on) image files missing on disk, and reading one item's image under the ``bad_images``
-policy (:mod:`vitkit.data.bad_images`)."""
+"""What the COCO-layout datasets share (:class:`CocoImageSet`): locating a split's annotation file and image folder,
+missing image files, and reading an item's image under the ``bad_images`` policy."""
 
 from __future__ import annotations
 
@@ -87,10 +85,8 @@ class CocoImageSet(Dataset):
         raise NotImplementedError
 
     def aspect_ratios(self) -> list[float]:
-        """Width / height of every item, for batching alike-shaped images (:mod:`vitkit.data.sampling`): the
-        annotation file's ``width`` and ``height``, else the image file's header (no decode); 1.0 for a file that
-        cannot be opened (its item reports that when read). Read once: Lightning builds a fit's loaders more than
-        once (the step estimate, then the fit), and header reads of a large set add up."""
+        """Width / height of every item: the annotation file's sizes, else the image header; 1.0 for an unopenable
+        file."""
         ratios = self.__dict__.get("_aspect_ratios")
         if ratios is None:
             ratios = []

@@ -11,15 +11,13 @@ from torch import Tensor
 
 
 def pad_images(images: Sequence[Tensor], pad_to_multiple: int = 1) -> tuple[Tensor, Tensor]:
-    """Zero-pad (C, H_i, W_i) images at the bottom/right into one batch.
+    """Zero-pad B (C, H_i, W_i) images (same C, dtype, device) at the bottom/right into one batch.
 
     Args:
-        images: B tensors (C, H_i, W_i) sharing C, dtype and device.
         pad_to_multiple: round the batch's Hmax and Wmax up to a multiple of this (e.g. the patch size).
 
     Returns:
-        images (B, C, Hmax, Wmax), zeros where padded; mask (B, Hmax, Wmax) bool, True = padding.
-    """
+        images (B, C, Hmax, Wmax), zeros where padded; mask (B, Hmax, Wmax) bool, True = padding."""
     if not images:
         raise ValueError("cannot batch an empty list of images")
     if pad_to_multiple < 1:
@@ -50,19 +48,14 @@ def real_size(images: Tensor, mask: Tensor | None) -> Tensor:
 
 def rescale_batch(images: Tensor, mask: Tensor | None, scale: float,
                   pad_to_multiple: int = 1) -> tuple[Tensor, Tensor]:
-    """Resize every image of a padded batch by ``scale`` (its real region, antialiased bilinear) and pad them again.
-
-    Boxes normalised to their image (DETR targets, object-token labels) stay valid; pixel boxes would need scaling.
+    """Resize every image of a padded batch by ``scale`` > 0 (its real region, antialiased bilinear) and pad them again.
 
     Args:
         images: (B, C, H, W) zero-padded batch.
         mask: (B, H, W) True = padding, or None (no padding).
-        scale: the side factor, > 0 (0.5 = half the height and width).
-        pad_to_multiple: as :func:`pad_images`.
 
     Returns:
-        images (B, C, H', W') and mask (B, H', W'), each real side ``max(1, round(scale * side))``.
-    """
+        images (B, C, H', W') and mask (B, H', W'), each real side ``max(1, round(scale * side))``."""
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     sizes = real_size(images, mask).long().tolist()  # B x [w, h]
@@ -74,35 +67,20 @@ def rescale_batch(images: Tensor, mask: Tensor | None, scale: float,
 
 def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]]],
                       pad_to_multiple: int = 1) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
-    """Collate ``(image, target)`` samples for detection.
-
-    Use ``functools.partial(collate_detection, pad_to_multiple=32)`` for a DataLoader that pads to a multiple.
-
-    Args:
-        batch: B samples, each ``image`` (C, H_i, W_i) and a target dict (kept as is).
-        pad_to_multiple: round the padded height and width up to a multiple of this.
+    """Collate B ``(image (C, H_i, W_i), target dict)`` samples for detection, padding to ``pad_to_multiple``.
 
     Returns:
         images (B, C, Hmax, Wmax) zero-padded bottom/right; mask (B, Hmax, Wmax) bool, True = padding;
-        targets, the list of B target dicts.
-    """
+        targets, the list of B target dicts (as given)."""
     images, mask = pad_images([sample[0] for sample in batch], pad_to_multiple=pad_to_multiple)
     return images, mask, [sample[1] for sample in batch]
 
 
 class DropNone:
-    """Wrap a collate function so that ``None`` samples (unreadable images skipped by a dataset) are left out.
-
-    A picklable object (DataLoader workers run it). Used for validation, where a replacement image would
-    duplicate predictions; see :mod:`vitkit.data.bad_images`.
-
-    Args:
-        collate_fn: the collate function for the remaining samples.
+    """Picklable wrapper of ``collate_fn`` that leaves ``None`` samples (unreadable images) out.
 
     Returns (when called on a list of samples):
-        ``collate_fn`` of the non-None samples, or None when every sample is None
-        (:class:`~vitkit.data.bad_images.SkippingDataLoader` leaves such batches out).
-    """
+        ``collate_fn`` of the non-None samples, or None when every sample is None."""
 
     def __init__(self, collate_fn: Callable[[list[Any]], Any]) -> None:
         self.collate_fn = collate_fn

@@ -1,17 +1,8 @@
 """Folders of images for inference tools: listing, a Dataset that never stops on a bad file, batching, image ids.
 
-Files are decoded by :func:`vitkit.data.images.load_rgb` (the one image reader: first frame, EXIF orientation
-applied, 16-bit and float data scaled rather than clipped, transparency composited over white), which raises
-:class:`~vitkit.data.images.ImageReadError` naming the file. :class:`ImageFolder` turns that error into a record,
-so one unreadable file costs one output line, and :func:`collate_folder` batches the readable ones with a padding
-mask.
-
-The folder runner (:mod:`vitkit.data.folder_runner`, behind ``vitkit detect``, ``caption`` and ``describe``) is
-built from the rest: :func:`folder_batches` (a DataLoader yielding ``(files, good, errors)`` per batch in listing
-order), :func:`run_isolated` (a batch that fails is retried image by image, so one image costs only its own
-record), :func:`resolve_device`, :func:`progress_bar`, and :func:`folder_image_ids` (the COCO image id of each
-listed file: an annotation file's, else the files numbered in listing order).
-"""
+An unreadable file becomes an error record (:class:`ImageFolder`); :func:`collate_folder` batches the readable
+images with a padding mask; :func:`folder_batches`, :func:`run_isolated` and :func:`folder_image_ids` serve
+:mod:`vitkit.data.folder_runner`."""
 
 from __future__ import annotations
 
@@ -42,16 +33,14 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     """Image files under ``folder``, by extension (:data:`IMAGE_EXTENSIONS`, any letter case).
 
     Args:
-        folder: the folder to scan.
         recursive: also scan subfolders (symbolic links to folders are not followed).
 
     Returns:
-        Paths relative to ``folder``, sorted by their POSIX string (the same order on every OS and run).
+        Paths relative to ``folder``, sorted by their POSIX string.
 
     Raises:
         FileNotFoundError: ``folder`` does not exist.
-        NotADirectoryError: ``folder`` is a file.
-    """
+        NotADirectoryError: ``folder`` is a file."""
     root = Path(folder)
     if not root.exists():
         raise FileNotFoundError(f"image folder not found: {root}")
@@ -70,17 +59,12 @@ class ImageFolder(Dataset):
     """The images of a folder for inference; an unreadable file becomes an error record, not an exception.
 
     Args:
-        folder: folder to read (see :func:`list_images`).
-        transform: callable from an RGB PIL image to a (3, H, W) tensor; default: uint8 tensor of the pixels.
-        recursive: include subfolders.
+        transform: RGB PIL image -> (3, H, W) tensor; default: uint8 tensor of the pixels.
         size_hints: {file (relative POSIX path): (width, height)} passed to
-            :func:`~vitkit.data.images.load_rgb` as ``size_hint``
-            (an annotation file's sizes, so an image is decoded in the orientation its boxes refer to).
+            :func:`~vitkit.data.images.load_rgb` as ``size_hint``.
 
-    Each item is a dict: ``file`` (path relative to ``folder``, POSIX), ``image`` ((3, H, W) tensor from
-    ``transform``, or None), ``size`` ((h, w) of the upright decoded image before ``transform``, or None) and
-    ``error`` (None, or why the file could not be used: unreadable, or ``transform`` failed).
-    """
+    Each item is a dict: ``file`` (relative POSIX path), ``image`` ((3, H, W) tensor, or None), ``size`` ((h, w) of
+    the upright decoded image before ``transform``, or None) and ``error`` (None, or why the file could not be used)."""
     def __init__(self, folder: str | os.PathLike, transform: Callable[[Image.Image], Tensor] | None = None,
                  recursive: bool = True, size_hints: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.root = Path(folder)
@@ -114,18 +98,13 @@ def collate_folder(batch: Sequence[dict[str, Any]],
                    pad_to_multiple: int = 1) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Collate :class:`ImageFolder` records: batch the readable images, pass the error records through.
 
-    Use ``functools.partial(collate_folder, pad_to_multiple=16)`` for a DataLoader that pads to a multiple.
-
     Args:
-        batch: records from :class:`ImageFolder`.
         pad_to_multiple: round the padded height and width up to a multiple of this.
 
     Returns:
-        ``(good, errors)``. ``good`` is None when no record in the batch is readable, else a dict: ``images``
-        (B, 3, Hmax, Wmax) zero-padded bottom/right, ``mask`` (B, Hmax, Wmax) bool with True = padding,
-        ``files`` (B names), ``sizes`` (B (h, w) decoded sizes). ``errors`` are the records with an error,
-        in batch order.
-    """
+        ``(good, errors)``. ``good`` is None when no record is readable, else a dict: ``images`` (B, 3, Hmax, Wmax)
+        zero-padded bottom/right, ``mask`` (B, Hmax, Wmax) bool, True = padding, ``files`` (B names), ``sizes``
+        (B decoded (h, w)). ``errors``: the records with an error, in batch order."""
     good = [r for r in batch if r["error"] is None]
     errors = [r for r in batch if r["error"] is not None]
     if not good:
@@ -197,14 +176,10 @@ def overwrite_error(flag: str, out_dir: str | os.PathLike | None, folder: str | 
 
 def folder_batches(dataset: ImageFolder, indices: Sequence[int] | None = None, batch_size: int = 8,
                    num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` (or the items ``indices``) in listing order.
-
-    Each batch is ``(files, good, errors)``: the batch's files in order, :func:`collate_folder`'s batch of the
-    readable images (None when none is) and the error records.
+    """A DataLoader over ``dataset`` (or the items ``indices``) in listing order, yielding ``(files, good, errors)``.
 
     Raises:
-        ValueError: a batch size below 1 or a negative worker count.
-    """
+        ValueError: a batch size below 1 or a negative worker count."""
     check_loader_options(batch_size, num_workers)
     data = dataset if indices is None else Subset(dataset, list(indices))
     return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -219,19 +194,14 @@ def unpadded(images: Tensor, mask: Tensor, i: int) -> tuple[Tensor, Tensor]:
 
 
 def run_isolated(fn: Callable[[dict[str, Any]], list[Any]], good: dict[str, Any], what: str) -> dict[str, Any]:
-    """Run ``fn(batch)`` on a batch from :func:`collate_folder`; if it raises (e.g. out of memory), run it on each
-    image alone, so one image the model cannot handle costs only its own result.
+    """Run ``fn(batch)`` on a :func:`collate_folder` batch; if it raises, run it on each image alone.
 
     Args:
-        fn: maps a batch (``images`` (B, 3, H, W), ``mask`` (B, H, W), ``files`` and ``sizes``: B names and decoded
-            (h, w)) to B results.
-        good: the ``good`` batch of :func:`collate_folder`.
+        fn: maps a batch (``images`` (B, 3, H, W), ``mask`` (B, H, W), ``files``, ``sizes``) to B results.
         what: the step's name for error messages (e.g. "detecting").
 
     Returns:
-        {file: result}, or {file: ``"<what> failed: <error>"`` (a str)} for an image that failed alone; check
-        with :func:`isinstance` against the result type.
-    """
+        {file: result}, or {file: ``"<what> failed: <error>"`` (a str)} for an image that failed alone."""
     files = good["files"]
     try:
         return dict(zip(files, fn(good), strict=True))
@@ -282,15 +252,13 @@ def folder_image_ids(files: Sequence[str], annotations: str | os.PathLike | None
                      ) -> tuple[dict[str, int], dict[str, tuple[int, int]], set[int] | None]:
     """The COCO image id of each listed file (relative POSIX paths, listing order).
 
-    With ``annotations`` (a COCO instances file of the folder's split): its ids for the files it lists (its
-    ``file_name``s matched by :func:`match_files`), their (width, height) (``size_hints`` of :class:`ImageFolder`)
-    and the file's category ids. Without: the files numbered 1, 2, ... in listing order, unreadable ones included
-    (so a file's id does not depend on which other files could be read), no sizes, and None.
+    With ``annotations`` (a COCO instances file): its ids for the files it lists, their (width, height) and the
+    file's category ids. Without: the files numbered 1, 2, ... in listing order (unreadable ones included), no sizes,
+    and None.
 
     Raises:
         FileNotFoundError: no annotation file.
-        ValueError: not JSON, or no ``images`` list of entries with ``id`` and ``file_name``.
-    """
+        ValueError: not JSON, or no ``images`` list of entries with ``id`` and ``file_name``."""
     if annotations is None:
         return {f: i for i, f in enumerate(files, start=1)}, {}, None
     data = read_json(annotations, "annotation file")

@@ -1,21 +1,7 @@
 """One runner for the folder commands (``vitkit detect``, ``caption``, ``describe``): list, batch, read, run, write,
-resume, summarise. A task supplies what differs, a :class:`FolderTask` and a :class:`FolderOutput`; :func:`run_folder`
-does the rest.
-
-- **Files**: the images of an :class:`~vitkit.data.folder.ImageFolder` in listing order, decoded and preprocessed in
-  DataLoader workers (:func:`~vitkit.data.folder.folder_batches`). An unreadable file becomes a failure with its
-  reason and the run goes on.
-- **Records**: dicts with a ``"file"`` (the path relative to the folder, POSIX). ``FolderTask.predict`` maps a
-  batch to one record per image; if it raises (e.g. out of memory), each image is run alone
-  (:func:`~vitkit.data.folder.run_isolated`), so one image costs only its own record. A failure is
-  ``{"file", "error"}``, plus ``"size"`` (the decoded (h, w)) when the image was read; ``FolderTask.draw`` failing
-  on a record makes it one.
-- **Output**: ``FolderOutput.open`` says which images are still to do (resuming) and which fail without a run;
-  ``write`` takes each batch's records in listing order, failures included; ``close`` ends the run (not called when
-  the run is interrupted). :class:`RecordFile` is the resumable one-record-per-line file (JSON Lines here), also
-  the :func:`failure_log` kept beside an output.
-- **Summary**: one :class:`FolderSummary` for every task, with one :meth:`FolderSummary.line`.
-"""
+resume, summarise. A task supplies a :class:`FolderTask` and a :class:`FolderOutput`; :func:`run_folder` does the
+rest. Records are dicts with a ``"file"`` (POSIX path relative to the folder); a failure is ``{"file", "error"}``,
+plus ``"size"`` (decoded (h, w)) when the image was read."""
 
 from __future__ import annotations
 
@@ -40,13 +26,10 @@ class FolderTask:
     Attributes:
         verb: the summary's first word ("detected").
         step: the progress bar's label; also names a failed model call ("detecting failed: RuntimeError: ...").
-        predict: a batch (``images`` (B, 3, H, W), ``mask`` (B, H, W) True = padding, ``files`` and ``sizes``: B
-            names and decoded (h, w)) -> B records in order; a record with an ``"error"`` is a failure.
-        draw: draws a finished record's picture; returns None, or why drawing failed (the record becomes a
-            failure). None: nothing is drawn.
-        items: (record key, name): the summary counts ``len(record[key])`` over the finished records and shows it
-            as ``(N name)``; None: no count.
-    """
+        predict: a batch (``images`` (B, 3, H, W), ``mask`` (B, H, W) True = padding, ``files``, ``sizes`` (h, w))
+            -> B records in order; a record with an ``"error"`` is a failure.
+        draw: draws a finished record's picture; returns None or why drawing failed. None: nothing is drawn.
+        items: (record key, name): the summary shows ``(N name)``, N = sum of ``len(record[key])``; None: no count."""
     verb: str
     step: str
     predict: Callable[[dict[str, Any]], list[Record]]
@@ -55,12 +38,7 @@ class FolderTask:
 
 
 class FolderOutput:
-    """How a run's records are written. This base is not resumable (every image is run); subclasses write.
-
-    Args:
-        path: the output (a file, or a folder of files) the summary names.
-        failures_file: the file listing the failures (default: ``path``).
-    """
+    """How a run's records are written; this base is not resumable. ``failures_file`` defaults to ``path``."""
     resumable = False  # whether a re-run skips the images done before (the summary then counts them as skipped)
 
     def __init__(self, path: str | os.PathLike, failures_file: str | os.PathLike | None = None) -> None:
@@ -71,9 +49,7 @@ class FolderOutput:
         """Prepare a run over ``files`` (``overwrite``: start afresh instead of resuming).
 
         Returns:
-            The indices into ``files`` to run, in listing order, and {file: reason} of files that fail without a
-            run (recorded by the output itself); the rest are skipped as done.
-        """
+            The indices into ``files`` to run, in listing order, and {file: reason} of files that fail without a run."""
         return list(range(len(files))), {}
 
     def write(self, records: list[Record]) -> None:
@@ -89,14 +65,10 @@ class FolderSummary:
     """What a :func:`run_folder` run did.
 
     Attributes:
-        verb: the line's first word; resumable: the line counts skipped images; item_name: what ``items`` counts
-            ("" = not shown).
-        done: images finished in this run; failed: images that failed in this run (``len(failures)``); skipped:
-            listed images already done in the output (not redone); items: items (boxes, regions) written.
-        seconds: wall time; out: the output; failures_file: the file that lists the failures.
-        failures: (file, reason) of each failed image, in listing order.
-        warnings: things the user should know (e.g. category ids an annotation file does not have).
-    """
+        done, failed, skipped: images finished / failed in this run / already done in the output.
+        items: items (boxes, regions) written; item_name: what they are ("" = not shown).
+        seconds: wall time. failures: (file, reason) per failed image, in listing order.
+        warnings: things the user should know."""
     verb: str
     resumable: bool = False
     item_name: str = ""
@@ -154,22 +126,19 @@ def _run_batch(task: FolderTask, good: dict[str, Any]) -> dict[str, Record]:
 def run_folder(task: FolderTask, dataset: ImageFolder, output: FolderOutput, *, batch_size: int = 8,
                num_workers: int = 0, overwrite: bool = False, progress: bool = False, pin_memory: bool = False,
                warnings: Sequence[str] = ()) -> FolderSummary:
-    """Run ``task`` over the images of ``dataset`` into ``output`` (see the module docstring).
+    """Run ``task`` over the images of ``dataset`` into ``output``; a batch that raises is rerun image by image.
 
     Args:
-        task: what becomes of each batch. dataset: the folder, with the task's preprocessing as its transform.
-        output: where the records go; opened (resumed) before the first batch, closed after the last.
-        batch_size: images per model call. num_workers: DataLoader workers decoding images (0 = this process).
+        output: opened (resumed) before the first batch, closed after the last (not when interrupted).
+        num_workers: DataLoader workers decoding images (0 = this process).
         overwrite: start the output afresh instead of resuming. progress: a progress bar on stderr.
-        pin_memory: pin batches (for a CUDA model). warnings: carried into the summary.
 
     Returns:
         A :class:`FolderSummary`.
 
     Raises:
         ValueError: a batch size below 1 or a negative worker count (before the output is touched), or as
-            ``output.open``.
-    """
+            ``output.open``."""
     start = time.perf_counter()
     check_loader_options(batch_size, num_workers)  # before the output is touched
     files = [p.as_posix() for p in dataset.files]
@@ -217,28 +186,21 @@ def _jsonl(records: Sequence[Record]) -> bytes:
 
 
 class RecordFile(FolderOutput):
-    """A resumable output file of one record per line: JSON Lines here; a subclass may set :attr:`header` and
-    change :meth:`parse` and :meth:`format` (CSV).
+    """A resumable output file of one JSON record per line (a subclass may set :attr:`header`, :meth:`parse`,
+    :meth:`format`).
 
-    - Resuming: the earlier records are read first. Images with a done record are skipped; the others are redone:
-      their error records are removed (the file is rewritten atomically) and the new outcome appended, so every
-      image has at most one record. A partly written last line (a killed run) is dropped. Records of files that
-      are no longer listed are kept.
-    - Records are appended and flushed batch by batch, so a killed run loses at most the batch in flight.
-    - Failures are written as ``{"file", "error"}`` records, or, with ``failures``, into that :func:`failure_log`
-      instead (the file then holds only finished records).
+    Resuming skips images with a done record and redoes the others (their error records are removed, the file
+    rewritten atomically), so each image has at most one record; a partial last line is dropped. Records are appended
+    and flushed per batch. Failures go in as ``{"file", "error"}`` records, or into the ``failures`` log if given.
 
     Args:
-        path: the file (created with its parent folders).
         is_done: whether an earlier record is finished (its image is skipped).
-        what: the kind of record named in errors ("caption": "line 3 is not a caption record").
+        what: the kind of record named in errors ("caption").
         example: a file name suggested when ``path`` is a folder.
-        failures: the failure log's path, or None.
         keep_empty: keep (create) the file when it holds no record; False: remove it then.
 
     Raises:
-        ValueError: ``path`` is a folder.
-    """
+        ValueError: ``path`` is a folder."""
     resumable = True
     header = ""  # the file's first line (CSV column names), "" for none
 
@@ -249,12 +211,10 @@ class RecordFile(FolderOutput):
         self.log = failure_log(failures) if failures is not None else None
 
     def parse(self, text: str) -> tuple[list[Record], bool]:
-        """The records (JSON objects with a string ``"file"``) of the file's text, and whether the file needs
-        rewriting (its last line is unterminated: dropped when partial, kept when it is a whole record).
+        """The records (JSON objects with a string ``"file"``) of the text, and whether the file needs rewriting.
 
         Raises:
-            ValueError: a line other than the last is not a record.
-        """
+            ValueError: a line other than the last is not a record."""
         lines = text.split("\n")
         tail = lines.pop()  # "" when the file ends with a newline
         records, partial = [], False
@@ -279,12 +239,10 @@ class RecordFile(FolderOutput):
         return _jsonl([{"file": r["file"], "error": r["error"]} if "error" in r else r for r in records])
 
     def open(self, files: list[str], overwrite: bool) -> tuple[list[int], dict[str, str]]:
-        """Read the earlier records (none with ``overwrite``); drop the error records of the files to redo,
-        repeated successes and a partial last line (the file rewritten atomically); create the file if missing.
+        """Read the earlier records (none with ``overwrite``), drop stale error records and a partial last line.
 
         Returns:
-            The indices into ``files`` not done in the file, in listing order, and no rejected files.
-        """
+            The indices into ``files`` not done in the file, in listing order, and no rejected files."""
         previous, partial = ([], False) if overwrite or not self.path.is_file() else \
             self.parse(self.path.read_bytes().decode("utf-8", "surrogateescape"))
         done = {r["file"] for r in previous if self.is_done(r)}
@@ -319,8 +277,6 @@ class RecordFile(FolderOutput):
 
 
 def failure_log(path: str | os.PathLike) -> RecordFile:
-    """The ``{"file", "error"}`` lines of the images that failed and are not done yet, beside an output
-    (``captions_errors.jsonl``, ``regions.errors.jsonl``): a :class:`RecordFile` in which no record is done, so a run
-    drops the records of the images it lists (they are skipped as done or retried), keeps those of images it does
-    not list, appends its failures batch by batch, and removes the file when it holds no record."""
+    """The ``{"file", "error"}`` log of failed, not yet done images beside an output: a :class:`RecordFile` in which no
+    record is done, removed when empty."""
     return RecordFile(path, lambda record: False, "failure", Path(path).name, keep_empty=False)

@@ -1,11 +1,5 @@
-"""The one image reader: any file Pillow can read -> an upright 8-bit RGB image, or an error naming the file.
-
-Every path that turns a file into pixels goes through :func:`load_rgb`: the datasets
-(:class:`~vitkit.data.coco.CocoDetection`, :class:`~vitkit.data.coco_captions.CocoCaptions`), the folder tools
-(:class:`~vitkit.data.folder.ImageFolder`), the predictors (``vitkit.load(ckpt).predict(path)`` and
-``.caption(path)``) and the pictures. :func:`to_rgb` holds the mode rules on their own, for images already in
-memory, so a PIL image handed to a predictor becomes the same pixels as the file it came from.
-"""
+"""The one image reader: any file Pillow can read -> an upright 8-bit RGB image (:func:`load_rgb`), or an
+:class:`ImageReadError` naming the file; :func:`to_rgb` applies the same mode rules to images in memory."""
 
 from __future__ import annotations
 
@@ -20,12 +14,8 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 class ImageReadError(OSError):
-    """An image file could not be read or decoded.
-
-    Attributes:
-        path: the file.
-        reason: what went wrong (the underlying error's type and message).
-    """
+    """An image file could not be read or decoded; ``path`` is the file, ``reason`` the underlying error's type
+    and message."""
     def __init__(self, path: str | os.PathLike, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
@@ -36,14 +26,7 @@ class ImageReadError(OSError):
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB (the mode rules of :func:`load_rgb`; an RGB image is returned as is).
-
-    Args:
-        img: a PIL image in any mode.
-
-    Returns:
-        The image in mode RGB.
-    """
+    """Any Pillow mode -> 8-bit RGB (the mode rules of :func:`load_rgb`; an RGB image is returned as is)."""
     if img.mode == "RGB":
         return img
     if img.mode in _SIXTEEN_BIT_MODES:
@@ -72,30 +55,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike, size_hint: tuple[int, int] | None = None) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB image.
+    """Open an image file as an upright 8-bit RGB image, decoded now (a truncated or corrupt file fails here).
 
-    - Multi-frame files (GIF, TIFF, WebP animations): the first frame.
-    - EXIF orientation is applied (a photo taken in portrait loads in portrait); a broken EXIF block is ignored.
-      With ``size_hint``, the stored orientation is kept when it has that (width, height) and the rotated one does
-      not (some COCO files annotate images in stored pixel order).
-    - Modes: L, P, 1, CMYK, YCbCr convert as Pillow does; transparency (LA, RGBA, P with a transparent colour)
-      is composited over white; 16-bit data (``I;16*``) is scaled by 255/65535 (65535 -> 255, 32768 -> 128)
-      instead of being clipped at 255; ``I`` (32-bit) is taken as 8-bit data if it lies in [0, 255], as 16-bit
-      if in [0, 65535], else stretched min-max; ``F`` is scaled by 255 if it lies in [0, 1], else clipped.
-    - The pixels are decoded here (``load()``), so truncated and corrupt files fail now, not later. (Pillow's
-      global ``ImageFile.LOAD_TRUNCATED_IMAGES = True``, if something sets it, makes truncated files load.)
-
-    Args:
-        path: the image file.
-        size_hint: (width, height) the caller's annotations use, or None.
+    The first frame of multi-frame files; EXIF orientation applied (a broken EXIF block is ignored), except that the
+    stored orientation is kept when it matches ``size_hint`` (width, height) and the rotated one does not.
+    Transparency is composited over white; 16-bit data is scaled by 255/65535; ``I`` (32-bit) is taken as 8-bit if in
+    [0, 255], as 16-bit if in [0, 65535], else stretched min-max; ``F`` is scaled by 255 if in [0, 1], else clipped.
 
     Returns:
         A PIL image in mode RGB, independent of the file (which is closed).
 
     Raises:
         ImageReadError: the file is missing, unreadable, not an image, corrupt or truncated, or in a mode that
-            cannot become RGB; ``reason`` gives the underlying error.
-    """
+            cannot become RGB; ``reason`` gives the underlying error."""
     try:
         with Image.open(path) as im:
             im.seek(0)

@@ -1,12 +1,4 @@
-"""Batches of images with similar shapes: less padding, so less compute per batch.
-
-A batch is padded to its largest height and its largest width (:func:`vitkit.data.collate.pad_images`). Images of
-mixed orientation pad each other to near squares: on the shapes set (aspect ratios 0.73-1.37, short side 192) a
-random batch of 8 holds 1.40 padded pixels per real one. :class:`GroupedBatchSampler` fills each batch from one
-aspect-ratio group (torchvision's detection references and detectron2 do the same), 1.12 with
-:func:`aspect_ratio_groups` at factor 3. The padded tokens cost the conv stem, the encoder's attention and its MLPs as
-much as real ones.
-"""
+"""Batches of images with similar aspect ratios (:class:`GroupedBatchSampler`), so that batches need less padding."""
 
 from __future__ import annotations
 
@@ -18,17 +10,12 @@ from torch.utils.data import BatchSampler, Sampler
 
 
 def aspect_ratio_groups(ratios: Sequence[float], factor: int) -> list[int]:
-    """The group of each width / height ratio: its bin among ``2 ** k / factor`` for k in ``-factor..factor``
-    (torchvision's ``--aspect-ratio-group-factor``: 3 gives 8 groups, bins 2^(1/3) wide, beyond 1:2 and 2:1 the
-    outer two).
+    """The group of each width / height ratio (> 0): its bin among ``2 ** k / factor`` for k in ``-factor..factor``.
 
-    Args:
-        ratios: width / height of every item (> 0).
-        factor: bins per doubling of the ratio, >= 1.
+    ``factor`` (>= 1) is bins per doubling of the ratio (torchvision's ``--aspect-ratio-group-factor``).
 
     Returns:
-        A group id per item, in ``0..2 * factor + 1``.
-    """
+        A group id per item, in ``0..2 * factor + 1``."""
     if factor < 1:
         raise ValueError(f"aspect_ratio_groups: factor must be >= 1, got {factor}")
     edges = [2.0 ** (k / factor) for k in range(-factor, factor + 1)]
@@ -40,20 +27,15 @@ def aspect_ratio_groups(ratios: Sequence[float], factor: int) -> list[int]:
 
 
 class GroupedBatchSampler(BatchSampler):
-    """Batches whose items share a group (e.g. an aspect-ratio bin), in the order ``sampler`` yields them.
+    """Batches whose items share a group, in the order ``sampler`` yields them.
 
-    Each group fills its own batch; a batch is yielded as soon as it is full. The items left at the end of an epoch
-    (fewer than ``batch_size`` per group) are batched together, so an epoch has as many batches as a plain
-    ``BatchSampler`` over the same sampler (``len`` is the same) and every item appears exactly once: a
-    ``DistributedSampler`` in its place gives every rank the same number of steps.
+    A batch is yielded as soon as it is full; the items left at the end of an epoch are batched together, so ``len``
+    equals a plain ``BatchSampler``'s and every item appears exactly once.
 
     Args:
-        sampler: yields dataset indices (a ``RandomSampler`` per epoch; Lightning puts a ``DistributedSampler`` in
-            its place under DDP, and :mod:`vitkit.training.resume` a seeded one).
-        batch_size: items per batch.
+        sampler: yields dataset indices.
         drop_last: leave out a last batch that is not full.
-        group_ids: the group of every dataset index.
-    """
+        group_ids: the group of every dataset index."""
 
     def __init__(self, sampler: Sampler[int] | Sequence[int], batch_size: int, drop_last: bool = False,
                  group_ids: Sequence[int] = ()) -> None:

@@ -48,16 +48,13 @@ def object_phrase(kind: str, color: str, area: float, height: int, width: int, c
 
     Args:
         kind: shape name ("square", "circle", "triangle", "star").
-        color: colour name.
-        area: visible pixel count of the object (its annotation's ``area``), px.
-        height: image height, px.
-        width: image width, px.
-        crowd: the object is an ``iscrowd=1`` cluster of tiny shapes (its area is not used then).
+        area: visible pixel count of the object, px.
+        height, width: image size, px.
+        crowd: the object is an ``iscrowd=1`` cluster (its area is not used then).
 
     Returns:
         "a small red triangle", "an orange star" (medium objects get no size word), "a large blue circle", or for a
-        crowd "a cluster of tiny red squares".
-    """
+        crowd "a cluster of tiny red squares"."""
     if crowd:
         return f"a cluster of tiny {color} {kind}s"
     return _count(1, f"{_size_word(area, height, width)}{color} {kind}")

@@ -1,35 +1,8 @@
-"""Synthetic COCO-2017-layout dataset: coloured shapes on textured backgrounds.
+"""Synthetic COCO-2017-layout dataset: coloured shapes on textured backgrounds (:func:`make_shapes`).
 
-:func:`make_shapes` writes, deterministically from a seed::
-
-    root/train2017/000000000001.jpg ...
-    root/val2017/...
-    root/annotations/instances_{train,val}2017.json   (detection, COCO format)
-    root/annotations/captions_{train,val}2017.json    (5 templated captions per image)
-
-Content, chosen to exercise every path a real COCO-layout dataset takes:
-
-- 4 classes with non-contiguous ids (square 1, circle 3, triangle 7, star 9), 6 colours, textured backgrounds
-  in 5 named tones, image sides varying around ``image_size`` (non-square).
-- 1..4 objects per image with log-uniform areas from 14**2 px to (0.6 * short side)**2 (at 192 px about 35%
-  small, 55% medium, 10% large in COCO's area buckets), partial overlaps (an object keeps >= 65% of its pixels).
-- Annotations are *modal*, like COCO's: ``bbox`` is the tight box of the visible pixels (xywh, float), ``area``
-  the visible pixel count (segment area, not box area), ``segmentation`` the visible mask as compressed RLE.
-- About 5% of the images have no objects; about 5% of the others have an ``iscrowd=1`` region (a cluster of
-  tiny shapes of one class annotated as a single crowd).
-- Each instance annotation has a ``caption``, the object's phrase worded as the image captions word it: "a small
-  red triangle", "an orange star" (medium objects get no size word: the captions' rule on the visible area), "a
-  large blue circle"; a crowd region gets "a cluster of tiny red squares".
-
-Generation claims only a new or empty folder (or one holding this generator's ``.vitkit-shapes.json`` marker,
-written before any image): a folder with anything else in it raises :class:`NotAShapesFolder` and is left untouched.
-
-Which images are empty or hold a crowd is drawn per split from ``(seed, split)``; everything else in an image
-from its own stream ``(seed, split, index)``. Files are written atomically (temporary name, then rename), so ranks
-that generate the same set concurrently cannot leave a half-written file behind. The phrases draw no random number:
-images and captions files are byte-identical to those written before phrases existed, and an instances file is the
-earlier one plus the ``caption`` keys.
-"""
+Writes ``root/{train,val}2017/000000000001.jpg ...``, ``root/annotations/instances_{train,val}2017.json`` (COCO
+detection; modal ``bbox`` xywh, ``area`` = visible pixels, RLE ``segmentation``, a ``caption`` phrase per object)
+and ``captions_{train,val}2017.json`` (5 captions per image). Classes: square 1, circle 3, triangle 7, star 9."""
 
 from __future__ import annotations
 
@@ -283,29 +256,23 @@ def _split_plan(rng: np.random.Generator, count: int, empty_fraction: float,
 def make_shapes(root: str | os.PathLike, num_train: int = 600, num_val: int = 100, image_size: int = 192,
                 size_jitter: int | None = None, seed: int = 0, min_objects: int = 1, max_objects: int = 4,
                 empty_fraction: float = 0.05, crowd_fraction: float = 0.05, jpeg_quality: int = 95) -> dict[str, Path]:
-    """Write the synthetic shapes dataset in COCO 2017 layout under ``root``.
+    """Write the synthetic shapes dataset in COCO 2017 layout under ``root``, deterministically from ``seed``.
 
     Args:
         root: output folder: new, empty, or written by this generator before (its marker file present).
-        num_train: images in train2017.
-        num_val: images in val2017.
-        image_size: nominal side in px; each image's height and width are drawn independently from
-            ``image_size +- size_jitter``.
-        size_jitter: px of variation per side; default ``image_size // 6`` (160..224 for 192).
-        seed: everything (pixels, annotations, captions) is a function of the seed and the arguments.
+        image_size: nominal side in px; each image's height and width are drawn from ``image_size +- size_jitter``.
+        size_jitter: px of variation per side; default ``image_size // 6``.
         min_objects: fewest objects in a non-empty image (fewer if they cannot be placed without
             hiding more than 35% of another object).
-        max_objects: most objects in an image.
         empty_fraction: fraction of each split (rounded up) with no objects at all.
         crowd_fraction: fraction of the non-empty images (rounded up) that also hold an ``iscrowd=1`` region.
-        jpeg_quality: JPEG quality (4:4:4 chroma, so small shapes keep their colour).
+        jpeg_quality: JPEG quality (4:4:4 chroma).
 
     Returns:
         Paths: ``root``, ``{train,val}_images``, ``instances_{train,val}``, ``captions_{train,val}``.
 
     Raises:
-        NotAShapesFolder: ``root`` holds other files and no marker; nothing is written.
-    """
+        NotAShapesFolder: ``root`` holds other files and no marker; nothing is written."""
     jitter = _check_arguments(image_size, size_jitter, min_objects, max_objects, empty_fraction, crowd_fraction)
 
     paths = _paths(Path(root))
@@ -378,19 +345,12 @@ def _claim(root: Path) -> None:
 
 
 def ensure_shapes(root: str | os.PathLike, **kwargs: Any) -> dict[str, Path]:
-    """Generate the shapes dataset under ``root`` unless it is already there.
+    """Generate the shapes dataset under ``root`` (``kwargs`` of :func:`make_shapes`) unless it is already there.
 
-    The set counts as present when ``root/annotations/instances_train2017.json`` exists (it is written last).
-    If that file records different generator arguments than ``kwargs``, a warning says so; nothing is
-    regenerated (delete the folder to regenerate).
-
-    Args:
-        root: dataset folder.
-        **kwargs: arguments of :func:`make_shapes`.
+    Present = ``root/annotations/instances_train2017.json`` exists; different recorded arguments only warn.
 
     Returns:
-        The same paths as :func:`make_shapes`.
-    """
+        The same paths as :func:`make_shapes`."""
     paths = _paths(Path(root))
     if not paths["instances_train"].is_file():
         return make_shapes(root, **kwargs)

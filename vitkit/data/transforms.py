@@ -1,21 +1,7 @@
 """Detection augmentation presets on ``torchvision.transforms.v2``, and the evaluation preprocessing of every task.
 
-Every transform here takes and returns ``(image, target)`` where ``image`` is a ``tv_tensors.Image`` (C, H, W)
-and ``target`` a dict holding ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY pixels) and ``labels`` (n,); other
-keys pass through untouched. :func:`to_model_target` then turns the target into the model contract.
-
-Differences from DETR's reference transforms:
-
-- Resizing uses :class:`RandomShortestSideResize`, with ``v2.functional.resize(size=[s], max_size=m)``'s arithmetic
-  (:func:`resized_size`), rather than ``v2.RandomShortestSize``: the latter computes ``int(side * s / short)`` in
-  floating point and lands one pixel short of ``s`` for about 5% of input sizes (e.g. short side 1399 resized to
-  208 gives 207). Unlike torchvision, a side never rounds down to 0 px: a 1 x 5000 image becomes 1 x ``max_size``
-  instead of stopping the epoch with an error.
-- :class:`RandomSizeCrop` clamps the requested range to the image, so images smaller than ``min_size`` are
-  cropped to their own size instead of failing.
-- Boxes that a crop leaves thinner than ``min_box_size`` px are dropped with their labels by
-  ``v2.SanitizeBoundingBoxes`` (DETR drops only zero-area boxes; the default ``min_box_size=1`` is close).
-"""
+Every transform here maps ``(image, target)`` -> ``(image, target)``: ``image`` a ``tv_tensors.Image`` (C, H, W),
+``target`` a dict with ``boxes`` (``BoundingBoxes``, XYXY px) and ``labels`` (n,); other keys pass through."""
 
 from __future__ import annotations
 
@@ -58,9 +44,7 @@ def _spatial_size(flat_inputs: list[Any]) -> tuple[int, int]:
 def resized_size(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
     """Output (h, w) of a short-side resize to ``size`` with the long side capped at ``max_size``.
 
-    ``torchvision.transforms.v2.functional.resize(size=[size], max_size=max_size)`` arithmetic, except that
-    neither side rounds down below 1 px (a 1 x 10000 image gives 1 x max_size instead of an error).
-    """
+    ``v2.functional.resize(size=[size], max_size=max_size)`` arithmetic, except no side rounds down below 1 px."""
     short, long = (height, width) if height <= width else (width, height)
     new_short, new_long = size, int(size * long / short)
     if max_size is not None and new_long > max_size:
@@ -70,17 +54,13 @@ def resized_size(height: int, width: int, size: int, max_size: int | None) -> tu
 
 
 class RandomShortestSideResize(v2.Transform):
-    """Resize so that the short side equals a size drawn from ``sizes``, capping the long side at ``max_size``.
+    """Resize the short side to a size drawn uniformly from ``sizes`` (px), the long side capped at ``max_size``.
 
-    The short side comes out exactly at the drawn size unless the cap binds, in which case the long side is
-    exactly ``max_size`` (``v2.functional.resize`` semantics, see :func:`resized_size`; no side below 1 px).
-    Boxes are scaled with the image.
+    Exact sizes as :func:`resized_size`; boxes are scaled with the image.
 
     Args:
-        sizes: candidate short sides in px, drawn uniformly.
         max_size: cap on the long side in px (must exceed every size), or None.
-        antialias: antialias when downsampling tensors.
-    """
+        antialias: antialias when downsampling tensors."""
 
     def __init__(self, sizes: int | Sequence[int], max_size: int | None = None, antialias: bool = True) -> None:
         super().__init__()
@@ -101,16 +81,10 @@ class RandomShortestSideResize(v2.Transform):
 
 
 class RandomSizeCrop(v2.Transform):
-    """Crop a random window whose height and width are drawn independently from [min_size, max_size].
+    """Crop a random window: h ~ U[min_size, min(H, max_size)], w ~ U[min_size, min(W, max_size)] (px).
 
-    DETR's ``RandomSizeCrop``: h ~ U[min_size, min(H, max_size)], w ~ U[min_size, min(W, max_size)], then a
-    uniform position. Sides shorter than ``min_size`` are kept whole. Boxes are shifted and clamped to the
-    window; follow with ``v2.SanitizeBoundingBoxes`` to drop the boxes that fell outside.
-
-    Args:
-        min_size: smallest crop side in px.
-        max_size: largest crop side in px.
-    """
+    Sides shorter than ``min_size`` are kept whole. Boxes are shifted and clamped to the window (follow with
+    ``v2.SanitizeBoundingBoxes`` to drop those that fell outside)."""
 
     def __init__(self, min_size: int, max_size: int) -> None:
         super().__init__()
@@ -142,29 +116,20 @@ def detr_train_transforms(scales: Sequence[int] = DETR_SCALES, max_size: int | N
                           crop: tuple[int, int] = (384, 600), resize_before_crop: Sequence[int] = DETR_CROP_RESIZE,
                           hflip_p: float = 0.5, crop_p: float = 0.5, min_box_size: float = 1.0,
                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """DETR's training augmentation.
-
-    Horizontal flip; then either a multi-scale resize, or (with probability ``crop_p``) a resize to one of
-    ``resize_before_crop``, a random crop with sides in ``crop`` and the multi-scale resize; then boxes
-    thinner than ``min_box_size`` are dropped with their labels; then float conversion and normalisation.
-
-    For ~192 px images (the shapes set) scale everything down, e.g. ``scales=range(160, 225, 16)``,
-    ``max_size=320``, ``crop=(128, 192)``, ``resize_before_crop=(160, 192, 224)``.
+    """DETR's training augmentation: flip; multi-scale resize, or (``crop_p``) resize, crop, multi-scale resize;
+    drop thin boxes; normalise.
 
     Args:
         scales: short sides (px) of the multi-scale resize.
         max_size: cap on the long side (px) of the multi-scale resize.
         crop: (min, max) side of the random crop in px.
         resize_before_crop: short sides (px) the crop branch first resizes to (no long-side cap).
-        hflip_p: probability of the horizontal flip.
-        crop_p: probability of the crop branch.
-        min_box_size: boxes narrower or shorter than this (px, after all geometry) are dropped.
-        mean: per-channel mean for normalisation (of images scaled to [0, 1]).
-        std: per-channel std for normalisation.
+        hflip_p, crop_p: probabilities of the horizontal flip and of the crop branch.
+        min_box_size: boxes narrower or shorter than this (px, after all geometry) are dropped with their labels.
+        mean, std: per-channel normalisation (of images scaled to [0, 1]).
 
     Returns:
-        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)``.
-    """
+        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)``."""
     multiscale = RandomShortestSideResize(scales, max_size=max_size)
     crop_branch = v2.Compose([
         RandomShortestSideResize(resize_before_crop),
@@ -181,67 +146,35 @@ def detr_train_transforms(scales: Sequence[int] = DETR_SCALES, max_size: int | N
 
 def val_transforms(size: int, max_size: int | None, mean: Sequence[float] = IMAGENET_MEAN,
                    std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """The evaluation preprocessing of every task: short side to ``size`` (long side capped at ``max_size``, see
-    :func:`resized_size`), to float32 in [0, 1], normalise.
-
-    The datasets' validation path runs it on ``(image, target)``; :class:`EvalPreprocess` (and through it the
-    predictors and the folder tools) runs it on single images, so every path gives the same pixels.
-
-    Args:
-        size: short side in px.
-        max_size: cap on the long side in px (must exceed ``size``), or None.
-        mean: per-channel mean for normalisation.
-        std: per-channel std for normalisation.
+    """The evaluation preprocessing of every task: short side to ``size`` px (long side capped at ``max_size`` px, must
+    exceed ``size``, or None), to float32 in [0, 1], normalise with ``mean``/``std``.
 
     Returns:
-        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)`` (or ``image -> image``).
-    """
+        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)`` (or ``image -> image``)."""
     return v2.Compose([RandomShortestSideResize(size, max_size=max_size), *normalize_steps(mean, std)])
 
 
 def detr_val_transforms(size: int = 800, max_size: int | None = 1333, mean: Sequence[float] = IMAGENET_MEAN,
                         std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """DETR's evaluation transform: :func:`val_transforms` with DETR's default sizes (800, long side <= 1333).
-
-    Args:
-        size: short side in px.
-        max_size: cap on the long side in px, or None.
-        mean: per-channel mean for normalisation.
-        std: per-channel std for normalisation.
-
-    Returns:
-        A transform ``(image, target) -> (image (3, H, W) float32 normalised, target)``.
-    """
+    """DETR's evaluation transform: :func:`val_transforms` with DETR's default sizes (800, long side <= 1333)."""
     return val_transforms(size, max_size, mean, std)
 
 
 class EvalPreprocess:
-    """One image -> (3, h, w) float32 normalised tensor: :func:`val_transforms`, the datasets' validation transform.
+    """One image -> (3, h, w) float32 normalised tensor, as :func:`val_transforms` (``size``, ``max_size`` in px).
 
-    Takes a path, a PIL image in any mode or a (3, H, W) tensor (uint8, or float in [0, 1]); see :meth:`tensor`.
-    A plain picklable object, so DataLoader workers can run it. The resize draws its single size from torch's global
-    generator; the generator's state is restored afterwards, so preprocessing leaves the caller's later random draws
-    as they were. The tasks' preprocessings (:mod:`vitkit.detection.preprocess`, :mod:`vitkit.captioning.preprocess`)
-    add their batching to it.
-
-    Args:
-        size: short side in px.
-        max_size: cap on the long side in px (must exceed ``size``), or None.
-    """
+    Takes a path, a PIL image in any mode or a (3, H, W) tensor (uint8, or float in [0, 1]). Picklable. Leaves
+    torch's global generator state as it was."""
     def __init__(self, size: int, max_size: int | None) -> None:
         self.size, self.max_size = int(size), None if max_size is None else int(max_size)
         self.transform = val_transforms(self.size, self.max_size)
 
     def tensor(self, image: str | os.PathLike | PIL.Image.Image | Tensor) -> Tensor:
-        """The upright RGB pixels of an image, not yet resized: (3, H, W).
-
-        A path is read by :func:`~vitkit.data.images.load_rgb`; a PIL image in another mode is converted by
-        :func:`~vitkit.data.images.to_rgb` (the file reader's rules); a tensor is returned as is.
+        """The upright RGB pixels of an image (path, PIL image or tensor), not yet resized: (3, H, W).
 
         Raises:
             ImageReadError: a path cannot be read.
-            ValueError: a tensor that is not (3, H, W).
-        """
+            ValueError: a tensor that is not (3, H, W)."""
         if isinstance(image, str | os.PathLike):
             image = load_rgb(image)
         t = image if isinstance(image, Tensor) else F.pil_to_tensor(to_rgb(image))  # (3, H, W) uint8
@@ -263,14 +196,12 @@ def to_model_target(image: Any, target: dict[str, Any]) -> dict[str, Any]:
 
     Args:
         image: the transformed image ((C, H, W) tensor or PIL image); its size normalises the boxes.
-        target: ``boxes`` (n, 4) ``BoundingBoxes`` in pixels (any format), ``labels`` (n,), ``image_id``,
-            ``orig_size``; other keys are kept.
+        target: ``boxes`` (n, 4) ``BoundingBoxes`` in px (any format), ``labels`` (n,), ``image_id``, ``orig_size``;
+            other keys are kept.
 
     Returns:
-        The target with ``boxes`` (n, 4) float32 cxcywh normalised by the image size (plain tensor),
-        ``labels`` (n,) int64, ``image_id`` int, ``orig_size`` (2,) int64 [h, w] of the original image and
-        ``size`` (2,) int64 [h, w] of the transformed, unpadded image.
-    """
+        The target with ``boxes`` (n, 4) float32 cxcywh normalised, ``labels`` (n,) int64, ``image_id`` int,
+        ``orig_size`` (2,) int64 [h, w] of the original image and ``size`` (2,) int64 [h, w] transformed, unpadded."""
     height, width = (int(v) for v in F.get_size(image))
     boxes = target["boxes"]
     fmt = boxes.format.name.lower() if isinstance(boxes, tv_tensors.BoundingBoxes) else "xyxy"

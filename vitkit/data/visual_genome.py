@@ -1,51 +1,8 @@
-"""Visual Genome region descriptions -> a COCO-layout instances set with region captions (issue 17).
+"""Visual Genome region descriptions -> a COCO-layout instances set with region captions.
 
-Input, the two files as Visual Genome distributes them (v1.0 and v1.2):
-
-- ``region_descriptions.json``: a list with one entry per image, ``{"id": image id, "regions": [...]}`` (an
-  ``image_id`` key instead of ``id`` is read too); each region is ``{"region_id", "image_id", "phrase", "x", "y",
-  "width", "height"}``, the box's top-left corner and size in pixels of the original image.
-- ``image_data.json``: a list with one entry per image, ``{"image_id"`` (v1.2; ``"id"`` in v1.0) ``, "width",
-  "height", "url", "coco_id", "flickr_id"}``.
-
-Output (:func:`convert_visual_genome`): ``out/annotations/instances_{train,val}2017.json`` in COCO layout, each
-annotation with its region's phrase as ``caption`` (read back with
-:func:`vitkit.data.region_captions.read_region_captions`):
-
-- **One category**, ``{"id": 1, "name": "region"}``: Visual Genome's regions are described, not classified, so the
-  detector learns "a describable region" and the phrase says what it is.
-- **Ids are Visual Genome's**: image id = VG image id, annotation id = ``region_id``, so a converted annotation can be
-  traced back. Boxes are copied as COCO ``[x, y, width, height]`` (VG's x, y are read as 0-based pixel coordinates,
-  as COCO's; densecap's preprocessing reads them as 1-based, a one-pixel difference far below the annotators'
-  spread), ``area`` is the box area, ``iscrowd`` 0.
-- **Image files**: ``file_names="id"`` names each image ``<image_id>.jpg`` (VG's own names), to be found in
-  ``out/train2017/`` and ``out/val2017/`` (copy or link them there). ``file_names="url"`` keeps VG's folder, e.g.
-  ``VG_100K_2/1.jpg`` from the image's ``url``, so linking the two VG folders into each split folder is enough.
-- **Split**: by a list of validation image ids, or a fraction (default 5%, rounded up) drawn with a seed from the
-  sorted ids of the images kept; the rest is train. Validation ids that are not kept images are counted in a note.
-
-Sanitising (each kind counted in one :class:`~vitkit.data.annotations.AnnotationWarning` with the first ids; the
-notes are also returned):
-
-================================================  ==================================================================
-case                                              rule
-================================================  ==================================================================
-box with zero or negative width or height         dropped
-box partly outside its image                      clipped to the image
-box entirely outside its image                    dropped
-phrase empty or whitespace only                   dropped (a region is there for its phrase; the reader rejects ``""``)
-phrase longer than ``max_chars``                  dropped (the region-caption reader would reject it)
-phrase with leading, trailing or repeated spaces  whitespace runs become one space
-region of an image not in image_data.json         dropped: without the image's size the box cannot be checked
-image without a region left                       left out: VG's regions are not exhaustive, so an image with none
-                                                  would teach "nothing here" where there are things
-================================================  ==================================================================
-
-Malformed input stops the conversion with a ``ValueError`` naming the file, the entry (index and image or region
-id) and the field: a file that is not a JSON list, an entry that is not an object, a missing key or one of the wrong
-type (ids and ``width``/``height`` integers or numbers, ``phrase`` a string, ``regions`` a list), a region whose
-``image_id`` differs from its entry's, and repeated image or region ids.
-"""
+Reads ``region_descriptions.json`` and ``image_data.json`` (VG v1.0 / v1.2); writes one category
+``{"id": 1, "name": "region"}``, VG's image and region ids, boxes as COCO ``[x, y, width, height]`` px and each
+region's phrase as ``caption``."""
 
 from __future__ import annotations
 
@@ -85,10 +42,8 @@ class Conversion:
 
     Attributes:
         paths: ``instances_train`` and ``instances_val`` -> the written files.
-        images: split ("train", "val") -> number of images.
-        annotations: split -> number of annotations (regions).
-        warnings: one note per sanitised kind (also issued as ``AnnotationWarning`` when ``warn``).
-    """
+        images, annotations: split ("train", "val") -> number of images / annotations (regions).
+        warnings: one note per sanitised kind."""
 
     paths: dict[str, Path]
     images: dict[str, int]
@@ -260,25 +215,23 @@ def convert_visual_genome(regions: str | os.PathLike, images: str | os.PathLike,
                           warn: bool = True) -> Conversion:
     """Convert Visual Genome's region descriptions to ``out/annotations/instances_{train,val}2017.json``.
 
+    Sanitising (one counted ``AnnotationWarning`` per kind when ``warn``): boxes with width or height <= 0 or entirely
+    outside their image, empty phrases, phrases over ``max_chars``, and regions of images not in ``image_data.json``
+    are dropped; boxes partly outside are clipped; whitespace runs become one space; images left without a region
+    are left out.
+
     Args:
-        regions: ``region_descriptions.json``.
-        images: ``image_data.json`` (image sizes and URLs).
         out: the dataset root (``annotations/`` is created; existing files of the same names are replaced).
         val_ids: image ids of the validation split (all other kept images are train).
         val_fraction: fraction of the kept images (rounded up) drawn for validation with ``seed``; default 0.05
             when ``val_ids`` is not given either.
-        seed: seed of the ``val_fraction`` draw.
         file_names: "id" names images ``<image_id>.jpg``; "url" keeps VG's folder (``VG_100K/<image_id>.jpg``).
         max_chars: longest phrase kept, characters (after whitespace normalisation).
-        warn: issue the sanitising notes as ``AnnotationWarning``.
-
-    Returns:
-        The written paths, the image and annotation counts per split, and the sanitising notes.
 
     Raises:
-        ValueError: malformed input, naming the file, the entry (index and id) and the field; ``val_ids`` together
-            with ``val_fraction``, a fraction outside [0, 1], or an unknown ``file_names``.
-    """
+        ValueError: malformed input (not a JSON list, a missing or mistyped key, a region whose ``image_id`` differs
+            from its entry's, repeated ids), naming the file, the entry (index and id) and the field; ``val_ids``
+            together with ``val_fraction``, a fraction outside [0, 1], or an unknown ``file_names``."""
     if file_names not in ("id", "url"):
         raise ValueError(f"file_names must be 'id' or 'url', got {file_names!r}")
     if val_ids is not None and val_fraction is not None:

@@ -1,25 +1,7 @@
-"""Lightning DataModule of describe (detect, then caption each object; issue 17): COCO-layout detection data whose
-annotations may carry a ``caption`` phrase, with the caption tokenizer.
+"""Lightning DataModule of describe: COCO-layout detection data whose annotations may carry a ``caption``.
 
-It is :class:`~vitkit.detection.datamodule.CocoDataModule` (same files, checks, augmentation, ``bad_images`` policy)
-whose datasets' transforms are wrapped by :class:`~vitkit.describe.regions.RegionCaptionTransform`, so every
-training and validation target also holds, aligned with ``boxes`` / ``labels`` after the transforms (a crop that
-drops a box drops its phrase):
-
-- ``ann_ids`` (n,) int64: the COCO annotation id of each box (a non-finite loss or a wrong phrase can be traced);
-- ``captions``: n ``str | None`` (None: the annotation has no ``caption``; its box still trains the detector);
-- ``has_caption`` (n,) bool;
-- ``caption_tokens`` (n, T) long, added by the collate (:class:`~vitkit.describe.regions.RegionCaptionCollate`):
-  ``[BOS] phrase [EOS] [PAD]...``, all ``[PAD]`` where ``has_caption`` is False. Tokenising in the collate, as the
-  caption datamodule does, gives one T per batch (the longest phrase, at most ``max_length``) so a decoder can stack
-  the phrases of all boxes of a batch, and keeps the tokenizer out of the datasets.
-
-Crowd regions are not in the targets, as in detection. The tokenizer's life cycle is the caption datamodule's
-(:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerDataMixin`): a ``tokenizer.json`` given by ``tokenizer``, or
-one trained on the training file's phrases at first use (so the CLI can link ``vocab_size`` and the special ids into a
-model), shared from rank 0 under DDP, replaced by a checkpoint's through :meth:`DescribeDataModule.use_tokenizer`; a
-Lightning module saves it as the caption module does (``tokenizer.json`` in the run folder, its JSON in every
-checkpoint).
+Targets also hold ``ann_ids`` (n,) int64, ``captions`` (n ``str | None``), ``has_caption`` (n,) bool and, from
+the collate, ``caption_tokens`` (n, T) long ``[BOS] phrase [EOS] [PAD]...``.
 """
 
 from __future__ import annotations
@@ -46,11 +28,7 @@ from vitkit.training.datamodule import data_errors
 
 
 def set_hflip_p(transform: Any, p: float) -> None:
-    """Set the probability of the one ``v2.RandomHorizontalFlip`` inside a v2 pipeline (in place).
-
-    Raises:
-        RuntimeError: the pipeline holds no flip, or several.
-    """
+    """Set the probability of the one ``v2.RandomHorizontalFlip`` in a v2 pipeline; RuntimeError if none or several."""
     stack, flips = [transform], []
     while stack:
         step = stack.pop()
@@ -66,17 +44,13 @@ class DescribeDataModule(TokenizerDataMixin, CocoDataModule):
     """Describe data: detection targets whose boxes carry their phrases, and the caption tokenizer.
 
     Args:
-        hflip_p: probability of mirroring a training image (default 0.5, DETR's). A mirror leaves the phrases as
-            they are, which is right for phrases without left-right content ("a small red triangle": the shapes
-            set, most region phrases) and wrong for "the man on the left" or "his right hand". When ``hflip_p`` > 0
-            and training phrases say "left" or "right", :meth:`setup` warns with their count; set 0 for such data.
+        hflip_p: probability of mirroring a training image (phrases unchanged); :meth:`setup` warns when > 0 and
+            training phrases say "left" or "right".
         tokenizer: path to a tokenizer.json to use; None = train one on the training file's phrases.
         vocab_size: vocabulary size of a trained tokenizer (special tokens included).
         tokenizer_model: kind of trained tokenizer: "wordlevel", "bpe" or "wordpiece".
         max_length: longest token sequence of a phrase, BOS and EOS included; longer ones lose their last words.
-        **kwargs: the detection settings of :class:`~vitkit.detection.datamodule.CocoDataModule` (``batch_size``,
-            scales, crop, validation size) and the root, shapes generation, loader and ``bad_images`` settings of
-            :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
+        **kwargs: the settings of :class:`~vitkit.detection.datamodule.CocoDataModule`.
 
     Raises:
         ValueError: a setting out of range, or an unknown ``tokenizer_model``.
@@ -140,14 +114,7 @@ class DescribeDataModule(TokenizerDataMixin, CocoDataModule):
         return DropNone(RegionCaptionCollate(self.tokenizer, hp.max_length, hp.pad_to_multiple))
 
     def val_references(self) -> dict[int, RegionReferences]:
-        """What the describe evaluation needs per validation image, read from the validation annotation file.
-
-        Returns:
-            Image id -> :class:`~vitkit.describe.regions.RegionReferences` (every annotation of the image, crowd
-            regions included, in file order: ``boxes`` (n, 4) COCO xywh pixels of the original image as the file
-            gives them, ``captions`` (None where absent), ``iscrowd`` (n,) bool, ``ann_ids``, ``category_ids``), for
-            the images the validation set reads (after ``bad_images: skip`` left out missing files), in its order.
-        """
+        """Image id -> :class:`~vitkit.describe.regions.RegionReferences` of each validation image, in order."""
         if self.val_set is None:  # the detection datamodule's setup: no DDP exchange, so any one rank may call this
             super().setup("validate")
         with data_errors():

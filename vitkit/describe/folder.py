@@ -1,30 +1,9 @@
-"""Describe every image of a folder into a JSON Lines file, resumably: the library side of ``vitkit describe``, what
-describing gives the folder runner (:mod:`vitkit.data.folder_runner`; the output resumes as a
-:class:`~vitkit.data.folder_runner.RecordFile`). Images are preprocessed by the detector's own preprocessing; the
-pictures are drawn as ``vitkit detect`` draws them (:func:`~vitkit.viz.draw.draw_file`), each box labelled
-``"class: caption score"``.
+"""Describe every image of a folder into a JSON Lines file, resumably (``vitkit describe``).
 
-One record per described image, in listing order: ``{"file": path relative to the folder (POSIX), "width", "height"
-(the decoded, upright image), "boxes": [[x0, y0, x1, y1], ...] (pixels of that image), "labels": [contiguous
-label, ...], "label_names": [...] and "category_ids": [...] (when the checkpoint has them), "scores": [...],
-"captions": [...]}``. Images that fail get no record: they are listed in the summary and in
-``<out stem>.errors.jsonl`` (``{"file", "error"}`` lines of the listed images that failed, plus those of images
-this run did not list; a :func:`~vitkit.data.folder_runner.failure_log`, removed when empty), and retried by the
-next run.
-
-Given boxes (``boxes_file``, COCO results format: a JSON list of ``{"image_id" or "file_name", "bbox": [x, y, w,
-h], ...}`` in pixels of the upright image) are captioned instead of detections; other keys (``score``,
-``category_id``) are ignored and every given box is captioned. An entry's image is found:
-
-- by ``file_name``: the path relative to the folder, or the bare file name when no other listed file has it (as
-  ``vitkit detect --annotations`` matches an annotation file's names);
-- by ``image_id``: :func:`vitkit.data.folder.folder_image_ids`, the ids ``vitkit detect`` gives: with
-  ``annotations`` (a COCO instances file of the folder's split), that file's ids; without, the listed files numbered
-  1, 2, ... in sorted order, unreadable ones included (its ``<out stem>.images.json`` lists them), so its results
-  file can be passed as it is.
-
-Entries whose image is not in the folder are left out with a warning; a listed image without entries gets a record
-with no boxes.
+Record per image: ``{"file": path relative to the folder (POSIX), "width", "height" (upright image), "boxes":
+[[x0, y0, x1, y1], ...] (px), "labels", "label_names" and "category_ids" (when known), "scores", "captions"}``.
+Failures go to ``<out stem>.errors.jsonl`` (``{"file", "error"}``). ``boxes_file`` (COCO results: ``image_id`` or
+``file_name``, ``bbox`` [x, y, w, h] px) gives boxes to caption instead of detections; other keys are ignored.
 """
 
 from __future__ import annotations
@@ -67,12 +46,13 @@ def _entry_box(entry: Any, i: int, path: Path) -> tuple[Any, Tensor]:
 
 
 def read_boxes(path: str | os.PathLike, files: list[str], image_ids: dict[str, int]) -> tuple[dict[str, Tensor], int]:
-    """The given boxes of each listed file (see the module docstring for how entries find their image; ``image_ids``:
-    file -> image id, :func:`~vitkit.data.folder.folder_image_ids`).
+    """The given boxes of each listed file (``image_ids``: file -> image id).
+
+    An entry's image is found by ``file_name`` (path relative to the folder, or a bare name no other listed file
+    has) or by ``image_id`` (``image_ids``); entries whose image is not listed are left out with a warning.
 
     Returns:
-        {file: (n, 4) float32 xyxy px} for the files that have entries, and the number of entries left out (their
-        image is not in the folder).
+        {file: (n, 4) float32 xyxy px} for the files that have entries, and the number of entries left out.
 
     Raises:
         FileNotFoundError: no file; ValueError: not JSON, not a list, or a malformed entry (naming its index).
@@ -111,13 +91,12 @@ def _record(describer: Describer, file: str, size: tuple[int, int], result: dict
 def describe_task(describer: Describer, given: dict[str, Tensor] | None, threshold: float = 0.5,
                   max_detections: int | None = None, draw: Callable[[dict[str, Any]], str | None] | None = None,
                   **generation: Any) -> FolderTask:
-    """Describing as a :class:`~vitkit.data.folder_runner.FolderTask`: records as the module docstring says.
+    """Describing as a :class:`~vitkit.data.folder_runner.FolderTask`.
 
     Args:
-        describer: the predictor. given: {file: (n, 4) xyxy px} boxes to caption instead of detections, or None.
-        threshold, max_detections: detections kept per image (not used with ``given``).
+        given: {file: (n, 4) xyxy px} boxes to caption instead of detections, or None.
         draw: a record -> None or why drawing failed; None: nothing drawn.
-        **generation: caption decoding options (method, num_beams, max_length, ...); None takes the default.
+        **generation: caption decoding options; None takes the default.
     """
     options = describer.captions.generation_options(**generation)
 
@@ -136,18 +115,16 @@ def describe_folder(describer: Describer, folder: str | os.PathLike, out: str | 
                     threshold: float = 0.5, max_detections: int | None = None, batch_size: int = 8,
                     recursive: bool = True, num_workers: int = 0, overwrite: bool = False, progress: bool = False,
                     draw_dir: str | os.PathLike | None = None, **generation: Any) -> FolderSummary:
-    """Describe the images of ``folder`` into the JSON Lines file ``out`` (see the module docstring).
+    """Describe the images of ``folder`` into the JSON Lines file ``out`` (created, or resumed).
 
     Args:
-        describer: from :func:`vitkit.load` (on the device to run on).
-        folder: the image folder; out: the JSON Lines file (created, or resumed when it exists).
         boxes_file: a COCO results JSON whose boxes are captioned instead of detections; annotations: a COCO
-            instances file whose image ids (and orientation) its ``image_id`` entries refer to.
-        threshold, max_detections: detections kept per image (:meth:`Describer.describe`; not used with boxes).
+            instances file whose image ids its ``image_id`` entries refer to.
+        threshold, max_detections: detections kept per image (not used with boxes).
         batch_size, recursive, num_workers, progress: as :func:`vitkit.data.folder_runner.run_folder`.
         overwrite: start a fresh output file instead of resuming.
         draw_dir: also write each image with its boxes and captions drawn under this folder.
-        **generation: caption decoding options (method, num_beams, max_length, ...); None takes the default.
+        **generation: caption decoding options; None takes the default.
 
     Returns:
         A :class:`~vitkit.data.folder_runner.FolderSummary` (``items``: regions; ``failures_file``: the errors file).

@@ -1,20 +1,7 @@
-"""The describe network (detect, then caption each object): a DETR detector whose objects are described in words
-by a causal text decoder.
+"""The describe network: a DETR detector whose objects are captioned by a causal text decoder.
 
-:class:`RegionCaptionHead` is the text side, :class:`DescribeModel` the detector and the head together (what
-inference runs). The detector is :class:`vitkit.detection.DETR` as it is; the head's text decoder is a
-:class:`vitkit.captioning.Captioner` built without an image encoder (the same ``TransformerDecoder``, KV-cache
-decoding and search strategies). Each region (a detected object, a matched query in training, or a box the user
-gives) conditions one caption through a short memory the text decoder cross-attends to (:class:`RegionMemory`):
-the query's last decoder state, an embedding of its box, and ``roi_size``² RoI-aligned tokens of the encoder's grid
-inside the box (box-focused cross-attention; each with a learned position in the RoI).
-
-Training is joint (:mod:`vitkit.describe.module`): the detection losses as they are, plus the caption
-cross-entropy of the queries that Hungarian matching assigns to objects that have a caption. Boxes given at
-inference get the state of the query whose predicted box overlaps them most, and their own box and RoI.
-
-Padding: RoI boxes are clipped to the centres of the image's own tokens, so bilinear sampling never reads a padding
-token, and a region's caption does not change when its image is batched with a larger one.
+:class:`RegionCaptionHead` is the text side (a :class:`vitkit.captioning.Captioner` without image encoder reading
+a per-region memory), :class:`DescribeModel` the detector and the head together.
 """
 
 from __future__ import annotations
@@ -45,12 +32,7 @@ class Regions:
 
 
 def box_features(boxes: Tensor) -> Tensor:
-    """(R, 4) normalised cxcywh boxes -> (R, 6) fp32 ``cx, cy, w, h, log w, log h``.
-
-    The logs make a box's area a linear function of its features (log w + log h), so a size word ("small" below 2%
-    of the image, "large" above 12%) is a threshold one linear layer can draw; from cxcywh alone the embedding has to
-    learn a product. Widths and heights are clamped at 1e-3 (a tenth of a pixel of a 100 px image).
-    """
+    """(R, 4) normalised cxcywh boxes -> (R, 6) fp32 ``cx, cy, w, h, log w, log h`` (w, h clamped at 1e-3)."""
     boxes = boxes.float()
     return torch.cat((boxes, boxes[:, 2:].clamp(min=1e-3).log()), dim=1)
 
@@ -62,12 +44,10 @@ def query_probs(logits: Tensor, sigmoid: bool) -> Tensor:
 
 
 class RegionMemory(nn.Module):
-    """The text decoder's memory for each region: its query state, its box and RoI-aligned grid tokens of the box.
+    """The text decoder's memory per region: its query state, its box and ``roi_size``² RoI-aligned grid tokens.
 
     Args:
-        det_dim: the detector's decoder width (query states and grid tokens).
-        dim: the text decoder's width.
-        roi_size: RoI-aligned tokens per side.
+        det_dim: the detector's decoder width; dim: the text decoder's width.
     """
 
     def __init__(self, det_dim: int, dim: int, roi_size: int = 7) -> None:
@@ -114,12 +94,10 @@ class RegionCaptionHead(nn.Module):
     """The text side of describe: region memory and a text decoder.
 
     Args:
-        det_dim: the detector's decoder width (its query states and grid tokens).
-        text: a :class:`Captioner` built with ``encoder=None`` (its ``vocab_size`` and special ids are the
-            region tokenizer's).
+        det_dim: the detector's decoder width.
+        text: a :class:`Captioner` built with ``encoder=None``.
         roi_size: RoI-aligned tokens per side.
-        max_regions: at most this many matched regions per training batch get a caption loss (the first ones in
-            image order), which bounds the text decoder's batch.
+        max_regions: at most this many matched regions per training batch get a caption loss.
     """
 
     def __init__(self, det_dim: int, text: Captioner, roi_size: int = 7, max_regions: int = 64) -> None:
@@ -150,8 +128,7 @@ class RegionCaptionHead(nn.Module):
             has_caption: per image, (n,) bool over its targets.
 
         Returns:
-            The regions (predicted boxes, detached) and, per region, (image, target index), at most
-            ``max_regions``.
+            The regions (predicted boxes, detached) and, per region, (image, target index), at most ``max_regions``.
         """
         rows, qs, pairs = [], [], []
         for b, (src, tgt) in enumerate(indices):
@@ -190,12 +167,7 @@ class RegionCaptionHead(nn.Module):
 
 
 class DescribeModel(nn.Module):
-    """A detector and its region caption head: detect (or take given boxes) and caption every region.
-
-    Args:
-        detector: a :class:`DETR` (any configuration).
-        head: a :class:`RegionCaptionHead` built for the detector's width.
-    """
+    """A :class:`DETR` and its :class:`RegionCaptionHead`: detect (or take given boxes) and caption every region."""
 
     def __init__(self, detector: DETR, head: RegionCaptionHead) -> None:
         super().__init__()
@@ -230,8 +202,8 @@ class DescribeModel(nn.Module):
         Args:
             images: (B, 3, H, W) normalised images, zero-padded; mask: (B, H, W) True = padding.
             boxes: optional per image (n_b, 4) normalised cxcywh boxes to caption instead of detections.
-            threshold, max_detections: detections kept per image (:meth:`detections`; not used with ``boxes``).
-            generation: :meth:`Captioner.generate_from_memory` options (method, num_beams, max_length, ...).
+            threshold, max_detections: detections kept per image (not used with ``boxes``).
+            generation: :meth:`Captioner.generate_from_memory` options.
 
         Returns:
             Per image: ``boxes`` (n, 4) normalised cxcywh, ``labels`` (n,) and ``scores`` (n,) (for given boxes: the

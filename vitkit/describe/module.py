@@ -1,30 +1,8 @@
-"""DescribeModule: joint training of a DETR detector and its region caption head (describe: detect, then caption
-each object; issue 17).
+"""DescribeModule: joint training of a DETR detector and its region caption head.
 
-It is :class:`vitkit.detection.module.DetectionModule` (the same injected criterion and its matcher, optimiser
-groups, schedule, detection validation and checkpoint checks; its constructor arguments are passed on by name) plus a
-:class:`~vitkit.describe.model.RegionCaptionHead`:
-
-- **Training**: the detection step itself (:meth:`DetectionModule.training_losses`, on the detector outputs with the
-  features the head reads), plus ``caption_weight`` x the head's label-smoothed caption
-  cross-entropy over the queries that the final layer's Hungarian matching assigns to objects with a caption
-  (targets' ``has_caption`` and ``caption_tokens``; objects without one train the detector only). A batch
-  without any captioned match still touches every head parameter (a zero term), so DDP needs no
-  ``find_unused_parameters``.
-- **Validation**: COCO AP of the detections (the parent's, ``val/AP`` ...) and, with a datamodule that gives
-  ``val_references`` and a tokenizer, the describe metrics of :mod:`vitkit.describe.validation`:
-  ``val/describe_mAP`` (DenseCap's dense-captioning mAP of the detections above ``describe_eval_threshold`` and
-  their greedy captions; annotations without a phrase are ignored like crowd regions), ``val/region_CIDEr`` (CIDEr-D
-  of the ground-truth boxes captioned as given boxes) and ``val/region_attr_acc`` (the share of correctly detected
-  objects whose caption is their phrase). Each step keeps plain per-image records; the epoch end gathers them across
-  ranks as the detection results are gathered (one rank's copy per image) and scores them once, METEOR in one Java
-  process (or a named fallback without Java). ``describe_eval_max_images`` bounds the cost on large validation
-  splits.
-- **Checkpoints**: the region tokenizer's life cycle is the caption module's
-  (:class:`~vitkit.captioning.tokenizer_lifecycle.TokenizerModuleMixin`): it comes from the datamodule at setup (or
-  from a checkpoint, whose tokenizer wins) and is saved in the run folder; every checkpoint records the inference
-  spec of task ``describe`` (:func:`vitkit.describe.spec.checkpoint_spec`: both networks' configs, which the CLI
-  sets as ``detector_config`` and ``text_config``, the head's settings and the tokenizer).
+A :class:`vitkit.detection.module.DetectionModule` plus a caption loss (``caption_weight`` x cross-entropy over
+matched, captioned queries); validation also logs ``val/describe_mAP``, ``val/region_CIDEr`` and
+``val/region_attr_acc``. Checkpoints hold the region tokenizer and the ``describe`` inference spec.
 """
 
 from __future__ import annotations
@@ -62,22 +40,17 @@ class DescribeModule(TokenizerModuleMixin, DetectionModule):
     """Train and validate a detector that captions each object it finds.
 
     Args:
-        detector: the DETR (its class count is linked from the data, as for detection).
-        text: the region caption text decoder, a :class:`Captioner` built with ``encoder: null`` (its vocabulary
-            size and special ids are linked from the datamodule's region tokenizer).
-        criterion: the detection loss and its matcher, as :class:`DetectionModule` takes it; the final layer's
-            matching also picks the captioned queries.
-        roi_size: RoI-aligned tokens per side of each region's memory (:mod:`vitkit.describe.model`).
+        detector: the DETR (its class count is linked from the data).
+        text: the region caption text decoder, a :class:`Captioner` built with ``encoder: null``.
+        criterion: the detection loss and its matcher, as :class:`DetectionModule` takes it.
+        roi_size: RoI-aligned tokens per side of each region's memory.
         max_regions: captioned regions per training batch, at most.
         caption_weight: weight of the caption cross-entropy in the total loss.
-        describe_eval_threshold: lowest detection score kept for the describe validation (a low one: the describe
-            mAP needs the tail; GRiT tests at 0.02).
+        describe_eval_threshold: lowest detection score kept for the describe validation.
         describe_eval_max_detections: at most this many detections per image (by score) are captioned for it.
-        describe_eval_max_images: caption at most this many validation images per validation (split over the ranks);
-            None = the whole split. The detection AP always covers the whole split.
+        describe_eval_max_images: caption at most this many validation images per validation; None = all.
         num_classes, lr, backbone_lr_mult, weight_decay, warmup_steps, schedule, lr_drop, min_lr_ratio, num_select,
-            eval_backend, class_names, label_to_cat_id, nonfinite: :class:`DetectionModule`'s, passed on as given
-            (the same defaults).
+            eval_backend, class_names, label_to_cat_id, nonfinite: :class:`DetectionModule`'s, passed on as given.
 
     Raises:
         ValueError: ``describe_eval_max_detections`` < 1 or ``describe_eval_max_images`` < 0.
@@ -161,12 +134,9 @@ class DescribeModule(TokenizerModuleMixin, DetectionModule):
         return detector_outputs(self.detector, images, mask, targets)
 
     def training_losses(self, images: Tensor, mask: Tensor, targets: list[dict]) -> tuple[dict, dict[str, Tensor]]:
-        """The detection step's outputs and losses (:meth:`DetectionModule.training_losses`), plus ``loss_caption``
-        (the unweighted caption cross-entropy, :meth:`caption_loss`); ``loss`` is the detection total plus
-        ``caption_weight`` x ``loss_caption``.
-
-        Args:
-            targets: the detection targets with ``has_caption`` (n,) bool and ``caption_tokens`` (n, T).
+        """The detection step's outputs and losses plus ``loss_caption`` (unweighted); ``loss`` is the detection
+        total plus ``caption_weight`` x ``loss_caption``. ``targets`` carry ``has_caption`` (n,) bool and
+        ``caption_tokens`` (n, T).
         """
         outputs, losses = super().training_losses(images, mask, targets)
         caption = self.caption_loss(outputs, targets)
@@ -221,9 +191,7 @@ class DescribeModule(TokenizerModuleMixin, DetectionModule):
         return self._val_outputs
 
     def on_validation_epoch_end(self) -> None:
-        """The detection AP (the parent's), then ``val/describe_mAP``, ``val/region_CIDEr`` and
-        ``val/region_attr_acc`` of the gathered region captions (every rank gathers, scores and logs the same
-        values)."""
+        """The detection AP, then ``val/describe_mAP``, ``val/region_CIDEr`` and ``val/region_attr_acc`` (all ranks)."""
         super().on_validation_epoch_end()
         dm = self._describe_datamodule()
         if self.trainer.sanity_checking or dm is None:

@@ -1,23 +1,7 @@
 """Describer: a :class:`~vitkit.describe.model.DescribeModel` with its preprocessing, tokenizer and settings.
 
-:func:`vitkit.load` returns one for a describe (detect, then caption each object) checkpoint::
-
-    model = vitkit.load("runs/describe_shapes/checkpoints/last.ckpt")   # a Describer
-    model.describe(["a.jpg", "b.png"])             # detect, and caption every object found
-    model.describe("a.jpg", boxes=[[10, 20, 50, 60]])   # caption the given xyxy pixel boxes
-
-It is made of the two predictors it shares its parts with, so the behaviour at the user boundary is theirs:
-
-- :attr:`detector`, a :class:`~vitkit.detection.predictor.Detector` around the same DETR: the preprocessing (images
-  read by :func:`~vitkit.data.images.load_rgb`, the validation resize, normalisation, zero padding with a mask), the
-  class names and category ids, and what ``vitkit export`` writes to ONNX (the detector alone);
-- :attr:`captions`, a :class:`~vitkit.captioning.predictor.CaptionPipeline` around the region text decoder: the
-  tokenizer checks, the generation options and their defaults (beam search with 3 beams unless the checkpoint says
-  otherwise) and decoding ids to text.
-
-Boxes at this boundary are xyxy pixels of the original (upright) image, as :meth:`Detector.predict` returns them;
-the model works in normalised cxcywh (:func:`~vitkit.detection.postprocess.to_pixels`,
-:func:`~vitkit.detection.postprocess.from_pixels` convert).
+Made of a :class:`~vitkit.detection.predictor.Detector` and a :class:`~vitkit.captioning.predictor.CaptionPipeline`.
+Boxes at this boundary are xyxy pixels of the original (upright) image.
 """
 
 from __future__ import annotations
@@ -42,7 +26,7 @@ ImageInput = str | os.PathLike | Image.Image | Tensor
 
 
 def as_box_lists(boxes: Sequence[Any], count: int) -> list[Tensor]:
-    """Per image (n, 4) float32 xyxy pixel boxes from tensors, arrays or nested lists, one entry per image.
+    """Per image (n, 4) float32 xyxy pixel boxes from tensors, arrays or nested lists.
 
     Raises:
         ValueError: not one entry per image, an entry that is not (n, 4), or a box with x1 < x0 or y1 < y0.
@@ -65,13 +49,13 @@ class Describer(nn.Module):
     """Images in; boxes, classes, scores and a caption per box out.
 
     Args:
-        model: the describe network (a DETR and its region caption head).
+        model: the describe network.
         tokenizer: the region tokenizer it was trained with.
         class_names: name per contiguous label, or None.
         label_to_cat_id: dataset category id per contiguous label, or None.
         num_select: detections kept per image at most (the default ``max_detections``).
         size, max_size: shortest-side resize and longest-side cap at inference, in px.
-        generation: caption decoding defaults (:data:`~vitkit.captioning.predictor.GENERATION_KEYS`).
+        generation: caption decoding defaults.
 
     Raises:
         ValueError: the tokenizer does not fit the text decoder, or an unknown generation option.
@@ -115,8 +99,7 @@ class Describer(nn.Module):
         return self.captions.generation
 
     def set_precision(self, precision: str) -> Describer:
-        """Run the detector in ``"bf16"``, ``"fp32"`` or ``"auto"`` (:meth:`Detector.set_precision`); the region
-        caption head stays float32 (torchvision's ``roi_align`` has no bf16 CPU kernel)."""
+        """Run the detector in ``"bf16"``, ``"fp32"`` or ``"auto"``; the region caption head stays float32."""
         apply_precision(self.model.detector, precision)
         return self
 
@@ -134,9 +117,8 @@ class Describer(nn.Module):
             images: (B, 3, H, W) normalised, zero-padded; mask: (B, H, W) True = padding.
             sizes: (B, 2) [h, w] of the original images, in px.
             boxes: per image (n, 4) xyxy pixel boxes to caption instead of detecting, or None.
-            threshold, max_detections: detections kept per image (not used with ``boxes``); ``max_detections``
-                defaults to the checkpoint's ``num_select``.
-            **options: generation options over the defaults (:meth:`CaptionPipeline.generation_options`).
+            threshold, max_detections: detections kept per image (not used with ``boxes``).
+            **options: generation options over the defaults.
 
         Returns:
             Per image, as :meth:`describe`.
@@ -175,18 +157,17 @@ class Describer(nn.Module):
 
         Args:
             images: one or a list of image paths, PIL images or (3, H, W) uint8 / [0, 1] float tensors.
-            boxes: per image, its (n, 4) xyxy pixel boxes (of the original, upright image; a tensor, array or nested
-                list); each is captioned instead of detections. One image may take its (n, 4) boxes directly.
+            boxes: per image, its (n, 4) xyxy pixel boxes (tensor, array or nested list), captioned instead of
+                detections. One image may take its (n, 4) boxes directly.
             threshold: keep detections whose best class scores at least this (not used with ``boxes``).
             max_detections: at most this many detections per image (default: the checkpoint's ``num_select``).
             batch_size: images per forward pass.
-            method, num_beams, max_length, **options: caption decoding (``CaptionPipeline.caption``'s options).
+            method, num_beams, max_length, **options: caption decoding.
 
         Returns:
-            One dict per image: ``boxes`` (n, 4) float32 xyxy pixels (given boxes come back as given), ``scores``
-            (n,), ``labels`` (n,) contiguous labels (for given boxes: the class and score of the query whose box
-            overlaps it most), ``label_names`` (n names, or the labels as text), ``category_ids`` (n dataset ids),
-            ``captions`` (n strings).
+            One dict per image: ``boxes`` (n, 4) float32 xyxy pixels (given boxes as given), ``scores`` (n,),
+            ``labels`` (n,) contiguous labels (for given boxes: those of the most-overlapping query), ``label_names``
+            (n), ``category_ids`` (n), ``captions`` (n strings).
 
         Raises:
             ImageReadError: a path cannot be read.

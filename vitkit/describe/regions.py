@@ -1,23 +1,7 @@
-"""Describe's data path (detect, then caption each object; issue 17): each box of a detection target keeps its
-annotation's phrase.
+"""Describe's data path: detection targets whose boxes keep their annotation ids and phrases.
 
-The detection dataset (:class:`vitkit.data.coco.CocoDetection`) turns an image's kept non-crowd annotations into
-``boxes`` and ``labels``, and its training transforms drop the boxes that a crop leaves too thin
-(``v2.SanitizeBoundingBoxes``). The phrases must follow exactly the boxes that survive, in their order. So:
-
-1. :class:`RegionIndex` gives every row of the detection targets (:func:`~vitkit.data.annotations.check_instances`'
-   ``boxes``: kept non-crowd annotations, grouped by image, file order within one) its annotation id.
-2. :class:`RegionCaptionTransform` wraps the dataset's transforms: it puts those ids into the raw target as
-   ``ann_ids`` (n,) int64, and re-creates each ``SanitizeBoundingBoxes`` of the pipeline with a ``labels_getter``
-   that returns ``labels`` and ``ann_ids`` together, so torchvision drops both with the same mask. The transforms
-   themselves are the detection path's, unchanged. After them it looks the phrases up by id: ``captions`` (n,
-   ``str | None``) and ``has_caption`` (n,) bool.
-3. :class:`RegionCaptionCollate` pads the images as detection does and tokenises the phrases of the whole batch in
-   one call: ``caption_tokens`` (n, T) long per target, T shared by the batch (the longest sequence, at most
-   ``max_length``), ``[PAD]`` rows for boxes without a phrase.
-
-Crowd regions are not in the targets (as in detection); :func:`read_region_references` returns them, with every
-other annotation as the file gives it, for evaluation.
+Adds ``ann_ids`` (n,) int64, ``captions`` (n ``str | None``), ``has_caption`` (n,) bool to targets and
+``caption_tokens`` (n, T) long at collate; :func:`read_region_references` reads every annotation for evaluation.
 """
 
 from __future__ import annotations
@@ -43,10 +27,6 @@ _KEYS = ("images", "annotations", "categories")
 
 class RegionIndex:
     """The region captions of one instances file and the annotation id of each box the detection targets hold.
-
-    Parses the file once, for :func:`~vitkit.data.annotations.check_instances` (what detection trains on, and every
-    check of the file) and for the ``caption`` fields (:func:`~vitkit.data.region_captions.region_captions` checks
-    them).
 
     Args:
         path: ``instances_{split}2017.json``.
@@ -75,10 +55,7 @@ class RegionIndex:
         return [c for c in self.captions.values() if c is not None]
 
     def target_ann_ids(self, target: dict[str, Any]) -> Tensor:
-        """(n,) int64 annotation ids of a raw :class:`~vitkit.data.coco.CocoDetection` target's boxes.
-
-        Args:
-            target: ``image_id`` and ``boxes`` (n, 4) ``BoundingBoxes``, before any transform.
+        """(n,) int64 annotation ids of a raw target's boxes (``image_id``, ``boxes`` (n, 4), before any transform).
 
         Raises:
             RuntimeError: the boxes do not correspond to the file's rows of that image.
@@ -115,17 +92,14 @@ def _steps(transform: Any) -> Iterable[tuple[list[Any] | nn.ModuleList, int]]:
 
 
 def carry_ann_ids(transform: Callable | None) -> Callable | None:
-    """Make every ``v2.SanitizeBoundingBoxes`` inside ``transform`` drop ``ann_ids`` with the labels (in place).
-
-    Args:
-        transform: a v2 pipeline (or None).
+    """Make every ``v2.SanitizeBoundingBoxes`` inside ``transform`` (a v2 pipeline or None) drop ``ann_ids`` too.
 
     Returns:
-        ``transform``, its ``SanitizeBoundingBoxes`` steps replaced by ones with the same thresholds and
-        :func:`labels_and_ann_ids` as ``labels_getter``.
+        ``transform``, its ``SanitizeBoundingBoxes`` steps replaced in place (same thresholds,
+        :func:`labels_and_ann_ids` as ``labels_getter``).
 
     Raises:
-        ValueError: a ``SanitizeBoundingBoxes`` with a custom ``labels_getter`` (what else it sanitises is unknown).
+        ValueError: a ``SanitizeBoundingBoxes`` with a custom ``labels_getter``.
     """
     for siblings, k in list(_steps(transform)):
         step = siblings[k]
@@ -140,16 +114,15 @@ def carry_ann_ids(transform: Callable | None) -> Callable | None:
 class RegionCaptionTransform:
     """Wrap a detection dataset's transforms so that each target keeps its boxes' annotation ids and phrases.
 
-    A plain picklable object (DataLoader workers run it). Set it as ``CocoDetection.transforms``.
+    Picklable; set it as ``CocoDetection.transforms``.
 
     Args:
-        transforms: the dataset's ``(image, target) -> (image, target)`` pipeline, or None; its
-            ``SanitizeBoundingBoxes`` steps are rewired by :func:`carry_ann_ids`.
+        transforms: the dataset's ``(image, target) -> (image, target)`` pipeline, or None.
         index: the :class:`RegionIndex` of the dataset's annotation file.
 
     Returns (when called on a raw ``(image, target)``):
-        ``(image, target)`` as ``transforms`` makes them, the target with ``ann_ids`` (n,) int64, ``captions``
-        (n ``str | None``) and ``has_caption`` (n,) bool, aligned with ``boxes`` and ``labels``.
+        ``(image, target)``, the target with ``ann_ids`` (n,) int64, ``captions`` (n ``str | None``) and
+        ``has_caption`` (n,) bool, aligned with ``boxes`` and ``labels``.
     """
 
     def __init__(self, transforms: Callable | None, index: RegionIndex) -> None:
@@ -181,10 +154,10 @@ class RegionCaptionCollate:
         max_length: longest token sequence, BOS and EOS included (longer phrases lose their last words).
         pad_to_multiple: round the padded height and width up to a multiple of this.
 
-    Returns (when called on B ``(image, target)`` samples of :class:`RegionCaptionTransform`'s datasets):
+    Returns (when called on B ``(image, target)`` samples):
         images (B, 3, Hmax, Wmax) zero-padded bottom/right; mask (B, Hmax, Wmax) bool, True = padding; the B
         targets, each with ``caption_tokens`` (n, T) long ``[BOS] phrase [EOS] [PAD]...`` (all ``[PAD]`` where
-        ``has_caption`` is False), T the same for the whole batch (the longest sequence, 2 when no box has a phrase).
+        ``has_caption`` is False), T shared by the batch (2 when no box has a phrase).
     """
 
     def __init__(self, tokenizer: CaptionTokenizer, max_length: int, pad_to_multiple: int = 1) -> None:
@@ -207,8 +180,7 @@ class RegionCaptionCollate:
 
 @dataclass(frozen=True)
 class RegionReferences:
-    """The ground truth of one image as its annotation file gives it: every annotation, crowd regions included, in
-    file order, boxes unclipped.
+    """The ground truth of one image as its file gives it: every annotation, crowd included, file order, unclipped.
 
     Attributes:
         ann_ids: (n,) int64 annotation ids.
@@ -227,14 +199,11 @@ class RegionReferences:
 
 def read_region_references(path: str | os.PathLike, image_ids: Iterable[int] | None = None,
                            hint: str = "") -> dict[int, RegionReferences]:
-    """What the describe evaluation needs per image, read from the annotation file (not from targets).
-
-    The file's boxes and categories are taken as given: call it on a file that
-    :func:`~vitkit.data.annotations.check_instances` accepts (the datasets check theirs at construction).
+    """Read each image's :class:`RegionReferences` from an annotation file that ``check_instances`` accepts.
 
     Args:
         path: ``instances_*.json``.
-        image_ids: the images to return (e.g. those a validation set reads); None = every image of the file.
+        image_ids: the images to return; None = every image of the file.
         hint: appended to file-level errors.
 
     Returns:

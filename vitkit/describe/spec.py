@@ -1,13 +1,5 @@
-"""The inference spec of describe (detect, then caption each object; task ``describe``) in checkpoints and exports.
-
-The spec's model config holds both networks' resolved configs, ``detector`` (the DETR, with the data's class count)
-and ``text`` (the :class:`~vitkit.captioning.Captioner` built with ``encoder: null``, with the tokenizer's values),
-and the region head's ``roi_size``; beside it the validation preprocessing sizes, the class names and category ids,
-``num_select`` and the tokenizer JSON. :func:`checkpoint_spec` builds it for a training checkpoint;
-:func:`vitkit.load` rebuilds the network from it (:func:`build_network`) and returns a
-:class:`~vitkit.describe.predictor.Describer`; :func:`predictor_spec` records a loaded one's settings (safetensors
-export). ONNX export takes the detector alone (:attr:`Describer.detector`): the region caption head (RoI memory and
-KV-cached text decoding) is not exported to ONNX.
+"""The inference spec of task ``describe``: ``detector`` and ``text`` configs, ``roi_size``, preprocessing
+sizes, class names and category ids, ``num_select`` and the tokenizer JSON.
 """
 
 from __future__ import annotations
@@ -40,11 +32,9 @@ def checkpoint_spec(detector: dict[str, Any], text: dict[str, Any], tokenizer: s
     """The spec a describe training checkpoint records.
 
     Args:
-        detector: the DETR's resolved ``class_path`` / ``init_args``.
-        text: the text decoder's resolved ``class_path`` / ``init_args``.
-        tokenizer: the region tokenizer's JSON (``CaptionTokenizer.to_str``).
-        hparams: DescribeModule's hyper-parameters (``roi_size``, ``class_names``, ``label_to_cat_id``,
-            ``num_select``).
+        detector, text: the DETR's and text decoder's resolved ``class_path`` / ``init_args``.
+        tokenizer: the region tokenizer's JSON.
+        hparams: DescribeModule's hyper-parameters (``roi_size``, ``class_names``, ``label_to_cat_id``, ``num_select``).
         data_hparams: the datamodule's (``val_size``, ``val_max_size`` in px); CocoDataModule's defaults when absent.
     """
     head = {key: hparams[key] for key in HEAD_KEYS if key in hparams}
@@ -56,7 +46,7 @@ def checkpoint_spec(detector: dict[str, Any], text: dict[str, Any], tokenizer: s
 
 
 def build_network(config: dict[str, Any]) -> DescribeModel:
-    """The describe network of a spec's (checked) model config: the DETR, the text decoder and the head settings.
+    """The describe network of a spec's model config.
 
     Raises:
         ValueError: a key other than ``detector``, ``text`` and :data:`HEAD_KEYS`, or a network that cannot be built.

@@ -1,13 +1,5 @@
-"""The describe task's descriptor (:data:`TASK`; detect, then caption each object): what training, loading, export
-and the inference spec need to know about it, registered in :mod:`vitkit.tasks`.
-
-Training: :class:`~vitkit.describe.module.DescribeModule` on
-:class:`~vitkit.describe.datamodule.DescribeDataModule`, best checkpoints by the detection validation's ``val/AP``
-(``val/describe_mAP`` is logged beside it); detection's links, plus the region tokenizer's values into the text
-decoder (``model.text``), as captioning links them into the captioner. Loading: a
-:class:`~vitkit.describe.model.DescribeModel` built from both networks' configs
-(:func:`~vitkit.describe.spec.build_network`) in a :class:`~vitkit.describe.predictor.Describer`. ONNX export
-writes its detector's graph alone and says so.
+"""The describe task's descriptor (:data:`TASK`), registered in :mod:`vitkit.tasks`; ONNX export is the
+detector alone.
 """
 
 from __future__ import annotations

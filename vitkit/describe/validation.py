@@ -1,31 +1,9 @@
-"""The describe metrics of a validation split (describe: detect, then caption each object; issue 17): what
-:class:`~vitkit.describe.module.DescribeModule` logs beside the detection AP.
+"""The describe metrics of a validation split, logged by :class:`~vitkit.describe.module.DescribeModule`.
 
-Per validation image, :func:`region_records` runs the inference path of :meth:`DescribeModel.describe` (greedy
-decoding) on the validation batch's detector outputs, for detections and for given boxes in one decoding call, and
-keeps plain Python values (so the records gather across ranks like COCO results):
-
-- the **detections** above a low score threshold (at most ``max_detections`` by score, DenseCap's protocol: AP
-  needs the low-scoring tail), each with its caption, box (COCO xywh pixels of the original image), score and
-  COCO category id;
-- the **ground-truth boxes that have a phrase**, captioned as given boxes, each with its phrase.
-
-:func:`region_metrics` turns the records of the whole split into:
-
-- ``describe_mAP``: :func:`~vitkit.eval.describe_map.evaluate_describe` of the detections and their captions against
-  the annotation file's regions (every annotation of the evaluated images, boxes as the file gives them). Its
-  ground truth is class-agnostic, as DenseCap's. **Annotations without a phrase are ignored like crowd regions**
-  (:func:`ground_truth_regions`): never a region to find, and a detection that lies inside one (intersection over
-  the detection's area at the IoU threshold) and matches no phrase-carrying region counts neither as a true nor as
-  a false positive. METEOR is Java METEOR 1.5, started once per call, or the named fallback (with one warning)
-  without Java.
-- ``region_CIDEr``: CIDEr-D of the given-box captions against their phrases, each region one document of the IDF
-  statistics (pycocoevalcap's ``Cider`` on these pairs, PTB-tokenised in Python); NaN without any phrase.
-- ``region_attr_acc``: the share of correctly detected objects whose caption is their phrase. Detections are
-  matched one-to-one to the image's non-crowd annotations (:func:`match_detections`: IoU >= 0.5, same category,
-  greedy by decreasing score); of the matched annotations that have a phrase, the share whose detection's caption
-  equals it after :func:`normalize_phrase`. On the shapes set a phrase is exactly its size, colour and shape words,
-  so equality means every attribute is right. 0 when no object with a phrase is correctly detected.
+``describe_mAP`` (:func:`~vitkit.eval.describe_map.evaluate_describe`, class-agnostic; annotations without a
+phrase are ignored like crowd regions), ``region_CIDEr`` (CIDEr-D of given-box captions against their phrases, NaN
+without any phrase) and ``region_attr_acc`` (share of correctly detected objects, IoU >= 0.5 and same category,
+whose caption equals their phrase after :func:`normalize_phrase`; 0 when none).
 """
 
 from __future__ import annotations
@@ -59,13 +37,12 @@ def match_detections(det_boxes: Any, det_scores: Any, det_labels: Any, gt_boxes:
                      iou_threshold: float = 0.5) -> list[tuple[int, int]]:
     """Greedy one-to-one matching of detections to ground-truth objects of the same class.
 
-    Detections are visited by decreasing score (ties in input order); each takes the not yet taken ground-truth box
-    of its label with the highest IoU, if that IoU is at least ``iou_threshold`` (the first such box on ties).
+    Detections by decreasing score (ties in input order) each take the untaken same-label box of highest IoU,
+    if that IoU is at least ``iou_threshold``.
 
     Args:
         det_boxes: (M, 4) xyxy boxes; det_scores: (M,); det_labels: (M,) class ids.
         gt_boxes: (N, 4) xyxy boxes in the same units; gt_labels: (N,) class ids of the same kind.
-        iou_threshold: lowest IoU of a match.
 
     Returns:
         (detection index, ground-truth index) pairs, in the order they were made.
@@ -89,12 +66,8 @@ def match_detections(det_boxes: Any, det_scores: Any, det_labels: Any, gt_boxes:
 
 def attribute_accuracy(captions: Sequence[str], phrases: Sequence[str | None],
                        pairs: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """(right, judged): of the matched pairs whose ground truth has a phrase, how many detections' captions equal
-    it after :func:`normalize_phrase`.
-
-    Args:
-        captions: the detections' captions; phrases: the ground-truth objects' phrases (None: no phrase, not judged).
-        pairs: (detection index, ground-truth index) from :func:`match_detections`.
+    """(right, judged): of the matched ``pairs`` whose ground truth has a phrase (None: not judged), how many
+    detections' captions equal it after :func:`normalize_phrase`.
     """
     judged = [(d, g) for d, g in pairs if phrases[g] is not None]
     right = sum(normalize_phrase(captions[d]) == normalize_phrase(phrases[g]) for d, g in judged)
@@ -132,17 +105,14 @@ def region_records(captioner: DescribeModel, tokenizer: CaptionTokenizer, output
                    max_detections: int) -> list[dict[str, Any]]:
     """Region captions of the first ``len(targets)`` images of a validation batch, one record per image.
 
-    The inference path of :meth:`DescribeModel.describe` (its detections, given boxes, greedy decoding) on the
-    batch's detector outputs, with the detections and the given boxes decoded together in one call.
-
     Args:
         captioner: the detector and head (in eval mode).
         tokenizer: turns caption ids into text.
         outputs: :func:`~vitkit.describe.model.detector_outputs` of the batch (``features``, ``token_size``).
-        targets: validation targets of the batch's first images (``image_id``, ``orig_size`` [h, w], ``boxes``
-            (n, 4) normalised cxcywh, ``ann_ids``, ``captions``, ``has_caption``).
+        targets: validation targets (``image_id``, ``orig_size`` [h, w], ``boxes`` (n, 4) normalised cxcywh,
+            ``ann_ids``, ``captions``, ``has_caption``).
         label_to_cat_id: contiguous label -> COCO category id (None: the labels are the ids).
-        threshold, max_detections: the detections kept per image (:meth:`DescribeModel.detections`).
+        threshold, max_detections: the detections kept per image.
 
     Returns:
         Per image: ``image_id``; the detections' ``boxes`` (COCO xywh px), ``scores``, ``category_ids`` and
@@ -197,11 +167,11 @@ def _image_attribute_counts(record: Mapping[str, Any], ref: RegionReferences) ->
 
 def region_metrics(records: Sequence[Mapping[str, Any]],
                    references: Mapping[int, RegionReferences]) -> dict[str, Any]:
-    """The describe metrics of a validation split (see the module docstring).
+    """The describe metrics of a validation split.
 
     Args:
         records: :func:`region_records` of every evaluated image (each image once).
-        references: image id -> its annotations (:meth:`DescribeDataModule.val_references`); every record's image.
+        references: image id -> its annotations; every record's image.
 
     Returns:
         ``describe_mAP``, ``region_CIDEr`` and ``region_attr_acc`` (floats), ``attr_counts`` (right, judged) and

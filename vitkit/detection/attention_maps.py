@@ -1,11 +1,7 @@
-"""Detection cross-attention pictures: for each box a detector keeps, its query's cross-attention in the last
-decoder layer.
+"""Detection cross-attention pictures: for each box a detector keeps, its query's last-layer cross-attention.
 
-Global attention: the attention weights (heads averaged) as a heatmap over the image; deformable attention
-(:class:`~vitkit.layers.deformable.MSDeformableAttention`): the sampling points of every head and level, sized and
-coloured by their attention weights. Detection runs one image at a time (no batch padding); token grids are mapped
-onto the image through the patch stride (level ``l`` of a multi-level memory at ``stride * h_0 / h_l``), and each
-level's weights are divided by its token area before the levels are summed, so the heatmap is an attention density.
+Global attention: head-averaged weights as a density heatmap over the image (each level's weights divided by its
+token area); deformable attention: every head's and level's sampling points with their weights. One image at a time.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ class DetectionAttention:
         points: deformable: K arrays (heads x levels x points, 2) of (x, y) sampling locations; else empty.
         point_weights: deformable: K arrays of their weights (averaged over heads: each array sums to 1).
         references: deformable: (K, 4) xyxy reference boxes the points were placed around (the last layer's
-            input boxes; the drawn ``boxes`` are its refined output); else None.
+            input boxes); else None.
     """
     image: np.ndarray
     scale: float
@@ -64,19 +60,10 @@ class DetectionAttention:
 @torch.no_grad()
 def detection_attention(detector: nn.Module, image: str | os.PathLike | Image.Image | Tensor,
                         score_threshold: float = 0.5, max_boxes: int = 12) -> DetectionAttention:
-    """Run a :class:`~vitkit.detection.predictor.Detector` on one image and
-    read its last decoder layer's cross-attention.
-
-    Args:
-        detector: from :func:`vitkit.load`.
-        image: a path, an RGB PIL image or a (3, H, W) uint8 tensor.
-        score_threshold: keep queries whose best class scores at least this (softmax heads: the best class other
-            than no-object; sigmoid heads: the best sigmoid), as :class:`~vitkit.detection.PostProcess` does.
-        max_boxes: at most this many boxes, best first.
-
-    Returns:
-        A :class:`DetectionAttention`.
-    """
+    """Run a :class:`~vitkit.detection.predictor.Detector` (from :func:`vitkit.load`) on one image (a path, an RGB
+    PIL image or a (3, H, W) uint8 tensor) and read its last decoder layer's cross-attention into a
+    :class:`DetectionAttention`: at most ``max_boxes`` boxes, best first, whose best class (softmax: other than
+    no-object) scores at least ``score_threshold``."""
     model = detector.model
     img = rgb(image)
     batch, mask, _ = detector.preprocess([img])  # (1, 3, h, w), (1, h, w)
@@ -129,12 +116,9 @@ def _xyxy(cxcywh: Tensor, width: int, height: int) -> Tensor:
 
 
 def plot_detection_attention(att: DetectionAttention, path: str | os.PathLike, cols: int = 4) -> Path:
-    """Save a PNG: the image with every kept box, then one panel per box with its query's attention.
-
-    Global attention: a heatmap (``jet``, normalised to its maximum) over the image; deformable attention: the
-    sampling points, sized and coloured (``plasma``) by weight, around the reference box (dashed, white). The box
-    is drawn in its class colour, the title gives the class, the score and the query index.
-    """
+    """Save a PNG: the image with every kept box, then one panel per box with its query's attention (global: a
+    ``jet`` heatmap normalised to its maximum; deformable: points sized and coloured by weight around the dashed
+    reference box)."""
     H, W = att.image.shape[:2]
     fig, axes = grid_figure(1 + len(att.boxes), cols, H / W)
     title = f"{len(att.boxes)} boxes ({att.kind} cross-attention)" if len(att.boxes) else "no box above the threshold"

@@ -1,26 +1,9 @@
 """Set-prediction losses for DETR-style detectors: Hungarian matching, then class + L1 + GIoU losses.
 
-Differences from the reference (DETR's SetCriterion):
-
-- One module serves two classification losses (the key is ``loss_ce`` for both). The detector's head decides
-  (``DETR.sigmoid_head``, bound by :meth:`SetCriterion.bind`, never a config key of its own):
-  - ``"ce"`` (softmax heads): softmax cross-entropy over C+1 classes, no-object weighted by ``eos_coef``;
-    mean weighted by the class weights (``F.cross_entropy`` with ``weight``), as DETR does.
-  - ``"varifocal"`` (sigmoid heads; VFL, IoU-aware classification as in RT-DETR): the matched class's target
-    is the IoU (detached) of the predicted box with its GT, every other entry 0; BCE-with-logits weighted by
-    ``alpha * sigmoid(x)^gamma`` on entries that are not the matched class and by the IoU target on those that
-    are; summed over all (B, Q, C) elements (no no-object slot) and divided by ``num_boxes``. RT-DETR uses
-    ``focal_alpha=0.75`` for this loss. (The plain focal loss was retired: every shipped sigmoid recipe trains
-    with varifocal, and no supported weight format needs a loss.)
-- The part is built from its config (loss weights, ``focal_alpha``, the one-to-many factors and the ``matcher``
-  with its costs) and bound to the detector by the training module: the class count and the head kind come
-  from the detector, and the matcher's class cost follows the same head and ``focal_alpha``.
-- All loss math runs in float32 with autocast off, so bf16 training stays finite.
-- Hybrid matching: an optional ``one2many`` output branch is matched with every target repeated
-  ``one2many_k`` times; its losses are normalised by ``num_boxes * one2many_k`` (the repeated target count, as
-  H-DETR does).
-- Returned values are already weighted; ``loss`` is their sum. Diagnostics (``diagnostic_keys``) are detached
-  and not part of ``loss``.
+Differences from DETR's SetCriterion: ``loss_ce`` is softmax CE (no-object weighted by ``eos_coef``) for softmax
+heads or the varifocal loss (summed, divided by ``num_boxes``) for sigmoid heads, chosen by :meth:`SetCriterion.bind`;
+all loss math runs in float32 with autocast off; an optional ``one2many`` branch is matched with targets repeated
+``one2many_k`` times and normalised by ``num_boxes * one2many_k``. Returned losses are already weighted.
 """
 
 from __future__ import annotations
@@ -37,15 +20,8 @@ from vitkit.utils.distributed import is_distributed, world_size
 
 
 def average_num_boxes(targets: list[dict], device: torch.device) -> Tensor:
-    """Targets in the batch, averaged over DDP ranks when torch.distributed is initialised, clamped to >= 1.
-
-    Args:
-        targets: B dicts with ``labels`` (n,).
-        device: where the count lives (the collective's device).
-
-    Returns:
-        () float32 tensor.
-    """
+    """Targets in the batch (B dicts with ``labels`` (n,)), averaged over DDP ranks when torch.distributed is
+    initialised, clamped to >= 1; a () float32 tensor on ``device``."""
     n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
     if is_distributed():
         dist.all_reduce(n)
@@ -54,21 +30,17 @@ def average_num_boxes(targets: list[dict], device: torch.device) -> Tensor:
 
 
 class SetCriterion(nn.Module):
-    """DETR losses over the final layer, every auxiliary layer and an optional one-to-many branch.
-
-    Build it with its settings, then :meth:`bind` it to the detector's class count and head (the training module
-    does); an unbound criterion refuses to compute.
+    """DETR losses over the final layer, every auxiliary layer and an optional one-to-many branch; must be bound
+    with :meth:`bind` before use.
 
     Args:
-        matcher: the assignment used for every layer and branch (its class cost is bound to the same head).
+        matcher: the assignment used for every layer and branch.
         loss_ce, loss_bbox, loss_giou: weights of the classification, L1 and GIoU losses.
         eos_coef: CE weight of the no-object class (softmax heads only).
-        focal_alpha: alpha of the varifocal loss and of the matcher's focal class cost (sigmoid heads only; gamma
-            is :data:`FOCAL_GAMMA`).
-        one2many_k: times each target is repeated when matching the ``one2many`` branch.
-        enc_one2many_k: times each target is repeated when matching the two-stage encoder proposals
-            (``enc_outputs``); 1 is one-to-one. Every token is a proposal, so repeating gives the encoder
-            several positives per object, as dense detectors have.
+        focal_alpha: alpha of the varifocal loss and the matcher's focal cost (sigmoid heads only; gamma is
+            :data:`FOCAL_GAMMA`).
+        one2many_k, enc_one2many_k: times each target is repeated when matching the ``one2many`` branch / the
+            two-stage encoder proposals (``enc_outputs``); 1 is one-to-one.
     """
 
     diagnostic_keys = frozenset({"diag_class_error", "diag_cardinality_error"})
@@ -96,14 +68,12 @@ class SetCriterion(nn.Module):
         """Fit the losses (and the matcher's class cost) to a detector's head; returns ``self``.
 
         Args:
-            num_classes: C, the detector's object classes (no-object excluded): a softmax head emits C+1 logits,
-                a sigmoid head C.
-            sigmoid_head: the detector's head kind (``DETR.sigmoid_head``): True = C sigmoid logits trained with
-                the varifocal loss; False = C+1 softmax logits (last = no-object) trained with cross-entropy.
+            num_classes: C, object classes (no-object excluded).
+            sigmoid_head: True = C sigmoid logits (varifocal loss); False = C+1 softmax logits (last = no-object,
+                cross-entropy).
 
         Raises:
-            ValueError: naming ``model.criterion``, when it is already bound to another class count or head (one
-                criterion serves one detector).
+            ValueError: naming ``model.criterion``, when it is already bound to another class count or head.
         """
         head = (int(num_classes), "varifocal" if sigmoid_head else "ce")
         if self.num_classes is not None and (self.num_classes, self.loss_type) != head:
@@ -170,23 +140,21 @@ class SetCriterion(nn.Module):
         """Compute the losses.
 
         Args:
-            outputs: ``pred_logits`` (B, Q, C+1) softmax heads / (B, Q, C) sigmoid heads; ``pred_boxes``
-                (B, Q, 4) normalised cxcywh; optional ``aux_outputs`` (list of dicts with the same keys, earlier
-                decoder layers), ``enc_outputs`` (two-stage encoder proposals, matched one-to-one like a layer),
-                ``one2many`` (a dict with the same structure, hybrid-matching queries) and ``dn_outputs``
-                (denoising queries with their ``dn_meta``: positives are assigned, not matched).
+            outputs: ``pred_logits`` (B, Q, C+1) softmax / (B, Q, C) sigmoid; ``pred_boxes`` (B, Q, 4) normalised
+                cxcywh; optional ``aux_outputs`` (list of dicts, earlier layers), ``enc_outputs`` (matched
+                one-to-one), ``one2many`` (same structure) and ``dn_outputs`` (with ``dn_meta``; assigned, not
+                matched).
             targets: B dicts with ``labels`` (n,) int64 in [0, C) and ``boxes`` (n, 4) normalised cxcywh.
 
         Returns:
             Weighted () tensors: ``loss_ce``/``loss_bbox``/``loss_giou`` (final layer), ``{key}_{i}`` (aux layer
-            i), ``{key}_enc`` (encoder proposals), ``{key}_o2m`` and ``{key}_o2m_{i}`` (one-to-many branch),
-            ``{key}_dn`` and ``{key}_dn_{i}`` (denoising), ``loss`` (their sum); and the
-            unweighted, detached final-layer diagnostics in ``diagnostic_keys``: ``diag_class_error`` (top-1
-            error in % over matched queries) and ``diag_cardinality_error`` (mean |#predicted objects - #targets|
-            per image; CE: argmax is not no-object, sigmoid: max score > 0.5).
+            i), ``{key}_enc``, ``{key}_o2m`` and ``{key}_o2m_{i}``, ``{key}_dn`` and ``{key}_dn_{i}``, ``loss``
+            (their sum); and unweighted, detached diagnostics (``diagnostic_keys``): ``diag_class_error`` (top-1
+            error in % over matched queries) and ``diag_cardinality_error`` (mean |#predicted - #targets| per
+            image; CE: argmax is not no-object, sigmoid: max score > 0.5).
 
         Raises:
-            RuntimeError: the criterion is not bound to a detector (:meth:`bind`).
+            RuntimeError: the criterion is not bound (:meth:`bind`).
         """
         if self.num_classes is None:
             raise RuntimeError("SetCriterion is not bound to a detector: call bind(num_classes, sigmoid_head) first "

@@ -1,13 +1,7 @@
-"""Lightning DataModule for COCO-layout detection data (COCO 2017 itself, or the generated shapes set).
+"""Lightning DataModule for COCO-layout detection data (COCO 2017 or the generated shapes set).
 
-A missing annotation file or image folder stops the run at construction. Malformed annotation files stop it at
-construction (the validation file) or at ``setup`` (the training file), before the first step, with a
-:class:`~vitkit.training.guards.ConfigError` naming the file, the entry and the field (``tools/train.py`` prints it as
-one paragraph, exit status 2); sanitised entries get one counted warning per kind (:mod:`vitkit.data.annotations`).
-Unreadable images follow ``bad_images`` (:mod:`vitkit.data.bad_images`): with "skip", a training item is replaced by
-the next readable one and a validation item is left out (COCO AP then covers the predicted images only), each file is
-warned about once on the main process, and a pass that met new ones ends with a counted summary; with "fail", a
-missing file stops the run at ``setup`` with a ConfigError naming it.
+Missing or malformed annotation files raise :class:`~vitkit.training.guards.ConfigError` at construction
+(validation file) or ``setup`` (training file); unreadable images follow ``bad_images`` (:mod:`vitkit.data.bad_images`).
 """
 
 from __future__ import annotations
@@ -31,15 +25,11 @@ class CocoDataModule(CocoLayoutDataModule):
 
     Args:
         batch_size: images per device and step.
-        train_scales: shortest-side sizes for multi-scale training.
-        train_max_size: longest-side cap for training.
-        crop_resize: shortest sides tried before the random crop (DETR: 400, 500, 600).
-        crop_size: (min, max) side of the random crop (DETR: 384..600).
-        crop_p: probability of DETR's resize-crop-resize branch in training (0 = never crop).
-        val_size: validation shortest side.
-        val_max_size: validation longest-side cap.
-        **kwargs: the data root, shapes generation, loader and ``bad_images`` settings of
-            :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
+        train_scales, train_max_size: shortest-side sizes for multi-scale training, longest-side cap.
+        crop_resize, crop_size: shortest sides tried before the random crop, (min, max) side of the crop.
+        crop_p: probability of the resize-crop-resize branch in training (0 = never crop).
+        val_size, val_max_size: validation shortest side and longest-side cap.
+        **kwargs: passed to :class:`~vitkit.training.datamodule.CocoLayoutDataModule`.
     """
     def __init__(
         self,

@@ -1,11 +1,8 @@
-"""Contrastive denoising queries (DN-DETR / DINO, as RT-DETR uses them) for anchor-box DETRs.
+"""Contrastive denoising queries (DN-DETR / DINO) for anchor-box DETRs.
 
-In training, each ground-truth box is fed to the decoder as extra queries in ``G`` groups. A group holds
-``2 * pad`` queries (``pad`` = the most targets of any image in the batch): ``pad`` positives, boxes jittered by
-less than half their size, and ``pad`` negatives, jittered by between one and two half-sizes; a fraction of the
-labels is flipped. The decoder must reconstruct positives and reject negatives, which gives every layer a stable,
-matching-free training signal. Denoising groups see the matching queries but not each other, and the matching
-queries never see them, so inference is unchanged.
+Each ground-truth box becomes ``G`` groups of ``pad`` positives (jitter < half the box size) and ``pad`` negatives
+(between one and two half-sizes), ``pad`` = most targets of any image; some labels are flipped. Groups see the
+matching queries, not each other; matching queries never see them.
 """
 
 from __future__ import annotations
@@ -44,9 +41,9 @@ class DenoisingQueries:
     """Denoising queries for one batch, fed to the decoder before the matching queries.
 
     Attributes:
-        content: (B, N, D) content queries: embeddings of the (partly flipped) labels.
+        content: (B, N, D) embeddings of the (partly flipped) labels.
         boxes: (B, N, 4) anchors: the noised target boxes, cxcywh in [0, 1] (zeros for padding entries).
-        meta: where the groups sit (:class:`DenoisingMeta`); the model returns it as ``dn_outputs["dn_meta"]``.
+        meta: the groups' layout (:class:`DenoisingMeta`), returned as ``dn_outputs["dn_meta"]``.
     """
     content: Tensor
     boxes: Tensor
@@ -71,7 +68,6 @@ def make_denoising_queries(
     Args:
         targets: B dicts with ``labels`` (n,) and ``boxes`` (n, 4) normalised cxcywh.
         label_embed: (num_classes + 1, D) embedding; row ``num_classes`` is the padding entry.
-        num_classes: C.
         num_denoising: query budget; groups = max(1, num_denoising // pad).
         label_noise: twice the probability of replacing a label by a random class.
         box_noise: scale of the box jitter (1 = up to half the box size for positives).
@@ -112,10 +108,8 @@ def make_denoising_queries(
 
 def query_attention_mask(num_dn: int, num_groups: int, num_queries: int, num_one2many: int,
                          device: torch.device) -> Tensor | None:
-    """(T, T) bool self-attention mask over [denoising | one-to-one | one-to-many] queries, True = masked.
-
-    Each group attends within itself; denoising groups may also read the one-to-one queries.
-    """
+    """(T, T) bool self-attention mask over [denoising | one-to-one | one-to-many] queries, True = masked; each group
+    attends within itself, denoising groups may also read the one-to-one queries."""
     total = num_dn + num_queries + num_one2many
     if total == num_queries:
         return None

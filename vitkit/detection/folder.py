@@ -1,34 +1,11 @@
-"""Detect objects in every image of a folder: a COCO results file, optionally pictures with the boxes drawn.
+"""Detect objects in every image of a folder into a COCO results file, optionally drawing the boxes.
 
-The library side of ``vitkit detect``: what detection gives the folder runner (:mod:`vitkit.data.folder_runner`:
-listing, decoding, bad files, retrying a failed batch image by image, the summary). Images are preprocessed by the
-detector's own :class:`~vitkit.detection.preprocess.DetectionPreprocess`, so the results equal
-``Detector.predict(path)``.
-
-Image ids (``image_id`` of each result, :func:`vitkit.data.folder.folder_image_ids`):
-
-- **with an annotation file** (``annotations=instances_val2017.json``, the folder being that split): the file's
-  ids, looked up by ``file_name`` (the path relative to the folder, or the bare file name when that is unique in
-  the folder), so ``tools/eval.py --annotations GT --results OUT`` scores the output as is. Images are decoded
-  in the orientation the annotation file's ``width``/``height`` describe (``load_rgb``'s ``size_hint``). A
-  listed image the annotation file does not know is a failure ("not in the annotation file"): its boxes could
-  not be given an id.
-- **without**: the listed files are numbered 1, 2, ... in sorted order, unreadable ones included (so a file's
-  id does not depend on which other files could be read).
-
-Either way a sidecar ``<out stem>.images.json`` maps files to ids: ``{"images": [{"id", "file_name", "width",
-"height"}]}``, the ``images`` section of a COCO annotation file (width and height of the decoded, upright image),
-with ``"error"`` on a file that failed (and ``"id": null`` for a file the annotation file does not list).
-
-Results are ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` with ``bbox`` in pixels of the
-upright original image and ``category_id`` the dataset's id of the predicted class
-(``Detector.label_to_cat_id``), sorted by image id, then score (descending). The file is written at the end
-(atomically); an interrupted run writes nothing.
-
-Drawn pictures (``draw_dir``, :func:`vitkit.viz.draw.draw_file`): one per detected image, the same relative path;
-a ``.png``, ``.jpg`` or ``.jpeg`` input keeps its name (and format), any other gets ``.png`` appended (``anim.gif``
--> ``anim.gif.png``), so two inputs never share an output. Boxes are labelled ``"name score"`` and coloured by
-class; an image whose picture cannot be written is a failure.
+Image ids come from ``annotations`` (looked up by ``file_name``; unknown files fail) or number the sorted files
+1, 2, ... (unreadable ones included). A sidecar ``<out stem>.images.json`` holds ``{"images": [{"id", "file_name",
+"width", "height"}]}`` (plus ``"error"``, and ``"id": null`` for files unknown to ``annotations``). Results are
+``{"image_id", "category_id", "bbox": [x, y, w, h] px of the upright image, "score"}``, sorted by image id then
+score descending, written atomically at the end. Drawn pictures keep the relative path; inputs other than
+``.png``/``.jpg``/``.jpeg`` get ``.png`` appended.
 """
 
 from __future__ import annotations
@@ -50,13 +27,9 @@ from vitkit.viz.draw import draw_file
 
 
 class CocoResultsOutput(FolderOutput):
-    """The COCO results file and its images sidecar (see the module docstring), both written by :meth:`close`.
-
-    Args:
-        out: the results file (checked by :func:`~vitkit.data.folder_runner.output_file`).
-        image_ids: file -> image id (files without one fail, naming ``annotations``).
-        label_to_cat_id: contiguous label -> dataset category id (None: the labels).
-    """
+    """The COCO results file ``out`` and its images sidecar, both written by :meth:`close`; ``image_ids`` maps
+    file -> id (files without one fail, naming ``annotations``), ``label_to_cat_id`` label -> category id (None:
+    the labels)."""
     def __init__(self, out: Path, image_ids: dict[str, int], label_to_cat_id: list[int] | None,
                  annotations: str | os.PathLike | None) -> None:
         super().__init__(out, out.with_name(f"{out.stem}.images.json"))  # dets.json -> dets.images.json
@@ -123,9 +96,8 @@ def detect_folder(detector: Detector, folder: str | os.PathLike, out: str | os.P
 
     Args:
         detector: from :func:`vitkit.load` (on the device to run on).
-        folder: the image folder. out: the results JSON to write.
         annotations: a COCO instances file whose ``images`` give the image ids (and orientation), or None to
-            number the files (the ``<out stem>.images.json`` sidecar maps files to ids either way).
+            number the files.
         score_threshold: keep detections scoring at least this.
         batch_size, recursive, num_workers, progress: as :func:`vitkit.data.folder_runner.run_folder`.
         draw_dir: also write each image with its boxes drawn under this folder.

@@ -1,9 +1,7 @@
 """Hungarian matching between predicted queries and ground-truth boxes (DETR's matcher).
 
-Differences from the reference: the cost is always computed in float32 with autocast off (bf16 costs tie-break
-wrongly or overflow), non-finite costs are replaced by a large finite value instead of crashing SciPy, the whole
-batch goes to the host in one transfer, and ``repeat=k`` matches every target up to k times (one-to-many /
-hybrid matching) by tiling the cost columns rather than recomputing them.
+Differences from the reference: costs in float32 with autocast off, non-finite costs replaced by a large finite
+value, one host transfer per batch, and ``repeat=k`` matches every target up to k times (one-to-many).
 """
 
 from __future__ import annotations
@@ -23,16 +21,10 @@ FOCAL_GAMMA = 2.0  # gamma of the focal class cost here and of SetCriterion's fo
 
 
 class HungarianMatcher(nn.Module):
-    """One-to-one (or one-to-k) assignment minimising class + L1 + GIoU cost.
+    """One-to-one (or one-to-k) assignment minimising weighted class + L1 + GIoU cost.
 
-    The constructor takes the costs only (a config's ``matcher`` part); the head the class cost scores is bound
-    afterwards (:meth:`bind`, which :meth:`SetCriterion.bind <vitkit.detection.SetCriterion.bind>` calls with the
-    detector's head and the criterion's ``focal_alpha``). Unbound, it matches a softmax head.
-
-    Args:
-        cost_class: weight of the class cost (-p for softmax heads, focal cost for sigmoid heads).
-        cost_bbox: weight of the L1 distance between normalised cxcywh boxes.
-        cost_giou: weight of -GIoU.
+    ``cost_class`` weighs -p (softmax heads) or the focal cost (sigmoid heads; head set by :meth:`bind`, softmax
+    when unbound); ``cost_bbox`` the L1 distance between normalised cxcywh boxes; ``cost_giou`` -GIoU.
     """
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0) -> None:
@@ -41,12 +33,8 @@ class HungarianMatcher(nn.Module):
         self.sigmoid, self.focal_alpha = False, 0.25
 
     def bind(self, sigmoid: bool, focal_alpha: float = 0.25) -> HungarianMatcher:
-        """Score the class cost for a head; returns ``self``.
-
-        Args:
-            sigmoid: a sigmoid head (C logits, focal cost) instead of softmax (C+1 logits, last = no-object).
-            focal_alpha: the focal cost's alpha (gamma is :data:`FOCAL_GAMMA`); unused by softmax heads.
-        """
+        """Score the class cost for a head; returns ``self``. ``sigmoid``: C logits, focal cost (alpha
+        ``focal_alpha``, gamma :data:`FOCAL_GAMMA`) instead of softmax (C+1 logits, last = no-object)."""
         self.sigmoid, self.focal_alpha = bool(sigmoid), float(focal_alpha)
         return self
 
@@ -67,7 +55,7 @@ class HungarianMatcher(nn.Module):
         Args:
             outputs: ``pred_logits`` (B, Q, C+1) softmax / (B, Q, C) sigmoid, ``pred_boxes`` (B, Q, 4) cxcywh.
             targets: B dicts with ``labels`` (n,) int64 and ``boxes`` (n, 4) normalised cxcywh.
-            repeat: match every target up to this many times (one-to-many); 1 is DETR's one-to-one matching.
+            repeat: match every target up to this many times; 1 is one-to-one.
 
         Returns:
             B pairs ``(src_idx, tgt_idx)``, int64 on CPU, each of length min(Q, repeat * n), sorted by

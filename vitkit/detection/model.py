@@ -1,35 +1,9 @@
 """DETR: patch source -> ViTEncoder -> TransformerDecoder with object queries -> class and box heads.
 
-Differences from facebookresearch/detr: batch-first tensors; the backbone is the encoder's patch source
-(``BackbonePatchEmbed`` for the classic R50 recipe, conv ``PatchEmbed`` for ViT-DETR); one block class
-serves pre- and post-norm. The convergence options are switches, all off for vanilla DETR:
-
-- ``sigmoid_head``: C sigmoid logits (the varifocal loss, focal matching cost) and no "no-object" slot;
-- ``box_refine``: learned anchor boxes as queries (DAB-DETR): each layer's query position is an MLP of the
-  sine embedding of the current boxes, and each layer refines them (Deformable DETR's iterative refinement,
-  boxes detached between layers);
-- ``num_queries_one2many``: extra queries trained with one-to-many matching (H-DETR's hybrid matching),
-  kept from attending to the one-to-one queries and dropped at inference;
-- ``two_stage`` (needs ``box_refine`` and ``sigmoid_head``): query selection from the encoder (Deformable
-  DETR two-stage / RT-DETR): every patch token scores the classes and regresses a box around its grid anchor;
-  the top-scoring tokens' boxes become the decoder's initial anchors and their (detached) features its
-  content queries. Every token's proposal is supervised (``enc_outputs``; see ``SetCriterion.enc_one2many_k``);
-- ``num_denoising`` (needs ``box_refine``): contrastive denoising queries built from the targets in training
-  (DINO / RT-DETR, :mod:`vitkit.detection.denoising`), with known assignments (``dn_outputs``);
-- ``multiscale``: a second memory grid at half the encoder's stride (:mod:`vitkit.core.pyramid`), with a
-  learned level embedding on the memory positions (global cross-attention only); two-stage proposals and
-  anchors (half the size) cover both grids;
-- ``coarse_level``: one more grid at twice the encoder's stride (anchors twice the size);
-- ``cross_attn="deformable"`` (needs ``box_refine``): multi-scale deformable cross-attention
-  (:mod:`vitkit.layers.deformable`) in place of global attention: each query samples a few points per head
-  and level around its reference box. With ``multiscale`` and ``coarse_level`` this is the stride-8/16/32
-  decoder of Deformable DETR and RT-DETR at a fraction of global attention's cost.
-
-The constructor only assembles parts, each of which owns its parameters and the rules of its switch: the query
-sources of :mod:`vitkit.detection.queries` (learned queries and anchors, two-stage selection, denoising) and the
-box refinement of :mod:`vitkit.detection.refine`, a hook that :meth:`TransformerDecoder.forward` calls around
-every layer (the decoder runs for every configuration). The parts' modules are registered on DETR under the
-names official DETR weights and saved checkpoints use.
+Differences from facebookresearch/detr: batch-first tensors; the backbone is the encoder's patch source; one block
+class for pre- and post-norm; optional switches (all off = vanilla DETR): ``sigmoid_head``, ``box_refine``,
+``num_queries_one2many``, ``two_stage``, ``num_denoising``, ``multiscale``, ``coarse_level``, ``cross_attn``.
+Parts' modules are registered under the state-dict names of official DETR weights.
 """
 
 from __future__ import annotations
@@ -51,11 +25,7 @@ from vitkit.layers import SinePositionEncoding2D
 
 @dataclass
 class DETRParts:
-    """The parts a :class:`DETR` is composed of (None = switched off).
-
-    Not registered as modules themselves: DETR registers each part's modules under their own names, the
-    state-dict keys of official DETR weights and saved checkpoints.
-    """
+    """The parts a :class:`DETR` is composed of (None = switched off); not registered as modules themselves."""
     learned: LearnedQueries | None = None
     anchors: LearnedAnchors | None = None
     two_stage: TwoStageSelection | None = None
@@ -71,19 +41,15 @@ class DETR(nn.Module):
         decoder: a :class:`TransformerDecoder` with ``return_intermediate=True``.
         num_classes: number of object classes C (contiguous labels 0..C-1).
         num_queries: one-to-one object queries Q.
-        sigmoid_head: C sigmoid logits (focal-style) instead of C+1 softmax logits with a no-object class.
+        sigmoid_head: C sigmoid logits instead of C+1 softmax logits with a no-object class.
         box_refine: anchor-box queries with per-layer iterative refinement.
         num_queries_one2many: extra one-to-many queries used in training only (0 = off).
-        two_stage: initial queries selected from encoder proposals (see the module docstring).
+        two_stage: initial queries selected from encoder proposals (needs ``box_refine`` and ``sigmoid_head``).
         anchor_size: width and height of the two-stage grid anchors, as a fraction of the image.
-        num_denoising: denoising query budget per batch in training (0 = off).
-        dn_label_noise: label flip rate x 2 for denoising queries.
-        dn_box_noise: box jitter scale for denoising queries.
-        multiscale: add a memory grid at half the encoder's stride (fed by the conv stem when it has one).
-        coarse_level: add a memory grid at twice the encoder's stride.
-        cross_attn: "global" (attention over every memory token) or "deformable" (a few sampled points per
-            head and level around each query's box; needs ``box_refine``).
-        num_points: deformable sampling points per head and level.
+        num_denoising, dn_label_noise, dn_box_noise: denoising query budget per batch in training (0 = off; needs
+            ``box_refine``), label flip rate x 2, box jitter scale.
+        multiscale, coarse_level: add a memory grid at half / twice the encoder's stride.
+        cross_attn: "global" or "deformable" (needs ``box_refine``; ``num_points`` per head and level).
     """
     def __init__(
         self,
@@ -142,8 +108,7 @@ class DETR(nn.Module):
 
     def _build_parts(self, D: int, num_classes: int, total_q: int, decoder: TransformerDecoder) -> None:
         """Create the heads and parts in a fixed order (the order of random initialisation) and register their
-        modules under their state-dict names (``query_embed``, ``class_embed``, ``bbox_embed``, ``enc_*``,
-        ``dn_label_embed``, ``refpoint_embed``, ``ref_point_head``)."""
+        modules under their state-dict names."""
         parts = DETRParts()
         if self.two_stage:
             self.query_embed = None
@@ -200,10 +165,8 @@ class DETR(nn.Module):
         Args:
             images: (B, 3, H, W) normalised images, zero-padded.
             mask: optional (B, H, W) bool pixel padding mask, True = padding.
-            targets: training targets (``labels``, normalised cxcywh ``boxes``), used only to build denoising
-                queries in training; predictions of the matching queries do not depend on them.
-            features: also return the one-to-one queries' last decoder states and the encoder's grid (for heads
-                that read objects, such as region captions).
+            targets: training targets (``labels``, normalised cxcywh ``boxes``), used only for denoising queries.
+            features: also return the one-to-one queries' last decoder states and the encoder's grid.
 
         Returns:
             dict with
@@ -213,11 +176,10 @@ class DETR(nn.Module):
             - ``one2many`` (training with one-to-many queries): the same structure for the extra queries;
             - ``enc_outputs`` (two-stage): every patch token's proposal, ``pred_logits`` (B, N, C) (padding tokens
               at -1e4) and ``pred_boxes`` (B, N, 4);
-            - ``dn_outputs`` (training with denoising): the denoising queries' outputs (with ``aux_outputs``) and
+            - ``dn_outputs`` (training with denoising): the denoising outputs (with ``aux_outputs``) and
               ``dn_meta``, a :class:`DenoisingMeta`;
-            - with ``features``: ``hidden`` (B, Q, D) the last decoder layer's states of the one-to-one queries,
-              ``grid`` (B, D, h, w) the encoder's tokens at the decoder width (the stride of the patch source) and
-              ``grid_mask`` (B, h, w) True = padding.
+            - with ``features``: ``hidden`` (B, Q, D), ``grid`` (B, D, h, w) the encoder's tokens at the decoder
+              width and ``grid_mask`` (B, h, w) True = padding.
         """
         enc = self.encoder(images, mask, return_stem=self.finer is not None and self.finer.lateral is not None)
         memory = self.input_proj(enc.tokens)  # (B, P+N, D)
@@ -285,8 +247,8 @@ class DETR(nn.Module):
 
     def _add_levels(self, enc, memory: Tensor, mem_pad: Tensor, mem_pos: Tensor | None,
                     levels: list) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Append the finer (half-stride) and coarser (double-stride) grids to the memory, after the encoder's
-        grid, each with its sine positions plus a level embedding; extend ``levels`` in place."""
+        """Append the finer (half-stride) and coarser (double-stride) grids to the memory, each with sine positions
+        plus a level embedding; extend ``levels`` in place."""
         P, (h, w) = enc.num_prefix, enc.grid
         B, _, D = memory.shape
         grid, grid_pad = memory[:, P:].reshape(B, h, w, D), mem_pad[:, P:].reshape(B, h, w)  # (B, h, w, D)

@@ -1,14 +1,7 @@
 """DetectionModule: Lightning training/validation of an injected :class:`vitkit.detection.DETR`.
 
-The module owns the optimisation recipe (AdamW with a backbone lr multiplier and weight-decay groups,
-warmup + cosine or step schedule; the shared parts in :class:`vitkit.training.module.TaskModule`). The network and
-the loss are injected parts, each configured by its own ``class_path``: the detector and the set-prediction
-criterion (:class:`~vitkit.detection.SetCriterion` with its :class:`~vitkit.detection.HungarianMatcher`), which the
-module binds to the detector's class count and head (softmax: cross-entropy; sigmoid: varifocal). One training
-step (:meth:`DetectionModule.training_losses`) gives the outputs and the loss dict, so a task built on detection
-adds its own loss on top. Data formats stay in the datamodule and COCO scoring in :mod:`vitkit.eval.coco_eval`.
-Gradient clipping and EMA are Trainer features (``trainer.gradient_clip_val``,
-``lightning.pytorch.callbacks.EMAWeightAveraging``).
+Owns the optimisation recipe (AdamW, backbone lr multiplier, weight-decay groups, warmup + cosine or step schedule);
+the detector and the :class:`~vitkit.detection.SetCriterion` are injected and bound together here.
 """
 
 from __future__ import annotations
@@ -36,29 +29,21 @@ class DetectionModule(TaskModule):
 
     Args:
         detector: the model (its class head must have ``num_classes`` outputs, plus one for softmax heads).
-        criterion: the set-prediction loss with its matcher (loss weights, matching costs, ``focal_alpha``, the
-            one-to-many factors), bound here to the detector's class count and head: a softmax head trains with
-            cross-entropy over C+1 classes (vanilla DETR), a sigmoid head with the varifocal loss (RT-DETR's).
+        criterion: the set-prediction loss with its matcher, bound here to the detector's class count and head.
         num_classes: number of classes, linked from the datamodule (checked against the detector).
-        lr: base learning rate (transformer and heads).
-        backbone_lr_mult: lr multiplier for the patch source (the CNN backbone or conv patchify).
+        lr, backbone_lr_mult: base learning rate (transformer and heads), multiplier for the patch source.
         weight_decay: AdamW weight decay; norms, biases, embeddings and tokens get none.
         warmup_steps: linear warmup steps.
-        schedule: "cosine" (to ``min_lr_ratio``) or "step" (x0.1 at ``lr_drop`` of the schedule, DETR's recipe).
-        lr_drop: fraction of the total steps at which the step schedule drops.
-        min_lr_ratio: final lr / base lr for the cosine schedule.
+        schedule: "cosine" (to ``min_lr_ratio`` x lr) or "step" (x0.1 at fraction ``lr_drop`` of the total steps).
         num_select: detections kept per image by the post-processor.
         eval_backend: COCOeval implementation for validation: "faster" (faster-coco-eval) or "pycocotools".
-        class_names: category names, filled from the datamodule and kept in checkpoints.
-        label_to_cat_id: contiguous label -> dataset category id, filled from the datamodule.
-        nonfinite: what a NaN/inf training loss does: "raise" stops training with a message naming the step and the
-            batch's image ids; "skip" drops the step (no weight or optimizer-state update; the step counter and the
-            lr schedule advance), with a warning naming the same. Under DDP all ranks skip together.
+        class_names, label_to_cat_id: category names and contiguous label -> dataset category id, filled from the
+            datamodule and kept in checkpoints.
+        nonfinite: on a NaN/inf training loss, "raise" (error naming the step and image ids) or "skip" (no weight
+            or optimizer update, step counter and lr schedule advance, a warning); under DDP all ranks skip together.
     """
 
-    # The constructor's parts (networks and the loss): saved as weights and configured by their own class_path, so
-    # they are no hyper-parameters. The hyper-parameters are the concrete class's other arguments (a subclass passes
-    # this class's on by keyword and names its own parts here).
+    # The constructor's parts (networks and the loss), not hyper-parameters; a subclass names its own parts here.
     parts: ClassVar[tuple[str, ...]] = ("detector", "criterion")
     # Losses logged beside ``train/loss``: key -> shown in the progress bar (and then also averaged per epoch).
     logged_losses: ClassVar[dict[str, bool]] = {"loss_ce": False, "loss_bbox": False, "loss_giou": False}
@@ -116,8 +101,7 @@ class DetectionModule(TaskModule):
             self.detector_config = spec.model_config
 
     def _check_checkpoint_classes(self, checkpoint: dict) -> None:
-        """A checkpoint trained on another class count cannot be resumed or evaluated on this data: say so (naming
-        the keys) before its weights fail to load with a size-mismatch wall."""
+        """Raise, naming the keys, when ``checkpoint`` was trained on another class count."""
         config = spec.model_config if (spec := read_spec(checkpoint)) is not None else {}
         saved = (config.get("init_args") or {}).get("num_classes")
         if saved is None:
@@ -140,15 +124,12 @@ class DetectionModule(TaskModule):
         return self.detector(images, mask, targets)
 
     def training_losses(self, images: Tensor, mask: Tensor, targets: list[dict]) -> tuple[dict, dict[str, Tensor]]:
-        """One training batch's outputs and losses: the detection step that a subclass extends with its own loss.
+        """One training batch's ``(outputs, losses)``: the :meth:`training_forward` outputs and the criterion's
+        weighted loss dict, whose ``loss`` is the () total (subclasses add their own loss).
 
         Args:
             images: (B, 3, H, W); mask: (B, H, W) True = padding; targets: B dicts with ``labels`` (n,) and ``boxes``
-                (n, 4) normalised cxcywh (and whatever a subclass's loss reads).
-
-        Returns:
-            ``(outputs, losses)``: the :meth:`training_forward` outputs and the criterion's weighted loss dict, whose
-            ``loss`` is the () total the step trains on.
+                (n, 4) normalised cxcywh.
         """
         outputs = self.training_forward(images, mask, targets)
         return outputs, self.criterion(outputs, targets)

@@ -1,22 +1,7 @@
-"""Official DETR weights into vitkit: the facebookresearch/detr release and Hugging Face checkpoints.
+"""Official DETR-R50 weights into vitkit: the facebookresearch/detr release (torch.hub ``.pth``, weights under
+``"model"``) and Hugging Face ``DetrForObjectDetection`` checkpoints (transformers 4 and 5 key names).
 
-Both hold the DETR-R50 architecture of ``configs/detr_r50_coco.yaml`` (ResNet-50 with frozen BatchNorm, 6+6
-post-norm layers, d=256, 8 heads, FFN 2048, 100 queries, a softmax head with a no-object class). Key families:
-
-- **facebookresearch/detr** (torch.hub ``.pth``, weights under ``"model"``): ``backbone.0.body.<timm resnet>``,
-  ``input_proj``, ``transformer.encoder.layers.N.{self_attn.in_proj_*, self_attn.out_proj, linear1, linear2,
-  norm1, norm2}``, ``transformer.decoder.layers.N.{self_attn, multihead_attn, linear1, linear2, norm1..3}``,
-  ``transformer.decoder.norm``, ``query_embed``, ``class_embed``, ``bbox_embed.layers.{0,1,2}``;
-- **Hugging Face** ``DetrForObjectDetection`` (``facebook/detr-resnet-50``: safetensors or bin plus
-  ``config.json``): ``model.backbone.conv_encoder.model.<timm resnet>``, ``model.input_projection``,
-  ``model.{encoder,decoder}.layers.N.{self_attn,encoder_attn}.{q,k,v,out}_proj``, ``fc1``, ``fc2``,
-  ``self_attn_layer_norm``, ``encoder_attn_layer_norm``, ``final_layer_norm``, ``model.decoder.layernorm``,
-  ``model.query_position_embeddings``, ``class_labels_classifier``, ``bbox_predictor.layers.{0,1,2}``.
-  transformers 5 names a few of them differently (``model.backbone.model.``, ``o_proj``, ``mlp.fc1``); both
-  spellings are read.
-
-vitkit fuses q, k and v into one ``qkv`` weight in [q; k; v] order, the layout of ``in_proj_weight``, so the
-release's attention weights copy over unchanged and Hugging Face's three projections are concatenated.
+Separate q/k/v projections are concatenated into vitkit's fused ``qkv`` ([q; k; v], the ``in_proj_weight`` layout).
 """
 
 from __future__ import annotations
@@ -115,11 +100,7 @@ def detr_format(state_dict: dict[str, Tensor]) -> str:
 
 
 def official_to_vitkit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """facebookresearch/detr ``model`` weights -> vitkit DETR keys.
-
-    Raises:
-        ValueError: keys with no mapping (the message lists them), e.g. a segmentation head.
-    """
+    """facebookresearch/detr ``model`` weights -> vitkit DETR keys; raises ValueError listing unmapped keys."""
     out, unknown = {}, []
     for key, value in state_dict.items():
         new = _rename(key, _OFFICIAL_RULES)
@@ -134,11 +115,8 @@ def official_to_vitkit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def hf_to_vitkit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Hugging Face ``DetrForObjectDetection`` weights (transformers 4 or 5 names) -> vitkit DETR keys.
-
-    Raises:
-        ValueError: keys with no mapping, or an attention layer missing one of q/k/v.
-    """
+    """Hugging Face ``DetrForObjectDetection`` weights (transformers 4 or 5 names) -> vitkit DETR keys; raises
+    ValueError on unmapped keys or an attention layer missing one of q/k/v."""
     out, unknown, qkv = {}, [], {}
     for key, value in state_dict.items():
         for pattern, repl in _HF_ALIASES:
@@ -177,8 +155,8 @@ def read_detr_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
     Raises:
         FileNotFoundError: nothing at ``path``, or a folder without weights.
-        CheckpointError: (a ValueError) the file is refused (it needs arbitrary pickled objects, which could run
-            code) or is not a readable torch / safetensors file; the same refusal as every other checkpoint load.
+        CheckpointError: (a ValueError) the file needs arbitrary pickled objects or is not a readable torch /
+            safetensors file.
         ValueError: not a DETR checkpoint of a known layout.
     """
     path = Path(path)
@@ -215,12 +193,8 @@ def read_detr_weights(path: str | Path) -> tuple[dict[str, Tensor], dict]:
 
 
 def detr_r50_config(num_classes: int = 91) -> dict:
-    """The config (``class_path`` / ``init_args``) of the DETR-R50 architecture of the official checkpoints, the
-    detector of ``configs/detr_r50_coco.yaml``.
-
-    ``num_classes`` counts the object classes C (the head has C + 1 outputs); the COCO release uses 91, one per
-    COCO category id (ids not used by COCO are never predicted).
-    """
+    """The config (``class_path`` / ``init_args``) of the official DETR-R50 architecture; ``num_classes`` is C
+    (the head has C + 1 outputs; 91 for COCO category ids)."""
     backbone = {"class_path": "vitkit.layers.BackbonePatchEmbed",
                 "init_args": {"model_name": "resnet50", "embed_dim": 256, "pretrained": False, "frozen_bn": True,
                               "freeze_at": 2}}
@@ -241,17 +215,15 @@ def detr_r50(num_classes: int = 91) -> torch.nn.Module:
 
 
 def load_detr_weights(path: str | Path, size: int = 800, max_size: int = 1333) -> tuple[InferenceSpec, dict]:
-    """An official DETR checkpoint (see :func:`read_detr_weights`) as the inference spec and weights that
-    :func:`vitkit.io.load.build_predictor` turns into a :class:`~vitkit.detection.predictor.Detector`
-    (``vitkit.load(path)`` does both).
+    """An official DETR checkpoint as the inference spec and weights for
+    :func:`vitkit.io.load.build_predictor`.
 
-    Labels are the checkpoint's class indices; for the COCO release these are COCO category ids, so
-    ``label_to_cat_id`` is the identity. Class names come from a Hugging Face config.json when there is one. The
-    head is a softmax head with a no-object class, so the post-processing is DETR's.
+    Labels are the checkpoint's class indices (``label_to_cat_id`` is the identity); class names come from a
+    Hugging Face config.json when there is one.
 
     Args:
         path: as :func:`read_detr_weights`.
-        size, max_size: the preprocessing (short side, long side cap in px); DETR's evaluation sizes by default.
+        size, max_size: the preprocessing (short side, long side cap in px).
 
     Returns:
         (spec, vitkit state dict) of a DETR-R50 (:func:`detr_r50_config`).
@@ -277,8 +249,7 @@ def _is_detr_layout(keys: Any) -> bool:
 
 
 class DetrImporter:
-    """Official DETR weights as a foreign format :func:`vitkit.load` reads (the detection task's importer,
-    :class:`vitkit.training.task.Importer`): :func:`load_detr_weights` reads what :meth:`accepts` takes."""
+    """Official DETR weights as a foreign format :func:`vitkit.load` reads (:class:`vitkit.training.task.Importer`)."""
 
     description = ("official DETR weights (a facebookresearch/detr .pth, Hugging Face DETR safetensors / bin, or a "
                    "folder holding them with config.json)")
@@ -317,14 +288,8 @@ IMPORTER = DetrImporter()
 
 
 def select_classes(state: dict[str, Tensor], class_ids: list[int]) -> dict[str, Tensor]:
-    """Keep the class-head rows of ``class_ids`` (in that order) and the last, no-object row.
-
-    The COCO release predicts one logit per COCO category id (0..90) plus no-object; a dataset with contiguous
-    labels 0..C-1 for category ids ``label_to_cat_id`` evaluates it with ``select_classes(state, label_to_cat_id)``.
-
-    Raises:
-        ValueError: an id the head does not have.
-    """
+    """Keep the class-head rows of ``class_ids`` (in that order) and the last, no-object row; raises ValueError
+    on an id the head does not have."""
     weight = state["class_embed.weight"]  # (C + 1, D)
     if max(class_ids, default=-1) >= weight.shape[0] - 1 or min(class_ids, default=0) < 0:
         raise ValueError(f"category ids {class_ids} do not fit a class head of {weight.shape[0] - 1} classes")

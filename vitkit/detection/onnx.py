@@ -1,14 +1,8 @@
-"""Detection's ONNX graph: the traceable module, its inputs and outputs, dummy trace inputs, the trace check, the
-graph's metadata and the comparison of its outputs with vitkit eager.
+"""Detection's ONNX graph: the traceable module, dummy inputs, the trace check, metadata and comparison with eager.
 
-The graph (:class:`DetectorExport`): ``images`` (B, 3, H, W) float32, ImageNet-normalised and zero-padded;
-``mask`` (B, H, W) bool, True = padding; ``orig_sizes`` (B, 2) int64 [h, w] of the original images -> ``boxes``
-(B, K, 4) float32 xyxy pixels of the original images, ``scores`` (B, K) float32, ``labels`` (B, K) int64
-contiguous labels, sorted by score. Post-processing is in the graph (:meth:`PostProcess.batched`): softmax heads
-take the best class except no-object per query, then the top K queries; sigmoid heads a top K over all Q*C
-(query, class) scores. Resizing and normalising stay outside (the graph's metadata says how). Two-stage query
-selection keeps the top ``num_queries`` memory tokens: the input must hold at least that many tokens (all levels
-together), or onnxruntime's TopK fails. :mod:`vitkit.io.onnx_export` traces and checks it.
+Graph: ``images`` (B, 3, H, W) float32 normalised, zero-padded; ``mask`` (B, H, W) bool, True = padding;
+``orig_sizes`` (B, 2) int64 [h, w] -> ``boxes`` (B, K, 4) float32 xyxy px, ``scores`` (B, K) float32, ``labels``
+(B, K) int64, sorted by score. Two-stage models need at least ``num_queries`` input tokens (all levels together).
 """
 
 from __future__ import annotations
@@ -28,12 +22,7 @@ DYNAMIC_AXES = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "ba
 
 # ------------------------------------------------------------------------------------------------ the graph
 class DetectorExport(nn.Module):
-    """A DETR and its post-processing as one traceable graph with tensor outputs.
-
-    Args:
-        model: a :class:`~vitkit.detection.DETR` in eval mode.
-        postprocess: the :class:`~vitkit.detection.PostProcess` of its checkpoint.
-    """
+    """A DETR (eval mode) and its :class:`~vitkit.detection.PostProcess` as one traceable graph with tensor outputs."""
     def __init__(self, model: nn.Module, postprocess: nn.Module) -> None:
         super().__init__()
         check_traceable(model.encoder)
@@ -41,12 +30,8 @@ class DetectorExport(nn.Module):
         self.multiple = trace_multiple(model.encoder)
 
     def forward(self, images: Tensor, mask: Tensor, orig_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Detect.
-
-        Args:
-            images: (B, 3, H, W) normalised images, zero-padded.
-            mask: (B, H, W) bool, True = padding.
-            orig_sizes: (B, 2) [h, w] of the original images, in pixels.
+        """Detect from (B, 3, H, W) normalised zero-padded images, a (B, H, W) bool mask (True = padding) and
+        (B, 2) [h, w] original sizes in pixels.
 
         Returns:
             boxes (B, K, 4) xyxy pixels of the original images, scores (B, K), labels (B, K) int64.
@@ -96,13 +81,11 @@ def compare_detections(ref: tuple[Tensor, Tensor, Tensor], got: tuple, orig_size
                        tie: float = 1e-5) -> dict[str, float]:
     """Largest differences between two detectors' (boxes, scores, labels), tolerant to near-tie re-ordering.
 
-    Scores are sorted, so they are compared position by position. A box is compared with the box of the same
-    label among the other side's detections whose score lies within ``tie`` of its own (two detections with
-    almost equal scores may swap places under rounding differences).
+    A box is compared with the same-label box of the other side whose score lies within ``tie`` of its own.
 
     Args:
         ref, got: boxes (B, K, 4) xyxy px, scores (B, K), labels (B, K); tensors or numpy arrays.
-        orig_sizes: (B, 2) [h, w], to express box differences as a fraction of the image.
+        orig_sizes: (B, 2) [h, w].
         tie: score difference under which two detections count as tied.
 
     Returns:

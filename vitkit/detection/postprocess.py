@@ -8,15 +8,13 @@ from torchvision.ops import box_convert
 
 
 class PostProcess(nn.Module):
-    """Scores, labels and absolute xyxy boxes from ``pred_logits``/``pred_boxes``.
+    """Scores, labels and absolute xyxy boxes from ``pred_logits``/``pred_boxes``, sorted by score, descending.
 
-    Softmax heads (DETR): softmax over C+1 classes, drop the no-object column, best class per query, then the
-    ``num_select`` best queries. Sigmoid heads (Deformable DETR): top ``num_select`` over all Q*C
-    (query, class) scores, so a query may appear with several classes. Results are sorted by score, descending.
+    Softmax heads: best class except no-object per query, then the ``num_select`` best queries. Sigmoid heads:
+    top ``num_select`` over all Q*C (query, class) scores, so a query may appear with several classes.
 
     Args:
-        sigmoid: the detector's ``sigmoid_head`` (C sigmoid logits), whichever sigmoid loss trained it; False
-            for a softmax head (C+1 logits, last = no-object).
+        sigmoid: True for C sigmoid logits; False for a softmax head (C+1 logits, last = no-object).
         num_select: detections kept per image (at most Q for softmax, Q*C for sigmoid).
     """
 
@@ -35,7 +33,7 @@ class PostProcess(nn.Module):
 
         Returns:
             B dicts: ``scores`` (K,) float32, ``labels`` (K,) int64 in [0, C), ``boxes`` (K, 4) xyxy pixels
-            clamped to the image, with K = min(num_select, Q) (softmax) or min(num_select, Q*C) (sigmoid).
+            clamped to the image; K = min(num_select, Q) (softmax) or min(num_select, Q*C) (sigmoid).
         """
         scores, labels, boxes = self.batched(outputs["pred_logits"], outputs["pred_boxes"], target_sizes)
         return [
@@ -45,16 +43,9 @@ class PostProcess(nn.Module):
 
     @torch.no_grad()
     def batched(self, logits: Tensor, boxes: Tensor, target_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`forward` as batch tensors, with no per-image Python loop (the form ONNX export traces).
-
-        Args:
-            logits: (B, Q, C+1) softmax / (B, Q, C) sigmoid class logits.
-            boxes: (B, Q, 4) normalised cxcywh.
-            target_sizes: (B, 2) [h, w] of the original images, in pixels.
-
-        Returns:
-            scores (B, K) float32, labels (B, K) int64, boxes (B, K, 4) float32 xyxy pixels, sorted by score.
-        """
+        """:meth:`forward` as batch tensors, without a per-image loop (the traced form): (B, Q, C+1) softmax /
+        (B, Q, C) sigmoid ``logits``, (B, Q, 4) normalised cxcywh ``boxes`` and (B, 2) [h, w] ``target_sizes`` in
+        pixels -> scores (B, K) float32, labels (B, K) int64, boxes (B, K, 4) float32 xyxy pixels, by score."""
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.float()  # (B, Q, C[+1])
             boxes = box_convert(boxes.float(), "cxcywh", "xyxy")  # (B, Q, 4)
@@ -80,7 +71,7 @@ def _scale(sizes: Tensor, like: Tensor) -> Tensor:
 
 def to_pixels(boxes: Tensor, sizes: Tensor) -> Tensor:
     """Normalised xyxy boxes (..., 4) -> xyxy pixels clamped to the image, for [h, w] ``sizes`` (..., 2) that
-    broadcast with them (the user-boundary boxes of :class:`PostProcess` and the region captioner)."""
+    broadcast with them."""
     scale = _scale(sizes, boxes)  # (..., 4)
     return (boxes * scale).clamp(min=torch.zeros_like(scale), max=scale)
 

@@ -14,7 +14,7 @@ from vitkit.kernels.precision import apply_precision, model_dtype
 
 
 class Detector(nn.Module):
-    """A DETR-style detector with its preprocessing, post-processing and category names.
+    """A DETR-style detector with its preprocessing, post-processing and category names; outputs are float32.
 
     Args:
         model: the detector network (``forward(images, mask) -> dict``).
@@ -23,13 +23,6 @@ class Detector(nn.Module):
         label_to_cat_id: dataset category id per contiguous label.
         size, max_size: shortest-side resize and longest-side cap used at inference (``max_size`` must exceed
             ``size``, or be None).
-
-    Preprocessing is :class:`~vitkit.detection.preprocess.DetectionPreprocess` (:attr:`preprocessing`), the
-    datasets' validation transform; image files are read by :func:`vitkit.data.images.load_rgb`, as in
-    ``tools/detect.py``.
-
-    The network runs in the dtype of its weights; :meth:`set_precision` (``vitkit.load(..., precision=...)``)
-    switches it to bf16 (see :mod:`vitkit.kernels.precision`). Outputs are float32 either way.
     """
     def __init__(self, model: nn.Module, postprocess: nn.Module, class_names: Sequence[str] | None = None,
                  label_to_cat_id: Sequence[int] | None = None, size: int = 800, max_size: int | None = 1333) -> None:
@@ -52,8 +45,7 @@ class Detector(nn.Module):
     def set_precision(self, precision: str) -> Detector:
         """Run the network in ``"bf16"``, ``"fp32"`` or ``"auto"`` (bf16 where the hardware is fast at it).
 
-        bf16 folds the frozen BatchNorms into the convs, so the network's state_dict changes: save weights from
-        an fp32 model (``tools/export.py`` loads its own fp32 copy).
+        bf16 folds the frozen BatchNorms into the convs, changing the network's state_dict.
         """
         apply_precision(self.model, precision)
         return self
@@ -69,21 +61,13 @@ class Detector(nn.Module):
         return [self.class_names[j] for j in labels] if self.class_names else [str(j) for j in labels]
 
     def preprocess(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2).
-
-        See :meth:`vitkit.detection.preprocess.DetectionPreprocess.batch`.
-        """
+        """Paths / PIL images / (3,H,W) tensors -> padded batch (B,3,H,W), mask (B,H,W), original sizes (B,2)."""
         return self.preprocessing.batch(images)
 
     @torch.no_grad()
     def predict(self, images, score_threshold: float = 0.5, batch_size: int = 8) -> list[dict]:
-        """Detect objects.
-
-        Args:
-            images: one or a list of image paths (read by :func:`~vitkit.data.images.load_rgb`), PIL images (any
-                mode) or (3, H, W) uint8/float tensors.
-            score_threshold: drop detections scoring below this.
-            batch_size: images per forward pass.
+        """Detect objects in one or a list of image paths, PIL images (any mode) or (3, H, W) uint8/float tensors,
+        ``batch_size`` per forward, dropping detections scoring below ``score_threshold``.
 
         Returns:
             One dict per image: ``boxes`` (K, 4) xyxy pixels of the original image, ``scores`` (K,),

@@ -1,11 +1,5 @@
-"""The detection preprocessing: one code path for the Python API, the folder tool, export and the datasets.
-
-:class:`DetectionPreprocess` is :func:`vitkit.data.transforms.detr_val_transforms` (what
-:class:`~vitkit.data.coco.CocoDetection` runs for validation) applied per image, then zero padding bottom/right
-with a mask (True = padding) by :func:`~vitkit.data.collate.collate_detection`. Files are read by
-:func:`vitkit.data.images.load_rgb`, so ``vitkit.load(ckpt).predict(path)`` and ``tools/detect.py`` see the same
-pixels for the same file.
-"""
+"""The detection preprocessing shared by the Python API, the folder tool, export and the datasets: DETR's
+validation transform per image, then zero padding bottom/right with a mask (True = padding)."""
 
 from __future__ import annotations
 
@@ -23,9 +17,8 @@ from vitkit.data.transforms import EvalPreprocess
 class DetectionPreprocess(EvalPreprocess):
     """Images -> the detector's input: short side to ``size`` (long side capped at ``max_size``), normalised.
 
-    Calling it on one image (a path, a PIL image in any mode, or a (3, H, W) uint8 / [0, 1] float tensor) gives
-    its (3, h, w) float32 tensor: :class:`~vitkit.data.folder.ImageFolder`'s transform in ``tools/detect.py``.
-    :meth:`batch` preprocesses and pads several. Picklable, for DataLoader workers.
+    Called on one image (a path, a PIL image in any mode, or a (3, H, W) uint8 / [0, 1] float tensor) it returns
+    its (3, h, w) float32 tensor; :meth:`batch` preprocesses and pads several. Picklable.
 
     Args:
         size: short side in px.
@@ -33,14 +26,9 @@ class DetectionPreprocess(EvalPreprocess):
     """
 
     def batch(self, images: Sequence[str | os.PathLike | Image.Image | Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Preprocess and pad images.
-
-        Args:
-            images: paths, PIL images or (3, H, W) tensors.
-
-        Returns:
-            The padded batch (B, 3, Hmax, Wmax) float32, its mask (B, Hmax, Wmax) (True = padding) and the
-            original (upright, decoded) sizes (B, 2) int64 [h, w].
+        """Preprocess and pad images (paths, PIL images or (3, H, W) tensors) into the padded batch (B, 3, Hmax,
+        Wmax) float32, its mask (B, Hmax, Wmax) (True = padding) and the original (upright, decoded) sizes (B, 2)
+        int64 [h, w].
 
         Raises:
             ImageReadError: a path cannot be read.

@@ -1,16 +1,6 @@
-"""Where DETR's decoder queries come from: small parts that own their parameters and their own rules.
-
-- :class:`LearnedQueries`: DETR's learned object queries (``query_embed``); with :class:`LearnedAnchors`
-  (``refpoint_embed``, when boxes are refined) they become content queries with a learned anchor box each.
-- :class:`TwoStageSelection`: queries selected from encoder proposals (Deformable DETR two-stage / RT-DETR).
-- :class:`DenoisingSource`: contrastive denoising queries built from the targets in training
-  (:mod:`vitkit.detection.denoising`).
-
-Every source hands the decoder a :class:`Queries`. Each part's ``check`` holds the rules of its switch (which other
-switches it needs), so :class:`~vitkit.detection.DETR` states none of them itself. The parts' modules are
-registered on the DETR under their own attribute names, which are the state-dict keys of official DETR weights
-and of saved checkpoints (``query_embed``, ``refpoint_embed``, ``enc_output``, ``enc_score_head``,
-``enc_bbox_head``, ``dn_label_embed``).
+"""Sources of DETR's decoder queries, each a :class:`Queries`: :class:`LearnedQueries` (+ :class:`LearnedAnchors`),
+:class:`TwoStageSelection` and :class:`DenoisingSource`. Each part's ``check`` validates its switch; modules keep
+the state-dict names of official DETR weights.
 """
 
 from __future__ import annotations
@@ -29,9 +19,8 @@ class Queries:
     """The decoder's inputs for one batch of queries.
 
     Attributes:
-        content: (B, Q, D) initial decoder states (zeros for DETR's positional object queries).
-        pos: (B, Q, D) query positions added in every layer, or None when a refinement hook derives them from
-            ``boxes`` layer by layer.
+        content: (B, Q, D) initial decoder states.
+        pos: (B, Q, D) query positions added in every layer, or None when a refinement hook derives them.
         boxes: (B, Q, 4) anchor boxes cxcywh in [0, 1], or None without box refinement.
     """
     content: Tensor
@@ -48,15 +37,8 @@ class Queries:
 
 
 def token_centres(pad: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Token centres relative to each image's unpadded extent.
-
-    Args:
-        pad: (B, h*w) token padding mask (True = padding), padding on the right/bottom.
-        grid: (h, w).
-
-    Returns:
-        cx (B, w) and cy (B, h) in [0, 1] over real tokens (> 1 over padding columns/rows).
-    """
+    """Token centres relative to each image's unpadded extent: cx (B, w) and cy (B, h), in [0, 1] over real
+    tokens (> 1 over padding), for a (B, h*w) right/bottom padding mask (True = padding) and ``grid`` (h, w)."""
     h, w = grid
     grid_pad = pad.reshape(-1, h, w)  # (B, h, w)
     valid_h = (~grid_pad[:, :, 0]).sum(1).clamp(min=1).float()  # (B,) real token rows
@@ -67,11 +49,8 @@ def token_centres(pad: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
 
 
 class LearnedAnchors(nn.Module):
-    """One learned anchor box per query (DAB-DETR), stored as logits in ``refpoint_embed`` (Q, 4).
-
-    Args:
-        num_queries: every query the model may use (one-to-one and one-to-many).
-    """
+    """One learned anchor box per query, stored as logits in ``refpoint_embed`` (Q, 4); Q counts one-to-one and
+    one-to-many queries."""
     def __init__(self, num_queries: int) -> None:
         super().__init__()
         self.refpoint_embed = nn.Embedding(num_queries, 4)
@@ -89,14 +68,10 @@ class LearnedAnchors(nn.Module):
 
 
 class LearnedQueries(nn.Module):
-    """DETR's learned object queries, ``query_embed`` (Q, D).
+    """DETR's learned object queries, ``query_embed`` (Q, D), Q counting one-to-one and one-to-many queries.
 
-    Without anchors they are query positions over zero initial states (DETR); with :class:`LearnedAnchors` they
-    are the content queries and the anchors give the positions (DAB-DETR / Deformable DETR).
-
-    Args:
-        num_queries: every query the model may use (one-to-one and one-to-many).
-        dim: width D.
+    Without anchors they are query positions over zero initial states; with :class:`LearnedAnchors` they are
+    the content queries.
     """
     def __init__(self, num_queries: int, dim: int) -> None:
         super().__init__()
@@ -111,14 +86,8 @@ class LearnedQueries(nn.Module):
 
 
 class TwoStageSelection(nn.Module):
-    """Two-stage query selection from the encoder: every grid token scores the classes and regresses a box around
-    its grid anchor; the top-scoring tokens' boxes become the anchors and their (detached) features the content
-    queries. Every token's proposal is returned for the loss, not only the selected ones.
-
-    Args:
-        dim: width D.
-        num_classes: C (sigmoid scores).
-    """
+    """Two-stage query selection: every grid token scores C classes (sigmoid) and regresses a box around its
+    anchor; the top tokens' boxes become anchors and their detached features content queries."""
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.enc_output = nn.Sequential(nn.Linear(dim, dim), nn.LayerNorm(dim))
@@ -144,7 +113,6 @@ class TwoStageSelection(nn.Module):
             tokens: (B, N, D) grid tokens of all levels (no prefix tokens), each level row-major.
             pad: (B, N) True = padding (on the right/bottom of each level's grid).
             levels: per level ((h, w), anchor size as a fraction of the image), in memory order.
-            count: queries to select.
 
         Returns:
             :class:`Queries` with detached content (B, Qt, D) and anchors (B, Qt, 4) in [0, 1], and every token's
@@ -173,15 +141,8 @@ class TwoStageSelection(nn.Module):
 
 
 class DenoisingSource(nn.Module):
-    """Contrastive denoising queries (DN-DETR / DINO) from the training targets, ``dn_label_embed`` (C + 1, D).
-
-    Args:
-        num_classes: C (row C of the label embedding is the padding entry).
-        dim: width D.
-        num_denoising: query budget per batch.
-        label_noise: label flip rate x 2.
-        box_noise: box jitter scale.
-    """
+    """Contrastive denoising queries from the training targets, ``dn_label_embed`` (C + 1, D); row C is the
+    padding entry. ``label_noise`` is the label flip rate x 2, ``box_noise`` the box jitter scale."""
     def __init__(self, num_classes: int, dim: int, num_denoising: int, label_noise: float = 0.5,
                  box_noise: float = 1.0) -> None:
         super().__init__()

@@ -1,16 +1,8 @@
 """Iterative box refinement as a decoder hook (DAB-DETR anchors, Deformable DETR refinement).
 
-:class:`BoxRefinement` owns the parameters: ``ref_point_head`` (the MLP that turns a sine embedding of each query's
-current box into its query position) and one box head per layer (``bbox_embed.{i}``). For each forward it hands
-:class:`~vitkit.core.TransformerDecoder` a :class:`RefinementHook`, which the decoder calls around every layer:
-
-- before the layer: the query positions from the current boxes and, for deformable cross-attention, the
-  reference boxes and level layout it samples around;
-- after the layer (its normalised output): class logits, refined boxes ``sigmoid(logit(box) + head(out))``, and
-  the boxes, detached, become the next layer's references.
-
-The switches that shape the decoder's cross-attention (``cross_attn``, and the per-layer modules it replaces) are
-set up by :func:`check_cross_attn` and :func:`use_deformable_cross_attention`.
+:class:`BoxRefinement` owns ``ref_point_head`` and per-layer ``bbox_embed.{i}``; its :class:`RefinementHook` gives
+each layer query positions from the current boxes and refines them as ``sigmoid(logit(box) + head(out))``,
+detached between layers.
 """
 
 from __future__ import annotations
@@ -28,11 +20,8 @@ from vitkit.layers.deformable import MSDeformableAttention, valid_ratios
 
 
 def box_sine_embed(boxes: Tensor, dim: int) -> Tensor:
-    """(B, Q, 4) cxcywh in [0, 1] -> (B, Q, dim) sine embedding, dim/4 channels per coordinate.
-
-    Uses the same scale (2*pi) and frequencies as :class:`SinePositionEncoding2D`, in (y, x, w, h) order so the
-    centre part lines up with the memory's (pos_y, pos_x) encoding.
-    """
+    """(B, Q, 4) cxcywh in [0, 1] -> (B, Q, dim) sine embedding, dim/4 channels per coordinate in (y, x, w, h)
+    order, with :class:`SinePositionEncoding2D`'s scale (2*pi) and frequencies."""
     n = dim // 4
     i = torch.arange(n, dtype=torch.float32, device=boxes.device)
     dim_t = 10000.0 ** (2 * torch.div(i, 2, rounding_mode="floor") / n)  # (n,)
@@ -52,10 +41,7 @@ def check_cross_attn(cross_attn: str, box_refine: bool) -> None:
 
 
 def use_deformable_cross_attention(decoder: TransformerDecoder, num_levels: int, num_points: int) -> None:
-    """Replace every decoder layer's cross-attention by multi-scale deformable attention, in place.
-
-    The new module takes the same place and name as the global one (Deformable DETR's state-dict keys).
-    """
+    """Replace every decoder layer's cross-attention by multi-scale deformable attention (same name), in place."""
     for layer in decoder.layers:
         layer.cross_attn = MSDeformableAttention(decoder.dim, decoder.num_heads, num_levels, num_points)
 
@@ -64,11 +50,9 @@ class RefinementHook:
     """One forward's refinement state, called by :meth:`TransformerDecoder.forward` around each layer.
 
     Args:
-        refine: the :class:`BoxRefinement` whose heads it uses.
-        class_embed: the detector's class head.
         boxes: (B, Q, 4) initial anchors, cxcywh in [0, 1].
         dtype: dtype of the query positions (the memory's).
-        deform_ctx: ``shapes`` and ``ratios`` of the levels for deformable cross-attention, else None.
+        deform_ctx: levels' ``shapes`` and ``ratios`` for deformable cross-attention, else None.
     """
     def __init__(self, refine: BoxRefinement, class_embed: nn.Module, boxes: Tensor, dtype: torch.dtype,
                  deform_ctx: dict[str, Any] | None = None) -> None:
@@ -97,13 +81,8 @@ class RefinementHook:
 
 
 class BoxRefinement(nn.Module):
-    """Per-layer box refinement from anchor boxes: ``ref_point_head`` and ``bbox_embed`` (one head per layer).
-
-    Args:
-        dim: width D.
-        depth: decoder layers L.
-        head: the box head each layer starts from (copied L times).
-    """
+    """Per-layer box refinement from anchor boxes: ``ref_point_head`` and ``bbox_embed`` (``head`` copied once per
+    decoder layer, ``depth`` = L)."""
     def __init__(self, dim: int, depth: int, head: MLP) -> None:
         super().__init__()
         self.dim = dim
@@ -118,15 +97,8 @@ class BoxRefinement(nn.Module):
 
     def hook(self, class_embed: nn.Module, boxes: Tensor, dtype: torch.dtype, grid_pad: Tensor | None = None,
              shapes: list[tuple[int, int]] | None = None) -> RefinementHook:
-        """A fresh :class:`RefinementHook` for one forward.
-
-        Args:
-            class_embed: the detector's class head.
-            boxes: (B, Q, 4) initial anchors.
-            dtype: the memory's dtype.
-            grid_pad, shapes: for deformable cross-attention, the (B, N) padding of the grids (no prefix) and
-                their (h, w); None for global attention.
-        """
+        """A fresh :class:`RefinementHook` for one forward, from (B, Q, 4) initial anchors and the memory's dtype;
+        ``grid_pad`` (B, N) (no prefix) and ``shapes`` [(h, w)] for deformable cross-attention, else None."""
         ctx = None
         if shapes is not None:
             ctx = {"shapes": shapes, "ratios": valid_ratios(grid_pad, shapes)}

@@ -1,9 +1,5 @@
-"""Detection's inference spec: what its checkpoints and exports record beside the weights.
-
-The spec (:func:`checkpoint_spec` from training, :func:`predictor_spec` from a loaded
-:class:`~vitkit.detection.predictor.Detector`) holds the detector config, the validation preprocessing sizes,
-class names, category ids and ``num_select`` (:data:`FIELDS`). The post-processing kind is not in it: it follows
-from the detector's ``sigmoid_head``.
+"""Detection's inference spec (:data:`FIELDS`): the detector config, validation preprocessing sizes, class names,
+category ids and ``num_select``, from training (:func:`checkpoint_spec`) or a loaded Detector (:func:`predictor_spec`).
 """
 
 from __future__ import annotations
@@ -24,13 +20,8 @@ DEFAULT_SIZE, DEFAULT_MAX_SIZE = 800, 1333  # CocoDataModule's validation sizes
 
 def checkpoint_spec(config: dict[str, Any], hparams: Mapping[str, Any], data_hparams: Mapping[str, Any]
                     ) -> InferenceSpec:
-    """The spec a training checkpoint records.
-
-    Args:
-        config: the detector's resolved ``class_path`` / ``init_args``.
-        hparams: DetectionModule's hyper-parameters (``class_names``, ``label_to_cat_id``, ``num_select``).
-        data_hparams: the datamodule's (``val_size``, ``val_max_size``); CocoDataModule's defaults when absent.
-    """
+    """The spec a training checkpoint records, from the detector's resolved config, DetectionModule's
+    hyper-parameters and the datamodule's (``val_size``, ``val_max_size``; CocoDataModule's defaults if absent)."""
     return InferenceSpec(task=NAME, model_config=config, size=int(data_hparams.get("val_size", DEFAULT_SIZE)),
                          max_size=data_hparams.get("val_max_size", DEFAULT_MAX_SIZE),
                          class_names=hparams.get("class_names"), label_to_cat_id=hparams.get("label_to_cat_id"),

@@ -1,12 +1,6 @@
-"""The detection task's descriptor (:data:`TASK`): what training, loading, export and the inference spec need to know
-about detection, registered in :mod:`vitkit.tasks`.
-
-Training: :class:`~vitkit.detection.module.DetectionModule` on :class:`~vitkit.detection.datamodule.CocoDataModule`,
-best checkpoints by ``val/AP``; the data's class count, names and category ids are linked into the model. Loading:
-a :class:`~vitkit.detection.model.DETR` (weights under ``detector.`` in a ``.ckpt``) in a
-:class:`~vitkit.detection.predictor.Detector`; official DETR weights through
-:data:`~vitkit.detection.official_weights.IMPORTER`. ONNX: images -> boxes, scores, labels
-(:mod:`vitkit.detection.onnx`).
+"""The detection task's descriptor (:data:`TASK`), registered in :mod:`vitkit.tasks`: DetectionModule on
+CocoDataModule (best by ``val/AP``), a DETR in a Detector for loading (weights under ``detector.``), official DETR
+weights via :data:`~vitkit.detection.official_weights.IMPORTER`, ONNX images -> boxes, scores, labels.
 """
 
 from __future__ import annotations

@@ -1,23 +1,7 @@
-"""Caption metrics through pycocoevalcap, the COCO caption evaluation code: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D.
+"""Caption metrics through pycocoevalcap: BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (SPICE is never run).
 
-How this differs from pycocoevalcap's ``COCOEvalCap``:
-
-- **Tokenisation**: pycocoevalcap's ``PTBTokenizer`` (Stanford PTB tokenizer, lower-cased, punctuation tokens
-  dropped) when Java is available. It needs Java, so without Java :func:`python_ptb_tokenize`, a pure-Python
-  approximation, takes its place (same lower-casing, same list of dropped punctuation tokens, the PTB splits of
-  typical captions: clitics ``'s n't 're``, brackets ``-lrb-``, ``$ 5``, ``50 %``, abbreviations kept whole).
-  References and candidates go through the tokenizer in one Java call instead of two (lines are tokenised
-  independently, so the output is the same).
-- **METEOR** needs Java too: without it METEOR is left out of the returned dict and one warning per process says
-  so. If the METEOR process fails, METEOR is left out with a warning naming the cause; the other metrics stay.
-- **SPICE is never run**: pycocoevalcap's SPICE downloads Stanford CoreNLP at first use, and vitkit evaluates
-  offline. One log message per process says so.
-- **CIDEr** is pycocoevalcap's ``Cider``, which is CIDEr-D: n-gram counts of the candidate are clipped by the
-  reference's (``min(vec_hyp, vec_ref)``) and each reference's similarity is multiplied by the Gaussian length
-  penalty ``exp(-(len_hyp - len_ref)**2 / (2 * 6**2))``; n = 1..4, averaged and scaled by 10. Its IDF comes from
-  the evaluated images' references, so CIDEr depends on the whole set (it is 0 for a single image).
-- The numbers are pycocoevalcap's own scorers' (``Bleu(4)``, ``Meteor()``, ``Rouge()``, ``Cider()``), called on
-  the same tokenised input; nothing is re-implemented.
+CIDEr is pycocoevalcap's CIDEr-D (clipped n-gram counts, Gaussian length penalty with sigma 6, x10). Without Java,
+tokenisation uses :func:`python_ptb_tokenize` and METEOR is left out (one warning per process).
 """
 
 from __future__ import annotations
@@ -89,14 +73,10 @@ def _validate(gts: Mapping[Any, Sequence[str]], res: Mapping[Any, str]) -> None:
 
 
 class CaptionScorer:
-    """Reusable caption scorer: keeps one METEOR Java process (about 10 s to start) across calls.
-
-    Use it as a context manager, or call :meth:`close`, to stop the Java process. :func:`caption_metrics` makes
-    one for a single evaluation.
+    """Reusable caption scorer keeping one METEOR Java process across calls; a context manager (or :meth:`close`).
 
     Args:
-        java: use Java for METEOR and the PTB tokenizer; None = whether ``java`` is on PATH. Without Java,
-            METEOR is left out (one warning per process) and tokenisation uses :func:`python_ptb_tokenize`.
+        java: use Java for METEOR and the PTB tokenizer; None = whether ``java`` is on PATH.
     """
 
     def __init__(self, java: bool | None = None) -> None:
@@ -184,19 +164,17 @@ def caption_metrics(gts: Mapping[int | str, Sequence[str]], res: Mapping[int | s
                     java: bool | None = None) -> dict[str, float]:
     """COCO caption metrics of candidate captions against reference captions.
 
-    The evaluated images are the keys of ``res`` (as in COCO caption evaluation, where the results file's image
-    ids are evaluated); ``gts`` may hold more images. CIDEr is CIDEr-D (clipped n-gram counts, Gaussian length
-    penalty with sigma 6, x10) with IDF from the evaluated images' references. Empty captions are allowed.
+    The evaluated images are the keys of ``res``; ``gts`` may hold more. CIDEr's IDF comes from the evaluated
+    images' references. Empty captions are allowed.
 
     Args:
         gts: image id -> reference captions (raw text, at least one per image).
         res: image id -> one candidate caption (raw text); every id must be in ``gts``.
-        java: use Java for METEOR and PTB tokenisation; None = whether ``java`` is on PATH. Without Java, METEOR
-            is left out (one warning per process) and captions are tokenised by :func:`python_ptb_tokenize`.
+        java: use Java for METEOR and PTB tokenisation; None = whether ``java`` is on PATH.
 
     Returns:
         ``Bleu_1`` .. ``Bleu_4``, ``METEOR`` (only with Java), ``ROUGE_L``, ``CIDEr`` as floats (BLEU, METEOR
-        and ROUGE-L in [0, 1]; CIDEr in [0, 10]). SPICE is never computed.
+        and ROUGE-L in [0, 1]; CIDEr in [0, 10]).
 
     Raises:
         ValueError: ``res`` is empty, names an image id missing from ``gts``, or an image has no references.
@@ -261,16 +239,11 @@ def _load_candidates(path: Path) -> dict[Any, str]:
 
 def evaluate_caption_files(gt_json: str | os.PathLike, results_json: str | os.PathLike,
                            java: bool | None = None) -> dict[str, float]:
-    """Evaluate a COCO caption results file against a COCO captions annotation file.
-
-    As in pycocoevalcap's example of COCO caption evaluation (``params['image_id'] = cocoRes.getImgIds()``), the
-    evaluated images are those in the results file, so a subset of the annotated images can be evaluated; when the
-    results cover every annotated image this is the full-set evaluation.
+    """Evaluate a COCO caption results file against a COCO captions annotation file (the results' images only).
 
     Args:
-        gt_json: COCO captions file (the ``captions_val2017.json`` layout): ``annotations`` with ``image_id`` and
-            ``caption`` (``images`` is not needed).
-        results_json: COCO caption results: a JSON list of ``{"image_id": ..., "caption": str}``, one per image.
+        gt_json: COCO captions file: ``annotations`` with ``image_id`` and ``caption``.
+        results_json: JSON list of ``{"image_id": ..., "caption": str}``, one per image.
         java: see :func:`caption_metrics`.
 
     Returns:

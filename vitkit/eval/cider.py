@@ -1,18 +1,6 @@
-"""CIDEr-D against a fixed reference corpus: the reward of self-critical sequence training.
+"""CIDEr-D against a fixed reference corpus (document frequencies built once): the reward of SCST.
 
-pycocoevalcap's ``Cider`` (CIDEr-D) recomputes its document frequencies from the references of the images it is
-given, so scoring one training batch would give a batch-local IDF (and 0 for a single image). :class:`CiderD`
-builds the document frequencies once, from every image's references in a corpus (the training split), and
-caches each reference's tf-idf vector; scoring a caption is then a lookup plus one cosine per reference.
-
-With the corpus equal to the scored images the numbers are pycocoevalcap's exactly (tests/eval/test_cider.py):
-n-grams n = 1..4; tf-idf ``tf * (log(#images) - log(max(1, df)))``; the candidate's weights clipped by the
-reference's (``min(hyp, ref) * ref``); a Gaussian length penalty ``exp(-(len_hyp - len_ref)**2 / (2 sigma**2))``
-with sigma 6; the mean over n and over references, times 10.
-
-Captions are compared as given, split on whitespace: tokenise references and candidates alike (the caption
-module passes both through :func:`vitkit.eval.ptb_tokenize.python_ptb_tokenize`, the metric's tokenisation
-without Java).
+Captions are compared as given, split on whitespace; tokenise references and candidates alike.
 """
 
 from __future__ import annotations
@@ -45,8 +33,7 @@ class CiderD:
     """CIDEr-D with document frequencies from a fixed reference corpus.
 
     Args:
-        references: image key -> its reference captions (tokenised, see the module docstring). Every key is one
-            document of the IDF statistics.
+        references: image key -> its tokenised reference captions; every key is one IDF document.
         n: longest n-gram.
         sigma: width of the Gaussian length penalty.
 
@@ -99,14 +86,10 @@ class CiderD:
         return total / self.n
 
     def score(self, captions: Sequence[str], keys: Sequence[Hashable]) -> np.ndarray:
-        """CIDEr-D of each caption against its image's references.
-
-        Args:
-            captions: C tokenised captions.
-            keys: C image keys of the corpus (repeat a key to score several captions of one image).
+        """CIDEr-D of C tokenised captions against their image keys' references.
 
         Returns:
-            (C,) float64 scores (pycocoevalcap's per-image values, on its scale: 10 x the mean cosine).
+            (C,) float64 scores (10 x the mean cosine).
 
         Raises:
             KeyError: a key that is not in the corpus.

@@ -1,33 +1,7 @@
-"""COCO detection evaluation on the original annotation file, with a DDP gather.
+"""COCO detection evaluation (faster-coco-eval or pycocotools COCOeval) on the original annotation file.
 
-The numbers come from COCOeval itself, never from a re-implementation: either faster-coco-eval's C++
-``COCOeval_faster`` (``backend="faster"``, the default) or the reference pycocotools ``COCOeval``
-(``backend="pycocotools"``). Both are run on the annotation file as given (its category ids, its
-``area`` field for the small/medium/large buckets, its ``iscrowd`` flags); an annotation without ``area`` gets
-``w * h`` of its box, which faster-coco-eval computes anyway and pycocotools would fail on (KeyError).
-
-The two backends agree to ~1e-16, not always bit for bit: pycocotools computes a precision as
-``tp / (tp + fp + np.spacing(1))``, faster-coco-eval (1.8) as ``tp / (tp + fp)``. The two differ only when
-``tp + fp == 1`` (1/(1 + 2.2e-16) = 0.9999999999999998 against 1.0), which reaches the precision array
-when the top-ranked non-ignored detection of a (category, area, maxDets, IoU) list is a true positive
-not followed by a second one. A stat then differs by at most a few 1e-16 (often by nothing, after the
-mean's rounding), far below the 3 decimals COCO prints. ``backend="pycocotools"`` is the bit-exact reference.
-
-What this module adds around COCOeval:
-
-- results are validated (a clear ``ValueError`` naming the first bad entry) and copied, because both
-  backends' ``loadRes`` write ``id``/``area``/``iscrowd``/``segmentation`` into the dicts they are given;
-- empty results are evaluable with both backends (pycocotools' ``loadRes`` raises IndexError on ``[]``);
-- the backends' progress prints ("loading annotations into memory...", "DONE (t=...)") are silenced;
-- ``summary`` is COCO's standard 12-line text for both backends (faster-coco-eval logs instead of
-  printing, and its summary has two extra lines, AR@0.5 and AR@0.75);
-- per-class AP@[.5:.95] from the accumulated precision array;
-- ``gather_results`` / ``gather_image_ids`` collect per-rank predictions under torch.distributed and drop
-  the duplicates that ``DistributedSampler`` padding creates.
-
-Conventions of the returned numbers (COCO's own): a metric is ``-1.0`` when nothing defines it (no
-non-crowd ground truth in that area range, e.g. ``APs`` on a set without small objects); it is ``0.0``
-when ground truth exists but no detection matches it, which is what empty results give.
+A metric is ``-1.0`` when undefined (no non-crowd ground truth in that area range) and ``0.0`` when ground
+truth exists but no detection matches it. Also holds the DDP gather of per-rank results.
 """
 
 from __future__ import annotations
@@ -83,16 +57,12 @@ class CocoEvalResult:
     """Outcome of one COCO evaluation.
 
     Attributes:
-        stats: the 12 COCOeval stats keyed by ``STAT_KEYS`` (AP@[.5:.95], AP50, AP75, APs/m/l, AR@1/10/100,
-            ARs/m/l), in [0, 1], or -1.0 where undefined (see the module docstring).
-        summary: COCO's standard 12-line summary text (" Average Precision  (AP) @[ IoU=0.50:0.95 | ..."),
-            lines joined by newlines, no trailing newline.
-        per_class_ap: category id (as in the annotation file) -> AP@[.5:.95] at area=all, maxDets=100;
-            -1.0 for a category without non-crowd ground truth in the evaluated images.
-        num_images: number of images evaluated (COCOeval's ``params.imgIds``).
-        num_detections: number of result entries given (before COCOeval's per-image maxDets cut).
-        precision: COCOeval's accumulated ``eval["precision"]`` (T, R, K, A, M), -1 where a class has no ground
-            truth (what :func:`vitkit.viz.coco_precision` draws).
+        stats: the 12 COCOeval stats keyed by ``STAT_KEYS``, in [0, 1], or -1.0 where undefined.
+        summary: COCO's standard 12-line summary text, no trailing newline.
+        per_class_ap: category id -> AP@[.5:.95] at area=all, maxDets=100; -1.0 without non-crowd ground truth.
+        num_images: number of images evaluated.
+        num_detections: number of result entries given.
+        precision: COCOeval's ``eval["precision"]`` (T, R, K, A, M), -1 where a class has no ground truth.
         params: what indexes ``precision``: ``iou_thrs`` (T,), ``rec_thrs`` (R,), ``cat_ids`` (K,), ``area_rng``
             (A labels), ``max_dets`` (M,).
     """
@@ -121,14 +91,10 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 def fill_missing_areas(dataset: Mapping[str, Any]) -> list[Any]:
     """Give every annotation without ``area`` the area of its box, ``w * h`` (in place).
 
-    COCOeval's small/medium/large ranges read ``area``: pycocotools raises ``KeyError: 'area'`` without it, and
-    faster-coco-eval computes ``w * h``. Filling it here makes both backends evaluate such a file, with the same
-    numbers. Annotations that give an ``area`` keep it (the file's numbers are used as given); one without a usable
-    ``bbox`` is left alone (COCOeval reports it).
+    Annotations with an ``area`` keep it; one without a usable ``bbox`` is left alone.
 
     Returns:
-        The ids of the annotations that got an area (the training dataset's counted
-        :class:`~vitkit.data.annotations.AnnotationWarning` names them).
+        The ids of the annotations that got an area.
     """
     filled = []
     for ann in dataset.get("annotations") or []:
@@ -143,15 +109,11 @@ def fill_missing_areas(dataset: Mapping[str, Any]) -> list[Any]:
 def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
     """Load a COCO instances annotation file into the backend's ``COCO`` object, silently.
 
-    Load once and pass the object to ``evaluate_coco`` to avoid re-reading a large file every epoch. Annotations
-    without ``area`` get ``w * h`` of their box (:func:`fill_missing_areas`), so both backends evaluate them alike.
+    Annotations without ``area`` get ``w * h`` of their box.
 
     Args:
-        path: instances JSON (e.g. ``annotations/instances_val2017.json``).
+        path: instances JSON.
         backend: ``"faster"`` or ``"pycocotools"``; the object only works with the same backend.
-
-    Returns:
-        The backend's ``COCO`` object with its index built.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -171,15 +133,7 @@ def load_gt(path: str | os.PathLike, backend: str = "faster") -> Any:
 
 
 def format_summary(stats: Mapping[str, float]) -> str:
-    """Format 12 stats as COCOeval.summarize() prints them (pycocotools' exact line format).
-
-    Args:
-        stats: values keyed by ``STAT_KEYS``.
-
-    Returns:
-        12 lines joined by newlines, e.g.
-        `` Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.421``.
-    """
+    """Format 12 stats (keyed by ``STAT_KEYS``) as COCOeval.summarize() prints them: 12 lines joined by newlines."""
     lines = []
     for key, (title, iou, area, max_dets) in zip(STAT_KEYS, _SUMMARY_ROWS, strict=True):
         kind = "(AP)" if title == "Average Precision" else "(AR)"
@@ -215,12 +169,7 @@ def _resolve_image_ids(gt: Any, image_ids: Iterable[int] | None) -> list[int]:
 
 
 def _gc_paused(fn):
-    """Run ``fn`` with Python's cyclic garbage collector paused (restored afterwards, also on errors).
-
-    Parsing the annotation file and building ~10^5 result and evaluation dicts sets off repeated full collections
-    that find nothing to free (none of these objects form cycles): on 2,000 images / 160k detections evaluation
-    takes 1.9 s instead of 2.9 s without them. Reference counting still frees everything as usual.
-    """
+    """Run ``fn`` with Python's cyclic garbage collector paused (restored afterwards, also on errors)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         was_enabled = gc.isenabled()
@@ -260,27 +209,23 @@ def evaluate_coco(
 ) -> CocoEvalResult:
     """Run COCOeval (bbox) on the original annotation file.
 
-    Detections whose ``category_id`` is not a category of the annotation file are ignored, as COCOeval
-    ignores them (a warning is logged with their count); detections on images outside ``image_ids`` are
-    ignored too. Detections on images that are not in the annotation file are an error.
+    Detections with a ``category_id`` not in the annotation file, or on images outside ``image_ids``, are ignored.
 
     Args:
         gt: path to a COCO instances JSON, or a ``COCO`` object of the same backend (from ``load_gt``).
         results: COCO result dicts (``image_id``, ``category_id``, ``bbox`` [x, y, w, h] in pixels of the
             original image, ``score``), or a path to a results JSON. May be empty. Not modified.
-        backend: ``"faster"`` (faster-coco-eval, C++) or ``"pycocotools"`` (the bit-exact reference); the
-            two agree to ~1e-16 (see the module docstring).
+        backend: ``"faster"`` or ``"pycocotools"`` (bit-exact reference).
         iou_type: only ``"bbox"`` is supported.
-        image_ids: evaluate only these images (``params.imgIds``), e.g. the images actually predicted when
-            validating a subset (``limit_val_batches``); ``None`` (default) evaluates every image in the
-            annotation file, so images without predictions count as missed detections.
+        image_ids: evaluate only these images; ``None`` evaluates every image in the annotation file.
 
     Returns:
         ``CocoEvalResult`` with the 12 stats, the 12-line summary and per-class AP.
 
     Raises:
         FileNotFoundError: an input file does not exist.
-        ValueError: malformed results, unknown image ids, an unknown backend or iou_type.
+        ValueError: malformed results, unknown image ids (not in the annotation file), an unknown backend or
+            iou_type.
         TypeError: ``gt`` is a ``COCO`` object of the other backend.
     """
     if iou_type != "bbox":

@@ -35,18 +35,14 @@ def is_finite_real(value: Any) -> bool:
 def validate_results(results: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check COCO detection results and return clean copies.
 
-    Each entry needs ``image_id`` and ``category_id`` (integers), ``bbox`` (4 finite numbers, x, y, w, h in
-    pixels of the original image; a list, tuple or 1-D numpy array) and ``score`` (a finite number). Python and
-    numpy scalars are accepted, torch tensors are not (call ``.tolist()``). Other keys are dropped.
-
-    Args:
-        results: COCO result dicts.
+    Each entry needs integer ``image_id`` and ``category_id``, ``bbox`` (4 finite numbers x, y, w, h in pixels;
+    list, tuple or 1-D array) and a finite ``score``; torch tensors are refused. Other keys are dropped.
 
     Returns:
         New dicts ``{"image_id": int, "category_id": int, "bbox": [float] * 4, "score": float}``, in order.
 
     Raises:
-        ValueError: naming the index and key of the first bad entry, e.g. ``results[3]: missing key 'score'``.
+        ValueError: naming the index and key of the first bad entry.
     """
     if isinstance(results, (str, bytes, Mapping)) or not isinstance(results, Iterable):
         raise ValueError(f"results must be a list of dicts, got {type(results).__name__}")
@@ -107,12 +103,6 @@ def _clean_entry(i: int, r: Any) -> dict[str, Any]:
 
 def load_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read and validate a COCO results JSON file (a list of detection dicts).
-
-    Args:
-        path: results JSON.
-
-    Returns:
-        Validated copies, as ``validate_results`` returns them.
 
     Raises:
         FileNotFoundError: the file does not exist.

@@ -1,46 +1,13 @@
-"""The describe mAP (describe: detect, then caption each object; issue 17): DenseCap's dense-captioning mAP
-(Johnson et al., CVPR 2016).
+"""The describe mAP: DenseCap's dense-captioning mAP (Johnson et al., CVPR 2016).
 
-It follows DenseCap's ``DenseCaptioningEvaluator`` (jcjohnson/densecap ``eval/eval_utils.lua``, ``merge_boxes`` in
-``densecap/box_utils.lua``, METEOR via ``eval/meteor_bridge.py``); GRiT reports it by running that Lua code.
-
-1. Per image, ground-truth boxes that overlap by IoU >= 0.7 are merged greedily: the box with the most
-   partners at IoU >= 0.7 (itself included; the first such box on ties) takes them all as one region whose box is
-   the mean of theirs and whose references are all their captions; repeat on the rest.
-2. Per image, predictions are visited by decreasing score. Each is assigned the merged region of largest IoU
-   (the first on ties; none if it overlaps no region). The first prediction assigned a region takes it; a later
-   prediction assigned the same region can never be a true positive (``ok`` is false). This is decided once,
-   whatever the thresholds: a prediction of IoU 0.4 takes its region even at the 0.7 threshold.
-3. METEOR of each prediction's caption against its region's references (all of them: METEOR 1.5 keeps the best).
-4. All predictions of all images are ranked by score. At IoU threshold ``u`` and METEOR threshold ``m`` a
-   prediction is a true positive iff ``iou >= u and ok and meteor > m`` (strictly greater: a METEOR of 0 never
-   counts), else a false positive. Recall is over the number of merged regions of all images.
-5. AP is the mean over recall points ``t`` of the highest precision at recall >= ``t`` (0 if recall never reaches
-   ``t``), at the exact points of the Lua loop ``for t=0,1,0.01``: 0.01 added up in float64, 100 points (0 to
-   0.99; not 1.0; the 51st is 0.5000000000000002, so a recall of exactly 0.5 reaches 50 of them).
-6. mAP is the mean over IoU (0.3, 0.4, 0.5, 0.6, 0.7) x METEOR (0, 0.05, 0.1, 0.15, 0.2, 0.25); the detection AP
-   per IoU threshold (the reference's ``min_score = -1``) ignores the captions.
-
-How this module differs from the reference:
-
-- **Boxes** are COCO xywh pixels (``box_format="xyxy"`` takes corners), IoU on continuous coordinates. The
-  reference uses inclusive pixel corners with ``+1`` in widths, which is the same IoU on the same pixel boxes.
-- **Merging** is an option: ``merge_iou=0.7`` (the default) is the reference; ``None`` keeps every box as its own
-  region with its one caption (for data sets whose regions are not VG's overlapping duplicates).
-- **Crowd regions** (``iscrowd``; the reference has none) are never merged, counted in recall or taken. At IoU
-  threshold ``u``, a prediction whose IoU with its assigned region is below ``u`` but that lies inside a crowd
-  region by ``u`` (intersection over its own area, COCO's crowd overlap) is ignored, neither true nor false
-  positive, as COCOeval ignores detections matched to crowds; a non-crowd match at ``u`` takes precedence (a
-  duplicate stays a false positive).
-- **Images without regions** work (their predictions are false positives; the reference's Lua fails there). A
-  prediction that overlaps no region takes nothing (the reference's ``used[-1]`` marks the last region taken).
-- **Ties** in score keep the input order (stable sorts); Torch's sort leaves them unspecified.
-- **METEOR** is pycocoevalcap's ``Meteor`` (the reference's ``meteor-1.5.jar -l en -norm``): one
-  ``compute_score`` call (per-item scores equal one-pair calls') on the pairs that can be true positives (``ok``,
-  IoU >= 0.3), captions normalised as DenseCap's ``preprocess.py`` did its data (:func:`normalize_caption`).
-  Without Java, ``meteor="auto"`` warns once and uses :func:`meteor_fallback` (not comparable with METEOR);
-  ``result["meteor_backend"]`` says which scorer ran.
-- With no ground-truth region at all, every AP is NaN (undefined) and a warning says so.
+Per image, ground-truth boxes overlapping by IoU >= ``merge_iou`` are merged greedily (mean box, all captions);
+predictions, by decreasing score (stable), are assigned the merged region of largest IoU, which only the first
+such prediction takes (``ok``). At IoU threshold ``u`` and METEOR threshold ``m`` a prediction is a true positive
+iff ``iou >= u and ok and meteor > m``; recall is over the merged non-crowd regions of all images. AP is the mean
+over the 100 recall points 0, 0.01, ..., 0.99 (float64 sums) of the highest precision at recall >= t; mAP is the
+mean over IoU (0.3, 0.4, 0.5, 0.6, 0.7) x METEOR (0, 0.05, 0.1, 0.15, 0.2, 0.25). Crowd regions are never merged,
+counted or taken; a prediction below ``u`` that lies inside a crowd region by ``u`` is ignored. Boxes are pixels.
+With no ground-truth region every AP is NaN (with a warning).
 """
 
 from __future__ import annotations
@@ -122,7 +89,7 @@ class RegionPredictions:
 
     Args:
         boxes: (M, 4) boxes in pixels, same convention as the ground truth; M may be 0.
-        scores: (M,) confidences; higher ranks first (any scale: only the order matters).
+        scores: (M,) confidences; higher ranks first (only the order matters).
         captions: M caption strings.
     """
 
@@ -213,9 +180,7 @@ _PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def normalize_caption(caption: str) -> str:
-    """DenseCap's caption preprocessing: lower-cased, ASCII punctuation deleted (``man's`` -> ``mans``), one line.
-
-    Its handful of non-ASCII replacements (``½`` -> ``half``, ``é`` -> ``e``, ...) is left out."""
+    """DenseCap's caption preprocessing: lower-cased, ASCII punctuation deleted (``man's`` -> ``mans``), one line."""
     return " ".join(caption.lower().translate(_PUNCTUATION).split())
 
 
@@ -223,11 +188,11 @@ def java_meteor(candidates: list[str], references: list[list[str]]) -> list[floa
     """METEOR 1.5 (pycocoevalcap's Java scorer) of each candidate against its references, in one Java process.
 
     Args:
-        candidates: K caption strings (raw text; normalised here by :func:`normalize_caption`).
+        candidates: K caption strings (raw text; normalised by :func:`normalize_caption`).
         references: K lists of reference captions (at least one each).
 
     Returns:
-        K scores in [0, 1], the per-segment scores of one ``Meteor.compute_score`` call.
+        K scores in [0, 1].
 
     Raises:
         OSError: Java could not be started.
@@ -273,18 +238,10 @@ def _align_unigrams(hyp: list[str], ref: list[str]) -> tuple[int, int]:
 
 
 def meteor_fallback(candidate: str, references: Sequence[str]) -> float:
-    """A pure-Python stand-in for METEOR: exact matches of :func:`normalize_caption`'s words, best reference.
-
-    Per reference, m words matched greedily, P = m / len(candidate), R = m / len(reference): the original METEOR
-    ``10 P R / (R + 9 P) * (1 - 0.5 (chunks / m) ** 3)``. No stems, synonyms or paraphrases, METEOR 1.0's
-    parameters: not comparable with Java METEOR 1.5, except that both are 0 iff no word matches.
-
-    Args:
-        candidate: caption text.
-        references: reference captions.
+    """A pure-Python stand-in for METEOR: exact word matches, best reference; not comparable with METEOR 1.5.
 
     Returns:
-        A score in [0, 1).
+        A score in [0, 1), 0 iff no word matches.
     """
     hyp = normalize_caption(candidate).split()
     best = 0.0
@@ -341,15 +298,14 @@ def _average_precision(tp: np.ndarray, fp: np.ndarray, npos: int) -> float:
 def evaluate_describe(ground_truth: Mapping[Any, RegionGroundTruth], predictions: Mapping[Any, RegionPredictions],
                       meteor: Literal["auto", "java", "fallback"] | MeteorFn = "auto", merge_iou: float | None = 0.7,
                       box_format: Literal["xywh", "xyxy"] = "xywh") -> dict[str, Any]:
-    """The describe mAP of region predictions: DenseCap's dense-captioning mAP (see the module docstring).
+    """The describe mAP of region predictions: DenseCap's dense-captioning mAP.
 
     Args:
-        ground_truth: image id -> its regions; every image listed is evaluated (one without predictions only adds
-            missed regions, one without regions only false positives).
+        ground_truth: image id -> its regions; every image listed is evaluated.
         predictions: image id -> its predictions; every id must be in ``ground_truth``.
-        meteor: caption scorer: ``"java"`` (pycocoevalcap's METEOR; raises without Java), ``"fallback"``
-            (:func:`meteor_fallback`), ``"auto"`` (Java if on PATH, else the fallback with one warning), or a
-            function (candidates, references) -> scores like :func:`java_meteor`.
+        meteor: caption scorer: ``"java"`` (raises without Java), ``"fallback"`` (:func:`meteor_fallback`),
+            ``"auto"`` (Java if on PATH, else the fallback with one warning), or a function
+            (candidates, references) -> scores like :func:`java_meteor`.
         merge_iou: merge ground-truth boxes overlapping by this IoU (0.7 = the reference); None = no merging.
         box_format: ``"xywh"`` (COCO, pixels) or ``"xyxy"`` (corners, pixels), for all boxes.
 

@@ -12,17 +12,11 @@ def merge_rank_results(
     per_rank_results: Sequence[Sequence[Mapping[str, Any]]],
     per_rank_image_ids: Sequence[Iterable[int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Merge per-rank detections, keeping each image's detections from one rank only.
-
-    ``DistributedSampler`` pads the last round by repeating images, so an image can be predicted by two
-    ranks. A rank's detections for an image are complete, so the first rank (lowest index) that has the
-    image owns it and later copies are dropped. With ``per_rank_image_ids`` (the images each rank
-    processed, including those with no detections) ownership follows those lists, so an image that its
-    owner predicted as empty stays empty; without them, ownership follows the detections.
+    """Merge per-rank detections, keeping each image's detections from the lowest rank that has it.
 
     Args:
         per_rank_results: rank r's result dicts at index r.
-        per_rank_image_ids: rank r's processed image ids at index r, or None.
+        per_rank_image_ids: rank r's processed image ids at index r, or None (ownership follows the detections).
 
     Returns:
         The merged result dicts, rank-major, each rank's order preserved.
@@ -43,19 +37,16 @@ def merge_rank_results(
 def gather_results(
     results: Sequence[Mapping[str, Any]], image_ids: Iterable[int] | None = None
 ) -> list[dict[str, Any]]:
-    """Collect every rank's detections on every rank, without ``DistributedSampler``'s duplicates.
+    """Collect every rank's detections on every rank, without ``DistributedSampler``'s duplicates (collective).
 
-    A collective call: under an initialised ``torch.distributed`` with several ranks, all ranks must call
-    it (with NCCL the current CUDA device must be set, as Lightning does). Without distributed, or with one
-    rank, the results come back as a list, unchanged.
+    Without distributed, or with one rank, the results come back as a list, unchanged.
 
     Args:
         results: this rank's COCO result dicts.
-        image_ids: the images this rank processed (also those without detections); makes the de-duplication
-            exact (see ``merge_rank_results``). Optional.
+        image_ids: the images this rank processed (also those without detections), optional.
 
     Returns:
-        All ranks' result dicts, one rank's copy per image (the lowest rank's), identical on every rank.
+        All ranks' result dicts, one rank's copy per image, identical on every rank.
     """
     if not is_distributed():
         return list(results)
@@ -69,16 +60,7 @@ def gather_results(
 
 
 def gather_image_ids(image_ids: Iterable[int]) -> list[int]:
-    """Union of the image ids every rank processed, for ``evaluate_coco(image_ids=...)``.
-
-    A collective call under an initialised ``torch.distributed`` (see ``gather_results``).
-
-    Args:
-        image_ids: the images this rank processed.
-
-    Returns:
-        Sorted unique image ids over all ranks, identical on every rank.
-    """
+    """Sorted unique image ids processed over all ranks, identical on every rank (collective)."""
     ids = {int(i) for i in image_ids}
     if not is_distributed():
         return sorted(ids)

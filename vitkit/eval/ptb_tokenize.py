@@ -75,16 +75,10 @@ def _split_word(word: str) -> list[str]:
 
 
 def python_ptb_tokenize(caption: str) -> str:
-    """Tokenise one caption the way pycocoevalcap's ``PTBTokenizer`` does, without Java.
+    """Tokenise one caption the way pycocoevalcap's ``PTBTokenizer`` does, without Java (an approximation).
 
-    Lower-cases; splits off punctuation, clitics (``dog's`` -> ``dog 's``, ``don't`` -> ``do n't``), currency
-    and percent signs; writes brackets as ``-lrb- -rrb- -lsb- -rsb- -lcb- -rcb-``; keeps numbers (``1,000``,
-    ``3.5``, ``3:30``), hyphenated words, acronyms (``u.s.``) and common abbreviations (``mr.``) whole; then drops
-    the tokens pycocoevalcap drops (``PUNCTUATIONS``). It matches the Stanford tokenizer on typical captions;
-    rare constructions (context-dependent abbreviations, ``5'6"``) may differ.
-
-    Args:
-        caption: raw caption text.
+    Lower-cases; splits off punctuation, clitics, currency and percent signs; writes brackets as ``-lrb-`` etc.;
+    drops the tokens pycocoevalcap drops (``PUNCTUATIONS``).
 
     Returns:
         The tokens joined by single spaces ("" when nothing is left).
@@ -106,13 +100,10 @@ def _java_ptb_tokenize(captions: list[str]) -> list[str]:
 
 
 def tokenize_captions(captions: Sequence[str], java: bool | None = None) -> list[str]:
-    """Tokenise captions for the metrics: PTBTokenizer with Java, else :func:`python_ptb_tokenize`.
+    """Tokenise captions (raw strings, empty allowed) for the metrics: PTBTokenizer with Java, else Python.
 
     Args:
-        captions: raw caption strings (empty strings allowed).
-        java: use Java; None = whether ``java`` is on PATH. If the Java tokenizer fails (for example when
-            pycocoevalcap's package folder, where it writes a temporary file, is read-only), a warning names
-            the cause and the Python tokenizer is used.
+        java: use Java; None = whether ``java`` is on PATH. A failing Java tokenizer warns and falls back.
 
     Returns:
         One space-joined token string per caption, in order.

@@ -1,22 +1,6 @@
-"""Deployment exports of a checkpoint: ONNX graphs (detector, caption encoder) and weights-only safetensors.
-
-A describe (detect, then caption each object) checkpoint exports its detector to ONNX (the region caption head is
-not exported to ONNX; the report's ``notes`` say so) and its whole model to safetensors.
-
-- ONNX: :func:`export_onnx` (:mod:`vitkit.io.onnx_export`); what each graph takes and returns is in its task's
-  ``onnx`` module, :mod:`vitkit.detection.onnx` and :mod:`vitkit.captioning.onnx` (caption decoding from the
-  encoder's outputs: :func:`decode_memory`; these modules' public helpers are re-exported here under their
-  documented names).
-- Safetensors: :func:`export_safetensors` writes the network's state dict (tied weights stored once) with the
-  inference spec (:class:`~vitkit.utils.spec.InferenceSpec`: model config, preprocessing, class names and ids,
-  tokenizer, generation defaults) in its metadata; :func:`load_safetensors` (or :func:`vitkit.load`) rebuilds the
-  :class:`~vitkit.detection.predictor.Detector` / :class:`~vitkit.captioning.predictor.CaptionPipeline` /
-  :class:`~vitkit.describe.predictor.Describer`.
-- :func:`export_checkpoint`: either, from a checkpoint (what ``tools/export.py`` runs).
-
-Exports work on copies: the caller's predictor is not moved, cast or switched to eval mode. The task is looked up
-among the registered ones (:mod:`vitkit.tasks`): its descriptor gives the network, the spec and the graph.
-"""
+"""Deployment exports of a checkpoint: ONNX graphs (:func:`export_onnx`), weights-only safetensors with the inference
+spec in the metadata (:func:`export_safetensors`, read back by :func:`load_safetensors`), and
+:func:`export_checkpoint`. Exports work on copies: the caller's predictor is not changed."""
 
 from __future__ import annotations
 
@@ -54,32 +38,24 @@ __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "CaptionEncoderExport", "DetectorExport
 
 
 def read_checkpoint_config(path: str | Path) -> tuple[str, dict]:
-    """(task, model config) of a checkpoint, read with ``torch.load(weights_only=True)``
-    (:func:`vitkit.utils.checkpoints.safe_load_checkpoint`); the config is checked and made offline by
+    """(task, model config) of a checkpoint, read weights-only; the config is checked by
     :func:`vitkit.utils.checkpoints.check_stored_config`.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`vitkit.load` (:class:`~vitkit.utils.checkpoints.CheckpointError` for
-            a refused or unreadable file, or a config naming a class outside vitkit, torch.nn and timm).
-    """
+        FileNotFoundError, ValueError: as :func:`vitkit.load`."""
     spec, _, source = read_source(Path(path))
     return spec.task, check_stored_config(spec.model_config, f"{source}: '{SPEC_KEY}' model_config")
 
 
 def export_safetensors(model: nn.Module, config: dict[str, Any], out: str | Path) -> ExportReport:
-    """Write a loaded predictor's weights and inference spec as a weights-only safetensors file.
+    """Write a loaded predictor's weights (tied ones once) and inference spec as a weights-only safetensors file.
 
     Args:
-        model: a loaded predictor (:class:`~vitkit.detection.predictor.Detector`,
-            :class:`~vitkit.captioning.predictor.CaptionPipeline`, :class:`~vitkit.describe.predictor.Describer`,
-            ...; not changed: a CPU copy of its network is saved).
-        config: the network's ``{"class_path", "init_args"}`` config (see :func:`read_checkpoint_config`); the spec
-            records it with the predictor's current settings.
-        out: the .safetensors file to write.
+        model: a loaded predictor (not changed: a CPU copy of its network is saved).
+        config: the network's ``{"class_path", "init_args"}`` config (see :func:`read_checkpoint_config`).
 
     Returns:
-        An :class:`ExportReport` (no checks; :func:`load_safetensors` reads the file back).
-    """
+        An :class:`ExportReport` (no checks)."""
     task = task_of(model)
     spec = task.predictor_spec(model, config)
     out = Path(out)
@@ -94,7 +70,6 @@ def export_checkpoint(ckpt: str | Path, format: str = "onnx", out: str | Path | 
     """Export a checkpoint (what ``tools/export.py`` does).
 
     Args:
-        ckpt: a checkpoint loadable by :func:`vitkit.load`.
         format: "onnx" (detector with post-processing, caption encoder, or a describe model's detector) or
             "safetensors" (weights + spec).
         out: output file; default next to the checkpoint: ``<stem>.onnx`` (a captioner: ``<stem>.encoder.onnx``, a
@@ -104,8 +79,7 @@ def export_checkpoint(ckpt: str | Path, format: str = "onnx", out: str | Path | 
     Raises:
         FileNotFoundError: no checkpoint.
         ValueError: an unsafe or unknown checkpoint, an unknown format, or a model that cannot be exported.
-        ImportError: onnx / onnxruntime missing (the message says how to install them).
-    """
+        ImportError: onnx / onnxruntime missing (the message says how to install them)."""
     if format not in ("onnx", "safetensors"):
         raise ValueError(f"format must be onnx|safetensors, got {format!r}")
     if format == "safetensors" and onnx_options:

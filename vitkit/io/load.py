@@ -1,19 +1,6 @@
 """``vitkit.load``: the ready predictor of a training checkpoint, a safetensors export or an imported format
-(official DETR weights).
-
-Every source is read into the same two things, an :class:`~vitkit.utils.spec.InferenceSpec` and a state dict, and
-:func:`build_predictor` turns them into the predictor: it is the only place a task's predictor
-(:class:`~vitkit.detection.predictor.Detector`, :class:`~vitkit.captioning.predictor.CaptionPipeline`,
-:class:`~vitkit.describe.predictor.Describer`, ...) is built from stored files, so the checks and errors are the same
-whatever the source. The task is looked up in the registration (:mod:`vitkit.tasks`); this module names none.
-
-- a Lightning ``.ckpt`` (``torch.load(weights_only=True)``): the spec under ``vitkit_spec``, the weights under
-  ``state_dict`` with the Lightning module's prefix (the task's ``state_prefix`` and ``state_keys``);
-- a ``.safetensors`` export (:func:`vitkit.io.export.export_safetensors`): the spec in its metadata;
-- a foreign format (a folder, a ``.safetensors`` file without vitkit's spec, or a checkpoint dict without one): the
-  first registered task's importer that accepts it reads it (:class:`vitkit.training.task.Importer`; official DETR
-  weights: :data:`vitkit.detection.official_weights.IMPORTER`).
-"""
+(official DETR weights). Every source becomes an :class:`~vitkit.utils.spec.InferenceSpec` and a state dict, which
+:func:`build_predictor` turns into the registered task's predictor."""
 
 from __future__ import annotations
 
@@ -43,27 +30,18 @@ class WeightsMismatchError(ValueError):
 def load(path: str | Path, map_location: str | torch.device = "cpu", precision: str = "fp32") -> nn.Module:
     """Load a checkpoint and return the ready predictor it holds.
 
-    - a detection checkpoint or export: a :class:`vitkit.detection.predictor.Detector`;
-    - a captioning checkpoint or export: a :class:`vitkit.captioning.predictor.CaptionPipeline`;
-    - a describe (detect, then caption each object) checkpoint or export: a :class:`vitkit.describe.predictor.Describer`
-      (``.describe(images)``, ``.describe(images, boxes=...)``);
-    - official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder
-      with config.json): a DETR-R50 :class:`~vitkit.detection.predictor.Detector`
-      (:mod:`vitkit.detection.official_weights`);
-    - generally, a checkpoint or export of any registered task (:mod:`vitkit.tasks`): its predictor; a foreign
-      format one of their importers accepts: what it holds.
-
-    A checkpoint is read with ``torch.load(weights_only=True)``: a file carrying pickled code is refused. Its stored
-    model config may only name classes of vitkit, torch.nn and timm, and is built with ``pretrained`` off
-    (:func:`vitkit.utils.checkpoints.check_stored_config`).
+    A detection checkpoint gives a :class:`vitkit.detection.predictor.Detector`, a captioning one a
+    :class:`vitkit.captioning.predictor.CaptionPipeline`, a describe one a :class:`vitkit.describe.predictor.Describer`,
+    official DETR weights (a facebookresearch/detr ``.pth``, or Hugging Face DETR safetensors/bin or a folder with
+    config.json) a DETR-R50 ``Detector``; any registered task's checkpoint: its predictor.
+    Checkpoints are read with ``torch.load(weights_only=True)``; stored configs may name only vitkit, torch.nn and
+    timm classes and are built with ``pretrained`` off.
 
     Args:
-        path: a Lightning ``.ckpt`` from ``runs/<config>/checkpoints/``, a ``.safetensors`` export, or official
-            DETR weights.
+        path: a Lightning ``.ckpt``, a ``.safetensors`` export, or official DETR weights.
         map_location: device to put the predictor on.
-        precision: ``"fp32"`` (the weights as trained), ``"bf16"`` (frozen BatchNorm folded, bf16 weights: ~2-2.7x
-            faster on a CPU with AVX-512 bf16 / AMX, AP within 0.5 points) or ``"auto"`` (bf16 where the device
-            runs it fast). See :mod:`vitkit.kernels.precision`.
+        precision: ``"fp32"`` (the weights as trained), ``"bf16"`` (frozen BatchNorm folded, bf16 weights) or
+            ``"auto"`` (bf16 where the device runs it fast). See :mod:`vitkit.kernels.precision`.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -72,8 +50,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu", precision: 
         SpecError: (a ValueError) its inference spec is missing, malformed or of another version.
         WeightsMismatchError: (a ValueError) its weights do not fit the network its spec describes.
         ValueError: not one of vitkit's checkpoints (the message says what was expected), or its settings and
-            tokenizer do not fit the network.
-    """
+            tokenizer do not fit the network."""
     precision = resolve_precision(precision, map_location)
     spec, state, source = read_source(Path(path))
     model = build_predictor(spec, state, source).to(map_location)
@@ -138,9 +115,7 @@ def task_of_spec(spec: InferenceSpec, source: str) -> Task:
     """The registered task of a spec (:mod:`vitkit.tasks`).
 
     Raises:
-        ValueError: a task this vitkit does not load (readers let only registered tasks through; a spec built in
-            code may name another), naming the registered ones.
-    """
+        ValueError: a task this vitkit does not load, naming the registered ones."""
     registered = tasks()
     for task in registered:
         if task.name == spec.task:
@@ -204,24 +179,14 @@ def _metadata(path: Path) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ building
 def build_predictor(spec: InferenceSpec, state_dict: dict[str, Tensor], source: str = "weights") -> nn.Module:
-    """The predictor of a spec and its network's weights: every source :func:`load` reads ends here.
-
-    The spec's model config is checked (:func:`~vitkit.utils.checkpoints.check_stored_config`: only vitkit,
-    torch.nn and timm classes, ``pretrained`` off), built, the weights loaded (:func:`load_weights`) and the task's
-    predictor made around it (its registered descriptor, :mod:`vitkit.tasks`), in eval mode on the CPU.
-
-    Args:
-        spec: the inference spec.
-        state_dict: the network's weights (keys without the Lightning module prefix).
-        source: the file, for messages.
+    """The predictor (eval mode, CPU) of a spec and its network's weights (keys without the Lightning prefix).
 
     Raises:
         CheckpointError: the config names a class outside vitkit, torch.nn and timm.
         SpecError: (a ValueError) the spec does not fit its task's declaration (its fields, its model config's shape).
         WeightsMismatchError: the weights do not fit the network.
         ValueError: a task that is not registered, a config that cannot be built, or settings (tokenizer, sizes,
-            generation) that do not fit.
-    """
+            generation) that do not fit."""
     task = task_of_spec(spec, source)
     try:  # read back, it is bound already; built in code, it is checked here
         spec.bind(task.spec, _declarations())
@@ -248,15 +213,10 @@ def _storage(t: Tensor) -> Any:
 
 
 def load_weights(net: nn.Module, state_dict: dict[str, Tensor], source: str = "weights") -> None:
-    """Load ``state_dict`` into ``net`` exactly, with one error for every kind of mismatch.
-
-    A weight the network ties to another (a captioner's output layer and token embedding) may be stored once, under
-    either name, as safetensors exports do.
+    """Load ``state_dict`` into ``net`` exactly; a tied weight may be stored once, under either name.
 
     Raises:
-        WeightsMismatchError: names missing from the file, names the network does not have, or shapes that differ;
-            the message lists them.
-    """
+        WeightsMismatchError: missing names, unexpected names or differing shapes; the message lists them."""
     own = net.state_dict()
     stored = {_storage(own[k]) for k in state_dict if k in own} - {None}
     missing = [k for k in own if k not in state_dict and (_storage(own[k]) is None or _storage(own[k]) not in stored)]

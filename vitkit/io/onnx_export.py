@@ -1,17 +1,7 @@
 """ONNX export of a loaded predictor, for every task: trace, metadata, onnxruntime sessions and the parity check.
 
-Graphs are fp32 and CPU-traced, from a copy of the predictor (the caller's model is left as it was);
-``pip install 'vitkit[export]'`` brings ``onnx`` and ``onnxruntime``. What each task's graph takes and returns is in
-its ``onnx`` module (:mod:`vitkit.detection.onnx`, :mod:`vitkit.captioning.onnx`); this module looks the task up once
-among the registered ones (:mod:`vitkit.tasks`) and uses its descriptor's graph parts
-(:class:`vitkit.training.task.OnnxGraph`).
-
-The exporter is TorchScript's tracer (``torch.onnx.export(..., dynamo=False)``), not the ``torch.export``-based
-one: the models short-circuit attention masks with data-dependent branches (``mask if mask.any() else None`` in
-the encoder, DETR and the captioner), which ``torch.export`` refuses (GuardOnDataDependentSymNode), while a
-trace records the branch it takes. :mod:`vitkit.core.trace` arranges for the recorded branches to be the general
-ones.
-"""
+Graphs are fp32 and CPU-traced (TorchScript tracer) from a copy of the predictor; each task's graph parts are its
+descriptor's :class:`vitkit.training.task.OnnxGraph`. Needs ``pip install 'vitkit[export]'``."""
 
 from __future__ import annotations
 
@@ -51,15 +41,13 @@ class ExportReport:
     """What an export wrote and how its check went.
 
     Attributes:
-        path: the written file.
-        task: the checkpoint's task (an export of a part of it, such as describe's detector, still names it).
+        task: the checkpoint's task (also for an export of a part of it, such as describe's detector).
         format: "onnx" or "safetensors".
         inputs, outputs: graph input/output names (ONNX).
         trace_shape: (B, H, W) of the dummy batch the graph was traced with (ONNX).
         dynamic: batch, height and width are dynamic axes (ONNX).
         checks: per checked input shape "BxHxW", the largest differences against vitkit eager (fp32).
-        notes: what the export leaves out of the model (region captions: the caption head is not in the graph).
-    """
+        notes: what the export leaves out of the model."""
     path: Path
     task: str
     format: str
@@ -92,12 +80,10 @@ def onnx_of(task: Task) -> OnnxGraph:
 
 
 def task_of_graph(graph: nn.Module) -> Task:
-    """The registered task of a traceable graph (a task's ``OnnxGraph.graph_class``, e.g.
-    :class:`~vitkit.detection.onnx.DetectorExport`).
+    """The registered task of a traceable graph (a task's ``OnnxGraph.graph_class``).
 
     Raises:
-        TypeError: another module (the message names the graph classes).
-    """
+        TypeError: another module (the message names the graph classes)."""
     registered = [task for task in tasks() if task.onnx is not None]
     for task in registered:
         if isinstance(graph, task.onnx.graph_class):
@@ -130,23 +116,17 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
                 batch: int = 1, size: tuple[int, int] | None = None, check: bool = True) -> ExportReport:
     """Export a loaded predictor (what :func:`vitkit.load` returns) to ONNX.
 
-    The graph is the task's (its descriptor's :class:`~vitkit.training.task.OnnxGraph`): a
-    :class:`~vitkit.detection.predictor.Detector` becomes images -> boxes/scores/labels
-    (:class:`~vitkit.detection.onnx.DetectorExport`); a :class:`~vitkit.captioning.predictor.CaptionPipeline`
-    becomes its caption encoder (:class:`~vitkit.captioning.onnx.CaptionEncoderExport`); a
-    :class:`~vitkit.describe.predictor.Describer` becomes the graph of its detector (the region caption head is not
-    exported; the report's ``notes`` say so).
+    A ``Detector`` becomes images -> boxes/scores/labels, a ``CaptionPipeline`` its caption encoder, a ``Describer``
+    its detector's graph (the region caption head is not exported; ``notes`` say so).
 
     Args:
-        model: the loaded predictor; it is not changed (a copy is moved to the CPU in fp32 and traced).
+        model: the loaded predictor; not changed (a CPU fp32 copy is traced).
         out: the .onnx file to write (parent folders are created).
         dynamic: batch, height and width as dynamic axes; otherwise the graph takes exactly ``batch`` x ``size``.
-        opset: ONNX opset, >= 16 (GridSample).
-        batch: images in the traced batch (the fixed batch of a static export).
-        size: (H, W) of the traced batch (the fixed input size of a static export); default
-            :func:`default_trace_size`.
-        check: run the graph in onnxruntime on the dummy batch (and, for a dynamic export, on a batch of another
-            batch size and image size) and record the largest differences against vitkit eager in the report.
+        opset: ONNX opset, >= 16.
+        size: (H, W) of the traced batch; default :func:`default_trace_size`.
+        check: run the graph in onnxruntime on the dummy batch (and, if dynamic, on another batch and image size)
+            and record the largest differences against vitkit eager in the report.
 
     Returns:
         An :class:`ExportReport`.
@@ -154,8 +134,7 @@ def export_onnx(model: nn.Module, out: str | Path, *, dynamic: bool = False, ops
     Raises:
         ImportError: onnx (or, with ``check``, onnxruntime) is not installed.
         ValueError: an opset below 16, a model that cannot be exported (its task has no ONNX export), or a trace
-            size too small.
-    """
+            size too small."""
     _check_options(opset, batch, check)
     task = origin = task_of(model)
     if onnx_of(task).part is not None:  # a task whose graph is one part of it: the part's task exports it
@@ -208,14 +187,11 @@ def _write_metadata(path: Path, meta: dict[str, str]) -> None:
 
 
 def onnx_session(path: str | Path, threads: int | None = None, spin: bool = True) -> Any:
-    """An onnxruntime CPU ``InferenceSession`` for an exported graph.
+    """An onnxruntime CPU ``InferenceSession`` for an exported .onnx file.
 
     Args:
-        path: the .onnx file.
         threads: intra-op threads (default: onnxruntime's, one per core).
-        spin: let idle pool threads busy-wait for the next op (onnxruntime's default; lower latency on a machine
-            of one's own, but the spinning threads take CPU from other work on a shared one).
-    """
+        spin: let idle pool threads busy-wait for the next op (onnxruntime's default)."""
     ort = require("onnxruntime", "running an exported graph")
     opts = ort.SessionOptions()
     if threads:

@@ -1,16 +1,7 @@
-"""Inference-time folding of frozen BatchNorm into the convolution before it.
+"""Folding of frozen BatchNorm into the preceding convolution.
 
-A frozen BatchNorm is a fixed per-channel affine map, ``y = x * scale + shift``; after a convolution it can be
-folded into the convolution's weight and bias, which removes one full pass over every feature map. In a
-bf16 channels_last ResNet-50 on the CPU those passes cost ~15% of DETR-R50 inference (benchmarks/detr.py).
-
-:func:`fold_frozen_batchnorm` changes the module tree (the BatchNorm becomes ``nn.Identity`` and the conv gains a
-bias), so it is for inference copies only: a folded model's ``state_dict`` no longer matches training checkpoints.
-
-:func:`fuse_frozen_batchnorm_into_conv` is the training-time form: the conv applies the BatchNorm's affine map to
-its *weight* on every call (``conv(x, w * scale) + shift``, a weight-sized product) and the BatchNorm becomes a
-pass-through that still holds its buffers, so the conv weight trains as before, the ``state_dict`` is unchanged,
-and the full pass over each feature map (and its backward) is gone.
+:func:`fold_frozen_batchnorm`: inference only, BatchNorm becomes ``nn.Identity`` (``state_dict`` changes).
+:func:`fuse_frozen_batchnorm_into_conv`: trainable, folds into the conv weight on each call, ``state_dict`` unchanged.
 """
 
 from __future__ import annotations
@@ -24,11 +15,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 
 def _producer(children: dict[str, nn.Module], names: list[str], i: int, parent: nn.Module) -> nn.Conv2d | None:
-    """The conv that feeds BatchNorm ``names[i]``, when the layout makes it certain.
-
-    Two layouts qualify (timm and torchvision ResNets use both): sibling attributes ``convN`` / ``bnN`` of the
-    same block, and consecutive entries of an ``nn.Sequential`` (``downsample = Sequential(conv, bn)``).
-    """
+    """The conv that feeds BatchNorm ``names[i]`` when the layout makes it certain (sibling ``convN`` / ``bnN``, or
+    consecutive ``nn.Sequential`` entries), else None."""
     bn_name = names[i]
     m = re.match(r"^bn(\d*)$", bn_name)
     if m is not None:
@@ -41,16 +29,9 @@ def _producer(children: dict[str, nn.Module], names: list[str], i: int, parent: 
 
 @torch.no_grad()
 def fold_frozen_batchnorm(module: nn.Module) -> int:
-    """Fold every ``FrozenBatchNorm2d`` that directly follows a known conv into that conv, in place.
-
-    Args:
-        module: any module tree (e.g. a DETR with a timm ResNet backbone). Put it in eval mode first; the
-            arithmetic runs in float32 and the result keeps each conv's dtype.
-
-    Returns:
-        The number of BatchNorms folded (each replaced by ``nn.Identity``). BatchNorms whose producer is not
-        certain from the layout are left alone.
-    """
+    """Fold every ``FrozenBatchNorm2d`` that directly follows a known conv into that conv, in place (module in eval
+    mode; float32 arithmetic, convs keep their dtype). Returns the number folded (each replaced by ``nn.Identity``);
+    uncertain ones are left alone."""
     folded = 0
     for parent in list(module.modules()):
         children = dict(parent.named_children())
@@ -100,12 +81,8 @@ class ConvFrozenBN(nn.Conv2d):
 
 
 def fuse_frozen_batchnorm_into_conv(module: nn.Module) -> int:
-    """Make every foldable conv + ``FrozenBatchNorm2d`` pair (as :func:`fold_frozen_batchnorm` finds them) one conv
-    that folds the BatchNorm into its weight on each call; in place, trainable, ``state_dict`` unchanged.
-
-    Returns:
-        The number of pairs fused.
-    """
+    """Make every foldable conv + ``FrozenBatchNorm2d`` pair one conv that folds the BatchNorm into its weight on
+    each call; in place, trainable, ``state_dict`` unchanged. Returns the number of pairs fused."""
     fused = 0
     for parent in list(module.modules()):
         children = dict(parent.named_children())

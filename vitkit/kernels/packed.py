@@ -1,24 +1,8 @@
-"""Prepacked oneDNN linear weights for inference on the CPU (bf16 and fp32).
+"""Prepacked oneDNN linear weights for CPU inference (bf16 and fp32).
 
-A plain ``F.linear`` on the CPU hands its GEMM library a dense weight: oneDNN (bf16) re-lays it out into its blocked
-format on every call, and fp32 goes to MKL, which on this project's AMD CPU is slower than oneDNN.
-:func:`pack_linears` (applied by :func:`vitkit.kernels.precision.apply_precision`)
-keeps oneDNN's blocked copy next to each
-``nn.Linear``, as torch.compile's freezing pass does, and :func:`linear` runs ``torch.ops.mkldnn._linear_pointwise``
-on it. Measured on the 2-core AVX-512-bf16 AMD EPYC this project runs on:
-
-- bf16, 1 thread, weights not in cache (a decoding step): 16 x 512 -> 2048 401 -> 147 us, 16 x 2048 -> 512
-  199 -> 138 us; 3136 x 384 -> 1536 (a ViT-S block at batch 16) 14.4 -> 9.9 ms. Outputs are bit-identical to
-  ``F.linear``'s (the same oneDNN kernel).
-- fp32, 2 threads, a ViT-B/16 block at batch 8: 1576 x 768 -> 2304 45.2 -> 28.5 ms, 768 -> 3072 47.2 -> 40.9 ms,
-  3072 -> 768 48.2 -> 39.5 ms, 768 -> 768 14.1 -> 10.5 ms. Outputs differ from MKL's by float rounding (another
-  summation order, ~1e-6 relative).
-
-The packed copy is an extra copy of the weight (inference memory grows by the linear weights' size). It is used only
-while it is current: without autograd, for bf16 or fp32 CPU inputs of the weight's dtype, outside tracing, export
-and compilation, and while the weight is the same tensor at the same version it was packed from
-(``load_state_dict``, in-place edits and ``.to()`` all retire it). Parameter names, ``state_dict`` and every other
-path are unchanged.
+:func:`pack_linears` keeps oneDNN's blocked copy next to each ``nn.Linear``; :func:`linear` uses it only while
+current (no autograd, CPU bf16/fp32 input of the weight's dtype, not tracing/exporting/compiling, weight unchanged
+since packing). bf16 output is bit-identical to ``F.linear``; fp32 differs by float rounding (~1e-6 relative).
 """
 
 from __future__ import annotations
@@ -33,8 +17,7 @@ _PACKS = "_vitkit_packs"  # attribute on an nn.Linear: {(start, stop): ((data_pt
 
 
 class _Packs(dict):
-    """The packed copies of one layer. oneDNN's blocked tensors have no storage to copy or pickle, so a copied or
-    pickled layer starts with an empty cache and packs again on first use (its weight is a new tensor anyway)."""
+    """The packed copies of one layer; a copied or pickled layer starts with an empty cache."""
 
     def __deepcopy__(self, memo: dict) -> _Packs:
         return _Packs()
@@ -57,9 +40,8 @@ def packing_available(dtype: torch.dtype = torch.float32) -> bool:
 def pack_linears(model: nn.Module) -> int:
     """Mark every ``nn.Linear`` of ``model`` for packed CPU inference; returns how many were marked.
 
-    Plain ``nn.Linear`` modules become :class:`PackedLinear` (same parameters and ``state_dict``; their forward
-    goes through :func:`linear`); subclasses keep their class and are packed where vitkit's layers call
-    :func:`linear` on them. Packing itself is lazy: each weight (or row slice) is packed on its first eligible call.
+    Plain ``nn.Linear`` modules become :class:`PackedLinear` (same parameters and ``state_dict``); subclasses keep
+    their class. Packing is lazy, on each weight's first eligible call.
     """
     if not packing_available():
         return 0
@@ -83,8 +65,7 @@ def unpack_linears(model: nn.Module) -> None:
 
 
 def standard_ops_only() -> bool:
-    """Tracing, exporting or compiling: keep the standard ops (ONNX has no oneDNN kernel; the compilers fuse and
-    pack on their own). The CPU inference kernels of :mod:`vitkit.layers` all step aside then."""
+    """True while tracing, exporting or compiling, when the CPU inference kernels must use standard ops."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
@@ -112,13 +93,7 @@ def _packed(module: nn.Linear, x: Tensor, start: int | None, stop: int | None) -
 def linear(module: nn.Linear, x: Tensor, start: int | None = None, stop: int | None = None) -> Tensor:
     """``F.linear(x, module.weight[start:stop], module.bias[start:stop])``, from the packed copy when current.
 
-    Args:
-        module: the linear layer.
-        x: (..., in_features).
-        start, stop: an output-row slice of the weight (e.g. the q rows of a fused qkv projection); None = all.
-
-    Returns:
-        (..., rows) with rows = stop - start (all out_features by default).
+    x is (..., in_features); returns (..., stop - start) (all out_features when ``start``/``stop`` are None).
     """
     packed = _packed(module, x, start, stop)
     if packed is None:

@@ -1,14 +1,5 @@
-"""Precision: bf16 weights and activations where the hardware runs them fast, fp32 otherwise (inference), and a
-bf16 training precision kept off CPUs that would emulate it (:func:`training_precision`).
-
-``bf16`` casts a model's weights to bfloat16 after folding its frozen BatchNorms into the convs (in float32,
-so the fold adds no rounding of its own) and puts conv weights in channels_last. The inference wrappers
-(:class:`vitkit.detection.predictor.Detector`, :class:`vitkit.captioning.predictor.CaptionPipeline`)
-cast their inputs to the
-model's dtype and their outputs back to float32 before post-processing, so callers always see float32.
-
-Accuracy: on the shapes validation set bf16 inference moves COCO AP by far less than the 0.5-point budget
-(``tests/kernels/test_precision.py``; the measured figures are in the README's Performance section).
+"""Inference precision (bf16 where the hardware runs it fast, else fp32) and the training precision for a CPU
+(:func:`training_precision`). Inference wrappers cast inputs to the model's dtype and outputs back to float32.
 """
 
 from __future__ import annotations
@@ -41,10 +32,8 @@ CPU_BF16_ENV = "VITKIT_CPU_BF16"  # "1": keep a bf16 training precision on a CPU
 def training_precision(precision: Any, accelerator: Any) -> tuple[Any, str | None]:
     """The Lightning ``trainer.precision`` to train with, and a warning when it differs from ``precision``.
 
-    A bf16 precision ("bf16-mixed", "bf16-true", "bf16") on a CPU without native bf16 (no AVX-512 bf16 / AMX) is
-    emulated: measured ~30x slower than fp32 on an AVX2 EPYC (docs/decisions.md, CPU performance). There it becomes
-    "32-true" unless the environment sets ``VITKIT_CPU_BF16=1``. Any other precision or accelerator is returned
-    unchanged.
+    A bf16 precision ("bf16-mixed", "bf16-true", "bf16") on a CPU without native bf16 (no AVX-512 bf16 / AMX)
+    becomes "32-true" unless ``VITKIT_CPU_BF16=1``. Any other precision or accelerator is returned unchanged.
     """
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
     if not (on_cpu and isinstance(precision, str) and precision.startswith("bf16")):
@@ -69,9 +58,7 @@ def apply_precision(model: nn.Module, precision: str) -> torch.dtype:
     """Prepare ``model`` (in place, for inference only) for ``precision``; returns its new floating dtype.
 
     ``bf16``: eval mode, frozen BatchNorms folded into their convs, weights cast to bfloat16, conv weights in
-    channels_last. ``fp32``: weights cast to float32 (a fold done earlier stays; it is exact in float32). Both, on
-    the CPU: linear weights prepacked for oneDNN (:mod:`vitkit.kernels.packed`; bit-identical in bf16, float
-    rounding apart from MKL's GEMM in fp32).
+    channels_last. ``fp32``: weights cast to float32. Both, on the CPU: linear weights prepacked for oneDNN.
     """
     precision = resolve_precision(precision, next(model.parameters()).device)
     model.eval()

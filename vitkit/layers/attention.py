@@ -1,18 +1,8 @@
-"""Multi-head attention over ``F.scaled_dot_product_attention``.
+"""Multi-head attention over ``F.scaled_dot_product_attention``, for self- and cross-attention.
 
-One module serves self- and cross-attention. Its input projection is one (3D, D) weight ``qkv`` in
-[q; k; v] order (the layout of timm's ``attn.qkv`` and of ``nn.MultiheadAttention.in_proj_weight``), so
-reference checkpoints map onto it directly. Projections are fused as far as the inputs allow: one GEMM
-when query, key and value are the same tensor (ViT self-attention), one for q and k when they are (DETR's
-``q = k = x + pos``), else one per input.
-
-Masks follow the toolkit convention, True = masked out:
-- ``key_padding_mask`` (B, Tk);
-- ``attn_mask`` bool, broadcastable to (B, heads, Tq, Tk);
-- ``is_causal``: query i sees keys <= i (offset by the cached length when decoding with a cache).
-
-:class:`KVCache` holds a layer's keys and values for incremental decoding. A ``static`` cache (for
-cross-attention) is filled once per image and reused; a growing cache (causal self-attention) appends.
+The input projection is one (3D, D) weight ``qkv`` in [q; k; v] order (timm's ``attn.qkv`` layout). Masks are
+True = masked out: ``key_padding_mask`` (B, Tk); ``attn_mask`` bool, broadcastable to (B, heads, Tq, Tk);
+``is_causal`` (query i sees keys <= i, offset by the cached length). :class:`KVCache` holds keys and values.
 """
 
 from __future__ import annotations
@@ -33,12 +23,8 @@ from vitkit.layers.pos_embed import apply_rope
 
 @dataclass
 class KVCache:
-    """Keys/values of one attention layer, each (B, heads, T, head_dim).
-
-    Attributes:
-        k, v: cached keys and values (None until the first call).
-        static: True for cross-attention (computed once, reused); False for self-attention (appended).
-    """
+    """Keys/values ``k``, ``v`` of one attention layer, each (B, heads, T, head_dim), None until the first call;
+    ``static`` True for cross-attention (computed once, reused), False for self-attention (appended)."""
     k: Tensor | None = None
     v: Tensor | None = None
     static: bool = False
@@ -56,11 +42,8 @@ class KVCache:
 class MultiheadAttention(nn.Module):
     """Multi-head attention with fused projections, masks, RoPE and a KV cache.
 
-    Args:
-        dim: model width D (queries, keys and values all have width D).
-        num_heads: heads; D must divide evenly.
-        attn_drop: dropout on attention weights (training only).
-        proj_drop: dropout after the output projection.
+    ``dim`` D is the width of queries, keys and values (divisible by ``num_heads``); ``attn_drop``: dropout on the
+    attention weights (training only); ``proj_drop``: dropout after the output projection.
     """
     def __init__(self, dim: int, num_heads: int = 8, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
@@ -106,11 +89,11 @@ class MultiheadAttention(nn.Module):
         rope_k: tuple[Tensor, Tensor] | None = None,
         cache: KVCache | None = None,
     ) -> Tensor:
-        """Attend.
+        """Attend; returns (B, Tq, D).
 
         Args:
             query: (B, Tq, D).
-            key: (B, Tk, D); defaults to ``query`` (self-attention).
+            key: (B, Tk, D); defaults to ``query``.
             value: (B, Tk, D); defaults to ``key``.
             key_padding_mask: (B, Tk) bool, True = padding. With a growing cache it covers all keys so far.
             attn_mask: bool, broadcastable to (B, H, Tq, Tk), True = masked out.
@@ -119,9 +102,6 @@ class MultiheadAttention(nn.Module):
                 ``rope_k`` is given).
             rope_k: (sin, cos) for the new keys when they differ from the queries'.
             cache: a :class:`KVCache` to read and update.
-
-        Returns:
-            (B, Tq, D).
         """
         key = query if key is None else key
         value = key if value is None else value
@@ -153,11 +133,9 @@ class MultiheadAttention(nn.Module):
 
     @torch.no_grad()
     def attention_weights(self, *args: Any, **kwargs: Any) -> Tensor:
-        """The attention weights of the call ``self(*args, **kwargs)`` (SDPA does not return them): the same
-        arguments as :meth:`forward` (values do not change the weights), e.g. those a forward hook received.
+        """The attention weights of the call ``self(*args, **kwargs)``, given :meth:`forward`'s arguments.
 
-        A ``cache`` is read as the call left it: when it holds keys, they are all the keys the call attended to, and
-        ``key`` is not read.
+        A ``cache`` holding keys supplies all the keys the call attended to; ``key`` is then not read.
 
         Returns:
             (B, H, Tq, Tk) float32 softmax weights, rows summing to 1 (masked keys get 0); no gradient.

@@ -1,10 +1,7 @@
-"""Transformer blocks: one :class:`EncoderBlock` and one :class:`DecoderBlock`, each pre- or post-norm.
+"""Transformer blocks: :class:`EncoderBlock` and :class:`DecoderBlock`, each pre- or post-norm.
 
-``norm_first=True`` is the ViT layout (x + f(norm(x))); ``norm_first=False`` is DETR's (norm(x + f(x))).
-Positional embeddings passed as ``pos`` / ``query_pos`` / ``memory_pos`` are added to queries and keys of
-that attention (never to values), which is the DETR way; a stack that adds them once at its input simply
-passes None here. Submodule names (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``, ``norm1..3``) follow
-timm so reference weights map directly.
+``norm_first=True``: x + f(norm(x)) (ViT); False: norm(x + f(x)) (DETR). ``pos`` / ``query_pos`` / ``memory_pos``
+are added to that attention's queries and keys, never values. Submodule names follow timm.
 """
 
 from __future__ import annotations
@@ -55,15 +52,11 @@ class EncoderBlock(_BlockBase):
 
     Args:
         dim: width D.
-        num_heads: attention heads.
-        mlp_dim: MLP hidden width (overrides ``mlp_ratio``).
-        mlp_ratio: MLP hidden width as a multiple of D.
+        mlp_dim, mlp_ratio: MLP hidden width, or as a multiple of D (``mlp_dim`` wins).
         dropout: dropout after attention and in the MLP.
-        attn_drop: dropout on attention weights.
-        drop_path: stochastic depth rate of the residual branches.
+        attn_drop, drop_path: dropout on attention weights, stochastic depth rate of the residual branches.
         norm_first: pre-norm (ViT) if True, post-norm (DETR) if False.
-        act: MLP activation name.
-        norm_eps: LayerNorm eps.
+        act, norm_eps: MLP activation name, LayerNorm eps.
     """
     def __init__(self, dim: int, num_heads: int, mlp_dim: int | None = None, mlp_ratio: float = 4.0,
                  dropout: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0, norm_first: bool = True,
@@ -109,7 +102,6 @@ class DecoderBlock(_BlockBase):
         memory_key_padding_mask: Tensor | None = None,
         self_attn_mask: Tensor | None = None,
         is_causal: bool = False,
-        rope: tuple[Tensor, Tensor] | None = None,
         cache: KVCache | None = None,
         cross_cache: KVCache | None = None,
         cross_attn_kwargs: dict | None = None,
@@ -125,20 +117,15 @@ class DecoderBlock(_BlockBase):
             tgt_key_padding_mask: (B, Q or cached length + Q) True = padding token.
             memory_key_padding_mask: (B, N) True = padding.
             self_attn_mask: bool (Q, Q) or broadcastable, True = masked out.
-            is_causal: causal self-attention (captioning).
-            rope: (sin, cos) for self-attention q/k (1D token positions for captioning).
             cache, cross_cache: KV caches for incremental decoding (self: growing, cross: static).
-            cross_attn_kwargs: extra keyword arguments for a replaced ``cross_attn`` module (e.g. the reference
-                boxes of :class:`vitkit.layers.deformable.MSDeformableAttention`).
+            cross_attn_kwargs: extra keyword arguments for a replaced ``cross_attn`` module.
             memory_groups: g > 1 = every g consecutive rows of ``tgt`` (B = M*g) read the same row of an (M, N, D)
-                ``memory``: their queries attend to it as one (M, g*Q) batch, so its keys and values are projected
-                once per memory row (several captions of one image). Not with caches or ``cross_attn_kwargs``.
+                ``memory``, projected once per memory row. Not with caches or ``cross_attn_kwargs``.
 
         Returns:
             (B, Q, D).
         """
-        sa = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=self_attn_mask, is_causal=is_causal,
-                  rope=rope, cache=cache)
+        sa = dict(key_padding_mask=tgt_key_padding_mask, attn_mask=self_attn_mask, is_causal=is_causal, cache=cache)
         ca = dict(key_padding_mask=memory_key_padding_mask, cache=cross_cache, **(cross_attn_kwargs or {}))
         if memory_groups > 1 and (cross_cache is not None or cross_attn_kwargs):
             raise ValueError("memory_groups > 1 works without a cross-attention cache or extra arguments")

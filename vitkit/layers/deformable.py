@@ -1,18 +1,8 @@
-"""Multi-scale deformable cross-attention (Deformable DETR), in plain PyTorch over ``F.grid_sample``.
+"""Multi-scale deformable cross-attention (Deformable DETR) in plain PyTorch over ``F.grid_sample``.
 
-Each query looks at a few points per head and per memory level instead of every memory token: the points are
-offsets from its reference box (predicted from the query, scaled by the box's half width and height, as in
-Deformable DETR with box refinement), their values are read by bilinear sampling, and a softmax over all
-levels' points weights them. The cost grows with queries x levels x points, not with the number of memory
-tokens, so stride-8, 16 and 32 grids together cost less than global attention over one of them.
-
-Coordinates: reference boxes are normalised to each image's unpadded extent; ``valid_ratios`` (the fraction of
-each level's grid that holds real tokens) map them onto the padded grid, so a prediction does not depend on
-how much padding its batch adds. Values over padding are zeroed, as is everything outside the grid.
-
-Parameter names (``sampling_offsets``, ``attention_weights``, ``value_proj``, ``output_proj``) are Deformable
-DETR's. The call signature matches :class:`vitkit.layers.MultiheadAttention`'s cross-attention use inside
-:class:`vitkit.layers.DecoderBlock` (``query, key, value``; ``key`` is ignored), plus the sampling context.
+Reference boxes are normalised to each image's unpadded extent; ``valid_ratios`` map them onto the padded grid.
+Values over padding or outside the grid are zero. Unlike the reference, the call signature matches
+:class:`vitkit.layers.MultiheadAttention`'s (``query, key, value``; ``key`` ignored) plus the sampling context.
 """
 
 from __future__ import annotations
@@ -25,14 +15,11 @@ from torch import Tensor, nn
 
 
 def valid_ratios(pad: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
-    """Per level, the fraction of the grid's columns and rows that hold real tokens.
+    """Per level, the fraction (B, L, 2) as (x, y) of the grid's columns and rows that hold real tokens.
 
     Args:
         pad: (B, N) padding mask over the concatenated level grids (True = padding, on the right/bottom).
         shapes: [(h, w)] per level, in memory order.
-
-    Returns:
-        (B, L, 2) as (x, y) ratios.
     """
     out, start = [], 0
     for h, w in shapes:
@@ -45,14 +32,8 @@ def valid_ratios(pad: Tensor, shapes: list[tuple[int, int]]) -> Tensor:
 
 
 class MSDeformableAttention(nn.Module):
-    """Deformable cross-attention over several memory grids.
-
-    Args:
-        dim: width D.
-        num_heads: heads H (D must divide evenly).
-        num_levels: memory grids L.
-        num_points: sampling points P per head and level.
-    """
+    """Deformable cross-attention over L = ``num_levels`` memory grids, ``num_points`` P sampling points per head
+    and level; ``dim`` D must divide evenly by ``num_heads`` H."""
     def __init__(self, dim: int, num_heads: int, num_levels: int, num_points: int = 4) -> None:
         super().__init__()
         if dim % num_heads:
@@ -87,8 +68,8 @@ class MSDeformableAttention(nn.Module):
             query: (B, Q, D); reference: (B, Q, 4) cxcywh boxes, normalised to the unpadded image.
 
         Returns:
-            locations (B, Q, H, L, P, 2) as (x, y) in [0, 1] of the unpadded image, and weights (B, Q, H, L, P)
-            summing to 1 over L and P for each head (float32).
+            locations (B, Q, H, L, P, 2) as (x, y) in [0, 1] of the unpadded image, and float32 weights
+            (B, Q, H, L, P) summing to 1 over L and P per head.
         """
         B, Q, _ = query.shape
         H, L, P = self.num_heads, self.num_levels, self.num_points
@@ -113,7 +94,7 @@ class MSDeformableAttention(nn.Module):
 
         Args:
             query: (B, Q, D) queries (content + position).
-            key: ignored (the points come from the query and the reference box).
+            key: ignored.
             value: (B, N, D) memory, the L grids flattened row-major and concatenated, N = sum(h * w).
             key_padding_mask: (B, N) True = padding.
             reference: (B, Q, 4) cxcywh reference boxes, normalised to each image's unpadded extent.

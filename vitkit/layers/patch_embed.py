@@ -1,14 +1,7 @@
-"""Patch sources: turn an image batch into a grid of tokens plus a token-level padding mask.
+"""Patch sources: ``forward(images, mask=None) -> (tokens (B, h, w, D), mask (B, h, w))``, masks True = padding.
 
-Two sources share one interface, ``forward(images, mask=None) -> (tokens (B,h,w,D), mask (B,h,w))``:
-
-- :class:`PatchEmbed`: the ViT conv patchify. Images of any size are zero-padded on the right/bottom to a
-  multiple of the patch size; a token is padding only when every pixel under it is padding.
-- :class:`BackbonePatchEmbed`: the last stage of a timm CNN (``features_only``), e.g. a ResNet-50 as in
-  DETR, followed by a 1x1 projection (DETR's ``input_proj``). The pixel mask is resized to the
-  feature grid with nearest interpolation, as DETR does.
-
-Masks are ``True`` where there is padding.
+:class:`PatchEmbed` (ViT conv patchify) and :class:`BackbonePatchEmbed` (a timm CNN's last stage + 1x1
+projection, the pixel mask nearest-resized to the feature grid, as DETR).
 """
 
 from __future__ import annotations
@@ -42,15 +35,13 @@ class PatchEmbed(nn.Module):
 
     Args:
         patch_size: side of a square patch in pixels.
-        in_chans: image channels.
         embed_dim: token width D.
         bias: whether the projection has a bias.
-        stem_channels: optional convolutional stem ("early convolutions", Xiao et al. 2021): one 3x3 stride-2
-            conv + BatchNorm + ReLU per entry, then ``proj`` covers the remaining stride (a 1x1 conv when the
-            stem reaches ``patch_size``). ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
-            over padding are re-zeroed after every stem layer, so padding never leaks into real tokens.
-        stem_depths: per stride-2 stem layer, how many 3x3 stride-1 conv-BN-ReLU layers of the same width follow it
-            (None = none): capacity at a fine stride, e.g. ``[0, 1, 1, 0]`` for small objects' shapes.
+        stem_channels: optional conv stem: one 3x3 stride-2 conv + BatchNorm + ReLU per entry, then ``proj``
+            covers the remaining stride. ``2 ** len(stem_channels)`` must divide ``patch_size``. Activations
+            over padding are re-zeroed after every stem layer.
+        stem_depths: per stride-2 stem layer, how many 3x3 stride-1 conv-BN-ReLU layers of the same width follow
+            it (None = none).
     """
     def __init__(
         self,
@@ -88,7 +79,7 @@ class PatchEmbed(nn.Module):
         return {2 ** (i + 1): layer[0].out_channels for i, layer in enumerate(self.stem)}
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Patchify.
+        """Patchify; images are zero-padded right/bottom to a multiple of the patch size.
 
         Args:
             images: (B, C, H, W), any H and W. Padded pixels should be zero.
@@ -133,16 +124,12 @@ class BackbonePatchEmbed(nn.Module):
 
     Args:
         model_name: any timm model that supports ``features_only`` (e.g. ``resnet50``).
-        embed_dim: output width D; a 1x1 conv projects the last stage's channels to it.
-        pretrained: load timm's pretrained weights (needs the network or a local cache; a failed download says how
-            to continue offline).
-        pretrained_file: a local ``.safetensors`` / ``.pth`` of the timm model's weights (offline; wins over
-            ``pretrained``).
-        frozen_bn: replace BatchNorm with FrozenBatchNorm2d (DETR's recipe), applied inside the conv before it
-            (:func:`vitkit.kernels.fuse.fuse_frozen_batchnorm_into_conv`: ~17% faster DETR-R50 training steps).
-        freeze_at: freeze parameters up to feature level ``freeze_at`` (detectron2 convention: for a ResNet
-            1 = the stem, 2 = stem + layer1, which is DETR's recipe).
-        channels_last: run the CNN in channels_last memory format (faster on CPU and GPU).
+        embed_dim: output width D (a 1x1 conv projects to it).
+        pretrained: load timm's pretrained weights (network or local cache).
+        pretrained_file: a local ``.safetensors`` / ``.pth`` of the timm model's weights (wins over ``pretrained``).
+        frozen_bn: replace BatchNorm with FrozenBatchNorm2d, applied inside the conv before it.
+        freeze_at: freeze parameters up to feature level ``freeze_at`` (ResNet: 1 = stem, 2 = stem + layer1).
+        channels_last: run the CNN in channels_last memory format.
         **timm_kwargs: extra keyword arguments for ``timm.create_model``.
     """
     def __init__(
@@ -179,15 +166,10 @@ class BackbonePatchEmbed(nn.Module):
                     prm.requires_grad_(False)
 
     def forward(self, images: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Run the CNN.
-
-        Args:
-            images: (B, 3, H, W) normalised images.
-            mask: optional (B, H, W) pixel padding mask, True = padding.
+        """Run the CNN on (B, 3, H, W) normalised images with an optional (B, H, W) pixel mask (True = padding).
 
         Returns:
-            tokens: (B, h, w, D) with h ~ H / stride.
-            mask: (B, h, w), nearest-resized pixel mask.
+            tokens (B, h, w, D) with h ~ H / stride, and the nearest-resized mask (B, h, w).
         """
         mask = _pixel_mask(images, mask)
         if self.channels_last:

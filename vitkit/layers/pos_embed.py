@@ -1,16 +1,8 @@
-"""2D positional encodings, each aware of padding masks and of any grid size.
+"""2D positional encodings (and 1D RoPE) aware of padding masks and of any grid size.
 
-- :class:`SinePositionEncoding2D`: DETR's fixed sine encoding. Coordinates are cumulative sums over the
-  unpadded mask, normalised by the unpadded extent and scaled to [0, 2*pi]; half of the channels encode y,
-  half x (y first), with sin on even and cos on odd channels of each half.
-- :class:`LearnedPositionEncoding2D`: a learned absolute table on a reference grid (the ViT way), resampled
-  bicubically (fp32, antialiased, as timm does) to each image's *unpadded* grid, zeros over padding. The
-  parameter ``pos_embed`` has timm's layout (1, P + gh*gw, D), P prefix rows when prefix tokens carry one.
-- :class:`RoPE2D`: axial rotary embedding for q/k inside attention (DINOv3 style). No weights; coordinates
-  are patch centres normalised to [-1, 1] over the unpadded extent, periods ``base ** (2i / (head_dim/2))``.
-- :class:`RoPE1D`: rotary embedding of 1D token positions (text tokens of a causal decoder).
-
-All grids are (B, h, w, D); masks are (B, h, w) with True = padding.
+:class:`SinePositionEncoding2D` (DETR), :class:`LearnedPositionEncoding2D` (ViT table, bicubically resampled to
+each image's unpadded grid), :class:`RoPE2D` (axial rotary, DINOv3 style).
+Grids are (B, h, w, D); masks are (B, h, w), True = padding.
 """
 
 from __future__ import annotations
@@ -31,10 +23,10 @@ def _valid_extent(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class SinePositionEncoding2D(nn.Module):
-    """DETR's 2D sine encoding (temperature 10000, coordinates normalised to (0, 2*pi]).
+    """DETR's 2D sine encoding (temperature 10000, coordinates normalised to (0, 2*pi] over the unpadded extent).
 
     Args:
-        dim: total channels D (divisible by 4); D/2 for y and D/2 for x.
+        dim: total channels D (divisible by 4); first D/2 for y, then D/2 for x, sin on even, cos on odd channels.
     """
 
     temperature, scale, eps = 10000.0, 2 * math.pi, 1e-6
@@ -46,15 +38,8 @@ class SinePositionEncoding2D(nn.Module):
         self.dim = dim
 
     def forward(self, mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Encode a grid.
-
-        Args:
-            mask: (B, h, w) bool, True = padding.
-            dtype: dtype of the result.
-
-        Returns:
-            (B, h, w, D) encodings; values on padded cells are not meaningful (they are masked out).
-        """
+        """Encode a (B, h, w) bool grid mask (True = padding) as (B, h, w, D) in ``dtype``; values on padded cells
+        are not meaningful."""
         not_mask = (~mask).float()
         y = not_mask.cumsum(1)  # (B, h, w)
         x = not_mask.cumsum(2)  # (B, h, w)
@@ -80,13 +65,8 @@ def resample_grid(table: Tensor, size: tuple[int, int]) -> Tensor:
 
 
 class LearnedPositionEncoding2D(nn.Module):
-    """Learned absolute 2D table, resampled to each image's real grid.
-
-    Args:
-        dim: channels D.
-        grid_size: reference grid (gh, gw) the table is stored at (224/16 -> (14, 14)).
-        num_prefix: prefix rows (class/register tokens) stored in front of the grid, timm-style.
-    """
+    """Learned absolute 2D table ``pos_embed`` (1, P + gh*gw, D), resampled to each image's real grid; ``grid_size``
+    is the reference grid (gh, gw) (224/16 -> (14, 14)), ``num_prefix`` P the class/register rows in front."""
 
     def __init__(self, dim: int, grid_size: tuple[int, int] = (14, 14), num_prefix: int = 0) -> None:
         super().__init__()
@@ -100,15 +80,8 @@ class LearnedPositionEncoding2D(nn.Module):
         return self.pos_embed[:, : self.num_prefix] if self.num_prefix else None
 
     def forward(self, mask: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-        """Encode a grid.
-
-        Args:
-            mask: (B, h, w) bool, True = padding (top-left aligned images).
-            dtype: dtype of the result (default: the parameter's).
-
-        Returns:
-            (B, h, w, D): the table resampled to each image's unpadded extent, zeros on padding.
-        """
+        """Encode a (B, h, w) bool grid mask (True = padding, top-left aligned images) as (B, h, w, D): the table
+        resampled to each image's unpadded extent, zeros on padding, in ``dtype`` (default: the parameter's)."""
         B, h, w = mask.shape
         table = self.pos_embed[0, self.num_prefix:].reshape(*self.grid_size, self.dim)  # (gh, gw, D)
         dtype = dtype or table.dtype
@@ -130,10 +103,8 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
-    """Rotate the last N tokens of x (B, H, T, hd) by rope = (sin, cos), each (B or 1, N, hd).
-
-    Prefix tokens (T - N leading ones, e.g. a class token) are left unrotated.
-    """
+    """Rotate the last N tokens of x (B, H, T, hd) by rope = (sin, cos), each (B or 1, N, hd); the T - N leading
+    (prefix) tokens are left unrotated."""
     sin, cos = rope
     n = sin.shape[-2]
     sin, cos = sin.unsqueeze(1).to(x.dtype), cos.unsqueeze(1).to(x.dtype)  # (B, 1, N, hd)
@@ -144,15 +115,11 @@ def apply_rope(x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
 
 
 class RoPE2D(nn.Module):
-    """Axial 2D rotary position embedding (no weights).
+    """Axial 2D rotary position embedding (no weights); ``head_dim`` divisible by 4, ``base`` the period base.
 
-    The first half of each rotated pair of channels carries y, the second x: angles
-    ``2*pi*coord / period`` with ``period_i = base ** (2i / (head_dim/2))``, i < head_dim/4, and coordinates the
-    patch centres in [-1, 1] over each image's unpadded extent (DINOv3).
-
-    Args:
-        head_dim: per-head channels (divisible by 4).
-        base: period base (DINOv3 uses 100).
+    Each rotated channel pair's first half carries y, the second x: angles ``2*pi*coord / period``,
+    ``period_i = base ** (2i / (head_dim/2))``, i < head_dim/4, coords = patch centres in [-1, 1] of the unpadded
+    extent.
     """
 
     def __init__(self, head_dim: int, base: float = 100.0) -> None:
@@ -178,49 +145,8 @@ class RoPE2D(nn.Module):
         return torch.stack((ys, xs), dim=-1).reshape(B, h * w, 2)  # (B, h*w, 2)
 
     def forward(self, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Build (sin, cos) for a grid.
-
-        Args:
-            mask: (B, h, w) bool, True = padding.
-
-        Returns:
-            sin, cos: each (B, h*w, head_dim), fp32, for :func:`apply_rope`.
-        """
+        """Build (sin, cos) for a (B, h, w) bool grid mask (True = padding): each (B, h*w, head_dim), fp32."""
         c = self.coords(mask)  # (B, N, 2)
         angles = 2 * math.pi * c[..., None] / self.periods  # (B, N, 2, hd/4)
         angles = angles.flatten(2).repeat(1, 1, 2)  # (B, N, hd)
-        return angles.sin(), angles.cos()
-
-
-class RoPE1D(nn.Module):
-    """Rotary embedding of 1D token positions (no weights), in the layout :func:`apply_rope` expects.
-
-    Channel pair (i, i + head_dim/2) turns by ``position / base ** (2i / head_dim)`` (the rotate-half
-    convention of GPT-NeoX / LLaMA). Used for text-token positions in a causal decoder.
-
-    Args:
-        head_dim: per-head channels (even).
-        base: frequency base.
-    """
-
-    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
-        super().__init__()
-        if head_dim % 2:
-            raise ValueError(f"RoPE1D needs an even head_dim, got {head_dim}")
-        self.head_dim, self.base = head_dim, base
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """Build (sin, cos) for token positions.
-
-        Args:
-            positions: (N,) or (B, N) integer positions.
-
-        Returns:
-            sin, cos: each (1 or B, N, head_dim), fp32, for :func:`apply_rope`.
-        """
-        pos = positions.float() if positions.dim() == 2 else positions.float().unsqueeze(0)  # (B|1, N)
-        angles = pos[..., None] * self.inv_freq  # (B|1, N, hd/2)
-        angles = angles.repeat(1, 1, 2)  # (B|1, N, hd)
         return angles.sin(), angles.cos()

@@ -1,11 +1,5 @@
-"""timm models with pretrained weights, online or from a local file, with an offline-friendly failure.
-
-``pretrained=True`` asks timm for its default weights (Hugging Face Hub or a URL; cached under
-``~/.cache/huggingface`` / ``~/.cache/torch``). ``pretrained_file=PATH`` loads a local ``.safetensors`` or ``.pth``
-instead and never touches the network; timm reads ``.pth`` files with ``torch.load(weights_only=True)``, so a file
-carrying pickled code is refused. A failed download raises :class:`PretrainedWeightsError` saying how to go on
-offline.
-"""
+"""timm models with pretrained weights from timm's source or a local file (``.pth`` read with
+``weights_only=True``); a failed download raises :class:`PretrainedWeightsError`."""
 
 from __future__ import annotations
 
@@ -31,14 +25,12 @@ def offline_hint(model_name: str) -> str:
 
 def create_timm_model(model_name: str, pretrained: bool = False, pretrained_file: str | Path | None = None,
                       **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with pretrained weights from timm's source or a local file.
+    """``timm.create_model`` (``kwargs`` passed on) with pretrained weights from timm's source or a local file.
 
     Args:
-        model_name: a timm model name (``timm.list_models()``).
-        pretrained: download (or take from the cache) timm's default weights for ``model_name``.
+        pretrained: download (or take from the cache) timm's default weights.
         pretrained_file: a local ``.safetensors`` / ``.pth`` with the model's weights (timm's key names); wins over
             ``pretrained`` and needs no network.
-        kwargs: passed to ``timm.create_model`` (e.g. ``features_only``, ``dynamic_img_size``).
 
     Raises:
         FileNotFoundError: ``pretrained_file`` does not exist.

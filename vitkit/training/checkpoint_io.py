@@ -1,16 +1,4 @@
-"""SafeCheckpointIO: Lightning checkpoint I/O that writes atomically and reads with ``weights_only=True`` only.
-
-Lightning's ``TorchCheckpointIO`` writes through fsspec, which (on a local disk) truncates the target or copies a
-temporary file over it: a kill during the write leaves a broken ``last.ckpt`` and nothing to resume from. Here the
-checkpoint goes to a hidden temporary file in the same folder, is flushed to disk, then ``os.replace``d over the
-target, so the target is at every moment either the previous checkpoint or the new one. A kill mid-write leaves a
-stray ``.<name>.<random>.tmp`` (never matched by ``--ckpt_path last``) and the previous checkpoint intact.
-
-Reading ignores the ``weights_only`` Lightning asks for and always goes through
-:func:`vitkit.utils.checkpoints.safe_load_checkpoint`, so
-``--ckpt_path`` (resume) and ``tools/eval.py --ckpt`` (validate)
-refuse a file that would unpickle code, with the same message as :func:`vitkit.load`.
-"""
+"""SafeCheckpointIO: Lightning checkpoint I/O that writes atomically and reads with ``weights_only=True`` only."""
 
 from __future__ import annotations
 
@@ -28,11 +16,10 @@ def _is_local(path: str | os.PathLike) -> bool:
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
-    """Atomic local saves (:func:`~vitkit.utils.checkpoints.atomic_torch_save`) and weights-only loads
-    (:func:`~vitkit.utils.checkpoints.safe_load_checkpoint`).
+    """Atomic local saves and weights-only loads (:func:`~vitkit.utils.checkpoints.safe_load_checkpoint`).
 
-    Remote paths (``s3://`` ...) are saved by Lightning's own writer.
-    """
+    Remote paths (``s3://`` ...) are saved by Lightning's own writer. A kill mid-write leaves a stray
+    ``.<name>.<random>.tmp`` and the previous checkpoint intact."""
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):

@@ -28,9 +28,8 @@ layout works. For the generated demo data run: python tools/make_shapes.py {{roo
 
 @contextmanager
 def data_errors() -> Iterator[None]:
-    """Turn what reading the data raises (a malformed annotation file, train and val categories that differ, a
-    missing image with ``bad_images: fail``) into a :class:`ConfigError` naming ``data.root`` and the fix, which the
-    CLIs print as one paragraph (exit status 2) instead of a traceback."""
+    """Turn data errors (malformed annotations, differing train/val categories, a missing image with
+    ``bad_images: fail``) into a :class:`ConfigError` naming ``data.root`` and the fix."""
     try:
         yield
     except ConfigError:
@@ -44,31 +43,23 @@ def data_errors() -> Iterator[None]:
 
 
 class CocoLayoutDataModule(L.LightningDataModule):
-    """What the detection and caption datamodules share: a COCO 2017 layout under ``root`` (generated shapes data
-    on request) with ``annotations/{kind}_{split}2017.json`` files, the loader settings and the ``bad_images`` policy.
+    """Base datamodule: a COCO 2017 layout under ``root`` with ``annotations/{kind}_{split}2017.json`` files.
 
-    Subclasses set :attr:`kind` ("instances" or "captions"), take their own arguments (``batch_size`` first) and
-    pass the rest on with ``**kwargs``: LightningCLI (jsonargparse) resolves those to this signature, so
-    ``--data.root`` and the others keep their types, defaults and help, and ``self.hparams`` holds both sets.
+    Subclasses set :attr:`kind` ("instances" or "captions"), take their own arguments (``batch_size`` first) and pass
+    the rest on with ``**kwargs``.
 
     Args:
-        root: dataset root in COCO 2017 layout.
         generate_shapes: generate the synthetic shapes dataset into ``root`` when it has no annotations.
         shapes_train, shapes_val, shapes_size, shapes_seed: generator settings (with ``generate_shapes``).
         val_batch_size: validation batch size (default: ``batch_size``).
-        num_workers: loader worker processes.
         pad_to_multiple: pad batches to a multiple of this (e.g. the patch size).
-        aspect_ratio_groups: batch images of alike aspect ratio (:mod:`vitkit.data.sampling`; torchvision's
-            ``--aspect-ratio-group-factor``, 3 there): that many bins per doubling of width / height, from the
-            annotation files' sizes. Less padding per batch, so cheaper steps; training batches stay random within
-            a group. Validation batches are grouped in file order. 0 = off (plain random batches, as DETR's).
-        bad_images: "skip" (default: an image file that is missing or cannot be decoded is left out with a warning
-            naming it, and counted) or "fail" (stop at the first one: missing files at setup, unreadable ones when
-            read).
+        aspect_ratio_groups: bins per doubling of width / height for batching alike aspect ratios
+            (:mod:`vitkit.data.sampling`); validation batches are grouped in file order. 0 = off.
+        bad_images: "skip" (a missing or undecodable image is left out with a warning, and counted) or "fail"
+            (stop at the first one: missing files at setup, unreadable ones when read).
 
     Raises:
-        FileNotFoundError: an annotation file or an image folder is missing (the message shows the layout).
-    """
+        FileNotFoundError: an annotation file or an image folder is missing (the message shows the layout)."""
 
     kind = "instances"
 
@@ -124,9 +115,8 @@ class CocoLayoutDataModule(L.LightningDataModule):
                     f"{split} images in {folder}, or point data.root at the dataset root that holds it\n" + self.layout)
 
     def _loader(self, dataset: Dataset, collate_fn: Callable, train: bool) -> DataLoader:
-        """A loader that leaves out the items a dataset returns as None (unreadable images under "skip");
-        training: ``batch_size``, shuffled; validation: ``val_batch_size`` (default ``batch_size``), in order. With
-        ``aspect_ratio_groups``, each batch is drawn from one aspect-ratio group."""
+        """A loader that leaves out None items; training: ``batch_size``, shuffled; validation: ``val_batch_size``,
+        in order."""
         hp = self.hparams
         batch_size = hp.batch_size if train else hp.val_batch_size or hp.batch_size
         settings = dict(num_workers=hp.num_workers, collate_fn=collate_fn, pin_memory=torch.cuda.is_available(),

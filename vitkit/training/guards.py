@@ -1,10 +1,5 @@
-"""Errors a user can act on, and the non-finite loss guard shared by the training modules.
-
-:class:`ConfigError` is a config or data problem found while building or restoring a run (the message names the
-key and the fix); the CLIs print it as one paragraph instead of a traceback. :func:`check_finite_loss` stops
-training on a NaN/inf loss (``nonfinite="raise"``) or skips the step (``"skip"``); under DDP every rank takes the
-same decision, so skipping never leaves one rank waiting in a gradient all-reduce the others do not join.
-"""
+"""Errors a user can act on (:class:`ConfigError`), and the non-finite loss guard shared by the training modules
+(:func:`check_finite_loss`)."""
 
 from __future__ import annotations
 
@@ -39,25 +34,20 @@ def check_finite_loss(loss: Tensor, *, mode: str, step: int, epoch: int, batch_i
                       image_ids: Sequence[Any] | Callable[[], Sequence[Any]] | None) -> bool:
     """Decide what to do with this step's loss.
 
-    A collective call under an initialised ``torch.distributed`` with several ranks: every rank must call it once
-    per training step (one scalar all-reduce; the ids are gathered only when some rank's loss is not finite).
+    A collective call under ``torch.distributed`` with several ranks: every rank must call it once per training step.
 
     Args:
         loss: this rank's () training loss.
         mode: "raise" or "skip".
-        step: the optimizer step (``global_step``), for the message.
-        epoch: the epoch, for the message.
-        batch_idx: the batch index within the epoch, for the message.
-        image_ids: the batch's image ids (or a callable returning them, called only for a non-finite loss), or None
-            when the batch does not carry them.
+        step, epoch, batch_idx: the optimizer step, epoch and batch index, for the message.
+        image_ids: the batch's image ids (or a callable returning them, called only for a non-finite loss), or None.
 
     Returns:
         True when the step must be skipped (every rank gets the same answer), False when all losses are finite.
 
     Raises:
         NonFiniteLossError: in "raise" mode when the loss of any rank is not finite; the message names the step and
-            the image ids of every rank whose loss was not finite.
-    """
+            the image ids of every rank whose loss was not finite."""
     bad = ~torch.isfinite(loss.detach())
 
     def ids() -> list[Any] | None:
@@ -92,11 +82,8 @@ def check_finite_loss(loss: Tensor, *, mode: str, step: int, epoch: int, batch_i
 
 
 def zero_loss_like(module: torch.nn.Module, loss: Tensor) -> Tensor:
-    """A () zero loss that reaches every trainable parameter of ``module``: what a skipped step returns.
-
-    Its backward pass gives finite zero gradients, so under DDP every rank still joins the gradient all-reduce (the
-    module then drops the gradients before the optimizer step; see ``on_before_optimizer_step`` in the modules).
-    """
+    """A () zero loss that reaches every trainable parameter of ``module`` (finite zero gradients): a skipped
+    step's loss."""
     total = loss.detach().new_zeros((), dtype=torch.float32)
     for p in module.parameters():
         if p.requires_grad:

@@ -1,18 +1,4 @@
-"""TaskModule: the Lightning code every task module shares, whatever its model.
-
-A task module (:class:`vitkit.detection.module.DetectionModule`, :class:`vitkit.captioning.module.CaptionModule`)
-subclasses :class:`TaskModule` and keeps only its task: the model, the loss, validation and what checkpoints hold.
-The base holds:
-
-- the non-finite loss guard (``nonfinite``: "raise" or "skip"), which takes the same decision on every DDP rank
-  (:func:`vitkit.training.guards.check_finite_loss`), and the dropping of a skipped step's gradients;
-- AdamW (fused where it can be, :func:`vitkit.training.optim.adamw`) over the task's parameter groups, with the
-  per-step warmup + cosine (or step) schedule;
-- gradient clipping of a fused optimizer, which Lightning's precision plugin refuses to do without a scaler.
-
-Rank-aware collectives (gathering validation outputs, sharing rank 0's objects) live in
-:mod:`vitkit.utils.distributed`, below every package, so evaluation and data code use the same ones.
-"""
+"""TaskModule: the Lightning code every task module shares (non-finite guard, AdamW and schedule, fused clipping)."""
 
 from __future__ import annotations
 
@@ -32,16 +18,13 @@ _SCHEDULE_KEYS = ("schedule", "lr_drop")  # optional hyper-parameters passed on 
 class TaskModule(L.LightningModule):
     """Base Lightning module of the tasks: non-finite guard, optimiser and schedule, clipping.
 
-    A subclass calls ``super().__init__(nonfinite)`` first, then ``self.save_hyperparameters(...)``. This class
-    reads the hyper-parameters ``nonfinite``, ``lr``, ``weight_decay``, ``warmup_steps`` and ``min_lr_ratio``, and
-    ``schedule`` / ``lr_drop`` where the task has them (otherwise :func:`~vitkit.training.optim.warmup_schedule`'s
-    defaults: cosine). The subclass implements :meth:`param_groups` and passes its training loss through
-    :meth:`skip_nonfinite`.
+    A subclass calls ``super().__init__(nonfinite)`` first, then ``self.save_hyperparameters(...)``, implements
+    :meth:`param_groups` and passes its training loss through :meth:`skip_nonfinite`. Reads the hyper-parameters
+    ``nonfinite``, ``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio`` and, if present, ``schedule`` /
+    ``lr_drop``.
 
     Args:
-        nonfinite: what a NaN/inf training loss does: "raise" or "skip" (a :class:`~vitkit.training.guards.ConfigError`
-            otherwise).
-    """
+        nonfinite: "raise" or "skip" (a :class:`~vitkit.training.guards.ConfigError` otherwise)."""
     total_steps: int | None = None  # optimizer steps the lr schedule spans (set by configure_optimizers)
 
     def __init__(self, nonfinite: str = "raise") -> None:
@@ -57,18 +40,14 @@ class TaskModule(L.LightningModule):
 
         Args:
             loss: this rank's () training loss.
-            batch_idx: the batch index within the epoch, for the message.
-            image_ids: the batch's image ids (or a callable returning them, called only for a non-finite loss), or
-                None when the batch does not carry them.
+            image_ids: the batch's image ids (or a callable returning them), or None.
 
         Returns:
-            None when every rank's loss is finite: train on ``loss``. Otherwise (``nonfinite="skip"``) the () zero
-            loss that the training step returns instead; the step then changes no weight and no optimizer state
-            (the step counter and the lr schedule advance), and ``train/skipped_steps`` is logged.
+            None when every rank's loss is finite. Otherwise (``nonfinite="skip"``) the () zero loss to return instead;
+            the step then changes no weight and no optimizer state, and ``train/skipped_steps`` is logged.
 
         Raises:
-            NonFiniteLossError: with ``nonfinite="raise"``, when the loss of any rank is not finite.
-        """
+            NonFiniteLossError: with ``nonfinite="raise"``, when the loss of any rank is not finite."""
         if not check_finite_loss(loss, mode=self.hparams.nonfinite, step=self.global_step, epoch=self.current_epoch,
                                  batch_idx=batch_idx, image_ids=image_ids):
             return None
@@ -89,9 +68,8 @@ class TaskModule(L.LightningModule):
         return self._trainer is not None and self.total_steps is not None
 
     def reached(self, share: float | None) -> bool:
-        """Whether this step is at or past ``share`` (in [0, 1]) of the lr schedule's steps; False for None, or
-        outside a :attr:`scheduled` fit. Recipe phases (SCST, low-resolution steps) are shares, so they follow the
-        schedule wherever it is stretched or shortened."""
+        """Whether this step is at or past ``share`` (in [0, 1]) of the lr schedule's steps; False for None or
+        unscheduled."""
         if share is None or not self.scheduled:
             return False
         return self.global_step >= round(share * self.total_steps)

@@ -25,10 +25,8 @@ def adamw_param_groups(model: nn.Module, lr: float, weight_decay: float, slow_pr
 
 def adamw(groups: list[dict] | list[nn.Parameter], lr: float, weight_decay: float,
           fused: bool = True) -> torch.optim.AdamW:
-    """torch's AdamW, fused (one kernel over all parameters: ~4x faster steps than the default for-each
-    implementation on a 41M-parameter DETR-R50 on the CPU) when ``fused`` and every parameter is a floating-point
-    tensor on the CPU or a CUDA device; the default implementation otherwise. Pass ``fused=False`` under a
-    gradient scaler (fp16 mixed precision): Lightning cannot clip gradients a fused optimizer unscales itself."""
+    """torch's AdamW, fused when ``fused`` and every parameter is a floating-point CPU/CUDA tensor; pass ``fused=False``
+    under a gradient scaler (fp16)."""
     params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = fused and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
@@ -41,9 +39,8 @@ def uses_grad_scaler(trainer) -> bool:
 
 def clip_fused_gradients(module: nn.Module, trainer, optimizer: torch.optim.Optimizer, clip_val: float | None,
                          algorithm: str | None) -> bool:
-    """Clip gradients of a fused optimizer without a gradient scaler (bf16 / fp32), which Lightning's mixed
-    precision plugin refuses to do (it assumes a fused optimizer unscales gradients itself, true only under a
-    scaler). Returns False, doing nothing, when Lightning's own clipping applies."""
+    """Clip gradients of a fused optimizer without a gradient scaler (bf16 / fp32); False, doing nothing, when
+    Lightning's own clipping applies."""
     if not clip_val or not optimizer.defaults.get("fused") or uses_grad_scaler(trainer):
         return False
     params = [p for p in module.parameters() if p.grad is not None]

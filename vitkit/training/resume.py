@@ -1,30 +1,9 @@
 """Exact resume: a run restarted from a mid-epoch (or end-of-epoch) checkpoint continues as if never stopped.
 
-Lightning restores the weights, optimizer, lr scheduler and loop counters, but (2.6) neither the random state nor
-the position in the epoch's data: a mid-epoch restart draws a new shuffle and starts it from its first batch.
-:class:`ExactResume` (added to every run by ``tools/train.py``) closes the gaps by making every source of randomness
-a function of something the checkpoint holds:
-
-- **Data order**: the training sampler's permutation is drawn from ``(seed, epoch)`` (:class:`EpochRandomSampler`;
-  under DDP the ``DistributedSampler`` Lightning puts in, whose seed is set from the run's ``seed`` rather than
-  ``PL_GLOBAL_SEED``; ``seed`` is rank 0's on every rank). On restart the batches the interrupted epoch already
-  trained on are skipped by index, before any image is read: the epoch goes on with its next batch.
-- **Augmentation**: each sample's transforms run under host RNGs (torch CPU, ``random``, numpy) seeded from
-  ``(seed, epoch, dataset index)``, in the main process or in any worker alike, so the worker count, worker RNG
-  state and prefetching do not matter.
-- **Model randomness** (denoising noise, dropout): each training step runs under host RNGs (and, on a GPU, the
-  device's generator) seeded from ``(seed, rank, epoch, batch index)``; the RNG state from before the step is given
-  back after it. Whatever else draws random numbers between steps (DataLoader iterator seeds, validation, the
-  sanity check only a resumed run does) cannot shift a step's numbers, on any rank, and no RNG state needs saving:
-  the checkpoint holds the seed and Lightning's loop counters.
-
-On the CPU with a fixed seed the final weights of an interrupted-and-resumed run equal the uninterrupted run's bit
-for bit (``tests/training/test_reliability_resume.py``). Aspect-ratio grouped batches
-(:class:`~vitkit.data.sampling.GroupedBatchSampler`) are covered: their sampler is swapped like a plain loader's.
-Not covered: a train loader that is not a map-style ``DataLoader`` with a plain or grouped batch sampler (another
-custom batch sampler, an ``IterableDataset``) keeps Lightning's behaviour, with a warning; GPU
-kernels that are not deterministic make GPU runs differ with or without a resume.
-"""
+Data order is drawn from ``(seed, epoch)``, each sample's augmentation from ``(seed, epoch, index)`` and each
+training step's randomness from ``(seed, rank, epoch, batch index)``; a resumed epoch skips its trained batches by
+index. Train loaders other than a map-style ``DataLoader`` with a plain or grouped batch sampler are not covered
+(a warning)."""
 
 from __future__ import annotations
 
@@ -98,11 +77,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 # -------------------------------------------------------------------------------------------------- data
 class EpochRandomSampler(RandomSampler):
-    """A random permutation per epoch, drawn from ``(seed, epoch)`` instead of the global RNG.
-
-    Lightning calls :meth:`set_epoch` at each epoch start; under DDP it replaces this sampler (a ``RandomSampler``)
-    with a ``DistributedSampler``, which is seeded the same way.
-    """
+    """A random permutation per epoch, drawn from ``(seed, epoch)``; Lightning calls :meth:`set_epoch`."""
 
     def __init__(self, data_source, seed: Callable[[], int]) -> None:
         super().__init__(data_source)
@@ -184,13 +159,10 @@ class _LazyIterator:
 
 
 class ResumableDataLoader(DataLoader):
-    """A map-style ``DataLoader`` whose epochs are reproducible and can start mid-way (see the module docstring).
+    """A map-style ``DataLoader`` whose epochs are reproducible and can start mid-way.
 
-    Takes ``DataLoader``'s arguments plus ``resume``, the :class:`ExactResume` callback that knows the seed, the
-    epoch and how many batches of it were already trained on. ``shuffle=True`` uses :class:`EpochRandomSampler`.
-    For a ``DataLoader`` subclass, :func:`make_resumable` puts this class in front of it (its ``__iter__`` still
-    runs, around the resumable one).
-    """
+    Takes ``DataLoader``'s arguments plus ``resume``, the :class:`ExactResume` callback. ``shuffle=True`` uses
+    :class:`EpochRandomSampler`."""
 
     def __init__(self, dataset: Dataset, *args: Any, shuffle: bool | None = None, sampler: Any = None,
                  resume: ExactResume | None = None, **kwargs: Any) -> None:
@@ -277,12 +249,11 @@ def make_resumable(loader: Any, resume: ExactResume) -> Any:
 
 # ---------------------------------------------------------------------------------------------- callback
 class ExactResume(L.Callback):
-    """Makes ``--ckpt_path`` resumes exact (see the module docstring); ``tools/train.py`` adds it to every run.
+    """Callback that makes ``--ckpt_path`` resumes exact.
 
     Args:
         seed: base seed of the data order, augmentation and the training steps' random numbers; None = the run's
-            ``seed_everything`` seed (``PL_GLOBAL_SEED``), else a random one. A resumed run takes the checkpoint's.
-    """
+            ``seed_everything`` seed (``PL_GLOBAL_SEED``), else a random one. A resumed run takes the checkpoint's."""
 
     def __init__(self, seed: int | None = None) -> None:
         self.seed = seed

@@ -1,21 +1,6 @@
-"""The task descriptor: everything the levels above the task packages (:mod:`vitkit.io`, :mod:`vitkit.cli`) and the
-inference spec need to know about one task, in one record.
-
-Each task package defines its descriptor once, as ``TASK`` in ``vitkit/<task>/task.py``, and :mod:`vitkit.tasks`
-registers it with one line. Loading, exporting and training then look the task up there and run the same code for
-every task: no level above names a task.
-
-What a descriptor holds:
-
-- training (:class:`~vitkit.cli.task_cli.TaskCLI`): the model's network arguments, the Lightning module and
-  datamodule classes, the best-checkpoint metric and file name, the data-to-model links and the recorder of the
-  resolved network configs that checkpoints carry;
-- the inference spec (:mod:`vitkit.utils.spec`): the task-specific fields it records (:class:`SpecFields`);
-- loading (:func:`vitkit.load`): the network class (or builder), the weights' prefix in a ``.ckpt``, the predictor
-  builder, the network getter and the spec of a loaded predictor;
-- export: the ONNX graph parts (:class:`OnnxGraph`);
-- importers of foreign checkpoint formats (:class:`Importer`), which :func:`vitkit.load` tries in turn.
-"""
+"""The task descriptor (:class:`Task`): everything :mod:`vitkit.io`, :mod:`vitkit.cli` and the inference spec need
+to know about one task. Each task package defines ``TASK`` in ``vitkit/<task>/task.py``; :mod:`vitkit.tasks`
+registers it."""
 
 from __future__ import annotations
 
@@ -36,11 +21,10 @@ __all__ = ["Importer", "OnnxGraph", "SpecFields", "Task"]
 
 
 class Importer(Protocol):
-    """A reader of a foreign checkpoint format (official DETR weights; next: RF-DETR, BLIP, ViT-GPT-2 folders).
+    """A reader of a foreign checkpoint format (e.g. official DETR weights).
 
     Attributes:
-        description: what it reads, for messages (``"official DETR weights (...)"``).
-    """
+        description: what it reads, for messages (``"official DETR weights (...)"``)."""
 
     description: str
 
@@ -61,20 +45,15 @@ class OnnxGraph:
     """How a task's predictor becomes one traceable ONNX graph (:func:`vitkit.io.onnx_export.export_onnx`).
 
     Attributes:
-        graph: predictor -> the module ONNX traces, in eval mode.
-        graph_class: that module's class.
-        inputs, outputs: the graph's input and output names.
+        graph: predictor -> the module ONNX traces, in eval mode; graph_class: its class.
         dynamic_axes: the dynamic axes of a dynamic export.
         trace_inputs: (batch, height, width, stride, seed) -> the graph's dummy inputs.
         compare: (eager outputs, onnxruntime outputs, inputs) -> the largest differences by output.
         metadata: predictor -> the task's entries of the graph's metadata.
         suffix: the default suffix of the graph file (``.onnx``, ``.encoder.onnx``).
-        check_trace: (graph, dummy inputs) -> None, raising ValueError for a trace that would be wrong; None: every
-            trace size :func:`~vitkit.core.trace.dummy_inputs` accepts is right.
-        part: predictor -> the predictor of another task whose graph the export writes instead (a part of this
-            one), or None; the graph fields above are then that task's.
-        note: what the export leaves out of the model, said with the export (or "").
-    """
+        check_trace: (graph, dummy inputs) -> None, raising ValueError for a trace that would be wrong; None: none.
+        part: predictor -> the predictor of another task whose graph is written instead, or None.
+        note: what the export leaves out of the model (or "")."""
     graph: Callable[[nn.Module], nn.Module]
     graph_class: type[nn.Module]
     inputs: list[str]
@@ -91,37 +70,29 @@ class OnnxGraph:
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One task, as :mod:`vitkit.io`, :mod:`vitkit.cli` and the inference spec see it. Descriptors compare (and
-    hash) by identity: each task defines its one ``TASK``.
+    """One task, as :mod:`vitkit.io`, :mod:`vitkit.cli` and the inference spec see it; compares by identity.
 
     Attributes:
-        name: the task's name: a run config's ``task`` key and the spec's ``task``.
-        networks: the Lightning module's arguments that take a network config (``("detector",)``,
-            ``("detector", "text")``); a run config whose ``model`` section names exactly these trains the task.
+        name: a run config's ``task`` key and the spec's ``task``.
+        networks: the Lightning module's arguments that take a network config (``("detector", "text")``).
         module_class, datamodule_class: the Lightning module and datamodule the training CLI builds.
-        monitor: the metric best checkpoints are kept by (maximised).
-        ckpt_filename: the best checkpoints' file name pattern.
-        add_links: parser -> None: links the datamodule's attributes into the model's arguments
-            (``parser.link_arguments``).
+        monitor: the metric best checkpoints are kept by (maximised); ckpt_filename: their file name pattern.
+        add_links: parser -> None: ``parser.link_arguments`` from the datamodule into the model.
         record_configs: (resolved config per network argument, model, datamodule) -> None: stores the resolved network
-            configs, with the linked values, in the model for its checkpoints (before fitting).
+            configs in the model for its checkpoints.
         spec: the task-specific fields its inference spec records (:class:`~vitkit.utils.spec.SpecFields`).
-        network_class: the class its spec's model config must build (the network :func:`vitkit.load` loads).
-        predictor_class: what :func:`vitkit.load` returns for it.
+        network_class: the class its spec's model config must build; predictor_class: what :func:`vitkit.load` returns.
         predictor: (spec, network with its weights) -> the predictor; ValueError for settings that do not fit.
         network: predictor -> its network (the weights that are saved).
         predictor_spec: (predictor, model config) -> the spec recording the predictor's settings.
-        state_prefix: the Lightning module attribute holding the network (its weights' key prefix in a ``.ckpt``,
-            with the dot), or "" when the network's modules keep their names in the Lightning module.
-        state_keys: the network's top-level module names whose weights are read from a ``.ckpt`` (after the prefix);
-            empty: every weight under ``state_prefix``.
+        state_prefix: the network's key prefix in a ``.ckpt`` (with the dot), or "".
+        state_keys: the network's top-level module names read from a ``.ckpt``; empty: all under ``state_prefix``.
         build: (checked model config) -> the network; None: ``instantiate(config, network_class)``.
-        onnx: its ONNX export (:class:`OnnxGraph`), or None when it has none.
-        importers: readers of foreign checkpoint formats that hold this task's models (:class:`Importer`).
+        onnx: its ONNX export (:class:`OnnxGraph`), or None.
+        importers: readers of foreign checkpoint formats (:class:`Importer`).
 
     Raises:
-        ValueError: a spec of several networks that are not the task's networks.
-    """
+        ValueError: a spec of several networks that are not the task's networks."""
     name: str
     networks: tuple[str, ...]
     module_class: type[L.LightningModule]

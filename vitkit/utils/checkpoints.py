@@ -1,14 +1,5 @@
-"""Checkpoint files read and written safely, without Lightning: every vitkit entry point goes through here.
-
-- :func:`safe_load_checkpoint`: ``torch.load(weights_only=True)``; a file that needs arbitrary pickled objects (the way
-  a malicious checkpoint runs code) is refused before anything in it is built, with a message that says so.
-- :func:`atomic_torch_save`: write to a hidden temporary file in the same folder, flush it to disk, then
-  ``os.replace`` it over the target, so a kill mid-write leaves the previous file intact.
-- :func:`check_stored_config`: a model config read from a file (the model config of the ``vitkit_spec`` record in
-  a checkpoint or an exported safetensors file) is built by jsonargparse, which imports whatever its ``class_path``
-  values and class references name. Only classes and functions defined under ``vitkit``, ``torch.nn`` and ``timm``
-  are let through, and ``pretrained`` is forced off (the file holds the weights; nothing is downloaded).
-"""
+"""Checkpoint files read and written safely, without Lightning: weights-only loading (:func:`safe_load_checkpoint`),
+atomic saving (:func:`atomic_torch_save`) and checks of stored model configs (:func:`check_stored_config`)."""
 
 from __future__ import annotations
 
@@ -40,13 +31,7 @@ def _unsupported_global(err: BaseException) -> str | None:
 def safe_load_checkpoint(path: str | Path, map_location: str | torch.device | None = "cpu") -> Any:
     """``torch.load(path, weights_only=True)`` with errors a user can act on.
 
-    Every checkpoint vitkit reads goes through here (``vitkit.load``, ``tools/eval.py --ckpt``, ``tools/caption.py``,
-    ``tools/train.py --ckpt_path`` via :class:`vitkit.training.checkpoint_io.SafeCheckpointIO`): tensors, plain
-    containers and numbers load; a pickled object of any other class (the way a malicious file runs code) is refused
-    before it is built, so its code never runs.
-
     Args:
-        path: the checkpoint file.
         map_location: device to load tensors onto (None: where they were saved).
 
     Returns:
@@ -54,9 +39,8 @@ def safe_load_checkpoint(path: str | Path, map_location: str | torch.device | No
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        CheckpointError: the file needs arbitrary pickled objects (refused), or is not a readable torch file
-            (truncated, corrupt or another format).
-    """
+        CheckpointError: the file needs arbitrary pickled objects (refused before they are built), or is not a
+            readable torch file (truncated, corrupt or another format)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -79,10 +63,7 @@ def safe_load_checkpoint(path: str | Path, map_location: str | torch.device | No
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save(obj, path)`` that never leaves ``path`` half-written (and is on disk when it returns).
 
-    Args:
-        obj: what to save.
-        path: a local file path (a ``file://`` prefix is dropped); its folder is created if needed.
-    """
+    ``path``: a local file path (a ``file://`` prefix is dropped); its folder is created if needed."""
     atomic_write(str(path).removeprefix("file://"), lambda f: torch.save(obj, f), durable=True)
 
 
@@ -145,11 +126,8 @@ def _check_reference(path: Any, key: str, source: str, what: str) -> None:
 def check_stored_config(config: Any, source: str) -> Any:
     """A model config read from a file, checked before jsonargparse builds it, with ``pretrained`` turned off.
 
-    Every ``class_path`` (at any depth, also inside ``init_args`` and lists) and every string that is an import path
-    of an importable module (a class given by name, e.g. ``norm_layer: torch.nn.LayerNorm``) must name a class or
-    function defined under ``vitkit``, ``torch.nn`` or ``timm``; a string holding a nested ``class_path`` (which
-    jsonargparse would parse) is checked the same way. ``pretrained`` becomes false and ``pretrained_file`` null: the
-    file already holds the trained weights, so building the model downloads and reads nothing.
+    Every ``class_path`` (at any depth) and every string that is an importable import path must name a class or
+    function defined under ``vitkit``, ``torch.nn`` or ``timm``. ``pretrained`` becomes false, ``pretrained_file`` null.
 
     Args:
         config: the ``{"class_path": ..., "init_args": {...}}`` dict as stored.
@@ -159,8 +137,7 @@ def check_stored_config(config: Any, source: str) -> Any:
         A checked copy (the input is not modified).
 
     Raises:
-        CheckpointError: naming ``source``, the config key and the class.
-    """
+        CheckpointError: naming ``source``, the config key and the class."""
     def walk(value: Any, key: str) -> Any:
         if isinstance(value, dict):
             out = {}

@@ -1,10 +1,7 @@
 """The one "is this run distributed?" check, and the object collectives built on it.
 
-Every helper works with or without an initialised ``torch.distributed`` process group: without one (or with a
-single rank) the collectives return their input as one rank's share, so callers need no branch of their own. With
-several ranks they are collective calls: every rank must make the same calls in the same order (with NCCL the
-current CUDA device must be set, as Lightning does).
-"""
+Without a process group (or with one rank) the collectives return their input as one rank's share; with several
+ranks every rank must make the same calls in the same order."""
 
 from __future__ import annotations
 
@@ -38,12 +35,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` (picklable), on every rank; ``obj`` itself when not distributed.
-
-    Args:
-        obj: this rank's object; only rank ``src``'s is sent (the others may pass None).
-        src: the sending rank.
-    """
+    """Rank ``src``'s picklable ``obj`` on every rank (the others may pass None); ``obj`` itself when not
+    distributed."""
     if not is_distributed():
         return obj
     payload = [obj]

@@ -11,14 +11,11 @@ from typing import BinaryIO
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object] | bytes, durable: bool = False) -> None:
-    """Write ``path`` atomically.
+    """Write ``path`` atomically (its folder is created if needed).
 
     Args:
-        path: the target file; its folder is created if needed.
         write: the bytes, or a function writing them to the open binary file.
-        durable: also flush the file and the rename to disk (``fsync``), for files a crash must not lose
-            (checkpoints); plain atomicity needs no sync.
-    """
+        durable: also ``fsync`` the file and the rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")  # unique: concurrent writers never share it

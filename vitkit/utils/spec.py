@@ -1,26 +1,8 @@
-"""The inference spec: everything a trained model needs at inference, beside its weights, as one versioned record.
+"""The inference spec: everything a trained model needs at inference beside its weights, as one versioned record.
 
-An :class:`InferenceSpec` holds the task, the model config (``class_path`` / ``init_args``, what jsonargparse
-builds; a task of several networks holds one such config per network), the preprocessing sizes and the
-task-specific settings: class names, category ids and detections kept per image; the tokenizer (its serialised
-JSON) and generation defaults. This module names no task: which task-specific fields a task records, which of them
-it requires and which networks its model config holds is the task's declaration (:class:`SpecFields`, part of its
-descriptor, :class:`vitkit.training.task.Task`), passed in by the caller (:meth:`InferenceSpec.bind`, and the ``tasks``
-argument of the readers, which :mod:`vitkit.io` gives with every registered task's). This module is the only one
-that knows where the record is stored:
-
-- in a Lightning checkpoint, as a plain dict under :data:`SPEC_KEY` (:func:`write_spec`, :func:`read_spec`); the
-  Lightning modules write it in ``on_save_checkpoint``;
-- in a safetensors export, as JSON in the metadata entry :data:`SPEC_KEY` (:func:`spec_metadata`,
-  :func:`spec_from_metadata`).
-
-:mod:`vitkit.io` reads it back and builds the predictor (``vitkit.load``). The post-processing of a detector is not
-part of the record: it follows from the built model's head (sigmoid or softmax). Predictions do not depend on how
-far a batch is padded, so the datamodules' ``pad_to_multiple`` is not part of it either.
-
-Version history: 1, the first record (vitkit 0.1.0); a third task (detect, then caption each object) added to
-version 1 (no field changed: an older vitkit refuses the task by name).
-"""
+Stored in a Lightning checkpoint as a plain dict under :data:`SPEC_KEY` (:func:`write_spec`, :func:`read_spec`),
+and in a safetensors export as JSON in the metadata entry :data:`SPEC_KEY` (:func:`spec_metadata`,
+:func:`spec_from_metadata`). Which task-specific fields a task uses is its :class:`SpecFields`."""
 
 from __future__ import annotations
 
@@ -52,16 +34,13 @@ class SpecFields:
     """One task's part of the spec, as its descriptor declares it.
 
     Attributes:
-        used: the task-specific fields (of :data:`TASK_FIELDS`) the task records; the others must keep their
-            defaults and are not stored.
+        used: the task-specific fields (of :data:`TASK_FIELDS`) the task records; the others keep their defaults.
         required: those of ``used`` that may not be None.
-        networks: for a task of several networks, their names: ``model_config`` then holds one
-            ``class_path`` / ``init_args`` config per name (and may hold other keys); empty: ``model_config`` is one
-            such config.
+        networks: names of the task's networks: ``model_config`` then holds one ``class_path`` / ``init_args``
+            config per name; empty: ``model_config`` is one such config.
 
     Raises:
-        ValueError: a field that is not task-specific, or a required field the task does not use.
-    """
+        ValueError: a field that is not task-specific, or a required field the task does not use."""
     used: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     networks: tuple[str, ...] = ()
@@ -79,28 +58,23 @@ def _is_int(value: Any) -> bool:
 
 @dataclass
 class InferenceSpec:
-    """What a checkpoint or export records for inference (see the module docstring).
-
-    Constructing one checks every field's type and value; :meth:`bind` (or a reader given the registered tasks)
-    checks it against its task's declaration: the model config's shape, the required fields, and no field of
-    another task.
+    """What a checkpoint or export records for inference; construction checks every field's type and value.
 
     Attributes:
         task: the task's name (a registered task's, :mod:`vitkit.tasks`).
-        model_config: the network's ``{"class_path": ..., "init_args": {...}}``; for a task of several networks
-            (:attr:`SpecFields.networks`), ``{"<network>": {"class_path": ..., ...}, ..., <other settings>}``.
+        model_config: ``{"class_path": ..., "init_args": {...}}``; for several networks,
+            ``{"<network>": {"class_path": ..., ...}, ..., <other settings>}``.
         size: short side in px of the preprocessed images.
         max_size: cap on the long side in px (greater than ``size``), or None.
-        class_names: name per contiguous label, or None (tasks that detect).
-        label_to_cat_id: dataset category id per contiguous label, or None (tasks that detect).
-        num_select: detections kept per image by the post-processing (tasks that detect).
-        tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``; tasks that write text).
-        generation: decoding defaults (``CaptionPipeline``'s generation options; tasks that write text).
+        class_names: name per contiguous label, or None.
+        label_to_cat_id: dataset category id per contiguous label, or None.
+        num_select: detections kept per image by the post-processing.
+        tokenizer: the tokenizer's JSON (``CaptionTokenizer.to_str``).
+        generation: decoding defaults (``CaptionPipeline``'s generation options).
         version: the record's version, :data:`SPEC_VERSION`.
 
     Raises:
-        SpecError: a field of the wrong type or value, naming it.
-    """
+        SpecError: a field of the wrong type or value, naming it."""
     task: str
     model_config: dict[str, Any]
     size: int
@@ -153,21 +127,15 @@ class InferenceSpec:
             raise bad("generation", "must be a dict of generation options")
 
     def bind(self, task: SpecFields, registered: Mapping[str, SpecFields] | None = None) -> InferenceSpec:
-        """Check this spec against its task's declaration and keep it: :meth:`to_dict` then writes the common fields
-        and exactly the task's fields.
+        """Check this spec against its task's declaration and keep it (:meth:`to_dict` then writes exactly its fields).
 
         Args:
-            task: the declaration of the task this spec records (its descriptor's ``spec``).
-            registered: every registered task's declaration by name, to name the tasks that use a field this task
-                does not (default: the message names none).
-
-        Returns:
-            This spec.
+            task: the declaration of the task this spec records.
+            registered: every registered task's declaration by name, named in errors (default: none).
 
         Raises:
             SpecError: a model config not of the task's shape, a required field that is None, or a field the task
-                does not use holding a value (the message names the tasks that use it).
-        """
+                does not use holding a value."""
         self._check_model_config(task.networks)
         for name in task.required:
             if getattr(self, name) is None:
@@ -207,16 +175,13 @@ class InferenceSpec:
         """Read a record written by :meth:`to_dict`.
 
         Args:
-            data: the stored dict.
             source: the file and key, for messages (e.g. ``"last.ckpt: 'vitkit_spec'"``).
-            tasks: every task this vitkit reads, by name (:mod:`vitkit.io` gives the registered ones): the spec's
-                task must be one of them, and the spec is bound to its declaration (:meth:`bind`). None: only the
-                fields' types and values are checked.
+            tasks: every task this vitkit reads, by name: the spec's task must be one and is bound to it (:meth:`bind`).
+                None: only the fields' types and values are checked.
 
         Raises:
             SpecError: not a dict, a missing or unknown field, another version, a task not in ``tasks``, or a bad
-                value; the message names ``source`` and the field.
-        """
+                value; the message names ``source`` and the field."""
         if not isinstance(data, Mapping):
             raise SpecError(f"{source}: the inference spec must be a dict, got {type(data).__name__}")
         version = data.get("version")
@@ -260,16 +225,10 @@ def write_spec(checkpoint: dict[str, Any], spec: InferenceSpec) -> None:
 
 def read_spec(checkpoint: Mapping[str, Any], source: str = "checkpoint",
               tasks: Mapping[str, SpecFields] | None = None) -> InferenceSpec | None:
-    """The spec of a checkpoint dict, or None when it has none.
-
-    Args:
-        checkpoint: the checkpoint dict.
-        source: the file, for messages.
-        tasks: as :meth:`InferenceSpec.from_dict`'s (None: the fields' types and values are checked, not the task).
+    """The spec of a checkpoint dict, or None when it has none (``tasks`` as :meth:`InferenceSpec.from_dict`'s).
 
     Raises:
-        SpecError: a spec that is there but unreadable (see :meth:`InferenceSpec.from_dict`).
-    """
+        SpecError: a spec that is there but unreadable."""
     data = checkpoint.get(SPEC_KEY)
     return None if data is None else InferenceSpec.from_dict(data, f"{source}: '{SPEC_KEY}'", tasks)
 
@@ -281,16 +240,11 @@ def spec_metadata(spec: InferenceSpec) -> dict[str, str]:
 
 def spec_from_metadata(metadata: Mapping[str, str], source: str = "safetensors file",
                        tasks: Mapping[str, SpecFields] | None = None) -> InferenceSpec | None:
-    """The spec of a safetensors file's metadata, or None when it has none.
-
-    Args:
-        metadata: the file's metadata.
-        source: the file, for messages.
-        tasks: as :meth:`InferenceSpec.from_dict`'s.
+    """The spec of a safetensors file's metadata, or None when it has none (``tasks`` as
+    :meth:`InferenceSpec.from_dict`'s).
 
     Raises:
-        SpecError: an entry that is not JSON or not a valid spec.
-    """
+        SpecError: an entry that is not JSON or not a valid spec."""
     text = metadata.get(SPEC_KEY)
     if text is None:
         return None

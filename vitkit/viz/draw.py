@@ -32,11 +32,8 @@ _LABEL_STYLE = {"fill_labels": True} if "fill_labels" in inspect.signature(draw_
 
 # ----------------------------------------------------------------------------------------------- inputs
 def rgb(image: str | os.PathLike | Image.Image | Tensor) -> Image.Image:
-    """A path, a PIL image or a (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image.
-
-    Paths are read by :func:`~vitkit.data.images.load_rgb`, PIL images converted by its mode rules
-    (:func:`~vitkit.data.images.to_rgb`), as the predictors do.
-    """
+    """A path, a PIL image or a (3, H, W) tensor (uint8, or float in [0, 1]) -> an RGB PIL image (as the
+    predictors read it)."""
     if isinstance(image, str | os.PathLike):
         return load_rgb(image)
     if isinstance(image, Tensor):
@@ -106,14 +103,12 @@ def draw_path(rel: str, keep: tuple[str, ...] = DRAW_KEEP_SUFFIXES) -> str:
 
 def draw_detections(image: Image.Image | Tensor, boxes: Tensor, labels: Sequence[int], names: Sequence[str],
                     scores: Sequence[float]) -> Tensor:
-    """The image with labelled boxes drawn: (3, H, W) uint8.
+    """The image (RGB PIL or (3, H, W) uint8) with labelled boxes drawn: (3, H, W) uint8.
 
     Args:
-        image: RGB PIL image or (3, H, W) uint8 tensor.
         boxes: (K, 4) xyxy pixels of that image.
         labels: K contiguous labels (pick the colours, :data:`PALETTE`); names: K texts; scores: K scores. Each box
-            is labelled ``"name score"``.
-    """
+            is labelled ``"name score"``."""
     img = image if isinstance(image, Tensor) else F.pil_to_tensor(image)  # (3, H, W) uint8
     if not len(boxes):
         return img
@@ -133,13 +128,11 @@ def _label_font() -> str | None:
 def draw_file(folder: str | os.PathLike, file: str, size_hint: tuple[int, int] | None, boxes: Tensor | Sequence,
               labels: Sequence[int], names: Sequence[str], scores: Sequence[float],
               draw_dir: str | os.PathLike) -> str | None:
-    """Decode ``folder/file`` again (a batch holds it resized and normalised; ``size_hint`` as
-    :func:`~vitkit.data.images.load_rgb`), draw the labelled boxes ((K, 4) xyxy px, :func:`draw_detections`) on it
-    and save it under ``draw_dir`` at :func:`draw_path` of ``file`` (format from the suffix).
+    """Decode ``folder/file`` (``size_hint`` as :func:`~vitkit.data.images.load_rgb`), draw the boxes ((K, 4) xyxy px)
+    and save it under ``draw_dir`` at :func:`draw_path` of ``file``.
 
     Returns:
-        None, or why drawing failed (``"drawing failed: ..."``).
-    """
+        None, or why drawing failed (``"drawing failed: ..."``)."""
     dest = Path(draw_dir) / draw_path(file)
     try:
         pixels = draw_detections(load_rgb(Path(folder) / file, size_hint=size_hint),

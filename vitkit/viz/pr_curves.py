@@ -1,9 +1,4 @@
-"""Per-class precision-recall curves from a COCO bbox evaluation (``tools/plot_pr.py``).
-
-:func:`coco_precision` runs :func:`vitkit.eval.coco_eval.evaluate_coco` (pycocotools or faster-coco-eval) and
-returns COCOeval's accumulated ``eval["precision"]`` array; :func:`plot_pr_curves` draws it per class at IoU 0.5 and
-averaged over IoU 0.5:0.95.
-"""
+"""Per-class precision-recall curves from a COCO bbox evaluation: :func:`coco_precision`, :func:`plot_pr_curves`."""
 
 from __future__ import annotations
 
@@ -52,15 +47,12 @@ def plot_pr_curves(precision: np.ndarray, path: str | os.PathLike, rec_thrs: np.
 
     Args:
         precision: COCOeval's ``eval["precision"]`` (T, R, K, A, M), -1 where undefined.
-        path: the PNG to write.
-        rec_thrs: (R,) recall thresholds (default COCO's 0:0.01:1); iou_thrs: (T,) (default 0.5:0.05:0.95).
+        rec_thrs: (R,) recall thresholds (default 0:0.01:1); iou_thrs: (T,) (default 0.5:0.05:0.95).
         class_names: K names for the legend (default the class index).
-        area: area-range index (0 = all); max_det: maxDets index (-1 = the largest, 100).
+        area: area-range index (0 = all); max_det: maxDets index (-1 = the largest).
 
     Returns:
-        ``path``. Classes without ground truth (all -1) are left out; the legend gives each class's AP (the
-        mean of its curve).
-    """
+        ``path``. Classes without ground truth (all -1) are left out; the legend gives each class's AP."""
     T, R, K = precision.shape[:3]
     rec = np.linspace(0, 1, R) if rec_thrs is None else np.asarray(rec_thrs)
     ious = np.linspace(0.5, 0.95, T) if iou_thrs is None else np.asarray(iou_thrs)

@@ -1,12 +1,5 @@
-"""Reading attention weights without touching the models, and mapping them onto the image.
-
-Attention runs through ``F.scaled_dot_product_attention``, which returns no weights, so :class:`AttentionRecorder`
-puts a forward hook on a :class:`~vitkit.layers.MultiheadAttention` and asks the module for the weights of the
-call's inputs (:meth:`MultiheadAttention.attention_weights`: its own projections and mask builder; for a
-KV-cached call, the keys in the cache). For deformable attention,
-:meth:`~vitkit.layers.deformable.MSDeformableAttention.sampling` gives the sampling locations and weights of a call.
-:func:`levels_to_image` turns weights over token grids into an attention density over the image.
-"""
+"""Reading attention weights without touching the models (:class:`AttentionRecorder`, a forward hook), and mapping
+them onto the image (:func:`levels_to_image`)."""
 
 from __future__ import annotations
 
@@ -89,13 +82,11 @@ def levels_to_image(weights: Tensor, shapes: Sequence[tuple[int, int]], strides:
     Args:
         weights: (K, N) weights over the grids' tokens (prefix tokens removed), N = sum(h * w).
         shapes: (h, w) per grid; strides: its stride in px of the resized image.
-        resized_hw: (H, W) of the resized image the model saw (the grids cover it from the top-left corner).
-        out_hw: (H, W) of the output map (the displayed image, any scale).
+        resized_hw: (H, W) of the resized image the model saw (grids anchored top-left).
+        out_hw: (H, W) of the output map.
 
     Returns:
-        (K, H_out, W_out): each grid's weights divided by its token area (bilinearly interpolated at the pixel
-        centres), summed over the grids.
-    """
+        (K, H_out, W_out): each grid's weights divided by its token area, bilinearly interpolated, summed over grids."""
     K = weights.shape[0]
     (Hr, Wr), (Ho, Wo) = resized_hw, out_hw
     ys = (torch.arange(Ho, dtype=torch.float32) + 0.5) * (Hr / Ho)  # (Ho,) resized px
