@@ -2,7 +2,7 @@
 record format, markdown, a clear error when a peer is missing or an option is wrong, and the synthetic COCO set's
 stats agreeing across the two eval backends.
 
-No timing assertions: benchmarks are not tests (DESIGN.md section 7); these only check that the harness runs.
+No timing assertions: benchmarks are not tests (docs/design.md, testing); these only check that the harness runs.
 """
 
 from __future__ import annotations
