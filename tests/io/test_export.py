@@ -103,7 +103,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     config = json.loads(json.dumps(CAPTIONER))
     config["init_args"]["vocab_size"] = tokenizer.vocab_size
     captioner = _perturbed(config, Captioner, 0.3)
-    spec = caption_spec(config, tokenizer.to_str(), {}, {"val_size": 32, "max_size": 64})
+    spec = caption_spec(config, tokenizer.to_str(), {"val_size": 32, "max_size": 64})
     torch.save(lightning_checkpoint(spec, captioner), root / "caption.ckpt")
     return {"shapes": _detector_ckpt(root / "shapes.ckpt", SHAPES, 20),
             "vanilla": _detector_ckpt(root / "vanilla.ckpt", VANILLA, 100),

@@ -115,7 +115,7 @@ def save_captioner(path: Path, model: Captioner, tokenizer: CaptionTokenizer,
     """Save ``model`` and ``tokenizer`` as a captioning checkpoint.
 
     Args:
-        hyper_parameters: CaptionModule's hyper-parameters, from which the spec takes its generation defaults.
+        hyper_parameters: the checkpoint's hyper-parameters (they do not enter the spec).
         spec_changes: fields set in the stored spec dict after it is written (None removes one), to make broken
             checkpoints.
         extra: more top-level keys.
@@ -124,7 +124,7 @@ def save_captioner(path: Path, model: Captioner, tokenizer: CaptionTokenizer,
     config["init_args"]["vocab_size"] = tokenizer.vocab_size
     hparams = {"lr": 1e-4} if hyper_parameters is None else hyper_parameters
     data = {"val_size": VAL_SIZE, "max_size": 2 * VAL_SIZE}
-    ckpt = lightning_checkpoint(caption_spec(config, tokenizer.to_str(), hparams, data), model,
+    ckpt = lightning_checkpoint(caption_spec(config, tokenizer.to_str(), data), model,
                                 hyper_parameters=hparams, datamodule_hyper_parameters=data, **extra)
     for key, value in (spec_changes or {}).items():
         if value is None:

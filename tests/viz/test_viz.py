@@ -183,7 +183,7 @@ def test_caption_attention_picture(captioner, tmp_path):
 def test_caption_cli_attention(captioner, tmp_path, capsys):
     config, model, tok = captioner
     ckpt = tmp_path / "cap.ckpt"
-    torch.save(lightning_checkpoint(caption_spec(config, tok.to_str(), {}, {"val_size": 48}), model), ckpt)
+    torch.save(lightning_checkpoint(caption_spec(config, tok.to_str(), {"val_size": 48}), model), ckpt)
     images = tmp_path / "images"
     (images / "sub").mkdir(parents=True)
     _scene().save(images / "scene.JPG")

@@ -151,8 +151,7 @@ class CaptionModule(TokenizerModuleMixin, TaskModule):
             return
         datamodule = self._trainer.datamodule if self._trainer is not None else None
         data_hparams = dict(datamodule.hparams) if datamodule is not None else {}
-        write_spec(checkpoint, checkpoint_spec(self.captioner_config, self.tokenizer_json(), dict(self.hparams),
-                                               data_hparams))
+        write_spec(checkpoint, checkpoint_spec(self.captioner_config, self.tokenizer_json(), data_hparams))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """The checkpoint's tokenizer (the mixin's: it wins over the data's) and captioner config."""

@@ -16,14 +16,12 @@ FIELDS = SpecFields(used=("tokenizer", "generation"), required=("tokenizer",))
 DEFAULT_SIZE = 224
 
 
-def checkpoint_spec(config: dict[str, Any], tokenizer: str, hparams: Mapping[str, Any],
-                    data_hparams: Mapping[str, Any]) -> InferenceSpec:
+def checkpoint_spec(config: dict[str, Any], tokenizer: str, data_hparams: Mapping[str, Any]) -> InferenceSpec:
     """The spec a training checkpoint records.
 
     Args:
         config: the captioner's resolved ``class_path`` / ``init_args``.
         tokenizer: the tokenizer's JSON.
-        hparams: CaptionModule's hyper-parameters (none enters the spec).
         data_hparams: the datamodule's: short side ``val_size`` (default 224), long side cap ``val_max_size`` or
             ``max_size`` (default 2 x ``val_size``), in px.
     """
